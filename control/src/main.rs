@@ -1,0 +1,9 @@
+//! `cpclink`: the one binary of the appliance, the authority and the operator tools.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::run()
+}

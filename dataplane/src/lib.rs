@@ -1,0 +1,1 @@
+//! cpclink data plane: PSP over UDP between computing power centres.
