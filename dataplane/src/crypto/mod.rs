@@ -1,0 +1,275 @@
+//! AEAD backends behind one trait, and the PSP key derivation.
+//!
+//! Every backend seals and opens in place on caller buffers; the packet layer hands them
+//! disjoint slices of one packet buffer, so nothing is copied.
+
+mod aws_lc;
+mod kdf;
+mod ring_backend;
+mod rust_crypto;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use aws_lc::AwsLcAead;
+pub use kdf::{derive_sa_key, SaKey};
+pub use ring_backend::RingAead;
+pub use rust_crypto::RustCryptoAead;
+
+use crate::error::{Error, Result};
+
+/// Length of the AEAD nonce: SPI ‖ IV.
+pub const NONCE_LEN: usize = 12;
+/// Length of the authentication tag (the PSP ICV).
+pub const TAG_LEN: usize = 16;
+
+/// A PSP cryptographic suite, named on the wire by the header's version field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Suite {
+    /// Version 0: AES-GCM with a 128-bit key.
+    AesGcm128,
+    /// Version 1: AES-GCM with a 256-bit key (the default).
+    AesGcm256,
+    /// Version 2: AES-GMAC with a 128-bit key, integrity only.
+    AesGmac128,
+    /// Version 3: AES-GMAC with a 256-bit key, integrity only.
+    AesGmac256,
+    /// Version 8, a cpclink extension: ChaCha20-Poly1305 for CPUs without AES instructions.
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+impl Suite {
+    /// All suites, in version order.
+    pub const ALL: [Suite; 5] = [
+        Suite::AesGcm128,
+        Suite::AesGcm256,
+        Suite::AesGmac128,
+        Suite::AesGmac256,
+        Suite::ChaCha20Poly1305,
+    ];
+
+    /// The suite named by a PSP version field.
+    pub fn from_version(version: u8) -> Result<Self> {
+        match version {
+            0 => Ok(Suite::AesGcm128),
+            1 => Ok(Suite::AesGcm256),
+            2 => Ok(Suite::AesGmac128),
+            3 => Ok(Suite::AesGmac256),
+            8 => Ok(Suite::ChaCha20Poly1305),
+            other => Err(Error::UnknownVersion(other)),
+        }
+    }
+
+    /// The PSP version field value.
+    pub const fn version(self) -> u8 {
+        match self {
+            Suite::AesGcm128 => 0,
+            Suite::AesGcm256 => 1,
+            Suite::AesGmac128 => 2,
+            Suite::AesGmac256 => 3,
+            Suite::ChaCha20Poly1305 => 8,
+        }
+    }
+
+    /// Key length in bytes.
+    pub const fn key_len(self) -> usize {
+        match self {
+            Suite::AesGcm128 | Suite::AesGmac128 => 16,
+            Suite::AesGcm256 | Suite::AesGmac256 | Suite::ChaCha20Poly1305 => 32,
+        }
+    }
+
+    /// Whether the payload is encrypted (GMAC suites only authenticate it).
+    pub const fn encrypts(self) -> bool {
+        !matches!(self, Suite::AesGmac128 | Suite::AesGmac256)
+    }
+
+    /// The suite's name in configs and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Suite::AesGcm128 => "aes-gcm-128",
+            Suite::AesGcm256 => "aes-gcm-256",
+            Suite::AesGmac128 => "aes-gmac-128",
+            Suite::AesGmac256 => "aes-gmac-256",
+            Suite::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+}
+
+impl fmt::Display for Suite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Suite {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Suite::ALL
+            .into_iter()
+            .find(|suite| suite.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Suite::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown suite {s:?} (expected one of {})", names.join(", "))
+            })
+    }
+}
+
+/// An AEAD library.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// aws-lc-rs: the default, fastest measured on x86-64 with AES-NI/VAES.
+    #[default]
+    AwsLc,
+    /// ring.
+    Ring,
+    /// RustCrypto `aes-gcm` and `chacha20poly1305`: pure Rust, portable.
+    #[serde(rename = "rustcrypto")]
+    RustCrypto,
+}
+
+impl Backend {
+    /// All backends.
+    pub const ALL: [Backend; 3] = [Backend::AwsLc, Backend::Ring, Backend::RustCrypto];
+
+    /// The backend's name in configs and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::AwsLc => "aws-lc-rs",
+            Backend::Ring => "ring",
+            Backend::RustCrypto => "rustcrypto",
+        }
+    }
+
+    /// Builds this backend's cipher for a suite and key.
+    pub fn cipher(self, suite: Suite, key: &[u8]) -> Result<Cipher> {
+        if key.len() != suite.key_len() {
+            return Err(Error::BadKeyLength {
+                suite,
+                expected: suite.key_len(),
+                got: key.len(),
+            });
+        }
+        Ok(match self {
+            Backend::AwsLc => Cipher::AwsLc(AwsLcAead::new(suite, key)?),
+            Backend::Ring => Cipher::Ring(RingAead::new(suite, key)?),
+            Backend::RustCrypto => Cipher::RustCrypto(RustCryptoAead::new(suite, key)?),
+        })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                format!("unknown crypto backend {s:?} (expected aws-lc-rs, ring or rustcrypto)")
+            })
+    }
+}
+
+/// One AEAD key of one backend, sealing and opening in place.
+///
+/// For the GMAC suites, `in_out` is authenticated but left as it is: callers pass the whole
+/// packet as `aad` and an empty `in_out` (see [`crate::psp`]).
+pub trait Aead: Send {
+    /// The suite this key is for.
+    fn suite(&self) -> Suite;
+
+    /// Encrypts `in_out` in place and returns the tag.
+    fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]>;
+
+    /// Verifies `tag` and decrypts `in_out` in place; on failure `in_out` holds no plaintext.
+    fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()>;
+}
+
+/// A key of any backend, dispatched statically: what an SA holds.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Cipher {
+    /// aws-lc-rs.
+    AwsLc(AwsLcAead),
+    /// ring.
+    Ring(RingAead),
+    /// RustCrypto.
+    RustCrypto(RustCryptoAead),
+}
+
+impl Cipher {
+    /// The backend of this key.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Cipher::AwsLc(_) => Backend::AwsLc,
+            Cipher::Ring(_) => Backend::Ring,
+            Cipher::RustCrypto(_) => Backend::RustCrypto,
+        }
+    }
+}
+
+impl Aead for Cipher {
+    fn suite(&self) -> Suite {
+        match self {
+            Cipher::AwsLc(c) => c.suite(),
+            Cipher::Ring(c) => c.suite(),
+            Cipher::RustCrypto(c) => c.suite(),
+        }
+    }
+
+    #[inline]
+    fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        match self {
+            Cipher::AwsLc(c) => c.seal_in_place(nonce, aad, in_out),
+            Cipher::Ring(c) => c.seal_in_place(nonce, aad, in_out),
+            Cipher::RustCrypto(c) => c.seal_in_place(nonce, aad, in_out),
+        }
+    }
+
+    #[inline]
+    fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
+        match self {
+            Cipher::AwsLc(c) => c.open_in_place(nonce, aad, in_out, tag),
+            Cipher::Ring(c) => c.open_in_place(nonce, aad, in_out, tag),
+            Cipher::RustCrypto(c) => c.open_in_place(nonce, aad, in_out, tag),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
