@@ -123,6 +123,23 @@ pub enum Error {
     /// The SPI counter of a generation reached its end.
     #[error("SPI space of generation {0} is exhausted; rotate the master key")]
     SpiSpaceExhausted(u8),
+    /// A system call of the I/O layer failed.
+    #[error("{what} failed: {reason}")]
+    Io {
+        /// The operation that failed (system call or option name).
+        what: &'static str,
+        /// The operating system's explanation.
+        reason: String,
+    },
+    /// io_uring was asked for explicitly but cannot be set up here.
+    #[error("io_uring is unavailable: {0} (use io = \"epoll\" or \"auto\")")]
+    IoUringUnavailable(String),
+    /// The engine was configured in a way it cannot run.
+    #[error("engine configuration: {0}")]
+    EngineConfig(String),
+    /// A worker thread is gone (it panicked or was shut down).
+    #[error("worker {0} is not running")]
+    WorkerGone(usize),
 }
 
 /// Shorthand for results in this crate.

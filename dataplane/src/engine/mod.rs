@@ -1,0 +1,408 @@
+//! The thread-per-core engine: one pinned worker per core, each with its own socket, ring,
+//! buffers, SAs and counters, driven by control messages from one control thread.
+//!
+//! The control interface speaks in SA events (install, retire, revoke), so a key plane can
+//! drive it; static lab keys are just one source of those events (see [`lab`]).
+
+pub mod lab;
+mod rx_sas;
+pub mod stats;
+pub mod synthetic;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
+pub use stats::{EngineStats, WorkerStats};
+pub use synthetic::{Generator, Sink, SinkStats, TrafficSpec};
+
+use crate::crypto::{Backend, SaKey, Suite};
+use crate::error::{Error, Result};
+use crate::io::{self, IoKind};
+use crate::sa::{RxSa, SaLimits, Spi, TxSa};
+
+/// A peer appliance, by its index in [`EngineConfig::peers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PeerId(pub u32);
+
+/// Whether packets are sealed. Plain exists only as the benchmark's baseline: the same
+/// framing, sizes and batching with the AEAD left out. Appliances always encrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protection {
+    /// PSP: every packet sealed; no SA means the packet is dropped.
+    #[default]
+    Encrypted,
+    /// Benchmark baseline only: PSP framing without the AEAD.
+    PlainBaseline,
+}
+
+/// A peer as the data plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Where its appliance listens.
+    pub endpoint: SocketAddr,
+    /// Inner destination prefixes routed to it (address, prefix length).
+    pub prefixes: Vec<(IpAddr, u8)>,
+}
+
+/// Where received inner packets go.
+#[derive(Debug)]
+pub enum Egress {
+    /// Dropped after counting (a sender-only engine).
+    Discard,
+    /// Checked by a synthetic sink of this many flows.
+    Sink {
+        /// Flows the sink tracks.
+        flows: u32,
+    },
+    /// Written to the TUN queues, one per worker.
+    Tun(Vec<io::tun::TunQueue>),
+}
+
+/// How an engine runs.
+#[derive(Debug)]
+pub struct EngineConfig {
+    /// The UDP address every worker's socket binds (one SO_REUSEPORT group).
+    pub listen: SocketAddr,
+    /// Workers (threads), at least one.
+    pub workers: usize,
+    /// Cores to pin worker i to (`cores[i % len]`); empty: not pinned.
+    pub cores: Vec<usize>,
+    /// The I/O backend.
+    pub io: IoKind,
+    /// Encrypt (always, for appliances) or the plain benchmark baseline.
+    pub protection: Protection,
+    /// The AEAD library.
+    pub crypto: Backend,
+    /// SA lifetimes.
+    pub limits: SaLimits,
+    /// The peers; [`PeerId`] indexes this list.
+    pub peers: Vec<PeerConfig>,
+    /// Receive SAs each worker holds at most.
+    pub max_rx_sas: usize,
+    /// GSO sends per transmit batch.
+    pub batch_sends: usize,
+    /// The synthetic source, if any: its flows go round-robin to the peers.
+    pub source: Option<TrafficSpec>,
+    /// Where received packets go.
+    pub egress: Egress,
+}
+
+impl EngineConfig {
+    /// A one-worker, encrypting, unpinned engine on `listen` with default limits.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            workers: 1,
+            cores: Vec::new(),
+            io: IoKind::Auto,
+            protection: Protection::Encrypted,
+            crypto: Backend::AwsLc,
+            limits: SaLimits::default(),
+            peers: Vec::new(),
+            max_rx_sas: 1024,
+            batch_sends: 8,
+            source: None,
+            egress: Egress::Discard,
+        }
+    }
+}
+
+/// A message from the control thread to a worker.
+#[derive(Debug)]
+pub enum Control {
+    /// Use this SA for everything this worker sends to `peer` (replacing the previous one).
+    InstallTxSa {
+        /// The receiving peer.
+        peer: PeerId,
+        /// The SA, keyed already (key expansion happens off the packet path).
+        sa: TxSa,
+    },
+    /// Accept packets of this SA from `peer`.
+    InstallRxSa {
+        /// The sending peer.
+        peer: PeerId,
+        /// The SA, keyed already.
+        sa: RxSa,
+    },
+    /// Adds a peer or changes one (its index is its [`PeerId`]; gaps are filled with
+    /// placeholders that route nothing and send nowhere).
+    SetPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Its endpoint and prefixes.
+        config: PeerConfig,
+    },
+    /// Derive SAs for SPIs that arrive without one from these master keys (or stop).
+    SetRxKeySource(Option<RxKeySource>),
+    /// Stop using an SA, transmit or receive.
+    RetireSa(Spi),
+    /// Forget every SA of a peer: nothing more is sent to it or accepted from it.
+    RevokePeer(PeerId),
+    /// Start or pause the synthetic source.
+    SetSourceActive(bool),
+    /// Reply with a copy of the counters.
+    Snapshot(Sender<WorkerStats>),
+    /// Stop; the thread returns its final counters.
+    Shutdown,
+}
+
+/// Something a worker tells the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The transmit SA to `peer` is due for replacement (make-before-break).
+    RekeyDue {
+        /// The worker whose SA it is.
+        worker: usize,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The transmit SA to `peer` is exhausted; the worker drops packets for it until a new
+    /// SA is installed.
+    SaExhausted {
+        /// The worker whose SA it is.
+        worker: usize,
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// A running engine: the control side's handle on its workers.
+#[derive(Debug)]
+pub struct Engine {
+    local: SocketAddr,
+    io: IoKind,
+    controls: Vec<Sender<Control>>,
+    threads: Vec<JoinHandle<Result<WorkerStats>>>,
+    events: Receiver<Event>,
+}
+
+impl Engine {
+    /// Binds the sockets, sets up each worker's ring and starts the workers.
+    pub fn start(config: EngineConfig) -> Result<Self> {
+        if config.workers == 0 {
+            return Err(Error::EngineConfig("workers must be at least 1".into()));
+        }
+        if config.source.is_some_and(|spec| spec.flows == 0) {
+            return Err(Error::EngineConfig(
+                "a synthetic source needs at least one flow".into(),
+            ));
+        }
+        let (io_kind, fallback) = config.io.resolve()?;
+        if let Some(why) = fallback {
+            eprintln!("cpclink: io_uring unavailable ({why}); using epoll");
+        }
+        let sockets = io::udp::bind_group(config.listen, config.workers)?;
+        let local = io::udp::local_addr(std::os::fd::AsRawFd::as_raw_fd(&sockets[0]))?;
+        let (event_tx, events) = crossbeam_channel::bounded(1024);
+        let mut egress_parts = match config.egress {
+            Egress::Tun(queues) => {
+                if queues.len() != config.workers {
+                    return Err(Error::EngineConfig(format!(
+                        "{} TUN queues for {} workers",
+                        queues.len(),
+                        config.workers
+                    )));
+                }
+                queues.into_iter().map(worker::WorkerEgress::Tun).collect::<Vec<_>>()
+            }
+            Egress::Sink { flows } => (0..config.workers)
+                .map(|_| worker::WorkerEgress::Sink(Sink::new(flows)))
+                .collect(),
+            Egress::Discard => (0..config.workers)
+                .map(|_| worker::WorkerEgress::Discard)
+                .collect(),
+        };
+        let mut controls = Vec::with_capacity(config.workers);
+        let mut threads = Vec::with_capacity(config.workers);
+        for (index, socket) in sockets.into_iter().enumerate().rev() {
+            let backend = io::open(io_kind, socket)?;
+            let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let core = (!config.cores.is_empty()).then(|| config.cores[index % config.cores.len()]);
+            let setup = worker::WorkerSetup {
+                index,
+                workers: config.workers,
+                core,
+                io: backend,
+                control: control_rx,
+                events: event_tx.clone(),
+                protection: config.protection,
+                crypto: config.crypto,
+                limits: config.limits,
+                peers: config.peers.clone(),
+                max_rx_sas: config.max_rx_sas,
+                batch_sends: config.batch_sends,
+                source: config.source,
+                egress: egress_parts.pop().unwrap_or(worker::WorkerEgress::Discard),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("cpclink-w{index}"))
+                .spawn(move || {
+                    let result = worker::run(setup);
+                    if let Err(e) = &result {
+                        eprintln!("cpclink: worker {index} stopped: {e}");
+                    }
+                    result
+                })
+                .map_err(|e| Error::Io {
+                    what: "spawn worker",
+                    reason: e.to_string(),
+                })?;
+            controls.push(control_tx);
+            threads.push(thread);
+        }
+        controls.reverse();
+        threads.reverse();
+        Ok(Self {
+            local,
+            io: io_kind,
+            controls,
+            threads,
+            events,
+        })
+    }
+
+    /// The address the workers listen on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The backend the workers use.
+    pub fn io(&self) -> IoKind {
+        self.io
+    }
+
+    /// Workers running.
+    pub fn workers(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// Events from the workers (rekey due, SA exhausted).
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    fn send(&self, worker: usize, message: Control) -> Result<()> {
+        self.controls
+            .get(worker)
+            .ok_or(Error::WorkerGone(worker))?
+            .send(message)
+            .map_err(|_| Error::WorkerGone(worker))
+    }
+
+    /// Sends a control message to every worker.
+    pub fn broadcast(&self, make: impl Fn() -> Control) -> Result<()> {
+        for worker in 0..self.controls.len() {
+            self.send(worker, make())?;
+        }
+        Ok(())
+    }
+
+    /// Installs the transmit SA worker `worker` uses for `peer`.
+    pub fn install_tx_sa(
+        &self,
+        worker: usize,
+        peer: PeerId,
+        spi: Spi,
+        suite: Suite,
+        key: &SaKey,
+        crypto: Backend,
+        limits: SaLimits,
+    ) -> Result<()> {
+        let sa = TxSa::from_key(spi, crypto, suite, key, limits, std::time::Instant::now())?;
+        self.send(worker, Control::InstallTxSa { peer, sa })
+    }
+
+    /// The worker packets of `spi` arrive on (the reuseport group steers by SPI).
+    pub fn rx_worker(&self, spi: Spi) -> usize {
+        (spi.0 as usize) % self.controls.len()
+    }
+
+    /// Installs a receive SA on the worker its packets arrive on.
+    pub fn install_rx_sa(
+        &self,
+        peer: PeerId,
+        spi: Spi,
+        suite: Suite,
+        key: &SaKey,
+        crypto: Backend,
+        limits: SaLimits,
+    ) -> Result<()> {
+        let sa = RxSa::new(spi, crypto.cipher(suite, key.as_bytes())?, limits);
+        self.send(self.rx_worker(spi), Control::InstallRxSa { peer, sa })
+    }
+
+    /// Gives every worker the master keys to derive receive SAs from.
+    pub fn set_rx_key_source(&self, source: Option<RxKeySource>) -> Result<()> {
+        self.broadcast(|| Control::SetRxKeySource(source.clone()))
+    }
+
+    /// Adds or changes a peer on every worker.
+    pub fn set_peer(&self, peer: PeerId, config: PeerConfig) -> Result<()> {
+        self.broadcast(|| Control::SetPeer {
+            peer,
+            config: config.clone(),
+        })
+    }
+
+    /// Retires an SA everywhere.
+    pub fn retire_sa(&self, spi: Spi) -> Result<()> {
+        self.broadcast(|| Control::RetireSa(spi))
+    }
+
+    /// Revokes a peer everywhere.
+    pub fn revoke_peer(&self, peer: PeerId) -> Result<()> {
+        self.broadcast(|| Control::RevokePeer(peer))
+    }
+
+    /// Starts or pauses the synthetic source on every worker.
+    pub fn set_source_active(&self, active: bool) -> Result<()> {
+        self.broadcast(|| Control::SetSourceActive(active))
+    }
+
+    /// A copy of every worker's counters.
+    pub fn snapshot(&self) -> Result<EngineStats> {
+        let mut replies = Vec::with_capacity(self.controls.len());
+        for worker in 0..self.controls.len() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            self.send(worker, Control::Snapshot(tx))?;
+            replies.push(rx);
+        }
+        let mut workers = Vec::with_capacity(replies.len());
+        for (worker, reply) in replies.into_iter().enumerate() {
+            workers.push(
+                reply
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| Error::WorkerGone(worker))?,
+            );
+        }
+        Ok(EngineStats { workers })
+    }
+
+    /// Stops every worker and returns their final counters.
+    pub fn shutdown(mut self) -> Result<EngineStats> {
+        for control in &self.controls {
+            let _ = control.send(Control::Shutdown);
+        }
+        let mut workers = Vec::with_capacity(self.threads.len());
+        for (index, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            workers.push(thread.join().map_err(|_| Error::WorkerGone(index))??);
+        }
+        Ok(EngineStats { workers })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for control in &self.controls {
+            let _ = control.send(Control::Shutdown);
+        }
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+    }
+}

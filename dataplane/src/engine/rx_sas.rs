@@ -1,0 +1,194 @@
+//! A worker's receive SAs: those the control plane installed and those derived on demand
+//! from the master keys, bounded in number and in derivations per second.
+//!
+//! An SPI that is not in the table costs a key derivation and one AEAD open. The table keeps
+//! a derived SA only once a packet authenticated under it, so packets with made-up SPIs can
+//! neither fill the table nor cost more than the derivation budget allows.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::PeerId;
+use crate::crypto::{Backend, Suite};
+use crate::error::{Error, Result};
+use crate::psp::Opened;
+use crate::sa::{MasterKeys, RxSa, SaLimits, Spi};
+
+/// Where keys for SPIs nobody installed come from: the local master keys (PSP's stateless
+/// receiver).
+#[derive(Debug, Clone)]
+pub struct RxKeySource {
+    /// The two master-key generations.
+    pub keys: MasterKeys,
+    /// The suite derived SAs use; packets of another suite are refused.
+    pub suite: Suite,
+    /// Derivations allowed per second, per worker.
+    pub derivations_per_second: u32,
+}
+
+struct Entry {
+    sa: RxSa,
+    peer: PeerId,
+    last_used: u64,
+}
+
+/// Why a packet did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RxRefusal {
+    /// From an address that is no peer, with an SPI the table lacks.
+    UnknownPeer,
+    /// No SA could be had for the SPI (or it never authenticated).
+    UnknownSpi {
+        /// The derivation budget was spent.
+        throttled: bool,
+    },
+    /// The SA refused it: the error says why.
+    Sa(Error),
+    /// The SA belongs to a revoked peer.
+    Revoked,
+}
+
+/// The receive SAs of one worker.
+pub struct RxSaTable {
+    entries: HashMap<u32, Entry>,
+    capacity: usize,
+    source: Option<RxKeySource>,
+    backend: Backend,
+    limits: SaLimits,
+    budget: u32,
+    clock: u64,
+    revoked: Vec<PeerId>,
+}
+
+impl std::fmt::Debug for RxSaTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxSaTable")
+            .field("entries", &self.entries.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RxSaTable {
+    /// An empty table of at most `capacity` SAs.
+    pub fn new(capacity: usize, backend: Backend, limits: SaLimits) -> Self {
+        Self {
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            source: None,
+            backend,
+            limits,
+            budget: 0,
+            clock: 0,
+            revoked: Vec::new(),
+        }
+    }
+
+    /// Sets (or clears) the master keys SAs are derived from.
+    pub fn set_source(&mut self, source: Option<RxKeySource>) {
+        self.budget = source.as_ref().map_or(0, |s| s.derivations_per_second / 10);
+        self.source = source;
+    }
+
+    /// Refills the derivation budget; the worker calls this ten times a second.
+    pub fn tick(&mut self) {
+        self.clock += 1;
+        if let Some(source) = &self.source {
+            self.budget = (source.derivations_per_second / 10).max(1);
+        }
+    }
+
+    /// SAs held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no SA is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Installs an SA the control plane granted.
+    pub fn install(&mut self, peer: PeerId, sa: RxSa) {
+        self.revoked.retain(|p| *p != peer);
+        self.make_room();
+        self.entries.insert(
+            sa.spi().0,
+            Entry {
+                sa,
+                peer,
+                last_used: self.clock,
+            },
+        );
+    }
+
+    /// Forgets one SA.
+    pub fn retire(&mut self, spi: Spi) -> bool {
+        self.entries.remove(&spi.0).is_some()
+    }
+
+    /// Forgets every SA of a peer and refuses to derive new ones for it until an SA for it
+    /// is installed again.
+    pub fn revoke(&mut self, peer: PeerId) {
+        self.entries.retain(|_, e| e.peer != peer);
+        if !self.revoked.contains(&peer) {
+            self.revoked.push(peer);
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.entries.len() < self.capacity {
+            return;
+        }
+        // Evicting is rare (a table full of authenticated SAs), so a scan is fine.
+        if let Some(oldest) = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(spi, _)| *spi)
+        {
+            self.entries.remove(&oldest);
+        }
+    }
+
+    /// Opens `packet` in place with the SA of `spi`, deriving one if need be. `peer_of`
+    /// maps the sender's address to a peer for derived SAs.
+    #[inline]
+    pub fn open(
+        &mut self,
+        spi: Spi,
+        src: IpAddr,
+        packet: &mut [u8],
+        peer_of: impl Fn(IpAddr) -> Option<PeerId>,
+    ) -> Result<(Opened, PeerId), RxRefusal> {
+        if let Some(entry) = self.entries.get_mut(&spi.0) {
+            entry.last_used = self.clock;
+            return entry
+                .sa
+                .open(packet)
+                .map(|o| (o, entry.peer))
+                .map_err(RxRefusal::Sa);
+        }
+        let peer = peer_of(src).ok_or(RxRefusal::UnknownPeer)?;
+        if self.revoked.contains(&peer) {
+            return Err(RxRefusal::Revoked);
+        }
+        let Some(source) = &self.source else {
+            return Err(RxRefusal::UnknownSpi { throttled: false });
+        };
+        if self.budget == 0 {
+            return Err(RxRefusal::UnknownSpi { throttled: true });
+        }
+        self.budget -= 1;
+        let unknown = || RxRefusal::UnknownSpi { throttled: false };
+        let key = source.keys.derive(spi, source.suite).map_err(|_| unknown())?;
+        let cipher = self
+            .backend
+            .cipher(source.suite, key.as_bytes())
+            .map_err(|_| unknown())?;
+        let mut sa = RxSa::new(spi, cipher, self.limits);
+        let opened = sa.open(packet).map_err(|_| unknown())?;
+        self.install(peer, sa);
+        Ok((opened, peer))
+    }
+}

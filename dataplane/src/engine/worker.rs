@@ -1,0 +1,503 @@
+//! One worker: its socket and ring, its SAs, its source and egress, its counters. Nothing
+//! here is shared with another worker, and nothing on the packet path locks or allocates.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::rx_sas::{RxRefusal, RxSaTable};
+use super::synthetic::{Generator, Sink};
+use super::{Control, Event, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats};
+use crate::crypto::Backend;
+use crate::error::{Error, Result};
+use crate::io::tun::TunQueue;
+use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
+use crate::io::{DatagramIo, TxBatch};
+use crate::psp::PSP_OVERHEAD;
+use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
+use crate::wire::{InnerPacket, PspHeader, PspRepr, PSP_BASE_HEADER_LEN};
+
+/// How often SA ages, derivation budgets and the like are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How long an idle worker blocks in the kernel before it looks at its control channel.
+const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// Receive calls per loop turn at most, so sending gets its turn.
+const RECV_ROUNDS: usize = 8;
+/// The largest inner packet read from TUN.
+const TUN_MTU_MAX: usize = 65_535;
+/// TUN reads per transmit batch at most.
+const TUN_READS_PER_BATCH: usize = 256;
+
+/// Where a worker's received inner packets go.
+#[derive(Debug)]
+pub(super) enum WorkerEgress {
+    Discard,
+    Sink(Sink),
+    Tun(TunQueue),
+}
+
+/// Everything a worker starts with; moved into its thread.
+pub(super) struct WorkerSetup {
+    pub index: usize,
+    pub workers: usize,
+    pub core: Option<usize>,
+    pub io: Box<dyn DatagramIo>,
+    pub control: Receiver<Control>,
+    pub events: Sender<Event>,
+    pub protection: Protection,
+    pub crypto: Backend,
+    pub limits: SaLimits,
+    pub peers: Vec<PeerConfig>,
+    pub max_rx_sas: usize,
+    pub batch_sends: usize,
+    pub source: Option<TrafficSpec>,
+    pub egress: WorkerEgress,
+}
+
+struct Peer {
+    config: PeerConfig,
+    tx: Option<TxSa>,
+    rekey_reported: bool,
+}
+
+/// The worker's state apart from its I/O backend, so the receive closure can borrow it
+/// while the backend is borrowed too.
+struct State {
+    index: usize,
+    protection: Protection,
+    peers: Vec<Peer>,
+    rx_sas: RxSaTable,
+    source: Option<Generator>,
+    source_active: bool,
+    next_peer: usize,
+    egress: WorkerEgress,
+    tun_buf: Vec<u8>,
+    events: Sender<Event>,
+    stats: WorkerStats,
+}
+
+/// Runs a worker until it is told to shut down; returns its final counters.
+pub(super) fn run(setup: WorkerSetup) -> Result<WorkerStats> {
+    if let Some(core) = setup.core {
+        // Pinning is best effort: an unavailable core leaves the thread to the scheduler.
+        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    }
+    let WorkerSetup {
+        index,
+        workers,
+        mut io,
+        control,
+        events,
+        protection,
+        crypto,
+        limits,
+        peers,
+        max_rx_sas,
+        batch_sends,
+        source,
+        egress,
+        ..
+    } = setup;
+    let mut state = State {
+        index,
+        protection,
+        peers: peers
+            .into_iter()
+            .map(|config| Peer {
+                config,
+                tx: None,
+                rekey_reported: false,
+            })
+            .collect(),
+        rx_sas: RxSaTable::new(max_rx_sas, crypto, limits),
+        source: source.map(|spec| Generator::new(spec, index, workers)),
+        source_active: true,
+        next_peer: index,
+        tun_buf: if matches!(egress, WorkerEgress::Tun(_)) {
+            vec![0u8; TUN_MTU_MAX]
+        } else {
+            Vec::new()
+        },
+        egress,
+        events,
+        stats: WorkerStats::default(),
+    };
+    if let WorkerEgress::Tun(queue) = &state.egress {
+        io.watch(queue.raw_fd())?;
+    }
+    let mut batch = TxBatch::new(batch_sends);
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        loop {
+            match control.try_recv() {
+                Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    return Ok(state.final_stats(io.as_ref()));
+                }
+                Ok(message) => state.handle(message, io.as_ref()),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+
+        let started = Instant::now();
+        state.build_batch(&mut batch);
+        let sending = !batch.is_empty();
+        let built = Instant::now();
+        if sending {
+            io.send(&mut batch)?;
+        }
+        let sent = Instant::now();
+        state.stats.ns_tx_build += (built - started).as_nanos() as u64;
+        state.stats.ns_tx_send += (sent - built).as_nanos() as u64;
+
+        // With nothing to send, block in the kernel until a datagram arrives, the TUN queue
+        // becomes readable (the backend watches it) or the control channel is due a look.
+        let mut wait = (!sending).then_some(IDLE_WAIT);
+        let mut process_ns = 0u64;
+        for _ in 0..RECV_ROUNDS {
+            let n = io.recv(wait, &mut |buf, segment, src| {
+                let t = Instant::now();
+                state.on_datagram(buf, segment, src);
+                process_ns += t.elapsed().as_nanos() as u64;
+            })?;
+            wait = None;
+            if n == 0 {
+                break;
+            }
+        }
+        let received = Instant::now();
+        state.stats.ns_rx_process += process_ns;
+        state.stats.ns_rx_io += ((received - sent).as_nanos() as u64).saturating_sub(process_ns);
+
+        if received >= next_tick {
+            next_tick = received + TICK;
+            state.tick(received);
+        }
+    }
+}
+
+impl State {
+    fn final_stats(&self, io: &dyn DatagramIo) -> WorkerStats {
+        let mut stats = self.stats;
+        stats.io = io.stats();
+        if let WorkerEgress::Sink(sink) = &self.egress {
+            stats.sink = sink.stats();
+        }
+        stats
+    }
+
+    fn handle(&mut self, message: Control, io: &dyn DatagramIo) {
+        match message {
+            Control::InstallTxSa { peer, sa } => {
+                if let Some(p) = self.peers.get_mut(peer.0 as usize) {
+                    p.tx = Some(sa);
+                    p.rekey_reported = false;
+                }
+            }
+            Control::SetPeer { peer, config } => {
+                let index = peer.0 as usize;
+                if index >= self.peers.len() {
+                    // Growing the peer list is a control-path allocation, never a packet-path one.
+                    self.peers.resize_with(index + 1, || Peer {
+                        config: PeerConfig {
+                            endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+                            prefixes: Vec::new(),
+                        },
+                        tx: None,
+                        rekey_reported: false,
+                    });
+                }
+                self.peers[index].config = config;
+            }
+            Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, sa),
+            Control::SetRxKeySource(source) => self.rx_sas.set_source(source),
+            Control::RetireSa(spi) => {
+                self.rx_sas.retire(spi);
+                for p in &mut self.peers {
+                    if p.tx.as_ref().is_some_and(|sa| sa.spi() == spi) {
+                        p.tx = None;
+                    }
+                }
+            }
+            Control::RevokePeer(peer) => {
+                self.rx_sas.revoke(peer);
+                if let Some(p) = self.peers.get_mut(peer.0 as usize) {
+                    p.tx = None;
+                }
+            }
+            Control::SetSourceActive(active) => self.source_active = active,
+            Control::Snapshot(reply) => {
+                let _ = reply.send(self.final_stats(io));
+            }
+            Control::Shutdown => {}
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.rx_sas.tick();
+        for (i, peer) in self.peers.iter_mut().enumerate() {
+            let Some(sa) = peer.tx.as_mut() else { continue };
+            let event = match sa.state(now) {
+                TxSaState::Fresh => None,
+                TxSaState::RekeyDue if !peer.rekey_reported => {
+                    peer.rekey_reported = true;
+                    Some(Event::RekeyDue {
+                        worker: self.index,
+                        peer: PeerId(i as u32),
+                    })
+                }
+                TxSaState::RekeyDue => None,
+                TxSaState::Exhausted => {
+                    peer.tx = None;
+                    Some(Event::SaExhausted {
+                        worker: self.index,
+                        peer: PeerId(i as u32),
+                    })
+                }
+            };
+            if let Some(event) = event {
+                // A full event queue means the control thread is behind; the state is
+                // reported again at the next tick only for exhaustion, which matters most.
+                let _ = self.events.try_send(event);
+            }
+        }
+    }
+
+    fn build_batch(&mut self, batch: &mut TxBatch) {
+        if self.source.is_some() {
+            self.build_synthetic(batch);
+        } else if matches!(self.egress, WorkerEgress::Tun(_)) {
+            self.build_from_tun(batch);
+        }
+    }
+
+    fn build_synthetic(&mut self, batch: &mut TxBatch) {
+        let Some(generator) = self.source.as_mut() else {
+            return;
+        };
+        if !self.source_active || generator.is_idle() || self.peers.is_empty() {
+            return;
+        }
+        let inner_len = generator.packet_len();
+        let framed = inner_len + PSP_OVERHEAD;
+        // Plain frames carry an SPI too, so the receiver's steering treats them alike.
+        let plain_spi = Spi(0x4000_0000 | self.index as u32);
+        let per_send = (MAX_GSO_BYTES / framed).clamp(1, MAX_GSO_SEGMENTS);
+        let mut skipped = 0;
+        'batch: while !batch.is_full() && skipped < self.peers.len() {
+            let p = self.next_peer % self.peers.len();
+            self.next_peer = self.next_peer.wrapping_add(1);
+            let peer = &mut self.peers[p];
+            if self.protection == Protection::Encrypted && peer.tx.is_none() {
+                skipped += 1;
+                continue;
+            }
+            skipped = 0;
+            let dst = peer.config.endpoint;
+            for _ in 0..per_send {
+                let Some(slot) = batch.append(dst, framed) else {
+                    break 'batch;
+                };
+                generator.fill(&mut slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len]);
+                let framed_ok = match (self.protection, peer.tx.as_mut()) {
+                    (Protection::Encrypted, Some(sa)) => sa.seal(4, 0, slot).is_ok(),
+                    (Protection::Encrypted, None) => false,
+                    (Protection::PlainBaseline, _) => plain_frame(plain_spi, slot),
+                };
+                if !framed_ok {
+                    batch.unappend(framed);
+                    generator.unfill();
+                    self.stats.tx_seal_failed += 1;
+                    peer.tx = None;
+                    let _ = self.events.try_send(Event::SaExhausted {
+                        worker: self.index,
+                        peer: PeerId(p as u32),
+                    });
+                    break;
+                }
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += inner_len as u64;
+                self.stats.generated += 1;
+            }
+        }
+    }
+
+    fn build_from_tun(&mut self, batch: &mut TxBatch) {
+        let WorkerEgress::Tun(queue) = &mut self.egress else {
+            return;
+        };
+        let mut reads = 0;
+        while !batch.is_full() && reads < TUN_READS_PER_BATCH {
+            let len = match queue.read(&mut self.tun_buf) {
+                Ok(Some(len)) => len,
+                Ok(None) | Err(_) => break,
+            };
+            reads += 1;
+            let packet = &self.tun_buf[..len];
+            let Ok(inner) = InnerPacket::new_checked(packet) else {
+                self.stats.tx_no_route += 1;
+                continue;
+            };
+            let next_header = inner.psp_next_header();
+            let Some(p) = route(&self.peers, inner.flow_key().dst) else {
+                self.stats.tx_no_route += 1;
+                continue;
+            };
+            let peer = &mut self.peers[p];
+            let Some(sa) = peer.tx.as_mut() else {
+                // Never plaintext: no SA, no packet.
+                self.stats.tx_no_sa += 1;
+                continue;
+            };
+            let framed = len + PSP_OVERHEAD;
+            let Some(slot) = batch.append(peer.config.endpoint, framed) else {
+                break;
+            };
+            slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + len].copy_from_slice(packet);
+            if sa.seal(next_header, 0, slot).is_ok() {
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += len as u64;
+            } else {
+                batch.unappend(framed);
+                self.stats.tx_seal_failed += 1;
+            }
+        }
+    }
+
+    #[inline]
+    fn on_datagram(&mut self, buf: &mut [u8], segment: usize, src: SocketAddr) {
+        for packet in buf.chunks_mut(segment) {
+            self.on_packet(packet, src);
+        }
+    }
+
+    #[inline]
+    fn on_packet(&mut self, packet: &mut [u8], src: SocketAddr) {
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += packet.len() as u64;
+        let range = match self.protection {
+            Protection::PlainBaseline => {
+                if PspHeader::new_checked(&*packet).is_err() {
+                    self.stats.rx_malformed += 1;
+                    return;
+                }
+                PSP_BASE_HEADER_LEN..packet.len() - PSP_OVERHEAD + PSP_BASE_HEADER_LEN
+            }
+            Protection::Encrypted => {
+                let spi = match PspHeader::new_checked(&*packet) {
+                    Ok(h) => h.spi(),
+                    Err(_) => {
+                        self.stats.rx_malformed += 1;
+                        return;
+                    }
+                };
+                let peers = &self.peers;
+                let peer_of = |ip: IpAddr| {
+                    peers
+                        .iter()
+                        .position(|p| p.config.endpoint.ip() == ip)
+                        .map(|i| PeerId(i as u32))
+                };
+                match self.rx_sas.open(spi, src.ip(), packet, peer_of) {
+                    Ok((opened, _peer)) => opened.payload,
+                    Err(refusal) => {
+                        self.count_refusal(refusal);
+                        return;
+                    }
+                }
+            }
+        };
+        let inner = &packet[range];
+        self.stats.rx_delivered += 1;
+        self.stats.rx_delivered_bytes += inner.len() as u64;
+        match &mut self.egress {
+            WorkerEgress::Discard => {}
+            WorkerEgress::Sink(sink) => sink.deliver(inner),
+            WorkerEgress::Tun(queue) => {
+                if queue.write(inner).is_err() {
+                    self.stats.rx_rejected += 1;
+                }
+            }
+        }
+    }
+
+    fn count_refusal(&mut self, refusal: RxRefusal) {
+        let s = &mut self.stats;
+        match refusal {
+            RxRefusal::UnknownPeer => s.rx_unknown_peer += 1,
+            RxRefusal::UnknownSpi { throttled } => {
+                s.rx_unknown_spi += 1;
+                s.rx_derive_throttled += u64::from(throttled);
+            }
+            RxRefusal::Revoked => s.rx_rejected += 1,
+            RxRefusal::Sa(Error::AuthenticationFailed) => s.rx_auth_failed += 1,
+            RxRefusal::Sa(Error::Replayed(_)) => s.rx_replayed += 1,
+            RxRefusal::Sa(Error::TooOld { .. }) => s.rx_too_old += 1,
+            RxRefusal::Sa(Error::IvOutOfRange { .. }) => s.rx_iv_out_of_range += 1,
+            RxRefusal::Sa(_) => s.rx_malformed += 1,
+        }
+    }
+}
+
+/// The peer whose longest prefix covers `dst`.
+fn route(peers: &[Peer], dst: IpAddr) -> Option<usize> {
+    let mut best: Option<(usize, u8)> = None;
+    for (i, peer) in peers.iter().enumerate() {
+        for &(prefix, len) in &peer.config.prefixes {
+            if prefix_contains(prefix, len, dst) && best.is_none_or(|(_, l)| len > l) {
+                best = Some((i, len));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Writes the PSP header of a plain baseline frame (no AEAD; the ICV bytes stay as they are).
+fn plain_frame(spi: Spi, slot: &mut [u8]) -> bool {
+    PspRepr {
+        next_header: 4,
+        crypt_offset: 0,
+        sample: false,
+        drop_after_sampling: false,
+        suite: crate::crypto::Suite::AesGcm256,
+        spi,
+        iv: 1,
+        vc: None,
+    }
+    .emit(slot)
+    .is_ok()
+}
+
+/// Whether `addr` lies in `prefix/len`.
+pub(super) fn prefix_contains(prefix: IpAddr, len: u8, addr: IpAddr) -> bool {
+    match (prefix, addr) {
+        (IpAddr::V4(p), IpAddr::V4(a)) => {
+            let len = u32::from(len.min(32));
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(p) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(p), IpAddr::V6(a)) => {
+            let len = u32::from(len.min(128));
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            u128::from(p) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_by_length_and_family() {
+        let net: IpAddr = "10.1.0.0".parse().unwrap();
+        assert!(prefix_contains(net, 16, "10.1.200.3".parse().unwrap()));
+        assert!(!prefix_contains(net, 16, "10.2.0.1".parse().unwrap()));
+        assert!(prefix_contains(net, 0, "192.0.2.1".parse().unwrap()));
+        assert!(!prefix_contains(net, 0, "::1".parse().unwrap()));
+        let net6: IpAddr = "fd00:1::".parse().unwrap();
+        assert!(prefix_contains(net6, 32, "fd00:1::9".parse().unwrap()));
+        assert!(!prefix_contains(net6, 32, "fd00:2::9".parse().unwrap()));
+    }
+}

@@ -1,0 +1,246 @@
+//! The I/O backends: io_uring and epoll (mio), UDP GSO/GRO, TUN. The only module with
+//! `unsafe` code; every block says why it is sound.
+//!
+//! Both backends implement [`DatagramIo`]: send a [`TxBatch`] of GSO super-datagrams, and
+//! hand received (GRO-coalesced) datagrams to a closure that works on them in place.
+
+#![allow(unsafe_code)]
+
+mod epoll;
+pub mod tun;
+pub mod udp;
+mod uring;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use epoll::EpollIo;
+pub use uring::{probe_io_uring, UringIo};
+
+use crate::error::Result;
+
+/// Which I/O backend a worker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoKind {
+    /// io_uring where it can be set up, epoll otherwise (with a log line saying why).
+    #[default]
+    Auto,
+    /// io_uring: multishot receive into a provided-buffer ring, batched GSO sends.
+    IoUring,
+    /// epoll through mio, with recvmmsg/sendmmsg.
+    Epoll,
+}
+
+impl IoKind {
+    /// The name in configs, on the command line and in benchmark output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoKind::Auto => "auto",
+            IoKind::IoUring => "io_uring",
+            IoKind::Epoll => "epoll",
+        }
+    }
+
+    /// Resolves `Auto` to a concrete backend; the string says why epoll was chosen, if it was.
+    pub fn resolve(self) -> Result<(IoKind, Option<String>)> {
+        match self {
+            IoKind::Epoll => Ok((IoKind::Epoll, None)),
+            IoKind::IoUring => probe_io_uring().map(|()| (IoKind::IoUring, None)),
+            IoKind::Auto => match probe_io_uring() {
+                Ok(()) => Ok((IoKind::IoUring, None)),
+                Err(e) => Ok((IoKind::Epoll, Some(e.to_string()))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for IoKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for IoKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoKind::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(IoKind::IoUring),
+            "epoll" => Ok(IoKind::Epoll),
+            other => Err(format!(
+                "unknown io backend {other:?} (expected auto, io_uring or epoll)"
+            )),
+        }
+    }
+}
+
+/// One GSO send: `len` bytes at `offset` in the batch buffer, cut by the kernel into
+/// datagrams of `segment` bytes (the last may be shorter), all to `dst`.
+#[derive(Debug, Clone, Copy)]
+pub struct GsoSend {
+    /// Start in the batch buffer.
+    pub offset: usize,
+    /// Bytes in this send.
+    pub len: usize,
+    /// Datagram size the kernel segments into.
+    pub segment: u16,
+    /// Destination.
+    pub dst: SocketAddr,
+}
+
+/// A batch of GSO sends in one buffer, allocated once per worker and reused.
+pub struct TxBatch {
+    buf: Box<[u8]>,
+    used: usize,
+    sends: Vec<GsoSend>,
+    max_sends: usize,
+}
+
+impl fmt::Debug for TxBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxBatch")
+            .field("sends", &self.sends.len())
+            .field("used", &self.used)
+            .finish()
+    }
+}
+
+impl TxBatch {
+    /// A batch of up to `max_sends` GSO sends of up to [`udp::MAX_GSO_BYTES`] each.
+    pub fn new(max_sends: usize) -> Self {
+        let max_sends = max_sends.max(1);
+        Self {
+            buf: vec![0u8; max_sends * udp::MAX_GSO_BYTES].into_boxed_slice(),
+            used: 0,
+            sends: Vec::with_capacity(max_sends),
+            max_sends,
+        }
+    }
+
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.sends.clear();
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+    }
+
+    /// Whether no further send can be opened.
+    pub fn is_full(&self) -> bool {
+        self.sends.len() >= self.max_sends
+    }
+
+    /// The queued sends.
+    pub fn sends(&self) -> &[GsoSend] {
+        &self.sends
+    }
+
+    /// The bytes of one queued send.
+    pub fn bytes(&self, send: &GsoSend) -> &[u8] {
+        &self.buf[send.offset..send.offset + send.len]
+    }
+
+    /// Appends a datagram of `len` bytes to `dst`: to the last send when it goes to `dst`,
+    /// `len` fits its segment size and it is not closed by a shorter datagram; otherwise to a
+    /// new send. Returns the datagram's buffer, or `None` when the batch is full.
+    pub fn append(&mut self, dst: SocketAddr, len: usize) -> Option<&mut [u8]> {
+        if len == 0 || len > udp::MAX_GSO_BYTES {
+            return None;
+        }
+        let fits_last = self.sends.last().is_some_and(|s| {
+            let segment = usize::from(s.segment);
+            s.dst == dst
+                && len <= segment
+                && s.len % segment == 0
+                && s.len / segment < udp::MAX_GSO_SEGMENTS
+                && s.len + len <= udp::MAX_GSO_BYTES
+        });
+        if !fits_last {
+            if self.is_full() {
+                return None;
+            }
+            let offset = self.sends.len() * udp::MAX_GSO_BYTES;
+            self.sends.push(GsoSend {
+                offset,
+                len: 0,
+                segment: len as u16,
+                dst,
+            });
+        }
+        let last = self.sends.len() - 1;
+        let start = self.sends[last].offset + self.sends[last].len;
+        self.sends[last].len += len;
+        Some(&mut self.buf[start..start + len])
+    }
+
+    /// Takes back the datagram of `len` bytes just appended (it could not be sealed).
+    pub fn unappend(&mut self, len: usize) {
+        if let Some(last) = self.sends.last_mut() {
+            last.len -= len.min(last.len);
+            if last.len == 0 {
+                self.sends.pop();
+            }
+        }
+    }
+
+    /// Drops the first `n` sends (they were sent); the rest move to the front.
+    pub fn consume(&mut self, n: usize) {
+        self.sends.drain(..n.min(self.sends.len()));
+    }
+}
+
+/// What the I/O layer counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IoStats {
+    /// System calls (or io_uring enters) that sent.
+    pub send_calls: u64,
+    /// GSO sends handed to the kernel.
+    pub gso_sends: u64,
+    /// Sends the kernel refused (the datagrams in them were dropped and counted here).
+    pub send_errors: u64,
+    /// Receive calls (or completions) that carried data.
+    pub recv_calls: u64,
+    /// Datagrams as received (a GRO-coalesced one counts once).
+    pub recv_datagrams: u64,
+    /// Times the provided-buffer ring ran dry (io_uring) and receive was re-armed.
+    pub recv_no_buffers: u64,
+    /// Times a multishot receive ended and was re-armed.
+    pub recv_rearms: u64,
+}
+
+/// A received datagram handed to the packet path: the bytes (in place, writable), the GRO
+/// segment size (the whole length when not coalesced) and the sender.
+pub type OnDatagram<'a> = dyn FnMut(&mut [u8], usize, SocketAddr) + 'a;
+
+/// A worker's datagram socket, driven by one backend.
+pub trait DatagramIo: Send {
+    /// Sends every send in `batch`. Datagrams the kernel refuses are dropped and counted in
+    /// [`IoStats::send_errors`]; the batch is left empty.
+    fn send(&mut self, batch: &mut TxBatch) -> Result<()>;
+
+    /// Hands every datagram ready now to `on_datagram`; when none is ready, waits up to
+    /// `wait` for one (no wait when `None`). Returns the datagrams handed over.
+    fn recv(&mut self, wait: Option<Duration>, on_datagram: &mut OnDatagram<'_>) -> Result<usize>;
+
+    /// Also ends a [`recv`](Self::recv) wait when `fd` becomes readable (the TUN queue).
+    fn watch(&mut self, fd: std::os::fd::RawFd) -> Result<()>;
+
+    /// The counters so far.
+    fn stats(&self) -> IoStats;
+}
+
+/// Opens the backend `kind` (not `Auto`) over a bound socket.
+pub fn open(kind: IoKind, socket: OwnedFd) -> Result<Box<dyn DatagramIo>> {
+    Ok(match kind {
+        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket)?),
+        IoKind::Epoll => Box::new(EpollIo::new(socket)?),
+    })
+}
