@@ -80,6 +80,10 @@ fn exchange(io: IoKind) {
     b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
     lab::enable_rx_derivation(&a, &keys_a, SUITE).unwrap();
     lab::enable_rx_derivation(&b, &keys_b, SUITE).unwrap();
+    // A snapshot is a round trip through every worker's control queue: after it, the
+    // peers and keys above are in place before any packet is sent.
+    a.snapshot().unwrap();
+    b.snapshot().unwrap();
     let limits = SaLimits::default();
     lab::install_tx_sas(&a, PeerId(0), &keys_b, SUITE, Backend::AwsLc, limits).unwrap();
     lab::install_tx_sas(&b, PeerId(0), &keys_a, SUITE, Backend::AwsLc, limits).unwrap();
@@ -134,6 +138,7 @@ fn forged_packets_are_dropped_and_counted(io: IoKind) {
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     b.set_peer(PeerId(0), peer(attacker.local_addr().unwrap())).unwrap();
     lab::enable_rx_derivation(&b, &keys_b, SUITE).unwrap();
+    b.snapshot().unwrap();
     let to = b.local_addr();
     let now = Instant::now();
     let limits = SaLimits::default();

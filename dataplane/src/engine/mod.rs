@@ -220,14 +220,14 @@ impl Engine {
         let mut controls = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
         for (index, socket) in sockets.into_iter().enumerate().rev() {
-            let backend = io::open(io_kind, socket)?;
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let core = (!config.cores.is_empty()).then(|| config.cores[index % config.cores.len()]);
             let setup = worker::WorkerSetup {
                 index,
                 workers: config.workers,
                 core,
-                io: backend,
+                io: (io_kind, socket),
                 control: control_rx,
                 events: event_tx.clone(),
                 protection: config.protection,
@@ -242,7 +242,9 @@ impl Engine {
             let thread = std::thread::Builder::new()
                 .name(format!("cpclink-w{index}"))
                 .spawn(move || {
-                    let result = worker::run(setup);
+                    // The ring is set up on the thread that uses it (single-issuer rings
+                    // refuse submissions from any other).
+                    let result = worker::run(setup, ready_tx);
                     if let Err(e) = &result {
                         eprintln!("cpclink: worker {index} stopped: {e}");
                     }
@@ -252,6 +254,9 @@ impl Engine {
                     what: "spawn worker",
                     reason: e.to_string(),
                 })?;
+            ready_rx
+                .recv()
+                .map_err(|_| Error::WorkerGone(index))??;
             controls.push(control_tx);
             threads.push(thread);
         }

@@ -13,7 +13,8 @@ use crate::crypto::Backend;
 use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
 use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-use crate::io::{DatagramIo, TxBatch};
+use crate::io::{DatagramIo, IoKind, TxBatch};
+use std::os::fd::OwnedFd;
 use crate::psp::PSP_OVERHEAD;
 use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
 use crate::wire::{InnerPacket, PspHeader, PspRepr, PSP_BASE_HEADER_LEN};
@@ -42,7 +43,7 @@ pub(super) struct WorkerSetup {
     pub index: usize,
     pub workers: usize,
     pub core: Option<usize>,
-    pub io: Box<dyn DatagramIo>,
+    pub io: (IoKind, OwnedFd),
     pub control: Receiver<Control>,
     pub events: Sender<Event>,
     pub protection: Protection,
@@ -78,7 +79,8 @@ struct State {
 }
 
 /// Runs a worker until it is told to shut down; returns its final counters.
-pub(super) fn run(setup: WorkerSetup) -> Result<WorkerStats> {
+/// `ready` learns whether the I/O backend could be set up before any packet moves.
+pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<WorkerStats> {
     if let Some(core) = setup.core {
         // Pinning is best effort: an unavailable core leaves the thread to the scheduler.
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -86,7 +88,7 @@ pub(super) fn run(setup: WorkerSetup) -> Result<WorkerStats> {
     let WorkerSetup {
         index,
         workers,
-        mut io,
+        io: (io_kind, socket),
         control,
         events,
         protection,
@@ -99,6 +101,16 @@ pub(super) fn run(setup: WorkerSetup) -> Result<WorkerStats> {
         egress,
         ..
     } = setup;
+    let mut io = match crate::io::open(io_kind, socket) {
+        Ok(io) => {
+            let _ = ready.send(Ok(()));
+            io
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
     let mut state = State {
         index,
         protection,
