@@ -20,8 +20,8 @@ pub mod topology;
 
 pub use error::Error;
 pub use hmac::HmacKey;
-// pub use metrics::{LinkMetrics, MetricStore, SiteMetrics};
-// pub use select::{Decision, Explanation, PathSelector};
+pub use metrics::{LinkMetrics, MetricStore, SiteMetrics};
+pub use select::{Decision, Explanation, PathSelector};
 pub use sid::{SegmentList, Sid, SidStructure};
 pub use srh::{Srh, SrhRepr, TlvRepr};
-// pub use topology::Topology;
+pub use topology::Topology;

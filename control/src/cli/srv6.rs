@@ -1,11 +1,13 @@
 //! `cpclink srv6`: SRH decode and encode, and the CATS what-if path selector.
 
 use std::net::Ipv6Addr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use cpclink_srv6::inspect::decode_packet;
-use cpclink_srv6::{HmacKey, SegmentList, SrhRepr};
+use cpclink_srv6::select::SelectorConfig;
+use cpclink_srv6::{HmacKey, PathSelector, SegmentList, SrhRepr, Topology};
 
 /// SRv6 packet tools and path selection.
 #[derive(Debug, Args)]
@@ -39,6 +41,16 @@ enum Srv6Command {
         /// Outer IPv6 source address: part of the HMAC text.
         #[arg(long)]
         source: Option<Ipv6Addr>,
+    },
+    /// What-if path selection: read a topology and service request, print the chosen site,
+    /// its segment list and why (file format: srv6/README.md).
+    Select {
+        /// Topology file (TOML).
+        #[arg(long)]
+        input: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,6 +99,22 @@ fn execute(args: Srv6Args) -> Result<String, String> {
                 srh.sign(source, &key).map_err(|e| e.to_string())?;
             }
             srh.to_bytes().map(hex::encode).map_err(|e| e.to_string())
+        }
+        Srv6Command::Select { input, json } => {
+            let topo = Topology::load(&input).map_err(|e| e.to_string())?;
+            let decision = PathSelector::new(SelectorConfig::default())
+                .decide(&topo, topo.now_ms)
+                .map_err(|e| e.to_string())?;
+            if json {
+                return serde_json::to_string_pretty(&decision).map_err(|e| e.to_string());
+            }
+            Ok(format!(
+                "site {} via {}\nsegments {}\n{}",
+                decision.site,
+                topo.describe_path(decision.path_index),
+                decision.segments,
+                decision.explanation
+            ))
         }
     }
 }
