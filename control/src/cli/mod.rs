@@ -2,6 +2,7 @@
 
 mod bench;
 mod psp;
+mod srv6;
 
 use std::process::ExitCode;
 
@@ -21,15 +22,22 @@ enum Command {
     Psp(psp::PspArgs),
     /// Benchmark suites, each beside a baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// SRv6: SRH decode/encode with HMAC, CATS path selection, Linux seg6 programming.
+    Srv6(srv6::Srv6Args),
 }
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Psp(args) => psp::run(args).map(|line| println!("{line}")),
-        Command::Bench(args) => bench::run(args),
-    };
+    match cli.command {
+        Command::Psp(args) => finish(psp::run(args).map(|line| println!("{line}"))),
+        Command::Bench(args) => finish(bench::run(args)),
+        Command::Srv6(args) => srv6::run(args),
+    }
+}
+
+/// Reports an error on stderr, one line, and turns the outcome into an exit status.
+fn finish(result: Result<(), crate::error::Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
