@@ -87,6 +87,15 @@ impl std::fmt::Display for Plan {
     }
 }
 
+/// A CPU set for the diff: the cpulist, or `none`.
+fn cpus(l: &CpuList) -> String {
+    if l.is_empty() {
+        "none".to_owned()
+    } else {
+        l.to_string()
+    }
+}
+
 fn on_off(b: bool) -> String {
     if b { "on" } else { "off" }.to_owned()
 }
@@ -249,8 +258,8 @@ pub fn plan(profile: &Profile, iface: &Interface, cpu: &CpuReport) -> Result<Pla
             if live != want {
                 change(
                     format!("cpu.irq_affinity.irq{irq}"),
-                    live.to_string(),
-                    want.to_string(),
+                    cpus(&live),
+                    cpus(&want),
                     Action::Write(path, want.to_string()),
                 );
             }
@@ -265,8 +274,8 @@ pub fn plan(profile: &Profile, iface: &Interface, cpu: &CpuReport) -> Result<Pla
                 Ok(Ok(live)) if live == want => {}
                 Ok(Ok(live)) => change(
                     format!("cpu.rps.rx-{q}"),
-                    live.to_string(),
-                    want.to_string(),
+                    cpus(&live),
+                    cpus(&want),
                     Action::Write(path, want.to_mask()),
                 ),
                 _ => unsupported.push(format!(
@@ -280,12 +289,16 @@ pub fn plan(profile: &Profile, iface: &Interface, cpu: &CpuReport) -> Result<Pla
         for q in 0..iface.tx_queues {
             let want = CpuList::single(cores[q % cores.len()]);
             let path = queues.join(format!("tx-{q}/xps_cpus"));
+            // Single-queue devices may hide xps_cpus: with one tx queue there is nothing to steer.
+            if iface.tx_queues == 1 && !path.exists() {
+                continue;
+            }
             match host::read(&path).map(|s| CpuList::from_mask(&s)) {
                 Ok(Ok(live)) if live == want => {}
                 Ok(Ok(live)) => change(
                     format!("cpu.xps.tx-{q}"),
-                    live.to_string(),
-                    want.to_string(),
+                    cpus(&live),
+                    cpus(&want),
                     Action::Write(path, want.to_mask()),
                 ),
                 _ => unsupported.push(format!(

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod hw;
+
 /// cpclink: encrypted, compute-aware links between computing power centres.
 #[derive(Debug, Parser)]
 #[command(name = "cpclink", version, about)]
@@ -13,10 +15,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Hardware profiles: detect the NIC and CPU, apply a profile, tune by measurement.
+    Hw(hw::HwArgs),
+}
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Hw(args) => hw::run(args),
+    }
 }
