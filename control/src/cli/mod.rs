@@ -1,6 +1,7 @@
 //! Command-line front end: one module per subcommand.
 
 mod bench;
+mod hw;
 mod psp;
 mod srv6;
 
@@ -24,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// SRv6: SRH decode/encode with HMAC, CATS path selection, Linux seg6 programming.
     Srv6(srv6::Srv6Args),
+    /// Hardware profiles: detect the NIC and CPU, apply a profile, tune by measurement.
+    Hw(hw::HwArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -33,6 +36,7 @@ pub fn run() -> ExitCode {
         Command::Psp(args) => finish(psp::run(args).map(|line| println!("{line}"))),
         Command::Bench(args) => finish(bench::run(args)),
         Command::Srv6(args) => srv6::run(args),
+        Command::Hw(args) => hw::run(args),
     }
 }
 
