@@ -1,5 +1,10 @@
 //! Command-line front end: one module per subcommand.
 
+mod bench;
+mod hw;
+mod psp;
+mod srv6;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,10 +18,35 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// PSP packet tools: derive keys, seal and open packets.
+    Psp(psp::PspArgs),
+    /// Benchmark suites, each beside a baseline measured in the same run.
+    Bench(bench::BenchArgs),
+    /// SRv6: SRH decode/encode with HMAC, CATS path selection, Linux seg6 programming.
+    Srv6(srv6::Srv6Args),
+    /// Hardware profiles: detect the NIC and CPU, apply a profile, tune by measurement.
+    Hw(hw::HwArgs),
+}
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Psp(args) => finish(psp::run(args).map(|line| println!("{line}"))),
+        Command::Bench(args) => finish(bench::run(args)),
+        Command::Srv6(args) => srv6::run(args),
+        Command::Hw(args) => hw::run(args),
+    }
+}
+
+/// Reports an error on stderr, one line, and turns the outcome into an exit status.
+fn finish(result: Result<(), crate::error::Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cpclink: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -252,3 +252,16 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Whatever arrives, opening neither panics nor yields plaintext it did not verify.
+    #[test]
+    fn arbitrary_bytes_never_open(mut data in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (_, mut rx) = pair(SaLimits::default());
+        if data.len() >= 8 {
+            data[4..8].copy_from_slice(&42u32.to_be_bytes());
+        }
+        prop_assert!(rx.open(&mut data).is_err());
+        prop_assert_eq!(rx.stats().accepted, 0);
+    }
+}

@@ -1,0 +1,120 @@
+//! `cpclink srv6`: SRH decode and encode, and the CATS what-if path selector.
+
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use cpclink_srv6::inspect::decode_packet;
+use cpclink_srv6::select::SelectorConfig;
+use cpclink_srv6::{HmacKey, PathSelector, SegmentList, SrhRepr, Topology};
+
+/// SRv6 packet tools and path selection.
+#[derive(Debug, Args)]
+pub struct Srv6Args {
+    #[command(subcommand)]
+    command: Srv6Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Srv6Command {
+    /// Decode the SRH of an IPv6 packet (hex, starting at the IPv6 header) and print JSON.
+    Decode {
+        /// The packet in hex; spaces and colons are ignored.
+        #[arg(long)]
+        packet: String,
+        /// Verify the HMAC TLV with this key, as KEYID:SECRET_HEX.
+        #[arg(long, value_name = "KEYID:SECRET_HEX")]
+        hmac_key: Option<String>,
+    },
+    /// Build an SRH for a segment list and print it in hex.
+    Encode {
+        /// Segments in visiting order (first visited first), comma-separated.
+        #[arg(long)]
+        segments: String,
+        /// Next Header after the SRH (41: IPv6 inside, 4: IPv4 inside).
+        #[arg(long, default_value_t = 41)]
+        next_header: u8,
+        /// Add an HMAC TLV with this key, as KEYID:SECRET_HEX (needs --source).
+        #[arg(long, value_name = "KEYID:SECRET_HEX")]
+        hmac_key: Option<String>,
+        /// Outer IPv6 source address: part of the HMAC text.
+        #[arg(long)]
+        source: Option<Ipv6Addr>,
+    },
+    /// What-if path selection: read a topology and service request, print the chosen site,
+    /// its segment list and why (file format: srv6/README.md).
+    Select {
+        /// Topology file (TOML).
+        #[arg(long)]
+        input: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `cpclink srv6 ...`.
+pub fn run(args: Srv6Args) -> ExitCode {
+    match execute(args) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cpclink srv6: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(args: Srv6Args) -> Result<String, String> {
+    match args.command {
+        Srv6Command::Decode { packet, hmac_key } => {
+            let clean: String = packet
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != ':')
+                .collect();
+            let bytes = hex::decode(&clean).map_err(|e| format!("--packet is not hex: {e}"))?;
+            let key = hmac_key
+                .as_deref()
+                .map(HmacKey::parse)
+                .transpose()
+                .map_err(|e| format!("--hmac-key: {e}"))?;
+            let decoded = decode_packet(&bytes, key.as_ref()).map_err(|e| e.to_string())?;
+            serde_json::to_string_pretty(&decoded).map_err(|e| e.to_string())
+        }
+        Srv6Command::Encode {
+            segments,
+            next_header,
+            hmac_key,
+            source,
+        } => {
+            let list = SegmentList::parse(&segments).map_err(|e| format!("--segments: {e}"))?;
+            let mut srh = SrhRepr::from_segment_list(&list, next_header);
+            if let Some(k) = hmac_key {
+                let key = HmacKey::parse(&k).map_err(|e| format!("--hmac-key: {e}"))?;
+                let source = source
+                    .ok_or("--hmac-key needs --source: the HMAC covers the outer source address")?;
+                srh.sign(source, &key).map_err(|e| e.to_string())?;
+            }
+            srh.to_bytes().map(hex::encode).map_err(|e| e.to_string())
+        }
+        Srv6Command::Select { input, json } => {
+            let topo = Topology::load(&input).map_err(|e| e.to_string())?;
+            let decision = PathSelector::new(SelectorConfig::default())
+                .decide(&topo, topo.now_ms)
+                .map_err(|e| e.to_string())?;
+            if json {
+                return serde_json::to_string_pretty(&decision).map_err(|e| e.to_string());
+            }
+            Ok(format!(
+                "site {} via {}\nsegments {}\n{}",
+                decision.site,
+                topo.describe_path(decision.path_index),
+                decision.segments,
+                decision.explanation
+            ))
+        }
+    }
+}

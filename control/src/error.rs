@@ -1,0 +1,24 @@
+//! The control crate's one error type.
+
+/// What a `cpclink` command can fail with; each message tells the operator what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A command-line argument that parsed but makes no sense.
+    #[error("{arg}: {reason}")]
+    BadArgument {
+        /// The argument, as spelled on the command line.
+        arg: &'static str,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// The data plane refused the operation.
+    #[error(transparent)]
+    Dataplane(#[from] cpclink_dataplane::Error),
+    /// A benchmark could not run.
+    #[error(transparent)]
+    Bench(#[from] cpclink_bench::Error),
+    /// Writing output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
