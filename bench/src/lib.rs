@@ -2,6 +2,7 @@
 //! reports both so results read as ratios on shared, noisy machines.
 
 pub mod crypto;
+pub mod dataplane;
 mod report;
 
 pub use report::markdown_table;

@@ -18,6 +18,19 @@ pub enum Error {
     /// A benchmark could not run.
     #[error(transparent)]
     Bench(#[from] cpclink_bench::Error),
+    /// The configuration file is wrong; the message names the file, the field and the fix.
+    #[error("{file}: {field}: {reason}")]
+    Config {
+        /// The file.
+        file: String,
+        /// The field, as a TOML path.
+        field: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A demo or check found traffic that did not arrive intact.
+    #[error("verification failed: {0}")]
+    Verification(String),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

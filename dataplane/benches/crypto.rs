@@ -21,12 +21,20 @@ fn aead_seal(c: &mut Criterion) {
                 let mut buf = vec![0u8; size];
                 let mut iv = 0u64;
                 group.throughput(Throughput::Bytes(size as u64));
-                group.bench_with_input(BenchmarkId::new(format!("{backend}/{suite}"), size), &size, |b, _| {
-                    b.iter(|| {
-                        iv += 1;
-                        black_box(cipher.seal_in_place(&nonce(Spi(1), iv), &[0; 16], &mut buf).ok())
-                    })
-                });
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{backend}/{suite}"), size),
+                    &size,
+                    |b, _| {
+                        b.iter(|| {
+                            iv += 1;
+                            black_box(
+                                cipher
+                                    .seal_in_place(&nonce(Spi(1), iv), &[0; 16], &mut buf)
+                                    .ok(),
+                            )
+                        })
+                    },
+                );
             }
         }
     }
@@ -37,17 +45,30 @@ fn psp_packet(c: &mut Criterion) {
     let keys = MasterKeys::new([9; 32]);
     let spi = Spi(3);
     let key = keys.derive(spi, Suite::AesGcm256).unwrap();
-    let limits = SaLimits { hard_packets: u64::MAX, ..SaLimits::default() };
+    let limits = SaLimits {
+        hard_packets: u64::MAX,
+        ..SaLimits::default()
+    };
     let mut group = c.benchmark_group("psp_packet");
     for size in SIZES {
-        let mut tx = TxSa::from_key(spi, Backend::AwsLc, Suite::AesGcm256, &key, limits, Instant::now()).unwrap();
+        let mut tx = TxSa::from_key(
+            spi,
+            Backend::AwsLc,
+            Suite::AesGcm256,
+            &key,
+            limits,
+            Instant::now(),
+        )
+        .unwrap();
         let mut packet = vec![0u8; 16 + size + 16];
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
             b.iter(|| black_box(tx.seal(4, 0, &mut packet).ok()))
         });
         // Open a fresh sealed packet each time so the replay window accepts it.
-        let cipher = Backend::AwsLc.cipher(Suite::AesGcm256, key.as_bytes()).unwrap();
+        let cipher = Backend::AwsLc
+            .cipher(Suite::AesGcm256, key.as_bytes())
+            .unwrap();
         let mut rx = RxSa::new(spi, cipher, limits);
         let mut scratch = packet.clone();
         group.bench_with_input(BenchmarkId::new("seal+open", size), &size, |b, _| {

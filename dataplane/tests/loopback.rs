@@ -50,10 +50,17 @@ fn check_direction(name: &str, sender: &WorkerStats, receiver: &WorkerStats) {
     assert_eq!(sink.corrupt, 0, "{name}: corrupt packets delivered");
     assert_eq!(sink.out_of_order, 0, "{name}: a flow's order was broken");
     assert!(sink.verified_bytes >= PER_DIRECTION, "{name}: {sink:?}");
-    assert_eq!(sender.generated, sender.tx_packets, "{name}: generated vs sealed");
+    assert_eq!(
+        sender.generated, sender.tx_packets,
+        "{name}: generated vs sealed"
+    );
     assert_eq!(sender.tx_dropped(), 0, "{name}: sender dropped");
     assert_eq!(sender.io.send_errors, 0, "{name}: send errors");
-    assert_eq!(receiver.rx_dropped(), 0, "{name}: receiver dropped {receiver:?}");
+    assert_eq!(
+        receiver.rx_dropped(),
+        0,
+        "{name}: receiver dropped {receiver:?}"
+    );
     assert_eq!(
         receiver.rx_delivered, sink.verified_packets,
         "{name}: everything delivered was verified"
@@ -64,7 +71,10 @@ fn check_direction(name: &str, sender: &WorkerStats, receiver: &WorkerStats) {
         "{name}: received = delivered + dropped"
     );
     // Whatever the kernel lost on the way shows up as gaps; nothing appears from nowhere.
-    assert!(sink.verified_packets + sink.gaps <= sender.tx_packets, "{name}");
+    assert!(
+        sink.verified_packets + sink.gaps <= sender.tx_packets,
+        "{name}"
+    );
     assert!(receiver.rx_packets <= sender.tx_packets, "{name}");
 }
 
@@ -136,7 +146,8 @@ fn forged_packets_are_dropped_and_counted(io: IoKind) {
     let keys_b = keys(0xb2);
     let b = engine(io, 1, None);
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
-    b.set_peer(PeerId(0), peer(attacker.local_addr().unwrap())).unwrap();
+    b.set_peer(PeerId(0), peer(attacker.local_addr().unwrap()))
+        .unwrap();
     lab::enable_rx_derivation(&b, &keys_b, SUITE).unwrap();
     b.snapshot().unwrap();
     let to = b.local_addr();
@@ -151,8 +162,15 @@ fn forged_packets_are_dropped_and_counted(io: IoKind) {
     tampered[100] ^= 0x01;
     // A key the sender does not have for this SPI: what a guessed SPI looks like.
     let wrong_key = keys(0x77).derive(Spi(0x0000_4321), SUITE).unwrap();
-    let mut guesser =
-        TxSa::from_key(Spi(0x0000_4321), Backend::AwsLc, SUITE, &wrong_key, limits, now).unwrap();
+    let mut guesser = TxSa::from_key(
+        Spi(0x0000_4321),
+        Backend::AwsLc,
+        SUITE,
+        &wrong_key,
+        limits,
+        now,
+    )
+    .unwrap();
     let wrong_spi = sealed(&mut guesser, 0);
 
     let expect = |what: &str, check: &dyn Fn(&WorkerStats) -> bool| {
@@ -173,7 +191,10 @@ fn forged_packets_are_dropped_and_counted(io: IoKind) {
 
     let stats = b.shutdown().unwrap().total();
     assert_eq!(stats.rx_packets, 5);
-    assert_eq!(stats.rx_delivered, 1, "only the genuine packet is delivered");
+    assert_eq!(
+        stats.rx_delivered, 1,
+        "only the genuine packet is delivered"
+    );
     assert_eq!(stats.sink.verified_packets, 1);
     assert_eq!(stats.sink.corrupt, 0);
     assert_eq!(stats.rx_dropped(), 4);

@@ -1,8 +1,10 @@
 //! Command-line front end: one module per subcommand.
 
 mod bench;
+mod demo;
 mod hw;
 mod psp;
+mod run;
 mod srv6;
 
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ enum Command {
     Srv6(srv6::Srv6Args),
     /// Hardware profiles: detect the NIC and CPU, apply a profile, tune by measurement.
     Hw(hw::HwArgs),
+    /// Run an appliance: the data plane with its TUN tunnel (Ctrl-C drains and exits).
+    Run(run::RunArgs),
+    /// Two appliances on loopback, pushing verified encrypted traffic both ways (no root).
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -37,6 +43,8 @@ pub fn run() -> ExitCode {
         Command::Bench(args) => finish(bench::run(args)),
         Command::Srv6(args) => srv6::run(args),
         Command::Hw(args) => hw::run(args),
+        Command::Run(args) => finish(run::run(args)),
+        Command::Demo(args) => finish(demo::run(args)),
     }
 }
 

@@ -208,7 +208,10 @@ impl Engine {
                         config.workers
                     )));
                 }
-                queues.into_iter().map(worker::WorkerEgress::Tun).collect::<Vec<_>>()
+                queues
+                    .into_iter()
+                    .map(worker::WorkerEgress::Tun)
+                    .collect::<Vec<_>>()
             }
             Egress::Sink { flows } => (0..config.workers)
                 .map(|_| worker::WorkerEgress::Sink(Sink::new(flows)))
@@ -254,9 +257,7 @@ impl Engine {
                     what: "spawn worker",
                     reason: e.to_string(),
                 })?;
-            ready_rx
-                .recv()
-                .map_err(|_| Error::WorkerGone(index))??;
+            ready_rx.recv().map_err(|_| Error::WorkerGone(index))??;
             controls.push(control_tx);
             threads.push(thread);
         }

@@ -181,7 +181,10 @@ impl RxSaTable {
         }
         self.budget -= 1;
         let unknown = || RxRefusal::UnknownSpi { throttled: false };
-        let key = source.keys.derive(spi, source.suite).map_err(|_| unknown())?;
+        let key = source
+            .keys
+            .derive(spi, source.suite)
+            .map_err(|_| unknown())?;
         let cipher = self
             .backend
             .cipher(source.suite, key.as_bytes())

@@ -39,7 +39,8 @@ fn pattern() -> Vec<u8> {
 }
 
 fn pattern_offset(flow: u32, number: u64) -> usize {
-    ((number.wrapping_mul(131) ^ u64::from(flow).wrapping_mul(17)) % PATTERN_OFFSETS as u64) as usize
+    ((number.wrapping_mul(131) ^ u64::from(flow).wrapping_mul(17)) % PATTERN_OFFSETS as u64)
+        as usize
 }
 
 /// Writes the 40 header bytes of packet (`flow`, `number`) of `len` bytes into `out`.
@@ -171,7 +172,9 @@ impl Sink {
         write_headers(&mut self.scratch, packet.len(), flow, number);
         let offset = pattern_offset(flow, number);
         let body = &packet[HEADER_LEN..];
-        if packet[..HEADER_LEN] != self.scratch[..] || body != &self.pattern[offset..offset + body.len()] {
+        if packet[..HEADER_LEN] != self.scratch[..]
+            || body != &self.pattern[offset..offset + body.len()]
+        {
             self.stats.corrupt += 1;
             return;
         }

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
 use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 use crate::io::{DatagramIo, IoKind, TxBatch};
-use std::os::fd::OwnedFd;
 use crate::psp::PSP_OVERHEAD;
 use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
 use crate::wire::{InnerPacket, PspHeader, PspRepr, PSP_BASE_HEADER_LEN};
+use std::os::fd::OwnedFd;
 
 /// How often SA ages, derivation budgets and the like are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -490,7 +490,11 @@ pub(super) fn prefix_contains(prefix: IpAddr, len: u8, addr: IpAddr) -> bool {
         }
         (IpAddr::V6(p), IpAddr::V6(a)) => {
             let len = u32::from(len.min(128));
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(p) & mask == u128::from(a) & mask
         }
         _ => false,

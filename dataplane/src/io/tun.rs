@@ -51,7 +51,8 @@ pub fn open_queues(name: &str, queues: usize) -> Result<Vec<TunQueue>> {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = ifreq_with_name(name)?;
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is.
         if unsafe { libc::ioctl(raw, libc::TUNSETIFF, &mut req) } < 0 {
             return Err(Error::Io {

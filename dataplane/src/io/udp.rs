@@ -81,7 +81,8 @@ fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
     // SAFETY: `raw` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let one: libc::c_int = 1;
-    setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one).map_err(|e| io_err("SO_REUSEPORT", e))?;
+    setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
+        .map_err(|e| io_err("SO_REUSEPORT", e))?;
     for (forced, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -154,7 +155,11 @@ pub fn local_addr(fd: RawFd) -> Result<SocketAddr> {
     let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` has room for `len` bytes and `len` is updated by the kernel.
     let rc = unsafe {
-        libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(os_error("getsockname"));
@@ -187,7 +192,11 @@ pub fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>().write(sin) };
+            unsafe {
+                (&mut storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin)
+            };
             mem::size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
@@ -201,7 +210,11 @@ pub fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            unsafe {
+                (&mut storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6)
+            };
             mem::size_of::<libc::sockaddr_in6>()
         }
     };

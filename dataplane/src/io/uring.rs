@@ -41,12 +41,16 @@ pub fn probe_io_uring() -> Result<()> {
             ));
         }
     }
-    let ring = IoUring::new(8).map_err(|e| Error::IoUringUnavailable(format!("io_uring_setup: {e}")))?;
+    let ring =
+        IoUring::new(8).map_err(|e| Error::IoUringUnavailable(format!("io_uring_setup: {e}")))?;
     let buffers = BufferRing::new(2, 64)?;
     // SAFETY: the ring memory lives in `buffers`, which outlives the registration (it is
     // unregistered just below, before `buffers` drops).
-    unsafe { ring.submitter().register_buf_ring_with_flags(buffers.ring_addr(), 2, 7, 0) }
-        .map_err(|e| Error::IoUringUnavailable(format!("provided-buffer ring: {e}")))?;
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(buffers.ring_addr(), 2, 7, 0)
+    }
+    .map_err(|e| Error::IoUringUnavailable(format!("provided-buffer ring: {e}")))?;
     let _ = ring.submitter().unregister_buf_ring(7);
     Ok(())
 }
@@ -192,7 +196,11 @@ impl UringIo {
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .build(SQ_ENTRIES)
-            .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES))
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .build(SQ_ENTRIES)
+            })
             .map_err(|e| Error::IoUringUnavailable(format!("io_uring_setup: {e}")))?;
         let buffers = BufferRing::new(RECV_BUFFERS, RECV_BUF)?;
         // SAFETY: the ring memory lives in `buffers`, which is dropped after `ring` (field
@@ -240,13 +248,10 @@ impl UringIo {
         if self.recv_armed {
             return Ok(());
         }
-        let entry = opcode::RecvMsgMulti::new(
-            Fd(self.socket.as_raw_fd()),
-            &*self.recv_hdr,
-            BUFFER_GROUP,
-        )
-        .build()
-        .user_data(RECV_TAG);
+        let entry =
+            opcode::RecvMsgMulti::new(Fd(self.socket.as_raw_fd()), &*self.recv_hdr, BUFFER_GROUP)
+                .build()
+                .user_data(RECV_TAG);
         // SAFETY: the msghdr is boxed in `self` and outlives the operation; the buffers it
         // selects are registered with the ring.
         unsafe { self.ring.submission().push(&entry) }.map_err(|_| Error::Io {
@@ -312,7 +317,14 @@ impl UringIo {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Error::Io {
                 what: "io_uring_enter",
                 reason: e.to_string(),
@@ -410,12 +422,10 @@ impl DatagramIo for UringIo {
             // the bytes in `batch`; this function waits for every send's completion before
             // returning, so all of them outlive the operation.
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.ring
-                    .submit()
-                    .map_err(|e| Error::Io {
-                        what: "io_uring_enter",
-                        reason: e.to_string(),
-                    })?;
+                self.ring.submit().map_err(|e| Error::Io {
+                    what: "io_uring_enter",
+                    reason: e.to_string(),
+                })?;
                 // SAFETY: as above.
                 if unsafe { self.ring.submission().push(&entry) }.is_err() {
                     self.stats.send_errors += 1;

@@ -1,0 +1,333 @@
+//! Data-plane suite: synthetic flows between two engines over loopback, encrypted and, in
+//! the same run, as the plain baseline (the same PSP framing, sizes and GSO/GRO batching
+//! with the AEAD left out), per payload size, worker count and I/O backend.
+//!
+//! Throughput is what the receiving sink verified, byte for byte, per second: inner packet
+//! bytes, not wire bytes. The time splits say where each side's worker time went.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::crypto::{Backend, Suite};
+use cpclink_dataplane::engine::{
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats,
+};
+use cpclink_dataplane::io::IoKind;
+use cpclink_dataplane::sa::{MasterKeys, SaLimits};
+
+use crate::Error;
+
+/// Payload sizes measured by default.
+pub const DEFAULT_SIZES: [usize; 4] = [64, 512, 1400, 8192];
+/// Worker counts measured by default.
+pub const DEFAULT_WORKERS: [usize; 2] = [1, 2];
+/// Flows in every measurement.
+pub const FLOWS: u32 = 64;
+const SUITE: Suite = Suite::AesGcm256;
+const WARMUP: Duration = Duration::from_millis(300);
+
+/// Two engines on loopback, each sending synthetic flows to the other (or only `a` to `b`),
+/// keyed in lab mode.
+#[derive(Debug)]
+pub struct LoopbackPair {
+    /// The first appliance.
+    pub a: Engine,
+    /// The second appliance.
+    pub b: Engine,
+}
+
+/// How a [`LoopbackPair`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PairOptions {
+    /// Workers per engine.
+    pub workers: usize,
+    /// I/O backend.
+    pub io: IoKind,
+    /// Encrypted, or the plain baseline.
+    pub protection: Protection,
+    /// Inner packet bytes.
+    pub payload: usize,
+    /// Flows per direction.
+    pub flows: u32,
+    /// Whether `b` sends to `a` too.
+    pub both_ways: bool,
+}
+
+fn keys(seed: u8) -> Result<MasterKeys, Error> {
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| Error::Baseline("system random"))?;
+    key[0] ^= seed;
+    Ok(MasterKeys::new(key))
+}
+
+/// Pins `a` to even cores and `b` to odd ones when every worker gets a core of its own.
+fn cores(side: usize, workers: usize) -> Vec<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers * 2 > cpus {
+        return Vec::new();
+    }
+    (0..workers).map(|w| 2 * w + side).collect()
+}
+
+impl LoopbackPair {
+    /// Starts both engines, keys them and lets traffic flow.
+    pub fn start(options: PairOptions) -> Result<Self, Error> {
+        let spec = TrafficSpec {
+            flows: options.flows,
+            packet_len: options.payload,
+        };
+        let engine = |side: usize, source: bool| {
+            let mut config = EngineConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+            config.workers = options.workers;
+            config.cores = cores(side, options.workers);
+            config.io = options.io;
+            config.protection = options.protection;
+            config.source = source.then_some(spec);
+            config.egress = Egress::Sink {
+                flows: options.flows,
+            };
+            Engine::start(config)
+        };
+        let a = engine(0, true)?;
+        let b = engine(1, options.both_ways)?;
+        let peer = |endpoint| PeerConfig {
+            endpoint,
+            prefixes: Vec::new(),
+        };
+        a.set_peer(PeerId(0), peer(b.local_addr()))?;
+        b.set_peer(PeerId(0), peer(a.local_addr()))?;
+        let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);
+        lab::enable_rx_derivation(&a, &keys_a, SUITE)?;
+        lab::enable_rx_derivation(&b, &keys_b, SUITE)?;
+        // A snapshot round trip makes sure the receivers are keyed before anything is sent.
+        a.snapshot()?;
+        b.snapshot()?;
+        let limits = SaLimits::default();
+        lab::install_tx_sas(&a, PeerId(0), &keys_b, SUITE, Backend::AwsLc, limits)?;
+        lab::install_tx_sas(&b, PeerId(0), &keys_a, SUITE, Backend::AwsLc, limits)?;
+        Ok(Self { a, b })
+    }
+
+    /// Counters of both sides, summed over workers.
+    pub fn totals(&self) -> Result<(WorkerStats, WorkerStats), Error> {
+        Ok((self.a.snapshot()?.total(), self.b.snapshot()?.total()))
+    }
+
+    /// Stops the sources, lets what is in flight land, stops the engines.
+    pub fn finish(self) -> Result<(WorkerStats, WorkerStats), Error> {
+        self.a.set_source_active(false)?;
+        self.b.set_source_active(false)?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok((self.a.shutdown()?.total(), self.b.shutdown()?.total()))
+    }
+}
+
+/// One measurement, as `--json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DataplaneRow {
+    /// "plain" (baseline) or "encrypted".
+    pub mode: &'static str,
+    /// "io_uring" or "epoll".
+    pub io: &'static str,
+    /// Workers per engine.
+    pub workers: usize,
+    /// Inner packet bytes.
+    pub payload: usize,
+    /// Verified inner throughput, gigabits per second.
+    pub gbps: f64,
+    /// Verified inner packets, millions per second.
+    pub mpps: f64,
+    /// Where the time went (table only).
+    #[serde(skip)]
+    pub split: TimeSplit,
+}
+
+/// Shares of worker time, from the engines' own clocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeSplit {
+    /// Sender: generating and sealing.
+    pub tx_build: f64,
+    /// Sender: in send calls.
+    pub tx_send: f64,
+    /// Receiver: opening and checking.
+    pub rx_process: f64,
+    /// Datagrams the kernel dropped on the way, as a share of those sent.
+    pub lost: f64,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct DataplanePlan {
+    /// Measuring time per point, after a warm-up.
+    pub duration: Duration,
+    /// Inner packet sizes.
+    pub sizes: Vec<usize>,
+    /// Worker counts.
+    pub workers: Vec<usize>,
+    /// Backends.
+    pub ios: Vec<IoKind>,
+}
+
+impl Default for DataplanePlan {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(1),
+            sizes: DEFAULT_SIZES.to_vec(),
+            workers: DEFAULT_WORKERS.to_vec(),
+            ios: vec![IoKind::IoUring, IoKind::Epoll],
+        }
+    }
+}
+
+fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow, Error> {
+    let pair = LoopbackPair::start(options)?;
+    std::thread::sleep(WARMUP);
+    let (a0, b0) = pair.totals()?;
+    let start = Instant::now();
+    std::thread::sleep(duration);
+    let (a1, b1) = pair.totals()?;
+    let secs = start.elapsed().as_secs_f64();
+    pair.finish()?;
+    let bytes = b1.sink.verified_bytes - b0.sink.verified_bytes;
+    let packets = b1.sink.verified_packets - b0.sink.verified_packets;
+    let worker_ns = secs * 1e9 * options.workers as f64;
+    let share = |ns: u64| ns as f64 / worker_ns;
+    let sent = (a1.tx_packets - a0.tx_packets).max(1);
+    Ok(DataplaneRow {
+        mode: match options.protection {
+            Protection::Encrypted => "encrypted",
+            Protection::PlainBaseline => "plain",
+        },
+        io: options.io.name(),
+        workers: options.workers,
+        payload: options.payload,
+        gbps: bytes as f64 * 8.0 / secs / 1e9,
+        mpps: packets as f64 / secs / 1e6,
+        split: TimeSplit {
+            tx_build: share(a1.ns_tx_build - a0.ns_tx_build),
+            tx_send: share(a1.ns_tx_send - a0.ns_tx_send),
+            rx_process: share(b1.ns_rx_process - b0.ns_rx_process),
+            lost: (b1.sink.gaps - b0.sink.gaps) as f64 / sent as f64,
+        },
+    })
+}
+
+/// Runs the suite: for every backend, worker count and size, plain then encrypted.
+pub fn run(
+    plan: &DataplanePlan,
+    mut progress: impl FnMut(&DataplaneRow),
+) -> Result<Vec<DataplaneRow>, Error> {
+    let mut rows = Vec::new();
+    for &io in &plan.ios {
+        for &workers in &plan.workers {
+            for &payload in &plan.sizes {
+                if !(cpclink_dataplane::engine::synthetic::MIN_PACKET
+                    ..=cpclink_dataplane::engine::synthetic::MAX_PACKET)
+                    .contains(&payload)
+                {
+                    return Err(Error::BadSize(payload));
+                }
+                for protection in [Protection::PlainBaseline, Protection::Encrypted] {
+                    let options = PairOptions {
+                        workers,
+                        io,
+                        protection,
+                        payload,
+                        flows: FLOWS,
+                        both_ways: false,
+                    };
+                    let row = measure(options, plan.duration)?;
+                    progress(&row);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Renders rows as a table, each encrypted row beside its plain baseline.
+pub fn table(rows: &[DataplaneRow]) -> String {
+    let mut out = Vec::new();
+    for pair in rows.chunks(2) {
+        let [plain, enc] = pair else { continue };
+        let pct = |x: f64| format!("{:.0}%", x * 100.0);
+        out.push(vec![
+            enc.io.to_string(),
+            enc.workers.to_string(),
+            enc.payload.to_string(),
+            format!("{:.2}", plain.gbps),
+            format!("{:.2}", enc.gbps),
+            format!("{:.3}", plain.mpps),
+            format!("{:.3}", enc.mpps),
+            format!("{:.2}", enc.gbps / plain.gbps.max(f64::MIN_POSITIVE)),
+            format!("{}/{}", pct(plain.split.tx_build), pct(enc.split.tx_build)),
+            format!("{}/{}", pct(plain.split.tx_send), pct(enc.split.tx_send)),
+            format!(
+                "{}/{}",
+                pct(plain.split.rx_process),
+                pct(enc.split.rx_process)
+            ),
+            format!("{}/{}", pct(plain.split.lost), pct(enc.split.lost)),
+        ]);
+    }
+    crate::markdown_table(
+        &[
+            "io",
+            "workers",
+            "payload",
+            "plain Gb/s",
+            "enc Gb/s",
+            "plain Mpps",
+            "enc Mpps",
+            "enc/plain",
+            "tx build p/e",
+            "tx send p/e",
+            "rx process p/e",
+            "lost p/e",
+        ],
+        &out,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_point_is_measured_plain_then_encrypted_and_verified() {
+        let plan = DataplanePlan {
+            duration: Duration::from_millis(200),
+            sizes: vec![512],
+            workers: vec![1],
+            ios: vec![IoKind::Epoll, IoKind::IoUring],
+        };
+        let rows = run(&plan, |_| {}).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(
+            rows.iter().all(|r| r.gbps > 0.0 && r.mpps > 0.0),
+            "{rows:?}"
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["mode"], "plain");
+        assert_eq!(json[1]["mode"], "encrypted");
+        assert_eq!(json[0]["io"], "epoll");
+        assert_eq!(json[2]["io"], "io_uring");
+        assert_eq!(json[1]["payload"], 512);
+        assert_eq!(
+            json[1].as_object().unwrap().len(),
+            6,
+            "exactly the documented keys"
+        );
+        assert_eq!(table(&rows).lines().count(), 2 + 2);
+    }
+
+    #[test]
+    fn sizes_outside_the_generator_range_are_refused() {
+        let plan = DataplanePlan {
+            sizes: vec![8],
+            ..DataplanePlan::default()
+        };
+        assert!(matches!(run(&plan, |_| {}), Err(Error::BadSize(8))));
+    }
+}

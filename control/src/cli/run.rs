@@ -1,0 +1,134 @@
+//! `cpclink run --config FILE`: an appliance's data plane with its TUN tunnel, keyed in lab
+//! mode from the configuration until the key plane drives it. Ctrl-C drains and exits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId};
+use cpclink_dataplane::io::tun;
+use cpclink_dataplane::sa::SaLimits;
+
+use crate::config::ApplianceConfig;
+use crate::error::Error;
+
+/// Arguments of `cpclink run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The appliance configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the counters every this many seconds (0: only at exit).
+    #[arg(long, default_value_t = 0)]
+    stats_every: u64,
+}
+
+/// Runs the appliance until Ctrl-C (SIGINT) or SIGTERM.
+pub fn run(args: RunArgs) -> Result<(), Error> {
+    let config = ApplianceConfig::load(&args.config)?;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| Error::BadArgument {
+        arg: "(signals)",
+        reason: format!("cannot install the Ctrl-C handler: {e}"),
+    })?;
+
+    let mut engine_config = EngineConfig::new(config.listen);
+    engine_config.workers = config.workers;
+    engine_config.cores = config.cores.clone();
+    engine_config.io = config.io;
+    engine_config.crypto = config.crypto;
+    engine_config.peers = config
+        .peers
+        .iter()
+        .map(|p| PeerConfig {
+            endpoint: p.endpoint,
+            prefixes: p.prefixes.clone(),
+        })
+        .collect();
+    if let (Some(t), Some(mtu)) = (&config.tun, config.tun_mtu()) {
+        let queues = tun::open_queues(&t.name, config.workers)?;
+        tun::set_mtu_and_up(&t.name, mtu)?;
+        eprintln!(
+            "cpclink: TUN {} up with MTU {mtu} ({} queues)",
+            t.name,
+            queues.len()
+        );
+        engine_config.egress = Egress::Tun(queues);
+    }
+    let limits = SaLimits::default();
+    let engine = Engine::start(engine_config)?;
+    eprintln!(
+        "cpclink: listening on {} with {} worker(s) over {}, {} peer(s)",
+        engine.local_addr(),
+        engine.workers(),
+        engine.io(),
+        config.peers.len()
+    );
+    lab::enable_rx_derivation(&engine, &config.master_keys, config.suite)?;
+    engine.snapshot()?;
+    for (i, peer) in config.peers.iter().enumerate() {
+        let spis = lab::install_tx_sas(
+            &engine,
+            PeerId(i as u32),
+            &peer.master_keys,
+            config.suite,
+            config.crypto,
+            limits,
+        )?;
+        eprintln!(
+            "cpclink: peer {} at {}: transmit SPIs {spis:?}",
+            peer.name, peer.endpoint
+        );
+    }
+
+    let tick = Duration::from_millis(200);
+    let mut ticks = 0u64;
+    loop {
+        match stop_rx.recv_timeout(tick) {
+            Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        while let Ok(event) = engine.events().try_recv() {
+            let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
+            if let Some(p) = config.peers.get(peer.0 as usize) {
+                let spi = lab::rekey_tx_sa(
+                    &engine,
+                    worker,
+                    peer,
+                    &p.master_keys,
+                    config.suite,
+                    config.crypto,
+                    limits,
+                )?;
+                eprintln!(
+                    "cpclink: worker {worker} rekeyed to peer {} with SPI {spi}",
+                    p.name
+                );
+            }
+        }
+        ticks += 1;
+        if args.stats_every > 0 && ticks % (args.stats_every * 5) == 0 {
+            let s = engine.snapshot()?.total();
+            eprintln!(
+                "cpclink: tx {} pkts {} B, rx {} pkts delivered {}, dropped tx {} rx {}",
+                s.tx_packets,
+                s.tx_bytes,
+                s.rx_packets,
+                s.rx_delivered,
+                s.tx_dropped(),
+                s.rx_dropped()
+            );
+        }
+    }
+    eprintln!("cpclink: stopping; draining the workers");
+    let s = engine.shutdown()?.total();
+    println!(
+        "{}",
+        serde_json::to_string(&s).map_err(std::io::Error::from)?
+    );
+    Ok(())
+}
