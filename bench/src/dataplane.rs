@@ -8,12 +8,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cpclink_dataplane::crypto::{Backend, Suite};
+use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, TrafficSpec,
+    WorkerStats,
 };
 use cpclink_dataplane::io::IoKind;
-use cpclink_dataplane::sa::{MasterKeys, SaLimits};
+use cpclink_dataplane::sa::MasterKeys;
 
 use crate::Error;
 
@@ -102,9 +103,9 @@ impl LoopbackPair {
         // A snapshot round trip makes sure the receivers are keyed before anything is sent.
         a.snapshot()?;
         b.snapshot()?;
-        let limits = SaLimits::default();
-        lab::install_tx_sas(&a, PeerId(0), &keys_b, SUITE, Backend::AwsLc, limits)?;
-        lab::install_tx_sas(&b, PeerId(0), &keys_a, SUITE, Backend::AwsLc, limits)?;
+        let profile = SaProfile::default();
+        lab::install_tx_sas(&a, PeerId(0), &keys_b, profile)?;
+        lab::install_tx_sas(&b, PeerId(0), &keys_a, profile)?;
         Ok(Self { a, b })
     }
 

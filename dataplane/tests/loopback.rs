@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, Generator, PeerConfig, PeerId, TrafficSpec, WorkerStats,
+    lab, Egress, Engine, EngineConfig, Generator, PeerConfig, PeerId, SaProfile, TrafficSpec,
+    WorkerStats,
 };
 use cpclink_dataplane::io::IoKind;
 use cpclink_dataplane::psp::PSP_OVERHEAD;
@@ -94,9 +95,9 @@ fn exchange(io: IoKind) {
     // peers and keys above are in place before any packet is sent.
     a.snapshot().unwrap();
     b.snapshot().unwrap();
-    let limits = SaLimits::default();
-    lab::install_tx_sas(&a, PeerId(0), &keys_b, SUITE, Backend::AwsLc, limits).unwrap();
-    lab::install_tx_sas(&b, PeerId(0), &keys_a, SUITE, Backend::AwsLc, limits).unwrap();
+    let profile = SaProfile::default();
+    lab::install_tx_sas(&a, PeerId(0), &keys_b, profile).unwrap();
+    lab::install_tx_sas(&b, PeerId(0), &keys_a, profile).unwrap();
 
     wait_until("1 GiB verified", Duration::from_secs(240), || {
         let (sa, sb) = (a.snapshot().unwrap().total(), b.snapshot().unwrap().total());

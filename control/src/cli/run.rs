@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId};
+use cpclink_dataplane::engine::{
+    lab, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId, SaProfile,
+};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::sa::SaLimits;
 
@@ -59,7 +61,11 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         );
         engine_config.egress = Egress::Tun(queues);
     }
-    let limits = SaLimits::default();
+    let profile = SaProfile {
+        suite: config.suite,
+        crypto: config.crypto,
+        limits: SaLimits::default(),
+    };
     let engine = Engine::start(engine_config)?;
     eprintln!(
         "cpclink: listening on {} with {} worker(s) over {}, {} peer(s)",
@@ -71,14 +77,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     lab::enable_rx_derivation(&engine, &config.master_keys, config.suite)?;
     engine.snapshot()?;
     for (i, peer) in config.peers.iter().enumerate() {
-        let spis = lab::install_tx_sas(
-            &engine,
-            PeerId(i as u32),
-            &peer.master_keys,
-            config.suite,
-            config.crypto,
-            limits,
-        )?;
+        let spis = lab::install_tx_sas(&engine, PeerId(i as u32), &peer.master_keys, profile)?;
         eprintln!(
             "cpclink: peer {} at {}: transmit SPIs {spis:?}",
             peer.name, peer.endpoint
@@ -95,15 +94,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         while let Ok(event) = engine.events().try_recv() {
             let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
             if let Some(p) = config.peers.get(peer.0 as usize) {
-                let spi = lab::rekey_tx_sa(
-                    &engine,
-                    worker,
-                    peer,
-                    &p.master_keys,
-                    config.suite,
-                    config.crypto,
-                    limits,
-                )?;
+                let spi = lab::rekey_tx_sa(&engine, worker, peer, &p.master_keys, profile)?;
                 eprintln!(
                     "cpclink: worker {worker} rekeyed to peer {} with SPI {spi}",
                     p.name

@@ -5,10 +5,10 @@
 //! A sender picks its SPIs at random in the peer's current generation at every start, one
 //! per worker, so a restarted sender starts fresh SAs instead of reusing (key, IV) pairs.
 
-use super::{Engine, PeerId, RxKeySource};
-use crate::crypto::{Backend, Suite};
+use super::{Engine, PeerId, RxKeySource, SaProfile};
+use crate::crypto::Suite;
 use crate::error::{Error, Result};
-use crate::sa::{MasterKeys, SaLimits, Spi};
+use crate::sa::{MasterKeys, Spi};
 
 /// A fresh random SPI index (bit 31 clear, never 0), with consecutive ones for `count`
 /// workers so the receiver's SPI steering spreads them over its workers.
@@ -27,17 +27,15 @@ pub fn install_tx_sas(
     engine: &Engine,
     peer: PeerId,
     peer_keys: &MasterKeys,
-    suite: Suite,
-    crypto: Backend,
-    limits: SaLimits,
+    profile: SaProfile,
 ) -> Result<Vec<Spi>> {
     let base = random_spi_base(engine.workers())?;
     let generation = u32::from(peer_keys.current_generation()) << 31;
     let mut spis = Vec::with_capacity(engine.workers());
     for worker in 0..engine.workers() {
         let spi = Spi(generation | (base + worker as u32));
-        let key = peer_keys.derive(spi, suite)?;
-        engine.install_tx_sa(worker, peer, spi, suite, &key, crypto, limits)?;
+        let key = peer_keys.derive(spi, profile.suite)?;
+        engine.install_tx_sa(worker, peer, spi, &key, profile)?;
         spis.push(spi);
     }
     Ok(spis)
@@ -49,14 +47,12 @@ pub fn rekey_tx_sa(
     worker: usize,
     peer: PeerId,
     peer_keys: &MasterKeys,
-    suite: Suite,
-    crypto: Backend,
-    limits: SaLimits,
+    profile: SaProfile,
 ) -> Result<Spi> {
     let generation = u32::from(peer_keys.current_generation()) << 31;
     let spi = Spi(generation | random_spi_base(1)?);
-    let key = peer_keys.derive(spi, suite)?;
-    engine.install_tx_sa(worker, peer, spi, suite, &key, crypto, limits)?;
+    let key = peer_keys.derive(spi, profile.suite)?;
+    engine.install_tx_sa(worker, peer, spi, &key, profile)?;
     Ok(spi)
 }
 

@@ -112,6 +112,27 @@ impl EngineConfig {
     }
 }
 
+/// How SAs are keyed: suite, AEAD library and lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaProfile {
+    /// The suite.
+    pub suite: Suite,
+    /// The AEAD library.
+    pub crypto: Backend,
+    /// Lifetimes.
+    pub limits: SaLimits,
+}
+
+impl Default for SaProfile {
+    fn default() -> Self {
+        Self {
+            suite: Suite::AesGcm256,
+            crypto: Backend::AwsLc,
+            limits: SaLimits::default(),
+        }
+    }
+}
+
 /// A message from the control thread to a worker.
 #[derive(Debug)]
 pub enum Control {
@@ -120,14 +141,14 @@ pub enum Control {
         /// The receiving peer.
         peer: PeerId,
         /// The SA, keyed already (key expansion happens off the packet path).
-        sa: TxSa,
+        sa: Box<TxSa>,
     },
     /// Accept packets of this SA from `peer`.
     InstallRxSa {
         /// The sending peer.
         peer: PeerId,
         /// The SA, keyed already.
-        sa: RxSa,
+        sa: Box<RxSa>,
     },
     /// Adds a peer or changes one (its index is its [`PeerId`]; gaps are filled with
     /// placeholders that route nothing and send nowhere).
@@ -314,13 +335,24 @@ impl Engine {
         worker: usize,
         peer: PeerId,
         spi: Spi,
-        suite: Suite,
         key: &SaKey,
-        crypto: Backend,
-        limits: SaLimits,
+        profile: SaProfile,
     ) -> Result<()> {
-        let sa = TxSa::from_key(spi, crypto, suite, key, limits, std::time::Instant::now())?;
-        self.send(worker, Control::InstallTxSa { peer, sa })
+        let sa = TxSa::from_key(
+            spi,
+            profile.crypto,
+            profile.suite,
+            key,
+            profile.limits,
+            std::time::Instant::now(),
+        )?;
+        self.send(
+            worker,
+            Control::InstallTxSa {
+                peer,
+                sa: Box::new(sa),
+            },
+        )
     }
 
     /// The worker packets of `spi` arrive on (the reuseport group steers by SPI).
@@ -333,13 +365,18 @@ impl Engine {
         &self,
         peer: PeerId,
         spi: Spi,
-        suite: Suite,
         key: &SaKey,
-        crypto: Backend,
-        limits: SaLimits,
+        profile: SaProfile,
     ) -> Result<()> {
-        let sa = RxSa::new(spi, crypto.cipher(suite, key.as_bytes())?, limits);
-        self.send(self.rx_worker(spi), Control::InstallRxSa { peer, sa })
+        let cipher = profile.crypto.cipher(profile.suite, key.as_bytes())?;
+        let sa = RxSa::new(spi, cipher, profile.limits);
+        self.send(
+            self.rx_worker(spi),
+            Control::InstallRxSa {
+                peer,
+                sa: Box::new(sa),
+            },
+        )
     }
 
     /// Gives every worker the master keys to derive receive SAs from.

@@ -202,7 +202,7 @@ impl State {
         match message {
             Control::InstallTxSa { peer, sa } => {
                 if let Some(p) = self.peers.get_mut(peer.0 as usize) {
-                    p.tx = Some(sa);
+                    p.tx = Some(*sa);
                     p.rekey_reported = false;
                 }
             }
@@ -221,7 +221,7 @@ impl State {
                 }
                 self.peers[index].config = config;
             }
-            Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, sa),
+            Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, *sa),
             Control::SetRxKeySource(source) => self.rx_sas.set_source(source),
             Control::RetireSa(spi) => {
                 self.rx_sas.retire(spi);
