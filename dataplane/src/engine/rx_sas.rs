@@ -195,3 +195,110 @@ impl RxSaTable {
         Ok((opened, peer))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sa::TxSa;
+    use std::time::Instant;
+
+    const SUITE: Suite = Suite::AesGcm256;
+    const PEER: PeerId = PeerId(0);
+
+    fn keys() -> MasterKeys {
+        MasterKeys::with_generations([3; 32], [4; 32], 0)
+    }
+
+    fn sealed_with(keys: &MasterKeys, spi: Spi) -> Vec<u8> {
+        let key = keys.derive(spi, SUITE).unwrap();
+        let mut sa = TxSa::from_key(
+            spi,
+            Backend::AwsLc,
+            SUITE,
+            &key,
+            SaLimits::default(),
+            Instant::now(),
+        )
+        .unwrap();
+        let mut packet = vec![0u8; 64];
+        packet[16] = 0x45;
+        sa.seal(4, 0, &mut packet).unwrap();
+        packet
+    }
+
+    fn table(capacity: usize, per_second: u32) -> RxSaTable {
+        let mut t = RxSaTable::new(capacity, Backend::AwsLc, SaLimits::default());
+        t.set_source(Some(RxKeySource {
+            keys: keys(),
+            suite: SUITE,
+            derivations_per_second: per_second,
+        }));
+        t
+    }
+
+    fn open(t: &mut RxSaTable, spi: u32, packet: &mut [u8]) -> Result<PeerId, RxRefusal> {
+        let src: IpAddr = "192.0.2.1".parse().unwrap();
+        t.open(Spi(spi), src, packet, |ip| (ip == src).then_some(PEER))
+            .map(|(_, peer)| peer)
+    }
+
+    #[test]
+    fn an_sa_is_derived_on_demand_and_kept_only_once_it_authenticates() {
+        let mut t = table(8, 1000);
+        let mut forged = sealed_with(&MasterKeys::new([9; 32]), Spi(7));
+        assert_eq!(
+            open(&mut t, 7, &mut forged),
+            Err(RxRefusal::UnknownSpi { throttled: false })
+        );
+        assert!(
+            t.is_empty(),
+            "a packet that did not authenticate leaves no SA behind"
+        );
+        let mut genuine = sealed_with(&keys(), Spi(7));
+        assert_eq!(open(&mut t, 7, &mut genuine.clone()), Ok(PEER));
+        assert_eq!(t.len(), 1);
+        // The same packet again meets the stored SA's replay window.
+        assert!(matches!(
+            open(&mut t, 7, &mut genuine),
+            Err(RxRefusal::Sa(Error::Replayed(1)))
+        ));
+    }
+
+    #[test]
+    fn made_up_spis_cost_at_most_the_derivation_budget() {
+        let mut t = table(8, 30);
+        let other = MasterKeys::new([9; 32]);
+        let mut throttled = 0;
+        for spi in 1..=20u32 {
+            let mut p = sealed_with(&other, Spi(spi));
+            if open(&mut t, spi, &mut p) == Err(RxRefusal::UnknownSpi { throttled: true }) {
+                throttled += 1;
+            }
+        }
+        assert_eq!(throttled, 20 - 3, "3 derivations per tenth of a second");
+        t.tick();
+        let mut p = sealed_with(&keys(), Spi(99));
+        assert_eq!(open(&mut t, 99, &mut p), Ok(PEER), "the budget refills");
+    }
+
+    #[test]
+    fn strangers_revoked_peers_and_a_full_table_are_handled() {
+        let mut t = table(2, 1000);
+        let mut p = sealed_with(&keys(), Spi(1));
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            t.open(Spi(1), stranger, &mut p, |_| None).map(|_| ()),
+            Err(RxRefusal::UnknownPeer)
+        );
+        for spi in 1..=3 {
+            let mut p = sealed_with(&keys(), Spi(spi));
+            assert_eq!(open(&mut t, spi, &mut p), Ok(PEER));
+            t.tick();
+        }
+        assert_eq!(t.len(), 2, "the least recently used SA made room");
+        t.revoke(PEER);
+        assert!(t.is_empty());
+        let mut p = sealed_with(&keys(), Spi(4));
+        assert_eq!(open(&mut t, 4, &mut p), Err(RxRefusal::Revoked));
+    }
+}

@@ -3,17 +3,17 @@
 //!
 //! A packet of flow `f`, number `n`, of `len` bytes is a 20-byte IPv4 header
 //! (10.77.0.1 → 10.77.0.2, protocol UDP), an 8-byte UDP header (source port 10000 + f,
-//! destination port 9), then `f` (u32), `n` (u64) and `len − 40` bytes cut from a fixed
-//! pseudo-random pattern at an offset that depends on `f` and `n`. The sink rebuilds the
+//! destination port 9), then `f` (u32), `n` (u64), a 32-bit tag mixed from both and
+//! `len − 44` bytes cut from a fixed pseudo-random pattern at an offset mixed from both. The sink rebuilds the
 //! whole packet from (`f`, `n`, `len`) and compares.
 
-/// Smallest synthetic packet: headers, flow and number.
+/// Smallest synthetic packet: headers, flow, number and tag.
 pub const MIN_PACKET: usize = HEADER_LEN;
 /// Largest synthetic packet.
 pub const MAX_PACKET: usize = 16_384;
 
 const IP_UDP_LEN: usize = 28;
-const HEADER_LEN: usize = IP_UDP_LEN + 12;
+const HEADER_LEN: usize = IP_UDP_LEN + 16;
 const PATTERN_OFFSETS: usize = 4096;
 
 /// What the generator sends.
@@ -38,12 +38,20 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-fn pattern_offset(flow: u32, number: u64) -> usize {
-    ((number.wrapping_mul(131) ^ u64::from(flow).wrapping_mul(17)) % PATTERN_OFFSETS as u64)
-        as usize
+/// A 64-bit mix of (flow, number) (SplitMix64's finaliser): every input bit moves the
+/// pattern offset and the tag, so a corrupted flow or number field cannot pass as another.
+fn mix(flow: u32, number: u64) -> u64 {
+    let mut z = number ^ (u64::from(flow) << 40) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
-/// Writes the 40 header bytes of packet (`flow`, `number`) of `len` bytes into `out`.
+fn pattern_offset(flow: u32, number: u64) -> usize {
+    (mix(flow, number) % PATTERN_OFFSETS as u64) as usize
+}
+
+/// Writes the 44 header bytes of packet (`flow`, `number`) of `len` bytes into `out`.
 fn write_headers(out: &mut [u8], len: usize, flow: u32, number: u64) {
     let ip = &mut out[..20];
     ip.copy_from_slice(&[
@@ -57,6 +65,7 @@ fn write_headers(out: &mut [u8], len: usize, flow: u32, number: u64) {
     udp[6..8].copy_from_slice(&[0, 0]);
     out[28..32].copy_from_slice(&flow.to_be_bytes());
     out[32..40].copy_from_slice(&number.to_be_bytes());
+    out[40..44].copy_from_slice(&((mix(flow, number) >> 32) as u32).to_be_bytes());
 }
 
 /// Produces the packets of one worker's share of the flows, round-robin.

@@ -244,3 +244,51 @@ pub fn open(kind: IoKind, socket: OwnedFd) -> Result<Box<dyn DatagramIo>> {
         IoKind::Epoll => Box::new(EpollIo::new(socket)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dst(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_destination_share_a_send_until_it_is_full() {
+        let mut batch = TxBatch::new(4);
+        for i in 0..udp::MAX_GSO_SEGMENTS + 1 {
+            batch.append(dst(1), 100).unwrap().fill(i as u8);
+        }
+        assert_eq!(batch.sends().len(), 2, "64 segments at most per send");
+        assert_eq!(batch.sends()[0].len, 6400);
+        assert_eq!(batch.bytes(&batch.sends()[1]), &[64u8; 100][..]);
+    }
+
+    #[test]
+    fn a_shorter_datagram_closes_its_send_and_another_destination_opens_one() {
+        let mut batch = TxBatch::new(8);
+        batch.append(dst(1), 100).unwrap();
+        batch.append(dst(1), 60).unwrap();
+        batch.append(dst(1), 100).unwrap();
+        batch.append(dst(2), 100).unwrap();
+        batch.append(dst(2), 120).unwrap();
+        let shape: Vec<_> = batch
+            .sends()
+            .iter()
+            .map(|s| (s.dst.port(), s.segment, s.len))
+            .collect();
+        assert_eq!(
+            shape,
+            [(1, 100, 160), (1, 100, 100), (2, 100, 100), (2, 120, 120)]
+        );
+        batch.unappend(120);
+        assert_eq!(batch.sends().len(), 3, "an emptied send is removed");
+        let mut full = TxBatch::new(1);
+        full.append(dst(1), 100).unwrap();
+        assert!(
+            full.append(dst(2), 100).is_none(),
+            "no room for a second send"
+        );
+        assert!(full.append(dst(1), 0).is_none());
+    }
+}
