@@ -14,6 +14,7 @@
 //! [tun]
 //! name = "cpc0"
 //! path_mtu = 1500                     # MTU of the path between appliances
+//! offloads = true                     # virtio-net header, TSO/USO: 64 KiB reads
 //!
 //! [[peers]]
 //! name = "b"
@@ -67,6 +68,8 @@ struct RawTun {
     name: String,
     #[serde(default = "default_path_mtu")]
     path_mtu: u32,
+    #[serde(default = "yes")]
+    offloads: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +84,9 @@ struct RawPeer {
     current_generation: u8,
 }
 
+fn yes() -> bool {
+    true
+}
 fn one() -> usize {
     1
 }
@@ -127,6 +133,8 @@ pub struct TunConfig {
     pub name: String,
     /// MTU of the path between appliances; the TUN MTU is this less the PSP overhead.
     pub path_mtu: u32,
+    /// Virtio-net header with TSO/USO and checksum offloads.
+    pub offloads: bool,
 }
 
 /// A peer appliance.
@@ -296,6 +304,7 @@ impl ApplianceConfig {
                 Some(TunConfig {
                     name: t.name,
                     path_mtu: t.path_mtu,
+                    offloads: t.offloads,
                 })
             }
             None => None,

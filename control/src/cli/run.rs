@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         })
         .collect();
     if let (Some(t), Some(mtu)) = (&config.tun, config.tun_mtu()) {
-        let queues = tun::open_queues(&t.name, config.workers)?;
+        let queues = tun::open_queues(&t.name, config.workers, t.offloads)?;
         tun::set_mtu_and_up(&t.name, mtu)?;
         eprintln!(
             "cpclink: TUN {} up with MTU {mtu} ({} queues)",

@@ -6,6 +6,7 @@
 
 pub mod lab;
 mod rx_sas;
+pub mod segment;
 pub mod stats;
 pub mod synthetic;
 mod worker;

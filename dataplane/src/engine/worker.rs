@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::rx_sas::{RxRefusal, RxSaTable};
+use super::segment::{Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::synthetic::{Generator, Sink};
 use super::{Control, Event, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats};
 use crate::crypto::Backend;
@@ -26,7 +27,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// Receive calls per loop turn at most, so sending gets its turn.
 const RECV_ROUNDS: usize = 8;
 /// The largest inner packet read from TUN.
-const TUN_MTU_MAX: usize = 65_535;
+const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
 /// TUN reads per transmit batch at most.
 const TUN_READS_PER_BATCH: usize = 256;
 
@@ -338,40 +339,62 @@ impl State {
         let WorkerEgress::Tun(queue) = &mut self.egress else {
             return;
         };
+        let vnet = queue.has_vnet_header();
         let mut reads = 0;
-        while !batch.is_full() && reads < TUN_READS_PER_BATCH {
+        // A 64 KiB super-packet needs at most three sends (two full, one shorter tail).
+        while batch.free_sends() >= 3 && reads < TUN_READS_PER_BATCH {
             let len = match queue.read(&mut self.tun_buf) {
                 Ok(Some(len)) => len,
                 Ok(None) | Err(_) => break,
             };
             reads += 1;
-            let packet = &self.tun_buf[..len];
-            let Ok(inner) = InnerPacket::new_checked(packet) else {
+            let (header, packet) = if vnet {
+                match VnetHeader::parse(&self.tun_buf[..len]) {
+                    Ok(h) => (h, &self.tun_buf[VNET_HDR_LEN..len]),
+                    Err(_) => {
+                        self.stats.tx_no_route += 1;
+                        continue;
+                    }
+                }
+            } else {
+                (VnetHeader::default(), &self.tun_buf[..len])
+            };
+            let (Ok(inner), Ok(segments)) = (
+                InnerPacket::new_checked(packet),
+                Segmenter::new(header, packet),
+            ) else {
                 self.stats.tx_no_route += 1;
                 continue;
             };
             let next_header = inner.psp_next_header();
             let Some(p) = route(&self.peers, inner.flow_key().dst) else {
-                self.stats.tx_no_route += 1;
+                self.stats.tx_no_route += segments.count() as u64;
                 continue;
             };
             let peer = &mut self.peers[p];
             let Some(sa) = peer.tx.as_mut() else {
                 // Never plaintext: no SA, no packet.
-                self.stats.tx_no_sa += 1;
+                self.stats.tx_no_sa += segments.count() as u64;
                 continue;
             };
-            let framed = len + PSP_OVERHEAD;
-            let Some(slot) = batch.append(peer.config.endpoint, framed) else {
-                break;
-            };
-            slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + len].copy_from_slice(packet);
-            if sa.seal(next_header, 0, slot).is_ok() {
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += len as u64;
-            } else {
-                batch.unappend(framed);
-                self.stats.tx_seal_failed += 1;
+            for i in 0..segments.count() {
+                let inner_len = segments.len(i);
+                let framed = inner_len + PSP_OVERHEAD;
+                let Some(slot) = batch.append(peer.config.endpoint, framed) else {
+                    self.stats.tx_seal_failed += 1;
+                    continue;
+                };
+                segments.write(
+                    i,
+                    &mut slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len],
+                );
+                if sa.seal(next_header, 0, slot).is_ok() {
+                    self.stats.tx_packets += 1;
+                    self.stats.tx_bytes += inner_len as u64;
+                } else {
+                    batch.unappend(framed);
+                    self.stats.tx_seal_failed += 1;
+                }
             }
         }
     }
@@ -419,14 +442,22 @@ impl State {
                 }
             }
         };
-        let inner = &packet[range];
         self.stats.rx_delivered += 1;
-        self.stats.rx_delivered_bytes += inner.len() as u64;
+        self.stats.rx_delivered_bytes += range.len() as u64;
         match &mut self.egress {
             WorkerEgress::Discard => {}
-            WorkerEgress::Sink(sink) => sink.deliver(inner),
+            WorkerEgress::Sink(sink) => sink.deliver(&packet[range]),
             WorkerEgress::Tun(queue) => {
-                if queue.write(inner).is_err() {
+                let written = if queue.has_vnet_header() {
+                    // The PSP header in front of the inner packet is spent: its last bytes
+                    // become the virtio-net header (no offload; checksums are complete).
+                    let start = range.start - VNET_HDR_LEN;
+                    packet[start..range.start].fill(0);
+                    queue.write(&packet[start..range.end])
+                } else {
+                    queue.write(&packet[range])
+                };
+                if written.is_err() {
                     self.stats.rx_rejected += 1;
                 }
             }

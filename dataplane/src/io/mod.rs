@@ -138,6 +138,11 @@ impl TxBatch {
         self.sends.len() >= self.max_sends
     }
 
+    /// Sends that can still be opened.
+    pub fn free_sends(&self) -> usize {
+        self.max_sends - self.sends.len()
+    }
+
     /// The queued sends.
     pub fn sends(&self) -> &[GsoSend] {
         &self.sends

@@ -10,7 +10,14 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct TunQueue {
     fd: OwnedFd,
+    vnet: bool,
 }
+
+/// Offloads asked of the kernel with a virtio-net header: partial checksums, TCP
+/// segmentation for IPv4 and IPv6, and UDP segmentation where the kernel has it (6.2+).
+const OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+const OFFLOADS_USO: libc::c_uint = OFFLOADS | libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 fn ifreq_with_name(name: &str) -> Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
@@ -35,7 +42,9 @@ fn os_error(what: &'static str) -> Error {
 }
 
 /// Opens `queues` queues of the TUN device `name` (created if absent; needs CAP_NET_ADMIN).
-pub fn open_queues(name: &str, queues: usize) -> Result<Vec<TunQueue>> {
+/// With `offloads`, every packet carries a virtio-net header and the kernel hands over
+/// TCP (and UDP) super-packets of up to 64 KiB, which the worker segments.
+pub fn open_queues(name: &str, queues: usize, offloads: bool) -> Result<Vec<TunQueue>> {
     let mut out = Vec::with_capacity(queues);
     for _ in 0..queues.max(1) {
         // SAFETY: open(2) of a constant NUL-terminated path; the result is checked.
@@ -51,8 +60,9 @@ pub fn open_queues(name: &str, queues: usize) -> Result<Vec<TunQueue>> {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = ifreq_with_name(name)?;
+        let vnet = if offloads { libc::IFF_VNET_HDR } else { 0 };
         req.ifr_ifru.ifru_flags =
-            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | vnet) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is.
         if unsafe { libc::ioctl(raw, libc::TUNSETIFF, &mut req) } < 0 {
             return Err(Error::Io {
@@ -60,7 +70,15 @@ pub fn open_queues(name: &str, queues: usize) -> Result<Vec<TunQueue>> {
                 reason: format!("{name}: {}", io::Error::last_os_error()),
             });
         }
-        out.push(TunQueue { fd });
+        if offloads {
+            // SAFETY: TUNSETOFFLOAD takes its flags by value.
+            let rc = unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS_USO) };
+            // SAFETY: as above; kernels before 6.2 refuse the USO flags.
+            if rc < 0 && unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS) } < 0 {
+                return Err(os_error("TUNSETOFFLOAD"));
+            }
+        }
+        out.push(TunQueue { fd, vnet: offloads });
     }
     Ok(out)
 }
@@ -96,6 +114,11 @@ pub fn set_mtu_and_up(name: &str, mtu: u32) -> Result<()> {
 }
 
 impl TunQueue {
+    /// Whether packets carry a virtio-net header.
+    pub fn has_vnet_header(&self) -> bool {
+        self.vnet
+    }
+
     /// The queue's descriptor, for readiness polling.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
