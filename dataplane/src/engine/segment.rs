@@ -247,6 +247,182 @@ impl<'a> Segmenter<'a> {
     }
 }
 
+/// What [`Coalescer::push`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Added to the super-packet being built.
+    Merged,
+    /// Does not continue the super-packet: take that one first, then push again.
+    TakeFirst,
+    /// Cannot be coalesced at all: take what is held, then write this one as it is.
+    Alone,
+}
+
+/// Rebuilds TCP super-packets from the in-order segments of one flow, so the TUN device
+/// gets one write (and the stack one packet) per 64 KiB instead of one per segment: the
+/// receive-side twin of TSO, written with a virtio-net GSO header.
+#[derive(Debug)]
+pub struct Coalescer {
+    buf: Vec<u8>,
+    len: usize,
+    ip_len: usize,
+    headers: usize,
+    mss: usize,
+    segments: usize,
+    next_seq: u32,
+    closed: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self {
+            buf: vec![0u8; VNET_HDR_LEN + 65_535],
+            len: 0,
+            ip_len: 0,
+            headers: 0,
+            mss: 0,
+            segments: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+}
+
+/// (IP header length, TCP header length, payload length) of a plain in-order TCP data
+/// segment that may be coalesced: no IP options or fragments, ACK with or without PSH only.
+fn coalescable(p: &[u8]) -> Option<(usize, usize, usize)> {
+    let v = p.first()? >> 4;
+    let ip_len = match v {
+        4 if p.len() >= 20 && p[0] & 0x0f == 5 && p[9] == PROTO_TCP => {
+            // DF may be set; MF and the offset must be clear.
+            if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
+                return None;
+            }
+            20
+        }
+        6 if p.len() >= 40 && p[6] == PROTO_TCP => {
+            if 40 + usize::from(u16::from_be_bytes([p[4], p[5]])) != p.len() {
+                return None;
+            }
+            40
+        }
+        _ => return None,
+    };
+    let tcp_len = usize::from(*p.get(ip_len + 12)? >> 4) * 4;
+    if tcp_len < 20 || ip_len + tcp_len >= p.len() {
+        return None;
+    }
+    let flags = p[ip_len + 13];
+    if flags & !0x08 != 0x10 {
+        return None;
+    }
+    Some((ip_len, tcp_len, p.len() - ip_len - tcp_len))
+}
+
+impl Coalescer {
+    /// Whether a super-packet is being built.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offers the next inner packet.
+    pub fn push(&mut self, p: &[u8]) -> Push {
+        let Some((ip_len, tcp_len, payload)) = coalescable(p) else {
+            return Push::Alone;
+        };
+        let seq = u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]]);
+        let headers = ip_len + tcp_len;
+        if self.len == 0 {
+            let out = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()];
+            out.copy_from_slice(p);
+            (self.len, self.ip_len, self.headers, self.mss) = (p.len(), ip_len, headers, payload);
+            self.segments = 1;
+            self.next_seq = seq.wrapping_add(payload as u32);
+            self.closed = p[ip_len + 13] & 0x08 != 0;
+            return Push::Merged;
+        }
+        let held = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
+        let same_flow = headers == self.headers
+            && ip_len == self.ip_len
+            // Addresses, ports, ACK number, window and options all equal; (IPv4) TOS and TTL too.
+            && (if ip_len == 20 {
+                held[12..20] == p[12..20] && held[1] == p[1] && held[8] == p[8]
+            } else {
+                held[8..40] == p[8..40] && held[..4] == p[..4]
+            })
+            && held[ip_len..ip_len + 4] == p[ip_len..ip_len + 4]
+            && held[ip_len + 8..ip_len + 12] == p[ip_len + 8..ip_len + 12]
+            && held[ip_len + 14..ip_len + 16] == p[ip_len + 14..ip_len + 16]
+            && held[ip_len + 20..headers] == p[ip_len + 20..headers];
+        if self.closed
+            || !same_flow
+            || seq != self.next_seq
+            || payload > self.mss
+            || self.len + payload > 65_535
+            || self.segments >= 64
+        {
+            return Push::TakeFirst;
+        }
+        let at = VNET_HDR_LEN + self.len;
+        self.buf[at..at + payload].copy_from_slice(&p[headers..]);
+        self.len += payload;
+        self.segments += 1;
+        self.next_seq = seq.wrapping_add(payload as u32);
+        // A short segment or PSH ends a burst, as on the sender.
+        if payload < self.mss || p[ip_len + 13] & 0x08 != 0 {
+            self.closed = true;
+            let flags_at = VNET_HDR_LEN + ip_len + 13;
+            self.buf[flags_at] |= p[ip_len + 13] & 0x08;
+        }
+        Push::Merged
+    }
+
+    /// The held packet with its virtio-net header, ready to write; empties the coalescer.
+    /// A single segment goes as it came; several go as one GSO packet with a partial checksum.
+    pub fn take(&mut self) -> Option<&[u8]> {
+        if self.len == 0 {
+            return None;
+        }
+        let (len, ip_len) = (self.len, self.ip_len);
+        self.len = 0;
+        let (vnet, p) = self.buf.split_at_mut(VNET_HDR_LEN);
+        let p = &mut p[..len];
+        vnet.fill(0);
+        if self.segments == 1 {
+            return Some(&self.buf[..VNET_HDR_LEN + len]);
+        }
+        let v4 = ip_len == 20;
+        let l4_len = len - ip_len;
+        if v4 {
+            p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum(&p[..20], 0));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the kernel (or
+        // whoever forwards the packet on) completes it over the segment it builds.
+        let pseudo = if v4 {
+            sum(&p[12..20], 0)
+        } else {
+            sum(&p[8..40], 0)
+        };
+        let partial = fold(pseudo + u64::from(PROTO_TCP) + l4_len as u64);
+        p[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+        vnet[0] = F_NEEDS_CSUM;
+        vnet[1] = if v4 { GSO_TCPV4 } else { GSO_TCPV6 };
+        vnet[2..4].copy_from_slice(&(self.headers as u16).to_ne_bytes());
+        vnet[4..6].copy_from_slice(&(self.mss as u16).to_ne_bytes());
+        vnet[6..8].copy_from_slice(&(ip_len as u16).to_ne_bytes());
+        vnet[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        Some(&self.buf[..VNET_HDR_LEN + len])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +487,47 @@ mod tests {
         }
         assert_eq!(s.len(2), 40 + 200);
         assert_eq!(payload, &p[40..]);
+    }
+
+    #[test]
+    fn segments_coalesce_back_into_the_super_packet_they_came_from() {
+        let mut p = tcp_super_packet(3000);
+        p[33] = 0x18; // PSH, ACK: a data burst
+        let header = VnetHeader {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            gso_size: 1400,
+            ..VnetHeader::default()
+        };
+        let s = Segmenter::new(header, &p).unwrap();
+        let mut c = Coalescer::default();
+        for i in 0..s.count() {
+            let mut out = vec![0u8; s.len(i)];
+            s.write(i, &mut out);
+            assert_eq!(c.push(&out), Push::Merged, "segment {i}");
+        }
+        let mut other = vec![0u8; s.len(0)];
+        s.write(0, &mut other);
+        assert_eq!(c.push(&other), Push::TakeFirst, "the burst ended with PSH");
+        let taken = c.take().unwrap().to_vec();
+        let vnet = VnetHeader::parse(&taken).unwrap();
+        assert_eq!(
+            (vnet.gso_type, vnet.gso_size, vnet.csum_start),
+            (GSO_TCPV4, 1400, 20)
+        );
+        let rebuilt = &taken[VNET_HDR_LEN..];
+        assert_eq!(rebuilt.len(), p.len());
+        assert_eq!(&rebuilt[40..], &p[40..], "payload in order");
+        assert_eq!(fold(sum(&rebuilt[..20], 0)), 0xffff, "IPv4 header checksum");
+        // Completing the partial checksum as the kernel would yields a valid packet.
+        let resegmented = Segmenter::new(vnet, rebuilt).unwrap();
+        let mut first = vec![0u8; resegmented.len(0)];
+        resegmented.write(0, &mut first);
+        assert!(checksums_ok(&first));
+        assert!(c.is_empty());
+        let mut syn = tcp_super_packet(10);
+        syn[33] = 0x02;
+        assert_eq!(c.push(&syn), Push::Alone);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::rx_sas::{RxRefusal, RxSaTable};
-use super::segment::{Segmenter, VnetHeader, VNET_HDR_LEN};
+use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::synthetic::{Generator, Sink};
 use super::{Control, Event, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats};
 use crate::crypto::Backend;
@@ -75,6 +75,7 @@ struct State {
     next_peer: usize,
     egress: WorkerEgress,
     tun_buf: Vec<u8>,
+    coalescer: Option<Coalescer>,
     events: Sender<Event>,
     stats: WorkerStats,
 }
@@ -132,6 +133,8 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         } else {
             Vec::new()
         },
+        coalescer: matches!(&egress, WorkerEgress::Tun(q) if q.has_vnet_header())
+            .then(Coalescer::default),
         egress,
         events,
         stats: WorkerStats::default(),
@@ -404,6 +407,11 @@ impl State {
         for packet in buf.chunks_mut(segment) {
             self.on_packet(packet, src);
         }
+        // A super-packet never waits past the datagram its segments came in.
+        if let (WorkerEgress::Tun(queue), Some(coalescer)) = (&mut self.egress, &mut self.coalescer)
+        {
+            flush(queue, coalescer, &mut self.stats);
+        }
     }
 
     #[inline]
@@ -448,6 +456,19 @@ impl State {
             WorkerEgress::Discard => {}
             WorkerEgress::Sink(sink) => sink.deliver(&packet[range]),
             WorkerEgress::Tun(queue) => {
+                let stats = &mut self.stats;
+                if let Some(coalescer) = self.coalescer.as_mut() {
+                    match coalescer.push(&packet[range.clone()]) {
+                        Push::Merged => return,
+                        Push::TakeFirst => {
+                            flush(queue, coalescer, stats);
+                            if coalescer.push(&packet[range.clone()]) == Push::Merged {
+                                return;
+                            }
+                        }
+                        Push::Alone => flush(queue, coalescer, stats),
+                    }
+                }
                 let written = if queue.has_vnet_header() {
                     // The PSP header in front of the inner packet is spent: its last bytes
                     // become the virtio-net header (no offload; checksums are complete).
@@ -458,7 +479,7 @@ impl State {
                     queue.write(&packet[range])
                 };
                 if written.is_err() {
-                    self.stats.rx_rejected += 1;
+                    stats.rx_rejected += 1;
                 }
             }
         }
@@ -478,6 +499,15 @@ impl State {
             RxRefusal::Sa(Error::TooOld { .. }) => s.rx_too_old += 1,
             RxRefusal::Sa(Error::IvOutOfRange { .. }) => s.rx_iv_out_of_range += 1,
             RxRefusal::Sa(_) => s.rx_malformed += 1,
+        }
+    }
+}
+
+/// Writes what the coalescer holds to the TUN queue.
+fn flush(queue: &mut TunQueue, coalescer: &mut Coalescer, stats: &mut WorkerStats) {
+    if let Some(bytes) = coalescer.take() {
+        if queue.write(bytes).is_err() {
+            stats.rx_rejected += 1;
         }
     }
 }
