@@ -68,6 +68,11 @@ fn run(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Sends SIGINT (what Ctrl-C sends) through the shell's built-in `kill`.
+fn interrupt(pid: u32) -> Result<String, String> {
+    run(&["sh", "-c", &format!("kill -INT {pid}")])
+}
+
 fn skip_reason() -> Option<String> {
     match run(&["id", "-u"]) {
         Ok(uid) if uid.trim() == "0" => {}
@@ -369,7 +374,8 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
     assert_eq!(sha_a, sha_b, "SHA-256 at both ends of the tunnel");
     let tunnel_gbps = bytes as f64 * 8.0 / secs / 1e9;
 
-    let _ = run(&["ip", "netns", "exec", &b, "pkill", "-INT", "-x", "tcpdump"]);
+    // `ip netns exec` execs its command, so the pid is tcpdump's; it may have exited already.
+    let _ = interrupt(pid_tcpdump);
     std::thread::sleep(Duration::from_millis(300));
     let frames = check_capture(&fs::read(&pcap).unwrap());
     assert!(
@@ -386,7 +392,7 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
     );
 
     for pid in [pid_a, pid_b] {
-        run(&["kill", "-INT", &pid.to_string()]).unwrap();
+        interrupt(pid).unwrap();
     }
     for (i, log) in ["a", "b"].iter().enumerate() {
         let status = lab.children[i].wait().unwrap();
