@@ -3,7 +3,7 @@
 //! coalesced (UDP_GRO) and counts bytes. It stands in for the data plane benchmark and
 //! measures the kernel's UDP path, which bounds what the data plane can reach.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,10 +52,8 @@ impl UdpRunner {
         addrs
             .filter(|a| a.interface_name == dev)
             .find_map(|a| {
-                a.address.and_then(|s| {
-                    s.as_sockaddr_in()
-                        .map(|v4| IpAddr::V4(Ipv4Addr::from(v4.ip())))
-                })
+                a.address
+                    .and_then(|s| s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
             })
             .ok_or_else(|| HwError::Trial {
                 batch: 0,
