@@ -176,7 +176,12 @@ fn detect(json: bool, only: Option<&str>, dir: Option<&Path>) -> Result<(), HwEr
     };
     let mut interfaces = Vec::new();
     for name in names {
-        let interface = host::interface(&mut ethtool, &name)?;
+        let interface = match host::interface(&mut ethtool, &name) {
+            Ok(i) => i,
+            // Deleted between listing and reading (other software adds and removes links).
+            Err(HwError::NoSuchInterface(_)) if only.is_none() => continue,
+            Err(e) => return Err(e),
+        };
         let matched = profiles.best_match(&interface.driver, interface.pci_ids());
         let dataplane =
             matched.map(|p| p.dataplane_tuning(&cpu.online, &cpu.numa_nodes, interface.numa_node));
@@ -192,8 +197,10 @@ fn detect(json: bool, only: Option<&str>, dir: Option<&Path>) -> Result<(), HwEr
     }
     let report = DetectReport { cpu, interfaces };
     if json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&report).map_err(|e| HwError::Encode {
+            what: "detect report",
+            message: e.to_string(),
+        })?;
         println!("{text}");
     } else {
         print!("{}", render_detect(&report, &profiles));
@@ -484,11 +491,14 @@ fn tune_dev(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let Some(tuned) = tune::tuned_profile(base, dev, &runner, &space, results, now) else {
-        return Err(HwError::Unsupported(vec![
-            "tune: the sweep space is empty".to_owned()
-        ]));
+        return Err(HwError::InvalidArgument(
+            "tune: nothing to sweep (--batches, --gso and --workers must not be empty)".to_owned(),
+        ));
     };
-    let text = tune::render(&tuned).map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+    let text = tune::render(&tuned).map_err(|e| HwError::Encode {
+        what: "tuned profile",
+        message: e.to_string(),
+    })?;
     // Whatever was written must load again as a valid profile.
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{}.toml", tuned.name)));
     Profile::parse(&path.display().to_string(), &text)?;
