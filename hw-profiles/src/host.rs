@@ -267,6 +267,17 @@ pub fn interface(ethtool: &mut Ethtool, name: &str) -> Result<Interface> {
     })
 }
 
+/// NUMA node of the device behind interface `dev`, when the platform reports one.
+pub fn numa_node_of(dev: &str) -> Option<u32> {
+    let pci = pci_function(&Path::new("/sys/class/net").join(dev).join("device"))?;
+    read(pci.join("numa_node"))
+        .ok()?
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+}
+
 /// The PCI function behind `device`: itself, or its parent for virtio devices.
 fn pci_function(device: &Path) -> Option<PathBuf> {
     let real = std::fs::canonicalize(device).ok()?;
