@@ -311,14 +311,6 @@ fn detect_json_agrees_with_proc_and_sysfs() {
     );
     assert_eq!(online_mask().count_ones() as usize, processors);
 
-    let links = || -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
     let ifaces = v["interfaces"].as_array().unwrap();
     let reported: Vec<&str> = ifaces.iter().map(|i| i["name"].as_str().unwrap()).collect();
     // Links may come and go while detect runs; those present throughout must be reported,
