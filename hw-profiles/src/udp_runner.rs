@@ -55,11 +55,10 @@ impl UdpRunner {
                 a.address
                     .and_then(|s| s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
             })
-            .ok_or_else(|| HwError::Trial {
-                batch: 0,
-                gso_segments: 0,
-                workers: 0,
-                message: format!("{dev} has no IPv4 address to send to"),
+            .ok_or_else(|| {
+                HwError::InvalidArgument(format!(
+                    "{dev} has no IPv4 address to send to (tune sends to an address of the interface; try --dev lo)"
+                ))
             })
     }
 }
@@ -87,6 +86,14 @@ impl TuneRunner for UdpRunner {
             workers: t.workers,
             message,
         };
+        // An IPv4 UDP datagram carries at most 65507 bytes; a GSO send is one datagram.
+        let size = self.payload * usize::from(t.gso_segments);
+        if size > 65507 || t.gso_segments == 0 || t.batch == 0 || t.workers == 0 {
+            return Err(fail(format!(
+                "{} B x {} segments = {size} B does not fit one UDP send (at most 65507 B), or a count is 0",
+                self.payload, t.gso_segments
+            )));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
@@ -175,6 +182,18 @@ mod tests {
             })
             .unwrap();
         assert!(one.gbps > 0.01 && gso.gbps > 0.01, "{one:?} {gso:?}");
+        let too_big = r
+            .run(TrialConfig {
+                batch: 8,
+                gso_segments: 47,
+                workers: 1,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_big.contains("65800 B does not fit one UDP send"),
+            "{too_big}"
+        );
         // Gbit/s and Mpps describe the same bytes: Gbit/s = Mpps * payload * 8 / 1000.
         for m in [one, gso] {
             assert!((m.gbps - m.mpps * 1400.0 * 8.0 / 1000.0).abs() < 1e-6 * m.gbps.max(1.0));
