@@ -385,3 +385,64 @@ fn check_names_file_and_field_of_a_broken_profile() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tune_over_loopback_writes_a_profile_with_the_numbers_it_printed() {
+    let out_file = std::env::temp_dir().join(format!("cphw-tuned-{}.toml", std::process::id()));
+    let stdout = run_ok(
+        cpclink()
+            .args([
+                "hw",
+                "tune",
+                "--dev",
+                "lo",
+                "--batches",
+                "8",
+                "--gso",
+                "1,16",
+                "--workers",
+                "1",
+                "--trial-ms",
+                "60",
+                "--repeats",
+                "1",
+                "--out",
+            ])
+            .arg(&out_file),
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let checked = run_ok(cpclink().args(["hw", "check"]).arg(&out_file));
+    assert!(checked.ends_with("ok (loopback-tuned-lo)\n"), "{checked}");
+    std::fs::remove_file(&out_file).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["name"].as_str(), Some("loopback-tuned-lo"));
+    let trials = v["tuned"]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    // Every printed row is a trial in the file, with the same numbers.
+    let rows: Vec<Vec<f64>> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .map(str::parse::<f64>)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        })
+        .filter(|r| r.len() == 5)
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, t) in rows.iter().zip(trials) {
+        assert_eq!(row[0], t["batch"].as_integer().unwrap() as f64);
+        assert_eq!(row[1], t["gso_segments"].as_integer().unwrap() as f64);
+        assert!(
+            (row[3] - t["gbps"].as_float().unwrap()).abs() < 0.006,
+            "{row:?} {t:?}"
+        );
+        assert!(t["gbps"].as_float().unwrap() > 0.0);
+    }
+    let best = &v["tuned"]["best"];
+    assert_eq!(
+        v["dataplane"]["gso_segments"].as_integer(),
+        best["gso_segments"].as_integer()
+    );
+    assert_eq!(v["dataplane"]["batch"].as_integer(), Some(8));
+}
