@@ -122,6 +122,10 @@ pub struct TunedRecord {
     /// Runs per point (the median is recorded).
     #[serde(default = "one")]
     pub repeats: usize,
+    /// One-minute load average (/proc/loadavg) before and after the sweep: other work on
+    /// the host shares the cores and lowers the numbers.
+    #[serde(default)]
+    pub load_average: [f64; 2],
     /// Seconds since the Unix epoch when the sweep finished.
     pub measured_unix: u64,
     /// The winning trial.
@@ -186,6 +190,7 @@ pub fn tuned_profile(
     runner: &dyn TuneRunner,
     space: &SweepSpace,
     results: Vec<TrialResult>,
+    load_average: [f64; 2],
     measured_unix: u64,
 ) -> Option<Profile> {
     let winner = best(&results)?;
@@ -207,11 +212,22 @@ pub fn tuned_profile(
         payload_bytes: runner.payload_bytes(),
         trial_ms: runner.trial_ms(),
         repeats: space.repeats.max(1),
+        load_average,
         measured_unix,
         best: winner,
         trials: results,
     });
     Some(p)
+}
+
+/// The one-minute load average from /proc/loadavg, if readable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The TOML text of a tuned profile, with a header saying where it came from.
@@ -275,7 +291,16 @@ mod tests {
         assert_eq!((w.batch, w.gso_segments, w.workers), (32, 44, 2));
 
         let base = Profile::parse("profiles/loopback.toml", SHIPPED[2].1).unwrap();
-        let p = tuned_profile(&base, "lo", &runner, &space, results, 1_700_000_000).unwrap();
+        let p = tuned_profile(
+            &base,
+            "lo",
+            &runner,
+            &space,
+            results,
+            [0.5, 0.7],
+            1_700_000_000,
+        )
+        .unwrap();
         let text = render(&p).unwrap();
         let back = Profile::parse("loopback-tuned-lo.toml", &text).unwrap();
         assert_eq!(back.name, "loopback-tuned-lo");

@@ -481,16 +481,30 @@ fn tune_dev(
         "{:>6} {:>4} {:>8} {:>9} {:>8}",
         "batch", "gso", "workers", "Gbit/s", "Mpps"
     );
+    let load_before = tune::load_average().unwrap_or(f64::NAN);
     let results = tune::sweep(&mut runner, &space, |r| {
         println!(
             "{:>6} {:>4} {:>8} {:>9.2} {:>8.3}",
             r.batch, r.gso_segments, r.workers, r.gbps, r.mpps
         );
     })?;
+    let load_after = tune::load_average().unwrap_or(f64::NAN);
+    println!(
+        "host load average (1 min): {load_before:.2} before, {load_after:.2} after, on {} cores",
+        cpu.online.len()
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let Some(tuned) = tune::tuned_profile(base, dev, &runner, &space, results, now) else {
+    let Some(tuned) = tune::tuned_profile(
+        base,
+        dev,
+        &runner,
+        &space,
+        results,
+        [load_before, load_after],
+        now,
+    ) else {
         return Err(HwError::InvalidArgument(
             "tune: nothing to sweep (--batches, --gso and --workers must not be empty)".to_owned(),
         ));
