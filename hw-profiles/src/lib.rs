@@ -1,5 +1,10 @@
 //! Hardware profiles for cpclink (SPEC H1): detect the NIC and CPU, match a profile, show
 //! and apply the difference, and tune batching and worker counts by measurement.
+//!
+//! All system access goes through safe interfaces (`netlink-sys`, `nix`, std), so this
+//! crate has no `unsafe` of its own.
+
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod cpuset;
