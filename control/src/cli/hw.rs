@@ -80,6 +80,9 @@ enum HwCommand {
         /// Worker counts to try, comma separated.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// Runs per point; the median is kept.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
         /// Directory of operator profiles (*.toml) added to the shipped ones.
         #[arg(long)]
         profile_dir: Option<PathBuf>,
@@ -101,12 +104,38 @@ enum HwCommand {
 /// Runs `cpclink hw`.
 pub fn run(args: HwArgs) -> ExitCode {
     let result = match args.command {
-        HwCommand::Detect { json, dev, profile_dir } => detect(json, dev.as_deref(), profile_dir.as_deref()),
-        HwCommand::Apply { profile, dev, dry_run, force, profile_dir } => {
-            apply_profile(&profile, &dev, dry_run, force, profile_dir.as_deref())
-        }
-        HwCommand::Tune { dev, profile, out, trial_ms, payload, batches, gso, workers, profile_dir } => {
-            let opts = TuneOptions { trial_ms, payload, batches, gso, workers };
+        HwCommand::Detect {
+            json,
+            dev,
+            profile_dir,
+        } => detect(json, dev.as_deref(), profile_dir.as_deref()),
+        HwCommand::Apply {
+            profile,
+            dev,
+            dry_run,
+            force,
+            profile_dir,
+        } => apply_profile(&profile, &dev, dry_run, force, profile_dir.as_deref()),
+        HwCommand::Tune {
+            dev,
+            profile,
+            out,
+            trial_ms,
+            payload,
+            batches,
+            gso,
+            workers,
+            repeats,
+            profile_dir,
+        } => {
+            let opts = TuneOptions {
+                trial_ms,
+                payload,
+                batches,
+                gso,
+                workers,
+                repeats,
+            };
             tune_dev(&dev, profile.as_deref(), out, &opts, profile_dir.as_deref())
         }
         HwCommand::Profiles { profile_dir } => list(profile_dir.as_deref()),
@@ -147,15 +176,31 @@ fn detect(json: bool, only: Option<&str>, dir: Option<&Path>) -> Result<(), HwEr
     };
     let mut interfaces = Vec::new();
     for name in names {
-        let interface = host::interface(&mut ethtool, &name)?;
+        let interface = match host::interface(&mut ethtool, &name) {
+            Ok(i) => i,
+            // Deleted between listing and reading (other software adds and removes links).
+            Err(HwError::NoSuchInterface(_)) if only.is_none() => continue,
+            Err(e) => return Err(e),
+        };
         let matched = profiles.best_match(&interface.driver, interface.pci_ids());
-        let dataplane = matched.map(|p| p.dataplane_tuning(&cpu.online, &cpu.numa_nodes, interface.numa_node));
-        let plan = matched.map(|p| apply::plan(p, &interface, &cpu)).transpose()?;
-        interfaces.push(InterfaceReport { profile: matched.map(|p| p.name.clone()), dataplane, plan, interface });
+        let dataplane =
+            matched.map(|p| p.dataplane_tuning(&cpu.online, &cpu.numa_nodes, interface.numa_node));
+        let plan = matched
+            .map(|p| apply::plan(p, &interface, &cpu))
+            .transpose()?;
+        interfaces.push(InterfaceReport {
+            profile: matched.map(|p| p.name.clone()),
+            dataplane,
+            plan,
+            interface,
+        });
     }
     let report = DetectReport { cpu, interfaces };
     if json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&report).map_err(|e| HwError::Encode {
+            what: "detect report",
+            message: e.to_string(),
+        })?;
         println!("{text}");
     } else {
         print!("{}", render_detect(&report, &profiles));
@@ -176,13 +221,33 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
     let c = &r.cpu;
     let _ = writeln!(s, "cpu: {}", c.model);
     let _ = writeln!(s, "  cores online: {} ({})", c.online, c.online.len());
-    let nodes: Vec<String> = c.numa_nodes.iter().map(|(id, cpus)| format!("node{id} {cpus}")).collect();
-    let _ = writeln!(s, "  numa nodes: {}", if nodes.is_empty() { "none reported".to_owned() } else { nodes.join(", ") });
+    let nodes: Vec<String> = c
+        .numa_nodes
+        .iter()
+        .map(|(id, cpus)| format!("node{id} {cpus}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  numa nodes: {}",
+        if nodes.is_empty() {
+            "none reported".to_owned()
+        } else {
+            nodes.join(", ")
+        }
+    );
     let feats: Vec<String> = c
         .features
         .iter()
         .map(|f| {
-            let agree = if f.cpuid == f.cpuinfo { String::new() } else { format!(" (cpuid {}, cpuinfo {})", yes_no(f.cpuid), yes_no(f.cpuinfo)) };
+            let agree = if f.cpuid == f.cpuinfo {
+                String::new()
+            } else {
+                format!(
+                    " (cpuid {}, cpuinfo {})",
+                    yes_no(f.cpuid),
+                    yes_no(f.cpuinfo)
+                )
+            };
             format!("{} {}{agree}", f.name, yes_no(f.cpuid && f.cpuinfo))
         })
         .collect();
@@ -193,18 +258,41 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
             (Some(p), Some(a)) => format!(", pci {:04x}:{:04x} at {a}", p.vendor, p.device),
             _ => String::new(),
         };
-        let numa = n.numa_node.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        let max_mtu = n.link.max_mtu.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        let _ = writeln!(s, "\n{}: driver {}{pci}, numa node {numa}", n.name, n.driver);
-        let _ = writeln!(s, "  mtu {} (max {max_mtu}), queues rx {} tx {}", n.link.mtu, n.rx_queues, n.tx_queues);
+        let numa = n
+            .numa_node
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let max_mtu = n
+            .link
+            .max_mtu
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let _ = writeln!(
+            s,
+            "\n{}: driver {}{pci}, numa node {numa}",
+            n.name, n.driver
+        );
+        let _ = writeln!(
+            s,
+            "  mtu {} (max {max_mtu}), queues rx {} tx {}",
+            n.link.mtu, n.rx_queues, n.tx_queues
+        );
         if let Some(f) = &n.features {
-            let shown: Vec<String> = ["tx-udp-segmentation", "rx-gro", "rx-udp-gro-forwarding", "rx-checksum", "tx-checksum-ip-generic"]
-                .iter()
-                .map(|name| {
-                    let fixed = if f.changeable.contains(*name) { "" } else { " [fixed]" };
-                    format!("{name} {}{fixed}", if f.is_on(name) { "on" } else { "off" })
-                })
-                .collect();
+            let shown: Vec<String> = [
+                "tx-udp-segmentation",
+                "rx-gro",
+                "rx-udp-gro-forwarding",
+                "rx-checksum",
+                "tx-checksum-ip-generic",
+            ]
+            .iter()
+            .map(|name| {
+                let fixed = if f.changeable.contains(*name) {
+                    ""
+                } else {
+                    " [fixed]"
+                };
+                format!("{name} {}{fixed}", if f.is_on(name) { "on" } else { "off" })
+            })
+            .collect();
             let _ = writeln!(s, "  features: {}", shown.join(", "));
             let _ = writeln!(
                 s,
@@ -213,8 +301,19 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
                 yes_no(f.changeable.contains("tls-hw-tx-offload") || f.is_on("tls-hw-tx-offload"))
             );
         }
-        let rings = n.rings.map_or_else(|| "not supported".to_owned(), |r| format!("rx {}/{} tx {}/{} (current/max)", r.rx, r.rx_max, r.tx, r.tx_max));
-        let channels = n.channels.map_or_else(|| "not supported".to_owned(), |c| format!("combined {}/{}", c.combined, c.combined_max));
+        let rings = n.rings.map_or_else(
+            || "not supported".to_owned(),
+            |r| {
+                format!(
+                    "rx {}/{} tx {}/{} (current/max)",
+                    r.rx, r.rx_max, r.tx, r.tx_max
+                )
+            },
+        );
+        let channels = n.channels.map_or_else(
+            || "not supported".to_owned(),
+            |c| format!("combined {}/{}", c.combined, c.combined_max),
+        );
         let _ = writeln!(s, "  rings: {rings}; channels: {channels}");
         if let Some(c) = n.coalesce {
             let mut parts = Vec::new();
@@ -230,7 +329,15 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
             if let Some(v) = c.tx_usecs {
                 parts.push(format!("tx-usecs {v}"));
             }
-            let _ = writeln!(s, "  coalesce: {}", if parts.is_empty() { "nothing reported".to_owned() } else { parts.join(", ") });
+            let _ = writeln!(
+                s,
+                "  coalesce: {}",
+                if parts.is_empty() {
+                    "nothing reported".to_owned()
+                } else {
+                    parts.join(", ")
+                }
+            );
         }
         if !n.queue_irqs.is_empty() {
             let irqs: Vec<String> = n.queue_irqs.iter().map(ToString::to_string).collect();
@@ -238,7 +345,10 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
         }
         match (&i.profile, &i.dataplane, &i.plan) {
             (Some(name), Some(d), Some(plan)) => {
-                let desc = profiles.get(name).map(|p| p.description.clone()).unwrap_or_default();
+                let desc = profiles
+                    .get(name)
+                    .map(|p| p.description.clone())
+                    .unwrap_or_default();
                 let _ = writeln!(s, "  profile: {name} ({desc})");
                 let _ = writeln!(
                     s,
@@ -268,13 +378,23 @@ fn render_detect(r: &DetectReport, profiles: &ProfileSet) -> String {
     s
 }
 
-fn apply_profile(name: &str, dev: &str, dry_run: bool, force: bool, dir: Option<&Path>) -> Result<(), HwError> {
+fn apply_profile(
+    name: &str,
+    dev: &str,
+    dry_run: bool,
+    force: bool,
+    dir: Option<&Path>,
+) -> Result<(), HwError> {
     let profiles = ProfileSet::with_dir(dir)?;
     let profile = profiles.get(name)?;
     let cpu = host::cpu()?;
     let mut ethtool = Ethtool::open()?;
     let iface = host::interface(&mut ethtool, dev)?;
-    if profile.match_score(&iface.driver, iface.pci_ids()).is_none() && !force {
+    if profile
+        .match_score(&iface.driver, iface.pci_ids())
+        .is_none()
+        && !force
+    {
         return Err(HwError::Unsupported(vec![format!(
             "match.driver: profile {name} is for {}, {dev} runs {} (use --force to apply it anyway)",
             profile.matcher.driver, iface.driver
@@ -301,19 +421,28 @@ struct TuneOptions {
     batches: Vec<u32>,
     gso: Vec<u16>,
     workers: Vec<usize>,
+    repeats: usize,
 }
 
-fn tune_dev(dev: &str, base: Option<&str>, out: Option<PathBuf>, o: &TuneOptions, dir: Option<&Path>) -> Result<(), HwError> {
+fn tune_dev(
+    dev: &str,
+    base: Option<&str>,
+    out: Option<PathBuf>,
+    o: &TuneOptions,
+    dir: Option<&Path>,
+) -> Result<(), HwError> {
     let profiles = ProfileSet::with_dir(dir)?;
     let cpu = host::cpu()?;
     let mut ethtool = Ethtool::open()?;
     let iface = host::interface(&mut ethtool, dev)?;
     let base: &Profile = match base {
         Some(name) => profiles.get(name)?,
-        None => profiles.best_match(&iface.driver, iface.pci_ids()).ok_or_else(|| HwError::UnknownProfile {
-            name: format!("<match for {dev} ({})>", iface.driver),
-            known: "pass --profile NAME".to_owned(),
-        })?,
+        None => profiles
+            .best_match(&iface.driver, iface.pci_ids())
+            .ok_or_else(|| HwError::UnknownProfile {
+                name: format!("<match for {dev} ({})>", iface.driver),
+                known: "pass --profile NAME".to_owned(),
+            })?,
     };
     let mut space = SweepSpace::for_cores(cpu.online.len());
     if !o.batches.is_empty() {
@@ -325,26 +454,78 @@ fn tune_dev(dev: &str, base: Option<&str>, out: Option<PathBuf>, o: &TuneOptions
     if !o.workers.is_empty() {
         space.workers.clone_from(&o.workers);
     }
+    space.repeats = o.repeats.max(1);
     let addr = UdpRunner::address_of(dev)?;
-    let mut runner = UdpRunner::new(dev, addr, o.payload, Duration::from_millis(50), Duration::from_millis(o.trial_ms));
-    println!("tune {dev} from profile {}: {}", base.name, runner.describe());
-    println!("{} trials of {} ms, payload {} B, host {} ({} cores)", space.trials().len(), o.trial_ms, o.payload, cpu.model, cpu.online.len());
-    println!("{:>6} {:>4} {:>8} {:>9} {:>8}", "batch", "gso", "workers", "Gbit/s", "Mpps");
+    let mut runner = UdpRunner::new(
+        dev,
+        addr,
+        o.payload,
+        Duration::from_millis(50),
+        Duration::from_millis(o.trial_ms),
+    );
+    println!(
+        "tune {dev} from profile {}: {}",
+        base.name,
+        runner.describe()
+    );
+    println!(
+        "{} points x {} runs of {} ms (median kept), payload {} B, host {} ({} cores)",
+        space.trials().len(),
+        space.repeats,
+        o.trial_ms,
+        o.payload,
+        cpu.model,
+        cpu.online.len()
+    );
+    println!(
+        "{:>6} {:>4} {:>8} {:>9} {:>8}",
+        "batch", "gso", "workers", "Gbit/s", "Mpps"
+    );
+    let load_before = tune::load_average().unwrap_or(f64::NAN);
     let results = tune::sweep(&mut runner, &space, |r| {
-        println!("{:>6} {:>4} {:>8} {:>9.2} {:>8.3}", r.batch, r.gso_segments, r.workers, r.gbps, r.mpps);
+        println!(
+            "{:>6} {:>4} {:>8} {:>9.2} {:>8.3}",
+            r.batch, r.gso_segments, r.workers, r.gbps, r.mpps
+        );
     })?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let Some(tuned) = tune::tuned_profile(base, dev, &runner, results, now) else {
-        return Err(HwError::Unsupported(vec!["tune: the sweep space is empty".to_owned()]));
+    let load_after = tune::load_average().unwrap_or(f64::NAN);
+    println!(
+        "host load average (1 min): {load_before:.2} before, {load_after:.2} after, on {} cores",
+        cpu.online.len()
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let Some(tuned) = tune::tuned_profile(
+        base,
+        dev,
+        &runner,
+        &space,
+        results,
+        [load_before, load_after],
+        now,
+    ) else {
+        return Err(HwError::InvalidArgument(
+            "tune: nothing to sweep (--batches, --gso and --workers must not be empty)".to_owned(),
+        ));
     };
-    let text = tune::render(&tuned).map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+    let text = tune::render(&tuned).map_err(|e| HwError::Encode {
+        what: "tuned profile",
+        message: e.to_string(),
+    })?;
     // Whatever was written must load again as a valid profile.
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{}.toml", tuned.name)));
     Profile::parse(&path.display().to_string(), &text)?;
-    std::fs::write(&path, &text).map_err(|e| HwError::Io { path: path.clone(), source: e })?;
+    std::fs::write(&path, &text).map_err(|e| HwError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     if let Some(t) = &tuned.tuned {
         let b = t.best;
-        println!("best: batch {}, gso {}, workers {}: {:.2} Gbit/s, {:.3} Mpps", b.batch, b.gso_segments, b.workers, b.gbps, b.mpps);
+        println!(
+            "best: batch {}, gso {}, workers {}: {:.2} Gbit/s, {:.3} Mpps",
+            b.batch, b.gso_segments, b.workers, b.gbps, b.mpps
+        );
     }
     println!("wrote {}", path.display());
     Ok(())
@@ -353,13 +534,21 @@ fn tune_dev(dev: &str, base: Option<&str>, out: Option<PathBuf>, o: &TuneOptions
 fn list(dir: Option<&Path>) -> Result<(), HwError> {
     let profiles = ProfileSet::with_dir(dir)?;
     for p in profiles.all() {
-        let ids: Vec<String> = p.matcher.pci_devices.iter().map(|d| format!("{d:04x}")).collect();
+        let ids: Vec<String> = p
+            .matcher
+            .pci_devices
+            .iter()
+            .map(|d| format!("{d:04x}"))
+            .collect();
         let pci = match p.matcher.pci_vendor {
             Some(v) if ids.is_empty() => format!(" pci {v:04x}:*"),
             Some(v) => format!(" pci {v:04x}:{{{}}}", ids.join(",")),
             None => String::new(),
         };
-        println!("{:14} driver {}{pci}  {}", p.name, p.matcher.driver, p.description);
+        println!(
+            "{:14} driver {}{pci}  {}",
+            p.name, p.matcher.driver, p.description
+        );
     }
     Ok(())
 }
