@@ -260,7 +260,17 @@ fn apply_refuses_settings_the_device_lacks_and_changes_nothing() {
 
 #[test]
 fn detect_json_agrees_with_proc_and_sysfs() {
+    let links = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = links();
     let out = run_ok(cpclink().args(["hw", "detect", "--json"]));
+    let after = links();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
 
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
@@ -301,17 +311,29 @@ fn detect_json_agrees_with_proc_and_sysfs() {
     );
     assert_eq!(online_mask().count_ones() as usize, processors);
 
-    let mut sysfs: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    sysfs.sort();
     let ifaces = v["interfaces"].as_array().unwrap();
     let reported: Vec<&str> = ifaces.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(reported, sysfs);
+    // Links may come and go while detect runs; those present throughout must be reported,
+    // and nothing may be reported that was never there.
+    for name in before.iter().filter(|n| after.contains(n)) {
+        assert!(
+            reported.contains(&name.as_str()),
+            "{name} missing from {reported:?}"
+        );
+    }
+    for name in &reported {
+        assert!(
+            before.iter().chain(&after).any(|n| n == name),
+            "{name} is not in /sys/class/net"
+        );
+    }
+    assert!(reported.contains(&"lo"));
     for i in ifaces {
         let name = i["name"].as_str().unwrap();
         let base = PathBuf::from("/sys/class/net").join(name);
+        if !base.exists() {
+            continue;
+        }
         if let Ok(driver) = std::fs::read_link(base.join("device/driver")) {
             let driver = driver.file_name().unwrap().to_string_lossy().into_owned();
             assert_eq!(i["driver"], driver.as_str(), "{name}");
@@ -362,4 +384,65 @@ fn check_names_file_and_field_of_a_broken_profile() {
         )
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tune_over_loopback_writes_a_profile_with_the_numbers_it_printed() {
+    let out_file = std::env::temp_dir().join(format!("cphw-tuned-{}.toml", std::process::id()));
+    let stdout = run_ok(
+        cpclink()
+            .args([
+                "hw",
+                "tune",
+                "--dev",
+                "lo",
+                "--batches",
+                "8",
+                "--gso",
+                "1,16",
+                "--workers",
+                "1",
+                "--trial-ms",
+                "60",
+                "--repeats",
+                "1",
+                "--out",
+            ])
+            .arg(&out_file),
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let checked = run_ok(cpclink().args(["hw", "check"]).arg(&out_file));
+    assert!(checked.ends_with("ok (loopback-tuned-lo)\n"), "{checked}");
+    std::fs::remove_file(&out_file).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["name"].as_str(), Some("loopback-tuned-lo"));
+    let trials = v["tuned"]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    // Every printed row is a trial in the file, with the same numbers.
+    let rows: Vec<Vec<f64>> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .map(str::parse::<f64>)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        })
+        .filter(|r| r.len() == 5)
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, t) in rows.iter().zip(trials) {
+        assert_eq!(row[0], t["batch"].as_integer().unwrap() as f64);
+        assert_eq!(row[1], t["gso_segments"].as_integer().unwrap() as f64);
+        assert!(
+            (row[3] - t["gbps"].as_float().unwrap()).abs() < 0.006,
+            "{row:?} {t:?}"
+        );
+        assert!(t["gbps"].as_float().unwrap() > 0.0);
+    }
+    let best = &v["tuned"]["best"];
+    assert_eq!(
+        v["dataplane"]["gso_segments"].as_integer(),
+        best["gso_segments"].as_integer()
+    );
+    assert_eq!(v["dataplane"]["batch"].as_integer(), Some(8));
 }

@@ -289,8 +289,10 @@ pub fn plan(profile: &Profile, iface: &Interface, cpu: &CpuReport) -> Result<Pla
         for q in 0..iface.tx_queues {
             let want = CpuList::single(cores[q % cores.len()]);
             let path = queues.join(format!("tx-{q}/xps_cpus"));
-            // Single-queue devices may hide xps_cpus: with one tx queue there is nothing to steer.
-            if iface.tx_queues == 1 && !path.exists() {
+            // Single-queue devices may refuse xps_cpus (ENOENT): one tx queue has nothing to steer.
+            let absent =
+                matches!(std::fs::read(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+            if iface.tx_queues == 1 && absent {
                 continue;
             }
             match host::read(&path).map(|s| CpuList::from_mask(&s)) {

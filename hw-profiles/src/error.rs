@@ -49,6 +49,25 @@ pub enum HwError {
     /// The kernel answered with something this crate cannot decode.
     #[error("malformed netlink reply: {0}")]
     NetlinkDecode(String),
+    /// A file from sysfs or procfs did not have the expected form.
+    #[error("{path}: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A report or a tuned profile could not be encoded as JSON or TOML.
+    #[error("encoding {what}: {message}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        message: String,
+    },
+    /// A command-line argument cannot be used as given.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The profile asks for something the device cannot do; nothing was changed.
     #[error("refusing to apply, nothing was changed:\n{}", .0.join("\n"))]
     Unsupported(Vec<String>),

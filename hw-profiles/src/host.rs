@@ -136,8 +136,12 @@ pub fn cpu() -> Result<CpuReport> {
             cpuinfo: flags.contains(name),
         })
         .collect();
-    let online = CpuList::parse(&read("/sys/devices/system/cpu/online")?)
-        .map_err(|e| HwError::NetlinkDecode(format!("/sys/devices/system/cpu/online: {e}")))?;
+    let online = CpuList::parse(&read("/sys/devices/system/cpu/online")?).map_err(|message| {
+        HwError::Malformed {
+            path: "/sys/devices/system/cpu/online".into(),
+            message,
+        }
+    })?;
     Ok(CpuReport {
         model,
         online,
@@ -263,6 +267,17 @@ pub fn interface(ethtool: &mut Ethtool, name: &str) -> Result<Interface> {
     })
 }
 
+/// NUMA node of the device behind interface `dev`, when the platform reports one.
+pub fn numa_node_of(dev: &str) -> Option<u32> {
+    let pci = pci_function(&Path::new("/sys/class/net").join(dev).join("device"))?;
+    read(pci.join("numa_node"))
+        .ok()?
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+}
+
 /// The PCI function behind `device`: itself, or its parent for virtio devices.
 fn pci_function(device: &Path) -> Option<PathBuf> {
     let real = std::fs::canonicalize(device).ok()?;
@@ -384,7 +399,11 @@ mod tests {
     fn interfaces_agree_with_sysfs() {
         let mut e = Ethtool::open().unwrap();
         for name in interface_names().unwrap() {
-            let i = interface(&mut e, &name).unwrap();
+            // Links other software deletes while the test runs are not this test's concern.
+            let i = match interface(&mut e, &name) {
+                Err(HwError::NoSuchInterface(_)) => continue,
+                other => other.unwrap(),
+            };
             let base = Path::new("/sys/class/net").join(&name);
             let mtu: u32 = std::fs::read_to_string(base.join("mtu"))
                 .unwrap()

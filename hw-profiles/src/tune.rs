@@ -47,6 +47,8 @@ pub struct SweepSpace {
     pub gso_segments: Vec<u16>,
     /// Worker counts.
     pub workers: Vec<usize>,
+    /// Runs per point; the median (by Gbit/s) is kept, so one disturbed run does not win.
+    pub repeats: usize,
 }
 
 impl SweepSpace {
@@ -65,6 +67,7 @@ impl SweepSpace {
             batches: vec![8, 32, 64],
             gso_segments: vec![1, 8, 16, 44],
             workers,
+            repeats: 3,
         }
     }
 
@@ -116,12 +119,23 @@ pub struct TunedRecord {
     pub payload_bytes: usize,
     /// Measurement window per trial.
     pub trial_ms: u64,
+    /// Runs per point (the median is recorded).
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// One-minute load average (/proc/loadavg) before and after the sweep: other work on
+    /// the host shares the cores and lowers the numbers.
+    #[serde(default)]
+    pub load_average: [f64; 2],
     /// Seconds since the Unix epoch when the sweep finished.
     pub measured_unix: u64,
     /// The winning trial.
     pub best: TrialResult,
     /// Every trial, in the order run.
     pub trials: Vec<TrialResult>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Runs every trial of `space`, calling `progress` after each.
@@ -132,7 +146,12 @@ pub fn sweep(
 ) -> Result<Vec<TrialResult>> {
     let mut results = Vec::new();
     for t in space.trials() {
-        let m = runner.run(t)?;
+        let mut runs = Vec::with_capacity(space.repeats.max(1));
+        for _ in 0..space.repeats.max(1) {
+            runs.push(runner.run(t)?);
+        }
+        runs.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+        let m = runs[runs.len() / 2];
         let r = TrialResult {
             batch: t.batch,
             gso_segments: t.gso_segments,
@@ -169,7 +188,9 @@ pub fn tuned_profile(
     base: &Profile,
     dev: &str,
     runner: &dyn TuneRunner,
+    space: &SweepSpace,
     results: Vec<TrialResult>,
+    load_average: [f64; 2],
     measured_unix: u64,
 ) -> Option<Profile> {
     let winner = best(&results)?;
@@ -190,11 +211,23 @@ pub fn tuned_profile(
         runner: runner.describe(),
         payload_bytes: runner.payload_bytes(),
         trial_ms: runner.trial_ms(),
+        repeats: space.repeats.max(1),
+        load_average,
         measured_unix,
         best: winner,
         trials: results,
     });
     Some(p)
+}
+
+/// The one-minute load average from /proc/loadavg, if readable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The TOML text of a tuned profile, with a header saying where it came from.
@@ -245,6 +278,7 @@ mod tests {
             batches: vec![8, 32, 64],
             gso_segments: vec![1, 16, 44],
             workers: vec![1, 2],
+            repeats: 1,
         };
         let mut runner = Model(Vec::new());
         let mut seen = 0;
@@ -257,7 +291,16 @@ mod tests {
         assert_eq!((w.batch, w.gso_segments, w.workers), (32, 44, 2));
 
         let base = Profile::parse("profiles/loopback.toml", SHIPPED[2].1).unwrap();
-        let p = tuned_profile(&base, "lo", &runner, results, 1_700_000_000).unwrap();
+        let p = tuned_profile(
+            &base,
+            "lo",
+            &runner,
+            &space,
+            results,
+            [0.5, 0.7],
+            1_700_000_000,
+        )
+        .unwrap();
         let text = render(&p).unwrap();
         let back = Profile::parse("loopback-tuned-lo.toml", &text).unwrap();
         assert_eq!(back.name, "loopback-tuned-lo");
@@ -268,6 +311,43 @@ mod tests {
         assert_eq!(tuned.trials.len(), 18);
         assert_eq!(tuned.best.gbps, 16.0 * 2.0 * 32.0);
         assert!(text.starts_with("# Written by `cpclink hw tune --dev lo` from profile loopback."));
+    }
+
+    /// Alternates a disturbed run with steady ones: the median ignores the outlier.
+    struct Noisy(u32);
+
+    impl TuneRunner for Noisy {
+        fn describe(&self) -> String {
+            "noisy".into()
+        }
+        fn payload_bytes(&self) -> usize {
+            1000
+        }
+        fn trial_ms(&self) -> u64 {
+            1
+        }
+        fn run(&mut self, _: TrialConfig) -> Result<Measurement> {
+            self.0 += 1;
+            let gbps = if self.0 % 3 == 1 { 100.0 } else { 10.0 };
+            Ok(Measurement {
+                gbps,
+                mpps: gbps / 8.0,
+            })
+        }
+    }
+
+    #[test]
+    fn repeats_keep_the_median() {
+        let space = SweepSpace {
+            batches: vec![8],
+            gso_segments: vec![1],
+            workers: vec![1],
+            repeats: 3,
+        };
+        let mut runner = Noisy(0);
+        let r = sweep(&mut runner, &space, |_| {}).unwrap();
+        assert_eq!(runner.0, 3);
+        assert_eq!(r[0].gbps, 10.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! coalesced (UDP_GRO) and counts bytes. It stands in for the data plane benchmark and
 //! measures the kernel's UDP path, which bounds what the data plane can reach.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,16 +52,13 @@ impl UdpRunner {
         addrs
             .filter(|a| a.interface_name == dev)
             .find_map(|a| {
-                a.address.and_then(|s| {
-                    s.as_sockaddr_in()
-                        .map(|v4| IpAddr::V4(Ipv4Addr::from(v4.ip())))
-                })
+                a.address
+                    .and_then(|s| s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
             })
-            .ok_or_else(|| HwError::Trial {
-                batch: 0,
-                gso_segments: 0,
-                workers: 0,
-                message: format!("{dev} has no IPv4 address to send to"),
+            .ok_or_else(|| {
+                HwError::InvalidArgument(format!(
+                    "{dev} has no IPv4 address to send to (tune sends to an address of the interface; try --dev lo)"
+                ))
             })
     }
 }
@@ -89,6 +86,14 @@ impl TuneRunner for UdpRunner {
             workers: t.workers,
             message,
         };
+        // An IPv4 UDP datagram carries at most 65507 bytes; a GSO send is one datagram.
+        let size = self.payload * usize::from(t.gso_segments);
+        if size > 65507 || t.gso_segments == 0 || t.batch == 0 || t.workers == 0 {
+            return Err(fail(format!(
+                "{} B x {} segments = {size} B does not fit one UDP send (at most 65507 B), or a count is 0",
+                self.payload, t.gso_segments
+            )));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
@@ -177,6 +182,18 @@ mod tests {
             })
             .unwrap();
         assert!(one.gbps > 0.01 && gso.gbps > 0.01, "{one:?} {gso:?}");
+        let too_big = r
+            .run(TrialConfig {
+                batch: 8,
+                gso_segments: 47,
+                workers: 1,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_big.contains("65800 B does not fit one UDP send"),
+            "{too_big}"
+        );
         // Gbit/s and Mpps describe the same bytes: Gbit/s = Mpps * payload * 8 / 1000.
         for m in [one, gso] {
             assert!((m.gbps - m.mpps * 1400.0 * 8.0 / 1000.0).abs() < 1e-6 * m.gbps.max(1.0));

@@ -186,6 +186,10 @@ fn find_srh(p: &[u8]) -> Result<(Ipv6Addr, Ipv6Addr, usize), Error> {
 
 /// Encapsulates an inner packet (H.Encaps, RFC 8986 §5.1): outer IPv6 from `source` to the
 /// first segment, the SRH for `list`, signed with `key` when given.
+//= https://www.rfc-editor.org/rfc/rfc8986#section-5.1
+//# push an IPv6 header with its own SRH; set the outer IPv6 SA to the node's source
+//# address; set the outer IPv6 DA to the first SID of the segment list; set the outer
+//# Payload Length, Traffic Class, Flow Label, Hop Limit and Next Header fields.
 pub fn encapsulate(
     source: Ipv6Addr,
     list: &SegmentList,
@@ -219,6 +223,21 @@ pub fn encapsulate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_random_packets_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..400), ext in any::<bool>()) {
+            if bytes.len() > 42 && ext {
+                // Make it look like IPv6 with a routing header so the SRH parser is reached.
+                bytes[0] = 0x60;
+                bytes[6] = IPPROTO_ROUTING;
+                bytes[42] = ROUTING_TYPE_SRH;
+            }
+            let key = HmacKey::new(1, vec![1]).unwrap();
+            let _ = decode_packet(&bytes, Some(&key));
+        }
+    }
 
     #[test]
     fn encapsulated_packet_decodes_and_verifies() {

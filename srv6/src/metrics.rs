@@ -348,6 +348,51 @@ impl MetricStore {
     }
 }
 
+impl MetricStore {
+    /// Writes the held values into a topology: sites and links named by the subjects get
+    /// the values and freshness they were advertised with. Names the topology does not
+    /// know, and metric names the selector does not use, are ignored (CATS R14).
+    pub fn apply(&self, topo: &mut crate::Topology) {
+        for (subject, e) in &self.entries {
+            match subject {
+                Subject::Site(name) => {
+                    let Some(i) = topo.site_index(name) else {
+                        continue;
+                    };
+                    let m = &mut topo.sites[i].metrics;
+                    for (k, &v) in &e.values {
+                        match k.as_str() {
+                            "cpu_load" => m.cpu_load = Some(v.clamp(0.0, 1.0)),
+                            "gpus_free" => m.gpus_free = Some(v.max(0.0) as u32),
+                            "compute_delay_ms" => m.compute_delay_ms = Some(v.max(0.0)),
+                            "l2" => m.l2 = Some(v.clamp(0.0, 10.0)),
+                            _ => {}
+                        }
+                    }
+                    m.freshness = e.freshness.clone();
+                }
+                Subject::Link(a, b) => {
+                    let Some(i) = topo.link_index(a, b) else {
+                        continue;
+                    };
+                    let m = &mut topo.links[i].metrics;
+                    for (k, &v) in &e.values {
+                        match k.as_str() {
+                            "latency_ms" => m.latency_ms = v.max(0.0),
+                            "bandwidth_mbps" => m.bandwidth_mbps = v.max(0.0),
+                            "utilisation" => m.utilisation = v.clamp(0.0, 1.0),
+                            "loss" => m.loss = v.clamp(0.0, 1.0),
+                            "up" => m.up = v != 0.0,
+                            _ => {}
+                        }
+                    }
+                    m.freshness = e.freshness.clone();
+                }
+            }
+        }
+    }
+}
+
 fn significant(old: &BTreeMap<String, f64>, new: &BTreeMap<String, f64>, threshold: f64) -> bool {
     if old.len() != new.len() || old.keys().ne(new.keys()) {
         return true;
@@ -443,6 +488,36 @@ mod tests {
             s.ingest(&adv("p", 0.5, 0, b"k"), 10_000).is_err(),
             "expired on arrival"
         );
+    }
+
+    #[test]
+    fn applied_metrics_drive_selection_and_expire() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/arvr.toml");
+        let mut topo = crate::Topology::load(std::path::Path::new(path)).unwrap();
+        let mut s = MetricStore::new(RateControl::default());
+        s.add_source("p", b"k".to_vec());
+        // site3's compute delay rises to 8 ms: 22.4 ms end to end, over the bound; site1's
+        // falls to 1 ms: 19.4 ms, now the only one within it.
+        for (site, delay) in [("site3", 8.0), ("site1", 1.0)] {
+            let mut a = Advertisement {
+                source: "p".into(),
+                subject: Subject::Site(site.into()),
+                values: BTreeMap::from([
+                    ("compute_delay_ms".to_string(), delay),
+                    ("vendor_x".to_string(), 1.0),
+                ]),
+                timestamp_ms: 0,
+                ttl_ms: 5_000,
+                mac: [0; 32],
+            };
+            a.sign(b"k");
+            s.ingest(&a, 0).unwrap();
+        }
+        s.apply(&mut topo);
+        let mut sel = crate::PathSelector::new(crate::select::SelectorConfig::default());
+        assert_eq!(sel.decide(&topo, 1_000).unwrap().site, "site1");
+        // Past the TTL both advertised sites drop out; site2 alone is over the bound.
+        assert!(sel.decide(&topo, 5_000).is_err());
     }
 
     #[test]

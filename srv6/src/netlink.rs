@@ -72,6 +72,9 @@ impl Netlink {
     ) -> Result<Vec<Reply>, Error> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        // Every non-dump request asks for an ack: it is what ends the reply.
+        let flags = if dump { flags } else { flags | NLM_F_ACK };
         let len = HDR_LEN + payload.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -85,7 +88,6 @@ impl Netlink {
             source,
         };
         self.socket.send(&msg, 0).map_err(fail)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut replies = Vec::new();
         loop {
             let (buf, _) = self.socket.recv_from_full().map_err(fail)?;

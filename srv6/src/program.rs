@@ -446,20 +446,14 @@ impl Programmer {
         Ok(report)
     }
 
-    fn seg6(
-        &mut self,
-        cmd: u8,
-        flags: u16,
-        b: MessageBuilder,
-        op: &str,
-    ) -> Result<Vec<Vec<u8>>, Error> {
+    /// Sends a SEG6 command; returns the attribute area of each reply (after genlmsghdr).
+    fn seg6(&mut self, flags: u16, b: MessageBuilder, op: &str) -> Result<Vec<Vec<u8>>, Error> {
         let replies = self
             .genl
             .request(self.seg6_family, flags, &b.finish(), op)?;
         Ok(replies
             .into_iter()
             .map(|r| r.payload.get(4..).unwrap_or(&[]).to_vec())
-            .filter(|_| cmd != 0)
             .collect())
     }
 
@@ -470,13 +464,8 @@ impl Programmer {
         b.attr(SEG6_ATTR_SECRET, key.secret());
         b.attr(SEG6_ATTR_SECRETLEN, &[key.secret().len() as u8]);
         b.attr(SEG6_ATTR_ALGID, &[SEG6_HMAC_ALGO_SHA256]);
-        self.seg6(
-            SEG6_CMD_SETHMAC,
-            NLM_F_ACK,
-            b,
-            &format!("set HMAC key {}", key.key_id),
-        )
-        .map(drop)
+        self.seg6(NLM_F_ACK, b, &format!("set HMAC key {}", key.key_id))
+            .map(drop)
     }
 
     /// Removes an HMAC key.
@@ -485,19 +474,14 @@ impl Programmer {
         b.u32(SEG6_ATTR_HMACKEYID, key_id);
         b.attr(SEG6_ATTR_SECRETLEN, &[0]);
         b.attr(SEG6_ATTR_ALGID, &[SEG6_HMAC_ALGO_SHA256]);
-        self.seg6(
-            SEG6_CMD_SETHMAC,
-            NLM_F_ACK,
-            b,
-            &format!("delete HMAC key {key_id}"),
-        )
-        .map(drop)
+        self.seg6(NLM_F_ACK, b, &format!("delete HMAC key {key_id}"))
+            .map(drop)
     }
 
     /// The HMAC keys the kernel holds: (key id, secret, algorithm id).
     pub fn hmac_keys(&mut self) -> Result<Vec<(u32, Vec<u8>, u8)>, Error> {
         let b = MessageBuilder::new(&[SEG6_CMD_DUMPHMAC, 1, 0, 0]);
-        let msgs = self.seg6(SEG6_CMD_DUMPHMAC, NLM_F_DUMP, b, "dump HMAC keys")?;
+        let msgs = self.seg6(NLM_F_DUMP, b, "dump HMAC keys")?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -543,19 +527,14 @@ impl Programmer {
     pub fn set_tunnel_source(&mut self, addr: Ipv6Addr) -> Result<(), Error> {
         let mut b = MessageBuilder::new(&[SEG6_CMD_SET_TUNSRC, 1, 0, 0]);
         b.attr(SEG6_ATTR_DST, &addr.octets());
-        self.seg6(
-            SEG6_CMD_SET_TUNSRC,
-            NLM_F_ACK,
-            b,
-            &format!("set tunnel source {addr}"),
-        )
-        .map(drop)
+        self.seg6(NLM_F_ACK, b, &format!("set tunnel source {addr}"))
+            .map(drop)
     }
 
     /// The source address of seg6 encapsulation.
     pub fn tunnel_source(&mut self) -> Result<Ipv6Addr, Error> {
         let b = MessageBuilder::new(&[SEG6_CMD_GET_TUNSRC, 1, 0, 0]);
-        let msgs = self.seg6(SEG6_CMD_GET_TUNSRC, NLM_F_ACK, b, "get tunnel source")?;
+        let msgs = self.seg6(NLM_F_ACK, b, "get tunnel source")?;
         msgs.iter()
             .flat_map(|m| {
                 attrs(m)

@@ -113,7 +113,7 @@ impl<T: AsRef<[u8]>> Srh<T> {
             let l = b[off + 1];
             //= https://www.rfc-editor.org/rfc/rfc8754#section-2.1.2
             //# HMAC: Keyed HMAC, in multiples of 8 octets, at most 32 octets.
-            if t == TLV_HMAC && (l < 6 + 8 || l > 6 + 32 || (l - 6) % 8 != 0) {
+            if t == TLV_HMAC && (!(6 + 8..=6 + 32).contains(&l) || (l - 6) % 8 != 0) {
                 return Err(Error::BadHmacTlv(l));
             }
             off += 2 + usize::from(l);

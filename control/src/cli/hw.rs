@@ -80,6 +80,9 @@ enum HwCommand {
         /// Worker counts to try, comma separated.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// Runs per point; the median is kept.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
         /// Directory of operator profiles (*.toml) added to the shipped ones.
         #[arg(long)]
         profile_dir: Option<PathBuf>,
@@ -122,6 +125,7 @@ pub fn run(args: HwArgs) -> ExitCode {
             batches,
             gso,
             workers,
+            repeats,
             profile_dir,
         } => {
             let opts = TuneOptions {
@@ -130,6 +134,7 @@ pub fn run(args: HwArgs) -> ExitCode {
                 batches,
                 gso,
                 workers,
+                repeats,
             };
             tune_dev(&dev, profile.as_deref(), out, &opts, profile_dir.as_deref())
         }
@@ -171,7 +176,12 @@ fn detect(json: bool, only: Option<&str>, dir: Option<&Path>) -> Result<(), HwEr
     };
     let mut interfaces = Vec::new();
     for name in names {
-        let interface = host::interface(&mut ethtool, &name)?;
+        let interface = match host::interface(&mut ethtool, &name) {
+            Ok(i) => i,
+            // Deleted between listing and reading (other software adds and removes links).
+            Err(HwError::NoSuchInterface(_)) if only.is_none() => continue,
+            Err(e) => return Err(e),
+        };
         let matched = profiles.best_match(&interface.driver, interface.pci_ids());
         let dataplane =
             matched.map(|p| p.dataplane_tuning(&cpu.online, &cpu.numa_nodes, interface.numa_node));
@@ -187,8 +197,10 @@ fn detect(json: bool, only: Option<&str>, dir: Option<&Path>) -> Result<(), HwEr
     }
     let report = DetectReport { cpu, interfaces };
     if json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&report).map_err(|e| HwError::Encode {
+            what: "detect report",
+            message: e.to_string(),
+        })?;
         println!("{text}");
     } else {
         print!("{}", render_detect(&report, &profiles));
@@ -409,6 +421,7 @@ struct TuneOptions {
     batches: Vec<u32>,
     gso: Vec<u16>,
     workers: Vec<usize>,
+    repeats: usize,
 }
 
 fn tune_dev(
@@ -441,6 +454,7 @@ fn tune_dev(
     if !o.workers.is_empty() {
         space.workers.clone_from(&o.workers);
     }
+    space.repeats = o.repeats.max(1);
     let addr = UdpRunner::address_of(dev)?;
     let mut runner = UdpRunner::new(
         dev,
@@ -455,8 +469,9 @@ fn tune_dev(
         runner.describe()
     );
     println!(
-        "{} trials of {} ms, payload {} B, host {} ({} cores)",
+        "{} points x {} runs of {} ms (median kept), payload {} B, host {} ({} cores)",
         space.trials().len(),
+        space.repeats,
         o.trial_ms,
         o.payload,
         cpu.model,
@@ -466,21 +481,38 @@ fn tune_dev(
         "{:>6} {:>4} {:>8} {:>9} {:>8}",
         "batch", "gso", "workers", "Gbit/s", "Mpps"
     );
+    let load_before = tune::load_average().unwrap_or(f64::NAN);
     let results = tune::sweep(&mut runner, &space, |r| {
         println!(
             "{:>6} {:>4} {:>8} {:>9.2} {:>8.3}",
             r.batch, r.gso_segments, r.workers, r.gbps, r.mpps
         );
     })?;
+    let load_after = tune::load_average().unwrap_or(f64::NAN);
+    println!(
+        "host load average (1 min): {load_before:.2} before, {load_after:.2} after, on {} cores",
+        cpu.online.len()
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let Some(tuned) = tune::tuned_profile(base, dev, &runner, results, now) else {
-        return Err(HwError::Unsupported(vec![
-            "tune: the sweep space is empty".to_owned()
-        ]));
+    let Some(tuned) = tune::tuned_profile(
+        base,
+        dev,
+        &runner,
+        &space,
+        results,
+        [load_before, load_after],
+        now,
+    ) else {
+        return Err(HwError::InvalidArgument(
+            "tune: nothing to sweep (--batches, --gso and --workers must not be empty)".to_owned(),
+        ));
     };
-    let text = tune::render(&tuned).map_err(|e| HwError::NetlinkDecode(e.to_string()))?;
+    let text = tune::render(&tuned).map_err(|e| HwError::Encode {
+        what: "tuned profile",
+        message: e.to_string(),
+    })?;
     // Whatever was written must load again as a valid profile.
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{}.toml", tuned.name)));
     Profile::parse(&path.display().to_string(), &text)?;

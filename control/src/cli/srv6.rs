@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use cpclink_srv6::bench;
 use cpclink_srv6::inspect::decode_packet;
 use cpclink_srv6::select::SelectorConfig;
 use cpclink_srv6::{HmacKey, PathSelector, SegmentList, SrhRepr, Topology};
@@ -48,6 +49,24 @@ enum Srv6Command {
         /// Topology file (TOML).
         #[arg(long)]
         input: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark: selection decisions per second, and seg6 route programming rate (root).
+    Bench {
+        /// Sites in the synthetic topology.
+        #[arg(long, default_value_t = 1000)]
+        sites: usize,
+        /// Candidate (site, path) pairs.
+        #[arg(long, default_value_t = 10_000)]
+        paths: usize,
+        /// Seconds to run the selection benchmark.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Routes to program (0 skips; needs root).
+        #[arg(long, default_value_t = 1000)]
+        routes: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -115,6 +134,47 @@ fn execute(args: Srv6Args) -> Result<String, String> {
                 decision.segments,
                 decision.explanation
             ))
+        }
+        Srv6Command::Bench {
+            sites,
+            paths,
+            seconds,
+            routes,
+            json,
+        } => {
+            let duration = std::time::Duration::try_from_secs_f64(seconds)
+                .map_err(|e| format!("--seconds: {e}"))?;
+            let sel = bench::selection(sites, paths, duration).map_err(|e| e.to_string())?;
+            let prog = match routes {
+                0 => None,
+                n => Some(match cpclink_srv6::netns::unavailable() {
+                    Some(reason) => Err(format!("skipped: {reason}")),
+                    None => bench::programming(n).map_err(|e| e.to_string()),
+                }),
+            };
+            if json {
+                let prog = prog.map(|p| match p {
+                    Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                });
+                return serde_json::to_string_pretty(
+                    &serde_json::json!({ "selection": sel, "programming": prog }),
+                )
+                .map_err(|e| e.to_string());
+            }
+            let mut out = format!(
+                "selection: {} sites, {} candidate paths: {:.0} decisions/s ({:.2e} candidates/s; {} decisions in {:.2} s)",
+                sel.sites, sel.candidate_paths, sel.decisions_per_sec, sel.candidates_per_sec, sel.decisions, sel.seconds
+            );
+            match prog {
+                Some(Ok(p)) => out.push_str(&format!(
+                    "\nprogramming {} seg6 encap routes (2 SIDs + HMAC TLV): add {:.0}/s, reconcile-replace {:.0}/s, reconcile-no-op {:.0}/s, remove {:.0}/s",
+                    p.routes, p.add_per_sec, p.reconcile_replace_per_sec, p.reconcile_noop_per_sec, p.remove_per_sec
+                )),
+                Some(Err(e)) => out.push_str(&format!("\nprogramming: {e}")),
+                None => {}
+            }
+            Ok(out)
         }
     }
 }
