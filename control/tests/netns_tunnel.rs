@@ -353,7 +353,7 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
     );
 
     let pcap = lab.dir.join("veth.pcap").display().to_string();
-    lab.spawn(
+    let pid_tcpdump = lab.spawn(
         &b,
         &[
             "tcpdump", "-i", &vb, "-n", "-U", "-s", "0", "-c", "40000", "-w", &pcap,
