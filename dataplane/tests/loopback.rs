@@ -210,3 +210,53 @@ fn forged_packets_are_dropped_over_io_uring() {
 fn forged_packets_are_dropped_over_epoll() {
     forged_packets_are_dropped_and_counted(IoKind::Epoll);
 }
+
+/// An SA that runs out is replaced on the worker's request; nothing is sent without one and
+/// the receiver takes every SA in turn.
+#[test]
+fn exhausted_sas_are_replaced_without_loss_or_plaintext() {
+    use cpclink_dataplane::engine::Event;
+    let spec = TrafficSpec {
+        flows: FLOWS,
+        packet_len: 512,
+    };
+    let keys_b = keys(0xb2);
+    let a = engine(IoKind::Auto, 1, Some(spec));
+    let b = engine(IoKind::Auto, 1, None);
+    a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
+    b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
+    lab::enable_rx_derivation(&b, &keys_b, SUITE).unwrap();
+    b.snapshot().unwrap();
+    let profile = SaProfile {
+        limits: SaLimits {
+            soft_packets: 2_000,
+            hard_packets: 4_000,
+            ..SaLimits::default()
+        },
+        ..SaProfile::default()
+    };
+    lab::install_tx_sas(&a, PeerId(0), &keys_b, profile).unwrap();
+    let mut rekeys = 0;
+    wait_until("five SAs used up", Duration::from_secs(60), || {
+        while let Ok(event) = a.events().try_recv() {
+            let (Event::SaExhausted { worker, peer } | Event::RekeyDue { worker, peer }) = event;
+            lab::rekey_tx_sa(&a, worker, peer, &keys_b, profile).unwrap();
+            rekeys += 1;
+        }
+        rekeys >= 5
+    });
+    a.set_source_active(false).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (sa, sb) = (a.shutdown().unwrap().total(), b.shutdown().unwrap().total());
+    assert!(
+        sa.tx_packets > 4 * 4_000 - 4,
+        "several SAs' worth sent: {sa:?}"
+    );
+    assert_eq!(
+        sa.generated, sa.tx_packets,
+        "what could not be sealed was not sent"
+    );
+    assert_eq!(sb.rx_dropped(), 0, "every SA was accepted: {sb:?}");
+    assert_eq!(sb.sink.corrupt + sb.sink.out_of_order, 0);
+    assert_eq!(sb.rx_delivered, sb.sink.verified_packets);
+}
