@@ -304,7 +304,12 @@ impl State {
             let p = self.next_peer % self.peers.len();
             self.next_peer = self.next_peer.wrapping_add(1);
             let peer = &mut self.peers[p];
-            if self.protection == Protection::Encrypted && peer.tx.is_none() {
+            let unusable = match self.protection {
+                Protection::Encrypted => peer.tx.is_none(),
+                // A placeholder peer (not configured yet) has port 0: nowhere to send to.
+                Protection::PlainBaseline => peer.config.endpoint.port() == 0,
+            };
+            if unusable {
                 skipped += 1;
                 continue;
             }
