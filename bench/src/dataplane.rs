@@ -22,6 +22,8 @@ use crate::Error;
 pub const DEFAULT_SIZES: [usize; 4] = [64, 512, 1400, 8192];
 /// Worker counts measured by default.
 pub const DEFAULT_WORKERS: [usize; 2] = [1, 2];
+/// GSO sends per transmit batch by default.
+pub const DEFAULT_BATCH_SENDS: usize = 8;
 /// Flows in every measurement.
 pub const FLOWS: u32 = 64;
 const SUITE: Suite = Suite::AesGcm256;
@@ -52,6 +54,8 @@ pub struct PairOptions {
     pub flows: u32,
     /// Whether `b` sends to `a` too.
     pub both_ways: bool,
+    /// GSO sends per transmit batch.
+    pub batch_sends: usize,
 }
 
 fn keys(seed: u8) -> Result<MasterKeys, Error> {
@@ -83,6 +87,7 @@ impl LoopbackPair {
             config.cores = cores(side, options.workers);
             config.io = options.io;
             config.protection = options.protection;
+            config.batch_sends = options.batch_sends;
             config.source = source.then_some(spec);
             config.egress = Egress::Sink {
                 flows: options.flows,
@@ -167,6 +172,8 @@ pub struct DataplanePlan {
     pub workers: Vec<usize>,
     /// Backends.
     pub ios: Vec<IoKind>,
+    /// GSO sends per transmit batch.
+    pub batch_sends: usize,
 }
 
 impl Default for DataplanePlan {
@@ -176,6 +183,7 @@ impl Default for DataplanePlan {
             sizes: DEFAULT_SIZES.to_vec(),
             workers: DEFAULT_WORKERS.to_vec(),
             ios: vec![IoKind::IoUring, IoKind::Epoll],
+            batch_sends: DEFAULT_BATCH_SENDS,
         }
     }
 }
@@ -236,6 +244,7 @@ pub fn run(
                         payload,
                         flows: FLOWS,
                         both_ways: false,
+                        batch_sends: plan.batch_sends,
                     };
                     let row = measure(options, plan.duration)?;
                     progress(&row);
@@ -302,6 +311,7 @@ mod tests {
             sizes: vec![512],
             workers: vec![1],
             ios: vec![IoKind::Epoll, IoKind::IoUring],
+            batch_sends: 4,
         };
         let rows = run(&plan, |_| {}).unwrap();
         assert_eq!(rows.len(), 4);

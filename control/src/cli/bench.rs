@@ -38,6 +38,9 @@ enum BenchSuite {
         /// Backends (default io_uring epoll).
         #[arg(long = "io", num_args = 1..)]
         ios: Vec<IoKind>,
+        /// GSO sends (of up to 64 datagrams each) per transmit batch.
+        #[arg(long, default_value_t = dataplane_suite::DEFAULT_BATCH_SENDS)]
+        batch: usize,
     },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
@@ -66,6 +69,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             sizes,
             workers,
             ios,
+            batch,
         } => {
             if !(duration > 0.0 && duration <= 600.0) {
                 return Err(Error::BadArgument {
@@ -87,6 +91,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                     workers
                 },
                 ios: if ios.is_empty() { defaults.ios } else { ios },
+                batch_sends: batch.clamp(1, 64),
             };
             if !json {
                 writeln!(

@@ -63,6 +63,7 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         payload: args.size,
         flows: args.flows.max(1),
         both_ways: true,
+        batch_sends: cpclink_bench::dataplane::DEFAULT_BATCH_SENDS,
     })?;
     writeln!(
         out,
