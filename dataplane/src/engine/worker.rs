@@ -24,7 +24,8 @@ use std::os::fd::OwnedFd;
 const TICK: Duration = Duration::from_millis(100);
 /// How long an idle worker blocks in the kernel before it looks at its control channel.
 const IDLE_WAIT: Duration = Duration::from_millis(2);
-/// Receive calls per loop turn at most, so sending gets its turn.
+/// Receive calls per loop turn at most when there is nothing to send; with something to
+/// send, one, so both directions of a worker get alternate turns.
 const RECV_ROUNDS: usize = 8;
 /// The largest inner packet read from TUN.
 const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
@@ -170,7 +171,8 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         // becomes readable (the backend watches it) or the control channel is due a look.
         let mut wait = (!sending).then_some(IDLE_WAIT);
         let mut process_ns = 0u64;
-        for _ in 0..RECV_ROUNDS {
+        let rounds = if sending { 1 } else { RECV_ROUNDS };
+        for _ in 0..rounds {
             let n = io.recv(wait, &mut |buf, segment, src| {
                 let t = Instant::now();
                 state.on_datagram(buf, segment, src);

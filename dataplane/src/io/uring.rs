@@ -29,6 +29,9 @@ const SQ_ENTRIES: u32 = 256;
 /// Completion queue entries: room for a full buffer ring's worth of receives and the sends.
 const CQ_ENTRIES: u32 = 1024;
 
+/// Received datagrams handed over per receive call at most.
+const RECV_PER_CALL: usize = 16;
+
 const RECV_TAG: u64 = u64::MAX;
 const WATCH_TAG: u64 = u64::MAX - 1;
 
@@ -335,8 +338,11 @@ impl UringIo {
     fn deliver(&mut self, on_datagram: &mut OnDatagram<'_>) -> usize {
         let mut delivered = 0;
         let mut recycled = false;
-        let completions = std::mem::take(&mut self.completions);
-        for c in &completions {
+        // At most a recvmmsg's worth per call, like the epoll backend, so a worker's
+        // transmit side gets its turn; the rest wait in order for the next call.
+        let take = self.completions.len().min(RECV_PER_CALL);
+        let mut completions = std::mem::take(&mut self.completions);
+        for c in &completions[..take] {
             if !cqueue::more(c.flags) {
                 self.recv_armed = false;
                 self.stats.recv_rearms += 1;
@@ -362,8 +368,8 @@ impl UringIo {
             self.buffers.push(bid);
             recycled = true;
         }
+        completions.drain(..take);
         self.completions = completions;
-        self.completions.clear();
         if recycled {
             self.buffers.publish();
         }
