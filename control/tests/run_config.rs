@@ -1,0 +1,41 @@
+//! `cpclink run` refuses a wrong configuration before touching the system, naming the file,
+//! the field and the fix, with exit status 1.
+
+use std::process::Command;
+
+fn run_with(config: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("cpclink-run-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cpclink"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_wrong_config_is_refused_with_file_field_and_fix() {
+    let key = "11".repeat(32);
+    let (ok, err) = run_with(&format!(
+        "[appliance]\nlisten = \"127.0.0.1:1000\"\nmaster_keys = [\"{key}\", \"{key}\"]\n\
+         [[peers]]\nname = \"b\"\nendpoint = \"127.0.0.2\"\nmaster_keys = [\"{key}\", \"{key}\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml: [peers.b].endpoint: \"127.0.0.2\" has no port (expected host:port"),
+        "{err}"
+    );
+    let (ok, err) = run_with("[appliance]\nlisten = \"127.0.0.1:1000\"\n");
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml: line") && err.contains("master_keys"),
+        "{err}"
+    );
+}
