@@ -23,7 +23,7 @@ pub use synthetic::{Generator, Sink, SinkStats, TrafficSpec};
 
 use crate::crypto::{Backend, SaKey, Suite};
 use crate::error::{Error, Result};
-use crate::io::{self, IoKind};
+use crate::io::{self, IoKind, IoSizing};
 use crate::sa::{RxSa, SaLimits, Spi, TxSa};
 
 /// A peer appliance, by its index in [`EngineConfig::peers`].
@@ -87,6 +87,10 @@ pub struct EngineConfig {
     pub max_rx_sas: usize,
     /// GSO sends per transmit batch.
     pub batch_sends: usize,
+    /// Datagrams per GSO send at most (1 turns segmentation off; at most 64).
+    pub gso_segments: usize,
+    /// io_uring submission queue and provided-buffer ring sizes.
+    pub io_sizing: IoSizing,
     /// The synthetic source, if any: its flows go round-robin to the peers.
     pub source: Option<TrafficSpec>,
     /// Where received packets go.
@@ -107,6 +111,8 @@ impl EngineConfig {
             peers: Vec::new(),
             max_rx_sas: 1024,
             batch_sends: 8,
+            gso_segments: io::udp::MAX_GSO_SEGMENTS,
+            io_sizing: IoSizing::default(),
             source: None,
             egress: Egress::Discard,
         }
@@ -214,7 +220,26 @@ impl Engine {
                 "a synthetic source needs at least one flow".into(),
             ));
         }
+        if !(1..=io::udp::MAX_GSO_SEGMENTS).contains(&config.gso_segments) {
+            return Err(Error::EngineConfig(format!(
+                "gso_segments {} is out of range (expected 1..={})",
+                config.gso_segments,
+                io::udp::MAX_GSO_SEGMENTS
+            )));
+        }
+        if config.batch_sends == 0 {
+            return Err(Error::EngineConfig("batch_sends must be at least 1".into()));
+        }
+        let io_sizing = config.io_sizing.checked()?;
         let (io_kind, fallback) = config.io.resolve()?;
+        // io_uring has one send slot per submission entry but the receive's; sends beyond
+        // them would be dropped on every batch.
+        if io_kind == IoKind::IoUring && config.batch_sends >= io_sizing.ring_entries as usize {
+            return Err(Error::EngineConfig(format!(
+                "a transmit batch of {} sends does not fit an io_uring of {} entries (raise the entries above the batch)",
+                config.batch_sends, io_sizing.ring_entries
+            )));
+        }
         if let Some(why) = fallback {
             eprintln!("cpclink: io_uring unavailable ({why}); using epoll");
         }
@@ -261,6 +286,8 @@ impl Engine {
                 peers: config.peers.clone(),
                 max_rx_sas: config.max_rx_sas,
                 batch_sends: config.batch_sends,
+                gso_segments: config.gso_segments,
+                io_sizing,
                 source: config.source,
                 egress: egress_parts.pop().unwrap_or(worker::WorkerEgress::Discard),
             };

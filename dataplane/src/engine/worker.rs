@@ -54,6 +54,8 @@ pub(super) struct WorkerSetup {
     pub peers: Vec<PeerConfig>,
     pub max_rx_sas: usize,
     pub batch_sends: usize,
+    pub gso_segments: usize,
+    pub io_sizing: crate::io::IoSizing,
     pub source: Option<TrafficSpec>,
     pub egress: WorkerEgress,
 }
@@ -100,11 +102,13 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         peers,
         max_rx_sas,
         batch_sends,
+        gso_segments,
+        io_sizing,
         source,
         egress,
         ..
     } = setup;
-    let mut io = match crate::io::open(io_kind, socket) {
+    let mut io = match crate::io::open(io_kind, socket, io_sizing) {
         Ok(io) => {
             let _ = ready.send(Ok(()));
             io
@@ -143,7 +147,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
     if let WorkerEgress::Tun(queue) = &state.egress {
         io.watch(queue.raw_fd())?;
     }
-    let mut batch = TxBatch::new(batch_sends);
+    let mut batch = TxBatch::new(batch_sends, gso_segments);
     let mut next_tick = Instant::now() + TICK;
     loop {
         loop {

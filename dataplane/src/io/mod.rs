@@ -18,9 +18,60 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use epoll::EpollIo;
-pub use uring::{probe_io_uring, UringIo};
+pub use uring::{probe_io_uring, UringIo, DEFAULT_PROVIDED_BUFFERS, DEFAULT_RING_ENTRIES};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// How big a worker's io_uring is: the submission queue and the provided-buffer ring it
+/// receives into (the epoll backend has neither and ignores this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoSizing {
+    /// Submission queue entries (a power of two, 2..=32768): a transmit batch's sends and
+    /// the receive must fit.
+    pub ring_entries: u32,
+    /// Receive buffers in the provided-buffer ring (a power of two, 1..=32768), each large
+    /// enough for one GRO-coalesced datagram (64 KiB).
+    pub provided_buffers: u16,
+}
+
+impl Default for IoSizing {
+    fn default() -> Self {
+        Self {
+            ring_entries: DEFAULT_RING_ENTRIES,
+            provided_buffers: DEFAULT_PROVIDED_BUFFERS,
+        }
+    }
+}
+
+impl IoSizing {
+    /// The largest submission queue the kernel sets up (`IORING_MAX_ENTRIES`).
+    pub const MAX_RING_ENTRIES: u32 = 32_768;
+    /// The largest provided-buffer ring (entries below 65536, a power of two).
+    pub const MAX_PROVIDED_BUFFERS: u16 = 32_768;
+
+    /// `self` if the kernel accepts it, or what is wrong with it.
+    pub fn checked(self) -> Result<Self> {
+        if !self.ring_entries.is_power_of_two()
+            || !(2..=Self::MAX_RING_ENTRIES).contains(&self.ring_entries)
+        {
+            return Err(Error::EngineConfig(format!(
+                "io_uring ring entries {} must be a power of two in 2..={}",
+                self.ring_entries,
+                Self::MAX_RING_ENTRIES
+            )));
+        }
+        if !self.provided_buffers.is_power_of_two()
+            || self.provided_buffers > Self::MAX_PROVIDED_BUFFERS
+        {
+            return Err(Error::EngineConfig(format!(
+                "provided buffers {} must be a power of two in 1..={}",
+                self.provided_buffers,
+                Self::MAX_PROVIDED_BUFFERS
+            )));
+        }
+        Ok(self)
+    }
+}
 
 /// Which I/O backend a worker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -99,6 +150,7 @@ pub struct TxBatch {
     used: usize,
     sends: Vec<GsoSend>,
     max_sends: usize,
+    max_segments: usize,
 }
 
 impl fmt::Debug for TxBatch {
@@ -111,14 +163,16 @@ impl fmt::Debug for TxBatch {
 }
 
 impl TxBatch {
-    /// A batch of up to `max_sends` GSO sends of up to [`udp::MAX_GSO_BYTES`] each.
-    pub fn new(max_sends: usize) -> Self {
+    /// A batch of up to `max_sends` GSO sends of up to `max_segments` datagrams (at most
+    /// [`udp::MAX_GSO_SEGMENTS`]) and [`udp::MAX_GSO_BYTES`] each.
+    pub fn new(max_sends: usize, max_segments: usize) -> Self {
         let max_sends = max_sends.max(1);
         Self {
             buf: vec![0u8; max_sends * udp::MAX_GSO_BYTES].into_boxed_slice(),
             used: 0,
             sends: Vec::with_capacity(max_sends),
             max_sends,
+            max_segments: max_segments.clamp(1, udp::MAX_GSO_SEGMENTS),
         }
     }
 
@@ -165,7 +219,7 @@ impl TxBatch {
             s.dst == dst
                 && len <= segment
                 && s.len % segment == 0
-                && s.len / segment < udp::MAX_GSO_SEGMENTS
+                && s.len / segment < self.max_segments
                 && s.len + len <= udp::MAX_GSO_BYTES
         });
         if !fits_last {
@@ -242,10 +296,10 @@ pub trait DatagramIo: Send {
     fn stats(&self) -> IoStats;
 }
 
-/// Opens the backend `kind` (not `Auto`) over a bound socket.
-pub fn open(kind: IoKind, socket: OwnedFd) -> Result<Box<dyn DatagramIo>> {
+/// Opens the backend `kind` (not `Auto`) over a bound socket; io_uring is sized by `sizing`.
+pub fn open(kind: IoKind, socket: OwnedFd, sizing: IoSizing) -> Result<Box<dyn DatagramIo>> {
     Ok(match kind {
-        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket)?),
+        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket, sizing)?),
         IoKind::Epoll => Box::new(EpollIo::new(socket)?),
     })
 }
@@ -260,7 +314,7 @@ mod tests {
 
     #[test]
     fn equal_datagrams_to_one_destination_share_a_send_until_it_is_full() {
-        let mut batch = TxBatch::new(4);
+        let mut batch = TxBatch::new(4, udp::MAX_GSO_SEGMENTS);
         for i in 0..udp::MAX_GSO_SEGMENTS + 1 {
             batch.append(dst(1), 100).unwrap().fill(i as u8);
         }
@@ -271,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_shorter_datagram_closes_its_send_and_another_destination_opens_one() {
-        let mut batch = TxBatch::new(8);
+        let mut batch = TxBatch::new(8, udp::MAX_GSO_SEGMENTS);
         batch.append(dst(1), 100).unwrap();
         batch.append(dst(1), 60).unwrap();
         batch.append(dst(1), 100).unwrap();
@@ -288,12 +342,43 @@ mod tests {
         );
         batch.unappend(120);
         assert_eq!(batch.sends().len(), 3, "an emptied send is removed");
-        let mut full = TxBatch::new(1);
+        let mut full = TxBatch::new(1, udp::MAX_GSO_SEGMENTS);
         full.append(dst(1), 100).unwrap();
         assert!(
             full.append(dst(2), 100).is_none(),
             "no room for a second send"
         );
         assert!(full.append(dst(1), 0).is_none());
+    }
+
+    #[test]
+    fn a_send_carries_at_most_the_configured_segments() {
+        let mut batch = TxBatch::new(4, 16);
+        for _ in 0..40 {
+            batch.append(dst(1), 100).unwrap();
+        }
+        let lens: Vec<_> = batch.sends().iter().map(|s| s.len).collect();
+        assert_eq!(lens, [1600, 1600, 800]);
+    }
+
+    #[test]
+    fn ring_sizes_the_kernel_refuses_are_named() {
+        assert!(IoSizing::default().checked().is_ok());
+        let e = IoSizing {
+            ring_entries: 1000,
+            provided_buffers: 64,
+        }
+        .checked()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ring entries 1000 must be a power of two"), "{e}");
+        let e = IoSizing {
+            ring_entries: 256,
+            provided_buffers: 48,
+        }
+        .checked()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("provided buffers 48"), "{e}");
     }
 }

@@ -12,11 +12,11 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
 
 use super::udp::{self, CONTROL_LEN};
-use super::{DatagramIo, IoStats, OnDatagram, TxBatch};
+use super::{DatagramIo, IoSizing, IoStats, OnDatagram, TxBatch};
 use crate::error::{Error, Result};
 
 /// Provided receive buffers per worker (a power of two).
-const RECV_BUFFERS: u16 = 64;
+pub const DEFAULT_PROVIDED_BUFFERS: u16 = 64;
 /// Bytes per provided buffer: the recvmsg header, the address, the cmsgs and a full GRO
 /// super-datagram.
 const RECV_BUF: usize = 16 + NAME_LEN + CONTROL_LEN + 65_536;
@@ -24,10 +24,10 @@ const RECV_BUF: usize = 16 + NAME_LEN + CONTROL_LEN + 65_536;
 const NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
 /// The buffer group of the receive ring.
 const BUFFER_GROUP: u16 = 0;
-/// Submission queue entries: a batch of sends plus the receive.
-const SQ_ENTRIES: u32 = 256;
-/// Completion queue entries: room for a full buffer ring's worth of receives and the sends.
-const CQ_ENTRIES: u32 = 1024;
+/// Submission queue entries by default: a batch of sends plus the receive.
+pub const DEFAULT_RING_ENTRIES: u32 = 256;
+/// The kernel's largest completion queue (`IORING_MAX_CQ_ENTRIES`).
+const MAX_CQ_ENTRIES: u32 = 65_536;
 
 /// Received datagrams handed over per receive call at most.
 const RECV_PER_CALL: usize = 16;
@@ -192,26 +192,35 @@ unsafe impl Send for UringIo {}
 
 impl UringIo {
     /// Sets up a ring for a bound, non-blocking UDP socket.
-    pub fn new(socket: OwnedFd) -> Result<Self> {
+    /// `sizing` gives the submission queue and the provided-buffer ring their sizes.
+    pub fn new(socket: OwnedFd, sizing: IoSizing) -> Result<Self> {
+        let IoSizing {
+            ring_entries,
+            provided_buffers,
+        } = sizing.checked()?;
+        // Room for a full buffer ring's worth of receives and a full queue of sends, twice.
+        let cq_entries = (2 * (ring_entries + u32::from(provided_buffers)))
+            .next_power_of_two()
+            .clamp(1024, MAX_CQ_ENTRIES);
         let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
+            .setup_cqsize(cq_entries)
             .setup_single_issuer()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
-            .build(SQ_ENTRIES)
+            .build(ring_entries)
             .or_else(|_| {
                 IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)
+                    .setup_cqsize(cq_entries)
+                    .build(ring_entries)
             })
             .map_err(|e| Error::IoUringUnavailable(format!("io_uring_setup: {e}")))?;
-        let buffers = BufferRing::new(RECV_BUFFERS, RECV_BUF)?;
+        let buffers = BufferRing::new(provided_buffers, RECV_BUF)?;
         // SAFETY: the ring memory lives in `buffers`, which is dropped after `ring` (field
         // order), so it outlives the registration.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 buffers.ring_addr(),
-                RECV_BUFFERS,
+                provided_buffers,
                 BUFFER_GROUP,
                 0,
             )
@@ -220,7 +229,7 @@ impl UringIo {
         let mut recv_hdr = Box::new(udp::unsafe_zeroed_msghdr());
         recv_hdr.msg_namelen = NAME_LEN as u32;
         recv_hdr.msg_controllen = CONTROL_LEN;
-        let send_slots = (0..SQ_ENTRIES as usize - 1)
+        let send_slots = (0..ring_entries as usize - 1)
             .map(|_| SendSlot {
                 hdr: udp::unsafe_zeroed_msghdr(),
                 iov: libc::iovec {
@@ -242,7 +251,7 @@ impl UringIo {
             watch_armed: false,
             send_slots,
             sends_in_flight: 0,
-            completions: Vec::with_capacity(CQ_ENTRIES as usize),
+            completions: Vec::with_capacity(cq_entries as usize),
             stats: IoStats::default(),
         })
     }
