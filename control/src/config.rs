@@ -11,6 +11,14 @@
 //! master_keys = ["<64 hex>", "<64 hex>"]   # this appliance's two generations
 //! current_generation = 0
 //!
+//! [hardware]                          # optional: size the data plane from a hardware profile
+//! profile = "virtio-net"              # a shipped profile or one in profile_dir
+//! device = "eth0"                     # optional: workers go to this NIC's NUMA node
+//! profile_dir = "profiles"            # optional; relative to this file
+//!
+//! # Explicit [appliance] settings win over the profile's: workers, cores, crypto and
+//! # batch (GSO sends per transmit batch), gso_segments, io_uring_entries, provided_buffers.
+//!
 //! [tun]
 //! name = "cpc0"
 //! path_mtu = 1500                     # MTU of the path between appliances
@@ -25,10 +33,11 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cpclink_dataplane::crypto::{Backend, Suite};
-use cpclink_dataplane::io::IoKind;
+use cpclink_dataplane::engine::{EngineConfig, PeerConfig};
+use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind, IoSizing};
 use cpclink_dataplane::sa::MasterKeys;
 use serde::Deserialize;
 
@@ -38,6 +47,7 @@ use crate::error::Error;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     appliance: RawAppliance,
+    hardware: Option<RawHardware>,
     tun: Option<RawTun>,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -47,19 +57,28 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAppliance {
     listen: String,
-    #[serde(default = "one")]
-    workers: usize,
-    #[serde(default)]
-    cores: Vec<usize>,
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
     #[serde(default = "auto")]
     io: String,
     #[serde(default = "default_suite")]
     suite: String,
-    #[serde(default = "default_crypto")]
-    crypto: String,
+    crypto: Option<String>,
+    batch: Option<usize>,
+    gso_segments: Option<usize>,
+    io_uring_entries: Option<u32>,
+    provided_buffers: Option<u32>,
     master_keys: Vec<String>,
     #[serde(default)]
     current_generation: u8,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardware {
+    profile: String,
+    device: Option<String>,
+    profile_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,17 +106,11 @@ struct RawPeer {
 fn yes() -> bool {
     true
 }
-fn one() -> usize {
-    1
-}
 fn auto() -> String {
     "auto".into()
 }
 fn default_suite() -> String {
     "aes-gcm-256".into()
-}
-fn default_crypto() -> String {
-    "aws-lc-rs".into()
 }
 fn default_path_mtu() -> u32 {
     1500
@@ -118,12 +131,85 @@ pub struct ApplianceConfig {
     pub suite: Suite,
     /// The AEAD library.
     pub crypto: Backend,
+    /// GSO sends per transmit batch.
+    pub batch_sends: usize,
+    /// Datagrams per GSO send at most.
+    pub gso_segments: usize,
+    /// io_uring submission queue and provided-buffer ring sizes.
+    pub io_sizing: IoSizing,
+    /// The hardware profile the data plane was sized from, if one was named.
+    pub hardware: Option<HardwareSource>,
     /// This appliance's master keys.
     pub master_keys: MasterKeys,
     /// The TUN device, if the appliance tunnels.
     pub tun: Option<TunConfig>,
     /// The peers, in order ([`cpclink_dataplane::engine::PeerId`] indexes them).
     pub peers: Vec<Peer>,
+}
+
+/// Which hardware profile sized the data plane, and which settings it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareSource {
+    /// The profile's name.
+    pub profile: String,
+    /// The NIC whose NUMA node chose the worker cores, if named.
+    pub device: Option<String>,
+    /// `(setting, value)` for every setting taken from the profile (not overridden).
+    pub from_profile: Vec<(&'static str, String)>,
+    /// Settings the configuration set itself, overriding the profile's.
+    pub overridden: Vec<&'static str>,
+}
+
+/// Where each data plane setting came from, for the log line and for errors.
+#[derive(Default)]
+struct Origin {
+    from_profile: Vec<(&'static str, String)>,
+    overridden: Vec<&'static str>,
+}
+
+impl Origin {
+    /// The explicit value if set (noting that it overrides the profile's), else the
+    /// profile's (noting it), else `None`.
+    fn choose<T: std::fmt::Debug>(
+        &mut self,
+        name: &'static str,
+        explicit: Option<T>,
+        profile: Option<T>,
+    ) -> Option<T> {
+        match (explicit, profile) {
+            (Some(v), p) => {
+                if p.is_some() {
+                    self.overridden.push(name);
+                }
+                Some(v)
+            }
+            (None, Some(p)) => {
+                self.from_profile.push((name, format!("{p:?}")));
+                Some(p)
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The field an error about `name` points at: the profile's, if the value came from it.
+    fn field(&self, name: &str) -> String {
+        if self.from_profile.iter().any(|(n, _)| *n == name) {
+            format!("[hardware].profile ({name})")
+        } else {
+            format!("[appliance].{name}")
+        }
+    }
+}
+
+/// The data plane settings a profile can give, resolved against explicit ones.
+struct Sizing {
+    workers: usize,
+    cores: Vec<usize>,
+    crypto: Backend,
+    batch_sends: usize,
+    gso_segments: usize,
+    io_sizing: IoSizing,
+    hardware: Option<HardwareSource>,
 }
 
 /// The TUN device.
@@ -209,6 +295,159 @@ impl Ctx<'_> {
         Ok(MasterKeys::with_generations(parsed[0], parsed[1], current))
     }
 
+    /// Worker layout, batching, io_uring sizing and crypto backend: the explicit settings
+    /// of `[appliance]`, then the profile `[hardware]` names, then the defaults.
+    fn sizing(&self, a: &RawAppliance, hardware: Option<&RawHardware>) -> Result<Sizing, Error> {
+        let tuning = match hardware {
+            Some(h) => Some(self.tuning(h)?),
+            None => None,
+        };
+        let t = tuning.as_ref();
+        let mut origin = Origin::default();
+        let workers = origin
+            .choose("workers", a.workers, t.map(|t| t.workers))
+            .unwrap_or(1);
+        if workers == 0 || workers > 256 {
+            return Err(self.err(
+                "[appliance].workers",
+                format!("{workers} is out of range (expected 1..=256)"),
+            ));
+        }
+        let cores = origin
+            .choose(
+                "cores",
+                a.cores.clone().filter(|c| !c.is_empty()),
+                t.map(|t| t.worker_cores.clone()),
+            )
+            .unwrap_or_default();
+        let crypto_name = origin
+            .choose(
+                "crypto",
+                a.crypto.clone(),
+                t.map(|t| t.crypto_backend.clone()),
+            )
+            .unwrap_or_else(|| "aws-lc-rs".into());
+        let crypto = crypto_name
+            .parse()
+            .map_err(|e: String| self.err(origin.field("crypto"), e))?;
+        let batch_sends = origin
+            .choose("batch", a.batch, t.map(|t| t.batch))
+            .unwrap_or(EngineConfig::new(SocketAddr::from(([0, 0, 0, 0], 0))).batch_sends);
+        if !(1..=1024).contains(&batch_sends) {
+            return Err(self.err(
+                origin.field("batch"),
+                format!("{batch_sends} GSO sends per batch is out of range (expected 1..=1024)"),
+            ));
+        }
+        let gso_segments = origin
+            .choose(
+                "gso_segments",
+                a.gso_segments,
+                t.map(|t| usize::from(t.gso_segments)),
+            )
+            .unwrap_or(MAX_GSO_SEGMENTS);
+        if !(1..=MAX_GSO_SEGMENTS).contains(&gso_segments) {
+            return Err(self.err(
+                origin.field("gso_segments"),
+                format!("{gso_segments} is out of range (expected 1..={MAX_GSO_SEGMENTS}, the kernel's UDP GSO limit)"),
+            ));
+        }
+        let defaults = IoSizing::default();
+        let ring_entries = origin
+            .choose(
+                "io_uring_entries",
+                a.io_uring_entries,
+                t.map(|t| t.io_uring_entries),
+            )
+            .unwrap_or(defaults.ring_entries);
+        let buffers = origin
+            .choose(
+                "provided_buffers",
+                a.provided_buffers,
+                t.map(|t| t.provided_buffers),
+            )
+            .unwrap_or(u32::from(defaults.provided_buffers));
+        let provided_buffers = u16::try_from(buffers)
+            .ok()
+            .filter(|b| b.is_power_of_two() && *b <= IoSizing::MAX_PROVIDED_BUFFERS)
+            .ok_or_else(|| {
+                self.err(
+                    origin.field("provided_buffers"),
+                    format!(
+                        "{buffers} must be a power of two in 1..={}",
+                        IoSizing::MAX_PROVIDED_BUFFERS
+                    ),
+                )
+            })?;
+        let io_sizing = IoSizing {
+            ring_entries,
+            provided_buffers,
+        }
+        .checked()
+        .map_err(|e| self.err(origin.field("io_uring_entries"), e.to_string()))?;
+        if batch_sends >= ring_entries as usize {
+            return Err(self.err(
+                origin.field("batch"),
+                format!("{batch_sends} GSO sends per batch do not fit an io_uring of {ring_entries} entries (one is the receive's): lower batch or raise io_uring_entries"),
+            ));
+        }
+        let hardware = hardware.map(|h| HardwareSource {
+            profile: h.profile.clone(),
+            device: h.device.clone(),
+            from_profile: origin.from_profile,
+            overridden: origin.overridden,
+        });
+        Ok(Sizing {
+            workers,
+            cores,
+            crypto,
+            batch_sends,
+            gso_segments,
+            io_sizing,
+            hardware,
+        })
+    }
+
+    /// What the named profile gives the data plane on this host.
+    fn tuning(&self, h: &RawHardware) -> Result<cpclink_hw::DataplaneTuning, Error> {
+        if let Some(dev) = &h.device {
+            if dev.is_empty()
+                || dev.contains('/')
+                || !Path::new("/sys/class/net").join(dev).exists()
+            {
+                return Err(self.err(
+                    "[hardware].device",
+                    format!("no network interface {dev:?} here (see `ip link`; leave device out to use any core the profile selects)"),
+                ));
+            }
+        }
+        let dir = h.profile_dir.as_ref().map(|d| {
+            if d.is_relative() {
+                Path::new(self.file)
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(d)
+            } else {
+                d.clone()
+            }
+        });
+        if let Some(d) = &dir {
+            if !d.is_dir() {
+                return Err(self.err(
+                    "[hardware].profile_dir",
+                    format!("{} is not a directory (a relative path is taken from this file's directory)", d.display()),
+                ));
+            }
+        }
+        cpclink_hw::dataplane_tuning(&h.profile, dir.as_deref(), h.device.as_deref()).map_err(|e| {
+            let field = match e {
+                cpclink_hw::HwError::UnknownProfile { .. } => "[hardware].profile",
+                _ => "[hardware]",
+            };
+            self.err(field, e.to_string())
+        })
+    }
+
     fn prefix(&self, field: &str, value: &str) -> Result<(IpAddr, u8), Error> {
         let bad = || {
             self.err(
@@ -260,12 +499,7 @@ impl ApplianceConfig {
         })?;
         let a = raw.appliance;
         let listen = ctx.endpoint("[appliance].listen", &a.listen)?;
-        if a.workers == 0 || a.workers > 256 {
-            return Err(ctx.err(
-                "[appliance].workers",
-                format!("{} is out of range (expected 1..=256)", a.workers),
-            ));
-        }
+        let sizing = ctx.sizing(&a, raw.hardware.as_ref())?;
         let io =
             a.io.parse()
                 .map_err(|e: String| ctx.err("[appliance].io", e))?;
@@ -279,10 +513,6 @@ impl ApplianceConfig {
                 format!("{suite} authenticates without encrypting; tunnels need aes-gcm-128, aes-gcm-256 or chacha20-poly1305"),
             ));
         }
-        let crypto = a
-            .crypto
-            .parse()
-            .map_err(|e: String| ctx.err("[appliance].crypto", e))?;
         let master_keys = ctx.keys(
             "[appliance].master_keys",
             &a.master_keys,
@@ -342,15 +572,41 @@ impl ApplianceConfig {
         }
         Ok(Self {
             listen,
-            workers: a.workers,
-            cores: a.cores,
+            workers: sizing.workers,
+            cores: sizing.cores,
             io,
             suite,
-            crypto,
+            crypto: sizing.crypto,
+            batch_sends: sizing.batch_sends,
+            gso_segments: sizing.gso_segments,
+            io_sizing: sizing.io_sizing,
+            hardware: sizing.hardware,
             master_keys,
             tun,
             peers,
         })
+    }
+
+    /// The engine settings this configuration asks for (the egress is left to the caller:
+    /// TUN queues are opened by `cpclink run`).
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut engine = EngineConfig::new(self.listen);
+        engine.workers = self.workers;
+        engine.cores = self.cores.clone();
+        engine.io = self.io;
+        engine.crypto = self.crypto;
+        engine.batch_sends = self.batch_sends;
+        engine.gso_segments = self.gso_segments;
+        engine.io_sizing = self.io_sizing;
+        engine.peers = self
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                endpoint: p.endpoint,
+                prefixes: p.prefixes.clone(),
+            })
+            .collect();
+        engine
     }
 
     /// The TUN MTU: the path MTU less the outer IP and UDP headers and the PSP overhead.
@@ -421,6 +677,217 @@ mod tests {
         assert!(
             e.starts_with("a.toml: line ") && e.contains("colour"),
             "{e}"
+        );
+    }
+
+    fn hardware(extra_appliance: &str, hardware: &str) -> String {
+        format!(
+            "[appliance]\nlisten = \"127.0.0.1:0\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n{extra_appliance}\n\
+             [hardware]\n{hardware}\n"
+        )
+    }
+
+    #[test]
+    fn a_named_profile_sizes_the_engine() {
+        let c =
+            ApplianceConfig::parse("a.toml", &hardware("", "profile = \"virtio-net\"")).unwrap();
+        let t = cpclink_hw::dataplane_tuning("virtio-net", None, None).unwrap();
+        let e = c.engine_config();
+        assert_eq!(e.workers, t.workers);
+        assert_eq!(e.cores, t.worker_cores);
+        assert_eq!(e.batch_sends, t.batch);
+        assert_eq!(e.gso_segments, usize::from(t.gso_segments));
+        assert_eq!(e.io_sizing.ring_entries, t.io_uring_entries);
+        assert_eq!(u32::from(e.io_sizing.provided_buffers), t.provided_buffers);
+        assert_eq!(e.crypto.to_string(), t.crypto_backend);
+        // The profile's values differ from the defaults, so this could not pass without it.
+        let plain = EngineConfig::new(e.listen);
+        assert_ne!(
+            (e.batch_sends, e.gso_segments, e.io_sizing),
+            (plain.batch_sends, plain.gso_segments, plain.io_sizing)
+        );
+        let hw = c.hardware.unwrap();
+        let names: Vec<_> = hw.from_profile.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "workers",
+                "cores",
+                "crypto",
+                "batch",
+                "gso_segments",
+                "io_uring_entries",
+                "provided_buffers"
+            ]
+        );
+        assert!(hw.overridden.is_empty());
+    }
+
+    #[test]
+    fn explicit_settings_override_the_profile() {
+        let c = ApplianceConfig::parse(
+            "a.toml",
+            &hardware(
+                "workers = 1\ncores = [0]\ncrypto = \"ring\"\nbatch = 4\ngso_segments = 8\nio_uring_entries = 64",
+                "profile = \"loopback\"\ndevice = \"lo\"",
+            ),
+        )
+        .unwrap();
+        let e = c.engine_config();
+        assert_eq!((e.workers, e.cores.as_slice()), (1, &[0][..]));
+        assert_eq!(e.crypto, Backend::Ring);
+        assert_eq!((e.batch_sends, e.gso_segments), (4, 8));
+        assert_eq!(e.io_sizing.ring_entries, 64);
+        // Not overridden: still the profile's.
+        let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
+        assert_eq!(u32::from(e.io_sizing.provided_buffers), t.provided_buffers);
+        let hw = c.hardware.unwrap();
+        assert_eq!(hw.device.as_deref(), Some("lo"));
+        assert_eq!(
+            hw.overridden,
+            [
+                "workers",
+                "cores",
+                "crypto",
+                "batch",
+                "gso_segments",
+                "io_uring_entries"
+            ]
+        );
+        assert_eq!(hw.from_profile.len(), 1);
+    }
+
+    #[test]
+    fn hardware_errors_name_the_file_the_field_and_the_fix() {
+        let e = ApplianceConfig::parse("a.toml", &hardware("", "profile = \"virtio\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml: [hardware].profile: no profile named \"virtio\" (known: virtio-net, veth, loopback, connectx-6dx"),
+            "{e}"
+        );
+        let e = ApplianceConfig::parse(
+            "a.toml",
+            &hardware("", "profile = \"veth\"\ndevice = \"no-such-nic0\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("a.toml: [hardware].device: no network interface \"no-such-nic0\""),
+            "{e}"
+        );
+        let e = ApplianceConfig::parse(
+            "/nowhere/a.toml",
+            &hardware("", "profile = \"veth\"\nprofile_dir = \"profiles\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[hardware].profile_dir: /nowhere/profiles is not a directory"),
+            "{e}"
+        );
+        let e = ApplianceConfig::parse(
+            "a.toml",
+            &hardware("gso_segments = 65", "profile = \"veth\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("a.toml: [appliance].gso_segments: 65 is out of range (expected 1..=64"),
+            "{e}"
+        );
+        let e = ApplianceConfig::parse(
+            "a.toml",
+            &hardware("io_uring_entries = 16", "profile = \"veth\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[hardware].profile (batch): 32 GSO sends per batch do not fit an io_uring of 16 entries"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_profile_in_the_profile_dir_is_found_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("cpclink-hwcfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("profiles")).unwrap();
+        let shipped = include_str!("../../hw-profiles/profiles/veth.toml");
+        let text = shipped
+            .replace("name = \"veth\"", "name = \"lab-veth\"")
+            .replace("gso_segments = 44", "gso_segments = 12");
+        assert_ne!(text, shipped);
+        std::fs::write(dir.join("profiles/lab-veth.toml"), text).unwrap();
+        let file = dir.join("a.toml");
+        let c = ApplianceConfig::parse(
+            &file.display().to_string(),
+            &hardware("", "profile = \"lab-veth\"\nprofile_dir = \"profiles\""),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.unwrap().engine_config().gso_segments, 12);
+    }
+
+    /// Two appliances sized by the loopback profile exchange encrypted synthetic traffic;
+    /// a profile with small GSO sends shows in the sends the kernel was handed.
+    #[test]
+    fn an_engine_sized_by_a_profile_carries_traffic() {
+        use cpclink_dataplane::engine::{
+            lab, Egress, Engine, PeerConfig, PeerId, SaProfile, TrafficSpec,
+        };
+        use std::time::{Duration, Instant};
+
+        const FLOWS: u32 = 16;
+        let appliance = |source: bool| {
+            let c = ApplianceConfig::parse(
+                "a.toml",
+                &hardware(
+                    "gso_segments = 4\nio = \"io_uring\"",
+                    "profile = \"loopback\"\ndevice = \"lo\"",
+                ),
+            )
+            .unwrap();
+            let mut e = c.engine_config();
+            e.source = source.then_some(TrafficSpec {
+                flows: FLOWS,
+                packet_len: 1000,
+            });
+            e.egress = Egress::Sink { flows: FLOWS };
+            (Engine::start(e).unwrap(), c.master_keys)
+        };
+        let (a, _) = appliance(true);
+        let (b, keys_b) = appliance(false);
+        let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
+        assert_eq!((a.workers(), b.workers()), (t.workers, t.workers));
+        let peer = |endpoint| PeerConfig {
+            endpoint,
+            prefixes: Vec::new(),
+        };
+        a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
+        b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
+        lab::enable_rx_derivation(&b, &keys_b, Suite::AesGcm256).unwrap();
+        b.snapshot().unwrap();
+        lab::install_tx_sas(&a, PeerId(0), &keys_b, SaProfile::default()).unwrap();
+        let start = Instant::now();
+        while b.snapshot().unwrap().total().sink.verified_bytes < 16 << 20 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "16 MiB did not arrive"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (sa, sb) = (a.shutdown().unwrap().total(), b.shutdown().unwrap().total());
+        assert_eq!(sb.sink.corrupt, 0);
+        assert_eq!(sb.rx_auth_failed, 0);
+        assert!(sa.io.gso_sends > 0);
+        // At most 4 datagrams per GSO send: the profile's 44 was overridden and reached
+        // the transmit batch.
+        assert!(
+            sa.tx_packets <= 4 * (sa.io.gso_sends + sa.io.send_errors),
+            "{sa:?}"
+        );
+        assert!(
+            sa.tx_packets > 2 * sa.io.gso_sends,
+            "sends do carry several datagrams: {sa:?}"
         );
     }
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId, SaProfile,
-};
+use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, SaProfile};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::sa::SaLimits;
 
@@ -38,19 +36,8 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         reason: format!("cannot install the Ctrl-C handler: {e}"),
     })?;
 
-    let mut engine_config = EngineConfig::new(config.listen);
-    engine_config.workers = config.workers;
-    engine_config.cores = config.cores.clone();
-    engine_config.io = config.io;
-    engine_config.crypto = config.crypto;
-    engine_config.peers = config
-        .peers
-        .iter()
-        .map(|p| PeerConfig {
-            endpoint: p.endpoint,
-            prefixes: p.prefixes.clone(),
-        })
-        .collect();
+    let mut engine_config = config.engine_config();
+    log_hardware(&config);
     if let (Some(t), Some(mtu)) = (&config.tun, config.tun_mtu()) {
         let queues = tun::open_queues(&t.name, config.workers, t.offloads)?;
         tun::set_mtu_and_up(&t.name, mtu)?;
@@ -122,4 +109,22 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         serde_json::to_string(&s).map_err(std::io::Error::from)?
     );
     Ok(())
+}
+
+/// Says which data plane settings came from the hardware profile and which the
+/// configuration overrode.
+fn log_hardware(config: &ApplianceConfig) {
+    let Some(hw) = &config.hardware else { return };
+    let from_profile = hw
+        .from_profile
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::info!(
+        profile = %hw.profile,
+        device = hw.device.as_deref().unwrap_or("-"),
+        overridden = %hw.overridden.join(","),
+        "data plane sized from hardware profile: {from_profile}"
+    );
 }

@@ -371,7 +371,10 @@ mod tests {
         .checked()
         .unwrap_err()
         .to_string();
-        assert!(e.contains("ring entries 1000 must be a power of two"), "{e}");
+        assert!(
+            e.contains("ring entries 1000 must be a power of two"),
+            "{e}"
+        );
         let e = IoSizing {
             ring_entries: 256,
             provided_buffers: 48,
