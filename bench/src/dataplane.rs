@@ -5,7 +5,7 @@
 //! Throughput is what the receiving sink verified, byte for byte, per second: inner packet
 //! bytes, not wire bytes. The time splits say where each side's worker time went.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Suite;
@@ -13,7 +13,7 @@ use cpclink_dataplane::engine::{
     lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, TrafficSpec,
     WorkerStats,
 };
-use cpclink_dataplane::io::IoKind;
+use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
 use cpclink_dataplane::sa::MasterKeys;
 
 use crate::Error;
@@ -56,7 +56,14 @@ pub struct PairOptions {
     pub both_ways: bool,
     /// GSO sends per transmit batch.
     pub batch_sends: usize,
+    /// Datagrams per GSO send at most.
+    pub gso_segments: usize,
+    /// The address both engines listen on (127.0.0.1, or an address of the NIC measured).
+    pub address: IpAddr,
 }
+
+/// Where a pair listens unless told otherwise.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn keys(seed: u8) -> Result<MasterKeys, Error> {
     let mut key = [0u8; 32];
@@ -82,12 +89,13 @@ impl LoopbackPair {
             packet_len: options.payload,
         };
         let engine = |side: usize, source: bool| {
-            let mut config = EngineConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let mut config = EngineConfig::new(SocketAddr::new(options.address, 0));
             config.workers = options.workers;
             config.cores = cores(side, options.workers);
             config.io = options.io;
             config.protection = options.protection;
             config.batch_sends = options.batch_sends;
+            config.gso_segments = options.gso_segments;
             config.source = source.then_some(spec);
             config.egress = Egress::Sink {
                 flows: options.flows,
@@ -174,6 +182,8 @@ pub struct DataplanePlan {
     pub ios: Vec<IoKind>,
     /// GSO sends per transmit batch.
     pub batch_sends: usize,
+    /// Datagrams per GSO send at most.
+    pub gso_segments: usize,
 }
 
 impl Default for DataplanePlan {
@@ -184,11 +194,14 @@ impl Default for DataplanePlan {
             workers: DEFAULT_WORKERS.to_vec(),
             ios: vec![IoKind::IoUring, IoKind::Epoll],
             batch_sends: DEFAULT_BATCH_SENDS,
+            gso_segments: MAX_GSO_SEGMENTS,
         }
     }
 }
 
-fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow, Error> {
+/// Measures one pair: starts it, warms up, counts what the receiver verified over
+/// `duration`, stops it.
+pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow, Error> {
     let pair = LoopbackPair::start(options)?;
     std::thread::sleep(WARMUP);
     let (a0, b0) = pair.totals()?;
@@ -245,6 +258,8 @@ pub fn run(
                         flows: FLOWS,
                         both_ways: false,
                         batch_sends: plan.batch_sends,
+                        gso_segments: plan.gso_segments,
+                        address: LOOPBACK,
                     };
                     let row = measure(options, plan.duration)?;
                     progress(&row);
@@ -312,6 +327,7 @@ mod tests {
             workers: vec![1],
             ios: vec![IoKind::Epoll, IoKind::IoUring],
             batch_sends: 4,
+            gso_segments: 16,
         };
         let rows = run(&plan, |_| {}).unwrap();
         assert_eq!(rows.len(), 4);

@@ -427,7 +427,7 @@ fn tune_over_loopback_writes_a_profile_with_the_numbers_it_printed() {
                 .collect::<Result<Vec<_>, _>>()
                 .ok()
         })
-        .filter(|r| r.len() == 5)
+        .filter(|r| r.len() == 7)
         .collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     for (row, t) in rows.iter().zip(trials) {
@@ -438,7 +438,20 @@ fn tune_over_loopback_writes_a_profile_with_the_numbers_it_printed() {
             "{row:?} {t:?}"
         );
         assert!(t["gbps"].as_float().unwrap() > 0.0);
+        // The plain UDP baseline ran beside cpclink at the same point, and the ratio printed
+        // is cpclink's over it.
+        let udp = t["udp_gbps"].as_float().unwrap();
+        assert!(udp > 0.0 && (row[5] - udp).abs() < 0.006, "{row:?} {t:?}");
+        let ratio = t["gbps"].as_float().unwrap() / udp;
+        assert!((row[6] - ratio).abs() < 0.006, "{row:?} {t:?}");
     }
+    // What was measured is cpclink's data plane, and the file says so.
+    let runner = v["tuned"]["runner"].as_str().unwrap();
+    assert!(
+        runner.starts_with("cpclink data plane over lo to 127.0.0.1: two engines"),
+        "{runner}"
+    );
+    assert!(stdout.contains(runner), "{stdout}");
     let best = &v["tuned"]["best"];
     assert_eq!(
         v["dataplane"]["gso_segments"].as_integer(),

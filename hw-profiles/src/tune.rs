@@ -24,6 +24,9 @@ pub struct Measurement {
     pub gbps: f64,
     /// Received datagrams (wire packets, after GSO segmentation), millions per second.
     pub mpps: f64,
+    /// Plain UDP sockets' Gbit/s at the same point, measured beside this run, if the
+    /// runner measures a baseline.
+    pub baseline_gbps: Option<f64>,
 }
 
 /// Something that can measure throughput for one configuration.
@@ -103,6 +106,9 @@ pub struct TrialResult {
     pub gbps: f64,
     /// Million datagrams per second.
     pub mpps: f64,
+    /// Plain UDP sockets' Gbit/s at the same point in the same run (the kernel's bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_gbps: Option<f64>,
 }
 
 /// The `[tuned]` table of a tuned profile.
@@ -158,6 +164,7 @@ pub fn sweep(
             workers: t.workers,
             gbps: m.gbps,
             mpps: m.mpps,
+            udp_gbps: m.baseline_gbps,
         };
         progress(&r);
         results.push(r);
@@ -235,8 +242,9 @@ pub fn render(p: &Profile) -> std::result::Result<String, toml::ser::Error> {
     let body = toml::to_string(p)?;
     let head = match &p.tuned {
         Some(t) => format!(
-            "# Written by `cpclink hw tune --dev {}` from profile {}.\n# Best: batch {}, gso_segments {}, workers {}: {:.2} Gbit/s, {:.3} Mpps.\n\n",
-            t.device, t.base_profile, t.best.batch, t.best.gso_segments, t.best.workers, t.best.gbps, t.best.mpps
+            "# Written by `cpclink hw tune --dev {}` from profile {}.\n# Best: batch {}, gso_segments {}, workers {}: {:.2} Gbit/s, {:.3} Mpps{}.\n\n",
+            t.device, t.base_profile, t.best.batch, t.best.gso_segments, t.best.workers, t.best.gbps, t.best.mpps,
+            t.best.udp_gbps.map_or(String::new(), |u| format!(" (plain UDP at the same point: {u:.2} Gbit/s)"))
         ),
         None => String::new(),
     };
@@ -268,6 +276,7 @@ mod tests {
             Ok(Measurement {
                 gbps,
                 mpps: gbps / 11.2,
+                baseline_gbps: Some(2.0 * gbps),
             })
         }
     }
@@ -310,6 +319,7 @@ mod tests {
         let tuned = back.tuned.unwrap();
         assert_eq!(tuned.trials.len(), 18);
         assert_eq!(tuned.best.gbps, 16.0 * 2.0 * 32.0);
+        assert_eq!(tuned.best.udp_gbps, Some(2.0 * 16.0 * 2.0 * 32.0));
         assert!(text.starts_with("# Written by `cpclink hw tune --dev lo` from profile loopback."));
     }
 
@@ -332,6 +342,7 @@ mod tests {
             Ok(Measurement {
                 gbps,
                 mpps: gbps / 8.0,
+                baseline_gbps: None,
             })
         }
     }
@@ -348,6 +359,9 @@ mod tests {
         let r = sweep(&mut runner, &space, |_| {}).unwrap();
         assert_eq!(runner.0, 3);
         assert_eq!(r[0].gbps, 10.0);
+        assert_eq!(r[0].udp_gbps, None);
+        let text = toml::to_string(&r[0]).unwrap();
+        assert!(!text.contains("udp_gbps"), "no baseline, no key: {text}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A throughput runner with plain UDP sockets: each worker is a sender/receiver pair; the
 //! sender writes GSO super-datagrams (UDP_SEGMENT) in bursts, the receiver reads them
-//! coalesced (UDP_GRO) and counts bytes. It stands in for the data plane benchmark and
-//! measures the kernel's UDP path, which bounds what the data plane can reach.
+//! coalesced (UDP_GRO) and counts bytes. It measures the kernel's UDP path, which bounds
+//! what the data plane can reach: `cpclink hw tune` runs it beside the engine as the
+//! baseline of every point.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,6 +151,7 @@ impl TuneRunner for UdpRunner {
         Ok(Measurement {
             gbps: bytes * 8.0 / secs / 1e9,
             mpps: bytes / self.payload as f64 / secs / 1e6,
+            baseline_gbps: None,
         })
     }
 }

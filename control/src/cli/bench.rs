@@ -41,6 +41,9 @@ enum BenchSuite {
         /// GSO sends (of up to 64 datagrams each) per transmit batch.
         #[arg(long, default_value_t = dataplane_suite::DEFAULT_BATCH_SENDS)]
         batch: usize,
+        /// Datagrams per GSO send at most (1 to 64).
+        #[arg(long, default_value_t = cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS)]
+        gso_segments: usize,
     },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
@@ -70,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             workers,
             ios,
             batch,
+            gso_segments,
         } => {
             if !(duration > 0.0 && duration <= 600.0) {
                 return Err(Error::BadArgument {
@@ -92,6 +96,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 },
                 ios: if ios.is_empty() { defaults.ios } else { ios },
                 batch_sends: batch.clamp(1, 64),
+                gso_segments: gso_segments.clamp(1, cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS),
             };
             if !json {
                 writeln!(

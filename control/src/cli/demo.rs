@@ -64,6 +64,8 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         flows: args.flows.max(1),
         both_ways: true,
         batch_sends: cpclink_bench::dataplane::DEFAULT_BATCH_SENDS,
+        gso_segments: cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS,
+        address: cpclink_bench::dataplane::LOOPBACK,
     })?;
     writeln!(
         out,

@@ -13,6 +13,8 @@ use cpclink_hw::host::{self, CpuReport, Interface};
 use cpclink_hw::tune::{self, SweepSpace, TuneRunner};
 use cpclink_hw::udp_runner::UdpRunner;
 use cpclink_hw::{DataplaneTuning, HwError, Profile, ProfileSet};
+
+use super::engine_runner::EngineRunner;
 use serde::Serialize;
 
 /// Arguments of `cpclink hw`.
@@ -86,6 +88,9 @@ enum HwCommand {
         /// Directory of operator profiles (*.toml) added to the shipped ones.
         #[arg(long)]
         profile_dir: Option<PathBuf>,
+        /// Skip the plain UDP baseline measured beside cpclink at every point.
+        #[arg(long)]
+        no_baseline: bool,
     },
     /// List the profiles (shipped and from --profile-dir), validating each.
     Profiles {
@@ -127,6 +132,7 @@ pub fn run(args: HwArgs) -> ExitCode {
             workers,
             repeats,
             profile_dir,
+            no_baseline,
         } => {
             let opts = TuneOptions {
                 trial_ms,
@@ -135,6 +141,7 @@ pub fn run(args: HwArgs) -> ExitCode {
                 gso,
                 workers,
                 repeats,
+                baseline: !no_baseline,
             };
             tune_dev(&dev, profile.as_deref(), out, &opts, profile_dir.as_deref())
         }
@@ -422,6 +429,7 @@ struct TuneOptions {
     gso: Vec<u16>,
     workers: Vec<usize>,
     repeats: usize,
+    baseline: bool,
 }
 
 fn tune_dev(
@@ -456,13 +464,13 @@ fn tune_dev(
     }
     space.repeats = o.repeats.max(1);
     let addr = UdpRunner::address_of(dev)?;
-    let mut runner = UdpRunner::new(
+    let mut runner = EngineRunner::new(
         dev,
         addr,
         o.payload,
-        Duration::from_millis(50),
         Duration::from_millis(o.trial_ms),
-    );
+        o.baseline,
+    )?;
     println!(
         "tune {dev} from profile {}: {}",
         base.name,
@@ -478,14 +486,21 @@ fn tune_dev(
         cpu.online.len()
     );
     println!(
-        "{:>6} {:>4} {:>8} {:>9} {:>8}",
-        "batch", "gso", "workers", "Gbit/s", "Mpps"
+        "{:>6} {:>4} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "batch", "gso", "workers", "Gbit/s", "Mpps", "udp Gb/s", "cpc/udp"
     );
     let load_before = tune::load_average().unwrap_or(f64::NAN);
     let results = tune::sweep(&mut runner, &space, |r| {
+        let (udp, ratio) = match r.udp_gbps {
+            Some(u) => (
+                format!("{u:.2}"),
+                format!("{:.2}", r.gbps / u.max(f64::MIN_POSITIVE)),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "{:>6} {:>4} {:>8} {:>9.2} {:>8.3}",
-            r.batch, r.gso_segments, r.workers, r.gbps, r.mpps
+            "{:>6} {:>4} {:>8} {:>9.2} {:>8.3} {:>9} {:>9}",
+            r.batch, r.gso_segments, r.workers, r.gbps, r.mpps, udp, ratio
         );
     })?;
     let load_after = tune::load_average().unwrap_or(f64::NAN);

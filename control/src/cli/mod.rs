@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod engine_runner;
 mod hw;
 mod psp;
 mod run;
