@@ -21,7 +21,7 @@ pub use profile::{DataplaneTuning, Profile, ProfileSet};
 
 use std::path::Path;
 
-/// What the data plane takes from the profile a config names (`hw_profile = NAME`), resolved
+/// What the data plane takes from the profile a config names (`[hardware] profile = NAME`), resolved
 /// for this host: worker cores on the NUMA node of `dev` when the profile says `nic-node`.
 pub fn dataplane_tuning(
     profile: &str,

@@ -418,11 +418,13 @@ impl Profile {
                 format!("{} is outside 1..=1024", dp.batch),
             );
         }
-        if dp.batch > io.entries {
+        // The engine keeps one submission entry for the receive; the batch's sends take
+        // the rest.
+        if dp.batch >= io.entries {
             issue(
                 "dataplane.batch",
                 format!(
-                    "{} exceeds io_uring.entries {} (a batch must fit in the ring)",
+                    "{} does not fit io_uring.entries {} (a batch takes all entries but the receive's: raise entries above the batch)",
                     dp.batch, io.entries
                 ),
             );

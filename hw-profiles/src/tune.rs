@@ -211,7 +211,11 @@ pub fn tuned_profile(
     p.dataplane.batch = winner.batch;
     p.dataplane.gso_segments = winner.gso_segments;
     p.cpu.workers = Some(winner.workers);
-    p.io_uring.entries = p.io_uring.entries.max(winner.batch.next_power_of_two());
+    // The ring holds the batch's sends and the receive.
+    p.io_uring.entries = p
+        .io_uring
+        .entries
+        .max((winner.batch + 1).next_power_of_two());
     p.tuned = Some(TunedRecord {
         base_profile: base.name.clone(),
         device: dev.to_owned(),
