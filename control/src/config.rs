@@ -858,6 +858,25 @@ mod tests {
         let (b, keys_b) = appliance(false);
         let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
         assert_eq!((a.workers(), b.workers()), (t.workers, t.workers));
+        // Worker i runs pinned to the profile's core i.
+        let mut pinned = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            let Some(i) = comm.trim().strip_prefix("cpclink-w") else {
+                continue;
+            };
+            let i: usize = i.parse().unwrap();
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim();
+            assert_eq!(allowed, t.worker_cores[i].to_string(), "worker {i}");
+            pinned += 1;
+        }
+        assert_eq!(pinned, 2 * t.workers, "every worker of both engines seen");
         let peer = |endpoint| PeerConfig {
             endpoint,
             prefixes: Vec::new(),
