@@ -1,5 +1,7 @@
 //! Command-line front end: one module per subcommand.
 
+mod keymgr;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,10 +15,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Key plane: the authority daemon, key agents, tokens, revocation and audit.
+    Keymgr(keymgr::KeymgrArgs),
+}
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Keymgr(args) => keymgr::run(args),
+    }
 }
