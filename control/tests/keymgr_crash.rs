@@ -276,16 +276,18 @@ async fn kill_9_during_rotations_and_grants_loses_nothing() {
             agent_b.kill();
             kills.1 += 1;
         }
-        for (spi, epoch) in burst.await.unwrap() {
-            ledger.record(spi, epoch);
-        }
+        // Restart what was killed while the burst may still be running, then collect it.
+        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
         if authority.child.is_none() {
             authority.start();
-            let (_, rotation) = wait_authority(&auth_state).await;
-            assert!(rotation >= max_rotation, "rotation counter went back");
         }
         if agent_b.child.is_none() {
             agent_b.start();
+        }
+        let (_, rotation) = wait_authority(&auth_state).await;
+        assert!(rotation >= max_rotation, "rotation counter went back");
+        for (spi, epoch) in burst.await.unwrap() {
+            ledger.record(spi, epoch);
         }
     }
 

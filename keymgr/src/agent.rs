@@ -33,7 +33,7 @@ use crate::{tls, Error, Result};
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;
 /// How long an SA request may take before the connection is presumed dead.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// QUIC close code an agent uses towards a revoked or unauthorised peer.
 pub const CLOSE_UNAUTHORISED: u32 = 0x41;
 
