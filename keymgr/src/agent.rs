@@ -748,8 +748,19 @@ impl KeyAgent {
     fn spawn_rotation(&self, rotation: u64, acks: mpsc::UnboundedSender<Message>) {
         let this = self.clone();
         tokio::spawn(async move {
-            let due = rotation > this.inner.keys.lock().await.last_rotation;
-            if !due {
+            let (last, epoch) = {
+                let ks = this.inner.keys.lock().await;
+                (ks.last_rotation, ks.epoch())
+            };
+            if rotation <= last {
+                // Already done (perhaps before a reconnect lost the acknowledgement): say so
+                // again so the authority knows where this appliance stands.
+                if last > 0 {
+                    let _ = acks.send(Message::Rotated {
+                        rotation: last,
+                        epoch,
+                    });
+                }
                 return;
             }
             match this.rotate(rotation).await {

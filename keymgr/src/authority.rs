@@ -177,7 +177,7 @@ struct State {
 
 struct Inner {
     store: AnyStore,
-    audit: StdMutex<AuditLog>,
+    audit: Arc<StdMutex<AuditLog>>,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
     token_key: Zeroizing<[u8; 32]>,
@@ -243,7 +243,7 @@ impl Authority {
         let authority = Self {
             inner: Arc::new(Inner {
                 store,
-                audit: StdMutex::new(audit),
+                audit: Arc::new(StdMutex::new(audit)),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
                 token_key: material.token_key,
@@ -307,12 +307,18 @@ impl Authority {
         self.inner.rotated.subscribe()
     }
 
-    fn audit(&self, event: AuditEvent) -> Result<()> {
-        let mut log = self.inner.audit.lock().map_err(|_| Error::Io {
-            context: "audit log".into(),
-            source: std::io::Error::other("lock poisoned"),
-        })?;
-        log.append(event)
+    /// Appends to the audit log on the blocking pool (each line is fsync'd).
+    async fn audit(&self, event: AuditEvent) -> Result<()> {
+        let log = self.inner.audit.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().map_err(|_| Error::Io {
+                context: "audit log".into(),
+                source: std::io::Error::other("lock poisoned"),
+            })?;
+            log.append(event)
+        })
+        .await
+        .map_err(|e| Error::io("audit log", std::io::Error::other(e.to_string())))?
     }
 
     /// Applies a directory change: store first, then the master copy, then the feed.
@@ -339,7 +345,8 @@ impl Authority {
         self.audit(AuditEvent::DirectoryChanged {
             version,
             change: what,
-        })?;
+        })
+        .await?;
         // No receivers is fine: nobody is connected.
         let _ = self.inner.feed.send(Push::Delta(delta));
         Ok(version)
@@ -396,7 +403,8 @@ impl Authority {
             .await?;
         self.audit(AuditEvent::Revoked {
             appliance: id.to_owned(),
-        })?;
+        })
+        .await?;
         let conn = self.connections().remove(id);
         if let Some(conn) = conn {
             conn.close(CLOSE_REVOKED.into(), b"revoked");
@@ -421,7 +429,7 @@ impl Authority {
             .put("meta/rotation", &store::json(&rotation))
             .await?;
         st.rotation = rotation;
-        self.audit(AuditEvent::RotationOrdered { rotation })?;
+        self.audit(AuditEvent::RotationOrdered { rotation }).await?;
         let _ = self.inner.feed.send(Push::Rotate(rotation));
         Ok(rotation)
     }
@@ -611,7 +619,8 @@ impl Authority {
             appliance: claims.appliance,
             centre: claims.centre,
             serial,
-        })?;
+        })
+        .await?;
         Ok(cert.to_vec())
     }
 
@@ -677,7 +686,11 @@ impl Authority {
                 msg = proto::read_frame::<_, Message>(recv) => match msg {
                     Ok(Some(Message::Applied { .. })) => {}
                     Ok(Some(Message::Rotated { epoch, .. })) => {
-                        self.audit(AuditEvent::Rotated { appliance: id.to_owned(), epoch })?;
+                        // A reconnecting appliance repeats its last acknowledgement.
+                        let known = self.inner.rotated.borrow().get(id) == Some(&epoch);
+                        if !known {
+                            self.audit(AuditEvent::Rotated { appliance: id.to_owned(), epoch }).await?;
+                        }
                         self.inner.rotated.send_modify(|m| {
                             m.insert(id.to_owned(), epoch);
                         });

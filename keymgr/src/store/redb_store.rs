@@ -1,6 +1,7 @@
 //! The embedded store: one redb file, every commit durable (fsync'd) before it returns.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -9,10 +10,11 @@ use crate::{Error, Result};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cpclink");
 
-/// A redb database file.
-#[derive(Debug)]
+/// A redb database file. Operations run on tokio's blocking pool, so an fsync never stalls
+/// the tasks that keep QUIC connections alive.
+#[derive(Debug, Clone)]
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 impl RedbStore {
@@ -23,7 +25,17 @@ impl RedbStore {
         let tx = db.begin_write()?;
         tx.open_table(TABLE)?;
         tx.commit()?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::Redb(format!("store task failed: {e}")))?
     }
 
     fn write<T>(
@@ -43,29 +55,46 @@ impl RedbStore {
 
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TABLE)?;
-        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        let key = key.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read()?;
+            let table = tx.open_table(TABLE)?;
+            Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+        })
+        .await
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.write(|t| {
-            t.insert(key, value)?;
-            Ok(())
-        })
+        self.apply(vec![Write::Put(key.to_owned(), value.to_vec())])
+            .await
     }
 
     async fn insert_new(&self, key: &str, value: &[u8]) -> Result<bool> {
-        self.write(|t| {
-            if t.get(key)?.is_some() {
-                return Ok(false);
-            }
-            t.insert(key, value)?;
-            Ok(true)
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.blocking(move |s| {
+            s.write(|t| {
+                if t.get(key.as_str())?.is_some() {
+                    return Ok(false);
+                }
+                t.insert(key.as_str(), value.as_slice())?;
+                Ok(true)
+            })
         })
+        .await
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| s.scan_now(&prefix)).await
+    }
+
+    async fn apply(&self, batch: Vec<Write>) -> Result<()> {
+        self.blocking(move |s| s.apply_now(&batch)).await
+    }
+}
+
+impl RedbStore {
+    fn scan_now(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TABLE)?;
         let mut out = Vec::new();
@@ -79,9 +108,9 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    async fn apply(&self, batch: Vec<Write>) -> Result<()> {
+    fn apply_now(&self, batch: &[Write]) -> Result<()> {
         self.write(|t| {
-            for w in &batch {
+            for w in batch {
                 match w {
                     Write::Put(k, v) => {
                         t.insert(k.as_str(), v.as_slice())?;
