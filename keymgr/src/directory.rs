@@ -156,12 +156,20 @@ impl Directory {
 impl Directory {
     /// The part of the directory `id` needs: itself and every appliance it may talk to.
     pub fn view_for(&self, id: &str) -> Directory {
+        // One pass with `id`'s entry looked up once: this runs for every subscriber after a
+        // policy change, so it is the authority's O(appliances²) step.
+        let me = self.appliances.get(id);
+        let visible = |e: &ApplianceEntry| match me {
+            Some(me) if e.id == me.id => true,
+            Some(me) if !me.revoked && !e.revoked => self.rules.iter().any(|r| r.allows(me, e)),
+            _ => false,
+        };
         Directory {
             version: self.version,
             appliances: self
                 .appliances
                 .iter()
-                .filter(|(k, _)| k.as_str() == id || self.allows(id, k))
+                .filter(|(_, e)| visible(e))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             rules: self.rules.clone(),
