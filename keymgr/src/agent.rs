@@ -601,10 +601,19 @@ impl KeyAgent {
             .entry(peer.clone())
             .or_default()
             .push(conn.clone());
+        let result = self.serve_streams(&conn, &peer).await;
+        // Forget the closed connection so revocation has only live ones to close.
+        if let Some(conns) = self.inbound().get_mut(&peer) {
+            conns.retain(|c| c.stable_id() != conn.stable_id());
+        }
+        result
+    }
+
+    async fn serve_streams(&self, conn: &quinn::Connection, peer: &str) -> Result<()> {
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let this = self.clone();
-            let peer = peer.clone();
+            let peer = peer.to_owned();
             tokio::spawn(async move {
                 let reply = match proto::read_frame::<_, Message>(&mut recv).await {
                     Ok(Some(Message::SaRequest { suite })) => match Suite::from_version(suite) {
