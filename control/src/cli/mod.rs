@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod engine_runner;
 mod hw;
+mod keymgr;
 mod psp;
 mod run;
 mod srv6;
@@ -34,6 +35,8 @@ enum Command {
     Run(run::RunArgs),
     /// Two appliances on loopback, pushing verified encrypted traffic both ways (no root).
     Demo(demo::DemoArgs),
+    /// Key plane: the authority daemon, key agents, tokens, revocation and audit.
+    Keymgr(keymgr::KeymgrArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -46,6 +49,7 @@ pub fn run() -> ExitCode {
         Command::Hw(args) => hw::run(args),
         Command::Run(args) => finish(run::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
+        Command::Keymgr(args) => keymgr::run(args),
     }
 }
 

@@ -1,0 +1,246 @@
+//! `cpclink keymgr`: the key-plane authority daemon, a standalone key agent, and the
+//! operator commands (tokens, revocation, rotation, audit, benchmark).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
+use cpclink_keymgr::authority::{self, Authority};
+use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
+use cpclink_keymgr::proto::{AdminReply, AdminRequest};
+use cpclink_keymgr::{audit, bench};
+
+/// Arguments of `cpclink keymgr`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = false)]
+pub struct KeymgrArgs {
+    /// The authority's (or, for `agent`, the agent's) TOML config.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<KeymgrCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeymgrCommand {
+    /// Run the authority daemon (the default).
+    Run,
+    /// Run a standalone key agent (`--config` names the agent's config).
+    Agent,
+    /// Enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Revoke an appliance everywhere.
+    Revoke {
+        /// The appliance id.
+        appliance: String,
+    },
+    /// Order every appliance to rotate its master keys now.
+    Rotate,
+    /// Show the running authority's state.
+    Status,
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Benchmark the key plane with simulated appliances over real QUIC.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a one-time enrolment token and print it.
+    Create {
+        /// The appliance id the certificate will name.
+        #[arg(long)]
+        appliance: String,
+        /// The appliance's centre.
+        #[arg(long)]
+        centre: String,
+        /// The tenant the appliance serves.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Lifetime in seconds (default: the config's token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log.
+    Verify {
+        /// The log file (default: audit.jsonl in the config's state_dir).
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("cpclink keymgr: {e}");
+    ExitCode::FAILURE
+}
+
+fn config_path(args: &KeymgrArgs) -> Result<&PathBuf, String> {
+    args.config
+        .as_ref()
+        .ok_or_else(|| "--config FILE is required for this command".to_owned())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))
+}
+
+/// Runs `cpclink keymgr …`.
+pub fn run(args: KeymgrArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
+    let command = args.command.as_ref().unwrap_or(&KeymgrCommand::Run);
+    match command {
+        KeymgrCommand::Bench(b) => {
+            runtime()?
+                .block_on(bench::run(b))
+                .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeymgrCommand::Audit {
+            command: AuditCommand::Verify { log },
+        } => {
+            let path = match log {
+                Some(p) => p.clone(),
+                None => {
+                    let cfg =
+                        AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
+                    authority::StatePaths::new(&cfg.state_dir).audit
+                }
+            };
+            match audit::verify(&path) {
+                Ok(v) => {
+                    println!(
+                        "{}: {} lines, chain intact, head {}",
+                        path.display(),
+                        v.lines,
+                        v.head
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(fail(e)),
+            }
+        }
+        KeymgrCommand::Agent => {
+            let cfg = AgentConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
+            runtime()?.block_on(async {
+                let opts = AgentOptions::from_config(&cfg).map_err(|e| e.to_string())?;
+                let (agent, mut events) = KeyAgent::start(opts).await.map_err(|e| e.to_string())?;
+                eprintln!(
+                    "key agent {} listening on {}",
+                    agent.id(),
+                    agent
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                );
+                loop {
+                    tokio::select! {
+                        ev = events.recv() => match ev {
+                            // Events carry keys: only their kind is logged.
+                            Some(ev) => tracing::debug!("{}", event_kind(&ev)),
+                            None => break,
+                        },
+                        _ = tokio::signal::ctrl_c() => break,
+                    }
+                }
+                agent.shutdown();
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        KeymgrCommand::Run => {
+            let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
+            runtime()?.block_on(async {
+                let auth = Authority::start(&cfg).await.map_err(|e| e.to_string())?;
+                eprintln!(
+                    "key-plane authority listening on {}",
+                    auth.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                );
+                let _ = tokio::signal::ctrl_c().await;
+                auth.shutdown();
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        KeymgrCommand::Token {
+            command:
+                TokenCommand::Create {
+                    appliance,
+                    centre,
+                    tenant,
+                    ttl,
+                },
+        } => {
+            let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
+            let token = authority::create_token(&cfg, appliance, centre, tenant, *ttl)
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeymgrCommand::Revoke { appliance } => admin(
+            &args,
+            AdminRequest::Revoke {
+                appliance: appliance.clone(),
+            },
+        ),
+        KeymgrCommand::Rotate => admin(&args, AdminRequest::Rotate),
+        KeymgrCommand::Status => admin(&args, AdminRequest::Status),
+    }
+}
+
+fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
+    let cfg = AuthorityConfig::load(config_path(args)?).map_err(|e| e.to_string())?;
+    let reply = runtime()?
+        .block_on(authority::admin_request(&cfg.state_dir, &req))
+        .map_err(|e| e.to_string())?;
+    match reply {
+        AdminReply::Done(n) => {
+            println!("{n}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Status {
+            version,
+            appliances,
+            revoked,
+            rotation,
+            connected,
+        } => {
+            println!(
+                "directory version {version}, {appliances} appliances ({revoked} revoked, {connected} connected), rotation {rotation}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Error(e) => Ok(fail(e)),
+    }
+}
+
+fn event_kind(ev: &cpclink_keymgr::agent::SaEvent) -> String {
+    use cpclink_keymgr::agent::SaEvent;
+    match ev {
+        SaEvent::InstallTx(g) => format!("install tx SA {} towards {}", g.spi, g.peer),
+        SaEvent::InstallRx { peer, spi, .. } => format!("install rx SA {spi} from {peer}"),
+        SaEvent::RetireRx { spis } => format!("retire {} rx SAs", spis.len()),
+        SaEvent::RetirePeer { peer } => format!("retire every SA with {peer}"),
+        SaEvent::Rotated { generation, epoch } => {
+            format!("rotated to generation {generation}, epoch {epoch}")
+        }
+        SaEvent::Revoked { appliance } => format!("{appliance} revoked"),
+    }
+}

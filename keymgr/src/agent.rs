@@ -1,0 +1,993 @@
+//! The key agent inside every appliance.
+//!
+//! It owns the appliance's two master-key generations (generated here, persisted only
+//! sealed under the KEK), grants SAs to authorised peers, fetches transmit SAs from peers'
+//! agents, obeys rotation orders and enforces revocations. The data plane consumes it
+//! through [`SaEvent`]s and [`KeyAgent::request_sa`].
+//!
+//! SPIs are allocated from a counter whose high-water mark is reserved in the store *before*
+//! any SPI below it is granted, so a crash can skip SPIs but never hand one out twice. The
+//! counter is never reset by a rotation: every SPI this appliance ever grants is distinct.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::crypto::{SaKey, Suite};
+use cpclink_dataplane::sa::{MasterKeys, Spi, SpiAllocator};
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Mutex};
+use zeroize::Zeroizing;
+
+use crate::config::AgentConfig;
+use crate::directory::{Change, Directory};
+use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
+use crate::proto::{self, Message};
+use crate::seal::{random_bytes, Kek};
+use crate::store::{RedbStore, Store, Write};
+use crate::{tls, Error, Result};
+
+/// SPIs reserved per store write: a crash skips at most this many.
+const SPI_BLOCK: u32 = 64;
+/// How long an SA request may take before the connection is presumed dead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// QUIC close code an agent uses towards a revoked or unauthorised peer.
+pub const CLOSE_UNAUTHORISED: u32 = 0x41;
+
+/// A transmit SA obtained from a peer's agent.
+#[derive(Debug, Clone)]
+pub struct TxSaGrant {
+    /// The peer that will receive with this SA.
+    pub peer: String,
+    /// The SPI the peer allocated.
+    pub spi: Spi,
+    /// The suite.
+    pub suite: Suite,
+    /// The SA key.
+    pub key: SaKey,
+    /// The peer's key epoch the SPI's generation holds.
+    pub epoch: u64,
+    /// When the SA should have been replaced by.
+    pub expires: Instant,
+}
+
+/// What the data plane must do.
+#[derive(Debug, Clone)]
+pub enum SaEvent {
+    /// Replace the transmit SA towards `peer` (after a peer's rotation, or before the
+    /// current one expires). The old one stays usable until the peer retires it.
+    InstallTx(TxSaGrant),
+    /// This agent granted `peer` an SA: install the receive side.
+    InstallRx {
+        /// The peer that will send.
+        peer: String,
+        /// The SPI granted.
+        spi: Spi,
+        /// The suite.
+        suite: Suite,
+        /// The SA key.
+        key: SaKey,
+    },
+    /// A rotation overwrote the generation these receive SAs derived from: drop them.
+    RetireRx {
+        /// The SPIs to drop.
+        spis: Vec<Spi>,
+    },
+    /// Drop every SA with `peer`, both directions.
+    RetirePeer {
+        /// The peer.
+        peer: String,
+    },
+    /// The master keys rotated.
+    Rotated {
+        /// The generation (0 or 1) now current.
+        generation: u8,
+        /// The new epoch (counts every rotation).
+        epoch: u64,
+    },
+    /// An appliance was revoked.
+    Revoked {
+        /// The appliance.
+        appliance: String,
+    },
+}
+
+/// Everything a key agent needs to start.
+#[derive(Debug)]
+pub struct AgentOptions {
+    /// This appliance's id.
+    pub appliance: String,
+    /// The authority's control address.
+    pub authority: SocketAddr,
+    /// Where to accept peers' SA requests.
+    pub listen: SocketAddr,
+    /// Where the agent's store lives.
+    pub state_dir: PathBuf,
+    /// The key-encryption key.
+    pub kek: Kek,
+    /// The CA certificate.
+    pub ca_cert: CertificateDer<'static>,
+    /// A one-time enrolment token, needed until enrolled.
+    pub token: Option<Zeroizing<String>>,
+    /// Data-plane endpoints to publish.
+    pub endpoints: Vec<String>,
+    /// Capabilities to publish.
+    pub capabilities: Vec<String>,
+    /// The suite of SAs this agent asks for.
+    pub suite: Suite,
+    /// Lifetime of SAs this agent grants.
+    pub sa_lifetime: Duration,
+    /// How long a rotation waits for peers to leave the generation it overwrites.
+    pub rekey_grace: Duration,
+}
+
+impl AgentOptions {
+    /// Options from a config file.
+    pub fn from_config(cfg: &AgentConfig) -> Result<Self> {
+        let ca_pem = std::fs::read_to_string(&cfg.ca_cert).map_err(|e| Error::Config {
+            file: cfg.ca_cert.clone(),
+            field: "ca_cert".into(),
+            reason: format!("cannot read ({e}); copy the authority's ca.pem here"),
+        })?;
+        let token = match &cfg.token_file {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => Some(Zeroizing::new(t.trim().to_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
+            },
+            None => None,
+        };
+        Ok(Self {
+            appliance: cfg.appliance.clone(),
+            authority: cfg.authority,
+            listen: cfg.listen,
+            state_dir: cfg.state_dir.clone(),
+            kek: Kek::load(&cfg.kek_file, "kek_file")?,
+            ca_cert: pki::cert_from_pem(&ca_pem)?,
+            token,
+            endpoints: cfg.endpoints.clone(),
+            capabilities: cfg.capabilities.clone(),
+            suite: Suite::from_version(cfg.suite)?,
+            sa_lifetime: Duration::from_secs(cfg.sa_lifetime_secs),
+            rekey_grace: Duration::from_millis(cfg.rekey_grace_ms),
+        })
+    }
+}
+
+/// The sealed form of the master keys.
+#[derive(Serialize, Deserialize)]
+struct SealedKeys {
+    epoch: u64,
+    epochs: [u64; 2],
+    current: u8,
+    keys: [String; 2],
+}
+
+struct KeyState {
+    keys: MasterKeys,
+    epochs: [u64; 2],
+    alloc: SpiAllocator,
+    reserved: [u32; 2],
+    last_rotation: u64,
+    /// SPIs granted, by peer; kept to retire them and to tell the peers about rotations.
+    grants: HashMap<String, Vec<Spi>>,
+}
+
+impl KeyState {
+    fn epoch(&self) -> u64 {
+        self.epochs[usize::from(self.keys.current_generation())]
+    }
+}
+
+struct Inner {
+    id: String,
+    store: RedbStore,
+    kek: Kek,
+    suite: Suite,
+    sa_lifetime: Duration,
+    rekey_grace: Duration,
+    keys: Mutex<KeyState>,
+    directory: StdMutex<Directory>,
+    version: watch::Sender<u64>,
+    events: mpsc::UnboundedSender<SaEvent>,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    outbound: Mutex<HashMap<String, quinn::Connection>>,
+    inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
+    tx_expiry: StdMutex<HashMap<String, Instant>>,
+    authority: SocketAddr,
+    publish: (Vec<String>, Vec<String>),
+}
+
+/// A running key agent. Cloning shares it.
+#[derive(Clone)]
+pub struct KeyAgent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KeyAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAgent")
+            .field("appliance", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_label(id: &str) -> String {
+    format!("master-keys/{id}")
+}
+
+impl KeyAgent {
+    /// Opens the agent's store, enrols if it has no certificate yet, and starts serving
+    /// peers and following the authority. Returns the agent and its event stream.
+    pub async fn start(opts: AgentOptions) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
+        let store = RedbStore::open(&opts.state_dir.join("agent.redb"))?;
+        let endpoint = quinn::Endpoint::client(opts.listen)
+            .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
+        let control = endpoint
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound control address", e))?;
+
+        let identity = match load_identity(&store, &opts.kek, &opts.appliance).await? {
+            Some(id) => id,
+            None => {
+                let token = opts.token.as_ref().ok_or_else(|| Error::Config {
+                    file: opts.state_dir.clone(),
+                    field: "token_file".into(),
+                    reason: "not enrolled yet and no enrolment token: create one with `cpclink keymgr token create` and point token_file at it".into(),
+                })?;
+                enrol(&endpoint, &opts, token, control, &store).await?
+            }
+        };
+        endpoint.set_server_config(Some(tls::server_config(&opts.ca_cert, &identity, true)?));
+        let client = tls::client_config(&opts.ca_cert, Some(&identity))?;
+        let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
+
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let agent = Self {
+            inner: Arc::new(Inner {
+                id: opts.appliance,
+                store,
+                kek: opts.kek,
+                suite: opts.suite,
+                sa_lifetime: opts.sa_lifetime,
+                rekey_grace: opts.rekey_grace,
+                keys: Mutex::new(keys),
+                directory: StdMutex::new(Directory::default()),
+                version: watch::channel(0).0,
+                events,
+                endpoint,
+                client,
+                outbound: Mutex::new(HashMap::new()),
+                inbound: StdMutex::new(HashMap::new()),
+                tx_expiry: StdMutex::new(HashMap::new()),
+                authority: opts.authority,
+                publish: (opts.endpoints, opts.capabilities),
+            }),
+        };
+        tokio::spawn(agent.clone().accept_loop());
+        tokio::spawn(agent.clone().feed_loop());
+        tokio::spawn(agent.clone().refresh_loop());
+        Ok((agent, events_rx))
+    }
+
+    /// This appliance's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Where the agent accepts peers.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.local_addr().ok()
+    }
+
+    /// The directory version applied; changes as deltas arrive.
+    pub fn directory_version(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// A copy of the agent's directory.
+    pub fn directory(&self) -> Directory {
+        self.dir().clone()
+    }
+
+    /// The current key epoch (counts rotations since the agent was created).
+    pub async fn epoch(&self) -> u64 {
+        self.inner.keys.lock().await.epoch()
+    }
+
+    /// Stops the agent: closes the endpoint and every connection.
+    pub fn shutdown(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    fn dir(&self) -> std::sync::MutexGuard<'_, Directory> {
+        // Poisoning would mean a panic while applying a delta; the copy is still consistent
+        // per field, and the next snapshot replaces it anyway.
+        self.inner
+            .directory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn emit(&self, event: SaEvent) {
+        // The receiver gone means the data plane stopped; nothing is left to tell.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Grants `peer` an SA towards this appliance, if policy allows it.
+    pub async fn grant(&self, peer: &str, suite: Suite) -> Result<(Spi, SaKey, u64)> {
+        if !self.dir().allows(&self.inner.id, peer) {
+            return Err(Error::NotAuthorised(format!(
+                "{peer} may not talk to {}",
+                self.inner.id
+            )));
+        }
+        let mut ks = self.inner.keys.lock().await;
+        let generation = ks.keys.current_generation();
+        let slot = usize::from(generation);
+        if ks.alloc.next_indices()[slot] >= ks.reserved[slot] {
+            let mut reserved = ks.reserved;
+            reserved[slot] = ks.alloc.next_indices()[slot].saturating_add(SPI_BLOCK);
+            // Durable before any SPI below the mark is granted.
+            self.inner
+                .store
+                .put("spi/reserved", &crate::store::json(&reserved))
+                .await?;
+            ks.reserved = reserved;
+        }
+        let spi = ks.alloc.allocate(generation)?;
+        let key = ks.keys.derive(spi, suite)?;
+        let epoch = ks.epochs[slot];
+        ks.grants.entry(peer.to_owned()).or_default().push(spi);
+        drop(ks);
+        self.emit(SaEvent::InstallRx {
+            peer: peer.to_owned(),
+            spi,
+            suite,
+            key: key.clone(),
+        });
+        Ok((spi, key, epoch))
+    }
+
+    async fn connection_to(&self, peer: &str) -> Result<quinn::Connection> {
+        let mut out = self.inner.outbound.lock().await;
+        if let Some(c) = out.get(peer) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr: SocketAddr = self
+            .dir()
+            .appliances
+            .get(peer)
+            .and_then(|e| e.control.parse().ok())
+            .ok_or_else(|| Error::NotAuthorised(format!("{peer} has no control address")))?;
+        // The server name is the peer's id: TLS checks its certificate names it.
+        let conn = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client.clone(), addr, peer)?
+            .await?;
+        out.insert(peer.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Obtains a transmit SA towards `peer` from its agent.
+    pub async fn request_sa(&self, peer: &str) -> Result<TxSaGrant> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.request_sa_once(peer)).await {
+            Ok(Ok(grant)) => Ok(grant),
+            outcome => {
+                // The cached connection may lead to a peer that crashed: start afresh next time.
+                if let Some(c) = self.inner.outbound.lock().await.remove(peer) {
+                    c.close(0u32.into(), b"request failed");
+                }
+                match outcome {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(Error::Timeout(format!("SA request to {peer}"))),
+                }
+            }
+        }
+    }
+
+    async fn request_sa_once(&self, peer: &str) -> Result<TxSaGrant> {
+        if !self.dir().allows(&self.inner.id, peer) {
+            return Err(Error::NotAuthorised(format!(
+                "{} may not talk to {peer}",
+                self.inner.id
+            )));
+        }
+        let conn = self.connection_to(peer).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        proto::write_frame(
+            &mut send,
+            &Message::SaRequest {
+                suite: self.inner.suite.version(),
+            },
+        )
+        .await?;
+        send.finish()?;
+        let reply: Option<Message> = proto::read_frame(&mut recv).await?;
+        match reply {
+            Some(Message::SaGrant {
+                spi,
+                suite,
+                mut key,
+                epoch,
+                lifetime_secs,
+            }) => {
+                let sa_key = SaKey::from_slice(&key);
+                zeroize::Zeroize::zeroize(&mut key);
+                let grant = TxSaGrant {
+                    peer: peer.to_owned(),
+                    spi: Spi(spi),
+                    suite: Suite::from_version(suite)?,
+                    key: sa_key.ok_or_else(|| Error::Frame("SA key of a bad length".into()))?,
+                    epoch,
+                    expires: Instant::now() + Duration::from_secs(lifetime_secs),
+                };
+                self.tx_expiry().insert(peer.to_owned(), grant.expires);
+                Ok(grant)
+            }
+            Some(Message::Error { reason }) => Err(Error::Refused(reason)),
+            Some(other) => Err(Error::Frame(format!("unexpected reply {other:?}"))),
+            None => Err(Error::Refused("peer closed the stream".into())),
+        }
+    }
+
+    fn tx_expiry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.inner
+            .tx_expiry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn inbound(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<quinn::Connection>>> {
+        self.inner
+            .inbound
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn refetch(&self, peer: &str) {
+        match self.request_sa(peer).await {
+            Ok(grant) => self.emit(SaEvent::InstallTx(grant)),
+            Err(e) => tracing::warn!("re-fetching the SA towards {peer} failed: {e}"),
+        }
+    }
+
+    async fn notify(&self, peer: &str, epoch: u64) -> Result<()> {
+        let conn = self.connection_to(peer).await?;
+        let (mut send, _recv) = conn.open_bi().await?;
+        proto::write_frame(&mut send, &Message::RekeyNotice { epoch }).await?;
+        send.finish()?;
+        Ok(())
+    }
+
+    /// Rotates the master keys for the authority's rotation `rotation` (a rotation already
+    /// obeyed is not repeated). Make-before-break: peers still holding SAs of the generation
+    /// about to be overwritten are asked to re-fetch first, and every peer is told of the
+    /// new generation afterwards. Returns the epoch now current.
+    pub async fn rotate(&self, rotation: u64) -> Result<u64> {
+        let next = {
+            let ks = self.inner.keys.lock().await;
+            if rotation != 0 && rotation <= ks.last_rotation {
+                return Ok(ks.epoch());
+            }
+            ks.keys.current_generation() ^ 1
+        };
+        let deadline = Instant::now() + self.inner.rekey_grace;
+        let mut asked = false;
+        loop {
+            let stragglers: Vec<String> = {
+                let ks = self.inner.keys.lock().await;
+                ks.grants
+                    .iter()
+                    .filter(|(_, spis)| spis.last().is_some_and(|s| s.generation() == next))
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            };
+            if stragglers.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            if !asked {
+                let epoch = self.epoch().await;
+                for p in &stragglers {
+                    let _ = self.notify(p, epoch).await;
+                }
+                asked = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut ks = self.inner.keys.lock().await;
+        if rotation != 0 && rotation <= ks.last_rotation {
+            return Ok(ks.epoch());
+        }
+        let new_key = random_bytes::<32>()?;
+        let mut keys = ks.keys.clone();
+        let generation = keys.rotate(*new_key);
+        let mut epochs = ks.epochs;
+        epochs[usize::from(generation)] = ks.epoch() + 1;
+        let last_rotation = rotation.max(ks.last_rotation);
+        // Durable before the new generation is used or announced.
+        let sealed = seal_keys(&self.inner.kek, &self.inner.id, &keys, epochs)?;
+        self.inner
+            .store
+            .apply(vec![
+                Write::Put("keys".into(), sealed),
+                Write::Put("rotation".into(), crate::store::json(&last_rotation)),
+            ])
+            .await?;
+        ks.keys = keys;
+        ks.epochs = epochs;
+        ks.last_rotation = last_rotation;
+        let epoch = ks.epoch();
+        let mut retired = Vec::new();
+        for spis in ks.grants.values_mut() {
+            spis.retain(|s| {
+                let keep = s.generation() != generation;
+                if !keep {
+                    retired.push(*s);
+                }
+                keep
+            });
+        }
+        ks.grants.retain(|_, spis| !spis.is_empty());
+        let peers: Vec<String> = ks.grants.keys().cloned().collect();
+        drop(ks);
+        if !retired.is_empty() {
+            self.emit(SaEvent::RetireRx { spis: retired });
+        }
+        self.emit(SaEvent::Rotated { generation, epoch });
+        for peer in peers {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.notify(&peer, epoch).await {
+                    tracing::debug!("telling {peer} of the rotation failed: {e}");
+                }
+            });
+        }
+        Ok(epoch)
+    }
+
+    fn enforce_revocation(&self, appliance: &str) {
+        self.emit(SaEvent::Revoked {
+            appliance: appliance.to_owned(),
+        });
+        self.emit(SaEvent::RetirePeer {
+            peer: appliance.to_owned(),
+        });
+        self.tx_expiry().remove(appliance);
+        for conn in self.inbound().remove(appliance).unwrap_or_default() {
+            conn.close(CLOSE_UNAUTHORISED.into(), b"revoked");
+        }
+        let this = self.clone();
+        let appliance = appliance.to_owned();
+        tokio::spawn(async move {
+            if let Some(c) = this.inner.outbound.lock().await.remove(&appliance) {
+                c.close(CLOSE_UNAUTHORISED.into(), b"revoked");
+            }
+            this.inner.keys.lock().await.grants.remove(&appliance);
+        });
+    }
+
+    async fn accept_loop(self) {
+        while let Some(incoming) = self.inner.endpoint.accept().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.serve_peer(incoming).await {
+                    tracing::debug!("peer connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn serve_peer(self, incoming: quinn::Incoming) -> Result<()> {
+        let conn = incoming.await?;
+        let peer = tls::peer_identity(&conn)
+            .ok_or_else(|| Error::NotAuthorised("peer without a certificate".into()))?
+            .appliance;
+        if !self.dir().allows(&self.inner.id, &peer) {
+            conn.close(CLOSE_UNAUTHORISED.into(), b"not authorised");
+            return Err(Error::NotAuthorised(peer));
+        }
+        self.inbound()
+            .entry(peer.clone())
+            .or_default()
+            .push(conn.clone());
+        let result = self.serve_streams(&conn, &peer).await;
+        // Forget the closed connection so revocation has only live ones to close.
+        if let Some(conns) = self.inbound().get_mut(&peer) {
+            conns.retain(|c| c.stable_id() != conn.stable_id());
+        }
+        result
+    }
+
+    async fn serve_streams(&self, conn: &quinn::Connection, peer: &str) -> Result<()> {
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let this = self.clone();
+            let peer = peer.to_owned();
+            tokio::spawn(async move {
+                let reply = match proto::read_frame::<_, Message>(&mut recv).await {
+                    Ok(Some(Message::SaRequest { suite })) => match Suite::from_version(suite) {
+                        Ok(suite) => match this.grant(&peer, suite).await {
+                            Ok((spi, key, epoch)) => Message::SaGrant {
+                                spi: spi.0,
+                                suite: suite.version(),
+                                key: key.as_bytes().to_vec(),
+                                epoch,
+                                lifetime_secs: this.inner.sa_lifetime.as_secs(),
+                            },
+                            Err(e) => Message::Error {
+                                reason: e.to_string(),
+                            },
+                        },
+                        Err(e) => Message::Error {
+                            reason: e.to_string(),
+                        },
+                    },
+                    Ok(Some(Message::RekeyNotice { .. })) => {
+                        if this.dir().allows(&this.inner.id, &peer) {
+                            this.refetch(&peer).await;
+                        }
+                        return;
+                    }
+                    Ok(Some(_)) => Message::Error {
+                        reason: "peers may send only SaRequest and RekeyNotice".into(),
+                    },
+                    Ok(None) => return,
+                    Err(e) => Message::Error {
+                        reason: e.to_string(),
+                    },
+                };
+                let mut reply = reply;
+                let _ = proto::write_frame(&mut send, &reply).await;
+                reply.zeroize();
+                let _ = send.finish();
+            });
+        }
+    }
+
+    async fn feed_loop(self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.follow_authority().await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(Error::Quic(e)) if e.contains("endpoint stopping") => return,
+                Err(e) => tracing::debug!("authority feed lost: {e}"),
+            }
+            if self.inner.endpoint.local_addr().is_err() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn follow_authority(&self) -> Result<()> {
+        let conn = self
+            .inner
+            .endpoint
+            .connect_with(
+                self.inner.client.clone(),
+                self.inner.authority,
+                AUTHORITY_NAME,
+            )?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let control = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        proto::write_frame(
+            &mut send,
+            &Message::Subscribe {
+                control,
+                endpoints: self.inner.publish.0.clone(),
+                capabilities: self.inner.publish.1.clone(),
+            },
+        )
+        .await?;
+        let (acks, mut acks_rx) = mpsc::unbounded_channel::<Message>();
+        let mut pending = Directory::default();
+        loop {
+            tokio::select! {
+                ack = acks_rx.recv() => {
+                    if let Some(ack) = ack {
+                        proto::write_frame(&mut send, &ack).await?;
+                    }
+                }
+                msg = proto::read_frame::<_, Message>(&mut recv) => match msg? {
+                    None => return Ok(()),
+                    Some(Message::Snapshot { version, rotation, appliances, rules, last }) => {
+                        for e in appliances {
+                            pending.appliances.insert(e.id.clone(), e);
+                        }
+                        if last {
+                            pending.version = version;
+                            pending.rules = rules;
+                            let fresh = std::mem::take(&mut pending);
+                            self.install_snapshot(fresh);
+                            proto::write_frame(&mut send, &Message::Applied { version }).await?;
+                            self.spawn_rotation(rotation, acks.clone());
+                        }
+                    }
+                    Some(Message::Delta(delta)) => {
+                        let version = delta.version;
+                        let applied = self.dir().apply(&delta);
+                        if applied {
+                            if let Change::Revoke(id) = &delta.change {
+                                self.enforce_revocation(id);
+                            }
+                            self.inner.version.send_replace(version);
+                        }
+                        proto::write_frame(&mut send, &Message::Applied { version }).await?;
+                    }
+                    Some(Message::RotateOrder { rotation }) => self.spawn_rotation(rotation, acks.clone()),
+                    Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
+                    Some(other) => return Err(Error::Frame(format!("unexpected {other:?} on the feed"))),
+                },
+            }
+        }
+    }
+
+    fn install_snapshot(&self, fresh: Directory) {
+        let version = fresh.version;
+        let newly_revoked: Vec<String> = {
+            let mut dir = self.dir();
+            let revoked = fresh
+                .appliances
+                .values()
+                .filter(|e| e.revoked && dir.is_active(&e.id))
+                .map(|e| e.id.clone())
+                .collect();
+            *dir = fresh;
+            revoked
+        };
+        for id in newly_revoked {
+            self.enforce_revocation(&id);
+        }
+        self.inner.version.send_replace(version);
+    }
+
+    fn spawn_rotation(&self, rotation: u64, acks: mpsc::UnboundedSender<Message>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (last, epoch) = {
+                let ks = this.inner.keys.lock().await;
+                (ks.last_rotation, ks.epoch())
+            };
+            if rotation <= last {
+                // Already done (perhaps before a reconnect lost the acknowledgement): say so
+                // again so the authority knows where this appliance stands.
+                if last > 0 {
+                    let _ = acks.send(Message::Rotated {
+                        rotation: last,
+                        epoch,
+                    });
+                }
+                return;
+            }
+            match this.rotate(rotation).await {
+                Ok(epoch) => {
+                    let _ = acks.send(Message::Rotated { rotation, epoch });
+                }
+                Err(e) => tracing::error!("rotation {rotation} failed: {e}"),
+            }
+        });
+    }
+
+    async fn refresh_loop(self) {
+        let period = (self.inner.sa_lifetime / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(period).await;
+            if self.inner.endpoint.local_addr().is_err() {
+                return;
+            }
+            let soon = Instant::now() + self.inner.sa_lifetime / 5;
+            let due: Vec<String> = self
+                .tx_expiry()
+                .iter()
+                .filter(|(_, e)| **e <= soon)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for peer in due {
+                self.refetch(&peer).await;
+            }
+        }
+    }
+}
+
+fn seal_keys(kek: &Kek, id: &str, keys: &MasterKeys, epochs: [u64; 2]) -> Result<Vec<u8>> {
+    let sealed = SealedKeys {
+        epoch: epochs[usize::from(keys.current_generation())],
+        epochs,
+        current: keys.current_generation(),
+        keys: [
+            keys.key(0).map(hex::encode).unwrap_or_default(),
+            keys.key(1).map(hex::encode).unwrap_or_default(),
+        ],
+    };
+    let plain = Zeroizing::new(serde_json::to_vec(&sealed).unwrap_or_default());
+    let SealedKeys {
+        keys: [mut k0, mut k1],
+        ..
+    } = sealed;
+    zeroize::Zeroize::zeroize(&mut k0);
+    zeroize::Zeroize::zeroize(&mut k1);
+    kek.seal(&key_label(id), &plain)
+}
+
+async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<KeyState> {
+    let reserved: [u32; 2] = crate::store::get_json(store, "spi/reserved")
+        .await?
+        .unwrap_or([1, 1]);
+    let last_rotation: u64 = crate::store::get_json(store, "rotation")
+        .await?
+        .unwrap_or(0);
+    let (keys, epochs) = match store.get("keys").await? {
+        Some(blob) => {
+            let plain = kek.open(&key_label(id), &blob)?;
+            let mut sealed: SealedKeys =
+                serde_json::from_slice(&plain).map_err(|e| Error::CorruptRecord {
+                    key: "keys".into(),
+                    reason: e.to_string(),
+                })?;
+            let decode = |h: &str| -> Option<[u8; 32]> {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(h, &mut k).ok().map(|()| k)
+            };
+            let k0 = decode(&sealed.keys[0]);
+            let k1 = decode(&sealed.keys[1]);
+            zeroize::Zeroize::zeroize(&mut sealed.keys[0]);
+            zeroize::Zeroize::zeroize(&mut sealed.keys[1]);
+            let keys = match (k0, k1) {
+                (Some(a), Some(b)) => MasterKeys::with_generations(a, b, sealed.current),
+                (Some(a), None) if sealed.current == 0 => MasterKeys::new(a),
+                _ => {
+                    return Err(Error::CorruptRecord {
+                        key: "keys".into(),
+                        reason: "the current generation's key is missing".into(),
+                    })
+                }
+            };
+            (keys, sealed.epochs)
+        }
+        None => {
+            let keys = MasterKeys::new(*random_bytes::<32>()?);
+            let epochs = [1, 0];
+            store
+                .put("keys", &seal_keys(kek, id, &keys, epochs)?)
+                .await?;
+            (keys, epochs)
+        }
+    };
+    Ok(KeyState {
+        keys,
+        epochs,
+        // Resume at the reserved mark: SPIs between the last grant and the mark are skipped.
+        alloc: SpiAllocator::resume(reserved),
+        reserved,
+        last_rotation,
+        grants: HashMap::new(),
+    })
+}
+
+async fn load_identity(store: &RedbStore, kek: &Kek, id: &str) -> Result<Option<KeyedCert>> {
+    let (Some(cert), Some(key)) = (
+        store.get("identity/cert").await?,
+        store.get("identity/key").await?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(KeyedCert {
+        cert: CertificateDer::from(cert),
+        key: kek.open(&format!("identity/{id}"), &key)?,
+    }))
+}
+
+async fn enrol(
+    endpoint: &quinn::Endpoint,
+    opts: &AgentOptions,
+    token: &str,
+    control: SocketAddr,
+    store: &RedbStore,
+) -> Result<KeyedCert> {
+    let (key, csr) = pki::appliance_csr(&opts.appliance)?;
+    let client = tls::client_config(&opts.ca_cert, None)?;
+    let conn = endpoint
+        .connect_with(client, opts.authority, AUTHORITY_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    proto::write_frame(
+        &mut send,
+        &Message::Enrol {
+            token: token.to_owned(),
+            csr,
+            control: control.to_string(),
+            endpoints: opts.endpoints.clone(),
+            capabilities: opts.capabilities.clone(),
+        },
+    )
+    .await?;
+    send.finish()?;
+    let reply: Option<Message> = proto::read_frame(&mut recv).await?;
+    conn.close(0u32.into(), b"enrolled");
+    let cert = match reply {
+        Some(Message::Enrolled { cert }) => cert,
+        Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
+        other => {
+            return Err(Error::Frame(format!(
+                "unexpected enrolment reply {other:?}"
+            )))
+        }
+    };
+    let named = pki::identity_of(&cert)?;
+    if named.appliance != opts.appliance {
+        return Err(Error::Certificate(format!(
+            "the authority issued a certificate for {} but this agent is {}",
+            named.appliance, opts.appliance
+        )));
+    }
+    store
+        .apply(vec![
+            Write::Put("identity/cert".into(), cert.clone()),
+            Write::Put(
+                "identity/key".into(),
+                opts.kek
+                    .seal(&format!("identity/{}", opts.appliance), &key)?,
+            ),
+        ])
+        .await?;
+    Ok(KeyedCert {
+        cert: CertificateDer::from(cert),
+        key,
+    })
+}
+
+/// Enrols with `token` over a fresh connection, without starting an agent; returns the
+/// certificate and its key. For tests and tools that only exercise enrolment.
+pub async fn enrol_only(
+    authority: SocketAddr,
+    ca: &CertificateDer<'static>,
+    appliance: &str,
+    token: &str,
+) -> Result<KeyedCert> {
+    let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())
+        .map_err(|e| Error::io("binding a client endpoint", e))?;
+    let (key, csr) = pki::appliance_csr(appliance)?;
+    let conn = endpoint
+        .connect_with(tls::client_config(ca, None)?, authority, AUTHORITY_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    proto::write_frame(
+        &mut send,
+        &Message::Enrol {
+            token: token.to_owned(),
+            csr,
+            control: String::new(),
+            endpoints: Vec::new(),
+            capabilities: Vec::new(),
+        },
+    )
+    .await?;
+    send.finish()?;
+    let reply: Option<Message> = proto::read_frame(&mut recv).await?;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    match reply {
+        Some(Message::Enrolled { cert }) => Ok(KeyedCert {
+            cert: CertificateDer::from(cert),
+            key,
+        }),
+        Some(Message::Error { reason }) => Err(Error::Refused(reason)),
+        other => Err(Error::Frame(format!(
+            "unexpected enrolment reply {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,425 @@
+//! The audit log: every enrolment, issuance, rotation and revocation as one JSON line, each
+//! carrying the SHA-256 of its predecessor, so editing, deleting or reordering any line
+//! breaks the chain.
+//!
+//! Line `n` is `{"seq":n,"time":…,"event":{…},"prev":"<hex>","hash":"<hex>"}` where
+//! `hash = SHA-256(prev ‖ canonical JSON of {seq, time, event})` and the first `prev` is 32
+//! zero bytes. A sidecar file `<log>.head` holds the last `seq` and `hash` so that cutting
+//! lines off the end is detected too.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// An enrolment token was minted.
+    TokenCreated {
+        /// The token's id (not its secret).
+        token_id: String,
+        /// The appliance it enrols.
+        appliance: String,
+    },
+    /// An appliance redeemed a token and received a certificate.
+    Enrolled {
+        /// The appliance id.
+        appliance: String,
+        /// Its centre.
+        centre: String,
+        /// The certificate serial, hex.
+        serial: String,
+    },
+    /// The directory or policy changed.
+    DirectoryChanged {
+        /// The new directory version.
+        version: u64,
+        /// What changed, in words.
+        change: String,
+    },
+    /// A master-key rotation was ordered.
+    RotationOrdered {
+        /// The rotation's sequence number.
+        rotation: u64,
+    },
+    /// An appliance confirmed it rotated to a new generation.
+    Rotated {
+        /// The appliance.
+        appliance: String,
+        /// Its new key epoch.
+        epoch: u64,
+    },
+    /// An appliance was revoked.
+    Revoked {
+        /// The appliance.
+        appliance: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    seq: u64,
+    time: u64,
+    event: &'a AuditEvent,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// Unix time in milliseconds.
+    pub time: u64,
+    /// The event.
+    pub event: AuditEvent,
+    /// The hash of the previous line, hex.
+    pub prev: String,
+    /// This line's hash, hex.
+    pub hash: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+fn chain_hash(prev: &[u8; 32], seq: u64, time: u64, event: &AuditEvent) -> [u8; 32] {
+    let body = serde_json::to_vec(&Body { seq, time, event }).unwrap_or_default();
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(prev);
+    ctx.update(&body);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn head_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".head");
+    PathBuf::from(p)
+}
+
+/// The outcome of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Lines in the chain.
+    pub lines: u64,
+    /// The hash of the last line, hex (publish it to anchor the log).
+    pub head: String,
+}
+
+/// Checks every line of the log at `path` and its head file.
+pub fn verify(path: &Path) -> Result<Verified> {
+    let (records, torn) = read_chain(path)?;
+    if torn {
+        return Err(Error::AuditBroken {
+            path: path.to_owned(),
+            line: records.len() + 1,
+            reason: "incomplete last line".into(),
+        });
+    }
+    check_head(path, &records)?;
+    Ok(Verified {
+        lines: records.len() as u64,
+        head: records
+            .last()
+            .map_or_else(|| hex::encode([0u8; 32]), |r| r.hash.clone()),
+    })
+}
+
+fn check_head(path: &Path, records: &[AuditRecord]) -> Result<()> {
+    let hp = head_path(path);
+    let head: Head = match std::fs::read(&hp) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::AuditBroken {
+            path: hp.clone(),
+            line: 1,
+            reason: format!("unreadable head file: {e}"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && records.is_empty() => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", hp.display()), e)),
+    };
+    // The head is written after the line, so a crash may leave it one line behind, never ahead.
+    let anchored = head
+        .seq
+        .checked_sub(1)
+        .and_then(|i| records.get(i as usize));
+    match anchored {
+        Some(r) if r.hash == head.hash && records.len() as u64 <= head.seq + 1 => Ok(()),
+        Some(r) if r.hash == head.hash => Err(Error::AuditBroken {
+            path: path.to_owned(),
+            line: records.len(),
+            reason: format!("{} lines but head says {}", records.len(), head.seq),
+        }),
+        None if head.seq == 0 => Ok(()),
+        _ => Err(Error::AuditBroken {
+            path: path.to_owned(),
+            line: records.len(),
+            reason: format!(
+                "log ends at line {} but its head file names line {} with another hash: lines were removed or rewritten",
+                records.len(),
+                head.seq
+            ),
+        }),
+    }
+}
+
+/// Reads and checks the chain; returns the records and whether the last line was torn
+/// (written only in part, without its newline).
+fn read_chain(path: &Path) -> Result<(Vec<AuditRecord>, bool)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut records = Vec::new();
+    let mut prev = [0u8; 32];
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            return Ok((records, false));
+        }
+        let lineno = records.len() + 1;
+        if !line.ends_with('\n') {
+            return Ok((records, true));
+        }
+        let broken = |reason: String| Error::AuditBroken {
+            path: path.to_owned(),
+            line: lineno,
+            reason,
+        };
+        let rec: AuditRecord = serde_json::from_str(line.trim_end())
+            .map_err(|e| broken(format!("not a record: {e}")))?;
+        if rec.seq != lineno as u64 {
+            return Err(broken(format!(
+                "sequence {} where {lineno} was expected",
+                rec.seq
+            )));
+        }
+        if rec.prev != hex::encode(prev) {
+            return Err(broken(
+                "does not follow the previous line (prev hash differs)".into(),
+            ));
+        }
+        let hash = chain_hash(&prev, rec.seq, rec.time, &rec.event);
+        if rec.hash != hex::encode(hash) {
+            return Err(broken(
+                "content does not match its hash (line edited)".into(),
+            ));
+        }
+        prev = hash;
+        records.push(rec);
+    }
+}
+
+/// An append-only, hash-chained audit log.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    seq: u64,
+    prev: [u8; 32],
+}
+
+impl AuditLog {
+    /// Opens the log, checking the whole chain first. A torn last line (a crash mid-write,
+    /// never acknowledged) is cut off; any other break refuses to open.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (records, torn) = read_chain(path)?;
+        check_head(path, &records)?;
+        if torn {
+            let good: u64 = records
+                .iter()
+                .map(|r| serde_json::to_string(r).map_or(0, |s| s.len() as u64 + 1))
+                .sum();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            f.set_len(good)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io(format!("truncating torn line of {}", path.display()), e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let (seq, prev) = match records.last() {
+            None => (0, [0u8; 32]),
+            Some(r) => {
+                let mut prev = [0u8; 32];
+                hex::decode_to_slice(&r.hash, &mut prev).map_err(|_| Error::AuditBroken {
+                    path: path.to_owned(),
+                    line: records.len(),
+                    reason: "hash is not hex".into(),
+                })?;
+                (r.seq, prev)
+            }
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            seq,
+            prev,
+        })
+    }
+
+    /// Appends `event` and makes it durable before returning.
+    pub fn append(&mut self, event: AuditEvent) -> Result<()> {
+        let seq = self.seq + 1;
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let hash = chain_hash(&self.prev, seq, time, &event);
+        let rec = AuditRecord {
+            seq,
+            time,
+            event,
+            prev: hex::encode(self.prev),
+            hash: hex::encode(hash),
+        };
+        let mut line = serde_json::to_string(&rec).unwrap_or_default();
+        line.push('\n');
+        let ctx = || format!("appending to {}", self.path.display());
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io(ctx(), e))?;
+        self.seq = seq;
+        self.prev = hash;
+        let head = serde_json::to_vec(&Head {
+            seq,
+            hash: rec.hash,
+        })
+        .unwrap_or_default();
+        let hp = head_path(&self.path);
+        let tmp = hp.with_extension("head.tmp");
+        std::fs::write(&tmp, head)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &hp))
+            .map_err(|e| Error::io(format!("writing {}", hp.display()), e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        for i in 0..n {
+            log.append(AuditEvent::Rotated {
+                appliance: format!("a{i}"),
+                epoch: i,
+            })
+            .unwrap();
+        }
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn write_lines(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn intact_chain_verifies_and_reopens() {
+        let (_d, path) = log_with(5);
+        assert_eq!(verify(&path).unwrap().lines, 5);
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(AuditEvent::Revoked {
+            appliance: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(verify(&path).unwrap().lines, 6);
+    }
+
+    #[test]
+    fn edited_line_is_detected() {
+        let (_d, path) = log_with(5);
+        let mut l = lines(&path);
+        l[2] = l[2].replace("\"a2\"", "\"evil\"");
+        write_lines(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(matches!(err, Error::AuditBroken { line: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn deleted_middle_line_is_detected() {
+        let (_d, path) = log_with(5);
+        let mut l = lines(&path);
+        l.remove(1);
+        write_lines(&path, &l);
+        assert!(matches!(
+            verify(&path),
+            Err(Error::AuditBroken { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn deleted_last_lines_are_detected_by_the_head() {
+        let (_d, path) = log_with(5);
+        let mut l = lines(&path);
+        l.truncate(3);
+        write_lines(&path, &l);
+        assert!(matches!(verify(&path), Err(Error::AuditBroken { .. })));
+    }
+
+    #[test]
+    fn reordered_lines_are_detected() {
+        let (_d, path) = log_with(5);
+        let mut l = lines(&path);
+        l.swap(1, 3);
+        write_lines(&path, &l);
+        assert!(matches!(
+            verify(&path),
+            Err(Error::AuditBroken { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_on_open_but_fails_verification_before() {
+        let (_d, path) = log_with(3);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":4,\"ti").unwrap();
+        assert!(verify(&path).is_err());
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(AuditEvent::Revoked {
+            appliance: "y".into(),
+        })
+        .unwrap();
+        assert_eq!(verify(&path).unwrap().lines, 4);
+    }
+
+    #[test]
+    fn open_refuses_a_broken_chain() {
+        let (_d, path) = log_with(3);
+        let mut l = lines(&path);
+        l.swap(0, 1);
+        write_lines(&path, &l);
+        assert!(AuditLog::open(&path).is_err());
+    }
+}

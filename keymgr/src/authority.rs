@@ -1,0 +1,774 @@
+//! The authority: CA and enrolment, the directory and policy, rotation orders, revocation
+//! and the audit log, serving appliances over QUIC and operators over a local socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch, Mutex};
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::{AuthorityConfig, StoreConfig};
+use crate::directory::{ApplianceEntry, Change, Delta, Directory, Rule};
+use crate::pki::{self, Ca, Identity, KeyedCert};
+use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
+use crate::seal::{random_bytes, Kek};
+use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
+use crate::token::{self, TokenClaims};
+use crate::{tls, Error, Result};
+
+/// QUIC application close code: the appliance was revoked.
+pub const CLOSE_REVOKED: u32 = 0x52;
+/// QUIC application close code: protocol violation.
+pub const CLOSE_PROTOCOL: u32 = 0x50;
+
+/// Files the authority keeps in its state directory.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    /// The CA certificate (PEM), handed to appliances.
+    pub ca_cert: PathBuf,
+    ca_key: PathBuf,
+    token_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    /// The audit log.
+    pub audit: PathBuf,
+    /// The operators' admin socket.
+    pub admin_socket: PathBuf,
+    redb: PathBuf,
+}
+
+impl StatePaths {
+    /// The paths under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            ca_cert: state_dir.join("ca.pem"),
+            ca_key: state_dir.join("ca.key.sealed"),
+            token_key: state_dir.join("token.key.sealed"),
+            server_cert: state_dir.join("authority.pem"),
+            server_key: state_dir.join("authority.key.sealed"),
+            audit: state_dir.join("audit.jsonl"),
+            admin_socket: state_dir.join("admin.sock"),
+            redb: state_dir.join("authority.redb"),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let ctx = |e| Error::io(format!("writing {}", path.display()), e);
+    std::fs::write(&tmp, bytes).map_err(ctx)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(ctx)?;
+    std::fs::rename(&tmp, path).map_err(ctx)?;
+    if let Some(dir) = path.parent() {
+        // The rename is durable only once the directory is.
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(ctx)?;
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// The CA, the authority's server certificate and the token key, created on first start
+/// and sealed under the KEK.
+struct Material {
+    ca: Ca,
+    server: KeyedCert,
+    token_key: Zeroizing<[u8; 32]>,
+}
+
+fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
+    if !paths.ca_cert.exists() {
+        let ca = Ca::generate("cpclink key-plane authority")?;
+        let server = ca.issue_authority()?;
+        let token_key = random_bytes::<32>()?;
+        write_durably(
+            &paths.token_key,
+            &kek.seal("token-key", token_key.as_ref())?,
+        )?;
+        write_durably(&paths.ca_key, &kek.seal("ca-key", &ca.key_der())?)?;
+        write_durably(&paths.server_key, &kek.seal("authority-key", &server.key)?)?;
+        write_durably(&paths.server_cert, pki::cert_pem(&server.cert).as_bytes())?;
+        // The CA certificate last: its presence marks the material complete.
+        write_durably(&paths.ca_cert, pki::cert_pem(&ca.cert_der()).as_bytes())?;
+    }
+    let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.ca_cert)?))?;
+    let ca_key = kek.open("ca-key", &read_file(&paths.ca_key)?)?;
+    let ca = Ca::load(&ca_cert, &ca_key)?;
+    let server = KeyedCert {
+        cert: pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.server_cert)?))?,
+        key: kek.open("authority-key", &read_file(&paths.server_key)?)?,
+    };
+    Ok(Material {
+        ca,
+        server,
+        token_key: load_token_key(paths, kek)?,
+    })
+}
+
+fn load_token_key(paths: &StatePaths, kek: &Kek) -> Result<Zeroizing<[u8; 32]>> {
+    let raw = kek.open("token-key", &read_file(&paths.token_key)?)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    if raw.len() != 32 {
+        return Err(Error::KeyWrap("token key has the wrong length"));
+    }
+    key.copy_from_slice(&raw);
+    Ok(key)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Mints an enrolment token from the sealed token key in `state_dir`, without a running
+/// authority (the daemon may hold the store). Returns the token.
+pub fn create_token(
+    cfg: &AuthorityConfig,
+    appliance: &str,
+    centre: &str,
+    tenant: &str,
+    ttl_secs: Option<u64>,
+) -> Result<String> {
+    if !pki::valid_id(appliance) {
+        return Err(Error::Config {
+            file: PathBuf::from("<command line>"),
+            field: "APPLIANCE".into(),
+            reason: format!("{appliance:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'"),
+        });
+    }
+    let paths = StatePaths::new(&cfg.state_dir);
+    let kek = Kek::load(&cfg.kek_file, "kek_file")?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
+    load_or_create_material(&paths, &kek)?;
+    let key = load_token_key(&paths, &kek)?;
+    let claims = TokenClaims {
+        id: hex::encode(*random_bytes::<16>()?),
+        appliance: appliance.to_owned(),
+        centre: centre.to_owned(),
+        tenant: tenant.to_owned(),
+        expires: now_secs() + ttl_secs.unwrap_or(cfg.token_ttl_secs),
+    };
+    Ok(token::mint(&key, &claims))
+}
+
+#[derive(Debug, Clone)]
+enum Push {
+    Delta(Delta),
+    Rotate(u64),
+}
+
+struct State {
+    dir: Directory,
+    rotation: u64,
+}
+
+struct Inner {
+    store: AnyStore,
+    audit: Arc<StdMutex<AuditLog>>,
+    ca: Ca,
+    ca_cert: rustls::pki_types::CertificateDer<'static>,
+    token_key: Zeroizing<[u8; 32]>,
+    cert_days: u64,
+    state: Mutex<State>,
+    feed: broadcast::Sender<Push>,
+    connections: StdMutex<HashMap<String, quinn::Connection>>,
+    rotated: watch::Sender<HashMap<String, u64>>,
+    endpoint: quinn::Endpoint,
+}
+
+/// A running authority. Dropping it does not stop it; call [`Authority::shutdown`].
+#[derive(Clone)]
+pub struct Authority {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Opens the state (creating the CA on first start) and starts serving.
+    pub async fn start(cfg: &AuthorityConfig) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
+        let paths = StatePaths::new(&cfg.state_dir);
+        let kek = Kek::load(&cfg.kek_file, "kek_file")?;
+        let material = load_or_create_material(&paths, &kek)?;
+        let store = match &cfg.store {
+            StoreConfig::Redb { path } => {
+                AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
+            }
+            StoreConfig::Etcd { endpoints, prefix } => {
+                AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
+            }
+        };
+        let audit = AuditLog::open(&paths.audit)?;
+
+        let mut dir = Directory::default();
+        for (key, bytes) in store.scan("appliance/").await? {
+            let e: ApplianceEntry =
+                serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+                    key,
+                    reason: e.to_string(),
+                })?;
+            dir.appliances.insert(e.id.clone(), e);
+        }
+        dir.version = store::get_json(&store, "meta/version").await?.unwrap_or(0);
+        dir.rules = store::get_json(&store, "meta/rules")
+            .await?
+            .unwrap_or_default();
+        let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
+
+        let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
+        let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
+            .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        let (feed, _) = broadcast::channel(4096);
+        let authority = Self {
+            inner: Arc::new(Inner {
+                store,
+                audit: Arc::new(StdMutex::new(audit)),
+                ca_cert: material.ca.cert_der(),
+                ca: material.ca,
+                token_key: material.token_key,
+                cert_days: cfg.cert_days,
+                state: Mutex::new(State { dir, rotation }),
+                feed,
+                connections: StdMutex::new(HashMap::new()),
+                rotated: watch::channel(HashMap::new()).0,
+                endpoint,
+            }),
+        };
+        let policy = cfg.policy();
+        if authority.inner.state.lock().await.dir.rules != policy {
+            authority.set_rules(policy).await?;
+        }
+        tokio::spawn(authority.clone().accept_loop());
+        tokio::spawn(
+            authority
+                .clone()
+                .rotation_schedule(Duration::from_secs(cfg.rotation_interval_secs)),
+        );
+        tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
+        Ok(authority)
+    }
+
+    /// The control endpoint's address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.local_addr().ok()
+    }
+
+    /// The CA certificate appliances trust.
+    pub fn ca_cert(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.inner.ca_cert.clone()
+    }
+
+    /// Mints an enrolment token valid for `ttl`.
+    pub fn mint_token(
+        &self,
+        appliance: &str,
+        centre: &str,
+        tenant: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let claims = TokenClaims {
+            id: hex::encode(*random_bytes::<16>()?),
+            appliance: appliance.to_owned(),
+            centre: centre.to_owned(),
+            tenant: tenant.to_owned(),
+            expires: now_secs() + ttl.as_secs(),
+        };
+        Ok(token::mint(&self.inner.token_key, &claims))
+    }
+
+    /// A copy of the master directory.
+    pub async fn directory(&self) -> Directory {
+        self.inner.state.lock().await.dir.clone()
+    }
+
+    /// The epochs appliances reported after rotations, by appliance.
+    pub fn rotations(&self) -> watch::Receiver<HashMap<String, u64>> {
+        self.inner.rotated.subscribe()
+    }
+
+    /// Appends to the audit log on the blocking pool (each line is fsync'd).
+    async fn audit(&self, event: AuditEvent) -> Result<()> {
+        let log = self.inner.audit.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().map_err(|_| Error::Io {
+                context: "audit log".into(),
+                source: std::io::Error::other("lock poisoned"),
+            })?;
+            log.append(event)
+        })
+        .await
+        .map_err(|e| Error::io("audit log", std::io::Error::other(e.to_string())))?
+    }
+
+    /// Applies a directory change: store first, then the master copy, then the feed.
+    async fn change(&self, change: Change, mut extra: Vec<Write>, what: String) -> Result<u64> {
+        let mut st = self.inner.state.lock().await;
+        let version = st.dir.version + 1;
+        match &change {
+            Change::Upsert(e) => {
+                extra.push(Write::Put(format!("appliance/{}", e.id), store::json(e)))
+            }
+            Change::Revoke(id) => {
+                if let Some(e) = st.dir.appliances.get(id) {
+                    let mut e = e.clone();
+                    e.revoked = true;
+                    extra.push(Write::Put(format!("appliance/{id}"), store::json(&e)));
+                }
+            }
+            Change::Rules(r) => extra.push(Write::Put("meta/rules".into(), store::json(r))),
+        }
+        extra.push(Write::Put("meta/version".into(), store::json(&version)));
+        self.inner.store.apply(extra).await?;
+        let delta = Delta { version, change };
+        st.dir.apply(&delta);
+        self.audit(AuditEvent::DirectoryChanged {
+            version,
+            change: what,
+        })
+        .await?;
+        // No receivers is fine: nobody is connected.
+        let _ = self.inner.feed.send(Push::Delta(delta));
+        Ok(version)
+    }
+
+    /// Replaces the policy; every appliance gets a fresh view.
+    pub async fn set_rules(&self, rules: Vec<Rule>) -> Result<u64> {
+        let what = format!("policy: {} rules", rules.len());
+        self.change(Change::Rules(rules), Vec::new(), what).await
+    }
+
+    /// Changes an appliance's published endpoints and capabilities.
+    pub async fn update_appliance(
+        &self,
+        id: &str,
+        endpoints: Vec<String>,
+        capabilities: Vec<String>,
+    ) -> Result<u64> {
+        let mut entry = self
+            .inner
+            .state
+            .lock()
+            .await
+            .dir
+            .appliances
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))?;
+        entry.endpoints = endpoints;
+        entry.capabilities = capabilities;
+        self.change(Change::Upsert(entry), Vec::new(), format!("update {id}"))
+            .await
+    }
+
+    /// Revokes `id`: recorded, pushed to every appliance, its connection closed.
+    pub async fn revoke(&self, id: &str) -> Result<u64> {
+        if !self
+            .inner
+            .state
+            .lock()
+            .await
+            .dir
+            .appliances
+            .contains_key(id)
+        {
+            return Err(Error::NotAuthorised(format!("{id} is not enrolled")));
+        }
+        let version = self
+            .change(
+                Change::Revoke(id.to_owned()),
+                Vec::new(),
+                format!("revoke {id}"),
+            )
+            .await?;
+        self.audit(AuditEvent::Revoked {
+            appliance: id.to_owned(),
+        })
+        .await?;
+        let conn = self.connections().remove(id);
+        if let Some(conn) = conn {
+            conn.close(CLOSE_REVOKED.into(), b"revoked");
+        }
+        Ok(version)
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<String, quinn::Connection>> {
+        // A poisoned map only means a task panicked mid-insert; the map itself is intact.
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Orders every appliance to rotate its master keys now; returns the rotation number.
+    pub async fn rotate_all(&self) -> Result<u64> {
+        let mut st = self.inner.state.lock().await;
+        let rotation = st.rotation + 1;
+        self.inner
+            .store
+            .put("meta/rotation", &store::json(&rotation))
+            .await?;
+        st.rotation = rotation;
+        self.audit(AuditEvent::RotationOrdered { rotation }).await?;
+        let _ = self.inner.feed.send(Push::Rotate(rotation));
+        Ok(rotation)
+    }
+
+    /// Status for operators.
+    pub async fn status(&self) -> AdminReply {
+        let st = self.inner.state.lock().await;
+        AdminReply::Status {
+            version: st.dir.version,
+            appliances: st.dir.appliances.len(),
+            revoked: st.dir.appliances.values().filter(|e| e.revoked).count(),
+            rotation: st.rotation,
+            connected: self.connections().len(),
+        }
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn shutdown(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    async fn rotation_schedule(self, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.rotate_all().await {
+                tracing::error!("scheduled rotation failed: {e}");
+            }
+        }
+    }
+
+    async fn accept_loop(self) {
+        while let Some(incoming) = self.inner.endpoint.accept().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.serve(incoming).await {
+                    tracing::debug!("control connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn serve(self, incoming: quinn::Incoming) -> Result<()> {
+        let conn = incoming.await?;
+        let Some(identity) = tls::peer_identity(&conn) else {
+            return self.serve_enrolment(conn).await;
+        };
+        if !self
+            .inner
+            .state
+            .lock()
+            .await
+            .dir
+            .is_active(&identity.appliance)
+        {
+            conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
+            return Err(Error::NotAuthorised(identity.appliance));
+        }
+        let previous = self
+            .connections()
+            .insert(identity.appliance.clone(), conn.clone());
+        if let Some(previous) = previous {
+            previous.close(0u32.into(), b"replaced");
+        }
+        let result = async {
+            loop {
+                let (mut send, mut recv) = conn.accept_bi().await?;
+                match proto::read_frame::<_, Message>(&mut recv).await {
+                    Ok(Some(Message::Subscribe { .. })) => {
+                        let this = self.clone();
+                        let id = identity.appliance.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.serve_feed(&id, &mut send, &mut recv).await {
+                                tracing::debug!("feed of {id} ended: {e}");
+                            }
+                        });
+                    }
+                    Ok(_) => refuse(&mut send, "expected Subscribe").await,
+                    Err(e) => refuse(&mut send, &e.to_string()).await,
+                }
+            }
+        }
+        .await;
+        let mut conns = self.connections();
+        if conns
+            .get(&identity.appliance)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&identity.appliance);
+        }
+        result
+    }
+
+    async fn serve_enrolment(self, conn: quinn::Connection) -> Result<()> {
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let reply = match proto::read_frame::<_, Message>(&mut recv).await {
+                Ok(Some(Message::Enrol {
+                    token,
+                    csr,
+                    control,
+                    endpoints,
+                    capabilities,
+                })) => match self
+                    .enrol(&token, &csr, control, endpoints, capabilities)
+                    .await
+                {
+                    Ok(cert) => Message::Enrolled { cert },
+                    Err(e) => Message::Error {
+                        reason: e.to_string(),
+                    },
+                },
+                Ok(_) => Message::Error {
+                    reason: "without a certificate only Enrol is allowed".into(),
+                },
+                Err(e) => Message::Error {
+                    reason: e.to_string(),
+                },
+            };
+            proto::write_frame(&mut send, &reply).await?;
+            send.finish()?;
+        }
+    }
+
+    /// Redeems a token: checks it, records it used (once, atomically), signs the CSR and
+    /// lists the appliance.
+    pub async fn enrol(
+        &self,
+        token: &str,
+        csr: &[u8],
+        control: String,
+        endpoints: Vec<String>,
+        capabilities: Vec<String>,
+    ) -> Result<Vec<u8>> {
+        let claims =
+            token::check(&self.inner.token_key, token, now_secs()).map_err(Error::Token)?;
+        if self
+            .inner
+            .state
+            .lock()
+            .await
+            .dir
+            .appliances
+            .get(&claims.appliance)
+            .is_some_and(|e| e.revoked)
+        {
+            return Err(Error::NotAuthorised(format!(
+                "{} is revoked",
+                claims.appliance
+            )));
+        }
+        let identity = Identity {
+            appliance: claims.appliance.clone(),
+            centre: claims.centre.clone(),
+        };
+        let (cert, serial) = self
+            .inner
+            .ca
+            .sign_csr(csr, &identity, self.inner.cert_days)?;
+        let used = store::json(&(&claims.appliance, now_secs()));
+        if !self
+            .inner
+            .store
+            .insert_new(&format!("token/{}", claims.id), &used)
+            .await?
+        {
+            return Err(Error::Token(crate::TokenError::Reused));
+        }
+        let entry = ApplianceEntry {
+            id: claims.appliance.clone(),
+            centre: claims.centre.clone(),
+            tenant: claims.tenant,
+            control,
+            endpoints,
+            capabilities,
+            cert_serial: serial.clone(),
+            revoked: false,
+        };
+        let cert_write = Write::Put(format!("cert/{}", claims.appliance), cert.to_vec());
+        self.change(
+            Change::Upsert(entry),
+            vec![cert_write],
+            format!("enrol {}", claims.appliance),
+        )
+        .await?;
+        self.audit(AuditEvent::Enrolled {
+            appliance: claims.appliance,
+            centre: claims.centre,
+            serial,
+        })
+        .await?;
+        Ok(cert.to_vec())
+    }
+
+    async fn send_snapshot(&self, id: &str, send: &mut quinn::SendStream) -> Result<()> {
+        let (view, rotation) = {
+            let st = self.inner.state.lock().await;
+            (st.dir.view_for(id), st.rotation)
+        };
+        let entries: Vec<ApplianceEntry> = view.appliances.into_values().collect();
+        let chunks: Vec<&[ApplianceEntry]> = if entries.is_empty() {
+            vec![&[]]
+        } else {
+            entries.chunks(SNAPSHOT_CHUNK).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let msg = Message::Snapshot {
+                version: view.version,
+                rotation,
+                appliances: chunk.to_vec(),
+                rules: if last { view.rules.clone() } else { Vec::new() },
+                last,
+            };
+            proto::write_frame(send, &msg).await?;
+        }
+        Ok(())
+    }
+
+    async fn serve_feed(
+        &self,
+        id: &str,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<()> {
+        // Subscribe before taking the snapshot so no change falls between the two.
+        let mut feed = self.inner.feed.subscribe();
+        self.send_snapshot(id, send).await?;
+        loop {
+            tokio::select! {
+                push = feed.recv() => match push {
+                    Ok(Push::Delta(delta)) => {
+                        if let Change::Rules(_) = delta.change {
+                            // The set of appliances this one may see changed: a fresh view.
+                            self.send_snapshot(id, send).await?;
+                            continue;
+                        }
+                        let relevant = self.inner.state.lock().await.dir.relevant_to(id, &delta.change);
+                        if relevant {
+                            proto::write_frame(send, &Message::Delta(delta)).await?;
+                        }
+                    }
+                    Ok(Push::Rotate(rotation)) => {
+                        proto::write_frame(send, &Message::RotateOrder { rotation }).await?;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too far behind to patch up: start again from a snapshot.
+                        feed = self.inner.feed.subscribe();
+                        self.send_snapshot(id, send).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                msg = proto::read_frame::<_, Message>(recv) => match msg {
+                    Ok(Some(Message::Applied { .. })) => {}
+                    Ok(Some(Message::Rotated { epoch, .. })) => {
+                        // A reconnecting appliance repeats its last acknowledgement.
+                        let known = self.inner.rotated.borrow().get(id) == Some(&epoch);
+                        if !known {
+                            self.audit(AuditEvent::Rotated { appliance: id.to_owned(), epoch }).await?;
+                        }
+                        self.inner.rotated.send_modify(|m| {
+                            m.insert(id.to_owned(), epoch);
+                        });
+                    }
+                    Ok(None) => return Ok(()),
+                    Ok(Some(_)) => {
+                        refuse(send, "unexpected message on the feed").await;
+                        return Err(Error::Frame("unexpected message on the feed".into()));
+                    }
+                    Err(e) => {
+                        refuse(send, &e.to_string()).await;
+                        return Err(e);
+                    }
+                },
+            }
+        }
+    }
+
+    fn admin_loop(self, path: PathBuf) -> Result<impl std::future::Future<Output = ()>> {
+        // A socket left by a killed daemon would make bind fail.
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("binding admin socket {}", path.display()), e))?;
+        Ok(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let reply = match proto::read_frame::<_, AdminRequest>(&mut stream).await {
+                        Ok(Some(req)) => this.admin(req).await,
+                        Ok(None) => return,
+                        Err(e) => AdminReply::Error(e.to_string()),
+                    };
+                    let _ = proto::write_frame(&mut stream, &reply).await;
+                });
+            }
+        })
+    }
+
+    async fn admin(&self, req: AdminRequest) -> AdminReply {
+        let result = match req {
+            AdminRequest::Revoke { appliance } => self.revoke(&appliance).await,
+            AdminRequest::Rotate => self.rotate_all().await,
+            AdminRequest::SetRules(rules) => self.set_rules(rules).await,
+            AdminRequest::Status => return self.status().await,
+        };
+        match result {
+            Ok(n) => AdminReply::Done(n),
+            Err(e) => AdminReply::Error(e.to_string()),
+        }
+    }
+}
+
+/// Answers a bad request with an error frame and closes the stream.
+async fn refuse(send: &mut quinn::SendStream, reason: &str) {
+    let _ = proto::write_frame(
+        send,
+        &Message::Error {
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+}
+
+/// Sends one command to a running authority's admin socket.
+pub async fn admin_request(state_dir: &Path, req: &AdminRequest) -> Result<AdminReply> {
+    let path = StatePaths::new(state_dir).admin_socket;
+    let mut stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+        Error::io(
+            format!(
+                "connecting to {} (is `cpclink keymgr run` running?)",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    proto::write_frame(&mut stream, req).await?;
+    proto::read_frame(&mut stream)
+        .await?
+        .ok_or_else(|| Error::Frame("authority closed the admin socket without a reply".into()))
+}

@@ -1,0 +1,178 @@
+//! The key plane's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the key plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration file is missing, unreadable or holds a bad value.
+    #[error("{file}: {field}: {reason}")]
+    Config {
+        /// The file being read.
+        file: PathBuf,
+        /// The field (or `-` for the whole file).
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A file or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded store (redb) failed.
+    #[error("redb store: {0}")]
+    Redb(String),
+    /// The etcd store failed.
+    #[error("etcd store: {0}")]
+    Etcd(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record {key}: {reason}")]
+    CorruptRecord {
+        /// The store key of the record.
+        key: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// The audit log's hash chain is broken.
+    #[error("audit log {path}: line {line}: {reason}")]
+    AuditBroken {
+        /// The log file.
+        path: PathBuf,
+        /// The 1-based line where verification failed.
+        line: usize,
+        /// What does not match.
+        reason: String,
+    },
+    /// Certificate generation, signing or parsing failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// An enrolment token is malformed, forged, expired or already used.
+    #[error("enrolment token rejected: {0}")]
+    Token(TokenError),
+    /// Sealing or unsealing a secret with the key-encryption key failed.
+    #[error("key wrap: {0}")]
+    KeyWrap(&'static str),
+    /// A control-channel frame is oversized, of an unknown version or undecodable.
+    #[error("frame: {0}")]
+    Frame(String),
+    /// A QUIC connection could not be made or was lost.
+    #[error("quic: {0}")]
+    Quic(String),
+    /// The peer answered with an error.
+    #[error("peer refused: {0}")]
+    Refused(String),
+    /// The peer is not in the directory, is revoked, or policy does not let the pair talk.
+    #[error("not authorised: {0}")]
+    NotAuthorised(String),
+    /// The data plane's SA machinery failed (SPI space, key derivation).
+    #[error("sa: {0}")]
+    Sa(#[from] cpclink_dataplane::Error),
+    /// An operation did not complete in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// Why an enrolment token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token does not have the `cpt1.<payload>.<mac>` shape.
+    #[error("malformed")]
+    Malformed,
+    /// The MAC does not verify: the token was not minted by this authority.
+    #[error("forged (bad MAC)")]
+    Forged,
+    /// The token's lifetime has passed.
+    #[error("expired")]
+    Expired,
+    /// The token was redeemed before; tokens are single use.
+    #[error("already used")]
+    Reused,
+}
+
+/// The key plane's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error with its context.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<etcd_client::Error> for Error {
+    fn from(e: etcd_client::Error) -> Self {
+        Self::Etcd(e.to_string())
+    }
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Self::Redb(e.to_string())
+    }
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Self::Redb(e.to_string())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<quinn::ConnectionError> for Error {
+    fn from(e: quinn::ConnectionError) -> Self {
+        Self::Quic(e.to_string())
+    }
+}
+
+impl From<quinn::ConnectError> for Error {
+    fn from(e: quinn::ConnectError) -> Self {
+        Self::Quic(e.to_string())
+    }
+}
+
+impl From<quinn::WriteError> for Error {
+    fn from(e: quinn::WriteError) -> Self {
+        Self::Quic(e.to_string())
+    }
+}
+
+impl From<quinn::ReadExactError> for Error {
+    fn from(e: quinn::ReadExactError) -> Self {
+        Self::Quic(e.to_string())
+    }
+}
+
+impl From<quinn::ClosedStream> for Error {
+    fn from(e: quinn::ClosedStream) -> Self {
+        Self::Quic(e.to_string())
+    }
+}
+
+impl From<rcgen::Error> for Error {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Certificate(e.to_string())
+    }
+}

@@ -1,0 +1,25 @@
+//! cpclink key plane: the authority (CA, enrolment, directory and policy, rotation orders,
+//! revocation, audit), the key agent in every appliance, and the QUIC control channel
+//! between them.
+//!
+//! Master keys never leave the appliance that generated them: a peer that wants to send
+//! obtains an SA (SPI and derived key) from the receiver's agent over a mutually
+//! authenticated channel, and the authority only decides who may ask.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod audit;
+pub mod authority;
+pub mod bench;
+pub mod config;
+pub mod directory;
+mod error;
+pub mod pki;
+pub mod proto;
+pub mod seal;
+pub mod store;
+pub mod tls;
+pub mod token;
+
+pub use error::{Error, Result, TokenError};

@@ -1,0 +1,277 @@
+//! The authority's certificate authority and appliance identities.
+//!
+//! An appliance certificate names the appliance in its common name and DNS SAN (so TLS server
+//! names are appliance ids) and its centre in the organisational unit.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
+
+use crate::seal::random_bytes;
+use crate::{Error, Result};
+
+/// The TLS server name of the authority's control endpoint.
+pub const AUTHORITY_NAME: &str = "authority.cpclink";
+
+/// Who a certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The appliance id (common name).
+    pub appliance: String,
+    /// The centre (organisational unit).
+    pub centre: String,
+}
+
+/// Checks that `id` can be an appliance id: 1–63 of `a-z 0-9 -`, not starting with `-`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A certificate with its private key.
+#[derive(Clone)]
+pub struct KeyedCert {
+    /// The certificate, DER.
+    pub cert: CertificateDer<'static>,
+    /// The PKCS#8 private key, DER; wiped on drop.
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KeyedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedCert").finish_non_exhaustive()
+    }
+}
+
+impl KeyedCert {
+    /// The key in the form rustls takes.
+    pub fn private_key(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        PrivatePkcs8KeyDer::from(self.key.to_vec()).into()
+    }
+}
+
+fn serial() -> Result<SerialNumber> {
+    let mut bytes = *random_bytes::<16>()?;
+    bytes[0] &= 0x7f; // positive
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn window(days: u64) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::from(SystemTime::now());
+    // An hour of slack for clocks that disagree a little.
+    (
+        now - Duration::from_secs(3600),
+        now + Duration::from_secs(days * 86_400),
+    )
+}
+
+fn dns(name: &str) -> Result<SanType> {
+    Ok(SanType::DnsName(name.to_owned().try_into()?))
+}
+
+/// The certificate authority.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// A new CA with a fresh P-256 key.
+    pub fn generate(name: &str) -> Result<Self> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        (params.not_before, params.not_after) = window(3650);
+        params.serial_number = Some(serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    /// Restores the CA from its certificate and PKCS#8 key.
+    pub fn load(cert: &CertificateDer<'_>, key_der: &[u8]) -> Result<Self> {
+        let key = KeyPair::try_from(key_der)?;
+        let params = CertificateParams::from_ca_cert_der(cert)?;
+        // Re-signing with the same subject and key yields an issuer that chains identically.
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// The CA's PKCS#8 private key, DER.
+    pub fn key_der(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.key.serialize_der())
+    }
+
+    /// A server certificate for the authority's control endpoint.
+    pub fn issue_authority(&self) -> Result<KeyedCert> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![AUTHORITY_NAME.to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, AUTHORITY_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        (params.not_before, params.not_after) = window(3650);
+        params.serial_number = Some(serial()?);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(KeyedCert {
+            cert: cert.der().clone(),
+            key: Zeroizing::new(key.serialize_der()),
+        })
+    }
+
+    /// Signs an appliance's CSR, naming `identity` whatever the CSR asked for: the token
+    /// decides who the appliance is, not the appliance. Returns the certificate and its serial.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        identity: &Identity,
+        days: u64,
+    ) -> Result<(CertificateDer<'static>, String)> {
+        let mut csr = CertificateSigningRequestParams::from_der(
+            &CertificateSigningRequestDer::from(csr_der),
+        )?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.appliance.as_str());
+        dn.push(DnType::OrganizationalUnitName, identity.centre.as_str());
+        csr.params.distinguished_name = dn;
+        csr.params.subject_alt_names = vec![dns(&identity.appliance)?];
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        (csr.params.not_before, csr.params.not_after) = window(days);
+        let serial = serial()?;
+        let serial_hex = hex::encode(serial.as_ref());
+        csr.params.serial_number = Some(serial);
+        let cert = csr.signed_by(&self.cert, &self.key)?;
+        Ok((cert.der().clone(), serial_hex))
+    }
+}
+
+/// An appliance's fresh key pair and the CSR to enrol with.
+pub fn appliance_csr(appliance: &str) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![appliance.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, appliance);
+    let csr = params.serialize_request(&key)?;
+    Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
+}
+
+/// Reads the identity a certificate names.
+pub fn identity_of(cert: &[u8]) -> Result<Identity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable peer certificate: {e}")))?;
+    let subject = parsed.subject();
+    let appliance = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or_else(|| Error::Certificate("certificate has no common name".into()))?;
+    let centre = subject
+        .iter_organizational_unit()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default();
+    Ok(Identity {
+        appliance: appliance.to_owned(),
+        centre: centre.to_owned(),
+    })
+}
+
+/// PEM-encodes a certificate.
+pub fn cert_pem(cert: &CertificateDer<'_>) -> String {
+    pem_encode("CERTIFICATE", cert.as_ref())
+}
+
+fn pem_encode(tag: &str, der: &[u8]) -> String {
+    use std::fmt::Write;
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {tag}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
+    }
+    let _ = writeln!(out, "-----END {tag}-----");
+    out
+}
+
+/// Decodes the first certificate of a PEM file.
+pub fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Certificate(format!("bad PEM certificate: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_is_signed_with_the_tokens_identity_not_the_csrs() {
+        let ca = Ca::generate("test ca").unwrap();
+        let (_key, csr) = appliance_csr("mallory").unwrap();
+        let id = Identity {
+            appliance: "a1".into(),
+            centre: "dc1".into(),
+        };
+        let (cert, serial) = ca.sign_csr(&csr, &id, 30).unwrap();
+        assert_eq!(identity_of(&cert).unwrap(), id);
+        assert_eq!(serial.len(), 32);
+        let reloaded = Ca::load(&ca.cert_der(), &ca.key_der()).unwrap();
+        let (cert2, _) = reloaded.sign_csr(&csr, &id, 30).unwrap();
+        assert_eq!(identity_of(&cert2).unwrap(), id);
+        assert_eq!(
+            cert_from_pem(&cert_pem(&ca.cert_der())).unwrap(),
+            ca.cert_der()
+        );
+    }
+
+    #[test]
+    fn appliance_ids_are_dns_labels() {
+        assert!(valid_id("dc1-edge-7"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("-x"));
+        assert!(!valid_id("A"));
+        assert!(!valid_id("a.b"));
+        assert!(!valid_id(&"a".repeat(64)));
+    }
+}

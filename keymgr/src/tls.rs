@@ -1,0 +1,98 @@
+//! TLS 1.3 for the control channel: rustls with the aws-lc-rs provider, the
+//! X25519MLKEM768 hybrid group preferred and X25519 accepted, certificates from the CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::pki::{identity_of, Identity, KeyedCert};
+use crate::{Error, Result};
+
+/// The ALPN protocol of the control channel.
+pub const ALPN: &[u8] = b"cpclink-keymgr/1";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    let mut p = default_provider();
+    // Post-quantum hybrid first; classic X25519 only for peers that lack it.
+    p.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519];
+    Arc::new(p)
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    Ok(Arc::new(roots))
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    // Several keep-alives fit in the idle timeout, so a live peer is never timed out, while a
+    // crashed one (which cannot send a recognisable reset after restarting) is noticed soon.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// A QUIC server configuration. With `require_client_cert` false, clients without a
+/// certificate may connect (the authority's enrolment path) and are told apart later.
+pub fn server_config(
+    ca: &CertificateDer<'static>,
+    own: &KeyedCert,
+    require_client_cert: bool,
+) -> Result<quinn::ServerConfig> {
+    let provider = provider();
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone());
+    if !require_client_cert {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![own.cert.clone()], own.private_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Certificate(format!("quic server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// A QUIC client configuration trusting `ca`, presenting `own` if given.
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    own: Option<&KeyedCert>,
+) -> Result<quinn::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca)?);
+    let mut tls = match own {
+        Some(own) => builder.with_client_auth_cert(vec![own.cert.clone()], own.private_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Certificate(format!("quic client config: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The identity named by the peer's verified certificate, if it presented one.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    identity_of(certs.first()?).ok()
+}

@@ -1,0 +1,428 @@
+//! The key plane end to end on loopback: a real authority, real key agents over real QUIC,
+//! and PSP packets over real UDP sealed with keys the agents negotiated.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::crypto::Backend;
+use cpclink_dataplane::psp;
+use cpclink_dataplane::sa::{RxSa, SaLimits, Spi, TxSa};
+use cpclink_keymgr::agent::{enrol_only, AgentOptions, KeyAgent, SaEvent, TxSaGrant};
+use cpclink_keymgr::authority::Authority;
+use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::pki::identity_of;
+use cpclink_keymgr::proto::{self, Message, MAX_FRAME};
+use cpclink_keymgr::seal::Kek;
+use cpclink_keymgr::{audit, tls};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Plane {
+    dir: tempfile::TempDir,
+    authority: Authority,
+    cfg: AuthorityConfig,
+}
+
+async fn plane() -> Plane {
+    let dir = tempfile::tempdir().unwrap();
+    let kek_file = dir.path().join("kek");
+    std::fs::write(&kek_file, "11".repeat(32)).unwrap();
+    let cfg = AuthorityConfig {
+        listen: (Ipv4Addr::LOCALHOST, 0).into(),
+        state_dir: dir.path().join("authority"),
+        kek_file,
+        rotation_interval_secs: 86_400,
+        cert_days: 1,
+        token_ttl_secs: 600,
+        store: StoreConfig::Redb { path: None },
+        rules: Vec::new(),
+    };
+    let authority = Authority::start(&cfg).await.unwrap();
+    Plane {
+        dir,
+        authority,
+        cfg,
+    }
+}
+
+impl Plane {
+    fn addr(&self) -> SocketAddr {
+        self.authority.local_addr().unwrap()
+    }
+
+    fn token(&self, id: &str, tenant: &str) -> String {
+        self.authority
+            .mint_token(id, "dc1", tenant, Duration::from_secs(600))
+            .unwrap()
+    }
+
+    async fn agent(&self, id: &str, tenant: &str) -> (KeyAgent, UnboundedReceiver<SaEvent>) {
+        let opts = AgentOptions {
+            appliance: id.into(),
+            authority: self.addr(),
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            state_dir: self.dir.path().join(id),
+            kek: Kek::load(&self.cfg.kek_file, "kek_file").unwrap(),
+            ca_cert: self.authority.ca_cert(),
+            token: Some(zeroize::Zeroizing::new(self.token(id, tenant))),
+            endpoints: vec![],
+            capabilities: vec![],
+            suite: cpclink_dataplane::crypto::Suite::AesGcm256,
+            sa_lifetime: Duration::from_secs(3600),
+            rekey_grace: Duration::from_secs(5),
+        };
+        KeyAgent::start(opts).await.unwrap()
+    }
+}
+
+/// Waits until each agent's directory copy lists the given appliances as active.
+async fn settle(expect: &[(&KeyAgent, &[&str])]) {
+    eventually("directory propagation", || {
+        expect
+            .iter()
+            .all(|(agent, ids)| ids.iter().all(|id| agent.directory().is_active(id)))
+    })
+    .await;
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn enrolment_accepts_a_token_once_and_refuses_reused_expired_and_forged() {
+    let p = plane().await;
+    let ca = p.authority.ca_cert();
+    let token = p.token("edge-1", "acme");
+    let cert = enrol_only(p.addr(), &ca, "edge-1", &token).await.unwrap();
+    let named = identity_of(&cert.cert).unwrap();
+    assert_eq!(
+        (named.appliance.as_str(), named.centre.as_str()),
+        ("edge-1", "dc1")
+    );
+    assert!(p.authority.directory().await.is_active("edge-1"));
+
+    let reused = enrol_only(p.addr(), &ca, "edge-1", &token)
+        .await
+        .unwrap_err();
+    assert!(reused.to_string().contains("already used"), "{reused}");
+
+    let expired = p
+        .authority
+        .mint_token("edge-2", "dc1", "acme", Duration::ZERO)
+        .unwrap();
+    let e = enrol_only(p.addr(), &ca, "edge-2", &expired)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+
+    // Claims rewritten to another appliance, MAC kept: forged.
+    let fresh = p.token("edge-3", "acme");
+    let mut parts: Vec<String> = fresh.split('.').map(str::to_owned).collect();
+    let claims = String::from_utf8(hex::decode(&parts[1]).unwrap()).unwrap();
+    parts[1] = hex::encode(claims.replace("edge-3", "edge-9"));
+    let e = enrol_only(p.addr(), &ca, "edge-9", &parts.join("."))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("forged"), "{e}");
+    assert!(!p
+        .authority
+        .directory()
+        .await
+        .appliances
+        .contains_key("edge-9"));
+    // The untouched token still works: the refusals consumed nothing.
+    enrol_only(p.addr(), &ca, "edge-3", &fresh).await.unwrap();
+
+    let log = audit::verify(&p.cfg.state_dir.join("audit.jsonl")).unwrap();
+    assert!(log.lines >= 2);
+}
+
+/// The receive side of a toy data plane: rx SAs maintained from an agent's events.
+struct Receiver {
+    rx: HashMap<Spi, (String, RxSa)>,
+    events: UnboundedReceiver<SaEvent>,
+    retired: Vec<Spi>,
+}
+
+impl Receiver {
+    fn new(events: UnboundedReceiver<SaEvent>) -> Self {
+        Self {
+            rx: HashMap::new(),
+            events,
+            retired: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                SaEvent::InstallRx {
+                    peer,
+                    spi,
+                    suite,
+                    key,
+                } => {
+                    let cipher = Backend::AwsLc.cipher(suite, key.as_bytes()).unwrap();
+                    self.rx
+                        .insert(spi, (peer, RxSa::new(spi, cipher, SaLimits::default())));
+                }
+                SaEvent::RetireRx { spis } => {
+                    for s in spis {
+                        self.rx.remove(&s);
+                        self.retired.push(s);
+                    }
+                }
+                SaEvent::RetirePeer { peer } => self.rx.retain(|_, (p, _)| *p != peer),
+                _ => {}
+            }
+        }
+    }
+
+    /// Opens one packet; returns the payload if an installed SA accepted it.
+    fn open(&mut self, packet: &mut [u8]) -> Option<Vec<u8>> {
+        self.pump();
+        let spi = psp::parse(packet).ok()?.spi;
+        let (_, sa) = self.rx.get_mut(&spi)?;
+        let opened = sa.open(packet).ok()?;
+        Some(packet[opened.payload].to_vec())
+    }
+}
+
+fn tx_sa(g: &TxSaGrant) -> TxSa {
+    TxSa::from_key(
+        g.spi,
+        Backend::AwsLc,
+        g.suite,
+        &g.key,
+        SaLimits::default(),
+        Instant::now(),
+    )
+    .unwrap()
+}
+
+fn seal(tx: &mut TxSa, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 16 + payload.len() + 16];
+    buf[16..16 + payload.len()].copy_from_slice(payload);
+    tx.seal(4, 0, &mut buf).unwrap();
+    buf
+}
+
+fn udp_pair() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn traffic_flows_with_agent_keys_and_unauthorised_peers_get_no_sa() {
+    let p = plane().await;
+    let (a, _a_events) = p.agent("a", "acme").await;
+    let (b, b_events) = p.agent("b", "acme").await;
+    let (c, _c_events) = p.agent("c", "other").await;
+    settle(&[(&a, &["b"]), (&b, &["a"]), (&c, &["c"])]).await;
+
+    let grant = a.request_sa("b").await.unwrap();
+    assert_eq!(grant.peer, "b");
+    let mut tx = tx_sa(&grant);
+    let mut rx = Receiver::new(b_events);
+    let (sock_a, sock_b) = udp_pair();
+    for i in 0..200u32 {
+        let payload = format!("packet {i}").into_bytes();
+        sock_a.send(&seal(&mut tx, &payload)).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = sock_b.recv(&mut buf).unwrap();
+        assert_eq!(rx.open(&mut buf[..n]).as_deref(), Some(&payload[..]));
+    }
+    // A second SA gets a distinct SPI and key.
+    let second = a.request_sa("b").await.unwrap();
+    assert_ne!(second.spi, grant.spi);
+    assert_ne!(second.key.as_bytes(), grant.key.as_bytes());
+
+    // Other tenant: refused by c's own policy copy ...
+    assert!(c.request_sa("b").await.is_err());
+    // ... and by b's agent when c asks directly with its valid certificate.
+    let c_cert = enrol_only(
+        p.addr(),
+        &p.authority.ca_cert(),
+        "c2",
+        &p.token("c2", "other"),
+    )
+    .await
+    .unwrap();
+    let reply = raw_request(&p, &c_cert, &b, "b", Message::SaRequest { suite: 1 }).await;
+    assert!(
+        !matches!(reply, Some(Message::SaGrant { .. })),
+        "unauthorised peer got {reply:?}"
+    );
+}
+
+/// Sends one message to an agent as the holder of `cert`; returns the reply (None when the
+/// connection or stream was closed instead).
+async fn raw_request(
+    p: &Plane,
+    cert: &cpclink_keymgr::pki::KeyedCert,
+    to: &KeyAgent,
+    name: &str,
+    msg: Message,
+) -> Option<Message> {
+    let ep = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let cfg = tls::client_config(&p.authority.ca_cert(), Some(cert)).unwrap();
+    let conn = ep
+        .connect_with(cfg, to.local_addr().unwrap(), name)
+        .unwrap()
+        .await
+        .ok()?;
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    proto::write_frame(&mut send, &msg).await.ok()?;
+    send.finish().ok()?;
+    proto::read_frame(&mut recv).await.ok().flatten()
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_and_the_connection_survives() {
+    let p = plane().await;
+    let (b, _e) = p.agent("b", "acme").await;
+    let a_cert = enrol_only(p.addr(), &p.authority.ca_cert(), "a", &p.token("a", "acme"))
+        .await
+        .unwrap();
+    settle(&[(&b, &["a"])]).await;
+    let ep = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let cfg = tls::client_config(&p.authority.ca_cert(), Some(&a_cert)).unwrap();
+    let conn = ep
+        .connect_with(cfg, b.local_addr().unwrap(), "b")
+        .unwrap()
+        .await
+        .unwrap();
+    for bad in [
+        ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec(),
+        vec![0, 0, 0, 2, 77, 0],
+        vec![0, 0, 0, 2, proto::VERSION, 250],
+    ] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bad).await.unwrap();
+        send.finish().unwrap();
+        let reply: Option<Message> = proto::read_frame(&mut recv).await.unwrap();
+        assert!(matches!(reply, Some(Message::Error { .. })), "{reply:?}");
+    }
+    // Same connection, a good request now succeeds.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    proto::write_frame(&mut send, &Message::SaRequest { suite: 1 })
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let reply: Option<Message> = proto::read_frame(&mut recv).await.unwrap();
+    assert!(matches!(reply, Some(Message::SaGrant { .. })), "{reply:?}");
+}
+
+#[tokio::test]
+async fn rotation_under_traffic_loses_nothing_and_rekeys_before_retiring() {
+    let p = plane().await;
+    let (a, mut a_events) = p.agent("a", "acme").await;
+    let (b, b_events) = p.agent("b", "acme").await;
+    settle(&[(&a, &["b"]), (&b, &["a"])]).await;
+
+    let first = a.request_sa("b").await.unwrap();
+    let mut current = first.clone();
+    let mut tx = tx_sa(&first);
+    let mut rx = Receiver::new(b_events);
+    let (sock_a, sock_b) = udp_pair();
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    let mut spis_used = vec![first.spi];
+    let epoch0 = b.epoch().await;
+
+    for rotation in 1..=3u64 {
+        p.authority.rotate_all().await.unwrap();
+        // Keep sending until a has installed an SA under b's new epoch.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no rekey after rotation {rotation}"
+            );
+            while let Ok(ev) = a_events.try_recv() {
+                if let SaEvent::InstallTx(g) = ev {
+                    assert_eq!(g.peer, "b");
+                    // Every retired SPI so far must be one the sender had already left.
+                    tx = tx_sa(&g);
+                    spis_used.push(g.spi);
+                    current = g;
+                }
+            }
+            let payload = sent.to_be_bytes();
+            sock_a.send(&seal(&mut tx, &payload)).unwrap();
+            sent += 1;
+            let mut buf = [0u8; 256];
+            let n = sock_b.recv(&mut buf).unwrap();
+            assert_eq!(
+                rx.open(&mut buf[..n]).as_deref(),
+                Some(&payload[..]),
+                "packet {sent} (SPI {}) was dropped",
+                tx.spi()
+            );
+            received += 1;
+            assert!(!rx.retired.contains(&tx.spi()), "the SA in use was retired");
+            if current.epoch == epoch0 + rotation {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    assert_eq!(sent, received);
+    assert_eq!(b.epoch().await, epoch0 + 3);
+    // Rotations 2 and 3 overwrote the generations of the first two SAs: they were retired,
+    // and only after the sender had moved on.
+    assert!(rx.retired.contains(&spis_used[0]));
+    assert!(!rx.retired.contains(&current.spi));
+    // Never the same SPI twice.
+    let mut unique = spis_used.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), spis_used.len());
+}
+
+#[tokio::test]
+async fn revoked_appliance_is_cut_off_by_its_peers() {
+    let p = plane().await;
+    let (b, b_events) = p.agent("b", "acme").await;
+    let (c, mut c_events) = p.agent("c", "acme").await;
+    settle(&[(&b, &["c"]), (&c, &["b"])]).await;
+    let grant = c.request_sa("b").await.unwrap();
+    let mut tx = tx_sa(&grant);
+    let mut rx = Receiver::new(b_events);
+    let (sock_c, sock_b) = udp_pair();
+    let mut buf = [0u8; 256];
+    sock_c.send(&seal(&mut tx, b"before")).unwrap();
+    let n = sock_b.recv(&mut buf).unwrap();
+    assert_eq!(rx.open(&mut buf[..n]).as_deref(), Some(&b"before"[..]));
+
+    p.authority.revoke("c").await.unwrap();
+    eventually("revocation reaching b", || !b.directory().is_active("c")).await;
+    sock_c.send(&seal(&mut tx, b"after")).unwrap();
+    let n = sock_b.recv(&mut buf).unwrap();
+    assert_eq!(
+        rx.open(&mut buf[..n]),
+        None,
+        "revoked peer's packet accepted"
+    );
+    assert!(!b.directory().is_active("c"));
+    assert!(c.request_sa("b").await.is_err());
+    // Even with its still-valid certificate, b refuses c directly.
+    let _ = &mut c_events;
+    assert!(b
+        .grant("c", cpclink_dataplane::crypto::Suite::AesGcm256)
+        .await
+        .is_err());
+    let status = p.authority.status().await;
+    assert!(matches!(
+        status,
+        proto::AdminReply::Status { revoked: 1, .. }
+    ));
+}
