@@ -49,7 +49,7 @@ pub struct WorkerStats {
     pub ns_tx_build: u64,
     /// Nanoseconds spent in send system calls.
     pub ns_tx_send: u64,
-    /// Nanoseconds spent opening and delivering received packets.
+    /// Nanoseconds spent opening and delivering received packets (estimated from a sample).
     pub ns_rx_process: u64,
     /// Nanoseconds spent in receive calls, processing excluded.
     pub ns_rx_io: u64,
