@@ -3,6 +3,81 @@
 //! Every backend seals and opens in place on caller buffers; the packet layer hands them
 //! disjoint slices of one packet buffer, so nothing is copied.
 
+/// ring and aws-lc-rs share the `LessSafeKey` API: one definition serves both backends, and
+/// only the open call, whose tag argument differs, is given per library.
+macro_rules! less_safe_key_aead {
+    ($(#[$doc:meta])* $name:ident, $lib:ident,
+     open: |$key:ident, $nonce:ident, $aad:ident, $tag:ident, $in_out:ident| $open:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            suite: $crate::crypto::Suite,
+            key: $lib::aead::LessSafeKey,
+        }
+
+        impl $name {
+            /// Builds a key; `key` must have the suite's length.
+            pub fn new(suite: $crate::crypto::Suite, key: &[u8]) -> $crate::Result<Self> {
+                use $crate::crypto::Suite;
+                use $lib::aead::{UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+                let algorithm = match suite {
+                    Suite::AesGcm128 | Suite::AesGmac128 => &AES_128_GCM,
+                    Suite::AesGcm256 | Suite::AesGmac256 => &AES_256_GCM,
+                    Suite::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+                };
+                let unbound = UnboundKey::new(algorithm, key).map_err(|_| {
+                    $crate::Error::BadKeyLength { suite, expected: suite.key_len(), got: key.len() }
+                })?;
+                Ok(Self { suite, key: $lib::aead::LessSafeKey::new(unbound) })
+            }
+        }
+
+        impl $crate::crypto::Aead for $name {
+            fn suite(&self) -> $crate::crypto::Suite {
+                self.suite
+            }
+
+            #[inline]
+            fn seal_in_place(
+                &self,
+                nonce: &[u8; $crate::crypto::NONCE_LEN],
+                aad: &[u8],
+                in_out: &mut [u8],
+            ) -> $crate::Result<[u8; $crate::crypto::TAG_LEN]> {
+                let tag = self
+                    .key
+                    .seal_in_place_separate_tag(
+                        $lib::aead::Nonce::assume_unique_for_key(*nonce),
+                        $lib::aead::Aad::from(aad),
+                        in_out,
+                    )
+                    // A seal fails only for inputs beyond the suite's limit (2^36 bytes for
+                    // GCM), far above any packet.
+                    .map_err(|_| $crate::Error::BufferTooSmall { needed: in_out.len(), got: 0 })?;
+                let mut out = [0u8; $crate::crypto::TAG_LEN];
+                out.copy_from_slice(tag.as_ref());
+                Ok(out)
+            }
+
+            #[inline]
+            fn open_in_place(
+                &self,
+                nonce: &[u8; $crate::crypto::NONCE_LEN],
+                aad: &[u8],
+                in_out: &mut [u8],
+                tag: &[u8; $crate::crypto::TAG_LEN],
+            ) -> $crate::Result<()> {
+                let $key = &self.key;
+                let $nonce = $lib::aead::Nonce::assume_unique_for_key(*nonce);
+                let $aad = $lib::aead::Aad::from(aad);
+                let $tag = tag;
+                let $in_out = in_out;
+                $open.map(|_| ()).map_err(|_| $crate::Error::AuthenticationFailed)
+            }
+        }
+    };
+}
+
 mod aws_lc;
 mod kdf;
 mod ring_backend;
