@@ -169,6 +169,9 @@ pub enum Control {
     SetRxKeySource(Option<RxKeySource>),
     /// Stop using an SA, transmit or receive.
     RetireSa(Spi),
+    /// Stop accepting packets of a receive SA; transmit SAs are left alone (SPIs a peer
+    /// allocated for this appliance's transmit SAs may equal SPIs this appliance allocated).
+    RetireRxSa(Spi),
     /// Forget every SA of a peer: nothing more is sent to it or accepted from it.
     RevokePeer(PeerId),
     /// Start or pause the synthetic source.
@@ -423,6 +426,11 @@ impl Engine {
     /// Retires an SA everywhere.
     pub fn retire_sa(&self, spi: Spi) -> Result<()> {
         self.broadcast(|| Control::RetireSa(spi))
+    }
+
+    /// Retires a receive SA on the worker its packets arrive on, leaving transmit SAs alone.
+    pub fn retire_rx_sa(&self, spi: Spi) -> Result<()> {
+        self.send(self.rx_worker(spi), Control::RetireRxSa(spi))
     }
 
     /// Revokes a peer everywhere.

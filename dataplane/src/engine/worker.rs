@@ -251,6 +251,9 @@ impl State {
                     }
                 }
             }
+            Control::RetireRxSa(spi) => {
+                self.rx_sas.retire(spi);
+            }
             Control::RevokePeer(peer) => {
                 self.rx_sas.revoke(peer);
                 if let Some(p) = self.peers.get_mut(peer.0 as usize) {
