@@ -8,7 +8,7 @@
 //! io = "auto"                         # auto | io_uring | epoll
 //! suite = "aes-gcm-256"               # aes-gcm-128 | aes-gcm-256 | chacha20-poly1305
 //! crypto = "aws-lc-rs"                # aws-lc-rs | ring | rustcrypto
-//! master_keys = ["<64 hex>", "<64 hex>"]   # this appliance's two generations
+//! master_keys = ["<64 hex>", "<64 hex>"]   # lab mode: this appliance's two generations
 //! current_generation = 0
 //!
 //! [hardware]                          # optional: size the data plane from a hardware profile
@@ -24,14 +24,40 @@
 //! path_mtu = 1500                     # MTU of the path between appliances
 //! offloads = true                     # virtio-net header, TSO/USO: 64 KiB reads
 //!
-//! [[peers]]
+//! [[peers]]                           # lab mode only
 //! name = "b"
 //! endpoint = "192.0.2.2:1000"
 //! prefixes = ["10.2.0.0/16"]
 //! master_keys = ["<64 hex>", "<64 hex>"]   # the peer's, as in its own [appliance]
 //! current_generation = 0
 //! ```
+//!
+//! Instead of lab keys (`master_keys` and `[[peers]]`), the key plane can key the appliance;
+//! exactly one of the two must be given:
+//!
+//! ```toml
+//! [keymgr]
+//! appliance = "dc1-edge"              # this appliance's id, as its enrolment token names it
+//! authority = "192.0.2.10:7000"       # the authority's QUIC address
+//! listen = "192.0.2.1:7001"           # where this appliance's key agent serves peers (QUIC)
+//! state_dir = "/var/lib/cpclink/agent"    # relative paths are taken from this file's directory
+//! kek_file = "/etc/cpclink/kek"       # 64 hex digits wrapping the secrets at rest
+//! ca_cert = "/etc/cpclink/ca.pem"     # the authority's CA certificate
+//! token_file = "/etc/cpclink/enrol.token"  # or token = "..."; needed only until enrolled
+//! endpoint = "192.0.2.1:1000"         # optional: data-plane endpoint peers send to
+//!                                     # (default: [appliance].listen)
+//! sa_lifetime_secs = 3600             # how long SAs this appliance grants may be used
+//! rekey_grace_ms = 2000               # how long a rotation waits for peers to move
+//!
+//! [[keymgr.peer]]                     # inner prefixes routed to a peer, by appliance id
+//! id = "dc2-edge"
+//! prefixes = ["10.2.0.0/16"]
+//! ```
+//!
+//! Peers, their endpoints and SAs come from the key plane; the directory carries no inner
+//! prefixes, so a peer that is not listed under `[[keymgr.peer]]` gets no routed traffic.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -39,7 +65,10 @@ use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{EngineConfig, PeerConfig};
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind, IoSizing};
 use cpclink_dataplane::sa::MasterKeys;
+use cpclink_keymgr::agent::AgentOptions;
+use cpclink_keymgr::config::AgentConfig;
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::error::Error;
 
@@ -51,6 +80,37 @@ struct RawConfig {
     tun: Option<RawTun>,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    keymgr: Option<RawKeymgr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeymgr {
+    appliance: String,
+    authority: String,
+    listen: String,
+    state_dir: PathBuf,
+    kek_file: PathBuf,
+    ca_cert: PathBuf,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    endpoint: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default = "default_sa_lifetime")]
+    sa_lifetime_secs: u64,
+    #[serde(default = "default_rekey_grace")]
+    rekey_grace_ms: u64,
+    #[serde(default)]
+    peer: Vec<RawKeymgrPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeymgrPeer {
+    id: String,
+    #[serde(default)]
+    prefixes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,7 +128,7 @@ struct RawAppliance {
     gso_segments: Option<usize>,
     io_uring_entries: Option<u32>,
     provided_buffers: Option<u32>,
-    master_keys: Vec<String>,
+    master_keys: Option<Vec<String>>,
     #[serde(default)]
     current_generation: u8,
 }
@@ -115,6 +175,12 @@ fn default_suite() -> String {
 fn default_path_mtu() -> u32 {
     1500
 }
+fn default_sa_lifetime() -> u64 {
+    3_600
+}
+fn default_rekey_grace() -> u64 {
+    2_000
+}
 
 /// A validated appliance configuration.
 #[derive(Debug)]
@@ -139,12 +205,68 @@ pub struct ApplianceConfig {
     pub io_sizing: IoSizing,
     /// The hardware profile the data plane was sized from, if one was named.
     pub hardware: Option<HardwareSource>,
-    /// This appliance's master keys.
-    pub master_keys: MasterKeys,
+    /// Where the SA keys come from.
+    pub keying: Keying,
     /// The TUN device, if the appliance tunnels.
     pub tun: Option<TunConfig>,
-    /// The peers, in order ([`cpclink_dataplane::engine::PeerId`] indexes them).
+    /// The lab-mode peers, in order ([`cpclink_dataplane::engine::PeerId`] indexes them);
+    /// none when the key plane keys the appliance (it finds the peers).
     pub peers: Vec<Peer>,
+}
+
+/// Where an appliance's SA keys come from.
+#[derive(Debug)]
+pub enum Keying {
+    /// Lab mode: static master keys in the configuration.
+    Lab {
+        /// This appliance's master keys.
+        master_keys: MasterKeys,
+    },
+    /// The key plane: a key agent enrolled with the authority.
+    KeyPlane(Box<KeymgrConfig>),
+}
+
+/// The `[keymgr]` section: this appliance's key agent.
+#[derive(Debug)]
+pub struct KeymgrConfig {
+    /// The agent's settings, paths resolved against the configuration's directory.
+    pub agent: AgentConfig,
+    /// An enrolment token given inline (instead of `token_file`).
+    pub token: Option<Zeroizing<String>>,
+    /// The data-plane endpoint to publish, if not `[appliance].listen`.
+    pub endpoint: Option<SocketAddr>,
+    /// Inner prefixes routed to peers, by appliance id.
+    pub prefixes: BTreeMap<String, Vec<(IpAddr, u8)>>,
+    file: String,
+}
+
+impl KeymgrConfig {
+    /// The key agent's options, publishing `endpoint` as this appliance's data-plane address.
+    /// Reads the KEK, the CA certificate and the enrolment token file.
+    pub fn agent_options(&self, endpoint: SocketAddr) -> Result<AgentOptions, Error> {
+        let mut agent = self.agent.clone();
+        agent.endpoints = vec![endpoint.to_string()];
+        let mut options = AgentOptions::from_config(&agent).map_err(|e| match e {
+            cpclink_keymgr::Error::Config {
+                file: at,
+                field,
+                reason,
+            } => Error::Config {
+                file: self.file.clone(),
+                field: format!("[keymgr].{field}"),
+                reason: format!("{}: {reason}", at.display()),
+            },
+            other => Error::Config {
+                file: self.file.clone(),
+                field: "[keymgr]".into(),
+                reason: other.to_string(),
+            },
+        })?;
+        if let Some(token) = &self.token {
+            options.token = Some(token.clone());
+        }
+        Ok(options)
+    }
 }
 
 /// Which hardware profile sized the data plane, and which settings it gave.
@@ -448,6 +570,108 @@ impl Ctx<'_> {
         })
     }
 
+    /// A path as written, or taken from the configuration's directory if relative.
+    fn path(&self, path: &Path) -> PathBuf {
+        if path.is_relative() {
+            Path::new(self.file)
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(path)
+        } else {
+            path.to_owned()
+        }
+    }
+
+    fn keymgr(&self, k: RawKeymgr, listen: SocketAddr, suite: Suite) -> Result<KeymgrConfig, Error> {
+        if !cpclink_keymgr::pki::valid_id(&k.appliance) {
+            return Err(self.err(
+                "[keymgr].appliance",
+                format!("{:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-', as the enrolment token names it", k.appliance),
+            ));
+        }
+        let authority = self.endpoint("[keymgr].authority", &k.authority)?;
+        let agent_listen = self.endpoint("[keymgr].listen", &k.listen)?;
+        let endpoint = match &k.endpoint {
+            Some(e) => {
+                let e = self.endpoint("[keymgr].endpoint", e)?;
+                if e.ip().is_unspecified() || e.port() == 0 {
+                    return Err(self.err(
+                        "[keymgr].endpoint",
+                        format!("{e} is no address peers can send to (give this appliance's address and PSP port)"),
+                    ));
+                }
+                if e.is_ipv4() != listen.is_ipv4() {
+                    return Err(self.err(
+                        "[keymgr].endpoint",
+                        format!("{e} is not of the same address family as [appliance].listen {listen}"),
+                    ));
+                }
+                Some(e)
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(self.err(
+                    "[keymgr].endpoint",
+                    format!("missing: [appliance].listen {listen} is no address peers can send to; give endpoint = \"<this appliance's address>:{}\"", listen.port()),
+                ))
+            }
+            None => None,
+        };
+        if k.token.is_some() && k.token_file.is_some() {
+            return Err(self.err(
+                "[keymgr].token",
+                "given with token_file; keep one of the two",
+            ));
+        }
+        if k.sa_lifetime_secs < 10 {
+            return Err(self.err(
+                "[keymgr].sa_lifetime_secs",
+                format!("{} is too short (expected at least 10 seconds; 3600 is the default)", k.sa_lifetime_secs),
+            ));
+        }
+        let mut prefixes = BTreeMap::new();
+        for (i, p) in k.peer.iter().enumerate() {
+            let at = format!("[[keymgr.peer]][{i}]");
+            if !cpclink_keymgr::pki::valid_id(&p.id) {
+                return Err(self.err(
+                    format!("{at}.id"),
+                    format!("{:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'", p.id),
+                ));
+            }
+            let parsed = p
+                .prefixes
+                .iter()
+                .enumerate()
+                .map(|(j, v)| self.prefix(&format!("{at}.prefixes[{j}]"), v))
+                .collect::<Result<Vec<_>, _>>()?;
+            if prefixes.insert(p.id.clone(), parsed).is_some() {
+                return Err(self.err(
+                    format!("{at}.id"),
+                    format!("{:?} appears twice; list each peer once", p.id),
+                ));
+            }
+        }
+        Ok(KeymgrConfig {
+            agent: AgentConfig {
+                appliance: k.appliance,
+                authority,
+                listen: agent_listen,
+                state_dir: self.path(&k.state_dir),
+                kek_file: self.path(&k.kek_file),
+                ca_cert: self.path(&k.ca_cert),
+                token_file: k.token_file.as_deref().map(|p| self.path(p)),
+                endpoints: Vec::new(),
+                capabilities: k.capabilities,
+                suite: suite.version(),
+                sa_lifetime_secs: k.sa_lifetime_secs,
+                rekey_grace_ms: k.rekey_grace_ms,
+            },
+            token: k.token.map(|t| Zeroizing::new(t.trim().to_owned())),
+            endpoint,
+            prefixes,
+            file: self.file.to_owned(),
+        })
+    }
+
     fn prefix(&self, field: &str, value: &str) -> Result<(IpAddr, u8), Error> {
         let bad = || {
             self.err(
@@ -513,11 +737,32 @@ impl ApplianceConfig {
                 format!("{suite} authenticates without encrypting; tunnels need aes-gcm-128, aes-gcm-256 or chacha20-poly1305"),
             ));
         }
-        let master_keys = ctx.keys(
-            "[appliance].master_keys",
-            &a.master_keys,
-            a.current_generation,
-        )?;
+        let keying = match (a.master_keys, raw.keymgr) {
+            (Some(keys), None) => Keying::Lab {
+                master_keys: ctx.keys("[appliance].master_keys", &keys, a.current_generation)?,
+            },
+            (None, Some(k)) => {
+                if !raw.peers.is_empty() {
+                    return Err(ctx.err(
+                        format!("[peers.{}]", raw.peers[0].name),
+                        "lab-mode peers with [keymgr]: the key plane finds the peers; remove [[peers]] and list their prefixes under [[keymgr.peer]] (id, prefixes)",
+                    ));
+                }
+                Keying::KeyPlane(Box::new(ctx.keymgr(k, listen, suite)?))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ctx.err(
+                    "[appliance].master_keys",
+                    "lab keys given with [keymgr]: keep one; remove master_keys (and [[peers]]) to be keyed by the key plane, or [keymgr] for lab mode",
+                ))
+            }
+            (None, None) => {
+                return Err(ctx.err(
+                    "[appliance].master_keys",
+                    "missing: give lab keys (master_keys = [\"<64 hex>\", \"<64 hex>\"] and [[peers]]) or a [keymgr] section to be keyed by the key plane",
+                ))
+            }
+        };
         let tun = match raw.tun {
             Some(t) => {
                 if t.name.is_empty() || t.name.len() > 15 {
@@ -581,7 +826,7 @@ impl ApplianceConfig {
             gso_segments: sizing.gso_segments,
             io_sizing: sizing.io_sizing,
             hardware: sizing.hardware,
-            master_keys,
+            keying,
             tun,
             peers,
         })
@@ -852,7 +1097,10 @@ mod tests {
                 packet_len: 1000,
             });
             e.egress = Egress::Sink { flows: FLOWS };
-            (Engine::start(e).unwrap(), c.master_keys)
+            let Keying::Lab { master_keys } = c.keying else {
+                panic!("lab keys")
+            };
+            (Engine::start(e).unwrap(), master_keys)
         };
         let (a, _) = appliance(true);
         let (b, keys_b) = appliance(false);

@@ -15,6 +15,9 @@ pub enum Error {
     /// The data plane refused the operation.
     #[error(transparent)]
     Dataplane(#[from] cpclink_dataplane::Error),
+    /// The key plane (enrolment, the key agent) failed.
+    #[error("key plane: {0}")]
+    KeyPlane(#[from] cpclink_keymgr::Error),
     /// A benchmark could not run.
     #[error(transparent)]
     Bench(#[from] cpclink_bench::Error),

@@ -1,16 +1,20 @@
-//! `cpclink run --config FILE`: an appliance's data plane with its TUN tunnel, keyed in lab
-//! mode from the configuration until the key plane drives it. Ctrl-C drains and exits.
+//! `cpclink run --config FILE`: an appliance's data plane with its TUN tunnel, keyed by the
+//! key plane (`[keymgr]`: a key agent enrolled with the authority) or, in lab mode, from
+//! static keys in the configuration. Ctrl-C or SIGTERM drains, stops the agent and exits.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
+use cpclink_control::keyed::{KeyedEngine, KeyedOptions};
 use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, SaProfile};
 use cpclink_dataplane::io::tun;
-use cpclink_dataplane::sa::SaLimits;
+use cpclink_dataplane::sa::{MasterKeys, SaLimits};
+use cpclink_keymgr::agent::KeyAgent;
 
-use crate::config::ApplianceConfig;
+use crate::config::{ApplianceConfig, KeymgrConfig, Keying};
 use crate::error::Error;
 
 /// Arguments of `cpclink run`.
@@ -53,23 +57,24 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         crypto: config.crypto,
         limits: SaLimits::default(),
     };
-    let engine = Engine::start(engine_config)?;
+    let engine = Arc::new(Engine::start(engine_config)?);
     eprintln!(
-        "cpclink: listening on {} with {} worker(s) over {}, {} peer(s)",
+        "cpclink: listening on {} with {} worker(s) over {}, {}",
         engine.local_addr(),
         engine.workers(),
         engine.io(),
-        config.peers.len()
+        match &config.keying {
+            Keying::Lab { .. } => format!("{} lab-keyed peer(s)", config.peers.len()),
+            Keying::KeyPlane(_) => "peers and keys from the key plane".to_owned(),
+        }
     );
-    lab::enable_rx_derivation(&engine, &config.master_keys, config.suite)?;
-    engine.snapshot()?;
-    for (i, peer) in config.peers.iter().enumerate() {
-        let spis = lab::install_tx_sas(&engine, PeerId(i as u32), &peer.master_keys, profile)?;
-        eprintln!(
-            "cpclink: peer {} at {}: transmit SPIs {spis:?}",
-            peer.name, peer.endpoint
-        );
-    }
+    let key_plane = match &config.keying {
+        Keying::Lab { master_keys } => {
+            start_lab(&engine, &config, master_keys, profile)?;
+            None
+        }
+        Keying::KeyPlane(k) => Some(KeyPlane::start(&engine, k, &config)?),
+    };
 
     let tick = Duration::from_millis(200);
     let mut ticks = 0u64;
@@ -78,15 +83,9 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
-        while let Ok(event) = engine.events().try_recv() {
-            let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
-            if let Some(p) = config.peers.get(peer.0 as usize) {
-                let spi = lab::rekey_tx_sa(&engine, worker, peer, &p.master_keys, profile)?;
-                eprintln!(
-                    "cpclink: worker {worker} rekeyed to peer {} with SPI {spi}",
-                    p.name
-                );
-            }
+        // With the key plane, its driver answers the engine's events.
+        if key_plane.is_none() {
+            rekey_lab(&engine, &config, profile)?;
         }
         ticks += 1;
         if args.stats_every > 0 && ticks % (args.stats_every * 5) == 0 {
@@ -102,13 +101,115 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             );
         }
     }
+    if let Some(key_plane) = key_plane {
+        key_plane.stop();
+    }
     eprintln!("cpclink: stopping; draining the workers");
-    let s = engine.shutdown()?.total();
+    let stats = match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown()?,
+        // Unreachable once the key plane's driver has ended; the counters are still worth
+        // printing, and dropping the engine stops its workers.
+        Err(engine) => engine.snapshot()?,
+    };
     println!(
         "{}",
-        serde_json::to_string(&s).map_err(std::io::Error::from)?
+        serde_json::to_string(&stats.total()).map_err(std::io::Error::from)?
     );
     Ok(())
+}
+
+/// Lab mode: receive SAs derived from this appliance's keys, transmit SAs from the peers'.
+fn start_lab(
+    engine: &Engine,
+    config: &ApplianceConfig,
+    master_keys: &MasterKeys,
+    profile: SaProfile,
+) -> Result<(), Error> {
+    lab::enable_rx_derivation(engine, master_keys, config.suite)?;
+    engine.snapshot()?;
+    for (i, peer) in config.peers.iter().enumerate() {
+        let spis = lab::install_tx_sas(engine, PeerId(i as u32), &peer.master_keys, profile)?;
+        eprintln!(
+            "cpclink: peer {} at {}: transmit SPIs {spis:?}",
+            peer.name, peer.endpoint
+        );
+    }
+    Ok(())
+}
+
+/// Lab mode: replaces transmit SAs the workers report due or exhausted.
+fn rekey_lab(engine: &Engine, config: &ApplianceConfig, profile: SaProfile) -> Result<(), Error> {
+    while let Ok(event) = engine.events().try_recv() {
+        let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
+        if let Some(p) = config.peers.get(peer.0 as usize) {
+            let spi = lab::rekey_tx_sa(engine, worker, peer, &p.master_keys, profile)?;
+            eprintln!(
+                "cpclink: worker {worker} rekeyed to peer {} with SPI {spi}",
+                p.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The key agent and the driver that feeds its SAs to the engine, on their own runtime.
+struct KeyPlane {
+    runtime: tokio::runtime::Runtime,
+    keyed: KeyedEngine,
+}
+
+impl KeyPlane {
+    /// Enrols (if not yet enrolled), starts the key agent publishing the engine's endpoint,
+    /// and starts feeding the engine.
+    fn start(
+        engine: &Arc<Engine>,
+        k: &KeymgrConfig,
+        config: &ApplianceConfig,
+    ) -> Result<Self, Error> {
+        let endpoint = k.endpoint.unwrap_or_else(|| engine.local_addr());
+        let options = k.agent_options(endpoint)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cpclink-keys")
+            .enable_all()
+            .build()?;
+        tracing::info!(
+            "key agent {}: authority {}, state in {}{}",
+            options.appliance,
+            options.authority,
+            options.state_dir.display(),
+            if options.token.is_some() {
+                " (enrolment token at hand)"
+            } else {
+                ""
+            }
+        );
+        let (agent, events) = runtime.block_on(KeyAgent::start(options))?;
+        tracing::info!(
+            "key agent {} enrolled; serving peers on {}, publishing data-plane endpoint {endpoint}",
+            agent.id(),
+            agent
+                .local_addr()
+                .map_or_else(|| "?".to_owned(), |a| a.to_string())
+        );
+        let options = KeyedOptions {
+            prefixes: k.prefixes.clone(),
+            crypto: config.crypto,
+            ..KeyedOptions::default()
+        };
+        let keyed = {
+            let _inside = runtime.enter();
+            KeyedEngine::start(engine.clone(), agent, events, options)
+        };
+        Ok(Self { runtime, keyed })
+    }
+
+    /// Stops the driver and the agent, then the runtime.
+    fn stop(self) {
+        let Self { runtime, keyed } = self;
+        runtime.block_on(keyed.stop());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 }
 
 /// Says which data plane settings came from the hardware profile and which the

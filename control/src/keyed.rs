@@ -1,0 +1,598 @@
+//! The key plane driving the data plane: a key agent's directory and SA events become the
+//! engine's peers, transmit and receive SAs, retirements and revocations.
+//!
+//! - Peers are the appliances the agent's directory lists as authorised for this one, each
+//!   at the first data-plane endpoint it publishes of the engine's address family. They get
+//!   a [`PeerId`] when first seen and keep it, so revoked peers stay known to the engine and
+//!   their packets count as rejected rather than as strangers'. Inner prefixes routed to a
+//!   peer come from [`KeyedOptions::prefixes`] (the directory carries none).
+//! - Transmit SAs: one per worker and peer, each obtained from the peer's agent, because a
+//!   worker's IV counter is its own: one SA on two workers would repeat (key, IV) pairs.
+//!   A fresh SA goes into use [`KeyedOptions::settle`] after the grant: the receiver installs
+//!   its half when it grants, and that must reach its workers before the first packet. The
+//!   SA it replaces stays valid at the receiver meanwhile (make-before-break), so the wait
+//!   costs nothing.
+//! - Receive SAs are installed as the agent grants them and retired when a rotation
+//!   overwrites their generation. Revocation (or a policy that no longer lets a peer talk)
+//!   drops every SA with the peer, both ways.
+//!
+//! Nothing is ever sent in clear: a worker without a transmit SA for a peer drops and
+//! counts what it would send there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::crypto::Backend;
+use cpclink_dataplane::engine::{Engine, Event, PeerConfig, PeerId, SaProfile};
+use cpclink_dataplane::sa::{SaLimits, Spi};
+use cpclink_keymgr::agent::{KeyAgent, SaEvent, TxSaGrant};
+use cpclink_keymgr::directory::Directory;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a failed SA request waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often engine events (rekey due, SA exhausted) and retries are looked at.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How the key plane drives an engine.
+#[derive(Debug, Clone)]
+pub struct KeyedOptions {
+    /// Inner prefixes routed to each peer, by appliance id; peers left out route nothing
+    /// (a synthetic source still reaches them).
+    pub prefixes: BTreeMap<String, Vec<(IpAddr, u8)>>,
+    /// The AEAD library SAs use.
+    pub crypto: Backend,
+    /// How long a granted transmit SA waits before it is used.
+    pub settle: Duration,
+}
+
+impl Default for KeyedOptions {
+    fn default() -> Self {
+        Self {
+            prefixes: BTreeMap::new(),
+            crypto: Backend::AwsLc,
+            settle: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A peer as the key plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its index in the engine.
+    pub peer: PeerId,
+    /// Where its data plane listens, once the directory said.
+    pub endpoint: Option<SocketAddr>,
+    /// Whether it may talk to this appliance now.
+    pub active: bool,
+    /// Whether it was revoked (or its SAs dropped for good).
+    pub revoked: bool,
+    /// The transmit SA each worker uses towards it.
+    pub tx: Vec<Option<Spi>>,
+}
+
+/// What the key plane has given the engine, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyingStatus {
+    /// Peers by appliance id.
+    pub peers: BTreeMap<String, PeerStatus>,
+    /// Receive SAs installed and not retired, with the peer that sends on each.
+    pub rx: BTreeMap<Spi, String>,
+    /// Receive SAs retired by rotations.
+    pub retired_rx: BTreeSet<Spi>,
+}
+
+struct Slot {
+    peer: PeerId,
+    endpoint: Option<SocketAddr>,
+    active: bool,
+    revoked: bool,
+    tx: Vec<Option<Spi>>,
+    pending: Vec<bool>,
+    retry_at: Vec<Option<Instant>>,
+}
+
+/// An SA request's outcome, back on the driver's task.
+enum Fetched {
+    Granted { worker: usize, grant: TxSaGrant },
+    Failed { peer: String, worker: usize },
+}
+
+/// The key plane driving an engine; dropping it leaves the driver running until
+/// [`KeyedEngine::stop`] is awaited or the runtime ends.
+#[derive(Debug)]
+pub struct KeyedEngine {
+    agent: KeyAgent,
+    status: Arc<Mutex<KeyingStatus>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl KeyedEngine {
+    /// Starts driving `engine` from `agent` and its event stream. Must be called within a
+    /// tokio runtime.
+    pub fn start(
+        engine: Arc<Engine>,
+        agent: KeyAgent,
+        events: mpsc::UnboundedReceiver<SaEvent>,
+        options: KeyedOptions,
+    ) -> Self {
+        let status = Arc::new(Mutex::new(KeyingStatus::default()));
+        let (stop, stopped) = oneshot::channel();
+        let (fetched_tx, fetched) = mpsc::unbounded_channel();
+        let driver = Driver {
+            workers: engine.workers(),
+            engine,
+            agent: agent.clone(),
+            options,
+            slots: BTreeMap::new(),
+            status: status.clone(),
+            fetched_tx,
+            unreachable: BTreeSet::new(),
+        };
+        let task = tokio::spawn(driver.run(events, fetched, stopped));
+        Self {
+            agent,
+            status,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &KeyAgent {
+        &self.agent
+    }
+
+    /// A copy of what the key plane has given the engine.
+    pub fn status(&self) -> KeyingStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Stops driving the engine and stops the agent. The engine keeps the SAs it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.agent.shutdown();
+        tracing::info!("key agent {} stopped", self.agent.id());
+    }
+}
+
+fn lock(status: &Mutex<KeyingStatus>) -> std::sync::MutexGuard<'_, KeyingStatus> {
+    // Only this module writes it, field by field; a panic mid-update leaves a usable copy.
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Driver {
+    engine: Arc<Engine>,
+    workers: usize,
+    agent: KeyAgent,
+    options: KeyedOptions,
+    slots: BTreeMap<String, Slot>,
+    status: Arc<Mutex<KeyingStatus>>,
+    fetched_tx: mpsc::UnboundedSender<Fetched>,
+    /// Peers already reported as publishing no usable endpoint.
+    unreachable: BTreeSet<String>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<SaEvent>,
+        mut fetched: mpsc::UnboundedReceiver<Fetched>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        let mut version = self.agent.directory_version();
+        self.sync_directory();
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                event = events.recv() => match event {
+                    Some(event) => self.on_sa_event(event),
+                    None => break,
+                },
+                changed = version.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.sync_directory();
+                }
+                Some(outcome) = fetched.recv() => self.on_fetched(outcome),
+                _ = poll.tick() => {
+                    self.on_engine_events();
+                    self.fetch_missing();
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut status = lock(&self.status);
+        status.peers = self
+            .slots
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    PeerStatus {
+                        peer: s.peer,
+                        endpoint: s.endpoint,
+                        active: s.active,
+                        revoked: s.revoked,
+                        tx: s.tx.clone(),
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// The peer's slot, made (with the next [`PeerId`]) if it has none yet.
+    fn slot(&mut self, id: &str) -> &mut Slot {
+        let next = PeerId(self.slots.len() as u32);
+        let workers = self.workers;
+        self.slots.entry(id.to_owned()).or_insert_with(|| Slot {
+            peer: next,
+            endpoint: None,
+            active: false,
+            revoked: false,
+            tx: vec![None; workers],
+            pending: vec![false; workers],
+            retry_at: vec![None; workers],
+        })
+    }
+
+    /// The first published endpoint of the engine's address family.
+    fn endpoint_of(&self, endpoints: &[String]) -> Option<SocketAddr> {
+        let v4 = self.engine.local_addr().is_ipv4();
+        endpoints
+            .iter()
+            .filter_map(|e| e.parse::<SocketAddr>().ok())
+            .find(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
+    }
+
+    fn sync_directory(&mut self) {
+        let dir: Directory = self.agent.directory();
+        let me = self.agent.id().to_owned();
+        for (id, entry) in &dir.appliances {
+            if *id == me {
+                continue;
+            }
+            if entry.revoked || !dir.allows(&me, id) {
+                let why = if entry.revoked {
+                    "revoked"
+                } else {
+                    "no longer authorised"
+                };
+                self.drop_peer(id, why, entry.revoked);
+                continue;
+            }
+            let Some(endpoint) = self.endpoint_of(&entry.endpoints) else {
+                if self.unreachable.insert(id.clone()) {
+                    tracing::warn!(
+                        "peer {id} publishes no data-plane endpoint of this appliance's address family ({:?}); not sending to it",
+                        entry.endpoints
+                    );
+                }
+                continue;
+            };
+            self.unreachable.remove(id);
+            let prefixes = self.options.prefixes.get(id).cloned().unwrap_or_default();
+            let slot = self.slot(id);
+            if slot.revoked {
+                continue;
+            }
+            let (peer, moved, was_active) = (slot.peer, slot.endpoint != Some(endpoint), slot.active);
+            slot.endpoint = Some(endpoint);
+            slot.active = true;
+            if moved || !was_active {
+                tracing::info!(
+                    "peer {id} ({peer:?}) at {endpoint}, routing {} prefix(es)",
+                    prefixes.len()
+                );
+                if let Err(e) = self.engine.set_peer(peer, PeerConfig { endpoint, prefixes }) {
+                    tracing::error!("the data plane refused peer {id}: {e}");
+                }
+            }
+        }
+        // Peers the directory no longer lists (a narrower view after a policy change).
+        let gone: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(id, s)| s.active && !dir.appliances.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.drop_peer(&id, "no longer listed", false);
+        }
+        self.publish();
+        self.fetch_missing();
+    }
+
+    /// Drops every SA with `id`, both ways; `revoked` makes it for good.
+    fn drop_peer(&mut self, id: &str, why: &str, revoked: bool) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if !slot.active && (slot.revoked || !revoked) {
+            return;
+        }
+        slot.active = false;
+        slot.revoked |= revoked;
+        slot.tx.iter_mut().for_each(|t| *t = None);
+        let peer = slot.peer;
+        tracing::info!("peer {id} ({peer:?}) {why}: dropping every SA with it");
+        if let Err(e) = self.engine.revoke_peer(peer) {
+            tracing::error!("the data plane did not take the revocation of {id}: {e}");
+        }
+        lock(&self.status).rx.retain(|_, p| p != id);
+        self.publish();
+    }
+
+    /// Asks `id`'s agent for a transmit SA for `worker`.
+    fn fetch(&mut self, id: &str, worker: usize) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if !slot.active || slot.pending[worker] {
+            return;
+        }
+        slot.pending[worker] = true;
+        slot.retry_at[worker] = None;
+        let (agent, results, settle) = (
+            self.agent.clone(),
+            self.fetched_tx.clone(),
+            self.options.settle,
+        );
+        let peer = id.to_owned();
+        tokio::spawn(async move {
+            let outcome = match agent.request_sa(&peer).await {
+                Ok(grant) => {
+                    tokio::time::sleep(settle).await;
+                    Fetched::Granted { worker, grant }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "SA request to {peer} for worker {worker} failed: {e}; retrying in {RETRY:?}"
+                    );
+                    Fetched::Failed { peer, worker }
+                }
+            };
+            let _ = results.send(outcome);
+        });
+    }
+
+    /// Requests SAs for every worker of an authorised peer that has none.
+    fn fetch_missing(&mut self) {
+        let now = Instant::now();
+        let wanted: Vec<(String, usize)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.active)
+            .flat_map(|(id, s)| {
+                (0..self.workers)
+                    .filter(|&w| {
+                        s.tx[w].is_none() && !s.pending[w] && s.retry_at[w].is_none_or(|t| t <= now)
+                    })
+                    .map(|w| (id.clone(), w))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (id, worker) in wanted {
+            self.fetch(&id, worker);
+        }
+    }
+
+    fn on_fetched(&mut self, outcome: Fetched) {
+        match outcome {
+            Fetched::Granted { worker, grant } => self.install_tx(worker, grant),
+            Fetched::Failed { peer, worker } => {
+                if let Some(slot) = self.slots.get_mut(&peer) {
+                    slot.pending[worker] = false;
+                    slot.retry_at[worker] = Some(Instant::now() + RETRY);
+                }
+            }
+        }
+    }
+
+    fn install_tx(&mut self, worker: usize, grant: TxSaGrant) {
+        let crypto = self.options.crypto;
+        let Some(slot) = self.slots.get_mut(&grant.peer) else {
+            return;
+        };
+        slot.pending[worker] = false;
+        if !slot.active {
+            tracing::info!(
+                "SA {} towards {} arrived after the peer was dropped; not used",
+                grant.spi,
+                grant.peer
+            );
+            return;
+        }
+        let profile = SaProfile {
+            suite: grant.suite,
+            crypto,
+            limits: limits_for(grant.expires),
+        };
+        match self
+            .engine
+            .install_tx_sa(worker, slot.peer, grant.spi, &grant.key, profile)
+        {
+            Ok(()) => {
+                let old = slot.tx[worker].replace(grant.spi);
+                tracing::info!(
+                    "worker {worker} sends to {} with SA {} (generation {}, epoch {}){}",
+                    grant.peer,
+                    grant.spi,
+                    grant.spi.generation(),
+                    grant.epoch,
+                    old.map(|o| format!(", replacing {o}")).unwrap_or_default()
+                );
+            }
+            Err(e) => {
+                tracing::error!("the data plane refused SA {}: {e}", grant.spi);
+                slot.retry_at[worker] = Some(Instant::now() + RETRY);
+            }
+        }
+        self.publish();
+    }
+
+    fn on_sa_event(&mut self, event: SaEvent) {
+        match event {
+            SaEvent::InstallTx(grant) => {
+                // The peer rotated (or the SA nears its end): every worker moves to a fresh
+                // SA, the first with this one; the old ones stay valid until the peer retires
+                // them, one rotation later.
+                let id = grant.peer.clone();
+                let Some(slot) = self.slots.get_mut(&id).filter(|s| s.active) else {
+                    return;
+                };
+                tracing::info!(
+                    "peer {id} offered SA {} (epoch {}): moving all {} worker(s) to fresh SAs",
+                    grant.spi,
+                    grant.epoch,
+                    self.workers
+                );
+                slot.pending[0] = true;
+                let (results, settle) = (self.fetched_tx.clone(), self.options.settle);
+                tokio::spawn(async move {
+                    tokio::time::sleep(settle).await;
+                    let _ = results.send(Fetched::Granted { worker: 0, grant });
+                });
+                for worker in 1..self.workers {
+                    self.fetch(&id, worker);
+                }
+            }
+            SaEvent::InstallRx {
+                peer,
+                spi,
+                suite,
+                key,
+            } => {
+                if !self.slots.contains_key(&peer) {
+                    // Granted before this side saw the peer in the directory.
+                    self.sync_directory();
+                }
+                let id = self.slot(&peer).peer;
+                let profile = SaProfile {
+                    suite,
+                    crypto: self.options.crypto,
+                    limits: SaLimits::default(),
+                };
+                match self.engine.install_rx_sa(id, spi, &key, profile) {
+                    Ok(()) => {
+                        tracing::info!(
+                            "worker {} accepts SA {spi} from {peer} (generation {})",
+                            self.engine.rx_worker(spi),
+                            spi.generation()
+                        );
+                        lock(&self.status).rx.insert(spi, peer);
+                    }
+                    Err(e) => tracing::error!("the data plane refused receive SA {spi}: {e}"),
+                }
+                self.publish();
+            }
+            SaEvent::RetireRx { spis } => {
+                for spi in &spis {
+                    if let Err(e) = self.engine.retire_rx_sa(*spi) {
+                        tracing::error!("retiring receive SA {spi}: {e}");
+                    }
+                }
+                tracing::info!(
+                    "retired {} receive SA(s) of the overwritten generation: {}",
+                    spis.len(),
+                    spis.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                let mut status = lock(&self.status);
+                for spi in spis {
+                    status.rx.remove(&spi);
+                    status.retired_rx.insert(spi);
+                }
+            }
+            SaEvent::RetirePeer { peer } => self.drop_peer(&peer, "retired", true),
+            SaEvent::Revoked { appliance } => {
+                if appliance == self.agent.id() {
+                    tracing::error!(
+                        "this appliance ({appliance}) was revoked: peers refuse its traffic and SA requests"
+                    );
+                } else {
+                    self.drop_peer(&appliance, "revoked", true);
+                }
+            }
+            SaEvent::Rotated { generation, epoch } => tracing::info!(
+                "master keys rotated: generation {generation} current, epoch {epoch}"
+            ),
+        }
+    }
+
+    fn on_engine_events(&mut self) {
+        while let Ok(event) = self.engine.events().try_recv() {
+            let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
+            let Some(id) = self
+                .slots
+                .iter()
+                .find(|(_, s)| s.peer == peer)
+                .map(|(id, _)| id.clone())
+            else {
+                continue;
+            };
+            let why = match event {
+                Event::RekeyDue { .. } => "is due for replacement",
+                Event::SaExhausted { .. } => "is exhausted",
+            };
+            tracing::info!("worker {worker}'s SA towards {id} {why}: requesting the next");
+            if matches!(event, Event::SaExhausted { .. }) {
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.tx[worker] = None;
+                }
+            }
+            self.fetch(&id, worker);
+        }
+    }
+}
+
+/// Transmit SA limits for a grant valid until `expires`: replaced at four fifths of its
+/// life, unusable at its end, and never beyond the data plane's own limits.
+fn limits_for(expires: Instant) -> SaLimits {
+    let d = SaLimits::default();
+    let left = expires.saturating_duration_since(Instant::now());
+    let soft = d.soft_lifetime.min(left * 4 / 5);
+    SaLimits {
+        soft_lifetime: soft,
+        hard_lifetime: d.hard_lifetime.min(left).max(soft),
+        ..d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sa_limits_follow_the_grant_and_stay_within_the_data_plane() {
+        let d = SaLimits::default();
+        let long = limits_for(Instant::now() + Duration::from_secs(86_400));
+        assert_eq!(long, d);
+        let short = limits_for(Instant::now() + Duration::from_secs(10));
+        assert!(short.soft_lifetime <= Duration::from_secs(8));
+        assert!(short.soft_lifetime > Duration::from_secs(7));
+        assert!(short.hard_lifetime <= Duration::from_secs(10));
+        assert!(short.hard_lifetime >= short.soft_lifetime);
+        assert_eq!(short.hard_packets, d.hard_packets);
+        let spent = limits_for(Instant::now() - Duration::from_secs(1));
+        assert_eq!(spent.hard_lifetime, Duration::ZERO);
+    }
+}
