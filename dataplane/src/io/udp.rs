@@ -53,7 +53,12 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 /// meets the same window.
 pub fn bind_group(listen: SocketAddr, count: usize) -> Result<Vec<OwnedFd>> {
     let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
+    let first = bind_one(listen)?;
+    // Port 0 would give every socket an ephemeral port of its own, and no group: the others
+    // join the port the first one got.
+    let listen = local_addr(first.as_raw_fd())?;
+    sockets.push(first);
+    for _ in 1..count {
         sockets.push(bind_one(listen)?);
     }
     if count > 1 {
@@ -320,6 +325,17 @@ mod tests {
             assert_eq!(socket_addr_from(bytes), Some(addr));
         }
         assert_eq!(socket_addr_from(&[0, 0]), None);
+    }
+
+    #[test]
+    fn a_group_on_port_zero_shares_one_port() {
+        let sockets = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = sockets
+            .iter()
+            .map(|s| local_addr(s.as_raw_fd()).unwrap().port())
+            .collect();
+        assert_ne!(ports[0], 0);
+        assert_eq!(ports, [ports[0]; 3], "one SO_REUSEPORT group steered by SPI");
     }
 
     #[test]
