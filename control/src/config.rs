@@ -582,7 +582,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn keymgr(&self, k: RawKeymgr, listen: SocketAddr, suite: Suite) -> Result<KeymgrConfig, Error> {
+    fn keymgr(
+        &self,
+        k: RawKeymgr,
+        listen: SocketAddr,
+        suite: Suite,
+    ) -> Result<KeymgrConfig, Error> {
         if !cpclink_keymgr::pki::valid_id(&k.appliance) {
             return Err(self.err(
                 "[keymgr].appliance",
@@ -625,7 +630,10 @@ impl Ctx<'_> {
         if k.sa_lifetime_secs < 10 {
             return Err(self.err(
                 "[keymgr].sa_lifetime_secs",
-                format!("{} is too short (expected at least 10 seconds; 3600 is the default)", k.sa_lifetime_secs),
+                format!(
+                    "{} is too short (expected at least 10 seconds; 3600 is the default)",
+                    k.sa_lifetime_secs
+                ),
             ));
         }
         let mut prefixes = BTreeMap::new();
@@ -634,7 +642,10 @@ impl Ctx<'_> {
             if !cpclink_keymgr::pki::valid_id(&p.id) {
                 return Err(self.err(
                     format!("{at}.id"),
-                    format!("{:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'", p.id),
+                    format!(
+                        "{:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'",
+                        p.id
+                    ),
                 ));
             }
             let parsed = p

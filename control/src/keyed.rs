@@ -292,7 +292,8 @@ impl Driver {
             if slot.revoked {
                 continue;
             }
-            let (peer, moved, was_active) = (slot.peer, slot.endpoint != Some(endpoint), slot.active);
+            let (peer, moved, was_active) =
+                (slot.peer, slot.endpoint != Some(endpoint), slot.active);
             slot.endpoint = Some(endpoint);
             slot.active = true;
             if moved || !was_active {
@@ -300,7 +301,10 @@ impl Driver {
                     "peer {id} ({peer:?}) at {endpoint}, routing {} prefix(es)",
                     prefixes.len()
                 );
-                if let Err(e) = self.engine.set_peer(peer, PeerConfig { endpoint, prefixes }) {
+                if let Err(e) = self
+                    .engine
+                    .set_peer(peer, PeerConfig { endpoint, prefixes })
+                {
                     tracing::error!("the data plane refused peer {id}: {e}");
                 }
             }
@@ -314,6 +318,11 @@ impl Driver {
             .collect();
         for id in gone {
             self.drop_peer(&id, "no longer listed", false);
+        }
+        // A change may have fixed what failed (a peer's control address appears once its
+        // agent first reaches the authority): retry now rather than at the back-off's end.
+        for slot in self.slots.values_mut() {
+            slot.retry_at.iter_mut().for_each(|t| *t = None);
         }
         self.publish();
         self.fetch_missing();

@@ -14,7 +14,7 @@ use cpclink_dataplane::io::tun;
 use cpclink_dataplane::sa::{MasterKeys, SaLimits};
 use cpclink_keymgr::agent::KeyAgent;
 
-use crate::config::{ApplianceConfig, KeymgrConfig, Keying};
+use crate::config::{ApplianceConfig, Keying, KeymgrConfig};
 use crate::error::Error;
 
 /// Arguments of `cpclink run`.
