@@ -241,12 +241,10 @@ pub struct KeymgrConfig {
 }
 
 impl KeymgrConfig {
-    /// The key agent's options, publishing `endpoint` as this appliance's data-plane address.
+    /// The key agent's options (its data-plane endpoints left for the caller to publish).
     /// Reads the KEK, the CA certificate and the enrolment token file.
-    pub fn agent_options(&self, endpoint: SocketAddr) -> Result<AgentOptions, Error> {
-        let mut agent = self.agent.clone();
-        agent.endpoints = vec![endpoint.to_string()];
-        let mut options = AgentOptions::from_config(&agent).map_err(|e| match e {
+    pub fn agent_options(&self) -> Result<AgentOptions, Error> {
+        let mut options = AgentOptions::from_config(&self.agent).map_err(|e| match e {
             cpclink_keymgr::Error::Config {
                 file: at,
                 field,
@@ -932,6 +930,127 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("a.toml: line ") && e.contains("colour"),
+            "{e}"
+        );
+    }
+
+    fn keyed(extra: &str) -> String {
+        format!(
+            "[appliance]\nlisten = \"192.0.2.1:1000\"\nsuite = \"aes-gcm-128\"\n\
+             [keymgr]\nappliance = \"dc1-edge\"\nauthority = \"192.0.2.10:7000\"\n\
+             listen = \"192.0.2.1:7001\"\nstate_dir = \"agent\"\nkek_file = \"/etc/cpclink/kek\"\n\
+             ca_cert = \"ca.pem\"\n{extra}\n\
+             [[keymgr.peer]]\nid = \"dc2-edge\"\nprefixes = [\"10.2.0.0/16\", \"fd00:2::/64\"]\n"
+        )
+    }
+
+    #[test]
+    fn a_keymgr_section_keys_the_appliance_instead_of_lab_keys() {
+        let c = ApplianceConfig::parse("/etc/cpclink/a.toml", &keyed("token = \" t0k \"")).unwrap();
+        assert!(c.peers.is_empty());
+        let Keying::KeyPlane(k) = c.keying else {
+            panic!("keyed by the key plane")
+        };
+        assert_eq!(k.agent.appliance, "dc1-edge");
+        assert_eq!(k.agent.authority, "192.0.2.10:7000".parse().unwrap());
+        // Relative paths are taken from the configuration's directory.
+        assert_eq!(k.agent.state_dir, Path::new("/etc/cpclink/agent"));
+        assert_eq!(k.agent.ca_cert, Path::new("/etc/cpclink/ca.pem"));
+        assert_eq!(k.agent.kek_file, Path::new("/etc/cpclink/kek"));
+        assert_eq!(
+            k.agent.suite,
+            Suite::AesGcm128.version(),
+            "[appliance].suite"
+        );
+        assert_eq!(k.agent.sa_lifetime_secs, 3600);
+        assert_eq!(k.token.as_deref().map(String::as_str), Some("t0k"));
+        assert_eq!(k.endpoint, None, "[appliance].listen is published");
+        assert_eq!(
+            k.prefixes["dc2-edge"],
+            vec![
+                ("10.2.0.0".parse().unwrap(), 16),
+                ("fd00:2::".parse().unwrap(), 64)
+            ]
+        );
+    }
+
+    #[test]
+    fn keymgr_errors_name_the_file_the_field_and_the_fix() {
+        let err = |text: &str| {
+            ApplianceConfig::parse("a.toml", text)
+                .unwrap_err()
+                .to_string()
+        };
+        let both = keyed("").replace(
+            "suite = \"aes-gcm-128\"",
+            &format!("master_keys = [\"{KEY}\", \"{KEY}\"]"),
+        );
+        let e = err(&both);
+        assert!(
+            e.starts_with(
+                "a.toml: [appliance].master_keys: lab keys given with [keymgr]: keep one"
+            ),
+            "{e}"
+        );
+        let e = err("[appliance]\nlisten = \"192.0.2.1:1000\"\n");
+        assert!(
+            e.starts_with("a.toml: [appliance].master_keys: missing: give lab keys"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{}[[peers]]\nname = \"b\"\nendpoint = \"192.0.2.2:1000\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n",
+            keyed("")
+        ));
+        assert!(
+            e.starts_with("a.toml: [peers.b]: lab-mode peers with [keymgr]"),
+            "{e}"
+        );
+        let e = err(&keyed("").replace("dc1-edge", "DC1 Edge"));
+        assert!(
+            e.starts_with("a.toml: [keymgr].appliance: \"DC1 Edge\" is not an appliance id"),
+            "{e}"
+        );
+        let e = err(&keyed("").replace("192.0.2.1:1000", "0.0.0.0:1000"));
+        assert!(
+            e.starts_with("a.toml: [keymgr].endpoint: missing: [appliance].listen 0.0.0.0:1000 is no address peers can send to"),
+            "{e}"
+        );
+        let e = err(&keyed("token = \"x\"\ntoken_file = \"t\""));
+        assert!(
+            e.starts_with("a.toml: [keymgr].token: given with token_file"),
+            "{e}"
+        );
+        let e = err(&keyed("endpoint = \"[2001:db8::1]:1000\""));
+        assert!(
+            e.contains("[keymgr].endpoint: [2001:db8::1]:1000 is not of the same address family"),
+            "{e}"
+        );
+        let e = err(&keyed("sa_lifetime_secs = 2"));
+        assert!(
+            e.contains("[keymgr].sa_lifetime_secs: 2 is too short"),
+            "{e}"
+        );
+        let e = err(&keyed("").replace("10.2.0.0/16", "10.2.0.0/33"));
+        assert!(e.contains("[[keymgr.peer]][0].prefixes[0]"), "{e}");
+        let e = err(&keyed("").replace(
+            "authority = \"192.0.2.10:7000\"",
+            "authority = \"192.0.2.10\"",
+        ));
+        assert!(
+            e.contains("[keymgr].authority: \"192.0.2.10\" has no port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unreadable_keymgr_files_are_named_with_their_field() {
+        let c = ApplianceConfig::parse("/nowhere/a.toml", &keyed("")).unwrap();
+        let Keying::KeyPlane(k) = c.keying else {
+            panic!("keyed by the key plane")
+        };
+        let e = k.agent_options().unwrap_err().to_string();
+        assert!(
+            e.starts_with("/nowhere/a.toml: [keymgr].ca_cert: /nowhere/ca.pem: cannot read"),
             "{e}"
         );
     }

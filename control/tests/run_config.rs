@@ -35,7 +35,26 @@ fn a_wrong_config_is_refused_with_file_field_and_fix() {
     let (ok, err) = run_with("[appliance]\nlisten = \"127.0.0.1:1000\"\n");
     assert!(!ok);
     assert!(
-        err.contains("bad.toml: line") && err.contains("master_keys"),
+        err.contains("bad.toml: [appliance].master_keys: missing: give lab keys")
+            && err.contains("or a [keymgr] section"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_keymgr_section_with_a_missing_file_is_refused_before_anything_starts() {
+    let (ok, err) = run_with(
+        "[appliance]\nlisten = \"127.0.0.1:0\"\n\
+         [keymgr]\nappliance = \"a\"\nauthority = \"127.0.0.1:7000\"\nlisten = \"127.0.0.1:0\"\n\
+         state_dir = \"agent\"\nkek_file = \"no-such-kek\"\nca_cert = \"no-such-ca.pem\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml: [keymgr].ca_cert:") && err.contains("no-such-ca.pem: cannot read"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("listening on"),
+        "refused before the data plane started: {err}"
     );
 }

@@ -12,7 +12,7 @@ use cpclink_control::keyed::{KeyedEngine, KeyedOptions};
 use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, SaProfile};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::sa::{MasterKeys, SaLimits};
-use cpclink_keymgr::agent::KeyAgent;
+use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 
 use crate::config::{ApplianceConfig, Keying, KeymgrConfig};
 use crate::error::Error;
@@ -40,6 +40,12 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
         reason: format!("cannot install the Ctrl-C handler: {e}"),
     })?;
 
+    // The key agent's files are read before anything is set up, so a wrong path is refused
+    // like any other configuration error.
+    let mut agent_options = match &config.keying {
+        Keying::KeyPlane(k) => Some(k.agent_options()?),
+        Keying::Lab { .. } => None,
+    };
     let mut engine_config = config.engine_config();
     log_hardware(&config);
     if let (Some(t), Some(mtu)) = (&config.tun, config.tun_mtu()) {
@@ -73,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
             start_lab(&engine, &config, master_keys, profile)?;
             None
         }
-        Keying::KeyPlane(k) => Some(KeyPlane::start(&engine, k, &config)?),
+        Keying::KeyPlane(k) => Some(KeyPlane::start(&engine, k, agent_options.take(), &config)?),
     };
 
     let tick = Duration::from_millis(200);
@@ -164,10 +170,15 @@ impl KeyPlane {
     fn start(
         engine: &Arc<Engine>,
         k: &KeymgrConfig,
+        options: Option<AgentOptions>,
         config: &ApplianceConfig,
     ) -> Result<Self, Error> {
         let endpoint = k.endpoint.unwrap_or_else(|| engine.local_addr());
-        let options = k.agent_options(endpoint)?;
+        let mut options = match options {
+            Some(o) => o,
+            None => k.agent_options()?,
+        };
+        options.endpoints = vec![endpoint.to_string()];
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cpclink-keys")
