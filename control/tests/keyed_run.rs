@@ -360,3 +360,301 @@ async fn a_revoked_appliance_is_refused_by_its_peer() {
     drop(a_engine);
     b.stop().await;
 }
+
+/// Runs a command; its stdout, or why it failed.
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn netns_skip_reason() -> Option<String> {
+    if sh(&["id", "-u"]).ok()?.trim() != "0" {
+        return Some("needs root for network namespaces and TUN".into());
+    }
+    for tool in ["ip", "ping"] {
+        if sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
+            return Some(format!("needs {tool}"));
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("needs /dev/net/tun".into());
+    }
+    None
+}
+
+/// Two namespaces on a veth, the authority in the first, a `cpclink run` in each keyed by
+/// `[keymgr]`; everything is killed and removed on drop.
+struct Lab {
+    namespaces: [String; 2],
+    dir: PathBuf,
+    children: Vec<(String, std::process::Child)>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    fn spawn(&mut self, ns: &str, name: &str, args: &[&str]) -> u32 {
+        let file =
+            |ext: &str| std::fs::File::create(self.dir.join(format!("{name}.{ext}"))).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cpclink")])
+            .args(args)
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        pid
+    }
+
+    fn log(&self, name: &str, ext: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.{ext}"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        ["authority", "a", "b"]
+            .iter()
+            .map(|n| format!("--- {n}:\n{}", self.log(n, "err")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "gave up waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn keymgr(&self, args: &[&str]) -> Result<String, String> {
+        let config = self.dir.join("authority.toml").display().to_string();
+        let mut all = vec![env!("CARGO_BIN_EXE_cpclink"), "keymgr", "--config", &config];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    fn ping(&self, from: usize, to: &str) -> Result<String, String> {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.namespaces[from],
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            to,
+        ])
+    }
+}
+
+#[test]
+fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocation() {
+    if let Some(reason) = netns_skip_reason() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("cpclink-keyed-netns-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lab = Lab {
+        namespaces: [format!("cpk-a-{id}"), format!("cpk-b-{id}")],
+        dir,
+        children: Vec::new(),
+    };
+    let [a, b] = lab.namespaces.clone();
+    let (va, vb) = (
+        format!("cka{}", id % 100_000),
+        format!("ckb{}", id % 100_000),
+    );
+    for cmd in [
+        format!("ip netns add {a}"),
+        format!("ip netns add {b}"),
+        format!("ip link add {va} netns {a} type veth peer name {vb} netns {b}"),
+        format!("ip -n {a} link set lo up"),
+        format!("ip -n {b} link set lo up"),
+        format!("ip -n {a} addr add 10.98.0.1/24 dev {va}"),
+        format!("ip -n {b} addr add 10.98.0.2/24 dev {vb}"),
+        format!("ip -n {a} link set {va} up"),
+        format!("ip -n {b} link set {vb} up"),
+    ] {
+        sh(&cmd.split_whitespace().collect::<Vec<_>>()).unwrap();
+    }
+
+    let d = lab.dir.clone();
+    std::fs::write(d.join("kek"), "3e".repeat(32)).unwrap();
+    std::fs::write(
+        d.join("authority.toml"),
+        format!(
+            "listen = \"10.98.0.1:7000\"\nstate_dir = \"{}\"\nkek_file = \"{}\"\n",
+            d.join("authority").display(),
+            d.join("kek").display()
+        ),
+    )
+    .unwrap();
+    // Tokens first: minting one also creates the CA the appliances are pointed at.
+    for name in ["a", "b"] {
+        let token = lab
+            .keymgr(&["token", "create", "--appliance", name, "--centre", "dc1"])
+            .unwrap();
+        std::fs::write(d.join(format!("{name}.token")), token.trim()).unwrap();
+    }
+    lab.spawn(
+        &a,
+        "authority",
+        &[
+            "keymgr",
+            "run",
+            "--config",
+            d.join("authority.toml").to_str().unwrap(),
+        ],
+    );
+    lab.wait_for("the authority", || lab.keymgr(&["status"]).is_ok());
+
+    // Relative paths in [keymgr] are taken from the configuration's directory.
+    let config = |me: &str, addr: &str, peer: &str, peer_inner: &str| {
+        format!(
+            "[appliance]\nlisten = \"{addr}:1000\"\nworkers = 2\n\n[tun]\nname = \"cpc0\"\npath_mtu = 1500\n\n\
+             [keymgr]\nappliance = \"{me}\"\nauthority = \"10.98.0.1:7000\"\nlisten = \"{addr}:7001\"\n\
+             state_dir = \"{me}-agent\"\nkek_file = \"kek\"\nca_cert = \"authority/ca.pem\"\n\
+             token_file = \"{me}.token\"\nrekey_grace_ms = 500\n\n\
+             [[keymgr.peer]]\nid = \"{peer}\"\nprefixes = [\"{peer_inner}/32\"]\n"
+        )
+    };
+    std::fs::write(
+        d.join("a.toml"),
+        config("a", "10.98.0.1", "b", "10.201.0.2"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.toml"),
+        config("b", "10.98.0.2", "a", "10.201.0.1"),
+    )
+    .unwrap();
+    let pid_a = lab.spawn(
+        &a,
+        "a",
+        &["run", "--config", d.join("a.toml").to_str().unwrap()],
+    );
+    let pid_b = lab.spawn(
+        &b,
+        "b",
+        &["run", "--config", d.join("b.toml").to_str().unwrap()],
+    );
+    // Both workers of each side hold an SA towards the other.
+    let keyed = |log: &str, peer: &str| {
+        (0..2).all(|w| log.contains(&format!("worker {w} sends to {peer} with SA")))
+    };
+    lab.wait_for("both appliances keyed", || {
+        keyed(&lab.log("a", "err"), "b") && keyed(&lab.log("b", "err"), "a")
+    });
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "addr",
+        "add",
+        "10.201.0.1/24",
+        "dev",
+        "cpc0",
+    ])
+    .unwrap();
+    sh(&[
+        "ip",
+        "-n",
+        &b,
+        "addr",
+        "add",
+        "10.201.0.2/24",
+        "dev",
+        "cpc0",
+    ])
+    .unwrap();
+    lab.ping(0, "10.201.0.2")
+        .unwrap_or_else(|e| panic!("ping through the keyed tunnel: {e}\n{}", lab.logs()));
+
+    // A rotation: both sides move to SAs of the new generation, and the tunnel still works.
+    assert_eq!(lab.keymgr(&["rotate"]).unwrap().trim(), "1");
+    let moved = |log: &str, peer: &str| {
+        (0..2).all(|w| {
+            log.lines().any(|l| {
+                l.contains(&format!("worker {w} sends to {peer} with SA 0x8"))
+                    && l.contains("replacing")
+            })
+        })
+    };
+    lab.wait_for("the move to generation-1 SAs", || {
+        moved(&lab.log("a", "err"), "b") && moved(&lab.log("b", "err"), "a")
+    });
+    lab.ping(1, "10.201.0.1")
+        .unwrap_or_else(|e| panic!("ping after the rotation: {e}\n{}", lab.logs()));
+
+    // Revoking b: a drops every SA with it, and the tunnel carries nothing more.
+    lab.keymgr(&["revoke", "b"]).unwrap();
+    lab.wait_for("a dropping b", || {
+        lab.log("a", "err")
+            .contains("peer b (PeerId(0)) revoked: dropping every SA with it")
+    });
+    assert!(
+        lab.ping(0, "10.201.0.2").is_err(),
+        "ping after the revocation must fail\n{}",
+        lab.logs()
+    );
+
+    for pid in [pid_a, pid_b] {
+        sh(&["kill", "-INT", &pid.to_string()]).unwrap();
+    }
+    for name in ["a", "b"] {
+        let child = &mut lab.children.iter_mut().find(|(n, _)| n == name).unwrap().1;
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "cpclink {name} exits cleanly on Ctrl-C\n{}",
+            lab.logs()
+        );
+        let log = lab.log(name, "err");
+        assert!(log.contains(&format!("key agent {name} stopped")), "{log}");
+        let stats: serde_json::Value = serde_json::from_str(lab.log(name, "out").trim())
+            .unwrap_or_else(|e| panic!("final counters of {name}: {e}\n{}", lab.logs()));
+        assert!(stats["rx_delivered"].as_u64().unwrap() >= 6, "{stats}");
+        assert_eq!(stats["rx_auth_failed"], 0, "{stats}");
+        assert_eq!(stats["rx_unknown_spi"], 0, "{stats}");
+    }
+    // Nothing was sent in clear after the revocation: a dropped what it had for b.
+    let a_stats: serde_json::Value = serde_json::from_str(lab.log("a", "out").trim()).unwrap();
+    assert!(
+        a_stats["tx_no_sa"].as_u64().unwrap() > 0,
+        "a dropped its echo requests to the revoked b for want of an SA: {a_stats}"
+    );
+}
