@@ -335,7 +335,10 @@ mod tests {
             .map(|s| local_addr(s.as_raw_fd()).unwrap().port())
             .collect();
         assert_ne!(ports[0], 0);
-        assert_eq!(ports, [ports[0]; 3], "one SO_REUSEPORT group steered by SPI");
+        assert_eq!(
+            ports, [ports[0]; 3],
+            "one SO_REUSEPORT group steered by SPI"
+        );
     }
 
     #[test]
