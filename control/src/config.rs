@@ -975,6 +975,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_keyed_config_is_valid() {
+        let c = ApplianceConfig::parse(
+            "control/examples/appliance-keyed.toml",
+            include_str!("../examples/appliance-keyed.toml"),
+        )
+        .unwrap();
+        let Keying::KeyPlane(k) = c.keying else {
+            panic!("keyed by the key plane")
+        };
+        assert_eq!(k.prefixes["dc2-edge"].len(), 1);
+        assert!(c.tun.is_some());
+    }
+
+    #[test]
     fn keymgr_errors_name_the_file_the_field_and_the_fix() {
         let err = |text: &str| {
             ApplianceConfig::parse("a.toml", text)
