@@ -92,6 +92,12 @@ struct Slot {
     revoked: bool,
     tx: Vec<Option<Spi>>,
     pending: Vec<bool>,
+    /// Workers whose SA is due for replacement until a new one is installed: a failed
+    /// request is retried (the engine reports a due SA only once).
+    due: Vec<bool>,
+    /// Workers whose pending request was sent before the peer offered a fresh SA: the
+    /// grant it brings may be of the old generation, so another request follows it.
+    again: Vec<bool>,
     retry_at: Vec<Option<Instant>>,
 }
 
@@ -248,6 +254,8 @@ impl Driver {
             revoked: false,
             tx: vec![None; workers],
             pending: vec![false; workers],
+            due: vec![false; workers],
+            again: vec![false; workers],
             retry_at: vec![None; workers],
         })
     }
@@ -339,6 +347,7 @@ impl Driver {
         slot.active = false;
         slot.revoked |= revoked;
         slot.tx.iter_mut().for_each(|t| *t = None);
+        slot.due.iter_mut().for_each(|d| *d = false);
         let peer = slot.peer;
         tracing::info!("peer {id} ({peer:?}) {why}: dropping every SA with it");
         if let Err(e) = self.engine.revoke_peer(peer) {
@@ -357,6 +366,7 @@ impl Driver {
             return;
         }
         slot.pending[worker] = true;
+        slot.due[worker] = true;
         slot.retry_at[worker] = None;
         let (agent, results, settle) = (
             self.agent.clone(),
@@ -391,7 +401,9 @@ impl Driver {
             .flat_map(|(id, s)| {
                 (0..self.workers)
                     .filter(|&w| {
-                        s.tx[w].is_none() && !s.pending[w] && s.retry_at[w].is_none_or(|t| t <= now)
+                        (s.tx[w].is_none() || s.due[w])
+                            && !s.pending[w]
+                            && s.retry_at[w].is_none_or(|t| t <= now)
                     })
                     .map(|w| (id.clone(), w))
                     .collect::<Vec<_>>()
@@ -438,6 +450,7 @@ impl Driver {
             .install_tx_sa(worker, slot.peer, grant.spi, &grant.key, profile)
         {
             Ok(()) => {
+                slot.due[worker] = std::mem::take(&mut slot.again[worker]);
                 let old = slot.tx[worker].replace(grant.spi);
                 tracing::info!(
                     "worker {worker} sends to {} with SA {} (generation {}, epoch {}){}",
@@ -472,12 +485,18 @@ impl Driver {
                     grant.epoch,
                     self.workers
                 );
+                slot.again[0] = slot.pending[0];
                 slot.pending[0] = true;
                 let (results, settle) = (self.fetched_tx.clone(), self.options.settle);
                 tokio::spawn(async move {
                     tokio::time::sleep(settle).await;
                     let _ = results.send(Fetched::Granted { worker: 0, grant });
                 });
+                for worker in 1..self.workers {
+                    if slot.pending[worker] {
+                        slot.again[worker] = true;
+                    }
+                }
                 for worker in 1..self.workers {
                     self.fetch(&id, worker);
                 }
