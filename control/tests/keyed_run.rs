@@ -63,6 +63,17 @@ struct Appliance {
 
 impl Plane {
     async fn appliance(&self, id: &str, workers: usize) -> Appliance {
+        self.appliance_granting(id, workers, Duration::from_secs(3600))
+            .await
+    }
+
+    /// An appliance whose agent grants SAs for `sa_lifetime`.
+    async fn appliance_granting(
+        &self,
+        id: &str,
+        workers: usize,
+        sa_lifetime: Duration,
+    ) -> Appliance {
         let mut config = EngineConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         config.workers = workers;
         config.source = Some(TrafficSpec {
@@ -86,7 +97,7 @@ impl Plane {
             endpoints: vec![engine.local_addr().to_string()],
             capabilities: vec![],
             suite: Suite::AesGcm256,
-            sa_lifetime: Duration::from_secs(3600),
+            sa_lifetime,
             rekey_grace: Duration::from_secs(2),
         })
         .await
@@ -299,6 +310,36 @@ async fn rotations_under_traffic_move_to_new_sas_and_retire_the_old() {
 
     let (fa, fb) = finish(a, b).await;
     // Make-before-break: no packet met a missing or wrong key at either end.
+    assert_clean(&fa, "a");
+    assert_clean(&fb, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_reaching_their_granted_lifetime_are_replaced_under_traffic() {
+    let p = plane().await;
+    let a = p.appliance("a", 2).await;
+    // b grants SAs for 3 s: a's workers must replace theirs every 2.4 s, without a rotation.
+    let b = p.appliance_granting("b", 1, Duration::from_secs(3)).await;
+    flows_on(&a, &b, 1 << 20, "traffic on the first SAs").await;
+    let mut seen = a.tx_spis("b").unwrap();
+    let generation = seen[0].generation();
+    for replacement in 1..=2 {
+        let before = a.tx_spis("b").unwrap();
+        eventually(&format!("replacement {replacement} of a's SAs"), || {
+            a.tx_spis("b")
+                .is_some_and(|now| now.iter().all(|s| !before.contains(s)))
+        })
+        .await;
+        let now = a.tx_spis("b").unwrap();
+        assert!(
+            now.iter()
+                .all(|s| s.generation() == generation && !seen.contains(s)),
+            "fresh SPIs of the same generation: {now:?} after {seen:?}"
+        );
+        seen.extend(now);
+        flows_on(&a, &b, 1 << 20, "traffic on the replacements").await;
+    }
+    let (fa, fb) = finish(a, b).await;
     assert_clean(&fa, "a");
     assert_clean(&fb, "b");
 }
