@@ -243,6 +243,13 @@ async fn traffic_flows_both_ways_with_keys_from_the_agents() {
     );
 
     let (fa, fb) = finish(a, b).await;
+    println!(
+        "verified by the sinks: a {} packets ({} MiB), b {} packets ({} MiB)",
+        fa.sink.verified_packets,
+        fa.sink.verified_bytes >> 20,
+        fb.sink.verified_packets,
+        fb.sink.verified_bytes >> 20
+    );
     for (s, who) in [(&fa, "a"), (&fb, "b")] {
         assert_clean(s, who);
         assert!(s.sink.verified_bytes >= 4 << 20, "{who}: {s:?}");
@@ -286,7 +293,12 @@ async fn rotations_under_traffic_move_to_new_sas_and_retire_the_old() {
         // the next rotation retires those SAs. In service rotations are hours apart; here
         // the receivers first work through more than their buffers hold.
         worked_through_socket_buffers(&a, &b).await;
-        previous = (a.tx_spis("b").unwrap(), b.tx_spis("a").unwrap());
+        let now = (a.tx_spis("b").unwrap(), b.tx_spis("a").unwrap());
+        println!(
+            "rotation {round}: a→b SAs {:?} → {:?}, b→a {:?} → {:?}",
+            previous.0, now.0, previous.1, now.1
+        );
+        previous = now;
     }
     // The second rotation overwrote the generation of the first SAs: each receiver
     // retired them.
@@ -309,6 +321,13 @@ async fn rotations_under_traffic_move_to_new_sas_and_retire_the_old() {
     flows_on(&a, &b, 1 << 20, "traffic after the retirement").await;
 
     let (fa, fb) = finish(a, b).await;
+    println!(
+        "verified by the sinks: a {} MiB, b {} MiB; drops a {:?} b {:?}",
+        fa.sink.verified_bytes >> 20,
+        fb.sink.verified_bytes >> 20,
+        (fa.rx_unknown_spi, fa.rx_auth_failed),
+        (fb.rx_unknown_spi, fb.rx_auth_failed)
+    );
     // Make-before-break: no packet met a missing or wrong key at either end.
     assert_clean(&fa, "a");
     assert_clean(&fb, "b");
