@@ -3,6 +3,7 @@
 
 pub mod crypto;
 pub mod dataplane;
+pub mod latency;
 mod report;
 
 pub use report::markdown_table;
@@ -20,4 +21,31 @@ pub enum Error {
     /// A size outside what a UDP payload can carry.
     #[error("size {0} is out of range (expected 1..=65536 bytes)")]
     BadSize(usize),
+    /// The latency suite needs root for its TUN devices and network namespaces.
+    #[error(
+        "cpclink bench latency needs root (CAP_NET_ADMIN): its probes cross the engines \
+         through TUN devices in two network namespaces; run it as root"
+    )]
+    NeedsRoot,
+    /// A latency probe size that does not fit a probe or the tunnel's MTU.
+    #[error("--size {size} is out of range (expected {min}..={max} bytes: a probe header at least, one TUN MTU at most)")]
+    BadProbeSize {
+        /// The size asked for.
+        size: usize,
+        /// The probe header.
+        min: usize,
+        /// The largest UDP payload one TUN MTU carries.
+        max: usize,
+    },
+    /// A background load outside 0..=100 percent.
+    #[error("--load {0} is out of range (expected 0..=100 percent of the measured maximum)")]
+    BadLoad(u32),
+    /// The latency suite's namespaces, TUN devices or sockets could not be set up.
+    #[error("latency suite: {what}: {reason}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
 }

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use cpclink_bench::crypto::{self, CryptoPlan};
 use cpclink_bench::dataplane::{self as dataplane_suite, DataplanePlan};
+use cpclink_bench::latency::{self, LatencyPlan};
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -44,6 +45,22 @@ enum BenchSuite {
         /// Datagrams per GSO send at most (1 to 64).
         #[arg(long, default_value_t = cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS)]
         gso_segments: usize,
+    },
+    /// Probe latency through two engines (TUN, PSP over loopback UDP, TUN; needs root)
+    /// beside plain UDP on loopback and a bare veth, at background loads of the measured maximum.
+    Latency {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Seconds of probing per path and load (after 0.2 s of background alone).
+        #[arg(long, default_value_t = 2.0)]
+        duration: f64,
+        /// Background loads in percent of the maximum measured first (default 0 50).
+        #[arg(long = "load", num_args = 1..)]
+        loads: Vec<u32>,
+        /// UDP payload bytes of probes and background packets.
+        #[arg(long, default_value_t = latency::DEFAULT_SIZE)]
+        size: usize,
     },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
@@ -127,6 +144,57 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                     out,
                     "\nsplits: share of worker time, plain/encrypted; tx build = generate + seal, \
                      rx process = open + verify; lost = datagrams dropped by the kernel"
+                )?;
+            }
+        }
+        BenchSuite::Latency {
+            json,
+            duration,
+            loads,
+            size,
+        } => {
+            if !(duration > 0.0 && duration <= 600.0) {
+                return Err(Error::BadArgument {
+                    arg: "--duration",
+                    reason: format!("{duration} is out of range (expected 0 < S <= 600 seconds)"),
+                });
+            }
+            let plan = LatencyPlan {
+                duration: Duration::from_secs_f64(duration),
+                loads: if loads.is_empty() {
+                    latency::DEFAULT_LOADS.to_vec()
+                } else {
+                    loads
+                },
+                size,
+            };
+            if !json {
+                writeln!(
+                    out,
+                    "cpclink bench latency: UDP probes of {size} B at {}/s, {duration:.1} s per path and load; \
+                     client in netns A, echo server in netns B; background load from A to B in % of the \
+                     maximum through the tunnel, the same packet rate on every path\n",
+                    latency::PROBES_PER_SECOND,
+                )?;
+            }
+            let rows = latency::run(&plan, |line| {
+                if !json {
+                    eprintln!("  {line}");
+                }
+            })?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&rows).map_err(std::io::Error::from)?
+                )?;
+            } else {
+                write!(out, "\n{}", latency::table(&rows))?;
+                writeln!(
+                    out,
+                    "\npaths: udp_loopback = plain UDP sockets on 127.0.0.1 (the baseline); veth = the \
+                     namespaces joined directly; cpclink = TUN → engine A → AES-GCM-256 PSP over UDP on \
+                     loopback → engine B → TUN. added = cpclink − udp_loopback at the same load and metric"
                 )?;
             }
         }

@@ -1,0 +1,787 @@
+//! Latency suite: what a packet gains by crossing a cpclink tunnel, under background load.
+//!
+//! Probes are UDP datagrams carrying a sequence number and their send time. An echo server
+//! takes the one-way time when a probe arrives and sends it back; the client takes the round
+//! trip when the reply arrives. Both ends are threads of this process, so one monotonic clock
+//! serves both and one-way times need no clock synchronisation.
+//!
+//! Paths, measured in the same run at the same background load:
+//! - `cpclink`: client in namespace A, echo server in namespace B. A probe leaves A's kernel
+//!   through a TUN device into engine A, is sealed (AES-GCM-256 PSP) and sent over UDP on
+//!   loopback to engine B, opened and written to B's TUN device, and delivered by B's kernel;
+//!   the reply takes the same way back. This is every step a packet takes through a pair of
+//!   appliances, bar the WAN between them.
+//! - `udp_loopback`: the same probes between plain UDP sockets on 127.0.0.1 (the baseline).
+//! - `veth`: the same probes between the two namespaces over a veth pair, no tunnel
+//!   (the network two hosts would have without the appliance in between).
+//!
+//! Background load is UDP traffic of the probes' size from A to B along the same path,
+//! paced by its sender. The maximum is measured first, in the same run: the background
+//! sender sends as fast as it can through the tunnel and the packets per second B's kernel
+//! delivered are the maximum. A load of L% sends L% of that rate, on every path alike.
+//!
+//! The TUN devices and namespaces need root (CAP_NET_ADMIN); the engines' UDP sockets are on
+//! the host's loopback.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::crypto::Suite;
+use cpclink_dataplane::engine::{
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile,
+};
+use cpclink_dataplane::io::tun;
+use cpclink_dataplane::psp::PSP_OVERHEAD;
+use cpclink_dataplane::sa::MasterKeys;
+use cpclink_srv6::netns::Netns;
+
+use crate::Error;
+
+/// Background loads measured by default, in percent of the measured maximum.
+pub const DEFAULT_LOADS: [u32; 2] = [0, 50];
+/// UDP payload bytes of probes and background packets by default.
+pub const DEFAULT_SIZE: usize = 1024;
+/// Probes sent per second.
+pub const PROBES_PER_SECOND: u32 = 5_000;
+/// The outer path MTU the tunnel is sized for (an Ethernet WAN).
+pub const PATH_MTU: usize = 1500;
+/// The TUN MTU: the path MTU less outer IPv4, UDP and PSP.
+pub const TUN_MTU: usize = PATH_MTU - 20 - 8 - PSP_OVERHEAD;
+/// Largest UDP payload a probe may have (one TUN MTU, no fragments).
+pub const MAX_SIZE: usize = TUN_MTU - 28;
+/// Smallest: the probe header.
+pub const MIN_SIZE: usize = PROBE_HEADER;
+
+const PROBE_HEADER: usize = 20;
+const PROBE_MAGIC: u32 = 0x4c41_5450;
+const SUITE: Suite = Suite::AesGcm256;
+/// Background traffic runs this long before probes start, and probes get this long to land.
+const SETTLE: Duration = Duration::from_millis(200);
+/// How long the maximum is measured (after [`SETTLE`]).
+const MAX_WINDOW: Duration = Duration::from_secs(1);
+/// How long a receiving thread blocks before it looks at the stop flag.
+const POLL: Duration = Duration::from_millis(20);
+/// Addresses inside the tunnel (TUN) and across the veth pair, side A then side B.
+const TUNNEL: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2)];
+const VETH: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 202, 0, 1), Ipv4Addr::new(10, 202, 0, 2)];
+
+/// Percentiles of a set of latency samples, in nanoseconds (nearest rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// The percentiles of `samples` (sorted in place), or `None` when there are none.
+    pub fn of(samples: &mut [u64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        // Nearest rank: the smallest sample with at least num/den of all at or below it,
+        // in integers so that 99.9% of 1000 samples is exactly the 999th.
+        let rank = |num: usize, den: usize| {
+            let n = samples.len();
+            let rank = (n * num).div_ceil(den).clamp(1, n);
+            samples[rank - 1]
+        };
+        Some(Self {
+            p50: rank(1, 2),
+            p90: rank(9, 10),
+            p99: rank(99, 100),
+            p999: rank(999, 1000),
+            max: samples[samples.len() - 1],
+        })
+    }
+}
+
+/// Which way probes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Client to echo server (A to B).
+    OneWay,
+    /// Client to echo server and back.
+    RoundTrip,
+}
+
+/// The path probes took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// Plain UDP sockets on 127.0.0.1: the baseline.
+    UdpLoopback,
+    /// Between the namespaces over a veth pair, no tunnel.
+    Veth,
+    /// Through both engines: TUN, PSP over UDP on loopback, TUN.
+    Cpclink,
+}
+
+/// One path at one load in one direction, as `--json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencyRow {
+    /// The path.
+    pub path: Path,
+    /// One way or round trip.
+    pub metric: Metric,
+    /// Background load, percent of the measured maximum.
+    pub load_pct: u32,
+    /// UDP payload bytes of probes and background packets.
+    pub size: usize,
+    /// The maximum through the tunnel, background packets per second B received.
+    pub max_pps: f64,
+    /// Background packets per second received during this point.
+    pub background_pps: f64,
+    /// Probes sent.
+    pub probes: u64,
+    /// Probes (or replies) received.
+    pub received: u64,
+    /// Probes (or replies) that did not arrive: `probes − received`.
+    pub lost: u64,
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 90th percentile, microseconds.
+    pub p90_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: f64,
+    /// Largest, microseconds.
+    pub max_us: f64,
+    /// cpclink rows: p50 less the `udp_loopback` p50 at the same load and metric.
+    pub added_p50_us: Option<f64>,
+    /// cpclink rows: p99 less the `udp_loopback` p99 at the same load and metric.
+    pub added_p99_us: Option<f64>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct LatencyPlan {
+    /// Probing time per point, after the background has settled.
+    pub duration: Duration,
+    /// Background loads, percent of the measured maximum (0..=100).
+    pub loads: Vec<u32>,
+    /// UDP payload bytes ([`MIN_SIZE`]..=[`MAX_SIZE`]).
+    pub size: usize,
+}
+
+impl Default for LatencyPlan {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(2),
+            loads: DEFAULT_LOADS.to_vec(),
+            size: DEFAULT_SIZE,
+        }
+    }
+}
+
+/// Why the suite cannot run here (it needs root for TUN and namespaces), or `None`.
+pub fn unavailable() -> Option<Error> {
+    (!nix::unistd::geteuid().is_root()).then_some(Error::NeedsRoot)
+}
+
+/// Runs the suite: sets up the tunnel, measures its maximum, then every path at every load.
+pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<LatencyRow>, Error> {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&plan.size) {
+        return Err(Error::BadProbeSize {
+            size: plan.size,
+            min: MIN_SIZE,
+            max: MAX_SIZE,
+        });
+    }
+    if let Some(&load) = plan.loads.iter().find(|&&l| l > 100) {
+        return Err(Error::BadLoad(load));
+    }
+    if let Some(e) = unavailable() {
+        return Err(e);
+    }
+    let epoch = Instant::now();
+    let bench = Testbed::start()?;
+    let loopback = Endpoints::loopback()?;
+    let veth = Endpoints::between(&bench.ns_a, &bench.ns_b, VETH)?;
+    let tunnel = Endpoints::between(&bench.ns_a, &bench.ns_b, TUNNEL)?;
+
+    let max = tunnel.background(plan.size, None, SETTLE, MAX_WINDOW);
+    let max_pps = max.delivered_pps;
+    progress(&format!(
+        "maximum through the tunnel: {max_pps:.0} packets/s of {} B ({:.2} Gbit/s)",
+        plan.size,
+        max_pps * plan.size as f64 * 8.0 / 1e9
+    ));
+    if max_pps <= 0.0 {
+        return Err(Error::Setup {
+            what: "the tunnel".into(),
+            reason: "no background packet crossed it".into(),
+        });
+    }
+
+    let mut rows = Vec::new();
+    for &load in &plan.loads {
+        let pps = (load > 0).then(|| max_pps * f64::from(load) / 100.0);
+        let mut point = |path: Path, endpoints: &Endpoints| {
+            let result = endpoints.probe(epoch, plan, pps);
+            progress(&format!(
+                "{load:>3}% {:<12} one-way p50 {:.1} µs, p99 {:.1} µs",
+                path_name(path),
+                result.one_way.map_or(f64::NAN, |p| us(p.p50)),
+                result.one_way.map_or(f64::NAN, |p| us(p.p99)),
+            ));
+            rows.extend(result.rows(path, load, plan.size, max_pps));
+        };
+        point(Path::UdpLoopback, &loopback);
+        point(Path::Veth, &veth);
+        point(Path::Cpclink, &tunnel);
+    }
+    add_differences(&mut rows);
+    bench.finish()?;
+    Ok(rows)
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1e3
+}
+
+fn path_name(path: Path) -> &'static str {
+    match path {
+        Path::UdpLoopback => "udp_loopback",
+        Path::Veth => "veth",
+        Path::Cpclink => "cpclink",
+    }
+}
+
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::OneWay => "one-way",
+        Metric::RoundTrip => "round trip",
+    }
+}
+
+/// Fills each cpclink row's `added_*` from the `udp_loopback` row of the same load and metric.
+pub fn add_differences(rows: &mut [LatencyRow]) {
+    let baselines: Vec<(u32, Metric, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.path == Path::UdpLoopback && r.received > 0)
+        .map(|r| (r.load_pct, r.metric, r.p50_us, r.p99_us))
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.path == Path::Cpclink) {
+        let Some(&(_, _, p50, p99)) = baselines
+            .iter()
+            .find(|(load, metric, ..)| *load == row.load_pct && *metric == row.metric)
+        else {
+            continue;
+        };
+        if row.received > 0 {
+            row.added_p50_us = Some(row.p50_us - p50);
+            row.added_p99_us = Some(row.p99_us - p99);
+        }
+    }
+}
+
+/// Renders rows as a table.
+pub fn table(rows: &[LatencyRow]) -> String {
+    let f = |x: f64| format!("{x:.1}");
+    let added = |x: Option<f64>| x.map_or_else(|| "".to_string(), |x| format!("{x:+.1}"));
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}%", r.load_pct),
+                format!("{:.0}", r.background_pps),
+                path_name(r.path).to_string(),
+                metric_name(r.metric).to_string(),
+                r.probes.to_string(),
+                r.lost.to_string(),
+                f(r.p50_us),
+                f(r.p90_us),
+                f(r.p99_us),
+                f(r.p999_us),
+                f(r.max_us),
+                added(r.added_p50_us),
+                added(r.added_p99_us),
+            ]
+        })
+        .collect();
+    crate::markdown_table(
+        &[
+            "load",
+            "bg pkt/s",
+            "path",
+            "metric",
+            "probes",
+            "lost",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "added p50",
+            "added p99",
+        ],
+        &body,
+    )
+}
+
+fn setup_error(what: impl Into<String>) -> impl FnOnce(String) -> Error {
+    let what = what.into();
+    move |reason| Error::Setup { what, reason }
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Setup {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Two namespaces, each with a TUN device served by its own engine and one end of a veth pair.
+struct Testbed {
+    // Engines first: they close the TUN queues before the namespaces go.
+    a: Engine,
+    b: Engine,
+    ns_a: Netns,
+    ns_b: Netns,
+}
+
+impl Testbed {
+    fn start() -> Result<Self, Error> {
+        let id = std::process::id();
+        let netns = |side: char| {
+            Netns::create(&format!("cpclat-{id}-{side}"))
+                .map_err(|e| setup_error("network namespace")(e.to_string()))
+        };
+        let (ns_a, ns_b) = (netns('a')?, netns('b')?);
+        let ip = |ns: &Netns, args: &[&str]| {
+            ns.ip(args)
+                .map(drop)
+                .map_err(|e| setup_error("ip")(e.to_string()))
+        };
+        let veth = [format!("cplv{id}a"), format!("cplv{id}b")];
+        ip(
+            &ns_a,
+            &[
+                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1], "netns",
+                ns_b.name(),
+            ],
+        )?;
+        let mtu = TUN_MTU.to_string();
+        let side = |side: usize, ns: &Netns| -> Result<Engine, Error> {
+            ip(ns, &["addr", "add", &format!("{}/24", VETH[side]), "dev", &veth[side]])?;
+            ip(ns, &["link", "set", &veth[side], "mtu", &mtu, "up"])?;
+            // The device is made inside the namespace; its queues work from any thread.
+            let name = format!("cplt{id}{}", ["a", "b"][side]);
+            let queues = ns
+                .run(|| tun::open_queues(&name, 1, true))
+                .map_err(|e| setup_error("TUN")(e.to_string()))??;
+            ip(ns, &["addr", "add", &format!("{}/24", TUNNEL[side]), "dev", &name])?;
+            ip(ns, &["link", "set", &name, "mtu", &mtu, "up"])?;
+            let mut config = EngineConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+            config.egress = Egress::Tun(queues);
+            Ok(Engine::start(config)?)
+        };
+        let a = side(0, &ns_a)?;
+        let b = side(1, &ns_b)?;
+        let peer = |endpoint, inner: Ipv4Addr| PeerConfig {
+            endpoint,
+            prefixes: vec![(IpAddr::V4(inner), 32)],
+        };
+        a.set_peer(PeerId(0), peer(b.local_addr(), TUNNEL[1]))?;
+        b.set_peer(PeerId(0), peer(a.local_addr(), TUNNEL[0]))?;
+        let (keys_a, keys_b) = (random_keys()?, random_keys()?);
+        lab::enable_rx_derivation(&a, &keys_a, SUITE)?;
+        lab::enable_rx_derivation(&b, &keys_b, SUITE)?;
+        // A snapshot round trip makes sure the receivers are keyed before anything is sent.
+        a.snapshot()?;
+        b.snapshot()?;
+        let profile = SaProfile::default();
+        lab::install_tx_sas(&a, PeerId(0), &keys_b, profile)?;
+        lab::install_tx_sas(&b, PeerId(0), &keys_a, profile)?;
+        Ok(Self { a, b, ns_a, ns_b })
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        let Self { a, b, ns_a, ns_b } = self;
+        a.shutdown()?;
+        b.shutdown()?;
+        drop((ns_a, ns_b));
+        Ok(())
+    }
+}
+
+fn random_keys() -> Result<MasterKeys, Error> {
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| Error::Baseline("system random"))?;
+    Ok(MasterKeys::new(key))
+}
+
+/// The sockets of one path: probe client and echo server, background sender and sink.
+struct Endpoints {
+    client: UdpSocket,
+    server: UdpSocket,
+    background_tx: UdpSocket,
+    background_rx: UdpSocket,
+}
+
+/// What one point saw.
+struct PointResult {
+    probes: u64,
+    one_way: Option<Percentiles>,
+    one_way_received: u64,
+    round_trip: Option<Percentiles>,
+    round_trip_received: u64,
+    background_pps: f64,
+}
+
+/// What the background did over a window.
+struct Background {
+    delivered_pps: f64,
+}
+
+impl Endpoints {
+    fn loopback() -> Result<Self, Error> {
+        let bind = || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0));
+        Self::connect(
+            bind().map_err(io_error("bind"))?,
+            bind().map_err(io_error("bind"))?,
+            bind().map_err(io_error("bind"))?,
+            bind().map_err(io_error("bind"))?,
+        )
+    }
+
+    /// Client and background sender in `a` on `addrs[0]`, server and sink in `b` on `addrs[1]`.
+    fn between(a: &Netns, b: &Netns, addrs: [Ipv4Addr; 2]) -> Result<Self, Error> {
+        let bind_in = |ns: &Netns, addr: Ipv4Addr| {
+            ns.run(|| (UdpSocket::bind((addr, 0)), UdpSocket::bind((addr, 0))))
+                .map_err(|e| setup_error("socket in namespace")(e.to_string()))
+        };
+        let (client, background_tx) = bind_in(a, addrs[0])?;
+        let (server, background_rx) = bind_in(b, addrs[1])?;
+        Self::connect(
+            client.map_err(io_error("bind"))?,
+            server.map_err(io_error("bind"))?,
+            background_tx.map_err(io_error("bind"))?,
+            background_rx.map_err(io_error("bind"))?,
+        )
+    }
+
+    fn connect(
+        client: UdpSocket,
+        server: UdpSocket,
+        background_tx: UdpSocket,
+        background_rx: UdpSocket,
+    ) -> Result<Self, Error> {
+        client
+            .connect(server.local_addr().map_err(io_error("local address"))?)
+            .map_err(io_error("connect"))?;
+        background_tx
+            .connect(background_rx.local_addr().map_err(io_error("local address"))?)
+            .map_err(io_error("connect"))?;
+        for s in [&client, &server, &background_rx] {
+            s.set_read_timeout(Some(POLL)).map_err(io_error("timeout"))?;
+        }
+        Ok(Self {
+            client,
+            server,
+            background_tx,
+            background_rx,
+        })
+    }
+
+    /// Runs the background of `size`-byte packets (`pps`, or as fast as it goes with `None`)
+    /// for `settle` and then
+    /// `window`; returns what arrived during the window.
+    fn background(
+        &self,
+        size: usize,
+        pps: Option<f64>,
+        settle: Duration,
+        window: Duration,
+    ) -> Background {
+        let stop = AtomicBool::new(false);
+        let received = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| send_background(&self.background_tx, size, pps, &stop));
+            s.spawn(|| sink(&self.background_rx, &received, &stop));
+            std::thread::sleep(settle);
+            let (start, before) = (Instant::now(), received.load(Ordering::Relaxed));
+            std::thread::sleep(window);
+            let (secs, after) = (start.elapsed().as_secs_f64(), received.load(Ordering::Relaxed));
+            stop.store(true, Ordering::Relaxed);
+            Background {
+                delivered_pps: (after - before) as f64 / secs,
+            }
+        })
+    }
+
+    /// Sends probes for the plan's duration over the background at `pps`.
+    fn probe(&self, epoch: Instant, plan: &LatencyPlan, pps: Option<f64>) -> PointResult {
+        let stop_background = AtomicBool::new(false);
+        let stop_probes = AtomicBool::new(false);
+        let received = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            if pps.is_some() {
+                s.spawn(|| send_background(&self.background_tx, plan.size, pps, &stop_background));
+            }
+            s.spawn(|| sink(&self.background_rx, &received, &stop_background));
+            let server = s.spawn(|| echo(&self.server, epoch, &stop_probes));
+            let replies = s.spawn(|| collect_replies(&self.client, epoch, &stop_probes));
+            std::thread::sleep(SETTLE);
+            let (start, before) = (Instant::now(), received.load(Ordering::Relaxed));
+            let probes = send_probes(&self.client, epoch, plan);
+            let (secs, after) = (start.elapsed().as_secs_f64(), received.load(Ordering::Relaxed));
+            std::thread::sleep(SETTLE);
+            stop_probes.store(true, Ordering::Relaxed);
+            stop_background.store(true, Ordering::Relaxed);
+            let mut one_way = server.join().unwrap_or_default();
+            let mut round_trip = replies.join().unwrap_or_default();
+            PointResult {
+                probes,
+                one_way_received: one_way.len() as u64,
+                one_way: Percentiles::of(&mut one_way),
+                round_trip_received: round_trip.len() as u64,
+                round_trip: Percentiles::of(&mut round_trip),
+                background_pps: if pps.is_some() {
+                    (after - before) as f64 / secs
+                } else {
+                    0.0
+                },
+            }
+        })
+    }
+}
+
+impl PointResult {
+    fn rows(&self, path: Path, load_pct: u32, size: usize, max_pps: f64) -> Vec<LatencyRow> {
+        [
+            (Metric::OneWay, self.one_way, self.one_way_received),
+            (Metric::RoundTrip, self.round_trip, self.round_trip_received),
+        ]
+        .into_iter()
+        .map(|(metric, p, received)| {
+            let p = p.map_or([f64::NAN; 5], |p| {
+                [us(p.p50), us(p.p90), us(p.p99), us(p.p999), us(p.max)]
+            });
+            LatencyRow {
+                path,
+                metric,
+                load_pct,
+                size,
+                max_pps,
+                background_pps: self.background_pps,
+                probes: self.probes,
+                received,
+                lost: self.probes.saturating_sub(received),
+                p50_us: p[0],
+                p90_us: p[1],
+                p99_us: p[2],
+                p999_us: p[3],
+                max_us: p[4],
+                added_p50_us: None,
+                added_p99_us: None,
+            }
+        })
+        .collect()
+    }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// A probe's sequence number and send time, if `packet` is a probe.
+fn parse_probe(packet: &[u8]) -> Option<(u64, u64)> {
+    let field = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(packet.get(at..at + 8)?.try_into().ok()?))
+    };
+    (packet.get(..4)? == PROBE_MAGIC.to_be_bytes()).then_some(())?;
+    Some((field(4)?, field(12)?))
+}
+
+/// Sends probes at [`PROBES_PER_SECOND`] for the plan's duration; returns how many.
+fn send_probes(client: &UdpSocket, epoch: Instant, plan: &LatencyPlan) -> u64 {
+    let interval = Duration::from_secs(1) / PROBES_PER_SECOND;
+    let mut packet = vec![0u8; plan.size];
+    packet[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
+    let start = Instant::now();
+    let mut next = start;
+    let mut seq = 0u64;
+    while start.elapsed() < plan.duration {
+        packet[4..12].copy_from_slice(&seq.to_be_bytes());
+        packet[12..20].copy_from_slice(&nanos_since(epoch).to_be_bytes());
+        // A probe the kernel refused counts as sent and lost: it is what load did to it.
+        let _ = client.send(&packet);
+        seq += 1;
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    seq
+}
+
+/// Echoes probes back and returns their one-way times.
+fn echo(server: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((len, from)) = server.recv_from(&mut buf) else {
+            continue;
+        };
+        let now = nanos_since(epoch);
+        if let Some((_, sent)) = parse_probe(&buf[..len]) {
+            samples.push(now.saturating_sub(sent));
+            let _ = server.send_to(&buf[..len], from);
+        }
+    }
+    samples
+}
+
+/// Takes replies and returns their round-trip times.
+fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(len) = client.recv(&mut buf) else {
+            continue;
+        };
+        let now = nanos_since(epoch);
+        if let Some((_, sent)) = parse_probe(&buf[..len]) {
+            samples.push(now.saturating_sub(sent));
+        }
+    }
+    samples
+}
+
+/// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
+fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) {
+    let packet = vec![0x42u8; size];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(pps) = pps else {
+            for _ in 0..64 {
+                let _ = socket.send(&packet);
+            }
+            continue;
+        };
+        let due = (start.elapsed().as_secs_f64() * pps) as u64;
+        // A sender that was descheduled catches up by at most a millisecond's worth, so a
+        // stall does not turn into a burst far above the load asked for.
+        let burst_limit = (pps / 1000.0).ceil() as u64;
+        if due > sent + burst_limit {
+            sent = due - burst_limit;
+        }
+        while sent < due {
+            let _ = socket.send(&packet);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Counts what arrives until `stop`.
+fn sink(socket: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        if socket.recv(&mut buf).is_ok() {
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let mut samples: Vec<u64> = (1..=1000).rev().collect();
+        let p = Percentiles::of(&mut samples).unwrap();
+        assert_eq!(
+            (p.p50, p.p90, p.p99, p.p999, p.max),
+            (500, 900, 990, 999, 1000)
+        );
+        // 10 samples: the 99th and 99.9th percentile are the largest, the median the fifth.
+        let mut samples = vec![7, 1, 9, 3, 5, 2, 8, 10, 4, 6];
+        let p = Percentiles::of(&mut samples).unwrap();
+        assert_eq!((p.p50, p.p90, p.p99, p.p999, p.max), (5, 9, 10, 10, 10));
+        let p = Percentiles::of(&mut [42]).unwrap();
+        assert_eq!((p.p50, p.p999, p.max), (42, 42, 42));
+        assert_eq!(Percentiles::of(&mut []), None);
+    }
+
+    #[test]
+    fn a_tail_shows_in_the_high_percentiles_only() {
+        // 1% of samples a hundred times slower: p50 and p90 do not move, p99.9 does.
+        let mut samples: Vec<u64> = (0..10_000).map(|i| if i % 100 == 0 { 10_000 } else { 100 }).collect();
+        let p = Percentiles::of(&mut samples).unwrap();
+        assert_eq!((p.p50, p.p90, p.p99), (100, 100, 100));
+        assert_eq!((p.p999, p.max), (10_000, 10_000));
+    }
+
+    fn row(path: Path, metric: Metric, load_pct: u32, p50: f64, p99: f64) -> LatencyRow {
+        LatencyRow {
+            path,
+            metric,
+            load_pct,
+            size: 100,
+            max_pps: 1.0,
+            background_pps: 0.0,
+            probes: 10,
+            received: 10,
+            lost: 0,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p99,
+            p999_us: p99,
+            max_us: p99,
+            added_p50_us: None,
+            added_p99_us: None,
+        }
+    }
+
+    #[test]
+    fn added_latency_is_taken_against_the_baseline_of_the_same_load_and_metric() {
+        let mut rows = vec![
+            row(Path::UdpLoopback, Metric::OneWay, 0, 10.0, 20.0),
+            row(Path::UdpLoopback, Metric::RoundTrip, 0, 20.0, 40.0),
+            row(Path::UdpLoopback, Metric::OneWay, 50, 15.0, 60.0),
+            row(Path::Veth, Metric::OneWay, 50, 16.0, 61.0),
+            row(Path::Cpclink, Metric::OneWay, 0, 30.0, 50.0),
+            row(Path::Cpclink, Metric::RoundTrip, 0, 65.0, 100.0),
+            row(Path::Cpclink, Metric::OneWay, 50, 40.0, 95.0),
+            row(Path::Cpclink, Metric::RoundTrip, 50, 40.0, 95.0),
+        ];
+        add_differences(&mut rows);
+        let added: Vec<_> = rows.iter().map(|r| (r.added_p50_us, r.added_p99_us)).collect();
+        assert_eq!(added[..4], [(None, None); 4], "baselines get no difference");
+        assert_eq!(added[4], (Some(20.0), Some(30.0)));
+        assert_eq!(added[5], (Some(45.0), Some(60.0)));
+        assert_eq!(added[6], (Some(25.0), Some(35.0)));
+        assert_eq!(added[7], (None, None), "no round-trip baseline at 50%");
+        let table = table(&rows);
+        assert_eq!(table.lines().count(), 2 + rows.len());
+        assert!(table.lines().nth(6).unwrap().contains("+20.0"), "{table}");
+    }
+
+    #[test]
+    fn probes_carry_their_sequence_and_send_time() {
+        let mut packet = vec![0u8; 64];
+        packet[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
+        packet[4..12].copy_from_slice(&7u64.to_be_bytes());
+        packet[12..20].copy_from_slice(&123_456u64.to_be_bytes());
+        assert_eq!(parse_probe(&packet), Some((7, 123_456)));
+        assert_eq!(parse_probe(&packet[..19]), None);
+        packet[0] ^= 1;
+        assert_eq!(parse_probe(&packet), None, "background packets are not probes");
+    }
+}

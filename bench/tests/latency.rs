@@ -1,0 +1,105 @@
+//! The latency suite end to end, briefly: every path at every load is measured, every probe
+//! is accounted for, the percentiles are in order and each cpclink row has its baseline.
+//! Needs root (TUN, namespaces); skips with a reason otherwise. Nothing here judges speed.
+
+use std::time::Duration;
+
+use cpclink_bench::latency::{self, LatencyPlan, Metric, Path};
+use cpclink_bench::Error;
+
+#[test]
+fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
+    if let Some(why) = latency::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let plan = LatencyPlan {
+        duration: Duration::from_millis(300),
+        loads: vec![0, 50],
+        size: 256,
+    };
+    let rows = latency::run(&plan, |_| {}).unwrap();
+    assert_eq!(rows.len(), 2 * 3 * 2, "loads × paths × metrics: {rows:#?}");
+    for load in [0, 50] {
+        for path in [Path::UdpLoopback, Path::Veth, Path::Cpclink] {
+            for metric in [Metric::OneWay, Metric::RoundTrip] {
+                let found = rows
+                    .iter()
+                    .filter(|r| r.load_pct == load && r.path == path && r.metric == metric)
+                    .count();
+                assert_eq!(found, 1, "{load}% {path:?} {metric:?}");
+            }
+        }
+    }
+    for r in &rows {
+        let name = format!("{}% {:?} {:?}", r.load_pct, r.path, r.metric);
+        assert!(r.probes > 0, "{name}: no probe sent");
+        assert!(r.received > 0, "{name}: no probe arrived");
+        assert_eq!(r.received + r.lost, r.probes, "{name}: every probe accounted for");
+        let p = [r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us];
+        assert!(p[0] > 0.0, "{name}: {p:?}");
+        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{name}: not monotonic {p:?}");
+        assert_eq!(r.size, 256);
+        assert!(r.max_pps > 0.0, "{name}: the maximum was measured");
+        if r.load_pct == 0 {
+            assert_eq!(r.background_pps, 0.0, "{name}");
+        } else {
+            assert!(r.background_pps > 0.0, "{name}: background ran");
+        }
+        match r.path {
+            Path::Cpclink => {
+                let baseline = rows
+                    .iter()
+                    .find(|b| {
+                        b.path == Path::UdpLoopback
+                            && b.load_pct == r.load_pct
+                            && b.metric == r.metric
+                    })
+                    .unwrap();
+                assert_eq!(r.added_p50_us, Some(r.p50_us - baseline.p50_us), "{name}");
+                assert_eq!(r.added_p99_us, Some(r.p99_us - baseline.p99_us), "{name}");
+            }
+            _ => assert_eq!((r.added_p50_us, r.added_p99_us), (None, None), "{name}"),
+        }
+    }
+    // A round trip crosses the path twice: its median is above the one-way median.
+    for path in [Path::UdpLoopback, Path::Cpclink] {
+        let median = |metric| {
+            rows.iter()
+                .find(|r| r.load_pct == 0 && r.path == path && r.metric == metric)
+                .unwrap()
+                .p50_us
+        };
+        assert!(median(Metric::RoundTrip) > median(Metric::OneWay), "{path:?}");
+    }
+    let json = serde_json::to_value(&rows).unwrap();
+    let first = json[0].as_object().unwrap();
+    for key in [
+        "path", "metric", "load_pct", "p50_us", "p99_us", "p999_us", "max_us", "lost",
+        "added_p99_us",
+    ] {
+        assert!(first.contains_key(key), "JSON lacks {key}");
+    }
+    assert_eq!(json[0]["path"], "udp_loopback");
+    assert_eq!(latency::table(&rows).lines().count(), 2 + rows.len());
+}
+
+#[test]
+fn plans_outside_the_probe_and_load_ranges_are_refused() {
+    let refused = |plan: LatencyPlan| latency::run(&plan, |_| {}).unwrap_err();
+    let e = refused(LatencyPlan {
+        size: 8,
+        ..LatencyPlan::default()
+    });
+    assert!(matches!(e, Error::BadProbeSize { size: 8, .. }), "{e}");
+    let e = refused(LatencyPlan {
+        size: latency::MAX_SIZE + 1,
+        ..LatencyPlan::default()
+    });
+    assert!(e.to_string().contains("one TUN MTU at most"), "{e}");
+    let e = refused(LatencyPlan {
+        loads: vec![0, 150],
+        ..LatencyPlan::default()
+    });
+    assert!(matches!(e, Error::BadLoad(150)), "{e}");
+}
