@@ -17,20 +17,20 @@
 //!
 //! Background load is UDP traffic of the probes' size from A to B along the same path,
 //! paced by its sender. The maximum is measured first, in the same run: the background
-//! sender sends as fast as it can through the tunnel and the packets per second B's kernel
-//! delivered are the maximum. A load of L% sends L% of that rate, on every path alike.
+//! sender sends as fast as it can through the tunnel and the packets per second engine B
+//! delivered to its TUN device are the maximum. A load of L% sends L% of that rate, on every
+//! path alike. Paths take turns in rounds of half a second, so that whatever else the
+//! machine does meanwhile falls on all of them alike.
 //!
 //! The TUN devices and namespaces need root (CAP_NET_ADMIN); the engines' UDP sockets are on
 //! the host's loopback.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Suite;
-use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile,
-};
+use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::psp::PSP_OVERHEAD;
 use cpclink_dataplane::sa::MasterKeys;
@@ -56,8 +56,14 @@ pub const MIN_SIZE: usize = PROBE_HEADER;
 const PROBE_HEADER: usize = 20;
 const PROBE_MAGIC: u32 = 0x4c41_5450;
 const SUITE: Suite = Suite::AesGcm256;
-/// Background traffic runs this long before probes start, and probes get this long to land.
-const SETTLE: Duration = Duration::from_millis(200);
+/// Background traffic runs this long before probes start.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Probes get this long to land after the last is sent; later ones count as lost.
+const DRAIN: Duration = Duration::from_millis(200);
+/// Probing time of one path before the next takes its turn.
+const ROUND: Duration = Duration::from_millis(500);
+/// A pause after the maximum for what the flood left queued to drain.
+const RECOVER: Duration = Duration::from_millis(500);
 /// How long the maximum is measured (after [`SETTLE`]).
 const MAX_WINDOW: Duration = Duration::from_secs(1);
 /// How long a receiving thread blocks before it looks at the stop flag.
@@ -140,7 +146,7 @@ pub struct LatencyRow {
     pub size: usize,
     /// The maximum through the tunnel, background packets per second B received.
     pub max_pps: f64,
-    /// Background packets per second received during this point.
+    /// Background packets per second sent (offered) during this point.
     pub background_pps: f64,
     /// Probes sent.
     pub probes: u64,
@@ -207,42 +213,63 @@ pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Lat
     }
     let epoch = Instant::now();
     let bench = Testbed::start()?;
-    let loopback = Endpoints::loopback()?;
-    let veth = Endpoints::between(&bench.ns_a, &bench.ns_b, VETH)?;
-    let tunnel = Endpoints::between(&bench.ns_a, &bench.ns_b, TUNNEL)?;
-
-    let max = tunnel.background(plan.size, None, SETTLE, MAX_WINDOW);
-    let max_pps = max.delivered_pps;
+    let paths = [
+        (Path::UdpLoopback, Endpoints::loopback()?),
+        (
+            Path::Veth,
+            Endpoints::between(&bench.ns_a, &bench.ns_b, VETH)?,
+        ),
+        (
+            Path::Cpclink,
+            Endpoints::between(&bench.ns_a, &bench.ns_b, TUNNEL)?,
+        ),
+    ];
+    let max = bench.maximum(&paths[2].1, plan.size)?;
     progress(&format!(
-        "maximum through the tunnel: {max_pps:.0} packets/s of {} B ({:.2} Gbit/s)",
+        "maximum through the tunnel: {:.0} packets/s of {} B delivered by engine B ({:.2} Gbit/s); \
+         {:.0}/s offered",
+        max.delivered_pps,
         plan.size,
-        max_pps * plan.size as f64 * 8.0 / 1e9
+        max.delivered_pps * plan.size as f64 * 8.0 / 1e9,
+        max.offered_pps,
     ));
-    if max_pps <= 0.0 {
+    if max.delivered_pps <= 0.0 {
         return Err(Error::Setup {
             what: "the tunnel".into(),
             reason: "no background packet crossed it".into(),
         });
     }
 
+    let rounds = (plan.duration.as_secs_f64() / ROUND.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32;
+    let round = plan.duration / rounds;
     let mut rows = Vec::new();
     for &load in &plan.loads {
-        let pps = (load > 0).then(|| max_pps * f64::from(load) / 100.0);
-        let mut point = |path: Path, endpoints: &Endpoints| {
-            let result = endpoints.probe(epoch, plan, pps);
+        let pps = (load > 0).then(|| max.delivered_pps * f64::from(load) / 100.0);
+        let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+        // Paths take turns, a round each, so that whatever else the machine does meanwhile
+        // falls on all of them alike.
+        for _ in 0..rounds {
+            for ((_, endpoints), samples) in paths.iter().zip(&mut samples) {
+                samples.merge(endpoints.probe(epoch, round, plan.size, pps));
+            }
+        }
+        for ((path, _), samples) in paths.iter().zip(samples) {
+            let point = samples.rows(*path, load, plan.size, max.delivered_pps);
             progress(&format!(
-                "{load:>3}% {:<12} one-way p50 {:.1} µs, p99 {:.1} µs",
-                path_name(path),
-                result.one_way.map_or(f64::NAN, |p| us(p.p50)),
-                result.one_way.map_or(f64::NAN, |p| us(p.p99)),
+                "{load:>3}% {:<12} one-way p50 {:.1} µs, p99 {:.1} µs, {} of {} probes arrived",
+                path_name(*path),
+                point[0].p50_us,
+                point[0].p99_us,
+                point[0].received,
+                point[0].probes,
             ));
-            rows.extend(result.rows(path, load, plan.size, max_pps));
-        };
-        point(Path::UdpLoopback, &loopback);
-        point(Path::Veth, &veth);
-        point(Path::Cpclink, &tunnel);
+            rows.extend(point);
+        }
     }
     add_differences(&mut rows);
+    drop(paths);
     bench.finish()?;
     Ok(rows)
 }
@@ -369,20 +396,40 @@ impl Testbed {
         ip(
             &ns_a,
             &[
-                "link", "add", &veth[0], "type", "veth", "peer", "name", &veth[1], "netns",
+                "link",
+                "add",
+                &veth[0],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &veth[1],
+                "netns",
                 ns_b.name(),
             ],
         )?;
         let mtu = TUN_MTU.to_string();
         let side = |side: usize, ns: &Netns| -> Result<Engine, Error> {
-            ip(ns, &["addr", "add", &format!("{}/24", VETH[side]), "dev", &veth[side]])?;
+            ip(
+                ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", VETH[side]),
+                    "dev",
+                    &veth[side],
+                ],
+            )?;
             ip(ns, &["link", "set", &veth[side], "mtu", &mtu, "up"])?;
             // The device is made inside the namespace; its queues work from any thread.
             let name = format!("cplt{id}{}", ["a", "b"][side]);
             let queues = ns
                 .run(|| tun::open_queues(&name, 1, true))
                 .map_err(|e| setup_error("TUN")(e.to_string()))??;
-            ip(ns, &["addr", "add", &format!("{}/24", TUNNEL[side]), "dev", &name])?;
+            ip(
+                ns,
+                &["addr", "add", &format!("{}/24", TUNNEL[side]), "dev", &name],
+            )?;
             ip(ns, &["link", "set", &name, "mtu", &mtu, "up"])?;
             let mut config = EngineConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
             config.egress = Egress::Tun(queues);
@@ -408,6 +455,32 @@ impl Testbed {
         Ok(Self { a, b, ns_a, ns_b })
     }
 
+    /// Sends background through the tunnel as fast as it goes: the packets per second
+    /// engine B delivered to its TUN device are the maximum.
+    fn maximum(&self, tunnel: &Endpoints, size: usize) -> Result<Maximum, Error> {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sender = s.spawn(|| send_background(&tunnel.background_tx, size, None, &stop));
+            let started = Instant::now();
+            std::thread::sleep(SETTLE);
+            let before = self.b.snapshot();
+            let window = Instant::now();
+            std::thread::sleep(MAX_WINDOW);
+            let after = self.b.snapshot();
+            let secs = window.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let sent = sender.join().unwrap_or_default();
+            let offered_secs = started.elapsed().as_secs_f64();
+            // What the flood left queued (TUN queues, socket buffers) drains before probing.
+            std::thread::sleep(RECOVER);
+            let delivered = after?.total().rx_delivered - before?.total().rx_delivered;
+            Ok(Maximum {
+                delivered_pps: delivered as f64 / secs,
+                offered_pps: sent as f64 / offered_secs,
+            })
+        })
+    }
+
     fn finish(self) -> Result<(), Error> {
         let Self { a, b, ns_a, ns_b } = self;
         a.shutdown()?;
@@ -423,27 +496,34 @@ fn random_keys() -> Result<MasterKeys, Error> {
     Ok(MasterKeys::new(key))
 }
 
-/// The sockets of one path: probe client and echo server, background sender and sink.
+/// The sockets of one path: probe client and echo server, background sender and receiver.
+/// The background receiver is bound but never read: its kernel delivers every background
+/// packet to it (so none bounces back as ICMP) and drops them once its buffer is full, and
+/// no reader thread competes with the engines for the cores.
 struct Endpoints {
     client: UdpSocket,
     server: UdpSocket,
     background_tx: UdpSocket,
-    background_rx: UdpSocket,
+    /// Held open so background packets have a socket to arrive at.
+    _background_rx: UdpSocket,
 }
 
-/// What one point saw.
-struct PointResult {
-    probes: u64,
-    one_way: Option<Percentiles>,
-    one_way_received: u64,
-    round_trip: Option<Percentiles>,
-    round_trip_received: u64,
-    background_pps: f64,
-}
-
-/// What the background did over a window.
-struct Background {
+/// The tunnel's maximum.
+struct Maximum {
+    /// Background packets per second engine B delivered.
     delivered_pps: f64,
+    /// Background packets per second the sender got into the kernel.
+    offered_pps: f64,
+}
+
+/// What the rounds of one path at one load saw.
+#[derive(Default)]
+struct Samples {
+    probes: u64,
+    one_way: Vec<u64>,
+    round_trip: Vec<u64>,
+    background_sent: u64,
+    background_secs: f64,
 }
 
 impl Endpoints {
@@ -457,7 +537,8 @@ impl Endpoints {
         )
     }
 
-    /// Client and background sender in `a` on `addrs[0]`, server and sink in `b` on `addrs[1]`.
+    /// Client and background sender in `a` on `addrs[0]`, server and background receiver in
+    /// `b` on `addrs[1]`.
     fn between(a: &Netns, b: &Netns, addrs: [Ipv4Addr; 2]) -> Result<Self, Error> {
         let bind_in = |ns: &Netns, addr: Ipv4Addr| {
             ns.run(|| (UdpSocket::bind((addr, 0)), UdpSocket::bind((addr, 0))))
@@ -483,91 +564,78 @@ impl Endpoints {
             .connect(server.local_addr().map_err(io_error("local address"))?)
             .map_err(io_error("connect"))?;
         background_tx
-            .connect(background_rx.local_addr().map_err(io_error("local address"))?)
+            .connect(
+                background_rx
+                    .local_addr()
+                    .map_err(io_error("local address"))?,
+            )
             .map_err(io_error("connect"))?;
-        for s in [&client, &server, &background_rx] {
-            s.set_read_timeout(Some(POLL)).map_err(io_error("timeout"))?;
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(POLL))
+                .map_err(io_error("timeout"))?;
         }
         Ok(Self {
             client,
             server,
             background_tx,
-            background_rx,
+            _background_rx: background_rx,
         })
     }
 
-    /// Runs the background of `size`-byte packets (`pps`, or as fast as it goes with `None`)
-    /// for `settle` and then
-    /// `window`; returns what arrived during the window.
-    fn background(
-        &self,
-        size: usize,
-        pps: Option<f64>,
-        settle: Duration,
-        window: Duration,
-    ) -> Background {
-        let stop = AtomicBool::new(false);
-        let received = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            s.spawn(|| send_background(&self.background_tx, size, pps, &stop));
-            s.spawn(|| sink(&self.background_rx, &received, &stop));
-            std::thread::sleep(settle);
-            let (start, before) = (Instant::now(), received.load(Ordering::Relaxed));
-            std::thread::sleep(window);
-            let (secs, after) = (start.elapsed().as_secs_f64(), received.load(Ordering::Relaxed));
-            stop.store(true, Ordering::Relaxed);
-            Background {
-                delivered_pps: (after - before) as f64 / secs,
-            }
-        })
-    }
-
-    /// Sends probes for the plan's duration over the background at `pps`.
-    fn probe(&self, epoch: Instant, plan: &LatencyPlan, pps: Option<f64>) -> PointResult {
+    /// Sends probes for `duration` over background of `pps` (none without).
+    fn probe(&self, epoch: Instant, duration: Duration, size: usize, pps: Option<f64>) -> Samples {
         let stop_background = AtomicBool::new(false);
         let stop_probes = AtomicBool::new(false);
-        let received = AtomicU64::new(0);
         std::thread::scope(|s| {
-            if pps.is_some() {
-                s.spawn(|| send_background(&self.background_tx, plan.size, pps, &stop_background));
-            }
-            s.spawn(|| sink(&self.background_rx, &received, &stop_background));
+            let started = Instant::now();
+            let stop_background = &stop_background;
+            let background = pps.map(|pps| {
+                s.spawn(move || {
+                    send_background(&self.background_tx, size, Some(pps), stop_background)
+                })
+            });
             let server = s.spawn(|| echo(&self.server, epoch, &stop_probes));
             let replies = s.spawn(|| collect_replies(&self.client, epoch, &stop_probes));
             std::thread::sleep(SETTLE);
-            let (start, before) = (Instant::now(), received.load(Ordering::Relaxed));
-            let probes = send_probes(&self.client, epoch, plan);
-            let (secs, after) = (start.elapsed().as_secs_f64(), received.load(Ordering::Relaxed));
-            std::thread::sleep(SETTLE);
+            let probes = send_probes(&self.client, epoch, duration, size);
+            std::thread::sleep(DRAIN);
             stop_probes.store(true, Ordering::Relaxed);
             stop_background.store(true, Ordering::Relaxed);
-            let mut one_way = server.join().unwrap_or_default();
-            let mut round_trip = replies.join().unwrap_or_default();
-            PointResult {
+            Samples {
                 probes,
-                one_way_received: one_way.len() as u64,
-                one_way: Percentiles::of(&mut one_way),
-                round_trip_received: round_trip.len() as u64,
-                round_trip: Percentiles::of(&mut round_trip),
-                background_pps: if pps.is_some() {
-                    (after - before) as f64 / secs
-                } else {
-                    0.0
-                },
+                one_way: server.join().unwrap_or_default(),
+                round_trip: replies.join().unwrap_or_default(),
+                background_sent: background.map_or(0, |t| t.join().unwrap_or_default()),
+                background_secs: started.elapsed().as_secs_f64(),
             }
         })
     }
 }
 
-impl PointResult {
-    fn rows(&self, path: Path, load_pct: u32, size: usize, max_pps: f64) -> Vec<LatencyRow> {
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.probes += other.probes;
+        self.one_way.extend(other.one_way);
+        self.round_trip.extend(other.round_trip);
+        self.background_sent += other.background_sent;
+        self.background_secs += other.background_secs;
+    }
+
+    fn rows(mut self, path: Path, load_pct: u32, size: usize, max_pps: f64) -> Vec<LatencyRow> {
+        let background_pps = if self.background_secs > 0.0 {
+            self.background_sent as f64 / self.background_secs
+        } else {
+            0.0
+        };
+        let probes = self.probes;
         [
-            (Metric::OneWay, self.one_way, self.one_way_received),
-            (Metric::RoundTrip, self.round_trip, self.round_trip_received),
+            (Metric::OneWay, &mut self.one_way),
+            (Metric::RoundTrip, &mut self.round_trip),
         ]
         .into_iter()
-        .map(|(metric, p, received)| {
-            let p = p.map_or([f64::NAN; 5], |p| {
+        .map(|(metric, samples)| {
+            let received = samples.len() as u64;
+            let p = Percentiles::of(samples).map_or([f64::NAN; 5], |p| {
                 [us(p.p50), us(p.p90), us(p.p99), us(p.p999), us(p.max)]
             });
             LatencyRow {
@@ -576,10 +644,10 @@ impl PointResult {
                 load_pct,
                 size,
                 max_pps,
-                background_pps: self.background_pps,
-                probes: self.probes,
+                background_pps,
+                probes,
                 received,
-                lost: self.probes.saturating_sub(received),
+                lost: probes.saturating_sub(received),
                 p50_us: p[0],
                 p90_us: p[1],
                 p99_us: p[2],
@@ -592,7 +660,6 @@ impl PointResult {
         .collect()
     }
 }
-
 fn nanos_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
@@ -607,14 +674,14 @@ fn parse_probe(packet: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Sends probes at [`PROBES_PER_SECOND`] for the plan's duration; returns how many.
-fn send_probes(client: &UdpSocket, epoch: Instant, plan: &LatencyPlan) -> u64 {
+fn send_probes(client: &UdpSocket, epoch: Instant, duration: Duration, size: usize) -> u64 {
     let interval = Duration::from_secs(1) / PROBES_PER_SECOND;
-    let mut packet = vec![0u8; plan.size];
+    let mut packet = vec![0u8; size];
     packet[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
     let start = Instant::now();
     let mut next = start;
     let mut seq = 0u64;
-    while start.elapsed() < plan.duration {
+    while start.elapsed() < duration {
         packet[4..12].copy_from_slice(&seq.to_be_bytes());
         packet[12..20].copy_from_slice(&nanos_since(epoch).to_be_bytes());
         // A probe the kernel refused counts as sent and lost: it is what load did to it.
@@ -662,14 +729,15 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 }
 
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
-fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) {
+/// Returns how many it sent.
+fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let Some(pps) = pps else {
             for _ in 0..64 {
-                let _ = socket.send(&packet);
+                sent += u64::from(socket.send(&packet).is_ok());
             }
             continue;
         };
@@ -686,16 +754,7 @@ fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &Ato
         }
         std::thread::sleep(Duration::from_micros(50));
     }
-}
-
-/// Counts what arrives until `stop`.
-fn sink(socket: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 65_536];
-    while !stop.load(Ordering::Relaxed) {
-        if socket.recv(&mut buf).is_ok() {
-            received.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    sent
 }
 
 #[cfg(test)]
@@ -722,7 +781,9 @@ mod tests {
     #[test]
     fn a_tail_shows_in_the_high_percentiles_only() {
         // 1% of samples a hundred times slower: p50 and p90 do not move, p99.9 does.
-        let mut samples: Vec<u64> = (0..10_000).map(|i| if i % 100 == 0 { 10_000 } else { 100 }).collect();
+        let mut samples: Vec<u64> = (0..10_000)
+            .map(|i| if i % 100 == 0 { 10_000 } else { 100 })
+            .collect();
         let p = Percentiles::of(&mut samples).unwrap();
         assert_eq!((p.p50, p.p90, p.p99), (100, 100, 100));
         assert_eq!((p.p999, p.max), (10_000, 10_000));
@@ -762,7 +823,10 @@ mod tests {
             row(Path::Cpclink, Metric::RoundTrip, 50, 40.0, 95.0),
         ];
         add_differences(&mut rows);
-        let added: Vec<_> = rows.iter().map(|r| (r.added_p50_us, r.added_p99_us)).collect();
+        let added: Vec<_> = rows
+            .iter()
+            .map(|r| (r.added_p50_us, r.added_p99_us))
+            .collect();
         assert_eq!(added[..4], [(None, None); 4], "baselines get no difference");
         assert_eq!(added[4], (Some(20.0), Some(30.0)));
         assert_eq!(added[5], (Some(45.0), Some(60.0)));
@@ -782,6 +846,10 @@ mod tests {
         assert_eq!(parse_probe(&packet), Some((7, 123_456)));
         assert_eq!(parse_probe(&packet[..19]), None);
         packet[0] ^= 1;
-        assert_eq!(parse_probe(&packet), None, "background packets are not probes");
+        assert_eq!(
+            parse_probe(&packet),
+            None,
+            "background packets are not probes"
+        );
     }
 }

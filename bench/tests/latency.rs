@@ -18,7 +18,8 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         loads: vec![0, 50],
         size: 256,
     };
-    let rows = latency::run(&plan, |_| {}).unwrap();
+    let rows = latency::run(&plan, |line| eprintln!("{line}")).unwrap();
+    eprintln!("{}", latency::table(&rows));
     assert_eq!(rows.len(), 2 * 3 * 2, "loads × paths × metrics: {rows:#?}");
     for load in [0, 50] {
         for path in [Path::UdpLoopback, Path::Veth, Path::Cpclink] {
@@ -35,10 +36,17 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         let name = format!("{}% {:?} {:?}", r.load_pct, r.path, r.metric);
         assert!(r.probes > 0, "{name}: no probe sent");
         assert!(r.received > 0, "{name}: no probe arrived");
-        assert_eq!(r.received + r.lost, r.probes, "{name}: every probe accounted for");
+        assert_eq!(
+            r.received + r.lost,
+            r.probes,
+            "{name}: every probe accounted for"
+        );
         let p = [r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us];
         assert!(p[0] > 0.0, "{name}: {p:?}");
-        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{name}: not monotonic {p:?}");
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: not monotonic {p:?}"
+        );
         assert_eq!(r.size, 256);
         assert!(r.max_pps > 0.0, "{name}: the maximum was measured");
         if r.load_pct == 0 {
@@ -70,12 +78,22 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
                 .unwrap()
                 .p50_us
         };
-        assert!(median(Metric::RoundTrip) > median(Metric::OneWay), "{path:?}");
+        assert!(
+            median(Metric::RoundTrip) > median(Metric::OneWay),
+            "{path:?}"
+        );
     }
     let json = serde_json::to_value(&rows).unwrap();
     let first = json[0].as_object().unwrap();
     for key in [
-        "path", "metric", "load_pct", "p50_us", "p99_us", "p999_us", "max_us", "lost",
+        "path",
+        "metric",
+        "load_pct",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "lost",
         "added_p99_us",
     ] {
         assert!(first.contains_key(key), "JSON lacks {key}");
