@@ -314,6 +314,27 @@ pub fn add_differences(rows: &mut [LatencyRow]) {
     }
 }
 
+/// The SPEC's latency target: p99 added at 50% load, microseconds.
+pub const TARGET_ADDED_P99_US: f64 = 50.0;
+
+/// Whether the SPEC's latency target was met, taken one way through both appliances (the
+/// stricter reading: a packet between two centres crosses two), if 50% load was measured.
+pub fn verdict(rows: &[LatencyRow]) -> Option<String> {
+    let row = rows
+        .iter()
+        .find(|r| r.path == Path::Cpclink && r.metric == Metric::OneWay && r.load_pct == 50)?;
+    let added = row.added_p99_us?;
+    let met = if added <= TARGET_ADDED_P99_US {
+        "met"
+    } else {
+        "not met"
+    };
+    Some(format!(
+        "SPEC target, p99 added under 50% load <= {TARGET_ADDED_P99_US} µs (one way, through both engines): \
+         {met} ({added:+.1} µs)"
+    ))
+}
+
 /// Renders rows as a table.
 pub fn table(rows: &[LatencyRow]) -> String {
     let f = |x: f64| format!("{x:.1}");
@@ -832,6 +853,10 @@ mod tests {
         assert_eq!(added[5], (Some(45.0), Some(60.0)));
         assert_eq!(added[6], (Some(25.0), Some(35.0)));
         assert_eq!(added[7], (None, None), "no round-trip baseline at 50%");
+        assert!(verdict(&rows).unwrap().ends_with(": met (+35.0 µs)"));
+        rows[6].added_p99_us = Some(50.5);
+        assert!(verdict(&rows).unwrap().ends_with("not met (+50.5 µs)"));
+        assert_eq!(verdict(&rows[..4]), None, "no cpclink row at 50%");
         let table = table(&rows);
         assert_eq!(table.lines().count(), 2 + rows.len());
         assert!(table.lines().nth(6).unwrap().contains("+20.0"), "{table}");

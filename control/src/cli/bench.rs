@@ -196,6 +196,9 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                      namespaces joined directly; cpclink = TUN → engine A → AES-GCM-256 PSP over UDP on \
                      loopback → engine B → TUN. added = cpclink − udp_loopback at the same load and metric"
                 )?;
+                if let Some(verdict) = latency::verdict(&rows) {
+                    writeln!(out, "{verdict}")?;
+                }
             }
         }
         BenchSuite::Crypto {
