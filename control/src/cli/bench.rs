@@ -52,7 +52,7 @@ enum BenchSuite {
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
-        /// Seconds of probing per path and load (after 0.2 s of background alone).
+        /// Seconds of probing per path and load, in rounds of 0.5 s (each after 0.1 s of background alone).
         #[arg(long, default_value_t = 2.0)]
         duration: f64,
         /// Background loads in percent of the maximum measured first (default 0 50).
