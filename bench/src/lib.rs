@@ -23,7 +23,7 @@ pub enum Error {
     BadSize(usize),
     /// The latency suite needs root for its TUN devices and network namespaces.
     #[error(
-        "cpclink bench latency needs root (CAP_NET_ADMIN): its probes cross the engines \
+        "the latency suite needs root (CAP_NET_ADMIN): its probes cross the engines \
          through TUN devices in two network namespaces; run it as root"
     )]
     NeedsRoot,

@@ -168,6 +168,9 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 },
                 size,
             };
+            if let Some(e) = latency::unavailable() {
+                return Err(e.into());
+            }
             if !json {
                 writeln!(
                     out,
