@@ -13,6 +13,7 @@
 # Environment: DURATION (s, default 5), WORKERS (cpclink workers per side, default 1),
 # BT_THREADS (boringtun threads, default 1), CPCLINK, BORINGTUN (paths to the binaries).
 set -euo pipefail
+umask 077
 
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-1}
