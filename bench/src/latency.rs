@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile};
-use cpclink_dataplane::io::tun;
+use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
 use cpclink_dataplane::sa::MasterKeys;
 use cpclink_srv6::netns::Netns;
@@ -179,6 +179,8 @@ pub struct LatencyPlan {
     pub loads: Vec<u32>,
     /// UDP payload bytes ([`MIN_SIZE`]..=[`MAX_SIZE`]).
     pub size: usize,
+    /// The engines' I/O backend.
+    pub io: IoKind,
 }
 
 impl Default for LatencyPlan {
@@ -187,6 +189,7 @@ impl Default for LatencyPlan {
             duration: Duration::from_secs(2),
             loads: DEFAULT_LOADS.to_vec(),
             size: DEFAULT_SIZE,
+            io: IoKind::Auto,
         }
     }
 }
@@ -212,7 +215,7 @@ pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Lat
         return Err(e);
     }
     let epoch = Instant::now();
-    let bench = Testbed::start()?;
+    let bench = Testbed::start(plan.io)?;
     let paths = [
         (Path::UdpLoopback, Endpoints::loopback()?),
         (
@@ -401,7 +404,7 @@ struct Testbed {
 }
 
 impl Testbed {
-    fn start() -> Result<Self, Error> {
+    fn start(io: IoKind) -> Result<Self, Error> {
         let id = std::process::id();
         let netns = |side: char| {
             Netns::create(&format!("cpclat-{id}-{side}"))
@@ -454,6 +457,7 @@ impl Testbed {
             ip(ns, &["link", "set", &name, "mtu", &mtu, "up"])?;
             let mut config = EngineConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
             config.egress = Egress::Tun(queues);
+            config.io = io;
             Ok(Engine::start(config)?)
         };
         let a = side(0, &ns_a)?;

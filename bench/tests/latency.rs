@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cpclink_bench::latency::{self, LatencyPlan, Metric, Path};
 use cpclink_bench::Error;
+use cpclink_dataplane::io::IoKind;
 
 #[test]
 fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
@@ -17,6 +18,7 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         duration: Duration::from_millis(300),
         loads: vec![0, 50],
         size: 256,
+        io: IoKind::Auto,
     };
     let rows = latency::run(&plan, |line| eprintln!("{line}")).unwrap();
     eprintln!("{}", latency::table(&rows));

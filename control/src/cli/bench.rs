@@ -61,6 +61,9 @@ enum BenchSuite {
         /// UDP payload bytes of probes and background packets.
         #[arg(long, default_value_t = latency::DEFAULT_SIZE)]
         size: usize,
+        /// The engines' I/O backend.
+        #[arg(long, default_value_t = IoKind::Auto)]
+        io: IoKind,
     },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
@@ -152,6 +155,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             duration,
             loads,
             size,
+            io,
         } => {
             if !(duration > 0.0 && duration <= 600.0) {
                 return Err(Error::BadArgument {
@@ -167,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                     loads
                 },
                 size,
+                io,
             };
             if let Some(e) = latency::unavailable() {
                 return Err(e.into());
@@ -193,6 +198,14 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 )?;
             } else {
                 write!(out, "\n{}", latency::table(&rows))?;
+                if let Some(row) = rows.first() {
+                    writeln!(
+                        out,
+                        "\nmaximum through the tunnel, measured first: {:.0} packets/s of {size} B ({:.2} Gbit/s), engines on {io}",
+                        row.max_pps,
+                        row.max_pps * size as f64 * 8.0 / 1e9,
+                    )?;
+                }
                 writeln!(
                     out,
                     "\npaths: udp_loopback = plain UDP sockets on 127.0.0.1 (the baseline); veth = the \
