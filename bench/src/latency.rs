@@ -382,15 +382,10 @@ pub fn table(rows: &[LatencyRow]) -> String {
     )
 }
 
-fn setup_error(what: impl Into<String>) -> impl FnOnce(String) -> Error {
-    let what = what.into();
-    move |reason| Error::Setup { what, reason }
-}
-
-fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Setup {
+fn setup_error(what: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Setup {
         what: what.to_string(),
-        reason: e.to_string(),
+        reason: reason.to_string(),
     }
 }
 
@@ -408,14 +403,11 @@ impl Testbed {
         let id = std::process::id();
         let netns = |side: char| {
             Netns::create(&format!("cpclat-{id}-{side}"))
-                .map_err(|e| setup_error("network namespace")(e.to_string()))
+                .map_err(|e| setup_error("network namespace", e))
         };
         let (ns_a, ns_b) = (netns('a')?, netns('b')?);
-        let ip = |ns: &Netns, args: &[&str]| {
-            ns.ip(args)
-                .map(drop)
-                .map_err(|e| setup_error("ip")(e.to_string()))
-        };
+        let ip =
+            |ns: &Netns, args: &[&str]| ns.ip(args).map(drop).map_err(|e| setup_error("ip", e));
         let veth = [format!("cplv{id}a"), format!("cplv{id}b")];
         ip(
             &ns_a,
@@ -449,7 +441,7 @@ impl Testbed {
             let name = format!("cplt{id}{}", ["a", "b"][side]);
             let queues = ns
                 .run(|| tun::open_queues(&name, 1, true))
-                .map_err(|e| setup_error("TUN")(e.to_string()))??;
+                .map_err(|e| setup_error("TUN", e))??;
             ip(
                 ns,
                 &["addr", "add", &format!("{}/24", TUNNEL[side]), "dev", &name],
@@ -555,10 +547,10 @@ impl Endpoints {
     fn loopback() -> Result<Self, Error> {
         let bind = || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0));
         Self::connect(
-            bind().map_err(io_error("bind"))?,
-            bind().map_err(io_error("bind"))?,
-            bind().map_err(io_error("bind"))?,
-            bind().map_err(io_error("bind"))?,
+            bind().map_err(|e| setup_error("bind", e))?,
+            bind().map_err(|e| setup_error("bind", e))?,
+            bind().map_err(|e| setup_error("bind", e))?,
+            bind().map_err(|e| setup_error("bind", e))?,
         )
     }
 
@@ -567,15 +559,15 @@ impl Endpoints {
     fn between(a: &Netns, b: &Netns, addrs: [Ipv4Addr; 2]) -> Result<Self, Error> {
         let bind_in = |ns: &Netns, addr: Ipv4Addr| {
             ns.run(|| (UdpSocket::bind((addr, 0)), UdpSocket::bind((addr, 0))))
-                .map_err(|e| setup_error("socket in namespace")(e.to_string()))
+                .map_err(|e| setup_error("socket in namespace", e))
         };
         let (client, background_tx) = bind_in(a, addrs[0])?;
         let (server, background_rx) = bind_in(b, addrs[1])?;
         Self::connect(
-            client.map_err(io_error("bind"))?,
-            server.map_err(io_error("bind"))?,
-            background_tx.map_err(io_error("bind"))?,
-            background_rx.map_err(io_error("bind"))?,
+            client.map_err(|e| setup_error("bind", e))?,
+            server.map_err(|e| setup_error("bind", e))?,
+            background_tx.map_err(|e| setup_error("bind", e))?,
+            background_rx.map_err(|e| setup_error("bind", e))?,
         )
     }
 
@@ -586,18 +578,22 @@ impl Endpoints {
         background_rx: UdpSocket,
     ) -> Result<Self, Error> {
         client
-            .connect(server.local_addr().map_err(io_error("local address"))?)
-            .map_err(io_error("connect"))?;
+            .connect(
+                server
+                    .local_addr()
+                    .map_err(|e| setup_error("local address", e))?,
+            )
+            .map_err(|e| setup_error("connect", e))?;
         background_tx
             .connect(
                 background_rx
                     .local_addr()
-                    .map_err(io_error("local address"))?,
+                    .map_err(|e| setup_error("local address", e))?,
             )
-            .map_err(io_error("connect"))?;
+            .map_err(|e| setup_error("connect", e))?;
         for s in [&client, &server] {
             s.set_read_timeout(Some(POLL))
-                .map_err(io_error("timeout"))?;
+                .map_err(|e| setup_error("timeout", e))?;
         }
         Ok(Self {
             client,
