@@ -194,9 +194,24 @@ impl Default for LatencyPlan {
     }
 }
 
-/// Why the suite cannot run here (it needs root for TUN and namespaces), or `None`.
+/// Why the suite cannot run here (it needs root, `/dev/net/tun` and iproute2), or `None`.
 pub fn unavailable() -> Option<Error> {
-    (!nix::unistd::geteuid().is_root()).then_some(Error::NeedsRoot)
+    if !nix::unistd::geteuid().is_root() {
+        return Some(Error::NeedsRoot);
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some(setup_error(
+            "TUN",
+            "/dev/net/tun is missing (load the tun module)",
+        ));
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Some(setup_error(
+            "ip",
+            "the ip command is missing (install iproute2)",
+        ));
+    }
+    None
 }
 
 /// Runs the suite: sets up the tunnel, measures its maximum, then every path at every load.
