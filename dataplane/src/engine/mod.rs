@@ -67,8 +67,12 @@ pub enum Egress {
 /// How an engine runs.
 #[derive(Debug)]
 pub struct EngineConfig {
-    /// The UDP address every worker's socket binds (one SO_REUSEPORT group).
+    /// The UDP address every worker's receive socket binds (one SO_REUSEPORT group).
     pub listen: SocketAddr,
+    /// Outer UDP source ports: worker `i` sends from `base + i`; `None`: from a port the
+    /// kernel picks for it. Either way each worker has a port of its own, so ECMP and the
+    /// peer's receive hashing see one 5-tuple per worker and every flow keeps one.
+    pub tx_port_base: Option<u16>,
     /// Workers (threads), at least one.
     pub workers: usize,
     /// Cores to pin worker i to (`cores[i % len]`); empty: not pinned.
@@ -102,6 +106,7 @@ impl EngineConfig {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
+            tx_port_base: None,
             workers: 1,
             cores: Vec::new(),
             io: IoKind::Auto,
@@ -244,6 +249,24 @@ impl Engine {
             eprintln!("cpclink: io_uring unavailable ({why}); using epoll");
         }
         let sockets = io::udp::bind_group(config.listen, config.workers)?;
+        let senders = (0..config.workers)
+            .map(|i| {
+                let port = match config.tx_port_base {
+                    None => 0,
+                    Some(base) => u16::try_from(usize::from(base) + i)
+                        .ok()
+                        .filter(|_| base != 0)
+                        .ok_or_else(|| {
+                            Error::EngineConfig(format!(
+                                "source ports {base}..{} for {} workers do not fit 1..=65535",
+                                usize::from(base) + config.workers,
+                                config.workers
+                            ))
+                        })?,
+                };
+                io::udp::bind_sender(SocketAddr::new(config.listen.ip(), port))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let local = io::udp::local_addr(std::os::fd::AsRawFd::as_raw_fd(&sockets[0]))?;
         let (event_tx, events) = crossbeam_channel::bounded(1024);
         let mut egress_parts = match config.egress {
@@ -269,7 +292,7 @@ impl Engine {
         };
         let mut controls = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
-        for (index, socket) in sockets.into_iter().enumerate().rev() {
+        for (index, (socket, sender)) in sockets.into_iter().zip(senders).enumerate().rev() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let core = (!config.cores.is_empty()).then(|| config.cores[index % config.cores.len()]);
@@ -277,7 +300,7 @@ impl Engine {
                 index,
                 workers: config.workers,
                 core,
-                io: (io_kind, socket),
+                io: (io_kind, socket, sender),
                 control: control_rx,
                 events: event_tx.clone(),
                 protection: config.protection,

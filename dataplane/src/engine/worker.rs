@@ -47,7 +47,7 @@ pub(super) struct WorkerSetup {
     pub index: usize,
     pub workers: usize,
     pub core: Option<usize>,
-    pub io: (IoKind, OwnedFd),
+    pub io: (IoKind, OwnedFd, OwnedFd),
     pub control: Receiver<Control>,
     pub events: Sender<Event>,
     pub protection: Protection,
@@ -95,7 +95,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
     let WorkerSetup {
         index,
         workers,
-        io: (io_kind, socket),
+        io: (io_kind, socket, sender),
         control,
         events,
         protection,
@@ -110,7 +110,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         egress,
         ..
     } = setup;
-    let mut io = match crate::io::open(io_kind, socket, io_sizing) {
+    let mut io = match crate::io::open(io_kind, socket, sender, io_sizing) {
         Ok(io) => {
             let _ = ready.send(Ok(()));
             io

@@ -296,11 +296,17 @@ pub trait DatagramIo: Send {
     fn stats(&self) -> IoStats;
 }
 
-/// Opens the backend `kind` (not `Auto`) over a bound socket; io_uring is sized by `sizing`.
-pub fn open(kind: IoKind, socket: OwnedFd, sizing: IoSizing) -> Result<Box<dyn DatagramIo>> {
+/// Opens the backend `kind` (not `Auto`) over a bound receive socket and the worker's own
+/// send socket (see [`udp::bind_sender`]); io_uring is sized by `sizing`.
+pub fn open(
+    kind: IoKind,
+    socket: OwnedFd,
+    sender: OwnedFd,
+    sizing: IoSizing,
+) -> Result<Box<dyn DatagramIo>> {
     Ok(match kind {
-        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket, sizing)?),
-        IoKind::Epoll => Box::new(EpollIo::new(socket)?),
+        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket, sender, sizing)?),
+        IoKind::Epoll => Box::new(EpollIo::new(socket, sender)?),
     })
 }
 
