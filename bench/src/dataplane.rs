@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, TrafficSpec,
-    WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, SourceRate,
+    TrafficSpec, WorkerStats,
 };
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
 use cpclink_dataplane::sa::MasterKeys;
@@ -60,6 +60,8 @@ pub struct PairOptions {
     pub gso_segments: usize,
     /// The address both engines listen on (127.0.0.1, or an address of the NIC measured).
     pub address: IpAddr,
+    /// Each direction's rate; `None`: as fast as the sender can (the benchmark's mode).
+    pub rate: Option<SourceRate>,
 }
 
 /// Where a pair listens unless told otherwise.
@@ -97,6 +99,7 @@ impl LoopbackPair {
             config.batch_sends = options.batch_sends;
             config.gso_segments = options.gso_segments;
             config.source = source.then_some(spec);
+            config.source_rate = options.rate;
             config.egress = Egress::Sink {
                 flows: options.flows,
             };
@@ -260,6 +263,7 @@ pub fn run(
                         batch_sends: plan.batch_sends,
                         gso_segments: plan.gso_segments,
                         address: LOOPBACK,
+                        rate: None,
                     };
                     let row = measure(options, plan.duration)?;
                     progress(&row);

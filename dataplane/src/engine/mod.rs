@@ -5,6 +5,7 @@
 //! drive it; static lab keys are just one source of those events (see [`lab`]).
 
 pub mod lab;
+pub mod pacer;
 mod rx_sas;
 pub mod segment;
 pub mod stats;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use pacer::SourceRate;
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
 pub use stats::{EngineStats, WorkerStats};
 pub use synthetic::{Generator, Sink, SinkStats, TrafficSpec};
@@ -97,6 +99,9 @@ pub struct EngineConfig {
     pub io_sizing: IoSizing,
     /// The synthetic source, if any: its flows go round-robin to the peers.
     pub source: Option<TrafficSpec>,
+    /// How fast the synthetic source sends, over all workers; `None`: as fast as it can
+    /// (the benchmark's mode).
+    pub source_rate: Option<SourceRate>,
     /// Where received packets go.
     pub egress: Egress,
 }
@@ -119,6 +124,7 @@ impl EngineConfig {
             gso_segments: io::udp::MAX_GSO_SEGMENTS,
             io_sizing: IoSizing::default(),
             source: None,
+            source_rate: None,
             egress: Egress::Discard,
         }
     }
@@ -225,6 +231,14 @@ impl Engine {
                 "a synthetic source needs at least one flow".into(),
             ));
         }
+        if let Some(rate) = config.source_rate {
+            let pps = rate.packets_per_second(config.source.map_or(1, |s| s.packet_len));
+            if !(pps.is_finite() && pps > 0.0) {
+                return Err(Error::EngineConfig(format!(
+                    "source rate {rate} is not a positive rate"
+                )));
+            }
+        }
         if !(1..=io::udp::MAX_GSO_SEGMENTS).contains(&config.gso_segments) {
             return Err(Error::EngineConfig(format!(
                 "gso_segments {} is out of range (expected 1..={})",
@@ -312,6 +326,7 @@ impl Engine {
                 gso_segments: config.gso_segments,
                 io_sizing,
                 source: config.source,
+                source_rate: config.source_rate,
                 egress: egress_parts.pop().unwrap_or(worker::WorkerEgress::Discard),
             };
             let thread = std::thread::Builder::new()
