@@ -3,6 +3,7 @@
 //! capture on the veth holds only PSP over UDP and never the canary sent through the tunnel.
 //! Needs root (namespaces, TUN); skips with a reason otherwise.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 const CANARY: &str = "CPCLINK-CANARY-7f3a9c-never-on-the-wire";
 const PSP_PORT: u16 = 1000;
+const WORKERS: usize = 2;
 const TRANSFER: u64 = 256 << 20;
 const KEY_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const KEY_A2: &str = "a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
@@ -207,7 +209,7 @@ fn config(
     theirs: [&str; 2],
 ) -> String {
     format!(
-        "[appliance]\nlisten = \"{listen}:{PSP_PORT}\"\nworkers = 2\nio = \"auto\"\n\
+        "[appliance]\nlisten = \"{listen}:{PSP_PORT}\"\nworkers = {WORKERS}\nio = \"auto\"\n\
          master_keys = [\"{}\", \"{}\"]\n\n[tun]\nname = \"cpc0\"\npath_mtu = 1500\n\n\
          [[peers]]\nname = \"peer\"\nendpoint = \"{peer}:{PSP_PORT}\"\nprefixes = [\"{peer_prefix}\"]\n\
          master_keys = [\"{}\", \"{}\"]\n",
@@ -230,6 +232,7 @@ fn check_capture(pcap: &[u8]) -> usize {
     );
     let mut at = 24;
     let mut psp = 0;
+    let mut sources: BTreeMap<[u8; 4], BTreeSet<u16>> = BTreeMap::new();
     while at + 16 <= pcap.len() {
         let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
         let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
@@ -246,11 +249,20 @@ fn check_capture(pcap: &[u8]) -> usize {
             u16::from_be_bytes([udp[0], udp[1]]),
             u16::from_be_bytes([udp[2], udp[3]]),
         );
-        assert_eq!((sport, dport), (PSP_PORT, PSP_PORT), "only PSP's port");
+        assert_eq!(dport, PSP_PORT, "only to PSP's port");
+        // Each worker sends from a port of its own (flow entropy for ECMP).
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        sources.entry(src).or_default().insert(sport);
         let header = &udp[8..];
         assert_eq!(header[1], 1, "PSP hdr_ext_len");
         assert_eq!((header[3] >> 2) & 0x0f, 1, "PSP version 1 (AES-GCM-256)");
         psp += 1;
+    }
+    for (src, ports) in &sources {
+        assert!(
+            ports.len() <= WORKERS && !ports.contains(&PSP_PORT),
+            "{src:?} sent from {ports:?}: one port per worker, none the listen port"
+        );
     }
     psp
 }
