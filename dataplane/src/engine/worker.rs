@@ -233,6 +233,7 @@ impl State {
     fn final_stats(&self, io: &dyn DatagramIo) -> WorkerStats {
         let mut stats = self.stats;
         stats.io = io.stats();
+        stats.ns_cpu = crate::io::thread_cpu_time().as_nanos() as u64;
         if let WorkerEgress::Sink(sink) = &self.egress {
             stats.sink = sink.stats();
         }
