@@ -162,3 +162,23 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
     writeln!(out, "  every delivered byte verified; every flow in order.")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_paced_unless_it_is_max() {
+        assert!(matches!(parse_rate("max"), Ok(Rate::Max)));
+        assert!(matches!(
+            parse_rate("2g"),
+            Ok(Rate::Paced(SourceRate::BitsPerSecond(b))) if b == 2e9
+        ));
+        assert!(matches!(
+            parse_rate("300kpps"),
+            Ok(Rate::Paced(SourceRate::PacketsPerSecond(p))) if p == 300e3
+        ));
+        let e = parse_rate("fast").unwrap_err();
+        assert!(e.contains("is not understood"), "{e}");
+    }
+}
