@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, TrafficSpec,
-    WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, SourceRate,
+    TrafficSpec, WorkerStats,
 };
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
 use cpclink_dataplane::sa::MasterKeys;
@@ -60,6 +60,8 @@ pub struct PairOptions {
     pub gso_segments: usize,
     /// The address both engines listen on (127.0.0.1, or an address of the NIC measured).
     pub address: IpAddr,
+    /// Each direction's rate; `None`: as fast as the sender can (the benchmark's mode).
+    pub rate: Option<SourceRate>,
 }
 
 /// Where a pair listens unless told otherwise.
@@ -97,6 +99,7 @@ impl LoopbackPair {
             config.batch_sends = options.batch_sends;
             config.gso_segments = options.gso_segments;
             config.source = source.then_some(spec);
+            config.source_rate = options.rate;
             config.egress = Egress::Sink {
                 flows: options.flows,
             };
@@ -167,6 +170,11 @@ pub struct TimeSplit {
     pub rx_process: f64,
     /// Datagrams the kernel dropped on the way, as a share of those sent.
     pub lost: f64,
+    /// Sender: worker CPU time (user and kernel) per packet sent, nanoseconds. Unlike the
+    /// rates, it holds on a machine busy with other work.
+    pub tx_cpu_ns: f64,
+    /// Receiver: worker CPU time per packet received, nanoseconds.
+    pub rx_cpu_ns: f64,
 }
 
 /// What to measure.
@@ -215,6 +223,7 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
     let worker_ns = secs * 1e9 * options.workers as f64;
     let share = |ns: u64| ns as f64 / worker_ns;
     let sent = (a1.tx_packets - a0.tx_packets).max(1);
+    let received = (b1.rx_packets - b0.rx_packets).max(1);
     Ok(DataplaneRow {
         mode: match options.protection {
             Protection::Encrypted => "encrypted",
@@ -230,6 +239,8 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
             tx_send: share(a1.ns_tx_send - a0.ns_tx_send),
             rx_process: share(b1.ns_rx_process - b0.ns_rx_process),
             lost: (b1.sink.gaps - b0.sink.gaps) as f64 / sent as f64,
+            tx_cpu_ns: (a1.ns_cpu - a0.ns_cpu) as f64 / sent as f64,
+            rx_cpu_ns: (b1.ns_cpu - b0.ns_cpu) as f64 / received as f64,
         },
     })
 }
@@ -260,6 +271,7 @@ pub fn run(
                         batch_sends: plan.batch_sends,
                         gso_segments: plan.gso_segments,
                         address: LOOPBACK,
+                        rate: None,
                     };
                     let row = measure(options, plan.duration)?;
                     progress(&row);
@@ -294,6 +306,17 @@ pub fn table(rows: &[DataplaneRow]) -> String {
                 pct(enc.split.rx_process)
             ),
             format!("{}/{}", pct(plain.split.lost), pct(enc.split.lost)),
+            format!("{:.0}/{:.0}", plain.split.tx_cpu_ns, enc.split.tx_cpu_ns),
+            format!("{:.0}/{:.0}", plain.split.rx_cpu_ns, enc.split.rx_cpu_ns),
+            format!(
+                "{:.2}",
+                plain.split.tx_cpu_ns.max(plain.split.rx_cpu_ns)
+                    / enc
+                        .split
+                        .tx_cpu_ns
+                        .max(enc.split.rx_cpu_ns)
+                        .max(f64::MIN_POSITIVE)
+            ),
         ]);
     }
     crate::markdown_table(
@@ -310,6 +333,9 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             "tx send p/e",
             "rx process p/e",
             "lost p/e",
+            "tx cpu ns/pkt p/e",
+            "rx cpu ns/pkt p/e",
+            "enc/plain by cpu",
         ],
         &out,
     )

@@ -3,6 +3,7 @@
 //! capture on the veth holds only PSP over UDP and never the canary sent through the tunnel.
 //! Needs root (namespaces, TUN); skips with a reason otherwise.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 const CANARY: &str = "CPCLINK-CANARY-7f3a9c-never-on-the-wire";
 const PSP_PORT: u16 = 1000;
+const WORKERS: usize = 2;
 const TRANSFER: u64 = 256 << 20;
 const KEY_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const KEY_A2: &str = "a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
@@ -53,6 +55,51 @@ s.shutdown(socket.SHUT_WR)
 s.recv(1)
 print(sent, h.hexdigest(), time.time() - start, flush=True)
 "#;
+
+/// Counts the UDP datagrams that arrive intact, reading with UDP_GRO so a super-packet the
+/// tunnel wrote to TUN arrives as one read: prints "ready", then "datagrams reads-of-several bad".
+const UDP_SERVER: &str = r#"
+import socket, sys
+total = int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+s.setsockopt(17, 104, 1)  # SOL_UDP, UDP_GRO
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print("ready", flush=True)
+n = several = bad = 0
+try:
+    while n < total:
+        data, anc, _, _ = s.recvmsg(65536, 64)
+        seg = len(data)
+        for level, kind, value in anc:
+            if level == 17 and kind == 104:
+                seg = int.from_bytes(value[:4], sys.byteorder)
+        several += len(data) > seg
+        for off in range(0, len(data), seg):
+            d = data[off : off + seg]
+            i = int.from_bytes(d[:8], "big")
+            bad += d != i.to_bytes(8, "big") + bytes((i + k) & 0xFF for k in range(len(d) - 8))
+            n += 1
+except socket.timeout:
+    pass
+print(n, several, bad, flush=True)
+"#;
+
+/// Sends datagrams of 1000 bytes in UDP_SEGMENT batches of 40, paced.
+const UDP_CLIENT: &str = r#"
+import socket, sys, time
+total = int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(17, 103, 1000)  # SOL_UDP, UDP_SEGMENT
+def datagram(i):
+    return i.to_bytes(8, "big") + bytes((i + k) & 0xFF for k in range(992))
+for first in range(0, total, 40):
+    s.sendto(b"".join(datagram(i) for i in range(first, min(first + 40, total))), (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.002)
+print("sent", total, flush=True)
+"#;
+const UDP_DATAGRAMS: usize = 2000;
 
 fn run(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
@@ -207,7 +254,7 @@ fn config(
     theirs: [&str; 2],
 ) -> String {
     format!(
-        "[appliance]\nlisten = \"{listen}:{PSP_PORT}\"\nworkers = 2\nio = \"auto\"\n\
+        "[appliance]\nlisten = \"{listen}:{PSP_PORT}\"\nworkers = {WORKERS}\nio = \"auto\"\n\
          master_keys = [\"{}\", \"{}\"]\n\n[tun]\nname = \"cpc0\"\npath_mtu = 1500\n\n\
          [[peers]]\nname = \"peer\"\nendpoint = \"{peer}:{PSP_PORT}\"\nprefixes = [\"{peer_prefix}\"]\n\
          master_keys = [\"{}\", \"{}\"]\n",
@@ -230,6 +277,7 @@ fn check_capture(pcap: &[u8]) -> usize {
     );
     let mut at = 24;
     let mut psp = 0;
+    let mut sources: BTreeMap<[u8; 4], BTreeSet<u16>> = BTreeMap::new();
     while at + 16 <= pcap.len() {
         let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
         let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
@@ -246,11 +294,20 @@ fn check_capture(pcap: &[u8]) -> usize {
             u16::from_be_bytes([udp[0], udp[1]]),
             u16::from_be_bytes([udp[2], udp[3]]),
         );
-        assert_eq!((sport, dport), (PSP_PORT, PSP_PORT), "only PSP's port");
+        assert_eq!(dport, PSP_PORT, "only to PSP's port");
+        // Each worker sends from a port of its own (flow entropy for ECMP).
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        sources.entry(src).or_default().insert(sport);
         let header = &udp[8..];
         assert_eq!(header[1], 1, "PSP hdr_ext_len");
         assert_eq!((header[3] >> 2) & 0x0f, 1, "PSP version 1 (AES-GCM-256)");
         psp += 1;
+    }
+    for (src, ports) in &sources {
+        assert!(
+            ports.len() <= WORKERS && !ports.contains(&PSP_PORT),
+            "{src:?} sent from {ports:?}: one port per worker, none the listen port"
+        );
     }
     psp
 }
@@ -373,6 +430,55 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
     assert!(bytes >= TRANSFER);
     assert_eq!(sha_a, sha_b, "SHA-256 at both ends of the tunnel");
     let tunnel_gbps = bytes as f64 * 8.0 / secs / 1e9;
+
+    // UDP: the sender's kernel hands the tunnel USO super-packets; the receiving tunnel
+    // coalesces the decrypted datagrams into USO super-packets again, which a UDP_GRO
+    // socket reads whole.
+    let udp_port = "5301";
+    lab.spawn(
+        &b,
+        &[
+            "python3",
+            "-c",
+            UDP_SERVER,
+            "10.200.0.2",
+            udp_port,
+            &UDP_DATAGRAMS.to_string(),
+        ],
+        "udp",
+    );
+    lab.wait_for("the UDP server", || {
+        lab.log("udp", "out").starts_with("ready")
+    });
+    lab.exec(
+        &a,
+        &[
+            "python3",
+            "-c",
+            UDP_CLIENT,
+            "10.200.0.2",
+            udp_port,
+            &UDP_DATAGRAMS.to_string(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("UDP client: {e}\n{}", lab.logs()));
+    lab.wait_for("the UDP count", || {
+        lab.log("udp", "out").lines().count() >= 2
+    });
+    let counts: Vec<usize> = lab
+        .log("udp", "out")
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts[0], UDP_DATAGRAMS, "UDP datagrams through the tunnel");
+    assert_eq!(counts[2], 0, "UDP datagrams corrupted");
+    assert!(
+        counts[1] > 0,
+        "no UDP super-packet reached the receiver: {counts:?}"
+    );
 
     // `ip netns exec` execs its command, so the pid is tcpdump's; it may have exited already.
     let _ = interrupt(pid_tcpdump);

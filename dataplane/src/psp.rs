@@ -83,14 +83,43 @@ pub fn parse(packet: &[u8]) -> Result<PspRepr> {
     PspRepr::parse(&PspHeader::new_checked(packet)?)
 }
 
+/// A received packet's header, checked, and where its parts lie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The header as received.
+    pub header: PspRepr,
+    payload_start: usize,
+    clear_end: usize,
+}
+
+/// Checks the header of a received packet for [`open_parsed`].
+#[inline]
+pub fn parse_for_open(packet: &[u8]) -> Result<Parsed> {
+    let view = PspHeader::new_checked(packet)?;
+    Ok(Parsed {
+        header: PspRepr::parse(&view)?,
+        payload_start: view.header_len(),
+        clear_end: view.encrypted_start(),
+    })
+}
+
 /// Verifies and decrypts a packet in place with a cipher already chosen for its SPI.
 ///
 /// On failure the buffer holds no plaintext an attacker could make use of, and nothing in it
 /// must be delivered.
 pub fn open_in_place(cipher: &impl Aead, packet: &mut [u8]) -> Result<Opened> {
-    let view = PspHeader::new_checked(&*packet)?;
-    let header = PspRepr::parse(&view)?;
-    let (payload_start, clear_end) = (view.header_len(), view.encrypted_start());
+    let parsed = parse_for_open(packet)?;
+    open_parsed(cipher, parsed, packet)
+}
+
+/// [`open_in_place`] of a packet whose header [`parse_for_open`] already checked.
+#[inline]
+pub fn open_parsed(cipher: &impl Aead, parsed: Parsed, packet: &mut [u8]) -> Result<Opened> {
+    let Parsed {
+        header,
+        payload_start,
+        clear_end,
+    } = parsed;
     if cipher.suite() != header.suite {
         return Err(Error::SuiteMismatch {
             expected: cipher.suite(),

@@ -146,7 +146,10 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 writeln!(
                     out,
                     "\nsplits: share of worker time, plain/encrypted; tx build = generate + seal, \
-                     rx process = open + verify; lost = datagrams dropped by the kernel"
+                     rx process = open + verify; lost = datagrams dropped by the kernel; \
+                     cpu ns/pkt = worker CPU time (user + kernel) per packet sent or received, \
+                     which holds on a busy machine; enc/plain by cpu = the throughput ratio the \
+                     slower side's CPU cost allows"
                 )?;
             }
         }

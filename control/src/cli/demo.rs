@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use cpclink_bench::dataplane::{LoopbackPair, PairOptions};
-use cpclink_dataplane::engine::{Protection, WorkerStats};
+use cpclink_dataplane::engine::{Protection, SourceRate, WorkerStats};
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -30,6 +30,24 @@ pub struct DemoArgs {
     /// Flows per direction.
     #[arg(long, default_value_t = 64)]
     flows: u32,
+    /// Rate per direction: 5g (Gbit/s of inner packets), 800m, 200kpps, or max (unpaced,
+    /// as the benchmark runs: the receiver then falls behind and the kernel drops).
+    #[arg(long, default_value = "2g", value_parser = parse_rate)]
+    rate: Rate,
+}
+
+/// A demo's rate: paced, or as fast as it goes.
+#[derive(Debug, Clone, Copy)]
+enum Rate {
+    Paced(SourceRate),
+    Max,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    s.parse().map(Rate::Paced)
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
@@ -66,17 +84,25 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         batch_sends: cpclink_bench::dataplane::DEFAULT_BATCH_SENDS,
         gso_segments: cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS,
         address: cpclink_bench::dataplane::LOOPBACK,
+        rate: match args.rate {
+            Rate::Paced(rate) => Some(rate),
+            Rate::Max => None,
+        },
     })?;
     writeln!(
         out,
         "cpclink demo: appliances a ({}) and b ({}) on loopback, {} worker(s) each, {}, \
-         AES-GCM-256 PSP, {} flows each way of {}-byte packets, {} s",
+         AES-GCM-256 PSP, {} flows each way of {}-byte packets at {}, {} s",
         pair.a.local_addr(),
         pair.b.local_addr(),
         args.workers.max(1),
         pair.a.io(),
         args.flows.max(1),
         args.size,
+        match args.rate {
+            Rate::Paced(rate) => rate.to_string(),
+            Rate::Max => "the most the sender can".into(),
+        },
         args.duration
     )?;
     let start = Instant::now();
@@ -135,4 +161,24 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
     }
     writeln!(out, "  every delivered byte verified; every flow in order.")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_paced_unless_it_is_max() {
+        assert!(matches!(parse_rate("max"), Ok(Rate::Max)));
+        assert!(matches!(
+            parse_rate("2g"),
+            Ok(Rate::Paced(SourceRate::BitsPerSecond(b))) if b == 2e9
+        ));
+        assert!(matches!(
+            parse_rate("300kpps"),
+            Ok(Rate::Paced(SourceRate::PacketsPerSecond(p))) if p == 300e3
+        ));
+        let e = parse_rate("fast").unwrap_err();
+        assert!(e.contains("is not understood"), "{e}");
+    }
 }

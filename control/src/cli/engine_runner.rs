@@ -102,6 +102,7 @@ impl TuneRunner for EngineRunner {
             batch_sends: t.batch as usize,
             gso_segments: usize::from(t.gso_segments),
             address: self.address,
+            rate: None,
         };
         let row = suite::measure(options, self.window).map_err(|e| fail(e.to_string()))?;
         let baseline_gbps = match &mut self.baseline {

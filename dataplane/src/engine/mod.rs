@@ -5,6 +5,7 @@
 //! drive it; static lab keys are just one source of those events (see [`lab`]).
 
 pub mod lab;
+pub mod pacer;
 mod rx_sas;
 pub mod segment;
 pub mod stats;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use pacer::SourceRate;
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
 pub use stats::{EngineStats, WorkerStats};
 pub use synthetic::{Generator, Sink, SinkStats, TrafficSpec};
@@ -67,8 +69,12 @@ pub enum Egress {
 /// How an engine runs.
 #[derive(Debug)]
 pub struct EngineConfig {
-    /// The UDP address every worker's socket binds (one SO_REUSEPORT group).
+    /// The UDP address every worker's receive socket binds (one SO_REUSEPORT group).
     pub listen: SocketAddr,
+    /// Outer UDP source ports: worker `i` sends from `base + i`; `None`: from a port the
+    /// kernel picks for it. Either way each worker has a port of its own, so ECMP and the
+    /// peer's receive hashing see one 5-tuple per worker and every flow keeps one.
+    pub tx_port_base: Option<u16>,
     /// Workers (threads), at least one.
     pub workers: usize,
     /// Cores to pin worker i to (`cores[i % len]`); empty: not pinned.
@@ -93,6 +99,9 @@ pub struct EngineConfig {
     pub io_sizing: IoSizing,
     /// The synthetic source, if any: its flows go round-robin to the peers.
     pub source: Option<TrafficSpec>,
+    /// How fast the synthetic source sends, over all workers; `None`: as fast as it can
+    /// (the benchmark's mode).
+    pub source_rate: Option<SourceRate>,
     /// Where received packets go.
     pub egress: Egress,
 }
@@ -102,6 +111,7 @@ impl EngineConfig {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
+            tx_port_base: None,
             workers: 1,
             cores: Vec::new(),
             io: IoKind::Auto,
@@ -114,6 +124,7 @@ impl EngineConfig {
             gso_segments: io::udp::MAX_GSO_SEGMENTS,
             io_sizing: IoSizing::default(),
             source: None,
+            source_rate: None,
             egress: Egress::Discard,
         }
     }
@@ -223,6 +234,14 @@ impl Engine {
                 "a synthetic source needs at least one flow".into(),
             ));
         }
+        if let Some(rate) = config.source_rate {
+            let pps = rate.packets_per_second(config.source.map_or(1, |s| s.packet_len));
+            if !(pps.is_finite() && pps > 0.0) {
+                return Err(Error::EngineConfig(format!(
+                    "source rate {rate} is not a positive rate"
+                )));
+            }
+        }
         if !(1..=io::udp::MAX_GSO_SEGMENTS).contains(&config.gso_segments) {
             return Err(Error::EngineConfig(format!(
                 "gso_segments {} is out of range (expected 1..={})",
@@ -247,6 +266,24 @@ impl Engine {
             eprintln!("cpclink: io_uring unavailable ({why}); using epoll");
         }
         let sockets = io::udp::bind_group(config.listen, config.workers)?;
+        let senders = (0..config.workers)
+            .map(|i| {
+                let port = match config.tx_port_base {
+                    None => 0,
+                    Some(base) => u16::try_from(usize::from(base) + i)
+                        .ok()
+                        .filter(|_| base != 0)
+                        .ok_or_else(|| {
+                            Error::EngineConfig(format!(
+                                "source ports {base}..{} for {} workers do not fit 1..=65535",
+                                usize::from(base) + config.workers,
+                                config.workers
+                            ))
+                        })?,
+                };
+                io::udp::bind_sender(SocketAddr::new(config.listen.ip(), port))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let local = io::udp::local_addr(std::os::fd::AsRawFd::as_raw_fd(&sockets[0]))?;
         let (event_tx, events) = crossbeam_channel::bounded(1024);
         let mut egress_parts = match config.egress {
@@ -272,7 +309,7 @@ impl Engine {
         };
         let mut controls = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
-        for (index, socket) in sockets.into_iter().enumerate().rev() {
+        for (index, (socket, sender)) in sockets.into_iter().zip(senders).enumerate().rev() {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let core = (!config.cores.is_empty()).then(|| config.cores[index % config.cores.len()]);
@@ -280,7 +317,7 @@ impl Engine {
                 index,
                 workers: config.workers,
                 core,
-                io: (io_kind, socket),
+                io: (io_kind, socket, sender),
                 control: control_rx,
                 events: event_tx.clone(),
                 protection: config.protection,
@@ -292,6 +329,7 @@ impl Engine {
                 gso_segments: config.gso_segments,
                 io_sizing,
                 source: config.source,
+                source_rate: config.source_rate,
                 egress: egress_parts.pop().unwrap_or(worker::WorkerEgress::Discard),
             };
             let thread = std::thread::Builder::new()

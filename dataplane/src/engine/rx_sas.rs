@@ -6,6 +6,7 @@
 //! neither fill the table nor cost more than the derivation budget allows.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use super::PeerId;
@@ -24,6 +25,28 @@ pub struct RxKeySource {
     pub suite: Suite,
     /// Derivations allowed per second, per worker.
     pub derivations_per_second: u32,
+}
+
+/// Hashes an SPI with one multiplication (Fibonacci hashing) instead of SipHash: the lookup
+/// is on every received packet. A keyed hash is not needed: only SAs whose first packet
+/// authenticated are ever inserted, so a sender of forged SPIs cannot shape the table.
+#[derive(Debug, Default)]
+struct SpiHasher(u64);
+
+impl Hasher for SpiHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, spi: u32) {
+        self.0 = u64::from(spi).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 struct Entry {
@@ -50,7 +73,7 @@ pub enum RxRefusal {
 
 /// The receive SAs of one worker.
 pub struct RxSaTable {
-    entries: HashMap<u32, Entry>,
+    entries: HashMap<u32, Entry, BuildHasherDefault<SpiHasher>>,
     capacity: usize,
     source: Option<RxKeySource>,
     backend: Backend,
@@ -73,7 +96,10 @@ impl RxSaTable {
     /// An empty table of at most `capacity` SAs.
     pub fn new(capacity: usize, backend: Backend, limits: SaLimits) -> Self {
         Self {
-            entries: HashMap::with_capacity(capacity.min(4096)),
+            entries: HashMap::with_capacity_and_hasher(
+                capacity.min(4096),
+                BuildHasherDefault::default(),
+            ),
             capacity: capacity.max(1),
             source: None,
             backend,

@@ -258,71 +258,108 @@ pub enum Push {
     Alone,
 }
 
-/// Rebuilds TCP super-packets from the in-order segments of one flow, so the TUN device
-/// gets one write (and the stack one packet) per 64 KiB instead of one per segment: the
-/// receive-side twin of TSO, written with a virtio-net GSO header.
+/// Rebuilds super-packets from the in-order segments of one flow, so the TUN device gets
+/// one write (and the stack one packet) per 64 KiB instead of one per segment: the
+/// receive-side twin of TSO and USO, written with a virtio-net GSO header. TCP segments
+/// become a TSO packet; UDP datagrams of one flow and one size (the last may be shorter)
+/// become a USO packet (`GSO_UDP_L4`) where the device takes those.
 #[derive(Debug)]
 pub struct Coalescer {
     buf: Vec<u8>,
     len: usize,
+    proto: u8,
     ip_len: usize,
     headers: usize,
     mss: usize,
     segments: usize,
     next_seq: u32,
     closed: bool,
+    udp: bool,
 }
 
 impl Default for Coalescer {
+    /// A coalescer of TCP segments only (for a device without USO).
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+/// A packet that may be coalesced: which transport, its header lengths and payload.
+#[derive(Debug, Clone, Copy)]
+struct Coalescable {
+    proto: u8,
+    ip_len: usize,
+    l4_len: usize,
+    payload: usize,
+}
+
+/// The IP header length of an unfragmented, option-free packet of transport `proto` whose
+/// length fields agree with `p`.
+fn plain_ip(p: &[u8], proto: u8) -> Option<usize> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 && p[0] & 0x0f == 5 && p[9] == proto => {
+            // DF may be set; MF and the offset must be clear.
+            if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            (usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len()).then_some(20)
+        }
+        6 if p.len() >= 40 && p[6] == proto => {
+            (40 + usize::from(u16::from_be_bytes([p[4], p[5]])) == p.len()).then_some(40)
+        }
+        _ => None,
+    }
+}
+
+/// A plain in-order TCP data segment (ACK with or without PSH only) or a UDP datagram
+/// with a payload, either without IP options or fragments.
+fn coalescable(p: &[u8], udp: bool) -> Option<Coalescable> {
+    if let Some(ip_len) = plain_ip(p, PROTO_TCP) {
+        let tcp_len = usize::from(*p.get(ip_len + 12)? >> 4) * 4;
+        if tcp_len < 20 || ip_len + tcp_len >= p.len() {
+            return None;
+        }
+        if p[ip_len + 13] & !0x08 != 0x10 {
+            return None;
+        }
+        return Some(Coalescable {
+            proto: PROTO_TCP,
+            ip_len,
+            l4_len: tcp_len,
+            payload: p.len() - ip_len - tcp_len,
+        });
+    }
+    let ip_len = plain_ip(p, PROTO_UDP).filter(|_| udp)?;
+    let udp_len = usize::from(u16::from_be_bytes([*p.get(ip_len + 4)?, p[ip_len + 5]]));
+    if udp_len != p.len() - ip_len || udp_len <= 8 {
+        return None;
+    }
+    Some(Coalescable {
+        proto: PROTO_UDP,
+        ip_len,
+        l4_len: 8,
+        payload: udp_len - 8,
+    })
+}
+
+impl Coalescer {
+    /// A coalescer of TCP segments, and of UDP datagrams too when `udp` (the device was
+    /// given `TUN_F_USO4 | TUN_F_USO6`).
+    pub fn new(udp: bool) -> Self {
         Self {
             buf: vec![0u8; VNET_HDR_LEN + 65_535],
             len: 0,
+            proto: 0,
             ip_len: 0,
             headers: 0,
             mss: 0,
             segments: 0,
             next_seq: 0,
             closed: false,
+            udp,
         }
     }
-}
 
-/// (IP header length, TCP header length, payload length) of a plain in-order TCP data
-/// segment that may be coalesced: no IP options or fragments, ACK with or without PSH only.
-fn coalescable(p: &[u8]) -> Option<(usize, usize, usize)> {
-    let v = p.first()? >> 4;
-    let ip_len = match v {
-        4 if p.len() >= 20 && p[0] & 0x0f == 5 && p[9] == PROTO_TCP => {
-            // DF may be set; MF and the offset must be clear.
-            if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
-                return None;
-            }
-            if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
-                return None;
-            }
-            20
-        }
-        6 if p.len() >= 40 && p[6] == PROTO_TCP => {
-            if 40 + usize::from(u16::from_be_bytes([p[4], p[5]])) != p.len() {
-                return None;
-            }
-            40
-        }
-        _ => return None,
-    };
-    let tcp_len = usize::from(*p.get(ip_len + 12)? >> 4) * 4;
-    if tcp_len < 20 || ip_len + tcp_len >= p.len() {
-        return None;
-    }
-    let flags = p[ip_len + 13];
-    if flags & !0x08 != 0x10 {
-        return None;
-    }
-    Some((ip_len, tcp_len, p.len() - ip_len - tcp_len))
-}
-
-impl Coalescer {
     /// Whether a super-packet is being built.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -330,36 +367,62 @@ impl Coalescer {
 
     /// Offers the next inner packet.
     pub fn push(&mut self, p: &[u8]) -> Push {
-        let Some((ip_len, tcp_len, payload)) = coalescable(p) else {
+        let Some(c) = coalescable(p, self.udp) else {
             return Push::Alone;
         };
-        let seq = u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]]);
-        let headers = ip_len + tcp_len;
+        let ip_len = c.ip_len;
+        let headers = ip_len + c.l4_len;
+        let tcp = c.proto == PROTO_TCP;
+        // For TCP the sequence number; for UDP over IPv4 the IP ID (consecutive unless DF).
+        let seq = if tcp {
+            u32::from_be_bytes([p[ip_len + 4], p[ip_len + 5], p[ip_len + 6], p[ip_len + 7]])
+        } else if ip_len == 20 {
+            u32::from(u16::from_be_bytes([p[4], p[5]]))
+        } else {
+            0
+        };
+        let payload = c.payload;
         if self.len == 0 {
             let out = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()];
             out.copy_from_slice(p);
-            (self.len, self.ip_len, self.headers, self.mss) = (p.len(), ip_len, headers, payload);
+            (self.len, self.proto, self.ip_len, self.headers, self.mss) =
+                (p.len(), c.proto, ip_len, headers, payload);
             self.segments = 1;
-            self.next_seq = seq.wrapping_add(payload as u32);
-            self.closed = p[ip_len + 13] & 0x08 != 0;
+            self.next_seq = if tcp {
+                seq.wrapping_add(payload as u32)
+            } else {
+                (seq + 1) & 0xffff
+            };
+            self.closed = tcp && p[ip_len + 13] & 0x08 != 0;
             return Push::Merged;
         }
         let held = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
-        let same_flow = headers == self.headers
+        let same_flow = c.proto == self.proto
+            && headers == self.headers
             && ip_len == self.ip_len
-            // Addresses, ports, ACK number, window and options all equal; (IPv4) TOS and TTL too.
+            // Addresses, ports; (IPv4) TOS, TTL and DF; (IPv6) class, label, hop limit.
             && (if ip_len == 20 {
                 held[12..20] == p[12..20] && held[1] == p[1] && held[8] == p[8]
+                    && held[6] & 0x40 == p[6] & 0x40
             } else {
-                held[8..40] == p[8..40] && held[..4] == p[..4]
+                held[8..40] == p[8..40] && held[..4] == p[..4] && held[7] == p[7]
             })
             && held[ip_len..ip_len + 4] == p[ip_len..ip_len + 4]
-            && held[ip_len + 8..ip_len + 12] == p[ip_len + 8..ip_len + 12]
-            && held[ip_len + 14..ip_len + 16] == p[ip_len + 14..ip_len + 16]
-            && held[ip_len + 20..headers] == p[ip_len + 20..headers];
+            // TCP: ACK number, window and options all equal.
+            && (!tcp
+                || (held[ip_len + 8..ip_len + 12] == p[ip_len + 8..ip_len + 12]
+                    && held[ip_len + 14..ip_len + 16] == p[ip_len + 14..ip_len + 16]
+                    && held[ip_len + 20..headers] == p[ip_len + 20..headers]));
+        // The kernel numbers the IPv4 IDs of the segments it cuts consecutively, so only
+        // datagrams numbered that way (or with DF, whose ID means nothing) are rebuilt.
+        let in_order = if tcp {
+            seq == self.next_seq
+        } else {
+            ip_len != 20 || p[6] & 0x40 != 0 || seq == self.next_seq
+        };
         if self.closed
             || !same_flow
-            || seq != self.next_seq
+            || !in_order
             || payload > self.mss
             || self.len + payload > 65_535
             || self.segments >= 64
@@ -370,12 +433,18 @@ impl Coalescer {
         self.buf[at..at + payload].copy_from_slice(&p[headers..]);
         self.len += payload;
         self.segments += 1;
-        self.next_seq = seq.wrapping_add(payload as u32);
+        self.next_seq = if tcp {
+            seq.wrapping_add(payload as u32)
+        } else {
+            (seq + 1) & 0xffff
+        };
         // A short segment or PSH ends a burst, as on the sender.
-        if payload < self.mss || p[ip_len + 13] & 0x08 != 0 {
+        let psh = tcp && p[ip_len + 13] & 0x08 != 0;
+        if payload < self.mss || psh {
             self.closed = true;
-            let flags_at = VNET_HDR_LEN + ip_len + 13;
-            self.buf[flags_at] |= p[ip_len + 13] & 0x08;
+            if psh {
+                self.buf[VNET_HDR_LEN + ip_len + 13] |= 0x08;
+            }
         }
         Push::Merged
     }
@@ -404,6 +473,16 @@ impl Coalescer {
         } else {
             p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
+        let (gso_type, csum_offset) = if self.proto == PROTO_UDP {
+            // The UDP length covers the whole super-packet; the kernel rewrites it (and
+            // adjusts the partial checksum by the difference) in every datagram it cuts.
+            p[ip_len + 4..ip_len + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (GSO_UDP_L4, 6u16)
+        } else if v4 {
+            (GSO_TCPV4, 16)
+        } else {
+            (GSO_TCPV6, 16)
+        };
         // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the kernel (or
         // whoever forwards the packet on) completes it over the segment it builds.
         let pseudo = if v4 {
@@ -411,14 +490,15 @@ impl Coalescer {
         } else {
             sum(&p[8..40], 0)
         };
-        let partial = fold(pseudo + u64::from(PROTO_TCP) + l4_len as u64);
-        p[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+        let partial = fold(pseudo + u64::from(self.proto) + l4_len as u64);
+        let at = ip_len + usize::from(csum_offset);
+        p[at..at + 2].copy_from_slice(&partial.to_be_bytes());
         vnet[0] = F_NEEDS_CSUM;
-        vnet[1] = if v4 { GSO_TCPV4 } else { GSO_TCPV6 };
+        vnet[1] = gso_type;
         vnet[2..4].copy_from_slice(&(self.headers as u16).to_ne_bytes());
         vnet[4..6].copy_from_slice(&(self.mss as u16).to_ne_bytes());
         vnet[6..8].copy_from_slice(&(ip_len as u16).to_ne_bytes());
-        vnet[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        vnet[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
         Some(&self.buf[..VNET_HDR_LEN + len])
     }
 }
@@ -556,5 +636,185 @@ mod tests {
         assert!(Segmenter::new(gso, &p).is_err(), "UDP GSO on a TCP packet");
         assert!(Segmenter::new(VnetHeader::default(), &[0x20; 40]).is_err());
         assert!(VnetHeader::parse(&[0; 9]).is_err());
+    }
+
+    /// A UDP datagram of `payload` bytes, IPv4 (ID `id`, with or without DF) or IPv6,
+    /// from source port `sport`, with both checksums complete.
+    fn udp_datagram(v6: bool, sport: u16, payload: usize, id: u16, df: bool) -> Vec<u8> {
+        let ip_len = if v6 { 40 } else { 20 };
+        let mut p = vec![0u8; ip_len + 8 + payload];
+        let l4_len = 8 + payload;
+        if v6 {
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            p[6] = PROTO_UDP;
+            p[7] = 64;
+            p[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            p[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        } else {
+            p[0] = 0x45;
+            let total = p.len() as u16;
+            p[2..4].copy_from_slice(&total.to_be_bytes());
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            p[6] = if df { 0x40 } else { 0 };
+            p[8] = 64;
+            p[9] = PROTO_UDP;
+            p[12..16].copy_from_slice(&[10, 200, 0, 1]);
+            p[16..20].copy_from_slice(&[10, 200, 0, 2]);
+            let c = !fold(sum(&p[..20], 0));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        p[ip_len..ip_len + 2].copy_from_slice(&sport.to_be_bytes());
+        p[ip_len + 2..ip_len + 4].copy_from_slice(&9u16.to_be_bytes());
+        p[ip_len + 4..ip_len + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        for (i, b) in p[ip_len + 8..].iter_mut().enumerate() {
+            *b = (i * 13 + usize::from(id)) as u8;
+        }
+        let pseudo = if v6 {
+            sum(&p[8..40], 0)
+        } else {
+            sum(&p[12..20], 0)
+        };
+        let mut c = !fold(sum(
+            &p[ip_len..],
+            pseudo + u64::from(PROTO_UDP) + l4_len as u64,
+        ));
+        if c == 0 {
+            c = 0xffff;
+        }
+        p[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// Cuts a USO super-packet (with its virtio-net header) as the kernel's UDP GSO does:
+    /// each datagram gets its length, the partial checksum adjusted by the length
+    /// difference and then completed, and (IPv4) a consecutive ID and a new header checksum.
+    fn kernel_uso(buf: &[u8]) -> Vec<Vec<u8>> {
+        let vnet = VnetHeader::parse(buf).unwrap();
+        let p = &buf[VNET_HDR_LEN..];
+        let ip_len = usize::from(vnet.csum_start);
+        assert_eq!(
+            (vnet.flags, vnet.gso_type, vnet.csum_offset),
+            (F_NEEDS_CSUM, GSO_UDP_L4, 6)
+        );
+        assert_eq!(usize::from(vnet.hdr_len), ip_len + 8);
+        let super_len = u16::from_be_bytes([p[ip_len + 4], p[ip_len + 5]]);
+        assert_eq!(
+            usize::from(super_len),
+            p.len() - ip_len,
+            "UDP length of the whole"
+        );
+        let partial = u16::from_be_bytes([p[ip_len + 6], p[ip_len + 7]]);
+        let mut out = Vec::new();
+        for (i, chunk) in p[ip_len + 8..]
+            .chunks(usize::from(vnet.gso_size))
+            .enumerate()
+        {
+            let mut seg = p[..ip_len + 8].to_vec();
+            seg.extend_from_slice(chunk);
+            let l4_len = (8 + chunk.len()) as u16;
+            seg[ip_len + 4..ip_len + 6].copy_from_slice(&l4_len.to_be_bytes());
+            let check = fold(u64::from(partial) + u64::from(!super_len) + u64::from(l4_len));
+            seg[ip_len + 6..ip_len + 8].copy_from_slice(&check.to_be_bytes());
+            let mut c = !fold(sum(&seg[ip_len..], 0));
+            if c == 0 {
+                c = 0xffff;
+            }
+            seg[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
+            if ip_len == 20 {
+                let total = seg.len() as u16;
+                seg[2..4].copy_from_slice(&total.to_be_bytes());
+                let id = u16::from_be_bytes([p[4], p[5]]).wrapping_add(i as u16);
+                seg[4..6].copy_from_slice(&id.to_be_bytes());
+                seg[10..12].copy_from_slice(&[0, 0]);
+                let c = !fold(sum(&seg[..20], 0));
+                seg[10..12].copy_from_slice(&c.to_be_bytes());
+            } else {
+                seg[4..6].copy_from_slice(&l4_len.to_be_bytes());
+            }
+            out.push(seg);
+        }
+        out
+    }
+
+    #[test]
+    fn udp_datagrams_of_one_flow_coalesce_into_a_uso_packet_the_kernel_cuts_back() {
+        for v6 in [false, true] {
+            // Five full datagrams and a short last one, IDs consecutive from 0xfffe (wrapping).
+            let sizes = [1000, 1000, 1000, 1000, 1000, 300];
+            let datagrams: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| udp_datagram(v6, 4000, n, 0xfffe_u16.wrapping_add(i as u16), false))
+                .collect();
+            let mut c = Coalescer::new(true);
+            for (i, d) in datagrams.iter().enumerate() {
+                assert_eq!(c.push(d), Push::Merged, "v6 {v6}: datagram {i}");
+                assert!(checksums_ok(d) || v6);
+            }
+            assert_eq!(
+                c.push(&datagrams[0]),
+                Push::TakeFirst,
+                "the short one ended it"
+            );
+            let taken = c.take().unwrap().to_vec();
+            let vnet = VnetHeader::parse(&taken).unwrap();
+            assert_eq!((vnet.gso_type, vnet.gso_size), (GSO_UDP_L4, 1000));
+            assert_eq!(
+                taken.len(),
+                VNET_HDR_LEN + if v6 { 40 } else { 20 } + 8 + 5300
+            );
+            if !v6 {
+                assert_eq!(fold(sum(&taken[VNET_HDR_LEN..][..20], 0)), 0xffff);
+            }
+            assert_eq!(
+                kernel_uso(&taken),
+                datagrams,
+                "v6 {v6}: cut back byte for byte"
+            );
+            assert!(c.is_empty());
+        }
+    }
+
+    #[test]
+    fn udp_coalescing_stops_at_another_flow_a_larger_size_a_short_one_or_an_id_gap() {
+        let d = |sport, n, id| udp_datagram(false, sport, n, id, false);
+        let mut c = Coalescer::new(true);
+        assert_eq!(c.push(&d(4000, 1000, 1)), Push::Merged);
+        assert_eq!(c.push(&d(4001, 1000, 2)), Push::TakeFirst, "another flow");
+        assert_eq!(c.push(&d(4000, 1200, 2)), Push::TakeFirst, "larger");
+        assert_eq!(
+            c.push(&d(4000, 1000, 7)),
+            Push::TakeFirst,
+            "ID gap without DF"
+        );
+        assert_eq!(c.push(&d(4000, 400, 2)), Push::Merged, "short: the last");
+        assert_eq!(c.push(&d(4000, 1000, 3)), Push::TakeFirst, "closed");
+        let two = kernel_uso(c.take().unwrap());
+        assert_eq!(two, [d(4000, 1000, 1), d(4000, 400, 2)]);
+        // With DF the IDs mean nothing (a sender leaves them 0): they do not stop it.
+        let df = |id| udp_datagram(false, 4000, 500, id, true);
+        assert_eq!(c.push(&df(0)), Push::Merged);
+        assert_eq!(c.push(&df(0)), Push::Merged);
+        assert_eq!(c.push(&df(0)), Push::Merged);
+        let cut = kernel_uso(c.take().unwrap());
+        assert_eq!(cut.len(), 3);
+        assert!(cut
+            .iter()
+            .all(|s| checksums_ok(s) && s[28..] == df(0)[28..]));
+        // One datagram goes as it came, with an empty virtio-net header.
+        assert_eq!(c.push(&d(4000, 100, 1)), Push::Merged);
+        let one = c.take().unwrap();
+        assert_eq!(&one[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&one[VNET_HDR_LEN..], &d(4000, 100, 1)[..]);
+        // A TCP segment after UDP datagrams starts over; an empty datagram is never merged.
+        assert_eq!(c.push(&d(4000, 100, 1)), Push::Merged);
+        let mut tcp = tcp_super_packet(100);
+        tcp[33] = 0x10;
+        assert_eq!(c.push(&tcp), Push::TakeFirst);
+        c.take();
+        assert_eq!(c.push(&d(4000, 0, 1)), Push::Alone);
+        // Without USO on the device, UDP goes one datagram at a time.
+        assert_eq!(Coalescer::default().push(&d(4000, 1000, 1)), Push::Alone);
     }
 }

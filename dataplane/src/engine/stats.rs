@@ -53,6 +53,9 @@ pub struct WorkerStats {
     pub ns_rx_process: u64,
     /// Nanoseconds spent in receive calls, processing excluded.
     pub ns_rx_io: u64,
+    /// CPU time the worker thread has used, user and kernel: per packet, the cost of its
+    /// work whatever else the machine runs (wall-clock rates are not, on a shared machine).
+    pub ns_cpu: u64,
     /// What the I/O backend counted.
     pub io: IoStats,
     /// What the synthetic sink saw.
@@ -124,6 +127,7 @@ impl AddAssign for WorkerStats {
         self.rx_rejected += o.rx_rejected;
         self.ns_tx_build += o.ns_tx_build;
         self.ns_tx_send += o.ns_tx_send;
+        self.ns_cpu += o.ns_cpu;
         self.ns_rx_process += o.ns_rx_process;
         self.ns_rx_io += o.ns_rx_io;
         self.io += o.io;

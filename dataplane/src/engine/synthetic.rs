@@ -98,6 +98,11 @@ impl Generator {
         self.flows.is_empty()
     }
 
+    /// Flows this worker sends.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
     /// Length of every packet.
     pub fn packet_len(&self) -> usize {
         self.packet_len

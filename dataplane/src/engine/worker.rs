@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::pacer::{Pacer, SourceRate};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::synthetic::{Generator, Sink};
@@ -47,7 +48,7 @@ pub(super) struct WorkerSetup {
     pub index: usize,
     pub workers: usize,
     pub core: Option<usize>,
-    pub io: (IoKind, OwnedFd),
+    pub io: (IoKind, OwnedFd, OwnedFd),
     pub control: Receiver<Control>,
     pub events: Sender<Event>,
     pub protection: Protection,
@@ -59,6 +60,7 @@ pub(super) struct WorkerSetup {
     pub gso_segments: usize,
     pub io_sizing: crate::io::IoSizing,
     pub source: Option<TrafficSpec>,
+    pub source_rate: Option<SourceRate>,
     pub egress: WorkerEgress,
 }
 
@@ -76,6 +78,7 @@ struct State {
     peers: Vec<Peer>,
     rx_sas: RxSaTable,
     source: Option<Generator>,
+    pacer: Option<Pacer>,
     source_active: bool,
     next_peer: usize,
     egress: WorkerEgress,
@@ -95,7 +98,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
     let WorkerSetup {
         index,
         workers,
-        io: (io_kind, socket),
+        io: (io_kind, socket, sender),
         control,
         events,
         protection,
@@ -107,10 +110,25 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         gso_segments,
         io_sizing,
         source,
+        source_rate,
         egress,
         ..
     } = setup;
-    let mut io = match crate::io::open(io_kind, socket, io_sizing) {
+    let generator = source.map(|spec| Generator::new(spec, index, workers));
+    let pacer = match (source, &generator, source_rate) {
+        (Some(spec), Some(generator), Some(rate)) => {
+            // This worker's share of the rate is its share of the flows.
+            let share = generator.flows() as f64 / f64::from(spec.flows.max(1));
+            let pps = rate.packets_per_second(generator.packet_len()) * share;
+            let framed = generator.packet_len() + PSP_OVERHEAD;
+            let chunk = (MAX_GSO_BYTES / framed).clamp(1, gso_segments) as u64;
+            // A burst of a few idle waits' worth: enough that waking late loses nothing.
+            let burst = (pps * 4.0 * IDLE_WAIT.as_secs_f64()) as u64;
+            Some(Pacer::new(pps, chunk, burst, Instant::now()))
+        }
+        _ => None,
+    };
+    let mut io = match crate::io::open(io_kind, socket, sender, io_sizing) {
         Ok(io) => {
             let _ = ready.send(Ok(()));
             io
@@ -132,7 +150,8 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             })
             .collect(),
         rx_sas: RxSaTable::new(max_rx_sas, crypto, limits),
-        source: source.map(|spec| Generator::new(spec, index, workers)),
+        source: generator,
+        pacer,
         source_active: true,
         next_peer: index,
         tun_buf: if matches!(egress, WorkerEgress::Tun(_)) {
@@ -140,8 +159,10 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         } else {
             Vec::new()
         },
-        coalescer: matches!(&egress, WorkerEgress::Tun(q) if q.has_vnet_header())
-            .then(Coalescer::default),
+        coalescer: match &egress {
+            WorkerEgress::Tun(q) if q.has_vnet_header() => Some(Coalescer::new(q.has_uso())),
+            _ => None,
+        },
         egress,
         events,
         stats: WorkerStats::default(),
@@ -163,7 +184,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         }
 
         let started = Instant::now();
-        state.build_batch(&mut batch);
+        state.build_batch(&mut batch, started);
         let sending = !batch.is_empty();
         let built = Instant::now();
         if sending {
@@ -175,7 +196,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
 
         // With nothing to send, block in the kernel until a datagram arrives, the TUN queue
         // becomes readable (the backend watches it) or the control channel is due a look.
-        let mut wait = (!sending).then_some(IDLE_WAIT);
+        let mut wait = (!sending).then(|| state.idle_wait(built));
         let mut process_ns = 0u64;
         let mut datagrams = 0u32;
         let rounds = if sending { 1 } else { RECV_ROUNDS };
@@ -212,6 +233,7 @@ impl State {
     fn final_stats(&self, io: &dyn DatagramIo) -> WorkerStats {
         let mut stats = self.stats;
         stats.io = io.stats();
+        stats.ns_cpu = crate::io::thread_cpu_time().as_nanos() as u64;
         if let WorkerEgress::Sink(sink) = &self.egress {
             stats.sink = sink.stats();
         }
@@ -298,21 +320,39 @@ impl State {
         }
     }
 
-    fn build_batch(&mut self, batch: &mut TxBatch) {
+    /// How long to block when nothing was sent: the usual idle wait, or less when the
+    /// paced source may send again sooner.
+    fn idle_wait(&self, now: Instant) -> Duration {
+        match &self.pacer {
+            Some(pacer) if self.source_active => match pacer.until_next(now) {
+                // Allowed to send but did not (no SA, no peer): nothing to hurry for.
+                Duration::ZERO => IDLE_WAIT,
+                next => next.min(IDLE_WAIT),
+            },
+            _ => IDLE_WAIT,
+        }
+    }
+
+    fn build_batch(&mut self, batch: &mut TxBatch, now: Instant) {
         if self.source.is_some() {
-            self.build_synthetic(batch);
+            self.build_synthetic(batch, now);
         } else if matches!(self.egress, WorkerEgress::Tun(_)) {
             self.build_from_tun(batch);
         }
     }
 
-    fn build_synthetic(&mut self, batch: &mut TxBatch) {
+    fn build_synthetic(&mut self, batch: &mut TxBatch, now: Instant) {
         let Some(generator) = self.source.as_mut() else {
             return;
         };
         if !self.source_active || generator.is_idle() || self.peers.is_empty() {
             return;
         }
+        let allowance = self.pacer.as_mut().map_or(u64::MAX, |p| p.allowance(now));
+        if allowance == 0 {
+            return;
+        }
+        let mut budget = allowance;
         let inner_len = generator.packet_len();
         let framed = inner_len + PSP_OVERHEAD;
         // Plain frames carry an SPI too, so the receiver's steering treats them alike.
@@ -335,6 +375,9 @@ impl State {
             skipped = 0;
             let dst = peer.config.endpoint;
             for _ in 0..per_send {
+                if budget == 0 {
+                    break 'batch;
+                }
                 let Some(slot) = batch.append(dst, framed) else {
                     break 'batch;
                 };
@@ -355,10 +398,14 @@ impl State {
                     });
                     break;
                 }
+                budget -= 1;
                 self.stats.tx_packets += 1;
                 self.stats.tx_bytes += inner_len as u64;
                 self.stats.generated += 1;
             }
+        }
+        if let Some(pacer) = self.pacer.as_mut() {
+            pacer.spend(allowance - budget);
         }
     }
 

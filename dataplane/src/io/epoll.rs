@@ -28,6 +28,7 @@ struct RecvSlot {
 /// A worker socket driven by epoll.
 pub struct EpollIo {
     socket: OwnedFd,
+    sender: OwnedFd,
     poll: Poll,
     events: Events,
     recv_bufs: Box<[u8]>,
@@ -55,10 +56,11 @@ unsafe impl Send for EpollIo {}
 
 const SOCKET: Token = Token(0);
 const WATCHED: Token = Token(1);
+const SENDER: Token = Token(2);
 
 impl EpollIo {
-    /// Wraps a bound, non-blocking UDP socket.
-    pub fn new(socket: OwnedFd) -> Result<Self> {
+    /// Wraps a bound, non-blocking UDP socket that receives and one that sends.
+    pub fn new(socket: OwnedFd, sender: OwnedFd) -> Result<Self> {
         let poll = Poll::new().map_err(|e| Error::Io {
             what: "epoll_create",
             reason: e.to_string(),
@@ -67,8 +69,15 @@ impl EpollIo {
             .register(
                 &mut SourceFd(&socket.as_raw_fd()),
                 SOCKET,
-                Interest::READABLE | Interest::WRITABLE,
+                Interest::READABLE,
             )
+            .and_then(|()| {
+                poll.registry().register(
+                    &mut SourceFd(&sender.as_raw_fd()),
+                    SENDER,
+                    Interest::WRITABLE,
+                )
+            })
             .map_err(|e| Error::Io {
                 what: "epoll_ctl",
                 reason: e.to_string(),
@@ -104,6 +113,7 @@ impl EpollIo {
             .collect();
         Ok(Self {
             socket,
+            sender,
             poll,
             events: Events::with_capacity(8),
             recv_bufs,
@@ -229,7 +239,7 @@ impl DatagramIo for EpollIo {
             // the names, controls and iovecs in `self` and the batch's bytes.
             let n = unsafe {
                 libc::sendmmsg(
-                    self.socket.as_raw_fd(),
+                    self.sender.as_raw_fd(),
                     self.send_msgs.as_mut_ptr().add(sent),
                     (count - sent) as u32,
                     libc::MSG_DONTWAIT,

@@ -296,11 +296,31 @@ pub trait DatagramIo: Send {
     fn stats(&self) -> IoStats;
 }
 
-/// Opens the backend `kind` (not `Auto`) over a bound socket; io_uring is sized by `sizing`.
-pub fn open(kind: IoKind, socket: OwnedFd, sizing: IoSizing) -> Result<Box<dyn DatagramIo>> {
+/// CPU time the calling thread has used, user and kernel (`CLOCK_THREAD_CPUTIME_ID`): what
+/// its work costs, however busy the rest of the machine is.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Opens the backend `kind` (not `Auto`) over a bound receive socket and the worker's own
+/// send socket (see [`udp::bind_sender`]); io_uring is sized by `sizing`.
+pub fn open(
+    kind: IoKind,
+    socket: OwnedFd,
+    sender: OwnedFd,
+    sizing: IoSizing,
+) -> Result<Box<dyn DatagramIo>> {
     Ok(match kind {
-        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket, sizing)?),
-        IoKind::Epoll => Box::new(EpollIo::new(socket)?),
+        IoKind::IoUring | IoKind::Auto => Box::new(UringIo::new(socket, sender, sizing)?),
+        IoKind::Epoll => Box::new(EpollIo::new(socket, sender)?),
     })
 }
 
@@ -359,6 +379,20 @@ mod tests {
         }
         let lens: Vec<_> = batch.sends().iter().map(|s| s.len).collect();
         assert_eq!(lens, [1600, 1600, 800]);
+    }
+
+    #[test]
+    fn thread_cpu_time_counts_this_thread_only() {
+        let start = thread_cpu_time();
+        let mut x = 0u64;
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let busy = thread_cpu_time() - start;
+        assert!(busy >= Duration::from_millis(5), "{busy:?}");
+        let idle = std::thread::spawn(thread_cpu_time).join().unwrap();
+        assert!(idle < busy, "a fresh thread has used less: {idle:?}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 pub struct TunQueue {
     fd: OwnedFd,
     vnet: bool,
+    uso: bool,
 }
 
 /// Offloads asked of the kernel with a virtio-net header: partial checksums, TCP
@@ -70,15 +71,20 @@ pub fn open_queues(name: &str, queues: usize, offloads: bool) -> Result<Vec<TunQ
                 reason: format!("{name}: {}", io::Error::last_os_error()),
             });
         }
+        let mut uso = false;
         if offloads {
             // SAFETY: TUNSETOFFLOAD takes its flags by value.
-            let rc = unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS_USO) };
+            uso = unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS_USO) } == 0;
             // SAFETY: as above; kernels before 6.2 refuse the USO flags.
-            if rc < 0 && unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS) } < 0 {
+            if !uso && unsafe { libc::ioctl(raw, libc::TUNSETOFFLOAD, OFFLOADS) } < 0 {
                 return Err(os_error("TUNSETOFFLOAD"));
             }
         }
-        out.push(TunQueue { fd, vnet: offloads });
+        out.push(TunQueue {
+            fd,
+            vnet: offloads,
+            uso,
+        });
     }
     Ok(out)
 }
@@ -117,6 +123,11 @@ impl TunQueue {
     /// Whether packets carry a virtio-net header.
     pub fn has_vnet_header(&self) -> bool {
         self.vnet
+    }
+
+    /// Whether the device takes UDP super-packets (`GSO_UDP_L4`, kernels 6.2 and later).
+    pub fn has_uso(&self) -> bool {
+        self.uso
     }
 
     /// The queue's descriptor, for readiness polling.

@@ -67,8 +67,36 @@ pub fn bind_group(listen: SocketAddr, count: usize) -> Result<Vec<OwnedFd>> {
     Ok(sockets)
 }
 
-fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
-    let domain = match listen {
+/// Opens a worker's send socket: non-blocking, bound to `local`'s address and port (port 0:
+/// one the kernel picks), so the outer UDP source port is the worker's own.
+///
+/// One port per worker gives ECMP and the receiver's RSS a distinct 5-tuple per worker
+/// while every datagram of a worker (and so of a flow, which stays on one worker) keeps the
+/// same one. Nothing is received on it: its receive buffer is kept small.
+//= ARCHITECTURE.md "Data plane"
+//# Outer UDP source port carries flow entropy (each worker sends from its own port; PSP's
+//# `inner sport XOR dport` is the fallback) so receive hashing and ECMP spread the load.
+pub fn bind_sender(local: SocketAddr) -> Result<OwnedFd> {
+    let fd = new_socket(local)?;
+    let raw = fd.as_raw_fd();
+    if setsockopt(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        &SOCKET_BUFFER_BYTES,
+    )
+    .is_err()
+    {
+        let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER_BYTES);
+    }
+    let small: libc::c_int = 4096;
+    let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &small);
+    bind(raw, local)?;
+    Ok(fd)
+}
+
+fn new_socket(addr: SocketAddr) -> Result<OwnedFd> {
+    let domain = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
     };
@@ -84,7 +112,25 @@ fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
         return Err(os_error("socket"));
     }
     // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn bind(raw: RawFd, addr: SocketAddr) -> Result<()> {
+    let (storage, len) = sockaddr_from(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    let rc = unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc != 0 {
+        return Err(Error::Io {
+            what: "bind",
+            reason: format!("{addr}: {}", io::Error::last_os_error()),
+        });
+    }
+    Ok(())
+}
+
+fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
+    let fd = new_socket(listen)?;
+    let raw = fd.as_raw_fd();
     let one: libc::c_int = 1;
     setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
         .map_err(|e| io_err("SO_REUSEPORT", e))?;
@@ -98,15 +144,7 @@ fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
         }
     }
     setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, &one).map_err(|e| io_err("UDP_GRO", e))?;
-    let (storage, len) = sockaddr_from(listen);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    let rc = unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) };
-    if rc != 0 {
-        return Err(Error::Io {
-            what: "bind",
-            reason: format!("{listen}: {}", io::Error::last_os_error()),
-        });
-    }
+    bind(raw, listen)?;
     Ok(fd)
 }
 

@@ -167,6 +167,7 @@ pub struct UringIo {
     ring: IoUring,
     buffers: BufferRing,
     socket: OwnedFd,
+    sender: OwnedFd,
     recv_hdr: Box<libc::msghdr>,
     recv_armed: bool,
     watched: Option<std::os::fd::RawFd>,
@@ -191,9 +192,9 @@ impl std::fmt::Debug for UringIo {
 unsafe impl Send for UringIo {}
 
 impl UringIo {
-    /// Sets up a ring for a bound, non-blocking UDP socket.
+    /// Sets up a ring for a bound, non-blocking UDP socket that receives and one that sends.
     /// `sizing` gives the submission queue and the provided-buffer ring their sizes.
-    pub fn new(socket: OwnedFd, sizing: IoSizing) -> Result<Self> {
+    pub fn new(socket: OwnedFd, sender: OwnedFd, sizing: IoSizing) -> Result<Self> {
         let IoSizing {
             ring_entries,
             provided_buffers,
@@ -245,6 +246,7 @@ impl UringIo {
             ring,
             buffers,
             socket,
+            sender,
             recv_hdr,
             recv_armed: false,
             watched: None,
@@ -430,7 +432,7 @@ impl DatagramIo for UringIo {
                 slot.hdr.msg_control = slot.control.as_mut_ptr().cast();
                 slot.hdr.msg_controllen = udp::SEGMENT_CMSG_SPACE;
             }
-            let entry = opcode::SendMsg::new(Fd(self.socket.as_raw_fd()), &slot.hdr)
+            let entry = opcode::SendMsg::new(Fd(self.sender.as_raw_fd()), &slot.hdr)
                 .build()
                 .user_data(i as u64);
             // SAFETY: the msghdr, its name, iovec and control live in `self.send_slots`, and

@@ -265,3 +265,45 @@ proptest! {
         prop_assert_eq!(rx.stats().accepted, 0);
     }
 }
+
+#[test]
+fn the_whole_packet_seal_writes_the_same_bytes_as_the_general_path() {
+    for suite in Suite::ALL {
+        for backend in Backend::ALL {
+            let key = vec![0x5a; suite.key_len()];
+            let mut tx = TxSa::new(
+                Spi(0x8000_0007),
+                backend.cipher(suite, &key).unwrap(),
+                SaLimits::default(),
+                Instant::now(),
+            );
+            let cipher = backend.cipher(suite, &key).unwrap();
+            for (next_header, len) in [(4u8, 1400usize), (41, 64), (4, 0)] {
+                let body: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let fast = sealed_with_header(&mut tx, next_header, &body);
+                let iv = tx.sealed();
+                let repr = PspRepr {
+                    next_header,
+                    crypt_offset: 0,
+                    sample: false,
+                    drop_after_sampling: false,
+                    suite,
+                    spi: Spi(0x8000_0007),
+                    iv,
+                    vc: None,
+                };
+                let mut general = vec![0u8; 16 + len + 16];
+                general[16..16 + len].copy_from_slice(&body);
+                psp::seal_in_place(&cipher, &repr, &mut general).unwrap();
+                assert_eq!(fast, general, "{backend}/{suite}, {len} bytes");
+            }
+        }
+    }
+}
+
+fn sealed_with_header(tx: &mut TxSa, next_header: u8, body: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0u8; 16 + body.len() + 16];
+    packet[16..16 + body.len()].copy_from_slice(body);
+    tx.seal(next_header, 0, &mut packet).unwrap();
+    packet
+}

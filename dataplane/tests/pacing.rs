@@ -1,0 +1,77 @@
+//! A paced synthetic source sends at its rate, not as fast as it can: measured on the
+//! engine's own counters against the wall clock, at a rate far below what the machine
+//! does unpaced, on both I/O backends.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use cpclink_dataplane::engine::{
+    Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SourceRate, TrafficSpec,
+};
+use cpclink_dataplane::io::IoKind;
+
+const PACKET: usize = 200;
+/// 20,000 packets per second: a hundredth of what one worker sends unpaced.
+const PPS: f64 = 20_000.0;
+
+/// Packets generated over about `window`, and the seconds that surely contain all of them
+/// and that they surely fill.
+fn run(io: IoKind, rate: SourceRate, window: Duration) -> (u64, f64, f64) {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = EngineConfig::new("127.0.0.1:0".parse().unwrap());
+    config.workers = 2;
+    config.io = io;
+    config.protection = Protection::PlainBaseline;
+    config.source = Some(TrafficSpec {
+        flows: 8,
+        packet_len: PACKET,
+    });
+    config.source_rate = Some(rate);
+    config.egress = Egress::Discard;
+    let before = Instant::now();
+    let engine = Engine::start(config).unwrap();
+    engine
+        .set_peer(
+            PeerId(0),
+            PeerConfig {
+                endpoint: peer.local_addr().unwrap(),
+                prefixes: Vec::new(),
+            },
+        )
+        .unwrap();
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let asked = Instant::now();
+    let generated = engine.snapshot().unwrap().total().generated;
+    let after = Instant::now();
+    engine.shutdown().unwrap();
+    (
+        generated,
+        (after - before).as_secs_f64(),
+        (asked - started).as_secs_f64(),
+    )
+}
+
+#[test]
+fn a_paced_source_keeps_to_its_rate() {
+    for (io, rate) in [
+        (IoKind::IoUring, SourceRate::PacketsPerSecond(PPS)),
+        (
+            IoKind::Epoll,
+            SourceRate::BitsPerSecond(PPS * 8.0 * PACKET as f64),
+        ),
+    ] {
+        let (generated, outer, inner) = run(io, rate, Duration::from_secs(1));
+        let ceiling = 1.2 * PPS * outer;
+        assert!(
+            (generated as f64) <= ceiling,
+            "{io}: {generated} packets in at most {outer:.3} s exceeds {rate} by more than 20%"
+        );
+        // A pacer that oversleeps falls far short; this rate is no effort for any machine.
+        let floor = 0.5 * PPS * inner;
+        assert!(
+            (generated as f64) >= floor,
+            "{io}: {generated} packets in at least {inner:.3} s is under half of {rate}"
+        );
+    }
+}
