@@ -10,6 +10,8 @@
 //! crypto = "aws-lc-rs"                # aws-lc-rs | ring | rustcrypto
 //! master_keys = ["<64 hex>", "<64 hex>"]   # lab mode: this appliance's two generations
 //! current_generation = 0
+//! source_port_base = 41000            # optional: worker i sends from port 41000 + i
+//!                                     # (default: ports the kernel picks; one per worker)
 //!
 //! [hardware]                          # optional: size the data plane from a hardware profile
 //! profile = "virtio-net"              # a shipped profile or one in profile_dir
@@ -131,6 +133,7 @@ struct RawAppliance {
     master_keys: Option<Vec<String>>,
     #[serde(default)]
     current_generation: u8,
+    source_port_base: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +212,8 @@ pub struct ApplianceConfig {
     pub keying: Keying,
     /// The TUN device, if the appliance tunnels.
     pub tun: Option<TunConfig>,
+    /// Worker i sends from UDP port `source_port_base + i`; `None`: ports the kernel picks.
+    pub source_port_base: Option<u16>,
     /// The lab-mode peers, in order ([`cpclink_dataplane::engine::PeerId`] indexes them);
     /// none when the key plane keys the appliance (it finds the peers).
     pub peers: Vec<Peer>,
@@ -354,6 +359,40 @@ pub struct Peer {
     pub prefixes: Vec<(IpAddr, u8)>,
     /// Its master keys (lab mode: the sender derives its SAs from them).
     pub master_keys: MasterKeys,
+}
+
+/// Worker i sends from `base + i`: the range must fit in the port space and leave the
+/// listen port alone (the listen group would share its datagrams with a worker's sender).
+fn check_source_ports(
+    ctx: &Ctx<'_>,
+    base: u16,
+    workers: usize,
+    listen: SocketAddr,
+) -> Result<(), Error> {
+    let field = "[appliance].source_port_base";
+    if base == 0 {
+        return Err(ctx.err(field, "0 is no port: give the first of the workers' source ports, or leave it out to let the kernel pick them"));
+    }
+    let last = u32::from(base) + workers as u32 - 1;
+    if last > u32::from(u16::MAX) {
+        return Err(ctx.err(
+            field,
+            format!(
+                "{base} + {workers} workers runs past port 65535: give a base of at most {}",
+                u32::from(u16::MAX) + 1 - workers as u32
+            ),
+        ));
+    }
+    let port = u32::from(listen.port());
+    if (u32::from(base)..=last).contains(&port) {
+        return Err(ctx.err(
+            field,
+            format!(
+                "ports {base}..={last} include the listen port {port}: move the range clear of it"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -733,6 +772,9 @@ impl ApplianceConfig {
         let a = raw.appliance;
         let listen = ctx.endpoint("[appliance].listen", &a.listen)?;
         let sizing = ctx.sizing(&a, raw.hardware.as_ref())?;
+        if let Some(base) = a.source_port_base {
+            check_source_ports(&ctx, base, sizing.workers, listen)?;
+        }
         let io =
             a.io.parse()
                 .map_err(|e: String| ctx.err("[appliance].io", e))?;
@@ -837,6 +879,7 @@ impl ApplianceConfig {
             hardware: sizing.hardware,
             keying,
             tun,
+            source_port_base: a.source_port_base,
             peers,
         })
     }
@@ -852,6 +895,7 @@ impl ApplianceConfig {
         engine.batch_sends = self.batch_sends;
         engine.gso_segments = self.gso_segments;
         engine.io_sizing = self.io_sizing;
+        engine.tx_port_base = self.source_port_base;
         engine.peers = self
             .peers
             .iter()
@@ -894,6 +938,38 @@ mod tests {
         assert_eq!(c.suite, Suite::AesGcm256);
         assert_eq!(c.peers[0].prefixes, vec![("10.2.0.0".parse().unwrap(), 16)]);
         assert_eq!(c.tun_mtu(), Some(1500 - 20 - 8 - 32));
+    }
+
+    #[test]
+    fn source_ports_reach_the_engine_and_bad_ranges_are_refused() {
+        let c = ApplianceConfig::parse(
+            "a.toml",
+            &config("workers = 2\nsource_port_base = 41000", "192.0.2.2:1000"),
+        )
+        .unwrap();
+        assert_eq!(c.engine_config().tx_port_base, Some(41000));
+        let default = ApplianceConfig::parse("a.toml", &config("", "192.0.2.2:1000")).unwrap();
+        assert_eq!(default.engine_config().tx_port_base, None);
+        for (extra, expect) in [
+            ("source_port_base = 0", "0 is no port"),
+            (
+                "workers = 2\nsource_port_base = 65535",
+                "runs past port 65535: give a base of at most 65534",
+            ),
+            (
+                "workers = 2\nsource_port_base = 999",
+                "include the listen port 1000",
+            ),
+        ] {
+            let e = ApplianceConfig::parse("a.toml", &config(extra, "192.0.2.2:1000"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("a.toml: [appliance].source_port_base: "),
+                "{e}"
+            );
+            assert!(e.contains(expect), "{extra}: {e}");
+        }
     }
 
     #[test]
