@@ -718,7 +718,15 @@ impl KeyAgent {
                     }
                     Some(Message::Delta(delta)) => {
                         let version = delta.version;
-                        let applied = self.dir().apply(&delta);
+                        let applied = {
+                            let mut dir = self.dir();
+                            let applied = dir.apply(&delta);
+                            if applied && matches!(delta.change, Change::Policy { .. }) {
+                                // Keep the copy to this appliance and those it may talk to.
+                                dir.retain_view(&self.inner.id);
+                            }
+                            applied
+                        };
                         if applied {
                             if let Change::Revoke(id) = &delta.change {
                                 self.enforce_revocation(id);

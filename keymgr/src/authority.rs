@@ -4,15 +4,19 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AuthorityConfig, StoreConfig};
-use crate::directory::{ApplianceEntry, Change, Delta, Directory, Rule};
+use crate::directory::{
+    ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
+};
 use crate::pki::{self, Ca, Identity, KeyedCert};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
 use crate::seal::{random_bytes, Kek};
@@ -164,14 +168,38 @@ pub fn create_token(
     Ok(token::mint(&key, &claims))
 }
 
-#[derive(Debug, Clone)]
+/// Pushes queued per subscriber before it counts as lagging (and gets a fresh snapshot
+/// instead of what it missed).
+const FEED_QUEUE: usize = 1024;
+
+#[derive(Debug)]
 enum Push {
-    Delta(Delta),
+    Delta(Arc<Delta>),
     Rotate(u64),
+    /// The change was too large to send as a delta: send a fresh snapshot.
+    Resnapshot,
+}
+
+/// One appliance's directory feed, as the authority pushes to it.
+struct Subscriber {
+    /// Tells this feed from a later one of the same appliance.
+    serial: u64,
+    queue: mpsc::Sender<Push>,
+    /// Set when a push did not fit the queue: the feed resnapshots before going on.
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    fn push(&self, push: Push) {
+        match self.queue.try_send(push) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => self.lagged.store(true, Ordering::Release),
+        }
+    }
 }
 
 struct State {
-    dir: Directory,
+    master: Master,
     rotation: u64,
 }
 
@@ -183,7 +211,8 @@ struct Inner {
     token_key: Zeroizing<[u8; 32]>,
     cert_days: u64,
     state: Mutex<State>,
-    feed: broadcast::Sender<Push>,
+    subscribers: StdMutex<HashMap<String, Subscriber>>,
+    next_serial: AtomicU64,
     connections: StdMutex<HashMap<String, quinn::Connection>>,
     rotated: watch::Sender<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
@@ -235,11 +264,21 @@ impl Authority {
             .await?
             .unwrap_or_default();
         let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
+        let every = Duration::from_secs(cfg.rotation_interval_secs);
+        // The schedule is kept in the store: a restart neither postpones a rotation that
+        // was due nor skips one that fell due while the authority was down.
+        let next_rotation = match store::get_json::<u64>(&store, "meta/next_rotation").await? {
+            Some(t) => t,
+            None => {
+                let t = now_secs() + every.as_secs();
+                store.put("meta/next_rotation", &store::json(&t)).await?;
+                t
+            }
+        };
 
         let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
         let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
-        let (feed, _) = broadcast::channel(4096);
         let authority = Self {
             inner: Arc::new(Inner {
                 store,
@@ -248,23 +287,23 @@ impl Authority {
                 ca: material.ca,
                 token_key: material.token_key,
                 cert_days: cfg.cert_days,
-                state: Mutex::new(State { dir, rotation }),
-                feed,
+                state: Mutex::new(State {
+                    master: Master::new(dir),
+                    rotation,
+                }),
+                subscribers: StdMutex::new(HashMap::new()),
+                next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
                 endpoint,
             }),
         };
         let policy = cfg.policy();
-        if authority.inner.state.lock().await.dir.rules != policy {
+        if authority.inner.state.lock().await.master.live().rules != policy {
             authority.set_rules(policy).await?;
         }
         tokio::spawn(authority.clone().accept_loop());
-        tokio::spawn(
-            authority
-                .clone()
-                .rotation_schedule(Duration::from_secs(cfg.rotation_interval_secs)),
-        );
+        tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
         tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
         Ok(authority)
     }
@@ -299,7 +338,7 @@ impl Authority {
 
     /// A copy of the master directory.
     pub async fn directory(&self) -> Directory {
-        self.inner.state.lock().await.dir.clone()
+        self.inner.state.lock().await.master.live().clone()
     }
 
     /// The epochs appliances reported after rotations, by appliance.
@@ -321,35 +360,106 @@ impl Authority {
         .map_err(|e| Error::io("audit log", std::io::Error::other(e.to_string())))?
     }
 
-    /// Applies a directory change: store first, then the master copy, then the feed.
-    async fn change(&self, change: Change, mut extra: Vec<Write>, what: String) -> Result<u64> {
+    /// Applies a directory change: store first, then the master copy, then the feeds.
+    async fn change(&self, change: Change, extra: Vec<Write>, what: String) -> Result<u64> {
         let mut st = self.inner.state.lock().await;
-        let version = st.dir.version + 1;
+        self.commit(&mut st, change, extra, None, what).await
+    }
+
+    /// [`Self::change`] under the held state lock. With `guard`, the store transaction
+    /// happens only if that key is absent (otherwise nothing is written and the token it
+    /// stands for is reported reused): redeeming a token and recording its appliance are
+    /// one transaction, so a crash cannot leave a spent token without its appliance.
+    async fn commit(
+        &self,
+        st: &mut State,
+        change: Change,
+        mut extra: Vec<Write>,
+        guard: Option<String>,
+        what: String,
+    ) -> Result<u64> {
+        let version = st.master.live().version + 1;
         match &change {
             Change::Upsert(e) => {
                 extra.push(Write::Put(format!("appliance/{}", e.id), store::json(e)))
             }
             Change::Revoke(id) => {
-                if let Some(e) = st.dir.appliances.get(id) {
+                if let Some(e) = st.master.live().appliances.get(id) {
                     let mut e = e.clone();
                     e.revoked = true;
                     extra.push(Write::Put(format!("appliance/{id}"), store::json(&e)));
                 }
             }
-            Change::Rules(r) => extra.push(Write::Put("meta/rules".into(), store::json(r))),
+            Change::Rules(r) | Change::Policy { rules: r, .. } => {
+                extra.push(Write::Put("meta/rules".into(), store::json(r)))
+            }
         }
         extra.push(Write::Put("meta/version".into(), store::json(&version)));
-        self.inner.store.apply(extra).await?;
-        let delta = Delta { version, change };
-        st.dir.apply(&delta);
+        match guard {
+            None => self.inner.store.apply(extra).await?,
+            Some(key) => {
+                if !self.inner.store.apply_unless_present(&key, extra).await? {
+                    return Err(Error::Token(crate::TokenError::Reused));
+                }
+            }
+        }
+        let fanout = st.master.apply(version, change);
         self.audit(AuditEvent::DirectoryChanged {
             version,
             change: what,
         })
         .await?;
-        // No receivers is fine: nobody is connected.
-        let _ = self.inner.feed.send(Push::Delta(delta));
+        self.fan_out(fanout);
         Ok(version)
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscriber>> {
+        // A poisoned map only means a task panicked mid-insert; the map itself is intact.
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a change for the subscribers it concerns; called under the state lock so
+    /// pushes keep the order of versions.
+    fn fan_out(&self, fanout: Fanout) {
+        let subs = self.subscribers();
+        match fanout {
+            Fanout::Everyone(delta) => {
+                for s in subs.values() {
+                    s.push(Push::Delta(delta.clone()));
+                }
+            }
+            Fanout::Only(delta, ids) => {
+                for id in ids {
+                    if let Some(s) = subs.get(&id) {
+                        s.push(Push::Delta(delta.clone()));
+                    }
+                }
+            }
+            Fanout::Policy {
+                version,
+                rules,
+                mut allowed,
+                everyone_resnapshots,
+            } => {
+                for (id, s) in subs.iter() {
+                    let allowed = allowed.remove(id).unwrap_or_default();
+                    if everyone_resnapshots || allowed.len() > SNAPSHOT_CHUNK {
+                        s.push(Push::Resnapshot);
+                        continue;
+                    }
+                    s.push(Push::Delta(Arc::new(Delta {
+                        version,
+                        change: Change::Policy {
+                            rules: rules.clone(),
+                            allowed,
+                        },
+                    })));
+                }
+            }
+        }
     }
 
     /// Replaces the policy; every appliance gets a fresh view.
@@ -370,7 +480,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .appliances
             .get(id)
             .cloned()
@@ -388,7 +499,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .appliances
             .contains_key(id)
         {
@@ -421,26 +533,37 @@ impl Authority {
     }
 
     /// Orders every appliance to rotate its master keys now; returns the rotation number.
+    /// The schedule is left as it is.
     pub async fn rotate_all(&self) -> Result<u64> {
+        self.order_rotation(None).await
+    }
+
+    /// Orders a rotation; with `next`, also records when the next scheduled one is due
+    /// (unix seconds), in the same store transaction.
+    async fn order_rotation(&self, next: Option<u64>) -> Result<u64> {
         let mut st = self.inner.state.lock().await;
         let rotation = st.rotation + 1;
-        self.inner
-            .store
-            .put("meta/rotation", &store::json(&rotation))
-            .await?;
+        let mut batch = vec![Write::Put("meta/rotation".into(), store::json(&rotation))];
+        if let Some(next) = next {
+            batch.push(Write::Put("meta/next_rotation".into(), store::json(&next)));
+        }
+        self.inner.store.apply(batch).await?;
         st.rotation = rotation;
         self.audit(AuditEvent::RotationOrdered { rotation }).await?;
-        let _ = self.inner.feed.send(Push::Rotate(rotation));
+        for s in self.subscribers().values() {
+            s.push(Push::Rotate(rotation));
+        }
         Ok(rotation)
     }
 
     /// Status for operators.
     pub async fn status(&self) -> AdminReply {
         let st = self.inner.state.lock().await;
+        let dir = st.master.live();
         AdminReply::Status {
-            version: st.dir.version,
-            appliances: st.dir.appliances.len(),
-            revoked: st.dir.appliances.values().filter(|e| e.revoked).count(),
+            version: dir.version,
+            appliances: dir.appliances.len(),
+            revoked: dir.appliances.values().filter(|e| e.revoked).count(),
             rotation: st.rotation,
             connected: self.connections().len(),
         }
@@ -451,12 +574,22 @@ impl Authority {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    async fn rotation_schedule(self, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    /// Orders a rotation whenever the stored schedule says one is due (`next`, unix
+    /// seconds), then every `every`. After downtime that spanned several due times it
+    /// rotates once and counts the next interval from then.
+    async fn rotation_schedule(self, mut next: u64, every: Duration) {
         loop {
-            tick.tick().await;
-            if let Err(e) = self.rotate_all().await {
-                tracing::error!("scheduled rotation failed: {e}");
+            let due = UNIX_EPOCH + Duration::from_secs(next);
+            if let Ok(wait) = due.duration_since(SystemTime::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let after = now_secs().max(next) + every.as_secs().max(1);
+            match self.order_rotation(Some(after)).await {
+                Ok(_) => next = after,
+                Err(e) => {
+                    tracing::error!("scheduled rotation failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
@@ -482,7 +615,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .is_active(&identity.appliance)
         {
             conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
@@ -566,38 +700,33 @@ impl Authority {
     ) -> Result<Vec<u8>> {
         let claims =
             token::check(&self.inner.token_key, token, now_secs()).map_err(Error::Token)?;
-        if self
+        let identity = Identity {
+            appliance: claims.appliance.clone(),
+            centre: claims.centre.clone(),
+        };
+        // Signing is the slow part: outside the lock.
+        let (cert, serial) = self
             .inner
-            .state
-            .lock()
-            .await
-            .dir
-            .appliances
-            .get(&claims.appliance)
-            .is_some_and(|e| e.revoked)
-        {
+            .ca
+            .sign_csr(csr, &identity, self.inner.cert_days)?;
+        let mut st = self.inner.state.lock().await;
+        let listed = st.master.live().appliances.get(&claims.appliance);
+        if listed.is_some_and(|e| e.revoked) {
             return Err(Error::NotAuthorised(format!(
                 "{} is revoked",
                 claims.appliance
             )));
         }
-        let identity = Identity {
-            appliance: claims.appliance.clone(),
-            centre: claims.centre.clone(),
+        let token_key = format!("token/{}", claims.id);
+        let guard = match self.inner.store.get(&token_key).await? {
+            None => token_key.clone(),
+            // Marked spent but its appliance never recorded: an older release crashed
+            // between the two writes. The redemption never completed, so it may complete
+            // now, once: the appliance's record is then the guard.
+            Some(_) if listed.is_none() => format!("appliance/{}", claims.appliance),
+            Some(_) => return Err(Error::Token(crate::TokenError::Reused)),
         };
-        let (cert, serial) = self
-            .inner
-            .ca
-            .sign_csr(csr, &identity, self.inner.cert_days)?;
         let used = store::json(&(&claims.appliance, now_secs()));
-        if !self
-            .inner
-            .store
-            .insert_new(&format!("token/{}", claims.id), &used)
-            .await?
-        {
-            return Err(Error::Token(crate::TokenError::Reused));
-        }
         let entry = ApplianceEntry {
             id: claims.appliance.clone(),
             centre: claims.centre.clone(),
@@ -608,13 +737,19 @@ impl Authority {
             cert_serial: serial.clone(),
             revoked: false,
         };
-        let cert_write = Write::Put(format!("cert/{}", claims.appliance), cert.to_vec());
-        self.change(
+        let writes = vec![
+            Write::Put(token_key, used),
+            Write::Put(format!("cert/{}", claims.appliance), cert.to_vec()),
+        ];
+        self.commit(
+            &mut st,
             Change::Upsert(entry),
-            vec![cert_write],
+            writes,
+            Some(guard),
             format!("enrol {}", claims.appliance),
         )
         .await?;
+        drop(st);
         self.audit(AuditEvent::Enrolled {
             appliance: claims.appliance,
             centre: claims.centre,
@@ -624,11 +759,20 @@ impl Authority {
         Ok(cert.to_vec())
     }
 
-    async fn send_snapshot(&self, id: &str, send: &mut quinn::SendStream) -> Result<()> {
-        let (view, rotation) = {
-            let st = self.inner.state.lock().await;
-            (st.dir.view_for(id), st.rotation)
-        };
+    /// What a fresh snapshot is built from, and the newest rotation.
+    async fn snapshot_source(&self) -> (SnapshotSource, u64) {
+        let st = self.inner.state.lock().await;
+        (st.master.snapshot_source(), st.rotation)
+    }
+
+    async fn send_snapshot(
+        &self,
+        id: &str,
+        send: &mut quinn::SendStream,
+        (source, rotation): (SnapshotSource, u64),
+    ) -> Result<()> {
+        // Built from the shared base, outside the lock.
+        let view = source.view_for(id);
         let entries: Vec<ApplianceEntry> = view.appliances.into_values().collect();
         let chunks: Vec<&[ApplianceEntry]> = if entries.is_empty() {
             vec![&[]]
@@ -656,32 +800,61 @@ impl Authority {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
-        // Subscribe before taking the snapshot so no change falls between the two.
-        let mut feed = self.inner.feed.subscribe();
-        self.send_snapshot(id, send).await?;
+        let (queue, mut pushes) = mpsc::channel(FEED_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        // Registered and snapshotted under the one lock that orders changes, so no change
+        // falls between the two. A feed this one replaces sees its queue close and ends.
+        let source = {
+            let st = self.inner.state.lock().await;
+            let subscriber = Subscriber {
+                serial,
+                queue,
+                lagged: lagged.clone(),
+            };
+            self.subscribers().insert(id.to_owned(), subscriber);
+            (st.master.snapshot_source(), st.rotation)
+        };
+        let result = self
+            .feed(id, send, recv, source, &mut pushes, &lagged)
+            .await;
+        let mut subs = self.subscribers();
+        if subs.get(id).is_some_and(|s| s.serial == serial) {
+            subs.remove(id);
+        }
+        result
+    }
+
+    async fn feed(
+        &self,
+        id: &str,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        source: (SnapshotSource, u64),
+        pushes: &mut mpsc::Receiver<Push>,
+        lagged: &AtomicBool,
+    ) -> Result<()> {
+        self.send_snapshot(id, send, source).await?;
         loop {
             tokio::select! {
-                push = feed.recv() => match push {
-                    Ok(Push::Delta(delta)) => {
-                        if let Change::Rules(_) = delta.change {
-                            // The set of appliances this one may see changed: a fresh view.
-                            self.send_snapshot(id, send).await?;
-                            continue;
+                push = pushes.recv() => {
+                    let Some(push) = push else { return Ok(()) };
+                    if lagged.swap(false, Ordering::AcqRel) {
+                        // Pushes were dropped: start again from a snapshot (queued deltas
+                        // it already covers are then ignored by their version).
+                        self.send_snapshot(id, send, self.snapshot_source().await).await?;
+                    }
+                    match push {
+                        Push::Delta(delta) => {
+                            proto::write_frame(send, &Message::Delta((*delta).clone())).await?;
                         }
-                        let relevant = self.inner.state.lock().await.dir.relevant_to(id, &delta.change);
-                        if relevant {
-                            proto::write_frame(send, &Message::Delta(delta)).await?;
+                        Push::Rotate(rotation) => {
+                            proto::write_frame(send, &Message::RotateOrder { rotation }).await?;
+                        }
+                        Push::Resnapshot => {
+                            self.send_snapshot(id, send, self.snapshot_source().await).await?;
                         }
                     }
-                    Ok(Push::Rotate(rotation)) => {
-                        proto::write_frame(send, &Message::RotateOrder { rotation }).await?;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Too far behind to patch up: start again from a snapshot.
-                        feed = self.inner.feed.subscribe();
-                        self.send_snapshot(id, send).await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 msg = proto::read_frame::<_, Message>(recv) => match msg {
                     Ok(Some(Message::Applied { .. })) => {}

@@ -35,6 +35,13 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
     /// Applies every write or none.
     fn apply(&self, batch: Vec<Write>) -> impl Future<Output = Result<()>> + Send;
+    /// Applies every write of `batch` if `guard` holds nothing, else none; one atomic
+    /// transaction either way. Returns whether it applied.
+    fn apply_unless_present(
+        &self,
+        guard: &str,
+        batch: Vec<Write>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The store an authority was configured with.
@@ -79,6 +86,13 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.apply(batch).await,
             Self::Etcd(s) => s.apply(batch).await,
+        }
+    }
+
+    async fn apply_unless_present(&self, guard: &str, batch: Vec<Write>) -> Result<bool> {
+        match self {
+            Self::Redb(s) => s.apply_unless_present(guard, batch).await,
+            Self::Etcd(s) => s.apply_unless_present(guard, batch).await,
         }
     }
 }
