@@ -28,6 +28,9 @@ pub enum Error {
         /// What is wrong and what is expected.
         reason: String,
     },
+    /// The key plane failed.
+    #[error(transparent)]
+    Keymgr(#[from] cpclink_keymgr::Error),
     /// A demo or check found traffic that did not arrive intact.
     #[error("verification failed: {0}")]
     Verification(String),
