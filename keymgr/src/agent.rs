@@ -694,11 +694,16 @@ impl KeyAgent {
         .await?;
         let (acks, mut acks_rx) = mpsc::unbounded_channel::<Message>();
         let mut pending = Directory::default();
+        // The authority's escrow key and the newest epoch it holds in escrow from us.
+        let mut escrow: Option<(Vec<u8>, u64)> = None;
         loop {
             tokio::select! {
                 ack = acks_rx.recv() => {
                     if let Some(ack) = ack {
                         proto::write_frame(&mut send, &ack).await?;
+                        if let (Message::Rotated { .. }, Some((public, held))) = (&ack, &mut escrow) {
+                            *held = self.escrow(&mut send, public, *held).await?;
+                        }
                     }
                 }
                 msg = proto::read_frame::<_, Message>(&mut recv) => match msg? {
@@ -736,11 +741,34 @@ impl KeyAgent {
                         proto::write_frame(&mut send, &Message::Applied { version }).await?;
                     }
                     Some(Message::RotateOrder { rotation }) => self.spawn_rotation(rotation, acks.clone()),
+                    Some(Message::EscrowKey { public, held }) => {
+                        let held = self.escrow(&mut send, &public, held).await?;
+                        escrow = Some((public, held));
+                    }
                     Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
                     Some(other) => return Err(Error::Frame(format!("unexpected {other:?} on the feed"))),
                 },
             }
         }
+    }
+
+    /// Sends the authority both key generations sealed to its escrow key, unless it
+    /// already holds the current epoch; returns the epoch it now holds.
+    async fn escrow(&self, send: &mut quinn::SendStream, public: &[u8], held: u64) -> Result<u64> {
+        let (epoch, sealed) = {
+            let ks = self.inner.keys.lock().await;
+            let epoch = ks.epoch();
+            if epoch <= held {
+                return Ok(held);
+            }
+            let plain = keys_plain(&ks.keys, ks.epochs);
+            (
+                epoch,
+                crate::seal::seal_to(public, &escrow_label(&self.inner.id, epoch), &plain)?,
+            )
+        };
+        proto::write_frame(send, &Message::Escrow { epoch, sealed }).await?;
+        Ok(epoch)
     }
 
     fn install_snapshot(&self, fresh: Directory) {
@@ -812,6 +840,16 @@ impl KeyAgent {
 }
 
 fn seal_keys(kek: &Kek, id: &str, keys: &MasterKeys, epochs: [u64; 2]) -> Result<Vec<u8>> {
+    kek.seal(&key_label(id), &keys_plain(keys, epochs))
+}
+
+/// The label an escrowed copy of `id`'s keys at `epoch` is sealed under.
+pub(crate) fn escrow_label(id: &str, epoch: u64) -> String {
+    format!("escrow/{id}/{epoch}")
+}
+
+/// Both generations and their epochs, serialised (what is sealed at rest and in escrow).
+fn keys_plain(keys: &MasterKeys, epochs: [u64; 2]) -> Zeroizing<Vec<u8>> {
     let sealed = SealedKeys {
         epoch: epochs[usize::from(keys.current_generation())],
         epochs,
@@ -828,7 +866,35 @@ fn seal_keys(kek: &Kek, id: &str, keys: &MasterKeys, epochs: [u64; 2]) -> Result
     } = sealed;
     zeroize::Zeroize::zeroize(&mut k0);
     zeroize::Zeroize::zeroize(&mut k1);
-    kek.seal(&key_label(id), &plain)
+    plain
+}
+
+/// Reads what [`keys_plain`] wrote: the keys and the epochs of both generations.
+pub(crate) fn parse_keys(plain: &[u8]) -> Result<(MasterKeys, [u64; 2])> {
+    let mut sealed: SealedKeys =
+        serde_json::from_slice(plain).map_err(|e| Error::CorruptRecord {
+            key: "keys".into(),
+            reason: e.to_string(),
+        })?;
+    let decode = |h: &str| -> Option<[u8; 32]> {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(h, &mut k).ok().map(|()| k)
+    };
+    let k0 = decode(&sealed.keys[0]);
+    let k1 = decode(&sealed.keys[1]);
+    zeroize::Zeroize::zeroize(&mut sealed.keys[0]);
+    zeroize::Zeroize::zeroize(&mut sealed.keys[1]);
+    let keys = match (k0, k1) {
+        (Some(a), Some(b)) => MasterKeys::with_generations(a, b, sealed.current),
+        (Some(a), None) if sealed.current == 0 => MasterKeys::new(a),
+        _ => {
+            return Err(Error::CorruptRecord {
+                key: "keys".into(),
+                reason: "the current generation's key is missing".into(),
+            })
+        }
+    };
+    Ok((keys, sealed.epochs))
 }
 
 async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<KeyState> {
@@ -839,33 +905,7 @@ async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<K
         .await?
         .unwrap_or(0);
     let (keys, epochs) = match store.get("keys").await? {
-        Some(blob) => {
-            let plain = kek.open(&key_label(id), &blob)?;
-            let mut sealed: SealedKeys =
-                serde_json::from_slice(&plain).map_err(|e| Error::CorruptRecord {
-                    key: "keys".into(),
-                    reason: e.to_string(),
-                })?;
-            let decode = |h: &str| -> Option<[u8; 32]> {
-                let mut k = [0u8; 32];
-                hex::decode_to_slice(h, &mut k).ok().map(|()| k)
-            };
-            let k0 = decode(&sealed.keys[0]);
-            let k1 = decode(&sealed.keys[1]);
-            zeroize::Zeroize::zeroize(&mut sealed.keys[0]);
-            zeroize::Zeroize::zeroize(&mut sealed.keys[1]);
-            let keys = match (k0, k1) {
-                (Some(a), Some(b)) => MasterKeys::with_generations(a, b, sealed.current),
-                (Some(a), None) if sealed.current == 0 => MasterKeys::new(a),
-                _ => {
-                    return Err(Error::CorruptRecord {
-                        key: "keys".into(),
-                        reason: "the current generation's key is missing".into(),
-                    })
-                }
-            };
-            (keys, sealed.epochs)
-        }
+        Some(blob) => parse_keys(&kek.open(&key_label(id), &blob)?)?,
         None => {
             let keys = MasterKeys::new(*random_bytes::<32>()?);
             let epochs = [1, 0];

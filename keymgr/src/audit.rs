@@ -61,6 +61,20 @@ pub enum AuditEvent {
         /// The appliance.
         appliance: String,
     },
+    /// An operator opened an appliance's escrowed master keys.
+    EscrowOpened {
+        /// The appliance.
+        appliance: String,
+        /// The key epoch opened.
+        epoch: u64,
+    },
+    /// An appliance's master keys were escrowed to the authority.
+    Escrowed {
+        /// The appliance.
+        appliance: String,
+        /// The key epoch escrowed.
+        epoch: u64,
+    },
 }
 
 #[derive(Serialize)]

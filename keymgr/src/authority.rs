@@ -19,7 +19,7 @@ use crate::directory::{
 };
 use crate::pki::{self, Ca, Identity, KeyedCert};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
-use crate::seal::{random_bytes, Kek};
+use crate::seal::{random_bytes, EscrowKey, Kek};
 use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
@@ -38,6 +38,7 @@ pub struct StatePaths {
     token_key: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    escrow_key: PathBuf,
     /// The audit log.
     pub audit: PathBuf,
     /// The operators' admin socket.
@@ -54,6 +55,7 @@ impl StatePaths {
             token_key: state_dir.join("token.key.sealed"),
             server_cert: state_dir.join("authority.pem"),
             server_key: state_dir.join("authority.key.sealed"),
+            escrow_key: state_dir.join("escrow.key.sealed"),
             audit: state_dir.join("audit.jsonl"),
             admin_socket: state_dir.join("admin.sock"),
             redb: state_dir.join("authority.redb"),
@@ -89,6 +91,7 @@ struct Material {
     ca: Ca,
     server: KeyedCert,
     token_key: Zeroizing<[u8; 32]>,
+    escrow: EscrowKey,
 }
 
 fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
@@ -106,6 +109,15 @@ fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
         // The CA certificate last: its presence marks the material complete.
         write_durably(&paths.ca_cert, pki::cert_pem(&ca.cert_der()).as_bytes())?;
     }
+    if !paths.escrow_key.exists() {
+        // Apart from the rest: state created before escrow existed gains it on start.
+        let escrow = EscrowKey::generate()?;
+        write_durably(
+            &paths.escrow_key,
+            &kek.seal("escrow-key", escrow.private_bytes())?,
+        )?;
+    }
+    let escrow = EscrowKey::from_bytes(&kek.open("escrow-key", &read_file(&paths.escrow_key)?)?)?;
     let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.ca_cert)?))?;
     let ca_key = kek.open("ca-key", &read_file(&paths.ca_key)?)?;
     let ca = Ca::load(&ca_cert, &ca_key)?;
@@ -117,6 +129,7 @@ fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
         ca,
         server,
         token_key: load_token_key(paths, kek)?,
+        escrow,
     })
 }
 
@@ -209,6 +222,8 @@ struct Inner {
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
     token_key: Zeroizing<[u8; 32]>,
+    escrow: EscrowKey,
+    escrow_public: Vec<u8>,
     cert_days: u64,
     state: Mutex<State>,
     subscribers: StdMutex<HashMap<String, Subscriber>>,
@@ -286,6 +301,8 @@ impl Authority {
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
                 token_key: material.token_key,
+                escrow_public: material.escrow.public()?,
+                escrow: material.escrow,
                 cert_days: cfg.cert_days,
                 state: Mutex::new(State {
                     master: Master::new(dir),
@@ -339,6 +356,69 @@ impl Authority {
     /// A copy of the master directory.
     pub async fn directory(&self) -> Directory {
         self.inner.state.lock().await.master.live().clone()
+    }
+
+    /// The master keys `appliance` last escrowed and the epoch they were current at; for
+    /// an operator recovering an appliance's keys. Opening them is audited.
+    pub async fn escrowed_keys(
+        &self,
+        appliance: &str,
+    ) -> Result<Option<(u64, cpclink_dataplane::sa::MasterKeys)>> {
+        let Some((epoch, sealed)) = self.escrow_record(appliance).await? else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .escrow
+            .open(&crate::agent::escrow_label(appliance, epoch), &sealed)?;
+        let (keys, _) = crate::agent::parse_keys(&plain)?;
+        self.audit(AuditEvent::EscrowOpened {
+            appliance: appliance.to_owned(),
+            epoch,
+        })
+        .await?;
+        Ok(Some((epoch, keys)))
+    }
+
+    async fn escrow_record(&self, appliance: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let record: Option<(u64, String)> =
+            store::get_json(&self.inner.store, &format!("escrow/{appliance}")).await?;
+        record
+            .map(|(epoch, sealed)| {
+                hex::decode(sealed)
+                    .map(|s| (epoch, s))
+                    .map_err(|e| Error::CorruptRecord {
+                        key: format!("escrow/{appliance}"),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Keeps an appliance's escrowed keys, once checked to open under its label.
+    async fn take_escrow(&self, id: &str, epoch: u64, sealed: Vec<u8>) -> Result<()> {
+        // Opening proves the box is whole and meant for this appliance and epoch.
+        drop(
+            self.inner
+                .escrow
+                .open(&crate::agent::escrow_label(id, epoch), &sealed)?,
+        );
+        let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
+        if epoch <= held {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .put(
+                &format!("escrow/{id}"),
+                &store::json(&(epoch, hex::encode(&sealed))),
+            )
+            .await?;
+        self.audit(AuditEvent::Escrowed {
+            appliance: id.to_owned(),
+            epoch,
+        })
+        .await
     }
 
     /// The epochs appliances reported after rotations, by appliance.
@@ -835,6 +915,9 @@ impl Authority {
         lagged: &AtomicBool,
     ) -> Result<()> {
         self.send_snapshot(id, send, source).await?;
+        let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
+        let public = self.inner.escrow_public.clone();
+        proto::write_frame(send, &Message::EscrowKey { public, held }).await?;
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -867,6 +950,11 @@ impl Authority {
                         self.inner.rotated.send_modify(|m| {
                             m.insert(id.to_owned(), epoch);
                         });
+                    }
+                    Ok(Some(Message::Escrow { epoch, sealed })) => {
+                        if let Err(e) = self.take_escrow(id, epoch, sealed).await {
+                            tracing::warn!("escrow from {id} refused: {e}");
+                        }
                     }
                     Ok(None) => return Ok(()),
                     Ok(Some(_)) => {

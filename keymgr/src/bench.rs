@@ -206,11 +206,14 @@ enum Reply {
     Failed(String),
 }
 
+/// (directory version, system clock in µs when an appliance first held it), in order.
+type VersionLog = Arc<StdMutex<Vec<(u64, u64)>>>;
+
 /// Appliances running in this process, each with the times it first held each directory
 /// version.
 struct Sim {
     agents: Vec<KeyAgent>,
-    seen: Vec<Arc<StdMutex<Vec<(u64, u64)>>>>,
+    seen: Vec<VersionLog>,
     stopped: HashSet<String>,
 }
 
@@ -253,7 +256,7 @@ impl Sim {
         };
         for s in starting {
             let agent = s.await.map_err(|e| Error::Timeout(e.to_string()))??;
-            let seen = Arc::new(StdMutex::new(Vec::new()));
+            let seen: VersionLog = Arc::default();
             let mut versions = agent.directory_version();
             let log = seen.clone();
             tokio::spawn(async move {

@@ -581,3 +581,61 @@ fn a_rotation_due_while_the_authority_was_down_happens_on_restart() {
         ));
     });
 }
+
+/// Waits until the authority holds `id`'s keys in escrow at `epoch`; returns them.
+async fn escrowed_at(p: &Plane, id: &str, epoch: u64) -> cpclink_dataplane::sa::MasterKeys {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((e, keys)) = p.authority.escrowed_keys(id).await.unwrap() {
+            if e == epoch {
+                return keys;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}'s keys at epoch {epoch} never escrowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn master_keys_are_escrowed_sealed_to_the_authority_and_follow_rotations() {
+    let p = plane().await;
+    let (a, _ae) = p.agent("a", "acme").await;
+    let (b, _be) = p.agent("b", "acme").await;
+    settle(&[(&a, &["b"]), (&b, &["a"])]).await;
+    let epoch = b.epoch().await;
+    let keys = escrowed_at(&p, "b", epoch).await;
+    // The escrowed keys are b's: they derive the very SA key b's agent granted.
+    let grant = a.request_sa("b").await.unwrap();
+    assert_eq!(
+        keys.derive(grant.spi, grant.suite).unwrap().as_bytes(),
+        grant.key.as_bytes()
+    );
+    // In the store the keys are sealed: no plaintext, and not openable as another's.
+    let raw = std::fs::read(p.cfg.state_dir.join("authority.redb")).unwrap();
+    let key_hex =
+        |k: &cpclink_dataplane::sa::MasterKeys| hex::encode(k.key(k.current_generation()).unwrap());
+    assert!(!raw.windows(64).any(|w| w == key_hex(&keys).as_bytes()));
+
+    // After a rotation the new generation is escrowed too, and still matches.
+    p.authority.rotate_all().await.unwrap();
+    let keys = escrowed_at(&p, "b", epoch + 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let grant = loop {
+        let g = a.request_sa("b").await.unwrap();
+        if g.epoch == epoch + 1 {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "no SA of the new generation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        keys.derive(grant.spi, grant.suite).unwrap().as_bytes(),
+        grant.key.as_bytes()
+    );
+    let log = std::fs::read_to_string(p.cfg.state_dir.join("audit.jsonl")).unwrap();
+    assert!(log.contains(r#""kind":"escrowed""#) && log.contains(r#""kind":"escrow_opened""#));
+    audit::verify(&p.cfg.state_dir.join("audit.jsonl")).unwrap();
+}
