@@ -27,7 +27,7 @@ use crate::directory::{Change, Directory};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
 use crate::proto::{self, Message};
 use crate::seal::{random_bytes, Kek};
-use crate::store::{RedbStore, Store, Write};
+use crate::store::{AnyStore, RedbStore, Store, Write};
 use crate::{tls, Error, Result};
 
 /// SPIs reserved per store write: a crash skips at most this many.
@@ -184,7 +184,7 @@ impl KeyState {
 
 struct Inner {
     id: String,
-    store: RedbStore,
+    store: AnyStore,
     kek: Kek,
     suite: Suite,
     sa_lifetime: Duration,
@@ -226,7 +226,17 @@ impl KeyAgent {
     pub async fn start(opts: AgentOptions) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
-        let store = RedbStore::open(&opts.state_dir.join("agent.redb"))?;
+        let store = AnyStore::Redb(RedbStore::open(&opts.state_dir.join("agent.redb"))?);
+        Self::start_with_store(opts, store).await
+    }
+
+    /// [`KeyAgent::start`] on a store of the caller's choosing (`state_dir` is then not
+    /// used). Simulated appliances run on [`crate::store::MemoryStore`]s; an appliance's
+    /// agent runs on its redb file, as `start` opens it.
+    pub async fn start_with_store(
+        opts: AgentOptions,
+        store: AnyStore,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
         let endpoint = quinn::Endpoint::client(opts.listen)
             .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
         let control = endpoint
@@ -897,7 +907,7 @@ pub(crate) fn parse_keys(plain: &[u8]) -> Result<(MasterKeys, [u64; 2])> {
     Ok((keys, sealed.epochs))
 }
 
-async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<KeyState> {
+async fn load_or_create_keys(store: &AnyStore, kek: &Kek, id: &str) -> Result<KeyState> {
     let reserved: [u32; 2] = crate::store::get_json(store, "spi/reserved")
         .await?
         .unwrap_or([1, 1]);
@@ -926,7 +936,7 @@ async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<K
     })
 }
 
-async fn load_identity(store: &RedbStore, kek: &Kek, id: &str) -> Result<Option<KeyedCert>> {
+async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<KeyedCert>> {
     let (Some(cert), Some(key)) = (
         store.get("identity/cert").await?,
         store.get("identity/key").await?,
@@ -944,7 +954,7 @@ async fn enrol(
     opts: &AgentOptions,
     token: &str,
     control: SocketAddr,
-    store: &RedbStore,
+    store: &AnyStore,
 ) -> Result<KeyedCert> {
     let (key, csr) = pki::appliance_csr(&opts.appliance)?;
     let client = tls::client_config(&opts.ca_cert, None)?;

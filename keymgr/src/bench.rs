@@ -26,6 +26,7 @@ use crate::authority::Authority;
 use crate::config::{AuthorityConfig, StoreConfig};
 use crate::directory::{Rule, Selector};
 use crate::seal::{random_bytes, Kek};
+use crate::store::{AnyStore, MemoryStore};
 use crate::{Error, Result};
 
 /// Appliances per tenant: the default policy lets a tenant's appliances talk, so each
@@ -57,9 +58,23 @@ pub struct BenchArgs {
     /// Simulated appliances per process; larger runs are spread over child processes.
     #[arg(long, default_value_t = 1000)]
     pub per_process: usize,
+    /// Where simulated appliances keep their state: one redb file each (fsync'd, on the
+    /// one disk they all share here) or memory. The authority's store is redb either way.
+    #[arg(long, value_enum, default_value_t = AgentStore::File)]
+    pub agent_store: AgentStore,
     /// Internal: run as a child process serving a group of simulated appliances.
     #[arg(long, hide = true)]
     pub child: bool,
+}
+
+/// Where simulated appliances keep their state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStore {
+    /// One redb file per appliance, every commit fsync'd.
+    File,
+    /// In memory (not durable): no file descriptor or disk space per appliance.
+    Memory,
 }
 
 /// What one run measured.
@@ -69,6 +84,8 @@ pub struct BenchReport {
     pub appliances: usize,
     /// Processes the simulated appliances ran in (the authority runs in the first).
     pub processes: usize,
+    /// Where the simulated appliances kept their state.
+    pub agent_store: AgentStore,
     /// Enrolments per second (token check, CSR signing, durable store commit, agent start).
     pub enrolments_per_sec: f64,
     /// Seconds until every appliance held a live QUIC feed from the authority.
@@ -101,7 +118,14 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     };
     let mut reached = 0;
     for n in sizes {
-        match run_once(n, args.revocations, args.per_process.max(1)).await {
+        match run_once(
+            n,
+            args.revocations,
+            args.per_process.max(1),
+            args.agent_store,
+        )
+        .await
+        {
             Ok(report) => {
                 reached = n;
                 if args.json {
@@ -127,8 +151,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 
 fn print_report(r: &BenchReport) {
     println!(
-        "keymgr bench: {} appliances in {} process(es), real QUIC (TLS 1.3, X25519MLKEM768) on loopback, redb stores",
-        r.appliances, r.processes
+        "keymgr bench: {} appliances in {} process(es), real QUIC (TLS 1.3, X25519MLKEM768) on loopback, authority on redb, appliances on {:?} stores",
+        r.appliances, r.processes, r.agent_store
     );
     println!("  enrolment            {:>10.1} /s", r.enrolments_per_sec);
     println!("  all connected        {:>10.3} s", r.all_connected_secs);
@@ -182,6 +206,7 @@ struct GroupSetup {
     kek_file: PathBuf,
     state_dir: PathBuf,
     parallelism: usize,
+    agent_store: AgentStore,
     appliances: Vec<Appliance>,
 }
 
@@ -240,9 +265,15 @@ impl Sim {
                 rekey_grace: Duration::from_millis(500),
             };
             let gate = gate.clone();
+            let memory = setup.agent_store == AgentStore::Memory;
             starting.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await;
-                KeyAgent::start(opts).await.map(|(agent, mut events)| {
+                let started = if memory {
+                    KeyAgent::start_with_store(opts, AnyStore::Memory(MemoryStore::default())).await
+                } else {
+                    KeyAgent::start(opts).await
+                };
+                started.map(|(agent, mut events)| {
                     // The bench has no data plane: drain the events.
                     tokio::spawn(async move { while events.recv().await.is_some() {} });
                     agent
@@ -533,7 +564,12 @@ async fn child_main() -> Result<()> {
     Ok(())
 }
 
-async fn run_once(n: usize, revocations: usize, per_process: usize) -> Result<BenchReport> {
+async fn run_once(
+    n: usize,
+    revocations: usize,
+    per_process: usize,
+    agent_store: AgentStore,
+) -> Result<BenchReport> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let kek_hex = hex::encode(*random_bytes::<32>()?);
     let kek_file = dir.path().join("kek");
@@ -562,6 +598,7 @@ async fn run_once(n: usize, revocations: usize, per_process: usize) -> Result<Be
             kek_file: kek_file.clone(),
             state_dir: dir.path().to_owned(),
             parallelism: (ENROL_PARALLELISM / processes).max(8),
+            agent_store,
             appliances: Vec::new(),
         })
         .collect();
@@ -610,6 +647,7 @@ async fn run_once(n: usize, revocations: usize, per_process: usize) -> Result<Be
     Ok(BenchReport {
         appliances: n,
         processes,
+        agent_store,
         enrolments_per_sec: n as f64 / enrol_secs,
         all_connected_secs: m.all_connected_secs,
         directory_change_secs: m.directory_change_secs,

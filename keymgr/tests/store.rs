@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cpclink_keymgr::store::{EtcdStore, RedbStore, Store, Write};
+use cpclink_keymgr::store::{EtcdStore, MemoryStore, RedbStore, Store, Write};
 
 async fn suite(s: &impl Store) {
     assert_eq!(s.get("a/1").await.unwrap(), None);
@@ -116,6 +116,13 @@ async fn redb_store_passes_the_suite_and_survives_reopen() {
     let s = RedbStore::open(&path).unwrap();
     assert_eq!(s.get("a/1").await.unwrap().as_deref(), Some(&b"uno"[..]));
     assert!(!s.insert_new("tok/x", b"3").await.unwrap());
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    let s = MemoryStore::default();
+    suite(&s).await;
+    insert_new_has_one_winner(std::sync::Arc::new(s)).await;
 }
 
 struct Etcd {

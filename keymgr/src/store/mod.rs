@@ -5,11 +5,13 @@
 //! insert-if-absent, and every state change that must not be half-applied is one batch.
 
 mod etcd;
+mod memory;
 mod redb_store;
 
 use std::future::Future;
 
 pub use etcd::EtcdStore;
+pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
 use crate::Result;
@@ -51,6 +53,8 @@ pub enum AnyStore {
     Redb(RedbStore),
     /// An etcd cluster.
     Etcd(Box<EtcdStore>),
+    /// Memory only (simulated appliances, tests): not durable.
+    Memory(MemoryStore),
 }
 
 impl Store for AnyStore {
@@ -58,6 +62,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.get(key).await,
             Self::Etcd(s) => s.get(key).await,
+            Self::Memory(s) => s.get(key).await,
         }
     }
 
@@ -65,6 +70,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.put(key, value).await,
             Self::Etcd(s) => s.put(key, value).await,
+            Self::Memory(s) => s.put(key, value).await,
         }
     }
 
@@ -72,6 +78,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.insert_new(key, value).await,
             Self::Etcd(s) => s.insert_new(key, value).await,
+            Self::Memory(s) => s.insert_new(key, value).await,
         }
     }
 
@@ -79,6 +86,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.scan(prefix).await,
             Self::Etcd(s) => s.scan(prefix).await,
+            Self::Memory(s) => s.scan(prefix).await,
         }
     }
 
@@ -86,6 +94,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.apply(batch).await,
             Self::Etcd(s) => s.apply(batch).await,
+            Self::Memory(s) => s.apply(batch).await,
         }
     }
 
@@ -93,6 +102,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.apply_unless_present(guard, batch).await,
             Self::Etcd(s) => s.apply_unless_present(guard, batch).await,
+            Self::Memory(s) => s.apply_unless_present(guard, batch).await,
         }
     }
 }
