@@ -211,6 +211,12 @@ impl Subscriber {
     }
 }
 
+/// An audit event waiting for the next group commit, and who waits for it.
+type QueuedAudit = (
+    AuditEvent,
+    tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+);
+
 struct State {
     master: Master,
     rotation: u64,
@@ -219,6 +225,7 @@ struct State {
 struct Inner {
     store: AnyStore,
     audit: Arc<StdMutex<AuditLog>>,
+    audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
     token_key: Zeroizing<[u8; 32]>,
@@ -298,6 +305,7 @@ impl Authority {
             inner: Arc::new(Inner {
                 store,
                 audit: Arc::new(StdMutex::new(audit)),
+                audit_queue: Arc::default(),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
                 token_key: material.token_key,
@@ -426,18 +434,41 @@ impl Authority {
         self.inner.rotated.subscribe()
     }
 
-    /// Appends to the audit log on the blocking pool (each line is fsync'd).
+    /// Appends to the audit log on the blocking pool and returns once the line is
+    /// durable. Events queued meanwhile by other tasks go to disk together, with one fsync
+    /// (group commit), in the order they were queued.
     async fn audit(&self, event: AuditEvent) -> Result<()> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.inner
+            .audit_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((event, done));
         let log = self.inner.audit.clone();
+        let queue = self.inner.audit_queue.clone();
         tokio::task::spawn_blocking(move || {
-            let mut log = log.lock().map_err(|_| Error::Io {
-                context: "audit log".into(),
-                source: std::io::Error::other("lock poisoned"),
-            })?;
-            log.append(event)
-        })
-        .await
-        .map_err(|e| Error::io("audit log", std::io::Error::other(e.to_string())))?
+            let Ok(mut log) = log.lock() else { return };
+            // Taken under the log's lock, so batches reach the file in queue order. An
+            // empty queue means an earlier flush already wrote (and answered) ours.
+            let batch = std::mem::take(
+                &mut *queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let (events, waiting): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+            let result = log.append_all(events).map_err(|e| e.to_string());
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+        });
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::io("audit log", std::io::Error::other(e))),
+            Err(_) => Err(Error::io(
+                "audit log",
+                std::io::Error::other("the audit writer stopped (lock poisoned)"),
+            )),
+        }
     }
 
     /// Applies a directory change: store first, then the master copy, then the feeds.
