@@ -238,6 +238,8 @@ struct Inner {
     connections: StdMutex<HashMap<String, quinn::Connection>>,
     rotated: watch::Sender<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
+    /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
+    stopped: watch::Sender<bool>,
 }
 
 /// A running authority. Dropping it does not stop it; call [`Authority::shutdown`].
@@ -321,6 +323,7 @@ impl Authority {
                 connections: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
                 endpoint,
+                stopped: watch::channel(false).0,
             }),
         };
         let policy = cfg.policy();
@@ -680,19 +683,30 @@ impl Authority {
         }
     }
 
-    /// Stops accepting and closes every connection.
+    /// Stops accepting, closes every connection, and stops the rotation schedule and the
+    /// admin socket.
     pub fn shutdown(&self) {
+        self.inner.stopped.send_replace(true);
         self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Resolves once [`Authority::shutdown`] was called.
+    async fn stopping(&self) {
+        let mut stopped = self.inner.stopped.subscribe();
+        let _ = stopped.wait_for(|s| *s).await;
     }
 
     /// Orders a rotation whenever the stored schedule says one is due (`next`, unix
     /// seconds), then every `every`. After downtime that spanned several due times it
     /// rotates once and counts the next interval from then.
     async fn rotation_schedule(self, mut next: u64, every: Duration) {
-        loop {
+        while !*self.inner.stopped.borrow() {
             let due = UNIX_EPOCH + Duration::from_secs(next);
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.stopping() => return,
+                }
             }
             let after = now_secs().max(next) + every.as_secs().max(1);
             match self.order_rotation(Some(after)).await {
@@ -1007,7 +1021,14 @@ impl Authority {
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("binding admin socket {}", path.display()), e))?;
         Ok(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = self.stopping() => return,
+                };
+                let Ok((mut stream, _)) = accepted else {
+                    return;
+                };
                 let this = self.clone();
                 tokio::spawn(async move {
                     let reply = match proto::read_frame::<_, AdminRequest>(&mut stream).await {

@@ -527,6 +527,17 @@ async fn child_main() -> Result<()> {
     let mut input = BufReader::new(std::io::stdin());
     let mut output = std::io::stdout();
     let setup: GroupSetup = read_line(&mut input)?;
+    // Commands are read from the start, so that the parent going away (end of input) ends
+    // this process even while its appliances are still enrolling.
+    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Command_>();
+    std::thread::spawn(move || {
+        while let Ok(cmd) = read_line::<Command_>(&mut input) {
+            if commands.send(cmd).is_err() {
+                return;
+            }
+        }
+        std::process::exit(0);
+    });
     let mut sim = match Sim::start(setup).await {
         Ok(sim) => {
             send_line(&mut output, &Reply::Started)?;
@@ -537,17 +548,6 @@ async fn child_main() -> Result<()> {
             return Err(e);
         }
     };
-    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Command_>();
-    std::thread::spawn(move || loop {
-        match read_line::<Command_>(&mut input) {
-            Ok(cmd) => {
-                if commands.send(cmd).is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    });
     while let Some(cmd) = incoming.recv().await {
         let reply = match cmd {
             Command_::Reached { version, except } => {
