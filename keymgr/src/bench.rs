@@ -212,7 +212,7 @@ struct GroupSetup {
 
 /// Parent → child, one JSON line each.
 #[derive(Debug, Serialize, Deserialize)]
-enum Command_ {
+enum Request {
     /// Report when each running appliance (but `except`) first held `version`.
     Reached {
         version: u64,
@@ -450,7 +450,7 @@ impl Group {
 }
 
 /// Sends `cmd` to every group at once; returns the replies in group order.
-async fn ask_all(groups: &mut [Group], cmd: &Command_) -> Result<Vec<Reply>> {
+async fn ask_all(groups: &mut [Group], cmd: &Request) -> Result<Vec<Reply>> {
     let mut pending = Vec::with_capacity(groups.len());
     for g in groups.iter_mut() {
         pending.push(match g {
@@ -474,10 +474,10 @@ async fn ask_all(groups: &mut [Group], cmd: &Command_) -> Result<Vec<Reply>> {
     for (g, p) in groups.iter_mut().zip(pending) {
         replies.push(match (g, p) {
             (Group::Here(sim), _) => match cmd {
-                Command_::Reached { version, except } => {
+                Request::Reached { version, except } => {
                     Reply::Reached(sim.reached(*version, except.as_deref()).await)
                 }
-                Command_::Stop(id) => {
+                Request::Stop(id) => {
                     sim.stop(id);
                     Reply::Stopped
                 }
@@ -500,7 +500,7 @@ async fn reached_all(
     except: Option<&str>,
     start: u64,
 ) -> Result<Vec<Duration>> {
-    let cmd = Command_::Reached {
+    let cmd = Request::Reached {
         version,
         except: except.map(str::to_owned),
     };
@@ -529,9 +529,9 @@ async fn child_main() -> Result<()> {
     let setup: GroupSetup = read_line(&mut input)?;
     // Commands are read from the start, so that the parent going away (end of input) ends
     // this process even while its appliances are still enrolling.
-    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Command_>();
+    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
     std::thread::spawn(move || {
-        while let Ok(cmd) = read_line::<Command_>(&mut input) {
+        while let Ok(cmd) = read_line::<Request>(&mut input) {
             if commands.send(cmd).is_err() {
                 return;
             }
@@ -550,10 +550,10 @@ async fn child_main() -> Result<()> {
     };
     while let Some(cmd) = incoming.recv().await {
         let reply = match cmd {
-            Command_::Reached { version, except } => {
+            Request::Reached { version, except } => {
                 Reply::Reached(sim.reached(version, except.as_deref()).await)
             }
-            Command_::Stop(id) => {
+            Request::Stop(id) => {
                 sim.stop(&id);
                 Reply::Stopped
             }
@@ -755,7 +755,7 @@ async fn measure(
         samples.extend(waits.iter().map(|d| d.as_secs_f64() * 1e3));
         let owner = groups.iter().position(|g| g.holds(&victim));
         if let Some(i) = owner {
-            ask_all(&mut groups[i..=i], &Command_::Stop(victim)).await?;
+            ask_all(&mut groups[i..=i], &Request::Stop(victim)).await?;
         }
     }
     samples.sort_by(f64::total_cmp);

@@ -250,9 +250,9 @@ pub enum Fanout {
     /// Only these appliances get the delta (an upsert goes to the appliance itself and to
     /// those that may talk to it).
     Only(Arc<Delta>, Vec<String>),
-    /// A policy change: every subscriber gets the new rules, plus the entries it may now
-    /// see when it has any; those with more than `resnapshot_above` new entries (and
-    /// everyone, when `everyone_resnapshots`) get a fresh snapshot instead.
+    /// A policy change: every subscriber gets the new rules plus the entries it may now
+    /// see; the authority sends a fresh snapshot instead to one with more new entries than
+    /// fit a frame, and to everyone when `everyone_resnapshots`.
     Policy {
         /// The version the change produces.
         version: u64,
