@@ -552,6 +552,20 @@ impl Authority {
                     }
                 }
             }
+            Fanout::Moved {
+                delta,
+                audience,
+                moved,
+            } => {
+                for id in audience {
+                    if let Some(s) = subs.get(&id) {
+                        s.push(Push::Delta(delta.clone()));
+                    }
+                }
+                if let Some(s) = subs.get(&moved) {
+                    s.push(Push::Resnapshot);
+                }
+            }
             Fanout::Policy {
                 version,
                 rules,

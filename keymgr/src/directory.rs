@@ -250,6 +250,17 @@ pub enum Fanout {
     /// Only these appliances get the delta (an upsert goes to the appliance itself and to
     /// those that may talk to it).
     Only(Arc<Delta>, Vec<String>),
+    /// An appliance changed tenant or centre: those that could talk to it before or may
+    /// now get the delta; the appliance itself, whose set of peers changed, gets a fresh
+    /// snapshot.
+    Moved {
+        /// The upsert.
+        delta: Arc<Delta>,
+        /// Its peers before and after, not itself.
+        audience: Vec<String>,
+        /// The appliance that moved.
+        moved: String,
+    },
     /// A policy change: every subscriber gets the new rules plus the entries it may now
     /// see; the authority sends a fresh snapshot instead to one with more new entries than
     /// fit a frame, and to everyone when `everyone_resnapshots`.
@@ -407,28 +418,33 @@ impl Master {
                 Fanout::Everyone(delta)
             }
             Change::Upsert(e) => {
-                let moved = match self.live.appliances.get(&e.id) {
-                    None => {
-                        self.by_tenant
-                            .entry(e.tenant.clone())
-                            .or_default()
-                            .push(e.id.clone());
-                        false
-                    }
-                    Some(old) if old.tenant != e.tenant => {
-                        if let Some(ids) = self.by_tenant.get_mut(&old.tenant) {
-                            ids.retain(|i| *i != e.id);
-                        }
-                        self.by_tenant
-                            .entry(e.tenant.clone())
-                            .or_default()
-                            .push(e.id.clone());
-                        true
-                    }
-                    Some(old) => old.centre != e.centre,
+                let old = self.live.appliances.get(&e.id).cloned();
+                let moved = old
+                    .as_ref()
+                    .is_some_and(|o| o.tenant != e.tenant || o.centre != e.centre);
+                // Those that could talk to it before hear of the move too: their copies
+                // then refuse it.
+                let mut audience = match &old {
+                    Some(o) if moved => self.peers_of(o),
+                    _ => Vec::new(),
                 };
+                if old.as_ref().is_none_or(|o| o.tenant != e.tenant) {
+                    if let Some(ids) = old.as_ref().and_then(|o| self.by_tenant.get_mut(&o.tenant))
+                    {
+                        ids.retain(|i| *i != e.id);
+                    }
+                    self.by_tenant
+                        .entry(e.tenant.clone())
+                        .or_default()
+                        .push(e.id.clone());
+                }
                 // The others' entries are the same before and after: ask now.
-                let audience = self.peers_of(&e);
+                for id in self.peers_of(&e) {
+                    if !audience.contains(&id) {
+                        audience.push(id);
+                    }
+                }
+                let id = e.id.clone();
                 let delta = Arc::new(Delta {
                     version,
                     change: Change::Upsert(e),
@@ -437,9 +453,14 @@ impl Master {
                 if moved {
                     // Views built from the base assume no appliance changed class.
                     self.rebase();
-                } else {
-                    self.logged(delta.clone());
+                    audience.retain(|a| *a != id);
+                    return Fanout::Moved {
+                        delta,
+                        audience,
+                        moved: id,
+                    };
                 }
+                self.logged(delta.clone());
                 Fanout::Only(delta, audience)
             }
         }
@@ -712,10 +733,28 @@ mod tests {
         };
         who.sort();
         assert_eq!(who, ["a", "c", "d"]);
+        // Moving to another tenant: the old peer hears of it (and then refuses it), the new
+        // ones too, and the appliance itself gets a fresh view.
+        let Fanout::Moved {
+            mut audience,
+            moved,
+            ..
+        } = m.apply(8, Change::Upsert(entry("b", "dc1", "other")))
+        else {
+            panic!("a move fans out as a move")
+        };
+        audience.sort();
+        assert_eq!(moved, "b");
+        assert_eq!(audience, ["a", "c", "d"]);
+        let mut a_copy = m.live().view_for("a");
+        a_copy.apply_change(&Change::Upsert(entry("b", "dc1", "acme")));
+        a_copy.apply_change(&Change::Upsert(entry("b", "dc1", "other")));
+        assert!(!a_copy.allows("a", "b"));
+        m.apply(9, Change::Upsert(entry("b", "dc1", "acme")));
         // An agent's copy, after applying the policy, drops what it may no longer see.
         let mut copy = m.live().view_for("a");
         copy.apply(&Delta {
-            version: 8,
+            version: 10,
             change: Change::Policy {
                 rules: vec![pair_rule("a", "b")],
                 allowed: vec![],
