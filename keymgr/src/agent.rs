@@ -1,7 +1,7 @@
 //! The key agent inside every appliance.
 //!
 //! It owns the appliance's two master-key generations (generated here, persisted only
-//! sealed under the KEK), grants SAs to authorised peers, fetches transmit SAs from peers'
+//! sealed under the KEK, sent out only sealed to the authority's escrow key), grants SAs to authorised peers, fetches transmit SAs from peers'
 //! agents, obeys rotation orders and enforces revocations. The data plane consumes it
 //! through [`SaEvent`]s and [`KeyAgent::request_sa`].
 //!
