@@ -226,6 +226,9 @@ struct Inner {
     store: AnyStore,
     audit: Arc<StdMutex<AuditLog>>,
     audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
+    /// Escrow boxes received and not yet stored, newest per appliance.
+    escrow_pending: StdMutex<HashMap<String, (u64, Vec<u8>)>>,
+    escrow_queued: tokio::sync::Notify,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
     token_key: Zeroizing<[u8; 32]>,
@@ -308,6 +311,8 @@ impl Authority {
                 store,
                 audit: Arc::new(StdMutex::new(audit)),
                 audit_queue: Arc::default(),
+                escrow_pending: StdMutex::new(HashMap::new()),
+                escrow_queued: tokio::sync::Notify::new(),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
                 token_key: material.token_key,
@@ -332,6 +337,7 @@ impl Authority {
         }
         tokio::spawn(authority.clone().accept_loop());
         tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
+        tokio::spawn(authority.clone().escrow_writer());
         tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
         Ok(authority)
     }
@@ -406,30 +412,68 @@ impl Authority {
             .transpose()
     }
 
-    /// Keeps an appliance's escrowed keys, once checked to open under its label.
-    async fn take_escrow(&self, id: &str, epoch: u64, sealed: Vec<u8>) -> Result<()> {
+    /// Queues an appliance's escrowed keys for the escrow writer, once checked to open
+    /// under its label. Nothing is acknowledged: a box lost in a crash is sent again on the
+    /// appliance's next connection, since the authority then tells it an older epoch.
+    fn take_escrow(&self, id: &str, epoch: u64, sealed: Vec<u8>) -> Result<()> {
         // Opening proves the box is whole and meant for this appliance and epoch.
         drop(
             self.inner
                 .escrow
                 .open(&crate::agent::escrow_label(id, epoch), &sealed)?,
         );
-        let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
-        if epoch <= held {
-            return Ok(());
+        let mut pending = self.escrow_pending();
+        if pending.get(id).is_none_or(|(e, _)| *e < epoch) {
+            pending.insert(id.to_owned(), (epoch, sealed));
         }
+        drop(pending);
+        self.inner.escrow_queued.notify_one();
+        Ok(())
+    }
+
+    fn escrow_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Vec<u8>)>> {
         self.inner
-            .store
-            .put(
-                &format!("escrow/{id}"),
-                &store::json(&(epoch, hex::encode(&sealed))),
-            )
-            .await?;
-        self.audit(AuditEvent::Escrowed {
-            appliance: id.to_owned(),
-            epoch,
-        })
-        .await
+            .escrow_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores queued escrow boxes, all that are waiting in one transaction: after a
+    /// rotation every appliance sends one at once, and one commit each would queue them
+    /// all behind the disk.
+    async fn escrow_writer(self) {
+        loop {
+            tokio::select! {
+                () = self.inner.escrow_queued.notified() => {}
+                () = self.stopping() => return,
+            }
+            let batch: Vec<(String, (u64, Vec<u8>))> = std::mem::take(&mut *self.escrow_pending())
+                .into_iter()
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let writes = batch
+                .iter()
+                .map(|(id, (epoch, sealed))| {
+                    Write::Put(
+                        format!("escrow/{id}"),
+                        store::json(&(epoch, hex::encode(sealed))),
+                    )
+                })
+                .collect();
+            if let Err(e) = self.inner.store.apply(writes).await {
+                tracing::error!("storing escrowed keys failed: {e}");
+                continue;
+            }
+            let events = batch
+                .into_iter()
+                .map(|(appliance, (epoch, _))| AuditEvent::Escrowed { appliance, epoch })
+                .collect();
+            if let Err(e) = self.audit_all(events).await {
+                tracing::error!("auditing escrowed keys failed: {e}");
+            }
+        }
     }
 
     /// The epochs appliances reported after rotations, by appliance.
@@ -441,12 +485,24 @@ impl Authority {
     /// durable. Events queued meanwhile by other tasks go to disk together, with one fsync
     /// (group commit), in the order they were queued.
     async fn audit(&self, event: AuditEvent) -> Result<()> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        self.inner
-            .audit_queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((event, done));
+        self.audit_all(vec![event]).await
+    }
+
+    /// [`Self::audit`] for several events, in order.
+    async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        {
+            let mut queue = self
+                .inner
+                .audit_queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for event in events {
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                queue.push((event, done));
+                outcomes.push(outcome);
+            }
+        }
         let log = self.inner.audit.clone();
         let queue = self.inner.audit_queue.clone();
         tokio::task::spawn_blocking(move || {
@@ -464,14 +520,19 @@ impl Authority {
                 let _ = w.send(result.clone());
             }
         });
-        match outcome.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::io("audit log", std::io::Error::other(e))),
-            Err(_) => Err(Error::io(
-                "audit log",
-                std::io::Error::other("the audit writer stopped (lock poisoned)"),
-            )),
+        for outcome in outcomes {
+            match outcome.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::io("audit log", std::io::Error::other(e))),
+                Err(_) => {
+                    return Err(Error::io(
+                        "audit log",
+                        std::io::Error::other("the audit writer stopped (lock poisoned)"),
+                    ))
+                }
+            }
         }
+        Ok(())
     }
 
     /// Applies a directory change: store first, then the master copy, then the feeds.
@@ -1011,7 +1072,7 @@ impl Authority {
                         });
                     }
                     Ok(Some(Message::Escrow { epoch, sealed })) => {
-                        if let Err(e) = self.take_escrow(id, epoch, sealed).await {
+                        if let Err(e) = self.take_escrow(id, epoch, sealed) {
                             tracing::warn!("escrow from {id} refused: {e}");
                         }
                     }
