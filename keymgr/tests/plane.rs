@@ -639,3 +639,67 @@ async fn master_keys_are_escrowed_sealed_to_the_authority_and_follow_rotations()
     assert!(log.contains(r#""kind":"escrowed""#) && log.contains(r#""kind":"escrow_opened""#));
     audit::verify(&p.cfg.state_dir.join("audit.jsonl")).unwrap();
 }
+
+/// An agent keeps where it stands in the rotation sequence across restarts: one restarted
+/// after rotations it missed catches up once (to the newest), and one restarted without
+/// missing any does not rotate again.
+#[test]
+fn a_restarted_agent_catches_up_on_missed_rotations_once() {
+    let (dir, cfg) = plane_config();
+    let authority_rt = tokio::runtime::Runtime::new().unwrap();
+    let authority = authority_rt.block_on(Authority::start(&cfg)).unwrap();
+    let token = authority
+        .mint_token("b", "dc1", "acme", Duration::from_secs(600))
+        .unwrap();
+    let options = |token: Option<String>| AgentOptions {
+        appliance: "b".into(),
+        authority: authority.local_addr().unwrap(),
+        listen: (Ipv4Addr::LOCALHOST, 0).into(),
+        state_dir: dir.path().join("b"),
+        kek: Kek::load(&cfg.kek_file, "kek_file").unwrap(),
+        ca_cert: authority.ca_cert(),
+        token: token.map(zeroize::Zeroizing::new),
+        endpoints: vec![],
+        capabilities: vec![],
+        suite: cpclink_dataplane::crypto::Suite::AesGcm256,
+        sa_lifetime: Duration::from_secs(3600),
+        rekey_grace: Duration::from_millis(100),
+    };
+    // Runs an agent in a runtime of its own until it has its directory and `until` holds
+    // for its epoch, then a little longer (for any wrong extra rotation to show); returns
+    // the epoch then. Dropping the runtime stops the agent and closes its store, as a
+    // process exit would.
+    let run_agent = |token: Option<String>, until: &dyn Fn(u64) -> bool| -> u64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let epoch = rt.block_on(async {
+            let (agent, _events) = KeyAgent::start(options(token)).await.unwrap();
+            let mut version = agent.directory_version();
+            tokio::time::timeout(Duration::from_secs(20), version.wait_for(|v| *v > 0))
+                .await
+                .unwrap()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !until(agent.epoch().await) {
+                assert!(Instant::now() < deadline, "agent stuck");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            agent.epoch().await
+        });
+        drop(rt);
+        epoch
+    };
+    let first = run_agent(Some(token), &|_| true);
+    authority_rt.block_on(async {
+        authority.rotate_all().await.unwrap();
+        authority.rotate_all().await.unwrap();
+    });
+    // Two rotations missed: one catch-up rotation on reconnect, to the newest.
+    let caught_up = run_agent(None, &|e| e > first);
+    assert_eq!(caught_up, first + 1);
+    // Nothing missed since: no rotation at all on the next restart.
+    assert_eq!(run_agent(None, &|_| true), caught_up);
+    // And the next ordered rotation is obeyed as usual.
+    authority_rt.block_on(authority.rotate_all()).unwrap();
+    assert_eq!(run_agent(None, &|e| e > caught_up), caught_up + 1);
+}
