@@ -1,7 +1,7 @@
 //! The key agent inside every appliance.
 //!
 //! It owns the appliance's two master-key generations (generated here, persisted only
-//! sealed under the KEK), grants SAs to authorised peers, fetches transmit SAs from peers'
+//! sealed under the KEK, sent out only sealed to the authority's escrow key), grants SAs to authorised peers, fetches transmit SAs from peers'
 //! agents, obeys rotation orders and enforces revocations. The data plane consumes it
 //! through [`SaEvent`]s and [`KeyAgent::request_sa`].
 //!
@@ -27,7 +27,7 @@ use crate::directory::{Change, Directory};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
 use crate::proto::{self, Message};
 use crate::seal::{random_bytes, Kek};
-use crate::store::{RedbStore, Store, Write};
+use crate::store::{AnyStore, RedbStore, Store, Write};
 use crate::{tls, Error, Result};
 
 /// SPIs reserved per store write: a crash skips at most this many.
@@ -184,7 +184,7 @@ impl KeyState {
 
 struct Inner {
     id: String,
-    store: RedbStore,
+    store: AnyStore,
     kek: Kek,
     suite: Suite,
     sa_lifetime: Duration,
@@ -226,7 +226,17 @@ impl KeyAgent {
     pub async fn start(opts: AgentOptions) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
-        let store = RedbStore::open(&opts.state_dir.join("agent.redb"))?;
+        let store = AnyStore::Redb(RedbStore::open(&opts.state_dir.join("agent.redb"))?);
+        Self::start_with_store(opts, store).await
+    }
+
+    /// [`KeyAgent::start`] on a store of the caller's choosing (`state_dir` is then not
+    /// used). Simulated appliances run on [`crate::store::MemoryStore`]s; an appliance's
+    /// agent runs on its redb file, as `start` opens it.
+    pub async fn start_with_store(
+        opts: AgentOptions,
+        store: AnyStore,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
         let endpoint = quinn::Endpoint::client(opts.listen)
             .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
         let control = endpoint
@@ -694,11 +704,16 @@ impl KeyAgent {
         .await?;
         let (acks, mut acks_rx) = mpsc::unbounded_channel::<Message>();
         let mut pending = Directory::default();
+        // The authority's escrow key and the newest epoch it holds in escrow from us.
+        let mut escrow: Option<(Vec<u8>, u64)> = None;
         loop {
             tokio::select! {
                 ack = acks_rx.recv() => {
                     if let Some(ack) = ack {
                         proto::write_frame(&mut send, &ack).await?;
+                        if let (Message::Rotated { .. }, Some((public, held))) = (&ack, &mut escrow) {
+                            *held = self.escrow(&mut send, public, *held).await?;
+                        }
                     }
                 }
                 msg = proto::read_frame::<_, Message>(&mut recv) => match msg? {
@@ -718,7 +733,15 @@ impl KeyAgent {
                     }
                     Some(Message::Delta(delta)) => {
                         let version = delta.version;
-                        let applied = self.dir().apply(&delta);
+                        let applied = {
+                            let mut dir = self.dir();
+                            let applied = dir.apply(&delta);
+                            if applied && matches!(delta.change, Change::Policy { .. }) {
+                                // Keep the copy to this appliance and those it may talk to.
+                                dir.retain_view(&self.inner.id);
+                            }
+                            applied
+                        };
                         if applied {
                             if let Change::Revoke(id) = &delta.change {
                                 self.enforce_revocation(id);
@@ -728,11 +751,34 @@ impl KeyAgent {
                         proto::write_frame(&mut send, &Message::Applied { version }).await?;
                     }
                     Some(Message::RotateOrder { rotation }) => self.spawn_rotation(rotation, acks.clone()),
+                    Some(Message::EscrowKey { public, held }) => {
+                        let held = self.escrow(&mut send, &public, held).await?;
+                        escrow = Some((public, held));
+                    }
                     Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
                     Some(other) => return Err(Error::Frame(format!("unexpected {other:?} on the feed"))),
                 },
             }
         }
+    }
+
+    /// Sends the authority both key generations sealed to its escrow key, unless it
+    /// already holds the current epoch; returns the epoch it now holds.
+    async fn escrow(&self, send: &mut quinn::SendStream, public: &[u8], held: u64) -> Result<u64> {
+        let (epoch, sealed) = {
+            let ks = self.inner.keys.lock().await;
+            let epoch = ks.epoch();
+            if epoch <= held {
+                return Ok(held);
+            }
+            let plain = keys_plain(&ks.keys, ks.epochs);
+            (
+                epoch,
+                crate::seal::seal_to(public, &escrow_label(&self.inner.id, epoch), &plain)?,
+            )
+        };
+        proto::write_frame(send, &Message::Escrow { epoch, sealed }).await?;
+        Ok(epoch)
     }
 
     fn install_snapshot(&self, fresh: Directory) {
@@ -804,6 +850,16 @@ impl KeyAgent {
 }
 
 fn seal_keys(kek: &Kek, id: &str, keys: &MasterKeys, epochs: [u64; 2]) -> Result<Vec<u8>> {
+    kek.seal(&key_label(id), &keys_plain(keys, epochs))
+}
+
+/// The label an escrowed copy of `id`'s keys at `epoch` is sealed under.
+pub(crate) fn escrow_label(id: &str, epoch: u64) -> String {
+    format!("escrow/{id}/{epoch}")
+}
+
+/// Both generations and their epochs, serialised (what is sealed at rest and in escrow).
+fn keys_plain(keys: &MasterKeys, epochs: [u64; 2]) -> Zeroizing<Vec<u8>> {
     let sealed = SealedKeys {
         epoch: epochs[usize::from(keys.current_generation())],
         epochs,
@@ -820,10 +876,38 @@ fn seal_keys(kek: &Kek, id: &str, keys: &MasterKeys, epochs: [u64; 2]) -> Result
     } = sealed;
     zeroize::Zeroize::zeroize(&mut k0);
     zeroize::Zeroize::zeroize(&mut k1);
-    kek.seal(&key_label(id), &plain)
+    plain
 }
 
-async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<KeyState> {
+/// Reads what [`keys_plain`] wrote: the keys and the epochs of both generations.
+pub(crate) fn parse_keys(plain: &[u8]) -> Result<(MasterKeys, [u64; 2])> {
+    let mut sealed: SealedKeys =
+        serde_json::from_slice(plain).map_err(|e| Error::CorruptRecord {
+            key: "keys".into(),
+            reason: e.to_string(),
+        })?;
+    let decode = |h: &str| -> Option<[u8; 32]> {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(h, &mut k).ok().map(|()| k)
+    };
+    let k0 = decode(&sealed.keys[0]);
+    let k1 = decode(&sealed.keys[1]);
+    zeroize::Zeroize::zeroize(&mut sealed.keys[0]);
+    zeroize::Zeroize::zeroize(&mut sealed.keys[1]);
+    let keys = match (k0, k1) {
+        (Some(a), Some(b)) => MasterKeys::with_generations(a, b, sealed.current),
+        (Some(a), None) if sealed.current == 0 => MasterKeys::new(a),
+        _ => {
+            return Err(Error::CorruptRecord {
+                key: "keys".into(),
+                reason: "the current generation's key is missing".into(),
+            })
+        }
+    };
+    Ok((keys, sealed.epochs))
+}
+
+async fn load_or_create_keys(store: &AnyStore, kek: &Kek, id: &str) -> Result<KeyState> {
     let reserved: [u32; 2] = crate::store::get_json(store, "spi/reserved")
         .await?
         .unwrap_or([1, 1]);
@@ -831,33 +915,7 @@ async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<K
         .await?
         .unwrap_or(0);
     let (keys, epochs) = match store.get("keys").await? {
-        Some(blob) => {
-            let plain = kek.open(&key_label(id), &blob)?;
-            let mut sealed: SealedKeys =
-                serde_json::from_slice(&plain).map_err(|e| Error::CorruptRecord {
-                    key: "keys".into(),
-                    reason: e.to_string(),
-                })?;
-            let decode = |h: &str| -> Option<[u8; 32]> {
-                let mut k = [0u8; 32];
-                hex::decode_to_slice(h, &mut k).ok().map(|()| k)
-            };
-            let k0 = decode(&sealed.keys[0]);
-            let k1 = decode(&sealed.keys[1]);
-            zeroize::Zeroize::zeroize(&mut sealed.keys[0]);
-            zeroize::Zeroize::zeroize(&mut sealed.keys[1]);
-            let keys = match (k0, k1) {
-                (Some(a), Some(b)) => MasterKeys::with_generations(a, b, sealed.current),
-                (Some(a), None) if sealed.current == 0 => MasterKeys::new(a),
-                _ => {
-                    return Err(Error::CorruptRecord {
-                        key: "keys".into(),
-                        reason: "the current generation's key is missing".into(),
-                    })
-                }
-            };
-            (keys, sealed.epochs)
-        }
+        Some(blob) => parse_keys(&kek.open(&key_label(id), &blob)?)?,
         None => {
             let keys = MasterKeys::new(*random_bytes::<32>()?);
             let epochs = [1, 0];
@@ -878,7 +936,7 @@ async fn load_or_create_keys(store: &RedbStore, kek: &Kek, id: &str) -> Result<K
     })
 }
 
-async fn load_identity(store: &RedbStore, kek: &Kek, id: &str) -> Result<Option<KeyedCert>> {
+async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<KeyedCert>> {
     let (Some(cert), Some(key)) = (
         store.get("identity/cert").await?,
         store.get("identity/key").await?,
@@ -896,7 +954,7 @@ async fn enrol(
     opts: &AgentOptions,
     token: &str,
     control: SocketAddr,
-    store: &RedbStore,
+    store: &AnyStore,
 ) -> Result<KeyedCert> {
     let (key, csr) = pki::appliance_csr(&opts.appliance)?;
     let client = tls::client_config(&opts.ca_cert, None)?;

@@ -4,18 +4,22 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AuthorityConfig, StoreConfig};
-use crate::directory::{ApplianceEntry, Change, Delta, Directory, Rule};
+use crate::directory::{
+    ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
+};
 use crate::pki::{self, Ca, Identity, KeyedCert};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
-use crate::seal::{random_bytes, Kek};
+use crate::seal::{random_bytes, EscrowKey, Kek};
 use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
@@ -34,6 +38,7 @@ pub struct StatePaths {
     token_key: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    escrow_key: PathBuf,
     /// The audit log.
     pub audit: PathBuf,
     /// The operators' admin socket.
@@ -50,6 +55,7 @@ impl StatePaths {
             token_key: state_dir.join("token.key.sealed"),
             server_cert: state_dir.join("authority.pem"),
             server_key: state_dir.join("authority.key.sealed"),
+            escrow_key: state_dir.join("escrow.key.sealed"),
             audit: state_dir.join("audit.jsonl"),
             admin_socket: state_dir.join("admin.sock"),
             redb: state_dir.join("authority.redb"),
@@ -85,6 +91,7 @@ struct Material {
     ca: Ca,
     server: KeyedCert,
     token_key: Zeroizing<[u8; 32]>,
+    escrow: EscrowKey,
 }
 
 fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
@@ -102,6 +109,15 @@ fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
         // The CA certificate last: its presence marks the material complete.
         write_durably(&paths.ca_cert, pki::cert_pem(&ca.cert_der()).as_bytes())?;
     }
+    if !paths.escrow_key.exists() {
+        // Apart from the rest: state created before escrow existed gains it on start.
+        let escrow = EscrowKey::generate()?;
+        write_durably(
+            &paths.escrow_key,
+            &kek.seal("escrow-key", escrow.private_bytes())?,
+        )?;
+    }
+    let escrow = EscrowKey::from_bytes(&kek.open("escrow-key", &read_file(&paths.escrow_key)?)?)?;
     let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.ca_cert)?))?;
     let ca_key = kek.open("ca-key", &read_file(&paths.ca_key)?)?;
     let ca = Ca::load(&ca_cert, &ca_key)?;
@@ -113,6 +129,7 @@ fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
         ca,
         server,
         token_key: load_token_key(paths, kek)?,
+        escrow,
     })
 }
 
@@ -164,29 +181,68 @@ pub fn create_token(
     Ok(token::mint(&key, &claims))
 }
 
-#[derive(Debug, Clone)]
+/// Pushes queued per subscriber before it counts as lagging (and gets a fresh snapshot
+/// instead of what it missed).
+const FEED_QUEUE: usize = 1024;
+
+#[derive(Debug)]
 enum Push {
-    Delta(Delta),
+    Delta(Arc<Delta>),
     Rotate(u64),
+    /// The change was too large to send as a delta: send a fresh snapshot.
+    Resnapshot,
 }
 
+/// One appliance's directory feed, as the authority pushes to it.
+struct Subscriber {
+    /// Tells this feed from a later one of the same appliance.
+    serial: u64,
+    queue: mpsc::Sender<Push>,
+    /// Set when a push did not fit the queue: the feed resnapshots before going on.
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    fn push(&self, push: Push) {
+        match self.queue.try_send(push) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => self.lagged.store(true, Ordering::Release),
+        }
+    }
+}
+
+/// An audit event waiting for the next group commit, and who waits for it.
+type QueuedAudit = (
+    AuditEvent,
+    tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+);
+
 struct State {
-    dir: Directory,
+    master: Master,
     rotation: u64,
 }
 
 struct Inner {
     store: AnyStore,
     audit: Arc<StdMutex<AuditLog>>,
+    audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
+    /// Escrow boxes received and not yet stored, newest per appliance.
+    escrow_pending: StdMutex<HashMap<String, (u64, Vec<u8>)>>,
+    escrow_queued: tokio::sync::Notify,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
     token_key: Zeroizing<[u8; 32]>,
+    escrow: EscrowKey,
+    escrow_public: Vec<u8>,
     cert_days: u64,
     state: Mutex<State>,
-    feed: broadcast::Sender<Push>,
+    subscribers: StdMutex<HashMap<String, Subscriber>>,
+    next_serial: AtomicU64,
     connections: StdMutex<HashMap<String, quinn::Connection>>,
     rotated: watch::Sender<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
+    /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
+    stopped: watch::Sender<bool>,
 }
 
 /// A running authority. Dropping it does not stop it; call [`Authority::shutdown`].
@@ -235,36 +291,53 @@ impl Authority {
             .await?
             .unwrap_or_default();
         let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
+        let every = Duration::from_secs(cfg.rotation_interval_secs);
+        // The schedule is kept in the store: a restart neither postpones a rotation that
+        // was due nor skips one that fell due while the authority was down.
+        let next_rotation = match store::get_json::<u64>(&store, "meta/next_rotation").await? {
+            Some(t) => t,
+            None => {
+                let t = now_secs() + every.as_secs();
+                store.put("meta/next_rotation", &store::json(&t)).await?;
+                t
+            }
+        };
 
         let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
         let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
-        let (feed, _) = broadcast::channel(4096);
         let authority = Self {
             inner: Arc::new(Inner {
                 store,
                 audit: Arc::new(StdMutex::new(audit)),
+                audit_queue: Arc::default(),
+                escrow_pending: StdMutex::new(HashMap::new()),
+                escrow_queued: tokio::sync::Notify::new(),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
                 token_key: material.token_key,
+                escrow_public: material.escrow.public()?,
+                escrow: material.escrow,
                 cert_days: cfg.cert_days,
-                state: Mutex::new(State { dir, rotation }),
-                feed,
+                state: Mutex::new(State {
+                    master: Master::new(dir),
+                    rotation,
+                }),
+                subscribers: StdMutex::new(HashMap::new()),
+                next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
                 endpoint,
+                stopped: watch::channel(false).0,
             }),
         };
         let policy = cfg.policy();
-        if authority.inner.state.lock().await.dir.rules != policy {
+        if authority.inner.state.lock().await.master.live().rules != policy {
             authority.set_rules(policy).await?;
         }
         tokio::spawn(authority.clone().accept_loop());
-        tokio::spawn(
-            authority
-                .clone()
-                .rotation_schedule(Duration::from_secs(cfg.rotation_interval_secs)),
-        );
+        tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
+        tokio::spawn(authority.clone().escrow_writer());
         tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
         Ok(authority)
     }
@@ -299,7 +372,108 @@ impl Authority {
 
     /// A copy of the master directory.
     pub async fn directory(&self) -> Directory {
-        self.inner.state.lock().await.dir.clone()
+        self.inner.state.lock().await.master.live().clone()
+    }
+
+    /// The master keys `appliance` last escrowed and the epoch they were current at; for
+    /// an operator recovering an appliance's keys. Opening them is audited.
+    pub async fn escrowed_keys(
+        &self,
+        appliance: &str,
+    ) -> Result<Option<(u64, cpclink_dataplane::sa::MasterKeys)>> {
+        let Some((epoch, sealed)) = self.escrow_record(appliance).await? else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .escrow
+            .open(&crate::agent::escrow_label(appliance, epoch), &sealed)?;
+        let (keys, _) = crate::agent::parse_keys(&plain)?;
+        self.audit(AuditEvent::EscrowOpened {
+            appliance: appliance.to_owned(),
+            epoch,
+        })
+        .await?;
+        Ok(Some((epoch, keys)))
+    }
+
+    async fn escrow_record(&self, appliance: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let record: Option<(u64, String)> =
+            store::get_json(&self.inner.store, &format!("escrow/{appliance}")).await?;
+        record
+            .map(|(epoch, sealed)| {
+                hex::decode(sealed)
+                    .map(|s| (epoch, s))
+                    .map_err(|e| Error::CorruptRecord {
+                        key: format!("escrow/{appliance}"),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Queues an appliance's escrowed keys for the escrow writer, once checked to open
+    /// under its label. Nothing is acknowledged: a box lost in a crash is sent again on the
+    /// appliance's next connection, since the authority then tells it an older epoch.
+    fn take_escrow(&self, id: &str, epoch: u64, sealed: Vec<u8>) -> Result<()> {
+        // Opening proves the box is whole and meant for this appliance and epoch.
+        drop(
+            self.inner
+                .escrow
+                .open(&crate::agent::escrow_label(id, epoch), &sealed)?,
+        );
+        let mut pending = self.escrow_pending();
+        if pending.get(id).is_none_or(|(e, _)| *e < epoch) {
+            pending.insert(id.to_owned(), (epoch, sealed));
+        }
+        drop(pending);
+        self.inner.escrow_queued.notify_one();
+        Ok(())
+    }
+
+    fn escrow_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Vec<u8>)>> {
+        self.inner
+            .escrow_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores queued escrow boxes, all that are waiting in one transaction: after a
+    /// rotation every appliance sends one at once, and one commit each would queue them
+    /// all behind the disk.
+    async fn escrow_writer(self) {
+        loop {
+            tokio::select! {
+                () = self.inner.escrow_queued.notified() => {}
+                () = self.stopping() => return,
+            }
+            let batch: Vec<(String, (u64, Vec<u8>))> = std::mem::take(&mut *self.escrow_pending())
+                .into_iter()
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let writes = batch
+                .iter()
+                .map(|(id, (epoch, sealed))| {
+                    Write::Put(
+                        format!("escrow/{id}"),
+                        store::json(&(epoch, hex::encode(sealed))),
+                    )
+                })
+                .collect();
+            if let Err(e) = self.inner.store.apply(writes).await {
+                tracing::error!("storing escrowed keys failed: {e}");
+                continue;
+            }
+            let events = batch
+                .into_iter()
+                .map(|(appliance, (epoch, _))| AuditEvent::Escrowed { appliance, epoch })
+                .collect();
+            if let Err(e) = self.audit_all(events).await {
+                tracing::error!("auditing escrowed keys failed: {e}");
+            }
+        }
     }
 
     /// The epochs appliances reported after rotations, by appliance.
@@ -307,49 +481,174 @@ impl Authority {
         self.inner.rotated.subscribe()
     }
 
-    /// Appends to the audit log on the blocking pool (each line is fsync'd).
+    /// Appends to the audit log on the blocking pool and returns once the line is
+    /// durable. Events queued meanwhile by other tasks go to disk together, with one fsync
+    /// (group commit), in the order they were queued.
     async fn audit(&self, event: AuditEvent) -> Result<()> {
-        let log = self.inner.audit.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut log = log.lock().map_err(|_| Error::Io {
-                context: "audit log".into(),
-                source: std::io::Error::other("lock poisoned"),
-            })?;
-            log.append(event)
-        })
-        .await
-        .map_err(|e| Error::io("audit log", std::io::Error::other(e.to_string())))?
+        self.audit_all(vec![event]).await
     }
 
-    /// Applies a directory change: store first, then the master copy, then the feed.
-    async fn change(&self, change: Change, mut extra: Vec<Write>, what: String) -> Result<u64> {
+    /// [`Self::audit`] for several events, in order.
+    async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        {
+            let mut queue = self
+                .inner
+                .audit_queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for event in events {
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                queue.push((event, done));
+                outcomes.push(outcome);
+            }
+        }
+        let log = self.inner.audit.clone();
+        let queue = self.inner.audit_queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(mut log) = log.lock() else { return };
+            // Taken under the log's lock, so batches reach the file in queue order. An
+            // empty queue means an earlier flush already wrote (and answered) ours.
+            let batch = std::mem::take(
+                &mut *queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let (events, waiting): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+            let result = log.append_all(events).map_err(|e| e.to_string());
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+        });
+        for outcome in outcomes {
+            match outcome.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::io("audit log", std::io::Error::other(e))),
+                Err(_) => {
+                    return Err(Error::io(
+                        "audit log",
+                        std::io::Error::other("the audit writer stopped (lock poisoned)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a directory change: store first, then the master copy, then the feeds.
+    async fn change(&self, change: Change, extra: Vec<Write>, what: String) -> Result<u64> {
         let mut st = self.inner.state.lock().await;
-        let version = st.dir.version + 1;
+        self.commit(&mut st, change, extra, None, what).await
+    }
+
+    /// [`Self::change`] under the held state lock. With `guard`, the store transaction
+    /// happens only if that key is absent (otherwise nothing is written and the token it
+    /// stands for is reported reused): redeeming a token and recording its appliance are
+    /// one transaction, so a crash cannot leave a spent token without its appliance.
+    async fn commit(
+        &self,
+        st: &mut State,
+        change: Change,
+        mut extra: Vec<Write>,
+        guard: Option<String>,
+        what: String,
+    ) -> Result<u64> {
+        let version = st.master.live().version + 1;
         match &change {
             Change::Upsert(e) => {
                 extra.push(Write::Put(format!("appliance/{}", e.id), store::json(e)))
             }
             Change::Revoke(id) => {
-                if let Some(e) = st.dir.appliances.get(id) {
+                if let Some(e) = st.master.live().appliances.get(id) {
                     let mut e = e.clone();
                     e.revoked = true;
                     extra.push(Write::Put(format!("appliance/{id}"), store::json(&e)));
                 }
             }
-            Change::Rules(r) => extra.push(Write::Put("meta/rules".into(), store::json(r))),
+            Change::Rules(r) | Change::Policy { rules: r, .. } => {
+                extra.push(Write::Put("meta/rules".into(), store::json(r)))
+            }
         }
         extra.push(Write::Put("meta/version".into(), store::json(&version)));
-        self.inner.store.apply(extra).await?;
-        let delta = Delta { version, change };
-        st.dir.apply(&delta);
+        match guard {
+            None => self.inner.store.apply(extra).await?,
+            Some(key) => {
+                if !self.inner.store.apply_unless_present(&key, extra).await? {
+                    return Err(Error::Token(crate::TokenError::Reused));
+                }
+            }
+        }
+        let fanout = st.master.apply(version, change);
         self.audit(AuditEvent::DirectoryChanged {
             version,
             change: what,
         })
         .await?;
-        // No receivers is fine: nobody is connected.
-        let _ = self.inner.feed.send(Push::Delta(delta));
+        self.fan_out(fanout);
         Ok(version)
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscriber>> {
+        // A poisoned map only means a task panicked mid-insert; the map itself is intact.
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a change for the subscribers it concerns; called under the state lock so
+    /// pushes keep the order of versions.
+    fn fan_out(&self, fanout: Fanout) {
+        let subs = self.subscribers();
+        match fanout {
+            Fanout::Everyone(delta) => {
+                for s in subs.values() {
+                    s.push(Push::Delta(delta.clone()));
+                }
+            }
+            Fanout::Only(delta, ids) => {
+                for id in ids {
+                    if let Some(s) = subs.get(&id) {
+                        s.push(Push::Delta(delta.clone()));
+                    }
+                }
+            }
+            Fanout::Moved {
+                delta,
+                audience,
+                moved,
+            } => {
+                for id in audience {
+                    if let Some(s) = subs.get(&id) {
+                        s.push(Push::Delta(delta.clone()));
+                    }
+                }
+                if let Some(s) = subs.get(&moved) {
+                    s.push(Push::Resnapshot);
+                }
+            }
+            Fanout::Policy {
+                version,
+                rules,
+                mut allowed,
+                everyone_resnapshots,
+            } => {
+                for (id, s) in subs.iter() {
+                    let allowed = allowed.remove(id).unwrap_or_default();
+                    if everyone_resnapshots || allowed.len() > SNAPSHOT_CHUNK {
+                        s.push(Push::Resnapshot);
+                        continue;
+                    }
+                    s.push(Push::Delta(Arc::new(Delta {
+                        version,
+                        change: Change::Policy {
+                            rules: rules.clone(),
+                            allowed,
+                        },
+                    })));
+                }
+            }
+        }
     }
 
     /// Replaces the policy; every appliance gets a fresh view.
@@ -370,7 +669,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .appliances
             .get(id)
             .cloned()
@@ -388,7 +688,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .appliances
             .contains_key(id)
         {
@@ -421,42 +722,74 @@ impl Authority {
     }
 
     /// Orders every appliance to rotate its master keys now; returns the rotation number.
+    /// The schedule is left as it is.
     pub async fn rotate_all(&self) -> Result<u64> {
+        self.order_rotation(None).await
+    }
+
+    /// Orders a rotation; with `next`, also records when the next scheduled one is due
+    /// (unix seconds), in the same store transaction.
+    async fn order_rotation(&self, next: Option<u64>) -> Result<u64> {
         let mut st = self.inner.state.lock().await;
         let rotation = st.rotation + 1;
-        self.inner
-            .store
-            .put("meta/rotation", &store::json(&rotation))
-            .await?;
+        let mut batch = vec![Write::Put("meta/rotation".into(), store::json(&rotation))];
+        if let Some(next) = next {
+            batch.push(Write::Put("meta/next_rotation".into(), store::json(&next)));
+        }
+        self.inner.store.apply(batch).await?;
         st.rotation = rotation;
         self.audit(AuditEvent::RotationOrdered { rotation }).await?;
-        let _ = self.inner.feed.send(Push::Rotate(rotation));
+        for s in self.subscribers().values() {
+            s.push(Push::Rotate(rotation));
+        }
         Ok(rotation)
     }
 
     /// Status for operators.
     pub async fn status(&self) -> AdminReply {
         let st = self.inner.state.lock().await;
+        let dir = st.master.live();
         AdminReply::Status {
-            version: st.dir.version,
-            appliances: st.dir.appliances.len(),
-            revoked: st.dir.appliances.values().filter(|e| e.revoked).count(),
+            version: dir.version,
+            appliances: dir.appliances.len(),
+            revoked: dir.appliances.values().filter(|e| e.revoked).count(),
             rotation: st.rotation,
             connected: self.connections().len(),
         }
     }
 
-    /// Stops accepting and closes every connection.
+    /// Stops accepting, closes every connection, and stops the rotation schedule and the
+    /// admin socket.
     pub fn shutdown(&self) {
+        self.inner.stopped.send_replace(true);
         self.inner.endpoint.close(0u32.into(), b"shutdown");
     }
 
-    async fn rotation_schedule(self, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.rotate_all().await {
-                tracing::error!("scheduled rotation failed: {e}");
+    /// Resolves once [`Authority::shutdown`] was called.
+    async fn stopping(&self) {
+        let mut stopped = self.inner.stopped.subscribe();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+
+    /// Orders a rotation whenever the stored schedule says one is due (`next`, unix
+    /// seconds), then every `every`. After downtime that spanned several due times it
+    /// rotates once and counts the next interval from then.
+    async fn rotation_schedule(self, mut next: u64, every: Duration) {
+        while !*self.inner.stopped.borrow() {
+            let due = UNIX_EPOCH + Duration::from_secs(next);
+            if let Ok(wait) = due.duration_since(SystemTime::now()) {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.stopping() => return,
+                }
+            }
+            let after = now_secs().max(next) + every.as_secs().max(1);
+            match self.order_rotation(Some(after)).await {
+                Ok(_) => next = after,
+                Err(e) => {
+                    tracing::error!("scheduled rotation failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
@@ -482,7 +815,8 @@ impl Authority {
             .state
             .lock()
             .await
-            .dir
+            .master
+            .live()
             .is_active(&identity.appliance)
         {
             conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
@@ -566,38 +900,33 @@ impl Authority {
     ) -> Result<Vec<u8>> {
         let claims =
             token::check(&self.inner.token_key, token, now_secs()).map_err(Error::Token)?;
-        if self
+        let identity = Identity {
+            appliance: claims.appliance.clone(),
+            centre: claims.centre.clone(),
+        };
+        // Signing is the slow part: outside the lock.
+        let (cert, serial) = self
             .inner
-            .state
-            .lock()
-            .await
-            .dir
-            .appliances
-            .get(&claims.appliance)
-            .is_some_and(|e| e.revoked)
-        {
+            .ca
+            .sign_csr(csr, &identity, self.inner.cert_days)?;
+        let mut st = self.inner.state.lock().await;
+        let listed = st.master.live().appliances.get(&claims.appliance);
+        if listed.is_some_and(|e| e.revoked) {
             return Err(Error::NotAuthorised(format!(
                 "{} is revoked",
                 claims.appliance
             )));
         }
-        let identity = Identity {
-            appliance: claims.appliance.clone(),
-            centre: claims.centre.clone(),
+        let token_key = format!("token/{}", claims.id);
+        let guard = match self.inner.store.get(&token_key).await? {
+            None => token_key.clone(),
+            // Marked spent but its appliance never recorded: an older release crashed
+            // between the two writes. The redemption never completed, so it may complete
+            // now, once: the appliance's record is then the guard.
+            Some(_) if listed.is_none() => format!("appliance/{}", claims.appliance),
+            Some(_) => return Err(Error::Token(crate::TokenError::Reused)),
         };
-        let (cert, serial) = self
-            .inner
-            .ca
-            .sign_csr(csr, &identity, self.inner.cert_days)?;
         let used = store::json(&(&claims.appliance, now_secs()));
-        if !self
-            .inner
-            .store
-            .insert_new(&format!("token/{}", claims.id), &used)
-            .await?
-        {
-            return Err(Error::Token(crate::TokenError::Reused));
-        }
         let entry = ApplianceEntry {
             id: claims.appliance.clone(),
             centre: claims.centre.clone(),
@@ -608,13 +937,19 @@ impl Authority {
             cert_serial: serial.clone(),
             revoked: false,
         };
-        let cert_write = Write::Put(format!("cert/{}", claims.appliance), cert.to_vec());
-        self.change(
+        let writes = vec![
+            Write::Put(token_key, used),
+            Write::Put(format!("cert/{}", claims.appliance), cert.to_vec()),
+        ];
+        self.commit(
+            &mut st,
             Change::Upsert(entry),
-            vec![cert_write],
+            writes,
+            Some(guard),
             format!("enrol {}", claims.appliance),
         )
         .await?;
+        drop(st);
         self.audit(AuditEvent::Enrolled {
             appliance: claims.appliance,
             centre: claims.centre,
@@ -624,11 +959,20 @@ impl Authority {
         Ok(cert.to_vec())
     }
 
-    async fn send_snapshot(&self, id: &str, send: &mut quinn::SendStream) -> Result<()> {
-        let (view, rotation) = {
-            let st = self.inner.state.lock().await;
-            (st.dir.view_for(id), st.rotation)
-        };
+    /// What a fresh snapshot is built from, and the newest rotation.
+    async fn snapshot_source(&self) -> (SnapshotSource, u64) {
+        let st = self.inner.state.lock().await;
+        (st.master.snapshot_source(), st.rotation)
+    }
+
+    async fn send_snapshot(
+        &self,
+        id: &str,
+        send: &mut quinn::SendStream,
+        (source, rotation): (SnapshotSource, u64),
+    ) -> Result<()> {
+        // Built from the shared base, outside the lock.
+        let view = source.view_for(id);
         let entries: Vec<ApplianceEntry> = view.appliances.into_values().collect();
         let chunks: Vec<&[ApplianceEntry]> = if entries.is_empty() {
             vec![&[]]
@@ -656,32 +1000,64 @@ impl Authority {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
-        // Subscribe before taking the snapshot so no change falls between the two.
-        let mut feed = self.inner.feed.subscribe();
-        self.send_snapshot(id, send).await?;
+        let (queue, mut pushes) = mpsc::channel(FEED_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        // Registered and snapshotted under the one lock that orders changes, so no change
+        // falls between the two. A feed this one replaces sees its queue close and ends.
+        let source = {
+            let st = self.inner.state.lock().await;
+            let subscriber = Subscriber {
+                serial,
+                queue,
+                lagged: lagged.clone(),
+            };
+            self.subscribers().insert(id.to_owned(), subscriber);
+            (st.master.snapshot_source(), st.rotation)
+        };
+        let result = self
+            .feed(id, send, recv, source, &mut pushes, &lagged)
+            .await;
+        let mut subs = self.subscribers();
+        if subs.get(id).is_some_and(|s| s.serial == serial) {
+            subs.remove(id);
+        }
+        result
+    }
+
+    async fn feed(
+        &self,
+        id: &str,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        source: (SnapshotSource, u64),
+        pushes: &mut mpsc::Receiver<Push>,
+        lagged: &AtomicBool,
+    ) -> Result<()> {
+        self.send_snapshot(id, send, source).await?;
+        let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
+        let public = self.inner.escrow_public.clone();
+        proto::write_frame(send, &Message::EscrowKey { public, held }).await?;
         loop {
             tokio::select! {
-                push = feed.recv() => match push {
-                    Ok(Push::Delta(delta)) => {
-                        if let Change::Rules(_) = delta.change {
-                            // The set of appliances this one may see changed: a fresh view.
-                            self.send_snapshot(id, send).await?;
-                            continue;
+                push = pushes.recv() => {
+                    let Some(push) = push else { return Ok(()) };
+                    if lagged.swap(false, Ordering::AcqRel) {
+                        // Pushes were dropped: start again from a snapshot (queued deltas
+                        // it already covers are then ignored by their version).
+                        self.send_snapshot(id, send, self.snapshot_source().await).await?;
+                    }
+                    match push {
+                        Push::Delta(delta) => {
+                            proto::write_frame(send, &Message::Delta((*delta).clone())).await?;
                         }
-                        let relevant = self.inner.state.lock().await.dir.relevant_to(id, &delta.change);
-                        if relevant {
-                            proto::write_frame(send, &Message::Delta(delta)).await?;
+                        Push::Rotate(rotation) => {
+                            proto::write_frame(send, &Message::RotateOrder { rotation }).await?;
+                        }
+                        Push::Resnapshot => {
+                            self.send_snapshot(id, send, self.snapshot_source().await).await?;
                         }
                     }
-                    Ok(Push::Rotate(rotation)) => {
-                        proto::write_frame(send, &Message::RotateOrder { rotation }).await?;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Too far behind to patch up: start again from a snapshot.
-                        feed = self.inner.feed.subscribe();
-                        self.send_snapshot(id, send).await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 msg = proto::read_frame::<_, Message>(recv) => match msg {
                     Ok(Some(Message::Applied { .. })) => {}
@@ -694,6 +1070,11 @@ impl Authority {
                         self.inner.rotated.send_modify(|m| {
                             m.insert(id.to_owned(), epoch);
                         });
+                    }
+                    Ok(Some(Message::Escrow { epoch, sealed })) => {
+                        if let Err(e) = self.take_escrow(id, epoch, sealed) {
+                            tracing::warn!("escrow from {id} refused: {e}");
+                        }
                     }
                     Ok(None) => return Ok(()),
                     Ok(Some(_)) => {
@@ -715,7 +1096,14 @@ impl Authority {
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("binding admin socket {}", path.display()), e))?;
         Ok(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = self.stopping() => return,
+                };
+                let Ok((mut stream, _)) = accepted else {
+                    return;
+                };
                 let this = self.clone();
                 tokio::spawn(async move {
                     let reply = match proto::read_frame::<_, AdminRequest>(&mut stream).await {

@@ -1,13 +1,24 @@
-//! `cpclink keymgr bench`: one authority and N simulated appliances (each a full key agent
-//! with its own QUIC endpoint, certificate and redb store) on loopback, measuring enrolment
-//! rate, how long a directory change and a rotation take to reach every appliance, and how
-//! long a revocation takes to be enforced by each peer.
+//! `cpclink bench keymgr` (also `cpclink keymgr bench`): one authority and N simulated
+//! appliances, each a full key agent with its own QUIC endpoint, certificate and redb store,
+//! on loopback. It measures the enrolment rate, how long a directory change and a rotation
+//! take to reach every appliance, and how long a revocation takes to be enforced by each
+//! peer.
+//!
+//! Up to `--per-process` appliances run in this process; beyond that they are spread over
+//! child processes (this binary re-executed with `--child`), each reporting to the parent
+//! over its standard input and output, so no process needs more file descriptors than one
+//! group of appliances takes. The authority, with its durable redb store and audit log,
+//! always runs in the parent. Times across processes are taken from the system clock.
 
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::agent::{AgentOptions, KeyAgent};
@@ -15,15 +26,16 @@ use crate::authority::Authority;
 use crate::config::{AuthorityConfig, StoreConfig};
 use crate::directory::{Rule, Selector};
 use crate::seal::{random_bytes, Kek};
+use crate::store::{AnyStore, MemoryStore};
 use crate::{Error, Result};
 
 /// Appliances per tenant: the default policy lets a tenant's appliances talk, so each
 /// appliance's directory view holds this many entries.
 const TENANT_SIZE: usize = 10;
-/// How many appliances enrol at once.
+/// How many appliances enrol at once, over all processes.
 const ENROL_PARALLELISM: usize = 64;
 /// How long one phase may take before the run at that size is abandoned.
-const PHASE_LIMIT: Duration = Duration::from_secs(180);
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Arguments of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,9 +49,32 @@ pub struct BenchArgs {
     /// Keep doubling the count up to this many (stops at the first size that fails).
     #[arg(long, default_value_t = 1000)]
     pub max: usize,
+    /// Run exactly these sizes, in order, instead of doubling (stops at the first failure).
+    #[arg(long = "sizes", num_args = 1..)]
+    pub sizes: Vec<usize>,
     /// Revocations to measure (each enforced by every other appliance).
     #[arg(long, default_value_t = 10)]
     pub revocations: usize,
+    /// Simulated appliances per process; larger runs are spread over child processes.
+    #[arg(long, default_value_t = 1000)]
+    pub per_process: usize,
+    /// Where simulated appliances keep their state: one redb file each (fsync'd, on the
+    /// one disk they all share here) or memory. The authority's store is redb either way.
+    #[arg(long, value_enum, default_value_t = AgentStore::File)]
+    pub agent_store: AgentStore,
+    /// Internal: run as a child process serving a group of simulated appliances.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// Where simulated appliances keep their state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStore {
+    /// One redb file per appliance, every commit fsync'd.
+    File,
+    /// In memory (not durable): no file descriptor or disk space per appliance.
+    Memory,
 }
 
 /// What one run measured.
@@ -47,6 +82,10 @@ pub struct BenchArgs {
 pub struct BenchReport {
     /// Appliances enrolled, connected and followed through every phase.
     pub appliances: usize,
+    /// Processes the simulated appliances ran in (the authority runs in the first).
+    pub processes: usize,
+    /// Where the simulated appliances kept their state.
+    pub agent_store: AgentStore,
     /// Enrolments per second (token check, CSR signing, durable store commit, agent start).
     pub enrolments_per_sec: f64,
     /// Seconds until every appliance held a live QUIC feed from the authority.
@@ -63,12 +102,30 @@ pub struct BenchReport {
     pub revocation_samples: usize,
 }
 
-/// Runs the benchmark and prints the results.
+/// Runs the benchmark and prints the results (or, with `--child`, serves as a child).
 pub async fn run(args: &BenchArgs) -> Result<()> {
-    let mut n = args.appliances.max(2);
+    if args.child {
+        return child_main().await;
+    }
+    let sizes: Vec<usize> = if args.sizes.is_empty() {
+        let mut sizes = vec![args.appliances.max(2)];
+        while let Some(&n) = sizes.last().filter(|&&n| n < args.max) {
+            sizes.push((n * 2).min(args.max));
+        }
+        sizes
+    } else {
+        args.sizes.iter().map(|&n| n.max(2)).collect()
+    };
     let mut reached = 0;
-    loop {
-        match run_once(n, args.revocations).await {
+    for n in sizes {
+        match run_once(
+            n,
+            args.revocations,
+            args.per_process.max(1),
+            args.agent_store,
+        )
+        .await
+        {
             Ok(report) => {
                 reached = n;
                 if args.json {
@@ -82,10 +139,6 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 break;
             }
         }
-        if n >= args.max {
-            break;
-        }
-        n = (n * 2).min(args.max);
     }
     if !args.json {
         println!("largest size completed: {reached} appliances (target 10000)");
@@ -98,8 +151,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 
 fn print_report(r: &BenchReport) {
     println!(
-        "keymgr bench: {} appliances, real QUIC (TLS 1.3, X25519MLKEM768) on loopback, redb stores",
-        r.appliances
+        "keymgr bench: {} appliances in {} process(es), real QUIC (TLS 1.3, X25519MLKEM768) on loopback, authority on redb, appliances on {:?} stores",
+        r.appliances, r.processes, r.agent_store
     );
     println!("  enrolment            {:>10.1} /s", r.enrolments_per_sec);
     println!("  all connected        {:>10.3} s", r.all_connected_secs);
@@ -131,24 +184,392 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Waits until every agent's directory version reaches `version`; returns each wait.
-async fn wait_version(agents: &[KeyAgent], version: u64, start: Instant) -> Result<Vec<Duration>> {
-    let mut waits = Vec::with_capacity(agents.len());
-    for a in agents {
-        let mut rx = a.directory_version();
-        waits.push(tokio::spawn(async move {
-            let _ = rx.wait_for(|v| *v >= version).await;
-            start.elapsed()
-        }));
+/// The system clock in microseconds: comparable across the processes of one machine.
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One simulated appliance to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Appliance {
+    index: usize,
+    token: String,
+}
+
+/// What a group of simulated appliances needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupSetup {
+    authority: SocketAddr,
+    ca_cert: String,
+    kek_file: PathBuf,
+    state_dir: PathBuf,
+    parallelism: usize,
+    agent_store: AgentStore,
+    appliances: Vec<Appliance>,
+}
+
+/// Parent → child, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Report when each running appliance (but `except`) first held `version`.
+    Reached {
+        version: u64,
+        except: Option<String>,
+    },
+    /// Stop one appliance.
+    Stop(String),
+}
+
+/// Child → parent, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started,
+    Reached(Vec<u64>),
+    Stopped,
+    Failed(String),
+}
+
+/// (directory version, system clock in µs when an appliance first held it), in order.
+type VersionLog = Arc<StdMutex<Vec<(u64, u64)>>>;
+
+/// Appliances running in this process, each with the times it first held each directory
+/// version.
+struct Sim {
+    agents: Vec<KeyAgent>,
+    seen: Vec<VersionLog>,
+    stopped: HashSet<String>,
+}
+
+impl Sim {
+    async fn start(setup: GroupSetup) -> Result<Self> {
+        let ca = rustls::pki_types::CertificateDer::from(
+            hex::decode(&setup.ca_cert).map_err(|e| Error::Frame(e.to_string()))?,
+        );
+        let gate = Arc::new(Semaphore::new(setup.parallelism.max(1)));
+        let mut starting = Vec::with_capacity(setup.appliances.len());
+        for a in setup.appliances {
+            let opts = AgentOptions {
+                appliance: format!("sim-{}", a.index),
+                authority: setup.authority,
+                listen: (Ipv4Addr::LOCALHOST, 0).into(),
+                state_dir: setup.state_dir.join(format!("agent-{}", a.index)),
+                kek: Kek::load(&setup.kek_file, "kek_file")?,
+                ca_cert: ca.clone(),
+                token: Some(zeroize::Zeroizing::new(a.token)),
+                endpoints: vec![format!("127.0.0.1:{}", 20_000 + a.index % 40_000)],
+                capabilities: vec!["psp-v1".into()],
+                suite: cpclink_dataplane::crypto::Suite::AesGcm256,
+                sa_lifetime: Duration::from_secs(3600),
+                rekey_grace: Duration::from_millis(500),
+            };
+            let gate = gate.clone();
+            let memory = setup.agent_store == AgentStore::Memory;
+            starting.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let started = if memory {
+                    KeyAgent::start_with_store(opts, AnyStore::Memory(MemoryStore::default())).await
+                } else {
+                    KeyAgent::start(opts).await
+                };
+                started.map(|(agent, mut events)| {
+                    // The bench has no data plane: drain the events.
+                    tokio::spawn(async move { while events.recv().await.is_some() {} });
+                    agent
+                })
+            }));
+        }
+        let mut sim = Self {
+            agents: Vec::with_capacity(starting.len()),
+            seen: Vec::with_capacity(starting.len()),
+            stopped: HashSet::new(),
+        };
+        for s in starting {
+            let agent = s.await.map_err(|e| Error::Timeout(e.to_string()))??;
+            let seen: VersionLog = Arc::default();
+            let mut versions = agent.directory_version();
+            let log = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let v = *versions.borrow_and_update();
+                    if let Ok(mut log) = log.lock() {
+                        log.push((v, wall_us()));
+                    }
+                    if versions.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            sim.agents.push(agent);
+            sim.seen.push(seen);
+        }
+        Ok(sim)
     }
-    let mut out = Vec::with_capacity(waits.len());
-    for w in waits {
-        out.push(w.await.map_err(|e| Error::Timeout(e.to_string()))?);
+
+    /// When each running appliance but `except` first held `version` or later; waits for
+    /// all of them.
+    async fn reached(&self, version: u64, except: Option<&str>) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.agents.len());
+        for (agent, seen) in self.agents.iter().zip(&self.seen) {
+            if self.stopped.contains(agent.id()) || except == Some(agent.id()) {
+                continue;
+            }
+            let mut rx = agent.directory_version();
+            let _ = rx.wait_for(|v| *v >= version).await;
+            loop {
+                let first = seen
+                    .lock()
+                    .ok()
+                    .and_then(|log| log.iter().find(|(v, _)| *v >= version).map(|(_, t)| *t));
+                if let Some(t) = first {
+                    out.push(t);
+                    break;
+                }
+                // The recorder runs just after the version changes.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        out
+    }
+
+    fn stop(&mut self, id: &str) {
+        if let Some(a) = self.agents.iter().find(|a| a.id() == id) {
+            a.shutdown();
+            self.stopped.insert(id.to_owned());
+        }
+    }
+
+    fn shutdown(&self) {
+        for a in &self.agents {
+            a.shutdown();
+        }
+    }
+}
+
+/// A group of simulated appliances, here or in a child process.
+enum Group {
+    Here(Sim),
+    Child {
+        child: Child,
+        /// Lent to the blocking pool while a request is out.
+        pipes: Option<Pipes>,
+        ids: HashSet<String>,
+    },
+}
+
+type Pipes = (ChildStdin, BufReader<ChildStdout>);
+
+fn send_line<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> Result<()> {
+    let line = serde_json::to_string(msg).map_err(|e| Error::Frame(e.to_string()))?;
+    writeln!(w, "{line}")
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::io("writing to a bench process", e))
+}
+
+fn read_line<T: serde::de::DeserializeOwned>(r: &mut impl BufRead) -> Result<T> {
+    let mut line = String::new();
+    let n = r
+        .read_line(&mut line)
+        .map_err(|e| Error::io("reading from a bench process", e))?;
+    if n == 0 {
+        return Err(Error::Refused(
+            "a bench process exited early (see its messages above)".into(),
+        ));
+    }
+    serde_json::from_str(&line)
+        .map_err(|e| Error::Frame(format!("bench process said {line:?}: {e}")))
+}
+
+fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
+    r.map_err(|e| Error::Timeout(format!("bench task: {e}")))
+}
+
+impl Group {
+    /// Starts the group's appliances (enrolment included) and returns once all run.
+    async fn start(setup: GroupSetup, here: bool) -> Result<Self> {
+        if here {
+            return Sim::start(setup).await.map(Group::Here);
+        }
+        let ids = setup
+            .appliances
+            .iter()
+            .map(|a| format!("sim-{}", a.index))
+            .collect();
+        joined(
+            tokio::task::spawn_blocking(move || -> Result<Group> {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::io("finding this executable to re-run", e))?;
+                let mut child = Command::new(exe)
+                    .args(std::env::args_os().skip(1))
+                    .arg("--child")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| Error::io("starting a bench child process", e))?;
+                let (Some(mut requests), Some(out)) = (child.stdin.take(), child.stdout.take())
+                else {
+                    return Err(Error::Refused("bench child without pipes".into()));
+                };
+                let mut replies = BufReader::new(out);
+                send_line(&mut requests, &setup)?;
+                match read_line(&mut replies)? {
+                    Reply::Started => Ok(Group::Child {
+                        child,
+                        pipes: Some((requests, replies)),
+                        ids,
+                    }),
+                    Reply::Failed(e) => Err(Error::Refused(e)),
+                    other => Err(Error::Frame(format!("bench child said {other:?}"))),
+                }
+            })
+            .await,
+        )?
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        match self {
+            Group::Here(sim) => sim.agents.iter().any(|a| a.id() == id),
+            Group::Child { ids, .. } => ids.contains(id),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            Group::Here(sim) => sim.shutdown(),
+            Group::Child {
+                mut child, pipes, ..
+            } => {
+                // End of input tells the child to stop its appliances and exit.
+                drop(pipes);
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Sends `cmd` to every group at once; returns the replies in group order.
+async fn ask_all(groups: &mut [Group], cmd: &Request) -> Result<Vec<Reply>> {
+    let mut pending = Vec::with_capacity(groups.len());
+    for g in groups.iter_mut() {
+        pending.push(match g {
+            Group::Here(_) => None,
+            Group::Child { pipes, .. } => {
+                let (mut w, mut r) = pipes
+                    .take()
+                    .ok_or_else(|| Error::Refused("a bench process stopped answering".into()))?;
+                let line = serde_json::to_string(cmd).map_err(|e| Error::Frame(e.to_string()))?;
+                Some(tokio::task::spawn_blocking(move || {
+                    let reply = writeln!(w, "{line}")
+                        .and_then(|()| w.flush())
+                        .map_err(|e| Error::io("writing to a bench process", e))
+                        .and_then(|()| read_line::<Reply>(&mut r));
+                    (reply, (w, r))
+                }))
+            }
+        });
+    }
+    let mut replies = Vec::with_capacity(groups.len());
+    for (g, p) in groups.iter_mut().zip(pending) {
+        replies.push(match (g, p) {
+            (Group::Here(sim), _) => match cmd {
+                Request::Reached { version, except } => {
+                    Reply::Reached(sim.reached(*version, except.as_deref()).await)
+                }
+                Request::Stop(id) => {
+                    sim.stop(id);
+                    Reply::Stopped
+                }
+            },
+            (Group::Child { pipes, .. }, Some(task)) => {
+                let (reply, back) = joined(task.await)?;
+                *pipes = Some(back);
+                reply?
+            }
+            (Group::Child { .. }, None) => return Err(Error::Refused("bench group lost".into())),
+        });
+    }
+    Ok(replies)
+}
+
+/// When every appliance (but `except`) first held `version`, as microseconds after `start`.
+async fn reached_all(
+    groups: &mut [Group],
+    version: u64,
+    except: Option<&str>,
+    start: u64,
+) -> Result<Vec<Duration>> {
+    let cmd = Request::Reached {
+        version,
+        except: except.map(str::to_owned),
+    };
+    let mut out = Vec::new();
+    for reply in ask_all(groups, &cmd).await? {
+        match reply {
+            Reply::Reached(times) => {
+                out.extend(
+                    times
+                        .into_iter()
+                        .map(|t| Duration::from_micros(t.saturating_sub(start))),
+                );
+            }
+            Reply::Failed(e) => return Err(Error::Refused(e)),
+            other => return Err(Error::Frame(format!("bench process said {other:?}"))),
+        }
     }
     Ok(out)
 }
 
-async fn run_once(n: usize, revocations: usize) -> Result<BenchReport> {
+/// The child side: starts the group it is given on standard input, answers commands, and
+/// stops everything at the end of its input.
+async fn child_main() -> Result<()> {
+    let mut input = BufReader::new(std::io::stdin());
+    let mut output = std::io::stdout();
+    let setup: GroupSetup = read_line(&mut input)?;
+    // Commands are read from the start, so that the parent going away (end of input) ends
+    // this process even while its appliances are still enrolling.
+    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
+    std::thread::spawn(move || {
+        while let Ok(cmd) = read_line::<Request>(&mut input) {
+            if commands.send(cmd).is_err() {
+                return;
+            }
+        }
+        std::process::exit(0);
+    });
+    let mut sim = match Sim::start(setup).await {
+        Ok(sim) => {
+            send_line(&mut output, &Reply::Started)?;
+            sim
+        }
+        Err(e) => {
+            send_line(&mut output, &Reply::Failed(e.to_string()))?;
+            return Err(e);
+        }
+    };
+    while let Some(cmd) = incoming.recv().await {
+        let reply = match cmd {
+            Request::Reached { version, except } => {
+                Reply::Reached(sim.reached(version, except.as_deref()).await)
+            }
+            Request::Stop(id) => {
+                sim.stop(&id);
+                Reply::Stopped
+            }
+        };
+        send_line(&mut output, &reply)?;
+    }
+    sim.shutdown();
+    Ok(())
+}
+
+async fn run_once(
+    n: usize,
+    revocations: usize,
+    per_process: usize,
+    agent_store: AgentStore,
+) -> Result<BenchReport> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let kek_hex = hex::encode(*random_bytes::<32>()?);
     let kek_file = dir.path().join("kek");
@@ -167,54 +588,90 @@ async fn run_once(n: usize, revocations: usize) -> Result<BenchReport> {
     let addr: SocketAddr = authority
         .local_addr()
         .ok_or_else(|| Error::Quic("authority has no address".into()))?;
-    let ca = authority.ca_cert();
+    let ca = hex::encode(authority.ca_cert().as_ref());
+
+    let processes = n.div_ceil(per_process);
+    let mut setups: Vec<GroupSetup> = (0..processes)
+        .map(|_| GroupSetup {
+            authority: addr,
+            ca_cert: ca.clone(),
+            kek_file: kek_file.clone(),
+            state_dir: dir.path().to_owned(),
+            parallelism: (ENROL_PARALLELISM / processes).max(8),
+            agent_store,
+            appliances: Vec::new(),
+        })
+        .collect();
+    for i in 0..n {
+        let token = authority.mint_token(
+            &format!("sim-{i}"),
+            &format!("dc{}", i % 8),
+            &format!("t{}", i / TENANT_SIZE),
+            Duration::from_secs(3600),
+        )?;
+        setups[i / per_process]
+            .appliances
+            .push(Appliance { index: i, token });
+    }
 
     // Enrolment: token, CSR, certificate, durable commit, agent store, feed.
     let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(ENROL_PARALLELISM));
-    let mut starting = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("sim-{i}");
-        let token = authority.mint_token(
-            &id,
-            &format!("dc{}", i % 8),
-            &format!("t{}", i / TENANT_SIZE),
-            Duration::from_secs(600),
-        )?;
-        let opts = AgentOptions {
-            appliance: id,
-            authority: addr,
-            listen: (Ipv4Addr::LOCALHOST, 0).into(),
-            state_dir: dir.path().join(format!("agent-{i}")),
-            kek: Kek::load(&kek_file, "kek_file")?,
-            ca_cert: ca.clone(),
-            token: Some(zeroize::Zeroizing::new(token)),
-            endpoints: vec![format!("127.0.0.1:{}", 20_000 + i)],
-            capabilities: vec!["psp-v1".into()],
-            suite: cpclink_dataplane::crypto::Suite::AesGcm256,
-            sa_lifetime: Duration::from_secs(3600),
-            rekey_grace: Duration::from_millis(500),
-        };
-        let gate = gate.clone();
-        starting.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            KeyAgent::start(opts).await.map(|(agent, mut events)| {
-                // The bench has no data plane: drain the events.
-                tokio::spawn(async move { while events.recv().await.is_some() {} });
-                agent
-            })
-        }));
-    }
-    let mut agents = Vec::with_capacity(n);
+    let here = processes == 1;
+    let starting: Vec<_> = setups
+        .into_iter()
+        .map(|s| tokio::spawn(Group::start(s, here)))
+        .collect();
+    let mut groups = Vec::with_capacity(processes);
+    let mut failed = None;
     for s in starting {
-        agents.push(
-            within("enrolment", s)
-                .await?
-                .map_err(|e| Error::Timeout(e.to_string()))??,
-        );
+        match within("enrolment", s).await.and_then(joined) {
+            Ok(Ok(g)) => groups.push(g),
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        for g in groups {
+            g.shutdown();
+        }
+        authority.shutdown();
+        return Err(e);
     }
     let enrol_secs = started.elapsed().as_secs_f64();
-    eprintln!("  {n} enrolled in {enrol_secs:.1} s");
+    eprintln!("  {n} enrolled in {enrol_secs:.1} s ({processes} process(es))");
+    let result = measure(&authority, &mut groups, n, revocations, started).await;
+    for g in groups {
+        g.shutdown();
+    }
+    authority.shutdown();
+    let m = result?;
+    Ok(BenchReport {
+        appliances: n,
+        processes,
+        agent_store,
+        enrolments_per_sec: n as f64 / enrol_secs,
+        all_connected_secs: m.all_connected_secs,
+        directory_change_secs: m.directory_change_secs,
+        rotation_secs: m.rotation_secs,
+        revocation_p50_ms: percentile(&m.samples, 0.5),
+        revocation_p99_ms: percentile(&m.samples, 0.99),
+        revocation_samples: m.samples.len(),
+    })
+}
+
+struct Measured {
+    all_connected_secs: f64,
+    directory_change_secs: f64,
+    rotation_secs: f64,
+    samples: Vec<f64>,
+}
+
+async fn measure(
+    authority: &Authority,
+    groups: &mut [Group],
+    n: usize,
+    revocations: usize,
+    started: Instant,
+) -> Result<Measured> {
     within("connecting", async {
         loop {
             if let crate::proto::AdminReply::Status { connected, .. } = authority.status().await {
@@ -229,8 +686,9 @@ async fn run_once(n: usize, revocations: usize) -> Result<BenchReport> {
     let all_connected_secs = started.elapsed().as_secs_f64();
     eprintln!("  {n} connected after {all_connected_secs:.1} s");
 
-    // A policy change reaches everyone (each gets a fresh view).
-    let start = Instant::now();
+    // A policy change reaches everyone: each gets the new rules (and sim-0 and sim-1 each
+    // other's entry).
+    let start = wall_us();
     let v = authority
         .set_rules(vec![
             Rule::same_tenant(),
@@ -247,33 +705,31 @@ async fn run_once(n: usize, revocations: usize) -> Result<BenchReport> {
             },
         ])
         .await?;
-    let waits = within("directory change", wait_version(&agents, v, start)).await??;
+    let waits = within("directory change", reached_all(groups, v, None, start)).await??;
     let directory_change_secs = waits
         .iter()
         .max()
         .copied()
         .unwrap_or_default()
         .as_secs_f64();
+    eprintln!("  directory change reached all in {directory_change_secs:.2} s");
 
     // A rotation: every agent persists a new generation and acknowledges.
     let mut acks = authority.rotations();
-    let before: Vec<u64> = {
-        let mut e = Vec::with_capacity(n);
-        for a in &agents {
-            e.push(a.epoch().await);
-        }
-        e
-    };
+    let before: HashMap<String, u64> = acks.borrow_and_update().clone();
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
     let start = Instant::now();
     authority.rotate_all().await?;
     within("rotation", async {
         loop {
             {
                 let m = acks.borrow_and_update();
-                let done = agents
+                let done = ids
                     .iter()
-                    .zip(&before)
-                    .filter(|(a, e)| m.get(a.id()).is_some_and(|x| x > e))
+                    .filter(|id| {
+                        m.get(*id)
+                            .is_some_and(|e| *e > before.get(*id).copied().unwrap_or(0))
+                    })
                     .count();
                 if done == n {
                     break;
@@ -286,32 +742,27 @@ async fn run_once(n: usize, revocations: usize) -> Result<BenchReport> {
     })
     .await?;
     let rotation_secs = start.elapsed().as_secs_f64();
+    eprintln!("  rotation reached all in {rotation_secs:.2} s");
 
     // Revocations: each enforced (applied and acted on) by every remaining appliance.
     let mut samples = Vec::new();
-    let mut alive: Vec<KeyAgent> = agents.clone();
+    let mut alive = ids;
     for r in 0..revocations.min(n / 2) {
         let victim = alive.remove((r * 7919) % alive.len());
-        let start = Instant::now();
-        let v = authority.revoke(victim.id()).await?;
-        let waits = within("revocation", wait_version(&alive, v, start)).await??;
+        let start = wall_us();
+        let v = authority.revoke(&victim).await?;
+        let waits = within("revocation", reached_all(groups, v, Some(&victim), start)).await??;
         samples.extend(waits.iter().map(|d| d.as_secs_f64() * 1e3));
-        victim.shutdown();
+        let owner = groups.iter().position(|g| g.holds(&victim));
+        if let Some(i) = owner {
+            ask_all(&mut groups[i..=i], &Request::Stop(victim)).await?;
+        }
     }
     samples.sort_by(f64::total_cmp);
-
-    for a in &agents {
-        a.shutdown();
-    }
-    authority.shutdown();
-    Ok(BenchReport {
-        appliances: n,
-        enrolments_per_sec: n as f64 / enrol_secs,
+    Ok(Measured {
         all_connected_secs,
         directory_change_secs,
         rotation_secs,
-        revocation_p50_ms: percentile(&samples, 0.5),
-        revocation_p99_ms: percentile(&samples, 0.99),
-        revocation_samples: samples.len(),
+        samples,
     })
 }

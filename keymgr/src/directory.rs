@@ -4,7 +4,8 @@
 //! date by a snapshot when it connects and by deltas afterwards. Each delta carries the
 //! version it produces, so a copy that sees a gap knows to ask for a fresh snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,15 @@ pub enum Change {
     Revoke(String),
     /// The policy was replaced.
     Rules(Vec<Rule>),
+    /// A policy change as one subscriber sees it: the new rules and the entries it may
+    /// now see that it may not have had. Entries it may no longer see it drops itself
+    /// ([`Directory::retain_view`]).
+    Policy {
+        /// The new policy.
+        rules: Vec<Rule>,
+        /// Entries newly visible to the subscriber.
+        allowed: Vec<ApplianceEntry>,
+    },
 }
 
 /// A change and the directory version it produces.
@@ -135,7 +145,25 @@ impl Directory {
                 }
             }
             Change::Rules(rules) => self.rules.clone_from(rules),
+            Change::Policy { rules, allowed } => {
+                self.rules.clone_from(rules);
+                for e in allowed {
+                    self.appliances.insert(e.id.clone(), e.clone());
+                }
+            }
         }
+    }
+
+    /// Drops the entries `id` may no longer see under the current rules (revoked entries
+    /// stay, so their refusal stays explicit). A copy that does not list `id` is left alone.
+    pub fn retain_view(&mut self, id: &str) {
+        let Some(me) = self.appliances.get(id).cloned() else {
+            return;
+        };
+        let rules = &self.rules;
+        self.appliances.retain(|k, e| {
+            k == id || e.revoked || (!me.revoked && rules.iter().any(|r| r.allows(&me, e)))
+        });
     }
 
     /// Whether `id` is listed and not revoked.
@@ -181,8 +209,350 @@ impl Directory {
     pub fn relevant_to(&self, id: &str, change: &Change) -> bool {
         match change {
             Change::Upsert(e) => e.id == id || self.allows(id, &e.id),
-            Change::Revoke(_) | Change::Rules(_) => true,
+            Change::Revoke(_) | Change::Rules(_) | Change::Policy { .. } => true,
         }
+    }
+}
+
+/// Whether every rule requires the same tenant: then only an appliance's own tenant can
+/// hold its peers, and the tenant index narrows every search to that tenant.
+fn tenant_bound(rules: &[Rule]) -> bool {
+    rules.iter().all(|r| r.same_tenant)
+}
+
+/// Appliance ids by tenant.
+type TenantIndex = HashMap<String, Vec<String>>;
+
+fn index_tenants(dir: &Directory) -> TenantIndex {
+    let mut index: TenantIndex = HashMap::new();
+    for e in dir.appliances.values() {
+        index
+            .entry(e.tenant.clone())
+            .or_default()
+            .push(e.id.clone());
+    }
+    index
+}
+
+/// A read-only copy of the master directory, shared (behind an `Arc`) by every task that
+/// builds a subscriber's snapshot, so none of them needs the authority's lock.
+#[derive(Debug, Default)]
+struct Base {
+    dir: Directory,
+    by_tenant: TenantIndex,
+}
+
+/// Who must hear of one change, and what each hears.
+#[derive(Debug)]
+pub enum Fanout {
+    /// Every subscriber gets the same delta.
+    Everyone(Arc<Delta>),
+    /// Only these appliances get the delta (an upsert goes to the appliance itself and to
+    /// those that may talk to it).
+    Only(Arc<Delta>, Vec<String>),
+    /// An appliance changed tenant or centre: those that could talk to it before or may
+    /// now get the delta; the appliance itself, whose set of peers changed, gets a fresh
+    /// snapshot.
+    Moved {
+        /// The upsert.
+        delta: Arc<Delta>,
+        /// Its peers before and after, not itself.
+        audience: Vec<String>,
+        /// The appliance that moved.
+        moved: String,
+    },
+    /// A policy change: every subscriber gets the new rules plus the entries it may now
+    /// see; the authority sends a fresh snapshot instead to one with more new entries than
+    /// fit a frame, and to everyone when `everyone_resnapshots`.
+    Policy {
+        /// The version the change produces.
+        version: u64,
+        /// The new rules.
+        rules: Vec<Rule>,
+        /// Newly visible entries, by subscriber.
+        allowed: HashMap<String, Vec<ApplianceEntry>>,
+        /// The change touched so many pairs that every subscriber should resnapshot.
+        everyone_resnapshots: bool,
+    },
+}
+
+/// The authority's master copy of the directory.
+///
+/// Besides the live copy it keeps a shared read-only base and the changes made since, so
+/// a subscriber's snapshot is built from `Arc`s outside the authority's lock, and each change
+/// costs work in proportion to the appliances it affects rather than to every subscriber's
+/// view. The base is rebuilt (one O(N) copy) after a policy change, after an appliance moves
+/// tenant or centre, and after N/4 changes, so its cost per change stays constant.
+#[derive(Debug, Default)]
+pub struct Master {
+    live: Directory,
+    by_tenant: TenantIndex,
+    base: Arc<Base>,
+    since: Vec<Arc<Delta>>,
+}
+
+/// Most pairs a policy change may enumerate before every subscriber is simply sent a
+/// snapshot (each pair checked costs about as much as one entry of a snapshot).
+const POLICY_PAIR_BUDGET: usize = 1 << 22;
+
+impl Master {
+    /// A master copy holding `dir`.
+    pub fn new(dir: Directory) -> Self {
+        let by_tenant = index_tenants(&dir);
+        let mut m = Self {
+            live: dir,
+            by_tenant,
+            ..Self::default()
+        };
+        m.rebase();
+        m
+    }
+
+    /// The live copy.
+    pub fn live(&self) -> &Directory {
+        &self.live
+    }
+
+    fn rebase(&mut self) {
+        self.base = Arc::new(Base {
+            dir: self.live.clone(),
+            by_tenant: self.by_tenant.clone(),
+        });
+        self.since.clear();
+    }
+
+    /// The appliances that may talk to `e` (as listed after the change), `e` itself first.
+    fn peers_of(&self, e: &ApplianceEntry) -> Vec<String> {
+        let mut out = vec![e.id.clone()];
+        if e.revoked {
+            return out;
+        }
+        let allowed = |x: &ApplianceEntry| {
+            x.id != e.id && !x.revoked && self.live.rules.iter().any(|r| r.allows(x, e))
+        };
+        if tenant_bound(&self.live.rules) {
+            for id in self.by_tenant.get(&e.tenant).into_iter().flatten() {
+                if self.live.appliances.get(id).is_some_and(allowed) {
+                    out.push(id.clone());
+                }
+            }
+        } else {
+            out.extend(
+                self.live
+                    .appliances
+                    .values()
+                    .filter(|x| allowed(x))
+                    .map(|x| x.id.clone()),
+            );
+        }
+        out
+    }
+
+    /// For a policy change to `rules`: the entries each appliance may see under `rules` but
+    /// not under the current ones. Only pairs matched by a rule that is new can have become
+    /// allowed, so only those are enumerated. `None` when they are too many to enumerate.
+    fn newly_allowed(&self, rules: &[Rule]) -> Option<HashMap<String, Vec<ApplianceEntry>>> {
+        let old = &self.live.rules;
+        let active = || self.live.appliances.values().filter(|e| !e.revoked);
+        let mut out: HashMap<String, Vec<ApplianceEntry>> = HashMap::new();
+        let mut budget = POLICY_PAIR_BUDGET;
+        let mut seen = std::collections::HashSet::new();
+        for rule in rules.iter().filter(|r| !old.contains(r)) {
+            let a: Vec<&ApplianceEntry> = active().filter(|e| rule.a.matches(e)).collect();
+            let mut b: HashMap<&str, Vec<&ApplianceEntry>> = HashMap::new();
+            for e in active().filter(|e| rule.b.matches(e)) {
+                let key = if rule.same_tenant {
+                    e.tenant.as_str()
+                } else {
+                    ""
+                };
+                b.entry(key).or_default().push(e);
+            }
+            for x in &a {
+                let key = if rule.same_tenant {
+                    x.tenant.as_str()
+                } else {
+                    ""
+                };
+                for y in b.get(key).into_iter().flatten() {
+                    budget = budget.checked_sub(1)?;
+                    if x.id == y.id || !seen.insert((x.id.as_str(), y.id.as_str())) {
+                        continue;
+                    }
+                    seen.insert((y.id.as_str(), x.id.as_str()));
+                    if old.iter().any(|r| r.allows(x, y)) {
+                        continue;
+                    }
+                    out.entry(x.id.clone()).or_default().push((*y).clone());
+                    out.entry(y.id.clone()).or_default().push((*x).clone());
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Applies `change` as directory version `version` and says who must hear of it.
+    pub fn apply(&mut self, version: u64, change: Change) -> Fanout {
+        match change {
+            Change::Rules(rules) | Change::Policy { rules, .. } => {
+                let allowed = self.newly_allowed(&rules);
+                self.live.apply(&Delta {
+                    version,
+                    change: Change::Rules(rules.clone()),
+                });
+                self.rebase();
+                Fanout::Policy {
+                    version,
+                    rules,
+                    everyone_resnapshots: allowed.is_none(),
+                    allowed: allowed.unwrap_or_default(),
+                }
+            }
+            Change::Revoke(id) => {
+                let delta = Arc::new(Delta {
+                    version,
+                    change: Change::Revoke(id),
+                });
+                self.live.apply(&delta);
+                self.logged(delta.clone());
+                Fanout::Everyone(delta)
+            }
+            Change::Upsert(e) => {
+                let old = self.live.appliances.get(&e.id).cloned();
+                let moved = old
+                    .as_ref()
+                    .is_some_and(|o| o.tenant != e.tenant || o.centre != e.centre);
+                // Those that could talk to it before hear of the move too: their copies
+                // then refuse it.
+                let mut audience = match &old {
+                    Some(o) if moved => self.peers_of(o),
+                    _ => Vec::new(),
+                };
+                if old.as_ref().is_none_or(|o| o.tenant != e.tenant) {
+                    if let Some(ids) = old.as_ref().and_then(|o| self.by_tenant.get_mut(&o.tenant))
+                    {
+                        ids.retain(|i| *i != e.id);
+                    }
+                    self.by_tenant
+                        .entry(e.tenant.clone())
+                        .or_default()
+                        .push(e.id.clone());
+                }
+                // The others' entries are the same before and after: ask now.
+                for id in self.peers_of(&e) {
+                    if !audience.contains(&id) {
+                        audience.push(id);
+                    }
+                }
+                let id = e.id.clone();
+                let delta = Arc::new(Delta {
+                    version,
+                    change: Change::Upsert(e),
+                });
+                self.live.apply(&delta);
+                if moved {
+                    // Views built from the base assume no appliance changed class.
+                    self.rebase();
+                    audience.retain(|a| *a != id);
+                    return Fanout::Moved {
+                        delta,
+                        audience,
+                        moved: id,
+                    };
+                }
+                self.logged(delta.clone());
+                Fanout::Only(delta, audience)
+            }
+        }
+    }
+
+    fn logged(&mut self, delta: Arc<Delta>) {
+        self.since.push(delta);
+        if self.since.len() > (self.live.appliances.len() / 4).max(256) {
+            self.rebase();
+        }
+    }
+
+    /// What a subscriber's snapshot is built from; cheap to take under a lock.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource {
+            base: self.base.clone(),
+            since: self.since.clone(),
+        }
+    }
+}
+
+/// A shared base and the changes after it: enough to build any subscriber's view.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    base: Arc<Base>,
+    since: Vec<Arc<Delta>>,
+}
+
+impl SnapshotSource {
+    /// The view of `id` (itself and every appliance it may talk to) at the newest version;
+    /// the same as [`Directory::view_for`] on the master copy.
+    pub fn view_for(&self, id: &str) -> Directory {
+        let base = &self.base.dir;
+        let version = self.since.last().map_or(base.version, |d| d.version);
+        let mut me = base.appliances.get(id).cloned();
+        for d in &self.since {
+            match &d.change {
+                Change::Upsert(e) if e.id == id => me = Some(e.clone()),
+                Change::Revoke(r) if r == id => {
+                    if let Some(me) = me.as_mut() {
+                        me.revoked = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut view = Directory {
+            version,
+            appliances: BTreeMap::new(),
+            rules: base.rules.clone(),
+        };
+        let Some(me) = me else {
+            return view;
+        };
+        if me.revoked {
+            view.appliances.insert(me.id.clone(), me);
+            return view;
+        }
+        // Visibility by class only; revocations are applied at the end.
+        let sees =
+            |e: &ApplianceEntry| e.id == me.id || base.rules.iter().any(|r| r.allows(&me, e));
+        let candidates: Box<dyn Iterator<Item = &ApplianceEntry>> = if tenant_bound(&base.rules) {
+            Box::new(
+                self.base
+                    .by_tenant
+                    .get(&me.tenant)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| base.appliances.get(i)),
+            )
+        } else {
+            Box::new(base.appliances.values())
+        };
+        for e in candidates.filter(|e| sees(e)) {
+            view.appliances.insert(e.id.clone(), e.clone());
+        }
+        for d in &self.since {
+            match &d.change {
+                Change::Upsert(e) if sees(e) => {
+                    view.appliances.insert(e.id.clone(), e.clone());
+                }
+                Change::Revoke(r) => {
+                    if let Some(e) = view.appliances.get_mut(r) {
+                        e.revoked = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        view.appliances.insert(me.id.clone(), me);
+        view.appliances.retain(|k, e| *k == id || !e.revoked);
+        view
     }
 }
 
@@ -261,6 +631,137 @@ mod tests {
         assert!(!d.apply(&delta(2, "stale")));
         assert!(!d.appliances.contains_key("stale"));
         assert_eq!(d.appliances.len(), 2);
+    }
+
+    fn pair_rule(x: &str, y: &str) -> Rule {
+        Rule {
+            a: Selector {
+                appliance: Some(x.into()),
+                ..Selector::default()
+            },
+            b: Selector {
+                appliance: Some(y.into()),
+                ..Selector::default()
+            },
+            same_tenant: false,
+        }
+    }
+
+    /// Builds views from the shared base plus the changes since, through every kind of
+    /// change and across rebases: always what the live copy's `view_for` says.
+    #[test]
+    fn snapshot_views_match_the_live_copy() {
+        let mut m = Master::new(Directory {
+            rules: vec![Rule::same_tenant()],
+            ..Directory::default()
+        });
+        let mut version = 0;
+        let mut step = |m: &mut Master, change: Change| {
+            version += 1;
+            m.apply(version, change);
+            let src = m.snapshot_source();
+            for i in 0..12 {
+                let id = format!("x{i}");
+                assert_eq!(src.view_for(&id), m.live().view_for(&id), "view of {id}");
+            }
+        };
+        for i in 0..12 {
+            let e = entry(
+                &format!("x{i}"),
+                &format!("dc{}", i % 3),
+                &format!("t{}", i % 4),
+            );
+            step(&mut m, Change::Upsert(e));
+        }
+        step(&mut m, Change::Revoke("x5".into()));
+        let mut moved = entry("x2", "dc9", "t1");
+        moved.endpoints = vec!["10.0.0.2:1".into()];
+        step(&mut m, Change::Upsert(moved));
+        let mut updated = m.live().appliances["x3"].clone();
+        updated.endpoints = vec!["10.0.0.3:1".into()];
+        step(&mut m, Change::Upsert(updated));
+        step(
+            &mut m,
+            Change::Rules(vec![Rule::same_tenant(), pair_rule("x0", "x1")]),
+        );
+        step(&mut m, Change::Revoke("x1".into()));
+        step(&mut m, Change::Upsert(entry("x11", "dc0", "t0")));
+        step(&mut m, Change::Rules(vec![pair_rule("x0", "x7")]));
+    }
+
+    #[test]
+    fn an_upsert_goes_to_its_peers_only_and_policy_sends_only_new_entries() {
+        let mut m = Master::new(Directory {
+            rules: vec![Rule::same_tenant()],
+            ..Directory::default()
+        });
+        for (i, (id, tenant)) in [("a", "acme"), ("b", "acme"), ("c", "other"), ("d", "other")]
+            .into_iter()
+            .enumerate()
+        {
+            m.apply(i as u64 + 1, Change::Upsert(entry(id, "dc1", tenant)));
+        }
+        let Fanout::Only(_, mut who) = m.apply(5, Change::Upsert(entry("a", "dc1", "acme"))) else {
+            panic!("an upsert fans out to some")
+        };
+        who.sort();
+        assert_eq!(who, ["a", "b"]);
+        let Fanout::Policy {
+            allowed,
+            everyone_resnapshots: false,
+            ..
+        } = m.apply(
+            6,
+            Change::Rules(vec![Rule::same_tenant(), pair_rule("a", "c")]),
+        )
+        else {
+            panic!("a policy change fans out as a policy")
+        };
+        let ids = |id: &str| -> Vec<String> {
+            allowed
+                .get(id)
+                .map(|v| v.iter().map(|e| e.id.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(ids("a"), ["c"]);
+        assert_eq!(ids("c"), ["a"]);
+        assert!(ids("b").is_empty() && ids("d").is_empty());
+        // After the change, c's upsert reaches a too.
+        let Fanout::Only(_, mut who) = m.apply(7, Change::Upsert(entry("c", "dc1", "other")))
+        else {
+            panic!("an upsert fans out to some")
+        };
+        who.sort();
+        assert_eq!(who, ["a", "c", "d"]);
+        // Moving to another tenant: the old peer hears of it (and then refuses it), the new
+        // ones too, and the appliance itself gets a fresh view.
+        let Fanout::Moved {
+            mut audience,
+            moved,
+            ..
+        } = m.apply(8, Change::Upsert(entry("b", "dc1", "other")))
+        else {
+            panic!("a move fans out as a move")
+        };
+        audience.sort();
+        assert_eq!(moved, "b");
+        assert_eq!(audience, ["a", "c", "d"]);
+        let mut a_copy = m.live().view_for("a");
+        a_copy.apply_change(&Change::Upsert(entry("b", "dc1", "acme")));
+        a_copy.apply_change(&Change::Upsert(entry("b", "dc1", "other")));
+        assert!(!a_copy.allows("a", "b"));
+        m.apply(9, Change::Upsert(entry("b", "dc1", "acme")));
+        // An agent's copy, after applying the policy, drops what it may no longer see.
+        let mut copy = m.live().view_for("a");
+        copy.apply(&Delta {
+            version: 10,
+            change: Change::Policy {
+                rules: vec![pair_rule("a", "b")],
+                allowed: vec![],
+            },
+        });
+        copy.retain_view("a");
+        assert_eq!(copy.appliances.keys().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! revocation, audit), the key agent in every appliance, and the QUIC control channel
 //! between them.
 //!
-//! Master keys never leave the appliance that generated them: a peer that wants to send
-//! obtains an SA (SPI and derived key) from the receiver's agent over a mutually
-//! authenticated channel, and the authority only decides who may ask.
+//! Master keys leave the appliance that generated them only sealed to the authority's
+//! escrow key: a peer that wants to send obtains an SA (SPI and derived key) from the
+//! receiver's agent over a mutually authenticated channel, and the authority only decides
+//! who may ask.
 
 #![forbid(unsafe_code)]
 

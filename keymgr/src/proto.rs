@@ -109,6 +109,21 @@ pub enum Message {
         /// Why, in words.
         reason: String,
     },
+    /// Authority → appliance: the X25519 key to escrow master keys to, and the newest key
+    /// epoch already escrowed by this appliance (0 for none).
+    EscrowKey {
+        /// The escrow public key.
+        public: Vec<u8>,
+        /// The epoch held.
+        held: u64,
+    },
+    /// Appliance → authority: both master-key generations, sealed to the escrow key.
+    Escrow {
+        /// The appliance's key epoch the keys are current at.
+        epoch: u64,
+        /// The sealed box ([`crate::seal::seal_to`]).
+        sealed: Vec<u8>,
+    },
 }
 
 impl Message {

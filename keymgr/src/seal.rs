@@ -1,4 +1,5 @@
-//! Secrets at rest: AES-256-GCM under a key-encryption key (KEK) from the operator.
+//! Secrets at rest: AES-256-GCM under a key-encryption key (KEK) from the operator; and
+//! sealed boxes to the authority's escrow key (X25519, HKDF-SHA256, AES-256-GCM).
 
 use std::path::Path;
 
@@ -97,9 +98,154 @@ impl Kek {
     }
 }
 
+/// Length of an X25519 public key.
+pub const ESCROW_PUBLIC_LEN: usize = 32;
+
+fn box_key(shared: &[u8], ephemeral: &[u8], recipient: &[u8], label: &str) -> Result<LessSafeKey> {
+    use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
+    // Both public keys in the salt bind the box to this exchange; the label binds it to
+    // what it holds.
+    let mut salt = ephemeral.to_vec();
+    salt.extend_from_slice(recipient);
+    let prk = Salt::new(HKDF_SHA256, &salt).extract(shared);
+    let info = [label.as_bytes()];
+    let okm = prk
+        .expand(&info, &AES_256_GCM)
+        .map_err(|_| Error::KeyWrap("escrow key derivation failed"))?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
+}
+
+/// Seals `secret` so that only the holder of the X25519 private key behind `recipient`
+/// can open it: a fresh ephemeral key pair per box, so the all-zero nonce is used once
+/// per key. Output: ephemeral public key ‖ ciphertext ‖ tag.
+pub fn seal_to(recipient: &[u8], label: &str, secret: &[u8]) -> Result<Vec<u8>> {
+    use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+    let fail = |_| Error::KeyWrap("escrow sealing failed");
+    let ephemeral = PrivateKey::generate(&X25519).map_err(fail)?;
+    let public = ephemeral.compute_public_key().map_err(fail)?;
+    let key = agree(
+        &ephemeral,
+        UnparsedPublicKey::new(&X25519, recipient),
+        Error::KeyWrap("bad escrow public key"),
+        |shared| box_key(shared, public.as_ref(), recipient, label),
+    )?;
+    let mut buf = secret.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([0; NONCE_LEN]),
+        Aad::from(label.as_bytes()),
+        &mut buf,
+    )
+    .map_err(|_| Error::KeyWrap("escrow sealing failed"))?;
+    let mut out = public.as_ref().to_vec();
+    out.extend_from_slice(&buf);
+    zeroize::Zeroize::zeroize(&mut buf);
+    Ok(out)
+}
+
+/// The authority's escrow key pair (X25519). Its private half is stored only sealed under
+/// the KEK.
+pub struct EscrowKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for EscrowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EscrowKey(..)")
+    }
+}
+
+impl EscrowKey {
+    /// A fresh key pair.
+    pub fn generate() -> Result<Self> {
+        Ok(Self(random_bytes::<32>()?))
+    }
+
+    /// The key from its 32 private bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(Error::KeyWrap("escrow key has the wrong length"));
+        }
+        key.copy_from_slice(bytes);
+        Ok(Self(key))
+    }
+
+    /// The private bytes, for sealing under the KEK.
+    pub fn private_bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
+    fn private(&self) -> Result<aws_lc_rs::agreement::PrivateKey> {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        PrivateKey::from_private_key(&X25519, self.0.as_ref())
+            .map_err(|_| Error::KeyWrap("bad escrow private key"))
+    }
+
+    /// The public key appliances seal to.
+    pub fn public(&self) -> Result<Vec<u8>> {
+        Ok(self
+            .private()?
+            .compute_public_key()
+            .map_err(|_| Error::KeyWrap("bad escrow private key"))?
+            .as_ref()
+            .to_vec())
+    }
+
+    /// Opens what [`seal_to`] sealed to this key under the same `label`.
+    pub fn open(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        use aws_lc_rs::agreement::{agree, UnparsedPublicKey, X25519};
+        if sealed.len() < ESCROW_PUBLIC_LEN + 16 {
+            return Err(Error::KeyWrap("escrowed secret too short"));
+        }
+        let (ephemeral, body) = sealed.split_at(ESCROW_PUBLIC_LEN);
+        let recipient = self.public()?;
+        let key = agree(
+            &self.private()?,
+            UnparsedPublicKey::new(&X25519, ephemeral),
+            Error::KeyWrap("bad ephemeral key in an escrowed secret"),
+            |shared| box_key(shared, ephemeral, &recipient, label),
+        )?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let len = key
+            .open_in_place(
+                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                Aad::from(label.as_bytes()),
+                buf.as_mut(),
+            )
+            .map_err(|_| Error::KeyWrap("wrong escrow key or tampered escrowed secret"))?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escrow_boxes_open_only_with_the_escrow_key_and_label() {
+        let escrow = EscrowKey::generate().unwrap();
+        let public = escrow.public().unwrap();
+        let sealed = seal_to(&public, "escrow/a/3", b"master key").unwrap();
+        assert_eq!(
+            &escrow.open("escrow/a/3", &sealed).unwrap()[..],
+            b"master key"
+        );
+        // Fresh ephemeral key per box: the same secret never seals the same way twice.
+        assert_ne!(
+            sealed,
+            seal_to(&public, "escrow/a/3", b"master key").unwrap()
+        );
+        assert!(escrow.open("escrow/b/3", &sealed).is_err());
+        assert!(EscrowKey::generate()
+            .unwrap()
+            .open("escrow/a/3", &sealed)
+            .is_err());
+        let mut bad = sealed.clone();
+        bad[40] ^= 1;
+        assert!(escrow.open("escrow/a/3", &bad).is_err());
+        let again = EscrowKey::from_bytes(escrow.private_bytes()).unwrap();
+        assert_eq!(again.public().unwrap(), public);
+    }
 
     #[test]
     fn seal_round_trips_and_binds_label_and_key() {

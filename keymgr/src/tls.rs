@@ -48,7 +48,21 @@ pub fn server_config(
     own: &KeyedCert,
     require_client_cert: bool,
 ) -> Result<quinn::ServerConfig> {
-    let provider = provider();
+    let tls = rustls_server(provider(), ca, own, require_client_cert)?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Certificate(format!("quic server config: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The TLS half of [`server_config`].
+fn rustls_server(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: &CertificateDer<'static>,
+    own: &KeyedCert,
+    require_client_cert: bool,
+) -> Result<rustls::ServerConfig> {
     let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone());
     if !require_client_cert {
         verifier = verifier.allow_unauthenticated();
@@ -61,11 +75,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![own.cert.clone()], own.private_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls)
-        .map_err(|e| Error::Certificate(format!("quic server config: {e}")))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport());
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// A QUIC client configuration trusting `ca`, presenting `own` if given.
@@ -73,7 +83,21 @@ pub fn client_config(
     ca: &CertificateDer<'static>,
     own: Option<&KeyedCert>,
 ) -> Result<quinn::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let tls = rustls_client(provider(), ca, own)?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Certificate(format!("quic client config: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The TLS half of [`client_config`].
+fn rustls_client(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: &CertificateDer<'static>,
+    own: Option<&KeyedCert>,
+) -> Result<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?);
     let mut tls = match own {
@@ -81,11 +105,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls)
-        .map_err(|e| Error::Certificate(format!("quic client config: {e}")))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// The identity named by the peer's verified certificate, if it presented one.
@@ -95,4 +115,82 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
     identity_of(certs.first()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    use rustls::crypto::SupportedKxGroup;
+    use rustls::NamedGroup;
+
+    use super::*;
+    use crate::pki::{appliance_csr, Ca};
+
+    fn keyed(ca: &Ca, id: &str) -> KeyedCert {
+        let (key, csr) = appliance_csr(id).unwrap();
+        let identity = Identity {
+            appliance: id.into(),
+            centre: "dc1".into(),
+        };
+        let (cert, _) = ca.sign_csr(&csr, &identity, 1).unwrap();
+        KeyedCert {
+            cert: CertificateDer::from(cert.to_vec()),
+            key,
+        }
+    }
+
+    fn only(groups: &[&'static dyn SupportedKxGroup]) -> Arc<rustls::crypto::CryptoProvider> {
+        let mut p = default_provider();
+        p.kx_groups = groups.to_vec();
+        Arc::new(p)
+    }
+
+    /// A full mutually authenticated handshake in memory with the configs the control
+    /// channel uses (QUIC carries the same TLS handshake); returns the group both agreed.
+    fn negotiated(
+        client: Arc<rustls::crypto::CryptoProvider>,
+        server: Arc<rustls::crypto::CryptoProvider>,
+    ) -> NamedGroup {
+        let ca = Ca::generate("test ca").unwrap();
+        let ca_cert = ca.cert_der();
+        let client = rustls_client(client, &ca_cert, Some(&keyed(&ca, "a"))).unwrap();
+        let server = rustls_server(server, &ca_cert, &keyed(&ca, "b"), true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("b").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut &wire[..]).unwrap();
+            s.process_new_packets().unwrap();
+            wire.clear();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut &wire[..]).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking(), "no handshake");
+        let group = s.negotiated_key_exchange_group().unwrap().name();
+        assert_eq!(c.negotiated_key_exchange_group().unwrap().name(), group);
+        // Mutual: the server saw the client's certificate.
+        assert!(s.peer_certificates().is_some_and(|c| !c.is_empty()));
+        group
+    }
+
+    #[test]
+    fn control_channel_negotiates_the_post_quantum_hybrid() {
+        assert_eq!(
+            negotiated(provider(), provider()),
+            NamedGroup::X25519MLKEM768
+        );
+    }
+
+    #[test]
+    fn peers_offering_only_x25519_are_accepted_with_x25519() {
+        let classic = only(&[kx_group::X25519]);
+        assert_eq!(negotiated(classic.clone(), provider()), NamedGroup::X25519);
+        assert_eq!(negotiated(provider(), classic), NamedGroup::X25519);
+    }
 }

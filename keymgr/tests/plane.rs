@@ -11,6 +11,7 @@ use cpclink_dataplane::sa::{RxSa, SaLimits, Spi, TxSa};
 use cpclink_keymgr::agent::{enrol_only, AgentOptions, KeyAgent, SaEvent, TxSaGrant};
 use cpclink_keymgr::authority::Authority;
 use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::directory::{Rule, Selector};
 use cpclink_keymgr::pki::identity_of;
 use cpclink_keymgr::proto::{self, Message, MAX_FRAME};
 use cpclink_keymgr::seal::Kek;
@@ -24,6 +25,16 @@ struct Plane {
 }
 
 async fn plane() -> Plane {
+    let (dir, cfg) = plane_config();
+    let authority = Authority::start(&cfg).await.unwrap();
+    Plane {
+        dir,
+        authority,
+        cfg,
+    }
+}
+
+fn plane_config() -> (tempfile::TempDir, AuthorityConfig) {
     let dir = tempfile::tempdir().unwrap();
     let kek_file = dir.path().join("kek");
     std::fs::write(&kek_file, "11".repeat(32)).unwrap();
@@ -37,12 +48,7 @@ async fn plane() -> Plane {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
     };
-    let authority = Authority::start(&cfg).await.unwrap();
-    Plane {
-        dir,
-        authority,
-        cfg,
-    }
+    (dir, cfg)
 }
 
 impl Plane {
@@ -425,4 +431,275 @@ async fn revoked_appliance_is_cut_off_by_its_peers() {
         status,
         proto::AdminReply::Status { revoked: 1, .. }
     ));
+}
+
+/// Waits until the agent's directory version reaches `version`.
+async fn reaches(agent: &KeyAgent, version: u64) {
+    let mut rx = agent.directory_version();
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|v| *v >= version))
+        .await
+        .unwrap_or_else(|_| panic!("{} never reached version {version}", agent.id()))
+        .unwrap();
+}
+
+fn listed(agent: &KeyAgent) -> Vec<String> {
+    agent.directory().appliances.into_keys().collect()
+}
+
+#[tokio::test]
+async fn a_change_reaches_every_affected_agent_and_only_those() {
+    let p = plane().await;
+    let (a, _ae) = p.agent("a", "acme").await;
+    let (b, _be) = p.agent("b", "acme").await;
+    let (c, _ce) = p.agent("c", "other").await;
+    let (d, _de) = p.agent("d", "other").await;
+    settle(&[(&a, &["b"]), (&b, &["a"]), (&c, &["d"]), (&d, &["c"])]).await;
+    let before_c = *c.directory_version().borrow();
+    let before_d = *d.directory_version().borrow();
+
+    // An appliance's change goes to it and to those that may talk to it ...
+    let v = p
+        .authority
+        .update_appliance("a", vec!["10.9.9.9:1000".into()], vec![])
+        .await
+        .unwrap();
+    reaches(&a, v).await;
+    reaches(&b, v).await;
+    assert_eq!(b.directory().appliances["a"].endpoints, ["10.9.9.9:1000"]);
+    // ... and to nobody else: the other tenant's copies do not move.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*c.directory_version().borrow(), before_c);
+    assert_eq!(*d.directory_version().borrow(), before_d);
+    assert_eq!(listed(&c), ["c", "d"]);
+
+    // A policy change reaches everyone; only the pair it allows learns of each other.
+    let pair = Rule {
+        a: Selector {
+            appliance: Some("a".into()),
+            ..Selector::default()
+        },
+        b: Selector {
+            appliance: Some("c".into()),
+            ..Selector::default()
+        },
+        same_tenant: false,
+    };
+    let v = p
+        .authority
+        .set_rules(vec![Rule::same_tenant(), pair])
+        .await
+        .unwrap();
+    for agent in [&a, &b, &c, &d] {
+        reaches(agent, v).await;
+    }
+    assert_eq!(listed(&a), ["a", "b", "c"]);
+    assert_eq!(listed(&b), ["a", "b"]);
+    assert_eq!(listed(&c), ["a", "c", "d"]);
+    assert_eq!(listed(&d), ["c", "d"]);
+    // The new entries are live: a reaches c's agent for an SA.
+    assert_eq!(a.request_sa("c").await.unwrap().peer, "c");
+
+    // Taking the rule away again: the pair drop each other, refuse each other.
+    let v = p
+        .authority
+        .set_rules(vec![Rule::same_tenant()])
+        .await
+        .unwrap();
+    reaches(&a, v).await;
+    reaches(&c, v).await;
+    assert_eq!(listed(&a), ["a", "b"]);
+    assert_eq!(listed(&c), ["c", "d"]);
+    assert!(a.request_sa("c").await.is_err());
+}
+
+/// An older release could crash between marking a token used and recording its
+/// appliance, leaving the token spent for nothing. Such a token completes once; redeeming
+/// and recording are now one transaction, so the state cannot arise again.
+#[tokio::test]
+async fn a_token_spent_without_its_appliance_completes_once() {
+    let (_dir, cfg) = plane_config();
+    let token =
+        cpclink_keymgr::authority::create_token(&cfg, "edge-1", "dc1", "acme", None).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&hex::decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let token_id = claims["id"].as_str().unwrap();
+    {
+        use cpclink_keymgr::store::{RedbStore, Store};
+        let store = RedbStore::open(&cfg.state_dir.join("authority.redb")).unwrap();
+        store
+            .put(&format!("token/{token_id}"), br#"["edge-1",1]"#)
+            .await
+            .unwrap();
+    }
+    let authority = Authority::start(&cfg).await.unwrap();
+    let addr = authority.local_addr().unwrap();
+    let ca = authority.ca_cert();
+    enrol_only(addr, &ca, "edge-1", &token).await.unwrap();
+    assert!(authority.directory().await.is_active("edge-1"));
+    let again = enrol_only(addr, &ca, "edge-1", &token).await.unwrap_err();
+    assert!(again.to_string().contains("already used"), "{again}");
+}
+
+/// The next scheduled rotation is kept in the store: one that fell due while the
+/// authority was down is ordered as soon as it is back, not a full interval later.
+#[test]
+fn a_rotation_due_while_the_authority_was_down_happens_on_restart() {
+    let (_dir, mut cfg) = plane_config();
+    cfg.rotation_interval_secs = 2;
+    let first = tokio::runtime::Runtime::new().unwrap();
+    first.block_on(async {
+        let authority = Authority::start(&cfg).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        authority.shutdown();
+    });
+    // Dropping the runtime drops every task of the first authority, and its store.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(2500));
+    cfg.rotation_interval_secs = 86_400;
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let authority = Authority::start(&cfg).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let proto::AdminReply::Status { rotation, .. } = authority.status().await {
+                if rotation == 1 {
+                    break;
+                }
+                assert_eq!(rotation, 0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the due rotation was not ordered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Ordered once, and the next one is an interval away: no burst of catch-ups.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(
+            authority.status().await,
+            proto::AdminReply::Status { rotation: 1, .. }
+        ));
+    });
+}
+
+/// Waits until the authority holds `id`'s keys in escrow at `epoch`; returns them.
+async fn escrowed_at(p: &Plane, id: &str, epoch: u64) -> cpclink_dataplane::sa::MasterKeys {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((e, keys)) = p.authority.escrowed_keys(id).await.unwrap() {
+            if e == epoch {
+                return keys;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}'s keys at epoch {epoch} never escrowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn master_keys_are_escrowed_sealed_to_the_authority_and_follow_rotations() {
+    let p = plane().await;
+    let (a, _ae) = p.agent("a", "acme").await;
+    let (b, _be) = p.agent("b", "acme").await;
+    settle(&[(&a, &["b"]), (&b, &["a"])]).await;
+    let epoch = b.epoch().await;
+    let keys = escrowed_at(&p, "b", epoch).await;
+    // The escrowed keys are b's: they derive the very SA key b's agent granted.
+    let grant = a.request_sa("b").await.unwrap();
+    assert_eq!(
+        keys.derive(grant.spi, grant.suite).unwrap().as_bytes(),
+        grant.key.as_bytes()
+    );
+    // In the store the keys are sealed: no plaintext, and not openable as another's.
+    let raw = std::fs::read(p.cfg.state_dir.join("authority.redb")).unwrap();
+    let key_hex =
+        |k: &cpclink_dataplane::sa::MasterKeys| hex::encode(k.key(k.current_generation()).unwrap());
+    assert!(!raw.windows(64).any(|w| w == key_hex(&keys).as_bytes()));
+
+    // After a rotation the new generation is escrowed too, and still matches.
+    p.authority.rotate_all().await.unwrap();
+    let keys = escrowed_at(&p, "b", epoch + 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let grant = loop {
+        let g = a.request_sa("b").await.unwrap();
+        if g.epoch == epoch + 1 {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "no SA of the new generation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        keys.derive(grant.spi, grant.suite).unwrap().as_bytes(),
+        grant.key.as_bytes()
+    );
+    let log = std::fs::read_to_string(p.cfg.state_dir.join("audit.jsonl")).unwrap();
+    assert!(log.contains(r#""kind":"escrowed""#) && log.contains(r#""kind":"escrow_opened""#));
+    audit::verify(&p.cfg.state_dir.join("audit.jsonl")).unwrap();
+}
+
+/// An agent keeps where it stands in the rotation sequence across restarts: one restarted
+/// after rotations it missed catches up once (to the newest), and one restarted without
+/// missing any does not rotate again.
+#[test]
+fn a_restarted_agent_catches_up_on_missed_rotations_once() {
+    let (dir, cfg) = plane_config();
+    let authority_rt = tokio::runtime::Runtime::new().unwrap();
+    let authority = authority_rt.block_on(Authority::start(&cfg)).unwrap();
+    let token = authority
+        .mint_token("b", "dc1", "acme", Duration::from_secs(600))
+        .unwrap();
+    let options = |token: Option<String>| AgentOptions {
+        appliance: "b".into(),
+        authority: authority.local_addr().unwrap(),
+        listen: (Ipv4Addr::LOCALHOST, 0).into(),
+        state_dir: dir.path().join("b"),
+        kek: Kek::load(&cfg.kek_file, "kek_file").unwrap(),
+        ca_cert: authority.ca_cert(),
+        token: token.map(zeroize::Zeroizing::new),
+        endpoints: vec![],
+        capabilities: vec![],
+        suite: cpclink_dataplane::crypto::Suite::AesGcm256,
+        sa_lifetime: Duration::from_secs(3600),
+        rekey_grace: Duration::from_millis(100),
+    };
+    // Runs an agent in a runtime of its own until it has its directory and `until` holds
+    // for its epoch, then a little longer (for any wrong extra rotation to show); returns
+    // the epoch then. Dropping the runtime stops the agent and closes its store, as a
+    // process exit would.
+    let run_agent = |token: Option<String>, until: &dyn Fn(u64) -> bool| -> u64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let epoch = rt.block_on(async {
+            let (agent, _events) = KeyAgent::start(options(token)).await.unwrap();
+            let mut version = agent.directory_version();
+            tokio::time::timeout(Duration::from_secs(20), version.wait_for(|v| *v > 0))
+                .await
+                .unwrap()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !until(agent.epoch().await) {
+                assert!(Instant::now() < deadline, "agent stuck");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            agent.epoch().await
+        });
+        drop(rt);
+        epoch
+    };
+    let first = run_agent(Some(token), &|_| true);
+    authority_rt.block_on(async {
+        authority.rotate_all().await.unwrap();
+        authority.rotate_all().await.unwrap();
+    });
+    // Two rotations missed: one catch-up rotation on reconnect, to the newest.
+    let caught_up = run_agent(None, &|e| e > first);
+    assert_eq!(caught_up, first + 1);
+    // Nothing missed since: no rotation at all on the next restart.
+    assert_eq!(run_agent(None, &|_| true), caught_up);
+    // And the next ordered rotation is obeyed as usual.
+    authority_rt.block_on(authority.rotate_all()).unwrap();
+    assert_eq!(run_agent(None, &|e| e > caught_up), caught_up + 1);
 }

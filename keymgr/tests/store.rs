@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cpclink_keymgr::store::{EtcdStore, RedbStore, Store, Write};
+use cpclink_keymgr::store::{EtcdStore, MemoryStore, RedbStore, Store, Write};
 
 async fn suite(s: &impl Store) {
     assert_eq!(s.get("a/1").await.unwrap(), None);
@@ -38,6 +38,29 @@ async fn suite(s: &impl Store) {
     assert_eq!(s.scan("c/").await.unwrap().len(), 2);
     // Deleting what is absent is not an error.
     s.apply(vec![Write::Delete("nope".into())]).await.unwrap();
+
+    // A guarded batch: all of it while the guard is absent, none of it once present.
+    let put = |k: &str, v: &[u8]| Write::Put(k.into(), v.to_vec());
+    assert!(s
+        .apply_unless_present("g/token", vec![put("g/token", b"1"), put("g/entry", b"a")])
+        .await
+        .unwrap());
+    assert!(!s
+        .apply_unless_present("g/token", vec![put("g/token", b"2"), put("g/other", b"b")])
+        .await
+        .unwrap());
+    assert_eq!(s.get("g/token").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(s.get("g/other").await.unwrap(), None);
+    // The guard need not be among the writes.
+    assert!(s
+        .apply_unless_present("g/absent", vec![put("g/third", b"c")])
+        .await
+        .unwrap());
+    assert!(!s
+        .apply_unless_present("g/entry", vec![put("g/fourth", b"d")])
+        .await
+        .unwrap());
+    assert_eq!(s.scan("g/").await.unwrap().len(), 3);
 }
 
 /// Many concurrent insert-if-absent calls for one key: exactly one wins (single-use tokens
@@ -55,6 +78,30 @@ async fn insert_new_has_one_winner<S: Store>(s: std::sync::Arc<S>) {
         wins += usize::from(t.await.unwrap());
     }
     assert_eq!(wins, 1);
+
+    // The same for guarded batches: one batch lands whole, the others not at all.
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = vec![
+                Write::Put("race-guard".into(), vec![i]),
+                Write::Put(format!("race-entry/{i:02}"), vec![i]),
+            ];
+            s.apply_unless_present("race-guard", batch).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    let entries = s.scan("race-entry/").await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        s.get("race-guard").await.unwrap(),
+        Some(entries[0].1.clone())
+    );
 }
 
 #[tokio::test]
@@ -69,6 +116,13 @@ async fn redb_store_passes_the_suite_and_survives_reopen() {
     let s = RedbStore::open(&path).unwrap();
     assert_eq!(s.get("a/1").await.unwrap().as_deref(), Some(&b"uno"[..]));
     assert!(!s.insert_new("tok/x", b"3").await.unwrap());
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    let s = MemoryStore::default();
+    suite(&s).await;
+    insert_new_has_one_winner(std::sync::Arc::new(s)).await;
 }
 
 struct Etcd {
@@ -149,4 +203,92 @@ async fn etcd_store_passes_the_suite() {
     let other = connect(&etcd, "/other/").await;
     assert_eq!(other.get("a/1").await.unwrap(), None);
     assert!(other.scan("").await.unwrap().is_empty());
+}
+
+/// The authority on etcd, end to end: two agents enrol over QUIC, learn of each other and
+/// one grants the other an SA; the records are in etcd, not in a local file, and a second
+/// authority started on the same cluster knows both appliances and spent tokens.
+#[tokio::test]
+async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
+    use std::net::Ipv4Addr;
+
+    use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
+    use cpclink_keymgr::authority::Authority;
+    use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+    use cpclink_keymgr::seal::Kek;
+
+    let Some(etcd) = start_etcd() else { return };
+    let records = connect(&etcd, "/e2e/").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kek_file = dir.path().join("kek");
+    std::fs::write(&kek_file, "22".repeat(32)).unwrap();
+    let mut cfg = AuthorityConfig {
+        listen: (Ipv4Addr::LOCALHOST, 0).into(),
+        state_dir: dir.path().join("authority"),
+        kek_file: kek_file.clone(),
+        rotation_interval_secs: 86_400,
+        cert_days: 1,
+        token_ttl_secs: 600,
+        store: StoreConfig::Etcd {
+            endpoints: vec![etcd.url.clone()],
+            prefix: "/e2e/".into(),
+        },
+        rules: Vec::new(),
+    };
+    let authority = Authority::start(&cfg).await.unwrap();
+    let mut agents = Vec::new();
+    let mut tokens = Vec::new();
+    for id in ["a", "b"] {
+        let token = authority
+            .mint_token(id, "dc1", "acme", Duration::from_secs(600))
+            .unwrap();
+        tokens.push(token.clone());
+        let opts = AgentOptions {
+            appliance: id.into(),
+            authority: authority.local_addr().unwrap(),
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            state_dir: dir.path().join(id),
+            kek: Kek::load(&kek_file, "kek_file").unwrap(),
+            ca_cert: authority.ca_cert(),
+            token: Some(zeroize::Zeroizing::new(token)),
+            endpoints: vec![],
+            capabilities: vec![],
+            suite: cpclink_dataplane::crypto::Suite::AesGcm256,
+            sa_lifetime: Duration::from_secs(3600),
+            rekey_grace: Duration::from_secs(5),
+        };
+        agents.push(KeyAgent::start(opts).await.unwrap());
+    }
+    let (a, b) = (&agents[0].0, &agents[1].0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(a.directory().is_active("b") && b.directory().is_active("a")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents never saw each other"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grant = a.request_sa("b").await.unwrap();
+    assert_eq!(grant.peer, "b");
+
+    assert!(records.get("appliance/a").await.unwrap().is_some());
+    assert!(records.get("cert/b").await.unwrap().is_some());
+    assert_eq!(records.scan("token/").await.unwrap().len(), 2);
+    assert!(!cfg.state_dir.join("authority.redb").exists());
+
+    // Restarted on the same cluster, the authority knows both appliances and spent tokens.
+    authority.shutdown();
+    cfg.listen = (Ipv4Addr::LOCALHOST, 0).into();
+    let again = Authority::start(&cfg).await.unwrap();
+    let dir_copy = again.directory().await;
+    assert!(dir_copy.is_active("a") && dir_copy.is_active("b"));
+    let reused = cpclink_keymgr::agent::enrol_only(
+        again.local_addr().unwrap(),
+        &again.ca_cert(),
+        "a",
+        &tokens[0],
+    )
+    .await
+    .unwrap_err();
+    assert!(reused.to_string().contains("already used"), "{reused}");
 }

@@ -65,6 +65,9 @@ enum BenchSuite {
         #[arg(long, default_value_t = IoKind::Auto)]
         io: IoKind,
     },
+    /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
+    /// rate, directory change, rotation and revocation reaching all of them).
+    Keymgr(cpclink_keymgr::bench::BenchArgs),
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
         /// Print one JSON array instead of a table.
@@ -84,8 +87,16 @@ enum BenchSuite {
 
 /// Runs `cpclink bench`.
 pub fn run(args: BenchArgs) -> Result<(), Error> {
+    if let BenchSuite::Keymgr(args) = &args.suite {
+        // Its own runtime: the key plane is async; the other suites drive threads.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return Ok(runtime.block_on(cpclink_keymgr::bench::run(args))?);
+    }
     let mut out = std::io::stdout().lock();
     match args.suite {
+        BenchSuite::Keymgr(_) => {}
         BenchSuite::Dataplane {
             json,
             duration,

@@ -47,7 +47,7 @@ enum KeymgrCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Benchmark the key plane with simulated appliances over real QUIC.
+    /// Benchmark the key plane (the same as `cpclink bench keymgr`).
     Bench(bench::BenchArgs),
 }
 

@@ -33,6 +33,16 @@ impl EtcdStore {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    fn ops(&self, batch: Vec<Write>) -> Vec<TxnOp> {
+        batch
+            .into_iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(self.key(&k), v, None),
+                Write::Delete(k) => TxnOp::delete(self.key(&k), None),
+            })
+            .collect()
+    }
 }
 
 impl Store for EtcdStore {
@@ -76,17 +86,21 @@ impl Store for EtcdStore {
     }
 
     async fn apply(&self, batch: Vec<Write>) -> Result<()> {
-        let ops: Vec<TxnOp> = batch
-            .into_iter()
-            .map(|w| match w {
-                Write::Put(k, v) => TxnOp::put(self.key(&k), v, None),
-                Write::Delete(k) => TxnOp::delete(self.key(&k), None),
-            })
-            .collect();
         self.client
             .kv_client()
-            .txn(Txn::new().and_then(ops))
+            .txn(Txn::new().and_then(self.ops(batch)))
             .await?;
         Ok(())
+    }
+
+    async fn apply_unless_present(&self, guard: &str, batch: Vec<Write>) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key(guard),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(self.ops(batch));
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
     }
 }

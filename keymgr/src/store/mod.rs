@@ -5,11 +5,13 @@
 //! insert-if-absent, and every state change that must not be half-applied is one batch.
 
 mod etcd;
+mod memory;
 mod redb_store;
 
 use std::future::Future;
 
 pub use etcd::EtcdStore;
+pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
 use crate::Result;
@@ -35,6 +37,13 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
     /// Applies every write or none.
     fn apply(&self, batch: Vec<Write>) -> impl Future<Output = Result<()>> + Send;
+    /// Applies every write of `batch` if `guard` holds nothing, else none; one atomic
+    /// transaction either way. Returns whether it applied.
+    fn apply_unless_present(
+        &self,
+        guard: &str,
+        batch: Vec<Write>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The store an authority was configured with.
@@ -44,6 +53,8 @@ pub enum AnyStore {
     Redb(RedbStore),
     /// An etcd cluster.
     Etcd(Box<EtcdStore>),
+    /// Memory only (simulated appliances, tests): not durable.
+    Memory(MemoryStore),
 }
 
 impl Store for AnyStore {
@@ -51,6 +62,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.get(key).await,
             Self::Etcd(s) => s.get(key).await,
+            Self::Memory(s) => s.get(key).await,
         }
     }
 
@@ -58,6 +70,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.put(key, value).await,
             Self::Etcd(s) => s.put(key, value).await,
+            Self::Memory(s) => s.put(key, value).await,
         }
     }
 
@@ -65,6 +78,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.insert_new(key, value).await,
             Self::Etcd(s) => s.insert_new(key, value).await,
+            Self::Memory(s) => s.insert_new(key, value).await,
         }
     }
 
@@ -72,6 +86,7 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.scan(prefix).await,
             Self::Etcd(s) => s.scan(prefix).await,
+            Self::Memory(s) => s.scan(prefix).await,
         }
     }
 
@@ -79,6 +94,15 @@ impl Store for AnyStore {
         match self {
             Self::Redb(s) => s.apply(batch).await,
             Self::Etcd(s) => s.apply(batch).await,
+            Self::Memory(s) => s.apply(batch).await,
+        }
+    }
+
+    async fn apply_unless_present(&self, guard: &str, batch: Vec<Write>) -> Result<bool> {
+        match self {
+            Self::Redb(s) => s.apply_unless_present(guard, batch).await,
+            Self::Etcd(s) => s.apply_unless_present(guard, batch).await,
+            Self::Memory(s) => s.apply_unless_present(guard, batch).await,
         }
     }
 }

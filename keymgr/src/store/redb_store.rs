@@ -91,6 +91,34 @@ impl Store for RedbStore {
     async fn apply(&self, batch: Vec<Write>) -> Result<()> {
         self.blocking(move |s| s.apply_now(&batch)).await
     }
+
+    async fn apply_unless_present(&self, guard: &str, batch: Vec<Write>) -> Result<bool> {
+        let guard = guard.to_owned();
+        self.blocking(move |s| {
+            s.write(|t| {
+                if t.get(guard.as_str())?.is_some() {
+                    return Ok(false);
+                }
+                write_all(t, &batch)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+}
+
+fn write_all(t: &mut redb::Table<'_, &'static str, &'static [u8]>, batch: &[Write]) -> Result<()> {
+    for w in batch {
+        match w {
+            Write::Put(k, v) => {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+            Write::Delete(k) => {
+                t.remove(k.as_str())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl RedbStore {
@@ -109,18 +137,6 @@ impl RedbStore {
     }
 
     fn apply_now(&self, batch: &[Write]) -> Result<()> {
-        self.write(|t| {
-            for w in batch {
-                match w {
-                    Write::Put(k, v) => {
-                        t.insert(k.as_str(), v.as_slice())?;
-                    }
-                    Write::Delete(k) => {
-                        t.remove(k.as_str())?;
-                    }
-                }
-            }
-            Ok(())
-        })
+        self.write(|t| write_all(t, batch))
     }
 }
