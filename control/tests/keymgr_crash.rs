@@ -110,7 +110,15 @@ async fn wait_authority(state: &Path) -> (usize, u64) {
         if let Some(s) = status(state).await {
             return s;
         }
-        assert!(Instant::now() < deadline, "authority did not come up");
+        if Instant::now() >= deadline {
+            let log =
+                std::fs::read_to_string(state.with_file_name("authority.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "authority did not come up; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -161,10 +169,15 @@ impl Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_rotations_and_grants_loses_nothing() {
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    let seed = std::env::var("CPCLINK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
         | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
