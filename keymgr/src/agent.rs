@@ -949,6 +949,55 @@ async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<K
     }))
 }
 
+/// What an enrolment request publishes besides the CSR.
+struct EnrolRequest<'a> {
+    authority: SocketAddr,
+    ca: &'a CertificateDer<'static>,
+    appliance: &'a str,
+    token: &'a str,
+    control: String,
+    endpoints: Vec<String>,
+    capabilities: Vec<String>,
+}
+
+/// Generates a key pair, presents the token and a CSR over `endpoint`, and returns the
+/// certificate the authority issued with its key.
+async fn request_certificate(
+    endpoint: &quinn::Endpoint,
+    req: EnrolRequest<'_>,
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+    let (key, csr) = pki::appliance_csr(req.appliance)?;
+    let conn = endpoint
+        .connect_with(
+            tls::client_config(req.ca, None)?,
+            req.authority,
+            AUTHORITY_NAME,
+        )?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    proto::write_frame(
+        &mut send,
+        &Message::Enrol {
+            token: req.token.to_owned(),
+            csr,
+            control: req.control,
+            endpoints: req.endpoints,
+            capabilities: req.capabilities,
+        },
+    )
+    .await?;
+    send.finish()?;
+    let reply: Option<Message> = proto::read_frame(&mut recv).await?;
+    conn.close(0u32.into(), b"enrolled");
+    match reply {
+        Some(Message::Enrolled { cert }) => Ok((cert, key)),
+        Some(Message::Error { reason }) => Err(Error::Refused(reason)),
+        other => Err(Error::Frame(format!(
+            "unexpected enrolment reply {other:?}"
+        ))),
+    }
+}
+
 async fn enrol(
     endpoint: &quinn::Endpoint,
     opts: &AgentOptions,
@@ -956,35 +1005,19 @@ async fn enrol(
     control: SocketAddr,
     store: &AnyStore,
 ) -> Result<KeyedCert> {
-    let (key, csr) = pki::appliance_csr(&opts.appliance)?;
-    let client = tls::client_config(&opts.ca_cert, None)?;
-    let conn = endpoint
-        .connect_with(client, opts.authority, AUTHORITY_NAME)?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    proto::write_frame(
-        &mut send,
-        &Message::Enrol {
-            token: token.to_owned(),
-            csr,
+    let (cert, key) = request_certificate(
+        endpoint,
+        EnrolRequest {
+            authority: opts.authority,
+            ca: &opts.ca_cert,
+            appliance: &opts.appliance,
+            token,
             control: control.to_string(),
             endpoints: opts.endpoints.clone(),
             capabilities: opts.capabilities.clone(),
         },
     )
     .await?;
-    send.finish()?;
-    let reply: Option<Message> = proto::read_frame(&mut recv).await?;
-    conn.close(0u32.into(), b"enrolled");
-    let cert = match reply {
-        Some(Message::Enrolled { cert }) => cert,
-        Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
-        other => {
-            return Err(Error::Frame(format!(
-                "unexpected enrolment reply {other:?}"
-            )))
-        }
-    };
     let named = pki::identity_of(&cert)?;
     if named.appliance != opts.appliance {
         return Err(Error::Certificate(format!(
@@ -1018,34 +1051,23 @@ pub async fn enrol_only(
 ) -> Result<KeyedCert> {
     let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())
         .map_err(|e| Error::io("binding a client endpoint", e))?;
-    let (key, csr) = pki::appliance_csr(appliance)?;
-    let conn = endpoint
-        .connect_with(tls::client_config(ca, None)?, authority, AUTHORITY_NAME)?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    proto::write_frame(
-        &mut send,
-        &Message::Enrol {
-            token: token.to_owned(),
-            csr,
+    let issued = request_certificate(
+        &endpoint,
+        EnrolRequest {
+            authority,
+            ca,
+            appliance,
+            token,
             control: String::new(),
             endpoints: Vec::new(),
             capabilities: Vec::new(),
         },
     )
-    .await?;
-    send.finish()?;
-    let reply: Option<Message> = proto::read_frame(&mut recv).await?;
-    conn.close(0u32.into(), b"done");
+    .await;
     endpoint.wait_idle().await;
-    match reply {
-        Some(Message::Enrolled { cert }) => Ok(KeyedCert {
-            cert: CertificateDer::from(cert),
-            key,
-        }),
-        Some(Message::Error { reason }) => Err(Error::Refused(reason)),
-        other => Err(Error::Frame(format!(
-            "unexpected enrolment reply {other:?}"
-        ))),
-    }
+    let (cert, key) = issued?;
+    Ok(KeyedCert {
+        cert: CertificateDer::from(cert),
+        key,
+    })
 }

@@ -664,8 +664,16 @@ impl Authority {
         endpoints: Vec<String>,
         capabilities: Vec<String>,
     ) -> Result<u64> {
-        let mut entry = self
-            .inner
+        let mut entry = self.enrolled(id).await?;
+        entry.endpoints = endpoints;
+        entry.capabilities = capabilities;
+        self.change(Change::Upsert(entry), Vec::new(), format!("update {id}"))
+            .await
+    }
+
+    /// The live directory entry of `id`, or `NotAuthorised` if it is not enrolled.
+    async fn enrolled(&self, id: &str) -> Result<ApplianceEntry> {
+        self.inner
             .state
             .lock()
             .await
@@ -674,27 +682,12 @@ impl Authority {
             .appliances
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))?;
-        entry.endpoints = endpoints;
-        entry.capabilities = capabilities;
-        self.change(Change::Upsert(entry), Vec::new(), format!("update {id}"))
-            .await
+            .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))
     }
 
     /// Revokes `id`: recorded, pushed to every appliance, its connection closed.
     pub async fn revoke(&self, id: &str) -> Result<u64> {
-        if !self
-            .inner
-            .state
-            .lock()
-            .await
-            .master
-            .live()
-            .appliances
-            .contains_key(id)
-        {
-            return Err(Error::NotAuthorised(format!("{id} is not enrolled")));
-        }
+        self.enrolled(id).await?;
         let version = self
             .change(
                 Change::Revoke(id.to_owned()),
