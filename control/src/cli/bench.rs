@@ -106,12 +106,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             batch,
             gso_segments,
         } => {
-            if !(duration > 0.0 && duration <= 600.0) {
-                return Err(Error::BadArgument {
-                    arg: "--duration",
-                    reason: format!("{duration} is out of range (expected 0 < S <= 600 seconds)"),
-                });
-            }
+            check_duration(duration)?;
             let defaults = DataplanePlan::default();
             let plan = DataplanePlan {
                 duration: Duration::from_secs_f64(duration),
@@ -147,11 +142,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 }
             })?;
             if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&rows).map_err(std::io::Error::from)?
-                )?;
+                write_json(&mut out, &rows)?;
             } else {
                 write!(out, "\n{}", dataplane_suite::table(&rows))?;
                 writeln!(
@@ -171,12 +162,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             size,
             io,
         } => {
-            if !(duration > 0.0 && duration <= 600.0) {
-                return Err(Error::BadArgument {
-                    arg: "--duration",
-                    reason: format!("{duration} is out of range (expected 0 < S <= 600 seconds)"),
-                });
-            }
+            check_duration(duration)?;
             let plan = LatencyPlan {
                 duration: Duration::from_secs_f64(duration),
                 loads: if loads.is_empty() {
@@ -205,11 +191,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 }
             })?;
             if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&rows).map_err(std::io::Error::from)?
-                )?;
+                write_json(&mut out, &rows)?;
             } else {
                 write!(out, "\n{}", latency::table(&rows))?;
                 if let Some(row) = rows.first() {
@@ -248,16 +230,34 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             };
             let rows = crypto::run(&sizes, plan)?;
             if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&rows).map_err(std::io::Error::from)?
-                )?;
+                write_json(&mut out, &rows)?;
             } else {
                 writeln!(out, "cpclink bench crypto: payload Gbit/s on one core, best of {} rounds of {} ms\n", plan.rounds, round_ms)?;
                 write!(out, "{}", crypto::table(&rows))?;
             }
         }
     }
+    Ok(())
+}
+
+/// `--duration` of the timed suites: more than nothing, at most ten minutes a point.
+fn check_duration(duration: f64) -> Result<(), Error> {
+    if duration > 0.0 && duration <= 600.0 {
+        Ok(())
+    } else {
+        Err(Error::BadArgument {
+            arg: "--duration",
+            reason: format!("{duration} is out of range (expected 0 < S <= 600 seconds)"),
+        })
+    }
+}
+
+/// The `--json` form of a suite: its rows as one JSON array on one line.
+fn write_json(out: &mut impl Write, rows: &impl serde::Serialize) -> Result<(), Error> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string(rows).map_err(std::io::Error::from)?
+    )?;
     Ok(())
 }
