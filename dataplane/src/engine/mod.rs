@@ -178,8 +178,6 @@ pub enum Control {
     },
     /// Derive SAs for SPIs that arrive without one from these master keys (or stop).
     SetRxKeySource(Option<RxKeySource>),
-    /// Stop using an SA, transmit or receive.
-    RetireSa(Spi),
     /// Stop accepting packets of a receive SA; transmit SAs are left alone (SPIs a peer
     /// allocated for this appliance's transmit SAs may equal SPIs this appliance allocated).
     RetireRxSa(Spi),
@@ -461,12 +459,9 @@ impl Engine {
         })
     }
 
-    /// Retires an SA everywhere.
-    pub fn retire_sa(&self, spi: Spi) -> Result<()> {
-        self.broadcast(|| Control::RetireSa(spi))
-    }
-
-    /// Retires a receive SA on the worker its packets arrive on, leaving transmit SAs alone.
+    /// Retires a receive SA on the worker its packets arrive on. Transmit SAs are never
+    /// retired by SPI: the peer allocated their SPIs, from a space that may overlap this
+    /// appliance's; a new `install_tx_sa` replaces one, `revoke_peer` drops them all.
     pub fn retire_rx_sa(&self, spi: Spi) -> Result<()> {
         self.send(self.rx_worker(spi), Control::RetireRxSa(spi))
     }

@@ -265,14 +265,6 @@ impl State {
             }
             Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, *sa),
             Control::SetRxKeySource(source) => self.rx_sas.set_source(source),
-            Control::RetireSa(spi) => {
-                self.rx_sas.retire(spi);
-                for p in &mut self.peers {
-                    if p.tx.as_ref().is_some_and(|sa| sa.spi() == spi) {
-                        p.tx = None;
-                    }
-                }
-            }
             Control::RetireRxSa(spi) => {
                 self.rx_sas.retire(spi);
             }
