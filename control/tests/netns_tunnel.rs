@@ -512,5 +512,22 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
         assert!(stats["rx_delivered"].as_u64().unwrap() > 0);
         assert_eq!(stats["rx_auth_failed"], 0);
         assert_eq!(stats["tx_no_sa"], 0);
+        let count = |name: &str| stats[name].as_u64().unwrap_or(0).max(1) as f64;
+        if *log == "a" {
+            // A sent the bulk: the kernel handed it TCP super-packets, each cut into many.
+            let per_read = count("tx_packets") / count("tun_reads");
+            assert!(
+                per_read >= 4.0,
+                "{per_read:.1} inner packets per TUN read at a: no super-packets from the kernel"
+            );
+        } else {
+            // B received it: decrypted segments went back to the kernel coalesced.
+            let per_write = count("rx_delivered") / count("tun_writes");
+            assert!(
+                per_write >= 4.0,
+                "{per_write:.1} inner packets per TUN write at b: segments were not coalesced"
+            );
+            println!("b wrote {per_write:.1} inner packets per TUN write");
+        }
     }
 }

@@ -45,6 +45,11 @@ pub struct WorkerStats {
     pub rx_iv_out_of_range: u64,
     /// Drops: a packet for an SA of a revoked peer, or the inner packet could not be delivered.
     pub rx_rejected: u64,
+    /// Packets read from the TUN queue (a TCP or UDP super-packet counts once).
+    pub tun_reads: u64,
+    /// Packets written to the TUN queue (a coalesced super-packet counts once):
+    /// `rx_delivered / tun_writes` is how many inner packets a write carried on average.
+    pub tun_writes: u64,
     /// Nanoseconds spent building transmit batches (generate or read, then seal).
     pub ns_tx_build: u64,
     /// Nanoseconds spent in send system calls.
@@ -125,6 +130,8 @@ impl AddAssign for WorkerStats {
         self.rx_too_old += o.rx_too_old;
         self.rx_iv_out_of_range += o.rx_iv_out_of_range;
         self.rx_rejected += o.rx_rejected;
+        self.tun_reads += o.tun_reads;
+        self.tun_writes += o.tun_writes;
         self.ns_tx_build += o.ns_tx_build;
         self.ns_tx_send += o.ns_tx_send;
         self.ns_cpu += o.ns_cpu;

@@ -213,6 +213,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
                 }
                 datagrams = datagrams.wrapping_add(1);
             })?;
+            state.flush_tun();
             wait = None;
             if n == 0 {
                 break;
@@ -414,6 +415,7 @@ impl State {
                 Ok(None) | Err(_) => break,
             };
             reads += 1;
+            self.stats.tun_reads += 1;
             let (header, packet) = if vnet {
                 match VnetHeader::parse(&self.tun_buf[..len]) {
                     Ok(h) => (h, &self.tun_buf[VNET_HDR_LEN..len]),
@@ -470,7 +472,12 @@ impl State {
         for packet in buf.chunks_mut(segment) {
             self.on_packet(packet, src);
         }
-        // A super-packet never waits past the datagram its segments came in.
+    }
+
+    /// Writes the super-packet being coalesced, if any. Called after every receive call, so
+    /// a super-packet grows across all the datagrams that were ready together and never
+    /// waits for one that was not.
+    fn flush_tun(&mut self) {
         if let (WorkerEgress::Tun(queue), Some(coalescer)) = (&mut self.egress, &mut self.coalescer)
         {
             flush(queue, coalescer, &mut self.stats);
@@ -541,9 +548,7 @@ impl State {
                 } else {
                     queue.write(&packet[range])
                 };
-                if written.is_err() {
-                    stats.rx_rejected += 1;
-                }
+                count_write(written.is_ok(), stats);
             }
         }
     }
@@ -569,9 +574,16 @@ impl State {
 /// Writes what the coalescer holds to the TUN queue.
 fn flush(queue: &mut TunQueue, coalescer: &mut Coalescer, stats: &mut WorkerStats) {
     if let Some(bytes) = coalescer.take() {
-        if queue.write(bytes).is_err() {
-            stats.rx_rejected += 1;
-        }
+        count_write(queue.write(bytes).is_ok(), stats);
+    }
+}
+
+/// Counts a TUN write, or the packet it lost.
+fn count_write(written: bool, stats: &mut WorkerStats) {
+    if written {
+        stats.tun_writes += 1;
+    } else {
+        stats.rx_rejected += 1;
     }
 }
 
