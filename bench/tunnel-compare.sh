@@ -3,19 +3,23 @@
 #   veth       the namespaces joined directly (no tunnel, no encryption): the ceiling
 #   cpclink    `cpclink run` in each namespace: TUN, AES-GCM-256 PSP over UDP on the veth
 #   boringtun  boringtun-cli (userspace WireGuard) in each namespace, keyed with `wg`
-# Each is measured with iperf3 (one TCP stream, DURATION seconds) and the table gives
-# Gbit/s and the ratio to veth. Not part of the test suite.
+# Each is measured with iperf3 (one TCP stream, DURATION seconds), in ROUNDS rounds that
+# take the paths in turn, so the machine's noise falls on all of them alike. The table
+# gives each round, then the median Gbit/s per path and the median of the rounds' ratios.
+# Not part of the test suite.
 #
 # Needs root, iproute2, iperf3, python3, wg (Debian: wireguard-tools), boringtun-cli
 # (cargo install boringtun-cli) and a release build of cpclink:
 #   cargo build --release -p cpclink-control
 #   sudo bench/tunnel-compare.sh
-# Environment: DURATION (s, default 5), WORKERS (cpclink workers per side, default 1),
+# Environment: DURATION (s, default 5), ROUNDS (default 3),
+# WORKERS (cpclink workers per side, default 1),
 # BT_THREADS (boringtun threads, default 1), CPCLINK, BORINGTUN (paths to the binaries).
 set -euo pipefail
 umask 077
 
 DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-1}
 BT_THREADS=${BT_THREADS:-1}
 CPCLINK=${CPCLINK:-$(dirname "$0")/../target/release/cpclink}
@@ -125,16 +129,21 @@ for addr in 10.98.0.2 10.200.0.2 10.97.0.2; do
   ip netns exec "$A" ping -c 3 -i 0.2 -W 2 "$addr" >/dev/null || { echo "no path to $addr" >&2; exit 1; }
 done
 
-VETH=$(measure 10.98.0.2 veth)
-CPC=$(measure 10.200.0.2 cpclink)
-BT=$(measure 10.97.0.2 boringtun)
-
 ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])) if float(sys.argv[2]) else 'n/a')" "$1" "$2"; }
-echo "TCP from namespace A to B, one iperf3 stream, ${DURATION} s each; $(date -u +%F), $(nproc) cores, kernel $(uname -r)"
+median() { python3 -c "import statistics, sys; print('%.2f' % statistics.median(map(float, sys.argv[1:])))" "$@"; }
+
+echo "TCP from namespace A to B, one iperf3 stream, ${DURATION} s per path, $ROUNDS round(s); $(date -u +%F), $(nproc) cores, kernel $(uname -r)"
 echo "cpclink: $WORKERS worker(s) per side, AES-GCM-256 PSP; boringtun: $BT_THREADS thread(s) per side, $("$BORINGTUN" --version 2>/dev/null | head -1)"
 echo
-echo "| path | Gbit/s | vs veth | cpclink vs this |"
-echo "|---|---:|---:|---:|"
-echo "| veth (no tunnel) | $VETH | 1.00 | $(ratio "$CPC" "$VETH") |"
-echo "| cpclink (TUN, PSP) | $CPC | $(ratio "$CPC" "$VETH") | 1.00 |"
-echo "| boringtun (WireGuard) | $BT | $(ratio "$BT" "$VETH") | $(ratio "$CPC" "$BT") |"
+echo "| round | veth Gbit/s | cpclink Gbit/s | boringtun Gbit/s | cpclink/veth | cpclink/boringtun |"
+echo "|---:|---:|---:|---:|---:|---:|"
+VETHS=(); CPCS=(); BTS=(); R_VETH=(); R_BT=()
+for round in $(seq "$ROUNDS"); do
+  VETH=$(measure 10.98.0.2 veth)
+  CPC=$(measure 10.200.0.2 cpclink)
+  BT=$(measure 10.97.0.2 boringtun)
+  VETHS+=("$VETH"); CPCS+=("$CPC"); BTS+=("$BT")
+  R_VETH+=("$(ratio "$CPC" "$VETH")"); R_BT+=("$(ratio "$CPC" "$BT")")
+  echo "| $round | $VETH | $CPC | $BT | ${R_VETH[-1]} | ${R_BT[-1]} |"
+done
+echo "| median | $(median "${VETHS[@]}") | $(median "${CPCS[@]}") | $(median "${BTS[@]}") | $(median "${R_VETH[@]}") | $(median "${R_BT[@]}") |"
