@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use cpclink_dataplane::crypto::Suite;
+use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{
     lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, SourceRate,
     TrafficSpec, WorkerStats,
@@ -26,7 +26,8 @@ pub const DEFAULT_WORKERS: [usize; 2] = [1, 2];
 pub const DEFAULT_BATCH_SENDS: usize = 8;
 /// Flows in every measurement.
 pub const FLOWS: u32 = 64;
-const SUITE: Suite = Suite::AesGcm256;
+/// The suite measured by default: PSP version 1, AES-GCM-256.
+pub const DEFAULT_SUITE: Suite = Suite::AesGcm256;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// Two engines on loopback, each sending synthetic flows to the other (or only `a` to `b`),
@@ -62,6 +63,10 @@ pub struct PairOptions {
     pub address: IpAddr,
     /// Each direction's rate; `None`: as fast as the sender can (the benchmark's mode).
     pub rate: Option<SourceRate>,
+    /// The PSP suite (encrypted mode).
+    pub suite: Suite,
+    /// The AEAD library (encrypted mode).
+    pub crypto: Backend,
 }
 
 /// Where a pair listens unless told otherwise.
@@ -96,6 +101,7 @@ impl LoopbackPair {
             config.cores = cores(side, options.workers);
             config.io = options.io;
             config.protection = options.protection;
+            config.crypto = options.crypto;
             config.batch_sends = options.batch_sends;
             config.gso_segments = options.gso_segments;
             config.source = source.then_some(spec);
@@ -114,12 +120,16 @@ impl LoopbackPair {
         a.set_peer(PeerId(0), peer(b.local_addr()))?;
         b.set_peer(PeerId(0), peer(a.local_addr()))?;
         let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);
-        lab::enable_rx_derivation(&a, &keys_a, SUITE)?;
-        lab::enable_rx_derivation(&b, &keys_b, SUITE)?;
+        lab::enable_rx_derivation(&a, &keys_a, options.suite)?;
+        lab::enable_rx_derivation(&b, &keys_b, options.suite)?;
         // A snapshot round trip makes sure the receivers are keyed before anything is sent.
         a.snapshot()?;
         b.snapshot()?;
-        let profile = SaProfile::default();
+        let profile = SaProfile {
+            suite: options.suite,
+            crypto: options.crypto,
+            ..SaProfile::default()
+        };
         lab::install_tx_sas(&a, PeerId(0), &keys_b, profile)?;
         lab::install_tx_sas(&b, PeerId(0), &keys_a, profile)?;
         Ok(Self { a, b })
@@ -146,6 +156,10 @@ pub struct DataplaneRow {
     pub mode: &'static str,
     /// "io_uring" or "epoll".
     pub io: &'static str,
+    /// The PSP suite ("aes-gcm-256", ...); `null` for the plain baseline.
+    pub suite: Option<&'static str>,
+    /// The AEAD library ("aws-lc-rs", "ring", "rustcrypto"); `null` for the plain baseline.
+    pub crypto: Option<&'static str>,
     /// Workers per engine.
     pub workers: usize,
     /// Inner packet bytes.
@@ -192,6 +206,10 @@ pub struct DataplanePlan {
     pub batch_sends: usize,
     /// Datagrams per GSO send at most.
     pub gso_segments: usize,
+    /// Suites measured encrypted, each beside the one plain baseline of its point.
+    pub suites: Vec<Suite>,
+    /// AEAD libraries measured encrypted, with every suite.
+    pub cryptos: Vec<Backend>,
 }
 
 impl Default for DataplanePlan {
@@ -203,6 +221,8 @@ impl Default for DataplanePlan {
             ios: vec![IoKind::IoUring, IoKind::Epoll],
             batch_sends: DEFAULT_BATCH_SENDS,
             gso_segments: MAX_GSO_SEGMENTS,
+            suites: vec![DEFAULT_SUITE],
+            cryptos: vec![Backend::AwsLc],
         }
     }
 }
@@ -224,12 +244,12 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
     let share = |ns: u64| ns as f64 / worker_ns;
     let sent = (a1.tx_packets - a0.tx_packets).max(1);
     let received = (b1.rx_packets - b0.rx_packets).max(1);
+    let encrypted = options.protection == Protection::Encrypted;
     Ok(DataplaneRow {
-        mode: match options.protection {
-            Protection::Encrypted => "encrypted",
-            Protection::PlainBaseline => "plain",
-        },
+        mode: if encrypted { "encrypted" } else { "plain" },
         io: options.io.name(),
+        suite: encrypted.then(|| options.suite.name()),
+        crypto: encrypted.then(|| options.crypto.name()),
         workers: options.workers,
         payload: options.payload,
         gbps: bytes as f64 * 8.0 / secs / 1e9,
@@ -245,11 +265,21 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
     })
 }
 
-/// Runs the suite: for every backend, worker count and size, plain then encrypted.
+/// Runs the suite: for every backend, worker count and size, plain once, then encrypted
+/// with every library and suite.
 pub fn run(
     plan: &DataplanePlan,
     mut progress: impl FnMut(&DataplaneRow),
 ) -> Result<Vec<DataplaneRow>, Error> {
+    if let Some(&suite) = plan.suites.iter().find(|s| !s.encrypts()) {
+        return Err(Error::NotEncrypting(suite.name()));
+    }
+    let mut ciphers = Vec::new();
+    for &crypto in &plan.cryptos {
+        for &suite in &plan.suites {
+            ciphers.push((Protection::Encrypted, suite, crypto));
+        }
+    }
     let mut rows = Vec::new();
     for &io in &plan.ios {
         for &workers in &plan.workers {
@@ -260,7 +290,8 @@ pub fn run(
                 {
                     return Err(Error::BadSize(payload));
                 }
-                for protection in [Protection::PlainBaseline, Protection::Encrypted] {
+                let baseline = (Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc);
+                for &(protection, suite, crypto) in std::iter::once(&baseline).chain(&ciphers) {
                     let options = PairOptions {
                         workers,
                         io,
@@ -272,6 +303,8 @@ pub fn run(
                         gso_segments: plan.gso_segments,
                         address: LOOPBACK,
                         rate: None,
+                        suite,
+                        crypto,
                     };
                     let row = measure(options, plan.duration)?;
                     progress(&row);
@@ -286,13 +319,22 @@ pub fn run(
 /// Renders rows as a table, each encrypted row beside its plain baseline.
 pub fn table(rows: &[DataplaneRow]) -> String {
     let mut out = Vec::new();
-    for pair in rows.chunks(2) {
-        let [plain, enc] = pair else { continue };
+    let mut baseline: Option<&DataplaneRow> = None;
+    for row in rows {
+        if row.suite.is_none() {
+            baseline = Some(row);
+            continue;
+        }
+        let (Some(plain), enc) = (baseline, row) else {
+            continue;
+        };
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         out.push(vec![
             enc.io.to_string(),
             enc.workers.to_string(),
             enc.payload.to_string(),
+            enc.suite.unwrap_or_default().to_string(),
+            enc.crypto.unwrap_or_default().to_string(),
             format!("{:.2}", plain.gbps),
             format!("{:.2}", enc.gbps),
             format!("{:.3}", plain.mpps),
@@ -324,6 +366,8 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             "io",
             "workers",
             "payload",
+            "suite",
+            "crypto",
             "plain Gb/s",
             "enc Gb/s",
             "plain Mpps",
@@ -354,6 +398,7 @@ mod tests {
             ios: vec![IoKind::Epoll, IoKind::IoUring],
             batch_sends: 4,
             gso_segments: 16,
+            ..DataplanePlan::default()
         };
         let rows = run(&plan, |_| {}).unwrap();
         assert_eq!(rows.len(), 4);
@@ -367,12 +412,60 @@ mod tests {
         assert_eq!(json[0]["io"], "epoll");
         assert_eq!(json[2]["io"], "io_uring");
         assert_eq!(json[1]["payload"], 512);
+        assert_eq!(json[0]["suite"], serde_json::Value::Null);
+        assert_eq!(json[1]["suite"], "aes-gcm-256");
+        assert_eq!(json[1]["crypto"], "aws-lc-rs");
         assert_eq!(
             json[1].as_object().unwrap().len(),
-            6,
+            8,
             "exactly the documented keys"
         );
         assert_eq!(table(&rows).lines().count(), 2 + 2);
+    }
+
+    #[test]
+    fn every_library_and_suite_is_measured_beside_one_baseline() {
+        let plan = DataplanePlan {
+            duration: Duration::from_millis(150),
+            sizes: vec![1400],
+            workers: vec![1],
+            ios: vec![IoKind::Epoll],
+            suites: vec![Suite::AesGcm128, Suite::AesGcm256],
+            cryptos: vec![Backend::AwsLc, Backend::Ring],
+            ..DataplanePlan::default()
+        };
+        let rows = run(&plan, |_| {}).unwrap();
+        let labels: Vec<_> = rows.iter().map(|r| (r.mode, r.suite, r.crypto)).collect();
+        assert_eq!(
+            labels,
+            [
+                ("plain", None, None),
+                ("encrypted", Some("aes-gcm-128"), Some("aws-lc-rs")),
+                ("encrypted", Some("aes-gcm-256"), Some("aws-lc-rs")),
+                ("encrypted", Some("aes-gcm-128"), Some("ring")),
+                ("encrypted", Some("aes-gcm-256"), Some("ring")),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.gbps > 0.0), "{rows:?}");
+        let table = table(&rows);
+        assert_eq!(table.lines().count(), 2 + 4, "{table}");
+        assert!(
+            table.contains("| ring |") || table.contains(" ring |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn an_integrity_only_suite_is_refused_by_name() {
+        let plan = DataplanePlan {
+            suites: vec![Suite::AesGmac256],
+            ..DataplanePlan::default()
+        };
+        let e = run(&plan, |_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("aes-gmac-256") && e.contains("without encrypting"),
+            "{e}"
+        );
     }
 
     #[test]

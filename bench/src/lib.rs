@@ -21,6 +21,11 @@ pub enum Error {
     /// A size outside what a UDP payload can carry.
     #[error("size {0} is out of range (expected 1..=65536 bytes)")]
     BadSize(usize),
+    /// An integrity-only suite given where encryption is measured.
+    #[error(
+        "suite {0} authenticates without encrypting; the data-plane benchmark measures          encryption (use aes-gcm-128, aes-gcm-256 or chacha20-poly1305)"
+    )]
+    NotEncrypting(&'static str),
     /// The latency suite needs root for its TUN devices and network namespaces.
     #[error(
         "the latency suite needs root (CAP_NET_ADMIN): its probes cross the engines \

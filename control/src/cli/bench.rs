@@ -45,6 +45,13 @@ enum BenchSuite {
         /// Datagrams per GSO send at most (1 to 64).
         #[arg(long, default_value_t = cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS)]
         gso_segments: usize,
+        /// PSP suites measured encrypted (default aes-gcm-256): aes-gcm-128, aes-gcm-256,
+        /// chacha20-poly1305.
+        #[arg(long = "suite", num_args = 1..)]
+        suites: Vec<cpclink_dataplane::crypto::Suite>,
+        /// AEAD libraries measured encrypted (default aws-lc-rs): aws-lc-rs, ring, rustcrypto.
+        #[arg(long = "crypto", num_args = 1..)]
+        cryptos: Vec<cpclink_dataplane::crypto::Backend>,
     },
     /// Probe latency through two engines (TUN, PSP over loopback UDP, TUN; needs root)
     /// beside plain UDP on loopback and a bare veth, at background loads of the measured maximum.
@@ -105,6 +112,8 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             ios,
             batch,
             gso_segments,
+            suites,
+            cryptos,
         } => {
             check_duration(duration)?;
             let defaults = DataplanePlan::default();
@@ -123,6 +132,16 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 ios: if ios.is_empty() { defaults.ios } else { ios },
                 batch_sends: batch.clamp(1, 64),
                 gso_segments: gso_segments.clamp(1, cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS),
+                suites: if suites.is_empty() {
+                    defaults.suites
+                } else {
+                    suites
+                },
+                cryptos: if cryptos.is_empty() {
+                    defaults.cryptos
+                } else {
+                    cryptos
+                },
             };
             if !json {
                 writeln!(
@@ -136,8 +155,16 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             let rows = dataplane_suite::run(&plan, |row| {
                 if !json {
                     eprintln!(
-                        "  {:>9} {:>8} {} worker(s) {:>5} B: {:.2} Gbit/s",
-                        row.mode, row.io, row.workers, row.payload, row.gbps
+                        "  {:>9} {:>8} {} worker(s) {:>5} B {}: {:.2} Gbit/s",
+                        row.mode,
+                        row.io,
+                        row.workers,
+                        row.payload,
+                        match (row.suite, row.crypto) {
+                            (Some(suite), Some(crypto)) => format!("{suite} {crypto}"),
+                            _ => "no AEAD".to_string(),
+                        },
+                        row.gbps
                     );
                 }
             })?;

@@ -88,6 +88,8 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
             Rate::Paced(rate) => Some(rate),
             Rate::Max => None,
         },
+        suite: cpclink_bench::dataplane::DEFAULT_SUITE,
+        crypto: cpclink_dataplane::crypto::Backend::AwsLc,
     })?;
     writeln!(
         out,

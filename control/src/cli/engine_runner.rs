@@ -103,6 +103,8 @@ impl TuneRunner for EngineRunner {
             gso_segments: usize::from(t.gso_segments),
             address: self.address,
             rate: None,
+            suite: suite::DEFAULT_SUITE,
+            crypto: cpclink_dataplane::crypto::Backend::AwsLc,
         };
         let row = suite::measure(options, self.window).map_err(|e| fail(e.to_string()))?;
         let baseline_gbps = match &mut self.baseline {
