@@ -23,7 +23,8 @@ pub enum Error {
     BadSize(usize),
     /// An integrity-only suite given where encryption is measured.
     #[error(
-        "suite {0} authenticates without encrypting; the data-plane benchmark measures          encryption (use aes-gcm-128, aes-gcm-256 or chacha20-poly1305)"
+        "suite {0} authenticates without encrypting; the data-plane benchmark measures \
+         encryption (use aes-gcm-128, aes-gcm-256 or chacha20-poly1305)"
     )]
     NotEncrypting(&'static str),
     /// The latency suite needs root for its TUN devices and network namespaces.

@@ -119,29 +119,13 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             let defaults = DataplanePlan::default();
             let plan = DataplanePlan {
                 duration: Duration::from_secs_f64(duration),
-                sizes: if sizes.is_empty() {
-                    defaults.sizes
-                } else {
-                    sizes
-                },
-                workers: if workers.is_empty() {
-                    defaults.workers
-                } else {
-                    workers
-                },
-                ios: if ios.is_empty() { defaults.ios } else { ios },
+                sizes: given_or(sizes, defaults.sizes),
+                workers: given_or(workers, defaults.workers),
+                ios: given_or(ios, defaults.ios),
                 batch_sends: batch.clamp(1, 64),
                 gso_segments: gso_segments.clamp(1, cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS),
-                suites: if suites.is_empty() {
-                    defaults.suites
-                } else {
-                    suites
-                },
-                cryptos: if cryptos.is_empty() {
-                    defaults.cryptos
-                } else {
-                    cryptos
-                },
+                suites: given_or(suites, defaults.suites),
+                cryptos: given_or(cryptos, defaults.cryptos),
             };
             if !json {
                 writeln!(
@@ -192,11 +176,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             check_duration(duration)?;
             let plan = LatencyPlan {
                 duration: Duration::from_secs_f64(duration),
-                loads: if loads.is_empty() {
-                    latency::DEFAULT_LOADS.to_vec()
-                } else {
-                    loads
-                },
+                loads: given_or(loads, latency::DEFAULT_LOADS.to_vec()),
                 size,
                 io,
             };
@@ -246,11 +226,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             round_ms,
             rounds,
         } => {
-            let sizes = if sizes.is_empty() {
-                crypto::DEFAULT_SIZES.to_vec()
-            } else {
-                sizes
-            };
+            let sizes = given_or(sizes, crypto::DEFAULT_SIZES.to_vec());
             let plan = CryptoPlan {
                 round: Duration::from_millis(round_ms),
                 rounds: rounds.max(1),
@@ -265,6 +241,15 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A list option as given, or its default when none was given.
+fn given_or<T>(given: Vec<T>, default: Vec<T>) -> Vec<T> {
+    if given.is_empty() {
+        default
+    } else {
+        given
+    }
 }
 
 /// `--duration` of the timed suites: more than nothing, at most ten minutes a point.
