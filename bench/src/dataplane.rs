@@ -22,6 +22,8 @@ use crate::Error;
 pub const DEFAULT_SIZES: [usize; 4] = [64, 512, 1400, 8192];
 /// Worker counts measured by default.
 pub const DEFAULT_WORKERS: [usize; 2] = [1, 2];
+/// Rounds of every point by default.
+pub const DEFAULT_ROUNDS: usize = 3;
 /// GSO sends per transmit batch by default.
 pub const DEFAULT_BATCH_SENDS: usize = 8;
 /// Flows in every measurement.
@@ -210,6 +212,10 @@ pub struct DataplanePlan {
     pub suites: Vec<Suite>,
     /// AEAD libraries measured encrypted, with every suite.
     pub cryptos: Vec<Backend>,
+    /// Rounds: every point is measured once per round, rounds one after another, and each
+    /// figure reported is the median over the rounds, so a noisy spell on a shared machine
+    /// falls on plain and encrypted alike instead of on one point.
+    pub rounds: usize,
 }
 
 impl Default for DataplanePlan {
@@ -223,6 +229,7 @@ impl Default for DataplanePlan {
             gso_segments: MAX_GSO_SEGMENTS,
             suites: vec![DEFAULT_SUITE],
             cryptos: vec![Backend::AwsLc],
+            rounds: DEFAULT_ROUNDS,
         }
     }
 }
@@ -266,7 +273,7 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
 }
 
 /// Runs the suite: for every backend, worker count and size, plain once, then encrypted
-/// with every library and suite.
+/// with every library and suite; all of that `rounds` times, reporting medians.
 pub fn run(
     plan: &DataplanePlan,
     mut progress: impl FnMut(&DataplaneRow),
@@ -274,25 +281,25 @@ pub fn run(
     if let Some(&suite) = plan.suites.iter().find(|s| !s.encrypts()) {
         return Err(Error::NotEncrypting(suite.name()));
     }
-    let mut ciphers = Vec::new();
+    if let Some(&payload) = plan.sizes.iter().find(|&&size| {
+        !(cpclink_dataplane::engine::synthetic::MIN_PACKET
+            ..=cpclink_dataplane::engine::synthetic::MAX_PACKET)
+            .contains(&size)
+    }) {
+        return Err(Error::BadSize(payload));
+    }
+    let mut ciphers = vec![(Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc)];
     for &crypto in &plan.cryptos {
         for &suite in &plan.suites {
             ciphers.push((Protection::Encrypted, suite, crypto));
         }
     }
-    let mut rows = Vec::new();
+    let mut points = Vec::new();
     for &io in &plan.ios {
         for &workers in &plan.workers {
             for &payload in &plan.sizes {
-                if !(cpclink_dataplane::engine::synthetic::MIN_PACKET
-                    ..=cpclink_dataplane::engine::synthetic::MAX_PACKET)
-                    .contains(&payload)
-                {
-                    return Err(Error::BadSize(payload));
-                }
-                let baseline = (Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc);
-                for &(protection, suite, crypto) in std::iter::once(&baseline).chain(&ciphers) {
-                    let options = PairOptions {
+                for &(protection, suite, crypto) in &ciphers {
+                    points.push(PairOptions {
                         workers,
                         io,
                         protection,
@@ -305,15 +312,47 @@ pub fn run(
                         rate: None,
                         suite,
                         crypto,
-                    };
-                    let row = measure(options, plan.duration)?;
-                    progress(&row);
-                    rows.push(row);
+                    });
                 }
             }
         }
     }
-    Ok(rows)
+    let mut measured: Vec<Vec<DataplaneRow>> = vec![Vec::new(); points.len()];
+    for _ in 0..plan.rounds.max(1) {
+        for (point, &options) in measured.iter_mut().zip(&points) {
+            let row = measure(options, plan.duration)?;
+            progress(&row);
+            point.push(row);
+        }
+    }
+    Ok(measured.iter().map(|rounds| median_row(rounds)).collect())
+}
+
+/// One row whose every figure is the median of that figure over `rounds` (not empty).
+fn median_row(rounds: &[DataplaneRow]) -> DataplaneRow {
+    let median = |figure: fn(&DataplaneRow) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        }
+    };
+    DataplaneRow {
+        gbps: median(|r| r.gbps),
+        mpps: median(|r| r.mpps),
+        split: TimeSplit {
+            tx_build: median(|r| r.split.tx_build),
+            tx_send: median(|r| r.split.tx_send),
+            rx_process: median(|r| r.split.rx_process),
+            lost: median(|r| r.split.lost),
+            tx_cpu_ns: median(|r| r.split.tx_cpu_ns),
+            rx_cpu_ns: median(|r| r.split.rx_cpu_ns),
+        },
+        ..rounds[0].clone()
+    }
 }
 
 /// Renders rows as a table, each encrypted row beside its plain baseline.
@@ -398,6 +437,7 @@ mod tests {
             ios: vec![IoKind::Epoll, IoKind::IoUring],
             batch_sends: 4,
             gso_segments: 16,
+            rounds: 1,
             ..DataplanePlan::default()
         };
         let rows = run(&plan, |_| {}).unwrap();
@@ -432,6 +472,7 @@ mod tests {
             ios: vec![IoKind::Epoll],
             suites: vec![Suite::AesGcm128, Suite::AesGcm256],
             cryptos: vec![Backend::AwsLc, Backend::Ring],
+            rounds: 1,
             ..DataplanePlan::default()
         };
         let rows = run(&plan, |_| {}).unwrap();
@@ -453,6 +494,67 @@ mod tests {
             table.contains("| ring |") || table.contains(" ring |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn rounds_measure_every_point_again_and_report_the_median() {
+        let plan = DataplanePlan {
+            duration: Duration::from_millis(100),
+            sizes: vec![256],
+            workers: vec![1],
+            ios: vec![IoKind::Epoll],
+            rounds: 3,
+            ..DataplanePlan::default()
+        };
+        let mut measured = Vec::new();
+        let rows = run(&plan, |row| measured.push(row.clone())).unwrap();
+        let modes: Vec<_> = measured.iter().map(|r| r.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                "plain",
+                "encrypted",
+                "plain",
+                "encrypted",
+                "plain",
+                "encrypted"
+            ],
+            "the rounds take the points in turn"
+        );
+        assert_eq!(rows.len(), 2);
+        for (i, row) in rows.iter().enumerate() {
+            let mut gbps: Vec<f64> = measured.iter().skip(i).step_by(2).map(|r| r.gbps).collect();
+            gbps.sort_by(f64::total_cmp);
+            assert_eq!(row.gbps, gbps[1], "the median of three rounds");
+        }
+    }
+
+    #[test]
+    fn median_rows_take_each_figure_separately() {
+        let row = |gbps: f64, tx_cpu_ns: f64| DataplaneRow {
+            mode: "encrypted",
+            io: "epoll",
+            suite: Some("aes-gcm-256"),
+            crypto: Some("aws-lc-rs"),
+            workers: 1,
+            payload: 1400,
+            gbps,
+            mpps: gbps / 10.0,
+            split: TimeSplit {
+                tx_cpu_ns,
+                ..TimeSplit::default()
+            },
+        };
+        let m = median_row(&[
+            row(30.0, 500.0),
+            row(10.0, 300.0),
+            row(20.0, 900.0),
+            row(40.0, 400.0),
+        ]);
+        assert_eq!(m.gbps, 25.0);
+        assert_eq!(m.mpps, 2.5);
+        assert_eq!(m.split.tx_cpu_ns, 450.0);
+        assert_eq!(m.suite, Some("aes-gcm-256"));
     }
 
     #[test]

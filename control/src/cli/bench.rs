@@ -52,6 +52,9 @@ enum BenchSuite {
         /// AEAD libraries measured encrypted (default aws-lc-rs): aws-lc-rs, ring, rustcrypto.
         #[arg(long = "crypto", num_args = 1..)]
         cryptos: Vec<cpclink_dataplane::crypto::Backend>,
+        /// Rounds: every point is measured once per round and the medians are reported.
+        #[arg(long, default_value_t = dataplane_suite::DEFAULT_ROUNDS)]
+        rounds: usize,
     },
     /// Probe latency through two engines (TUN, PSP over loopback UDP, TUN; needs root)
     /// beside plain UDP on loopback and a bare veth, at background loads of the measured maximum.
@@ -114,6 +117,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             gso_segments,
             suites,
             cryptos,
+            rounds,
         } => {
             check_duration(duration)?;
             let defaults = DataplanePlan::default();
@@ -126,14 +130,17 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 gso_segments: gso_segments.clamp(1, cpclink_dataplane::io::udp::MAX_GSO_SEGMENTS),
                 suites: given_or(suites, defaults.suites),
                 cryptos: given_or(cryptos, defaults.cryptos),
+                rounds: rounds.max(1),
             };
             if !json {
                 writeln!(
                     out,
                     "cpclink bench dataplane: synthetic flows a→b over loopback, {} flows, {:.1} s per point; \
-                     Gbit/s and Mpps of inner packets verified byte for byte at the sink\n",
+                     Gbit/s and Mpps of inner packets verified byte for byte at the sink; \
+                     every figure the median of {} round(s) taking the points in turn\n",
                     dataplane_suite::FLOWS,
-                    duration
+                    duration,
+                    plan.rounds
                 )?;
             }
             let rows = dataplane_suite::run(&plan, |row| {
