@@ -288,17 +288,17 @@ pub fn run(
     }) {
         return Err(Error::BadSize(payload));
     }
-    let mut ciphers = vec![(Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc)];
+    let mut modes = vec![(Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc)];
     for &crypto in &plan.cryptos {
         for &suite in &plan.suites {
-            ciphers.push((Protection::Encrypted, suite, crypto));
+            modes.push((Protection::Encrypted, suite, crypto));
         }
     }
     let mut points = Vec::new();
     for &io in &plan.ios {
         for &workers in &plan.workers {
             for &payload in &plan.sizes {
-                for &(protection, suite, crypto) in &ciphers {
+                for &(protection, suite, crypto) in &modes {
                     points.push(PairOptions {
                         workers,
                         io,

@@ -514,6 +514,7 @@ impl Coalescer {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The sum by its definition: 16-bit words in network order, an odd byte padded.
     fn sum_by_definition(data: &[u8], acc: u64) -> u64 {
@@ -544,8 +545,6 @@ mod tests {
         let ones = [0xffu8; 64];
         assert_eq!(fold(sum(&ones, 0)), fold(sum_by_definition(&ones, 0)));
     }
-
-    use super::*;
 
     /// Verifies an IPv4 TCP/UDP packet's IP and transport checksums.
     fn checksums_ok(p: &[u8]) -> bool {
