@@ -79,20 +79,19 @@ pub fn bind_group(listen: SocketAddr, count: usize) -> Result<Vec<OwnedFd>> {
 pub fn bind_sender(local: SocketAddr) -> Result<OwnedFd> {
     let fd = new_socket(local)?;
     let raw = fd.as_raw_fd();
-    if setsockopt(
-        raw,
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUFFORCE,
-        &SOCKET_BUFFER_BYTES,
-    )
-    .is_err()
-    {
-        let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER_BYTES);
-    }
+    size_buffer(raw, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
     let small: libc::c_int = 4096;
     let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &small);
     bind(raw, local)?;
     Ok(fd)
+}
+
+/// Sets one of a socket's buffers to [`SOCKET_BUFFER_BYTES`]: with the `forced` option where
+/// the process may (CAP_NET_ADMIN), otherwise with the `plain` one, which the sysctl caps.
+fn size_buffer(raw: RawFd, forced: libc::c_int, plain: libc::c_int) {
+    if setsockopt(raw, libc::SOL_SOCKET, forced, &SOCKET_BUFFER_BYTES).is_err() {
+        let _ = setsockopt(raw, libc::SOL_SOCKET, plain, &SOCKET_BUFFER_BYTES);
+    }
 }
 
 fn new_socket(addr: SocketAddr) -> Result<OwnedFd> {
@@ -134,15 +133,8 @@ fn bind_one(listen: SocketAddr) -> Result<OwnedFd> {
     let one: libc::c_int = 1;
     setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)
         .map_err(|e| io_err("SO_REUSEPORT", e))?;
-    for (forced, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // The forced variant needs CAP_NET_ADMIN; without it the plain one is capped by sysctl.
-        if setsockopt(raw, libc::SOL_SOCKET, forced, &SOCKET_BUFFER_BYTES).is_err() {
-            let _ = setsockopt(raw, libc::SOL_SOCKET, plain, &SOCKET_BUFFER_BYTES);
-        }
-    }
+    // Only the receive buffer: every worker sends from its own socket (`bind_sender`).
+    size_buffer(raw, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
     setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, &one).map_err(|e| io_err("UDP_GRO", e))?;
     bind(raw, listen)?;
     Ok(fd)
