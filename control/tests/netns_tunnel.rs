@@ -512,7 +512,13 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
         assert!(stats["rx_delivered"].as_u64().unwrap() > 0);
         assert_eq!(stats["rx_auth_failed"], 0);
         assert_eq!(stats["tx_no_sa"], 0);
-        let count = |name: &str| stats[name].as_u64().unwrap_or(0).max(1) as f64;
+        let count = |name: &str| {
+            let n = stats[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{log}'s final counters lack {name}"));
+            assert!(n > 0, "{log} counted no {name}");
+            n as f64
+        };
         if *log == "a" {
             // A sent the bulk: the kernel handed it TCP super-packets, each cut into many.
             let per_read = count("tx_packets") / count("tun_reads");
