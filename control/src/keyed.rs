@@ -90,15 +90,32 @@ struct Slot {
     endpoint: Option<SocketAddr>,
     active: bool,
     revoked: bool,
-    tx: Vec<Option<Spi>>,
-    pending: Vec<bool>,
-    /// Workers whose SA is due for replacement until a new one is installed: a failed
-    /// request is retried (the engine reports a due SA only once).
-    due: Vec<bool>,
-    /// Workers whose pending request was sent before the peer offered a fresh SA: the
-    /// grant it brings may be of the old generation, so another request follows it.
-    again: Vec<bool>,
-    retry_at: Vec<Option<Instant>>,
+    /// Each worker's transmit SA towards the peer and the request for its next one.
+    workers: Vec<WorkerSa>,
+}
+
+/// One worker's transmit SA towards a peer, and where getting its next one stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct WorkerSa {
+    /// The SA in use.
+    tx: Option<Spi>,
+    /// A request is out.
+    pending: bool,
+    /// Due for replacement until a new SA is installed: a failed request is retried (the
+    /// engine reports a due SA only once).
+    due: bool,
+    /// The pending request was sent before the peer offered a fresh SA: the grant it brings
+    /// may be of the old generation, so another request follows it.
+    again: bool,
+    /// After a failure, not asked again before this.
+    retry_at: Option<Instant>,
+}
+
+impl WorkerSa {
+    /// Whether a request should go out now.
+    fn wants_sa(&self, now: Instant) -> bool {
+        (self.tx.is_none() || self.due) && !self.pending && self.retry_at.is_none_or(|t| t <= now)
+    }
 }
 
 /// An SA request's outcome, back on the driver's task.
@@ -236,7 +253,7 @@ impl Driver {
                         endpoint: s.endpoint,
                         active: s.active,
                         revoked: s.revoked,
-                        tx: s.tx.clone(),
+                        tx: s.workers.iter().map(|w| w.tx).collect(),
                     },
                 )
             })
@@ -252,11 +269,7 @@ impl Driver {
             endpoint: None,
             active: false,
             revoked: false,
-            tx: vec![None; workers],
-            pending: vec![false; workers],
-            due: vec![false; workers],
-            again: vec![false; workers],
-            retry_at: vec![None; workers],
+            workers: vec![WorkerSa::default(); workers],
         })
     }
 
@@ -330,7 +343,7 @@ impl Driver {
         // A change may have fixed what failed (a peer's control address appears once its
         // agent first reaches the authority): retry now rather than at the back-off's end.
         for slot in self.slots.values_mut() {
-            slot.retry_at.iter_mut().for_each(|t| *t = None);
+            slot.workers.iter_mut().for_each(|w| w.retry_at = None);
         }
         self.publish();
         self.fetch_missing();
@@ -346,8 +359,9 @@ impl Driver {
         }
         slot.active = false;
         slot.revoked |= revoked;
-        slot.tx.iter_mut().for_each(|t| *t = None);
-        slot.due.iter_mut().for_each(|d| *d = false);
+        slot.workers
+            .iter_mut()
+            .for_each(|w| (w.tx, w.due) = (None, false));
         let peer = slot.peer;
         tracing::info!("peer {id} ({peer:?}) {why}: dropping every SA with it");
         if let Err(e) = self.engine.revoke_peer(peer) {
@@ -362,12 +376,11 @@ impl Driver {
         let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
-        if !slot.active || slot.pending[worker] {
+        let w = &mut slot.workers[worker];
+        if !slot.active || w.pending {
             return;
         }
-        slot.pending[worker] = true;
-        slot.due[worker] = true;
-        slot.retry_at[worker] = None;
+        (w.pending, w.due, w.retry_at) = (true, true, None);
         let (agent, results, settle) = (
             self.agent.clone(),
             self.fetched_tx.clone(),
@@ -399,13 +412,11 @@ impl Driver {
             .iter()
             .filter(|(_, s)| s.active)
             .flat_map(|(id, s)| {
-                (0..self.workers)
-                    .filter(|&w| {
-                        (s.tx[w].is_none() || s.due[w])
-                            && !s.pending[w]
-                            && s.retry_at[w].is_none_or(|t| t <= now)
-                    })
-                    .map(|w| (id.clone(), w))
+                s.workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.wants_sa(now))
+                    .map(|(worker, _)| (id.clone(), worker))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -419,8 +430,8 @@ impl Driver {
             Fetched::Granted { worker, grant } => self.install_tx(worker, grant),
             Fetched::Failed { peer, worker } => {
                 if let Some(slot) = self.slots.get_mut(&peer) {
-                    slot.pending[worker] = false;
-                    slot.retry_at[worker] = Some(Instant::now() + RETRY);
+                    let w = &mut slot.workers[worker];
+                    (w.pending, w.retry_at) = (false, Some(Instant::now() + RETRY));
                 }
             }
         }
@@ -431,7 +442,7 @@ impl Driver {
         let Some(slot) = self.slots.get_mut(&grant.peer) else {
             return;
         };
-        slot.pending[worker] = false;
+        slot.workers[worker].pending = false;
         if !slot.active {
             tracing::info!(
                 "SA {} towards {} arrived after the peer was dropped; not used",
@@ -450,8 +461,9 @@ impl Driver {
             .install_tx_sa(worker, slot.peer, grant.spi, &grant.key, profile)
         {
             Ok(()) => {
-                slot.due[worker] = std::mem::take(&mut slot.again[worker]);
-                let old = slot.tx[worker].replace(grant.spi);
+                let w = &mut slot.workers[worker];
+                w.due = std::mem::take(&mut w.again);
+                let old = w.tx.replace(grant.spi);
                 tracing::info!(
                     "worker {worker} sends to {} with SA {} (generation {}, epoch {}){}",
                     grant.peer,
@@ -463,7 +475,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::error!("the data plane refused SA {}: {e}", grant.spi);
-                slot.retry_at[worker] = Some(Instant::now() + RETRY);
+                slot.workers[worker].retry_at = Some(Instant::now() + RETRY);
             }
         }
         self.publish();
@@ -485,17 +497,15 @@ impl Driver {
                     grant.epoch,
                     self.workers
                 );
-                slot.again[0] = slot.pending[0];
-                slot.pending[0] = true;
+                let first = &mut slot.workers[0];
+                (first.again, first.pending) = (first.pending, true);
                 let (results, settle) = (self.fetched_tx.clone(), self.options.settle);
                 tokio::spawn(async move {
                     tokio::time::sleep(settle).await;
                     let _ = results.send(Fetched::Granted { worker: 0, grant });
                 });
-                for worker in 1..self.workers {
-                    if slot.pending[worker] {
-                        slot.again[worker] = true;
-                    }
+                for w in &mut slot.workers[1..] {
+                    w.again |= w.pending;
                 }
                 for worker in 1..self.workers {
                     self.fetch(&id, worker);
@@ -584,7 +594,7 @@ impl Driver {
             tracing::info!("worker {worker}'s SA towards {id} {why}: requesting the next");
             if matches!(event, Event::SaExhausted { .. }) {
                 if let Some(slot) = self.slots.get_mut(&id) {
-                    slot.tx[worker] = None;
+                    slot.workers[worker].tx = None;
                 }
             }
             self.fetch(&id, worker);
