@@ -57,13 +57,25 @@ pub fn seal_in_place(cipher: &impl Aead, repr: &PspRepr, packet: &mut [u8]) -> R
         });
     }
     repr.emit(packet)?;
-    let nonce = nonce(repr.spi, repr.iv);
-    let (body, icv) = packet.split_at_mut(body_end);
-    let tag = if repr.suite.encrypts() {
+    seal_written(cipher, &nonce(repr.spi, repr.iv), clear_end, packet)
+}
+
+/// Seals a packet whose header is already written: authenticates the first `clear_end`
+/// bytes, encrypts the rest up to the ICV (an integrity-only suite authenticates it all)
+/// and writes the ICV. The caller has checked the lengths ([`seal_in_place`] does).
+#[inline]
+pub fn seal_written(
+    cipher: &impl Aead,
+    nonce: &[u8; NONCE_LEN],
+    clear_end: usize,
+    packet: &mut [u8],
+) -> Result<()> {
+    let (body, icv) = packet.split_at_mut(packet.len() - ICV_LEN);
+    let tag = if cipher.suite().encrypts() {
         let (aad, in_out) = body.split_at_mut(clear_end);
-        cipher.seal_in_place(&nonce, aad, in_out)?
+        cipher.seal_in_place(nonce, aad, in_out)?
     } else {
-        cipher.seal_in_place(&nonce, body, &mut [])?
+        cipher.seal_in_place(nonce, body, &mut [])?
     };
     icv.copy_from_slice(&tag);
     Ok(())

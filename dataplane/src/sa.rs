@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{derive_sa_key, Backend, Cipher, SaKey, Suite};
 use crate::error::{Error, Result};
 use crate::psp::{self, Opened, PSP_OVERHEAD};
-use crate::wire::{PspRepr, ICV_LEN, PSP_BASE_HEADER_LEN};
+use crate::wire::{PspRepr, PSP_BASE_HEADER_LEN};
 
 /// A security parameters index. Bit 31 selects the receiver's master-key generation.
 #[derive(
@@ -112,7 +112,6 @@ impl TxSa {
         }
         .emit(&mut header)
         .ok()
-        .filter(|()| suite.encrypts())
         .map(|()| {
             let mut t = [0u8; 8];
             t.copy_from_slice(&header[..8]);
@@ -192,21 +191,19 @@ impl TxSa {
             });
         }
         match self.template {
-            // The data plane's case: a whole inner packet, nothing in clear, no cookie.
-            // Same bytes as the general path below (a test compares them), fewer steps.
+            // The data plane's case: a whole inner packet, nothing in clear, no cookie. The
+            // header is the SA's template plus the next header and IV; the same bytes as
+            // the general path below (a test compares them), without emitting field by field.
             Some(template) if crypt_offset == 0 && packet.len() >= PSP_OVERHEAD => {
-                let (header, rest) = packet.split_at_mut(PSP_BASE_HEADER_LEN);
-                header[..8].copy_from_slice(&template);
-                header[0] = next_header;
-                header[8..].copy_from_slice(&iv.to_be_bytes());
-                let (body, icv) = rest.split_at_mut(rest.len() - ICV_LEN);
-                let tag = crate::crypto::Aead::seal_in_place(
+                packet[..8].copy_from_slice(&template);
+                packet[0] = next_header;
+                packet[8..PSP_BASE_HEADER_LEN].copy_from_slice(&iv.to_be_bytes());
+                psp::seal_written(
                     &self.cipher,
                     &psp::nonce(self.spi, iv),
-                    header,
-                    body,
+                    PSP_BASE_HEADER_LEN,
+                    packet,
                 )?;
-                icv.copy_from_slice(&tag);
             }
             _ => {
                 let repr = PspRepr {
