@@ -94,7 +94,7 @@ impl ConfigText {
 
     /// Deserializes the text; syntax and type errors name the field, the line and the fix.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostic> {
-        toml::from_str(&self.text).map_err(|e| self.from_toml(&e))
+        toml::from_str(&self.text).map_err(|e| self.toml_error(&e))
     }
 
     /// A diagnostic for `field` (a TOML path such as `[appliance].listen`,
@@ -120,7 +120,7 @@ impl ConfigText {
         self.error(field, reason).with_fix(fix)
     }
 
-    fn from_toml(&self, e: &toml::de::Error) -> Diagnostic {
+    fn toml_error(&self, e: &toml::de::Error) -> Diagnostic {
         let message = e.message().trim().to_owned();
         let (line, field) = match e.span() {
             Some(span) => {
