@@ -250,7 +250,11 @@ fn line_of_field(text: &str, field: &str) -> Option<usize> {
                     seen += 1;
                 }
             }
-            let start = found?;
+            let start = match found {
+                Some(i) => i,
+                // `[peers.b]`: the table of the array `[[peers]]` whose name (or id) is "b".
+                None => named_table(&lines, name)?,
+            };
             let end = lines
                 .iter()
                 .enumerate()
@@ -274,6 +278,28 @@ fn line_of_field(text: &str, field: &str) -> Option<usize> {
         }
     }
     section.map(|_| start + 1)
+}
+
+/// The header line of the table of `[[array]]` whose `name` or `id` is `label`, for a
+/// section written `array.label`.
+fn named_table(lines: &[&str], section: &str) -> Option<usize> {
+    let (array, label) = section.rsplit_once('.')?;
+    let header = format!("[[{array}]]");
+    let mut table = None;
+    for (i, l) in lines.iter().enumerate() {
+        let l = l.trim();
+        if let Some(h) = section_header(l) {
+            table = (h == header).then_some(i);
+            continue;
+        }
+        if let (Some(start), Some((k, v))) = (table, l.split_once('=')) {
+            let value = v.split('#').next().unwrap_or("").trim().trim_matches('"');
+            if matches!(k.trim(), "name" | "id") && value == label {
+                return Some(start);
+            }
+        }
+    }
+    None
 }
 
 /// `[a.b][2].c` → (Some("a.b"), Some(2), Some("c")); `a.c` → (Some("a"), None, Some("c"));
@@ -391,6 +417,8 @@ mod tests {
         assert_eq!(c.error("[[peers]][1]", "x").line, Some(10));
         assert_eq!(c.error("appliance.listen", "x").line, Some(3));
         assert_eq!(c.error("[nothing].here", "x").line, None);
+        assert_eq!(c.error("[peers.c].endpoint", "x").line, Some(12));
+        assert_eq!(c.error("[peers.b]", "x").line, Some(6));
         let e = c.error_fix("[appliance].listen", "has no port", "write host:port");
         assert_eq!(
             e.to_string(),
