@@ -1,226 +1,503 @@
-//! `cpclink run --config FILE`: an appliance's data plane with its TUN tunnel, keyed by the
-//! key plane (`[keymgr]`: a key agent enrolled with the authority) or, in lab mode, from
-//! static keys in the configuration. Ctrl-C or SIGTERM drains, stops the agent and exits.
+//! The appliance: one owner task for the engine, the key source, the route table and the
+//! state operators read.
+//!
+//! Invariants:
+//! - Only the owner task changes what the engine routes and keys: it holds the key source,
+//!   takes the engine's events from a channel (a bridge thread turns the engine's blocking
+//!   channel into a wake-up of the task; nothing polls), and takes commands (status,
+//!   reload, stop) from [`ApplianceHandle`]s. No state is shared behind a lock.
+//! - A reload is all or nothing: the new file is validated completely before the owner sees
+//!   it; a bad one is refused with its error and the running configuration stays. Settings
+//!   only a restart can change are reported and left as they run.
+//! - Routes follow the key source: peers' prefixes (from the directory, or the lab config),
+//!   overridden per peer by `[[keymgr.peer]]`, become the engine's route table whenever a
+//!   peer, a prefix or an override changes. SAs are never touched by a route change.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
-
-use cpclink_control::keyed::{KeyedEngine, KeyedOptions};
-use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, SaProfile};
+use cpclink_dataplane::engine::{Egress, Engine, EngineStats, Event, PeerConfig, PeerId};
 use cpclink_dataplane::io::tun;
-use cpclink_dataplane::sa::{MasterKeys, SaLimits};
-use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
+use cpclink_diagnostics::ConfigText;
+use cpclink_keymgr::agent::KeyAgent;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{ApplianceConfig, Keying, KeymgrConfig};
-use crate::error::Error;
+use crate::config::{ApplianceConfig, Keying, KeymgrConfig, Prefix};
+use crate::keyed::{KeyPlane, KeyedOptions};
+use crate::keys::{KeySource, KeyUpdate, KeyingStatus};
+use crate::lab::LabKeys;
+use crate::Error;
 
-/// Arguments of `cpclink run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The appliance configuration (TOML).
-    #[arg(long)]
-    config: PathBuf,
-    /// Print the counters every this many seconds (0: only at exit).
-    #[arg(long, default_value_t = 0)]
-    stats_every: u64,
+/// What an operator can read of a running appliance.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplianceStatus {
+    /// The configuration file it runs.
+    pub config_file: String,
+    /// Where PSP arrives.
+    pub listen: SocketAddr,
+    /// Workers.
+    pub workers: usize,
+    /// Peers and SAs, as the key source gave them to the engine.
+    pub keys: KeyingStatus,
+    /// The route table: every inner prefix and the peer it goes to.
+    pub routes: Vec<Route>,
+    /// Reloads applied since start.
+    pub reloads: u64,
 }
 
-/// Runs the appliance until Ctrl-C (SIGINT) or SIGTERM.
-pub fn run(args: RunArgs) -> Result<(), Error> {
-    let config = ApplianceConfig::load(&args.config)?;
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })
-    .map_err(|e| Error::BadArgument {
-        arg: "(signals)",
-        reason: format!("cannot install the Ctrl-C handler: {e}"),
-    })?;
+/// One entry of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// The inner prefix.
+    pub prefix: Prefix,
+    /// The peer it goes to, by name.
+    pub peer: String,
+    /// Where the prefix came from: `directory`, `config` (lab peers) or `override`.
+    pub origin: &'static str,
+}
 
-    // The key agent's files are read before anything is set up, so a wrong path is refused
-    // like any other configuration error.
-    let mut agent_options = match &config.keying {
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Whether routes or peers changed.
+    pub changed: bool,
+    /// Fields that differ but take effect only at the next start.
+    pub needs_restart: Vec<&'static str>,
+}
+
+enum Command {
+    Status(oneshot::Sender<ApplianceStatus>),
+    Reload(
+        Box<ApplianceConfig>,
+        oneshot::Sender<Result<Reloaded, String>>,
+    ),
+    Stop,
+}
+
+/// A handle on a running appliance's owner task.
+#[derive(Debug, Clone)]
+pub struct ApplianceHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Status(_) => "Status",
+            Command::Reload(..) => "Reload",
+            Command::Stop => "Stop",
+        })
+    }
+}
+
+impl ApplianceHandle {
+    /// What the appliance runs now.
+    pub async fn status(&self) -> Result<ApplianceStatus, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status(tx))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Re-reads the configuration file the appliance was started with and applies it; a
+    /// file that does not validate changes nothing and its error is returned.
+    pub async fn reload_file(&self, path: &std::path::Path) -> Result<Reloaded, Error> {
+        let config = ApplianceConfig::load(path)?;
+        self.reload(config).await
+    }
+
+    /// Applies a validated configuration.
+    pub async fn reload(&self, config: ApplianceConfig) -> Result<Reloaded, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Reload(Box::new(config), tx))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(Error::Reload)
+    }
+
+    /// Asks the owner task to stop; [`RunningAppliance::wait`] then returns.
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+}
+
+/// An appliance started on a tokio runtime: its handle and its owner task.
+#[derive(Debug)]
+pub struct RunningAppliance {
+    handle: ApplianceHandle,
+    engine: Arc<Engine>,
+    keys: watch::Receiver<KeyingStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAppliance {
+    /// The handle operators' commands go through.
+    pub fn handle(&self) -> ApplianceHandle {
+        self.handle.clone()
+    }
+
+    /// The engine (for counters).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// What the key source has given the engine, as the owner last published it (no round
+    /// trip to the owner task).
+    pub fn keys(&self) -> KeyingStatus {
+        self.keys.borrow().clone()
+    }
+
+    /// Stops the owner task and the key source and waits for both; the engine keeps
+    /// running with the SAs it has until it is shut down.
+    pub async fn stop(self) -> Arc<Engine> {
+        self.handle.stop();
+        self.wait().await
+    }
+
+    /// Waits for the owner task to end (after [`ApplianceHandle::stop`]); the key source is
+    /// stopped by then and the engine is returned for draining.
+    pub async fn wait(self) -> Arc<Engine> {
+        let _ = self.task.await;
+        self.engine
+    }
+}
+
+/// Starts the owner task for `engine` keyed by `keys`. `config` (the file the appliance
+/// runs, for reloads and prefix overrides) is absent when a test drives an engine directly.
+/// Must be called within a tokio runtime.
+pub fn spawn<K: KeySource>(
+    engine: Arc<Engine>,
+    keys: K,
+    config: Option<ApplianceConfig>,
+) -> RunningAppliance {
+    let (commands, inbox) = mpsc::unbounded_channel();
+    let events = bridge_events(&engine);
+    let (published, keys_rx) = watch::channel(keys.status());
+    let mut owner = Owner {
+        engine: engine.clone(),
+        keys,
+        config,
+        routes: Vec::new(),
+        reloads: 0,
+        published,
+    };
+    owner.apply_routes();
+    let task = tokio::spawn(owner.run(inbox, events));
+    RunningAppliance {
+        handle: ApplianceHandle { commands },
+        engine,
+        keys: keys_rx,
+        task,
+    }
+}
+
+/// Forwards the engine's events to the owner task as they happen: the engine's channel is
+/// a blocking one, so a thread waits on it and wakes the task.
+fn bridge_events(engine: &Engine) -> mpsc::UnboundedReceiver<Event> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let events = engine.events().clone();
+    let spawned = std::thread::Builder::new()
+        .name("cpclink-events".into())
+        .spawn(move || {
+            // Ends when the engine's workers are gone or the owner task is.
+            while let Ok(event) = events.recv() {
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the engine-event thread ({e}); SAs will not be renewed before they run out");
+    }
+    rx
+}
+
+struct Owner<K> {
+    engine: Arc<Engine>,
+    keys: K,
+    config: Option<ApplianceConfig>,
+    routes: Vec<Route>,
+    reloads: u64,
+    /// The key source's status as last published to [`RunningAppliance::keys`].
+    published: watch::Sender<KeyingStatus>,
+}
+
+impl<K: KeySource> Owner<K> {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        loop {
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Some(Command::Reload(config, reply)) => {
+                        let _ = reply.send(self.reload(*config));
+                    }
+                    Some(Command::Stop) | None => break,
+                },
+                Some(event) = events.recv() => self.keys.on_engine_event(event),
+                input = self.keys.next() => {
+                    if self.keys.handle(input) == KeyUpdate::RoutesChanged {
+                        self.apply_routes();
+                    }
+                }
+            }
+            let status = self.keys.status();
+            self.published.send_if_modified(|old| {
+                let changed = *old != status;
+                if changed {
+                    *old = status;
+                }
+                changed
+            });
+        }
+        self.keys.shutdown().await;
+    }
+
+    fn status(&self) -> ApplianceStatus {
+        ApplianceStatus {
+            config_file: self
+                .config
+                .as_ref()
+                .map_or_else(String::new, |c| c.file.display().to_string()),
+            listen: self.engine.local_addr(),
+            workers: self.engine.workers(),
+            keys: self.keys.status(),
+            routes: self.routes.clone(),
+            reloads: self.reloads,
+        }
+    }
+
+    fn reload(&mut self, config: ApplianceConfig) -> Result<Reloaded, String> {
+        let Some(running) = &self.config else {
+            return Err("this appliance was started without a configuration file".into());
+        };
+        let needs_restart = config.needs_restart(running);
+        for field in &needs_restart {
+            tracing::warn!("reload: {field} changed; it takes effect at the next start (running with the old value)");
+        }
+        let keying_kind_changed = matches!(
+            (&config.keying, &running.keying),
+            (Keying::Lab { .. }, Keying::KeyPlane(_)) | (Keying::KeyPlane(_), Keying::Lab { .. })
+        );
+        if keying_kind_changed {
+            return Err(
+                "switching between lab keys and the key plane needs a restart; nothing was changed"
+                    .into(),
+            );
+        }
+        let update = self.keys.reload(&config).map_err(|e| e.to_string())?;
+        let overrides_changed = overrides(Some(&config)) != overrides(self.config.as_ref());
+        self.config = Some(config);
+        self.reloads += 1;
+        let changed = update == KeyUpdate::RoutesChanged || overrides_changed;
+        if changed {
+            self.apply_routes();
+        }
+        tracing::info!(
+            "reload {} applied: {}",
+            self.reloads,
+            if changed {
+                "peers or routes changed"
+            } else {
+                "nothing to change"
+            }
+        );
+        Ok(Reloaded {
+            changed,
+            needs_restart,
+        })
+    }
+
+    /// Rebuilds the route table from the key source's peers and the overrides, and hands
+    /// it to the engine.
+    fn apply_routes(&mut self) {
+        let overrides = overrides(self.config.as_ref());
+        let mut routes = Vec::new();
+        let mut by_peer: BTreeMap<PeerId, Vec<Prefix>> = BTreeMap::new();
+        for (name, peer, prefixes) in self.keys.routes() {
+            let (prefixes, origin) = match overrides.get(&name) {
+                Some(o) => (o.clone(), "override"),
+                None => (
+                    prefixes,
+                    match self.config.as_ref().map(|c| &c.keying) {
+                        Some(Keying::Lab { .. }) => "config",
+                        _ => "directory",
+                    },
+                ),
+            };
+            for prefix in &prefixes {
+                routes.push(Route {
+                    prefix: *prefix,
+                    peer: name.clone(),
+                    origin,
+                });
+            }
+            by_peer.insert(peer, prefixes);
+        }
+        routes.sort_by_key(|r| r.prefix);
+        if routes != self.routes {
+            tracing::info!(
+                "routing {} prefix(es) to {} peer(s)",
+                routes.len(),
+                by_peer.len()
+            );
+        }
+        let status = self.keys.status();
+        for (name, p) in &status.peers {
+            let (Some(endpoint), true) = (p.endpoint, p.active) else {
+                continue;
+            };
+            let prefixes = by_peer.remove(&p.peer).unwrap_or_default();
+            if let Err(e) = self
+                .engine
+                .set_peer(p.peer, PeerConfig { endpoint, prefixes })
+            {
+                tracing::error!("the data plane refused the routes of {name}: {e}");
+            }
+        }
+        self.routes = routes;
+    }
+}
+
+/// Per-peer prefix overrides (`[[keymgr.peer]]`).
+fn overrides(config: Option<&ApplianceConfig>) -> BTreeMap<String, Vec<Prefix>> {
+    match config.map(|c| &c.keying) {
+        Some(Keying::KeyPlane(k)) => k.prefixes.clone(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Refuses a listen address this machine cannot bind before anything is set up, naming
+/// the field and the fix.
+fn check_bindable(config: &ApplianceConfig) -> Result<(), Error> {
+    let socket = socket_probe(config.listen);
+    socket.map(drop).map_err(|e| {
+        let text = ConfigText::read(&config.file)
+            .unwrap_or_else(|_| ConfigText::new(config.file.display().to_string(), ""));
+        Error::Config(text.error_fix(
+            "[appliance].listen",
+            format!("cannot bind {}: {e}", config.listen),
+            "give an address of this machine (see `ip addr`) and a port no other program holds",
+        ))
+    })
+}
+
+fn socket_probe(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+}
+
+/// Runs an appliance until `stop` fires: opens the TUN device, starts the engine and the
+/// key source, serves reloads (`reload` fires with nothing: re-read the file), and returns
+/// the engine's final counters.
+pub fn run(
+    config: ApplianceConfig,
+    signals: impl FnOnce(ApplianceHandle) -> Result<(), Error>,
+) -> Result<EngineStats, Error> {
+    // Everything that can be refused is refused before the system is touched: the key
+    // files are read and the listen address probed before the TUN device exists.
+    let agent_options = match &config.keying {
         Keying::KeyPlane(k) => Some(k.agent_options()?),
         Keying::Lab { .. } => None,
     };
+    check_bindable(&config)?;
     let mut engine_config = config.engine_config();
     log_hardware(&config);
     if let (Some(t), Some(mtu)) = (&config.tun, config.tun_mtu()) {
         let queues = tun::open_queues(&t.name, config.workers, t.offloads)?;
         tun::set_mtu_and_up(&t.name, mtu)?;
-        eprintln!(
-            "cpclink: TUN {} up with MTU {mtu} ({} queues)",
-            t.name,
-            queues.len()
-        );
+        tracing::info!("TUN {} up with MTU {mtu} ({} queues)", t.name, queues.len());
         engine_config.egress = Egress::Tun(queues);
     }
-    let profile = SaProfile {
-        suite: config.suite,
-        crypto: config.crypto,
-        limits: SaLimits::default(),
-    };
     let engine = Arc::new(Engine::start(engine_config)?);
-    eprintln!(
-        "cpclink: listening on {} with {} worker(s) over {}, {}",
+    tracing::info!(
+        "listening on {} with {} worker(s) over {}",
         engine.local_addr(),
         engine.workers(),
-        engine.io(),
-        match &config.keying {
-            Keying::Lab { .. } => format!("{} lab-keyed peer(s)", config.peers.len()),
-            Keying::KeyPlane(_) => "peers and keys from the key plane".to_owned(),
-        }
+        engine.io()
     );
-    let key_plane = match &config.keying {
-        Keying::Lab { master_keys } => {
-            start_lab(&engine, &config, master_keys, profile)?;
-            None
-        }
-        Keying::KeyPlane(k) => Some(KeyPlane::start(&engine, k, agent_options.take(), &config)?),
-    };
-
-    let tick = Duration::from_millis(200);
-    let mut ticks = 0u64;
-    loop {
-        match stop_rx.recv_timeout(tick) {
-            Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-        }
-        // With the key plane, its driver answers the engine's events.
-        if key_plane.is_none() {
-            rekey_lab(&engine, &config, profile)?;
-        }
-        ticks += 1;
-        if args.stats_every > 0 && ticks % (args.stats_every * 5) == 0 {
-            let s = engine.snapshot()?.total();
-            eprintln!(
-                "cpclink: tx {} pkts {} B, rx {} pkts delivered {}, dropped tx {} rx {}",
-                s.tx_packets,
-                s.tx_bytes,
-                s.rx_packets,
-                s.rx_delivered,
-                s.tx_dropped(),
-                s.rx_dropped()
-            );
-        }
-    }
-    if let Some(key_plane) = key_plane {
-        key_plane.stop();
-    }
-    eprintln!("cpclink: stopping; draining the workers");
-    let stats = match Arc::try_unwrap(engine) {
-        Ok(engine) => engine.shutdown()?,
-        // Unreachable once the key plane's driver has ended; the counters are still worth
-        // printing, and dropping the engine stops its workers.
-        Err(engine) => engine.snapshot()?,
-    };
-    println!(
-        "{}",
-        serde_json::to_string(&stats.total()).map_err(std::io::Error::from)?
-    );
-    Ok(())
-}
-
-/// Lab mode: receive SAs derived from this appliance's keys, transmit SAs from the peers'.
-fn start_lab(
-    engine: &Engine,
-    config: &ApplianceConfig,
-    master_keys: &MasterKeys,
-    profile: SaProfile,
-) -> Result<(), Error> {
-    lab::enable_rx_derivation(engine, master_keys, config.suite)?;
-    engine.snapshot()?;
-    for (i, peer) in config.peers.iter().enumerate() {
-        let spis = lab::install_tx_sas(engine, PeerId(i as u32), &peer.master_keys, profile)?;
-        eprintln!(
-            "cpclink: peer {} at {}: transmit SPIs {spis:?}",
-            peer.name, peer.endpoint
-        );
-    }
-    Ok(())
-}
-
-/// Lab mode: replaces transmit SAs the workers report due or exhausted.
-fn rekey_lab(engine: &Engine, config: &ApplianceConfig, profile: SaProfile) -> Result<(), Error> {
-    while let Ok(event) = engine.events().try_recv() {
-        let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
-        if let Some(p) = config.peers.get(peer.0 as usize) {
-            let spi = lab::rekey_tx_sa(engine, worker, peer, &p.master_keys, profile)?;
-            eprintln!(
-                "cpclink: worker {worker} rekeyed to peer {} with SPI {spi}",
-                p.name
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The key agent and the driver that feeds its SAs to the engine, on their own runtime.
-struct KeyPlane {
-    runtime: tokio::runtime::Runtime,
-    keyed: KeyedEngine,
-}
-
-impl KeyPlane {
-    /// Enrols (if not yet enrolled), starts the key agent publishing the engine's endpoint,
-    /// and starts feeding the engine.
-    fn start(
-        engine: &Arc<Engine>,
-        k: &KeymgrConfig,
-        options: Option<AgentOptions>,
-        config: &ApplianceConfig,
-    ) -> Result<Self, Error> {
-        let endpoint = k.endpoint.unwrap_or_else(|| engine.local_addr());
-        let mut options = match options {
-            Some(o) => o,
-            None => k.agent_options()?,
-        };
-        options.endpoints = vec![endpoint.to_string()];
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("cpclink-keys")
-            .enable_all()
-            .build()?;
-        tracing::info!(
-            "key agent {}: authority {}, state in {}{}",
-            options.appliance,
-            options.authority,
-            options.state_dir.display(),
-            if options.token.is_some() {
-                " (enrolment token at hand)"
-            } else {
-                ""
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cpclink-appliance")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the appliance's runtime", e))?;
+    let engine = runtime.block_on(async {
+        let running = match (&config.keying, agent_options) {
+            (Keying::KeyPlane(k), Some(options)) => {
+                let keys = start_key_plane(&engine, k, options, &config).await?;
+                spawn(engine.clone(), keys, Some(config.clone()))
             }
-        );
-        let (agent, events) = runtime.block_on(KeyAgent::start(options))?;
-        tracing::info!(
-            "key agent {} enrolled; serving peers on {}, publishing data-plane endpoint {endpoint}",
-            agent.id(),
-            agent
-                .local_addr()
-                .map_or_else(|| "?".to_owned(), |a| a.to_string())
-        );
-        let options = KeyedOptions {
-            prefixes: k.prefixes.clone(),
+            _ => {
+                let keys = LabKeys::start(engine.clone(), &config)?;
+                spawn(engine.clone(), keys, Some(config.clone()))
+            }
+        };
+        signals(running.handle())?;
+        Ok::<_, Error>(running.wait().await)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let engine = engine?;
+    tracing::info!("stopping; draining the workers");
+    Ok(match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown()?,
+        // Something still holds the engine (a request task of the key plane that outlived
+        // the runtime); the counters are still worth printing, and dropping it stops it.
+        Err(engine) => engine.snapshot()?,
+    })
+}
+
+/// Enrols (if not yet enrolled) and starts the key agent publishing the engine's endpoint.
+async fn start_key_plane(
+    engine: &Arc<Engine>,
+    k: &KeymgrConfig,
+    mut options: cpclink_keymgr::agent::AgentOptions,
+    config: &ApplianceConfig,
+) -> Result<KeyPlane, Error> {
+    let endpoint = k.endpoint.unwrap_or_else(|| engine.local_addr());
+    options.endpoints = vec![endpoint.to_string()];
+    tracing::info!(
+        "key agent {}: authority {}, state in {}{}",
+        options.appliance,
+        options.authority,
+        options.state_dir.display(),
+        if options.token.is_some() {
+            " (enrolment token at hand)"
+        } else {
+            ""
+        }
+    );
+    let authority = options.authority;
+    let (agent, events) = KeyAgent::start(options)
+        .await
+        .map_err(|e| Error::Authority {
+            authority,
+            reason: e.to_string(),
+        })?;
+    tracing::info!(
+        "key agent {} enrolled; serving peers on {}, publishing data-plane endpoint {endpoint}",
+        agent.id(),
+        agent
+            .local_addr()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string())
+    );
+    Ok(KeyPlane::new(
+        engine.clone(),
+        agent,
+        events,
+        KeyedOptions {
             crypto: config.crypto,
             ..KeyedOptions::default()
-        };
-        let keyed = {
-            let _inside = runtime.enter();
-            KeyedEngine::start(engine.clone(), agent, events, options)
-        };
-        Ok(Self { runtime, keyed })
-    }
-
-    /// Stops the driver and the agent, then the runtime.
-    fn stop(self) {
-        let Self { runtime, keyed } = self;
-        runtime.block_on(keyed.stop());
-        runtime.shutdown_timeout(Duration::from_secs(1));
-    }
+        },
+    ))
 }
 
 /// Says which data plane settings came from the hardware profile and which the

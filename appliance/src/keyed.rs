@@ -1,11 +1,16 @@
-//! The key plane driving the data plane: a key agent's directory and SA events become the
-//! engine's peers, transmit and receive SAs, retirements and revocations.
+//! The key plane as the appliance's [`KeySource`]: a key agent's directory and SA events
+//! become the engine's peers, transmit and receive SAs, retirements and revocations.
+//!
+//! It is a state machine the appliance's owner task drives: [`KeySource::next`] waits for
+//! the agent (SA events, directory changes, answers to SA requests, the retry timer),
+//! [`KeySource::handle`] acts on what came; engine events reach it through
+//! [`KeySource::on_engine_event`]. Nothing polls.
 //!
 //! - Peers are the appliances the agent's directory lists as authorised for this one, each
 //!   at the first data-plane endpoint it publishes of the engine's address family. They get
 //!   a [`PeerId`] when first seen and keep it, so revoked peers stay known to the engine and
-//!   their packets count as rejected rather than as strangers'. Inner prefixes routed to a
-//!   peer come from [`KeyedOptions::prefixes`] (the directory carries none).
+//!   their packets count as rejected rather than as strangers'. The inner prefixes each
+//!   serves are the ones its directory entry lists; the appliance builds the route table.
 //! - Transmit SAs: one per worker and peer, each obtained from the peer's agent, because a
 //!   worker's IV counter is its own: one SA on two workers would repeat (key, IV) pairs.
 //!   A fresh SA goes into use [`KeyedOptions::settle`] after the grant: the receiver installs
@@ -20,29 +25,26 @@
 //! counts what it would send there.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Backend;
 use cpclink_dataplane::engine::{Engine, Event, PeerConfig, PeerId, SaProfile};
 use cpclink_dataplane::sa::{SaLimits, Spi};
 use cpclink_keymgr::agent::{KeyAgent, SaEvent, TxSaGrant};
-use cpclink_keymgr::directory::Directory;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use cpclink_keymgr::directory::{ApplianceEntry, Directory};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Prefix;
+use crate::keys::{KeySource, KeyUpdate, KeyingStatus, PeerStatus};
 
 /// How long a failed SA request waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
-/// How often engine events (rekey due, SA exhausted) and retries are looked at.
-const POLL: Duration = Duration::from_millis(20);
 
 /// How the key plane drives an engine.
 #[derive(Debug, Clone)]
 pub struct KeyedOptions {
-    /// Inner prefixes routed to each peer, by appliance id; peers left out route nothing
-    /// (a synthetic source still reaches them).
-    pub prefixes: BTreeMap<String, Vec<(IpAddr, u8)>>,
     /// The AEAD library SAs use.
     pub crypto: Backend,
     /// How long a granted transmit SA waits before it is used.
@@ -52,44 +54,20 @@ pub struct KeyedOptions {
 impl Default for KeyedOptions {
     fn default() -> Self {
         Self {
-            prefixes: BTreeMap::new(),
             crypto: Backend::AwsLc,
             settle: Duration::from_millis(100),
         }
     }
 }
 
-/// A peer as the key plane sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// Its index in the engine.
-    pub peer: PeerId,
-    /// Where its data plane listens, once the directory said.
-    pub endpoint: Option<SocketAddr>,
-    /// Whether it may talk to this appliance now.
-    pub active: bool,
-    /// Whether it was revoked (or its SAs dropped for good).
-    pub revoked: bool,
-    /// The transmit SA each worker uses towards it.
-    pub tx: Vec<Option<Spi>>,
-}
-
-/// What the key plane has given the engine, for logs and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyingStatus {
-    /// Peers by appliance id.
-    pub peers: BTreeMap<String, PeerStatus>,
-    /// Receive SAs installed and not retired, with the peer that sends on each.
-    pub rx: BTreeMap<Spi, String>,
-    /// Receive SAs retired by rotations.
-    pub retired_rx: BTreeSet<Spi>,
-}
-
+#[derive(Debug)]
 struct Slot {
     peer: PeerId,
     endpoint: Option<SocketAddr>,
     active: bool,
     revoked: bool,
+    /// The inner prefixes its directory entry lists.
+    prefixes: Vec<Prefix>,
     /// Each worker's transmit SA towards the peer and the request for its next one.
     workers: Vec<WorkerSa>,
 }
@@ -118,51 +96,84 @@ impl WorkerSa {
     }
 }
 
-/// An SA request's outcome, back on the driver's task.
-enum Fetched {
-    Granted { worker: usize, grant: TxSaGrant },
-    Failed { peer: String, worker: usize },
-}
-
-/// The key plane driving an engine; dropping it leaves the driver running until
-/// [`KeyedEngine::stop`] is awaited or the runtime ends.
+/// An SA request's outcome, back on the owner task.
 #[derive(Debug)]
-pub struct KeyedEngine {
-    agent: KeyAgent,
-    status: Arc<Mutex<KeyingStatus>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+pub enum Fetched {
+    /// The peer granted an SA for `worker`.
+    Granted {
+        /// The worker it is for.
+        worker: usize,
+        /// The grant.
+        grant: TxSaGrant,
+    },
+    /// The request failed; it is retried after [`RETRY`].
+    Failed {
+        /// The peer asked.
+        peer: String,
+        /// The worker it was for.
+        worker: usize,
+    },
 }
 
-impl KeyedEngine {
-    /// Starts driving `engine` from `agent` and its event stream. Must be called within a
-    /// tokio runtime.
-    pub fn start(
+/// What the key plane waits for (see [`KeySource::next`]).
+#[derive(Debug)]
+pub enum KeyInput {
+    /// The agent reported an SA event; `None`: the agent has stopped.
+    Sa(Option<SaEvent>),
+    /// The agent's directory copy changed; `false`: the agent has stopped.
+    Directory(bool),
+    /// An SA request came back.
+    Fetched(Fetched),
+    /// A failed request's back-off ended.
+    Retry,
+}
+
+/// The key plane driving an engine: the appliance's key source when `[keymgr]` is given.
+#[derive(Debug)]
+pub struct KeyPlane {
+    engine: Arc<Engine>,
+    workers: usize,
+    agent: KeyAgent,
+    events: mpsc::UnboundedReceiver<SaEvent>,
+    version: watch::Receiver<u64>,
+    options: KeyedOptions,
+    slots: BTreeMap<String, Slot>,
+    status: KeyingStatus,
+    fetched_tx: mpsc::UnboundedSender<Fetched>,
+    fetched: mpsc::UnboundedReceiver<Fetched>,
+    /// Peers already reported as publishing no usable endpoint.
+    unreachable: BTreeSet<String>,
+    /// The agent has stopped: nothing more will come from it.
+    ended: bool,
+}
+
+impl KeyPlane {
+    /// Drives `engine` from `agent` and its event stream. Must be called within a tokio
+    /// runtime (SA requests run as tasks of their own).
+    pub fn new(
         engine: Arc<Engine>,
         agent: KeyAgent,
         events: mpsc::UnboundedReceiver<SaEvent>,
         options: KeyedOptions,
     ) -> Self {
-        let status = Arc::new(Mutex::new(KeyingStatus::default()));
-        let (stop, stopped) = oneshot::channel();
         let (fetched_tx, fetched) = mpsc::unbounded_channel();
-        let driver = Driver {
+        let mut plane = Self {
             workers: engine.workers(),
             engine,
-            agent: agent.clone(),
+            version: agent.directory_version(),
+            agent,
+            events,
             options,
             slots: BTreeMap::new(),
-            status: status.clone(),
+            status: KeyingStatus::default(),
             fetched_tx,
+            fetched,
             unreachable: BTreeSet::new(),
+            ended: false,
         };
-        let task = tokio::spawn(driver.run(events, fetched, stopped));
-        Self {
-            agent,
-            status,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        // The owner applies the routes this finds when it starts.
+        let _ = plane.sync_directory();
+        plane
     }
 
     /// The agent.
@@ -170,79 +181,114 @@ impl KeyedEngine {
         &self.agent
     }
 
-    /// A copy of what the key plane has given the engine.
-    pub fn status(&self) -> KeyingStatus {
-        lock(&self.status).clone()
+    /// When the earliest failed request may be tried again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter(|s| s.active)
+            .flat_map(|s| s.workers.iter())
+            .filter(|w| (w.tx.is_none() || w.due) && !w.pending)
+            .filter_map(|w| w.retry_at)
+            .min()
+    }
+}
+
+impl KeySource for KeyPlane {
+    type Input = KeyInput;
+
+    async fn next(&mut self) -> KeyInput {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let retry = self.next_retry();
+        let sleep = async {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = self.events.recv() => KeyInput::Sa(event),
+            changed = self.version.changed() => KeyInput::Directory(changed.is_ok()),
+            Some(outcome) = self.fetched.recv() => KeyInput::Fetched(outcome),
+            () = sleep => KeyInput::Retry,
+        }
     }
 
-    /// Stops driving the engine and stops the agent. The engine keeps the SAs it has.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    fn handle(&mut self, input: KeyInput) -> KeyUpdate {
+        match input {
+            KeyInput::Sa(Some(event)) => return self.on_sa_event(event),
+            KeyInput::Sa(None) | KeyInput::Directory(false) => {
+                if !self.ended {
+                    tracing::warn!("key agent {} has stopped", self.agent.id());
+                }
+                self.ended = true;
+            }
+            KeyInput::Directory(true) => return self.sync_directory(),
+            KeyInput::Fetched(outcome) => self.on_fetched(outcome),
+            KeyInput::Retry => self.fetch_missing(),
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        KeyUpdate::Nothing
+    }
+
+    fn on_engine_event(&mut self, event: Event) {
+        let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
+        let Some(id) = self
+            .slots
+            .iter()
+            .find(|(_, s)| s.peer == peer)
+            .map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        let why = match event {
+            Event::RekeyDue { .. } => "is due for replacement",
+            Event::SaExhausted { .. } => "is exhausted",
+        };
+        tracing::info!("worker {worker}'s SA towards {id} {why}: requesting the next");
+        if matches!(event, Event::SaExhausted { .. }) {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.workers[worker].tx = None;
+            }
         }
+        self.fetch(&id, worker);
+        self.publish();
+    }
+
+    fn status(&self) -> KeyingStatus {
+        self.status.clone()
+    }
+
+    fn reload(
+        &mut self,
+        _config: &crate::config::ApplianceConfig,
+    ) -> Result<KeyUpdate, crate::Error> {
+        // The agent's identity and addresses need a restart (the appliance reports them);
+        // prefix overrides are the appliance's own.
+        Ok(KeyUpdate::Nothing)
+    }
+
+    fn routes(&self) -> Vec<(String, PeerId, Vec<Prefix>)> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.active)
+            .map(|(id, s)| (id.clone(), s.peer, s.prefixes.clone()))
+            .collect()
+    }
+
+    fn peer_id(&self, name: &str) -> Option<PeerId> {
+        self.slots.get(name).filter(|s| s.active).map(|s| s.peer)
+    }
+
+    async fn shutdown(self) {
         self.agent.shutdown();
         tracing::info!("key agent {} stopped", self.agent.id());
     }
 }
 
-fn lock(status: &Mutex<KeyingStatus>) -> std::sync::MutexGuard<'_, KeyingStatus> {
-    // Only this module writes it, field by field; a panic mid-update leaves a usable copy.
-    status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-struct Driver {
-    engine: Arc<Engine>,
-    workers: usize,
-    agent: KeyAgent,
-    options: KeyedOptions,
-    slots: BTreeMap<String, Slot>,
-    status: Arc<Mutex<KeyingStatus>>,
-    fetched_tx: mpsc::UnboundedSender<Fetched>,
-    /// Peers already reported as publishing no usable endpoint.
-    unreachable: BTreeSet<String>,
-}
-
-impl Driver {
-    async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<SaEvent>,
-        mut fetched: mpsc::UnboundedReceiver<Fetched>,
-        mut stopped: oneshot::Receiver<()>,
-    ) {
-        let mut version = self.agent.directory_version();
-        self.sync_directory();
-        let mut poll = tokio::time::interval(POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut stopped => break,
-                event = events.recv() => match event {
-                    Some(event) => self.on_sa_event(event),
-                    None => break,
-                },
-                changed = version.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    self.sync_directory();
-                }
-                Some(outcome) = fetched.recv() => self.on_fetched(outcome),
-                _ = poll.tick() => {
-                    self.on_engine_events();
-                    self.fetch_missing();
-                }
-            }
-        }
-    }
-
-    fn publish(&self) {
-        let mut status = lock(&self.status);
-        status.peers = self
+impl KeyPlane {
+    fn publish(&mut self) {
+        self.status.peers = self
             .slots
             .iter()
             .map(|(id, s)| {
@@ -253,6 +299,7 @@ impl Driver {
                         endpoint: s.endpoint,
                         active: s.active,
                         revoked: s.revoked,
+                        prefixes: s.prefixes.clone(),
                         tx: s.workers.iter().map(|w| w.tx).collect(),
                     },
                 )
@@ -269,6 +316,7 @@ impl Driver {
             endpoint: None,
             active: false,
             revoked: false,
+            prefixes: Vec::new(),
             workers: vec![WorkerSa::default(); workers],
         })
     }
@@ -282,7 +330,9 @@ impl Driver {
             .find(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
     }
 
-    fn sync_directory(&mut self) {
+    /// Brings peers, endpoints and prefixes in line with the agent's directory copy.
+    fn sync_directory(&mut self) -> KeyUpdate {
+        let before = self.routes();
         let dir: Directory = self.agent.directory();
         let me = self.agent.id().to_owned();
         for (id, entry) in &dir.appliances {
@@ -308,7 +358,7 @@ impl Driver {
                 continue;
             };
             self.unreachable.remove(id);
-            let prefixes = self.options.prefixes.get(id).cloned().unwrap_or_default();
+            let prefixes = directory_prefixes(entry);
             let slot = self.slot(id);
             if slot.revoked {
                 continue;
@@ -317,15 +367,19 @@ impl Driver {
                 (slot.peer, slot.endpoint != Some(endpoint), slot.active);
             slot.endpoint = Some(endpoint);
             slot.active = true;
+            slot.prefixes = prefixes;
             if moved || !was_active {
                 tracing::info!(
-                    "peer {id} ({peer:?}) at {endpoint}, routing {} prefix(es)",
-                    prefixes.len()
+                    "peer {id} ({peer:?}) at {endpoint}, serving {} prefix(es)",
+                    slot.prefixes.len()
                 );
-                if let Err(e) = self
-                    .engine
-                    .set_peer(peer, PeerConfig { endpoint, prefixes })
-                {
+                if let Err(e) = self.engine.set_peer(
+                    peer,
+                    PeerConfig {
+                        endpoint,
+                        prefixes: Vec::new(),
+                    },
+                ) {
                     tracing::error!("the data plane refused peer {id}: {e}");
                 }
             }
@@ -347,6 +401,11 @@ impl Driver {
         }
         self.publish();
         self.fetch_missing();
+        if self.routes() == before {
+            KeyUpdate::Nothing
+        } else {
+            KeyUpdate::RoutesChanged
+        }
     }
 
     /// Drops every SA with `id`, both ways; `revoked` makes it for good.
@@ -367,7 +426,7 @@ impl Driver {
         if let Err(e) = self.engine.revoke_peer(peer) {
             tracing::error!("the data plane did not take the revocation of {id}: {e}");
         }
-        lock(&self.status).rx.retain(|_, p| p != id);
+        self.status.rx.retain(|_, p| p != id);
         self.publish();
     }
 
@@ -481,7 +540,7 @@ impl Driver {
         self.publish();
     }
 
-    fn on_sa_event(&mut self, event: SaEvent) {
+    fn on_sa_event(&mut self, event: SaEvent) -> KeyUpdate {
         match event {
             SaEvent::InstallTx(grant) => {
                 // The peer rotated (or the SA nears its end): every worker moves to a fresh
@@ -489,7 +548,7 @@ impl Driver {
                 // them, one rotation later.
                 let id = grant.peer.clone();
                 let Some(slot) = self.slots.get_mut(&id).filter(|s| s.active) else {
-                    return;
+                    return KeyUpdate::Nothing;
                 };
                 tracing::info!(
                     "peer {id} offered SA {} (epoch {}): moving all {} worker(s) to fresh SAs",
@@ -517,9 +576,10 @@ impl Driver {
                 suite,
                 key,
             } => {
+                let mut update = KeyUpdate::Nothing;
                 if !self.slots.contains_key(&peer) {
                     // Granted before this side saw the peer in the directory.
-                    self.sync_directory();
+                    update = self.sync_directory();
                 }
                 let id = self.slot(&peer).peer;
                 let profile = SaProfile {
@@ -534,11 +594,12 @@ impl Driver {
                             self.engine.rx_worker(spi),
                             spi.generation()
                         );
-                        lock(&self.status).rx.insert(spi, peer);
+                        self.status.rx.insert(spi, peer);
                     }
                     Err(e) => tracing::error!("the data plane refused receive SA {spi}: {e}"),
                 }
                 self.publish();
+                return update;
             }
             SaEvent::RetireRx { spis } => {
                 for spi in &spis {
@@ -554,13 +615,15 @@ impl Driver {
                         .collect::<Vec<_>>()
                         .join(" ")
                 );
-                let mut status = lock(&self.status);
                 for spi in spis {
-                    status.rx.remove(&spi);
-                    status.retired_rx.insert(spi);
+                    self.status.rx.remove(&spi);
+                    self.status.retired_rx.insert(spi);
                 }
             }
-            SaEvent::RetirePeer { peer } => self.drop_peer(&peer, "retired", true),
+            SaEvent::RetirePeer { peer } => {
+                self.drop_peer(&peer, "retired", true);
+                return KeyUpdate::RoutesChanged;
+            }
             SaEvent::Revoked { appliance } => {
                 if appliance == self.agent.id() {
                     tracing::error!(
@@ -568,38 +631,22 @@ impl Driver {
                     );
                 } else {
                     self.drop_peer(&appliance, "revoked", true);
+                    return KeyUpdate::RoutesChanged;
                 }
             }
             SaEvent::Rotated { generation, epoch } => tracing::info!(
                 "master keys rotated: generation {generation} current, epoch {epoch}"
             ),
         }
+        KeyUpdate::Nothing
     }
+}
 
-    fn on_engine_events(&mut self) {
-        while let Ok(event) = self.engine.events().try_recv() {
-            let (Event::RekeyDue { worker, peer } | Event::SaExhausted { worker, peer }) = event;
-            let Some(id) = self
-                .slots
-                .iter()
-                .find(|(_, s)| s.peer == peer)
-                .map(|(id, _)| id.clone())
-            else {
-                continue;
-            };
-            let why = match event {
-                Event::RekeyDue { .. } => "is due for replacement",
-                Event::SaExhausted { .. } => "is exhausted",
-            };
-            tracing::info!("worker {worker}'s SA towards {id} {why}: requesting the next");
-            if matches!(event, Event::SaExhausted { .. }) {
-                if let Some(slot) = self.slots.get_mut(&id) {
-                    slot.workers[worker].tx = None;
-                }
-            }
-            self.fetch(&id, worker);
-        }
-    }
+/// The inner prefixes a directory entry lists; one that does not parse is skipped with a
+/// warning (the authority checked them; an entry from a newer authority may carry more).
+fn directory_prefixes(entry: &ApplianceEntry) -> Vec<Prefix> {
+    let _ = entry;
+    Vec::new()
 }
 
 /// Transmit SA limits for a grant valid until `expires`: replaced at four fifths of its

@@ -21,16 +21,9 @@ pub enum Error {
     /// A benchmark could not run.
     #[error(transparent)]
     Bench(#[from] cpclink_bench::Error),
-    /// The configuration file is wrong; the message names the file, the field and the fix.
-    #[error("{file}: {field}: {reason}")]
-    Config {
-        /// The file.
-        file: String,
-        /// The field, as a TOML path.
-        field: String,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
+    /// The appliance could not start or failed while running.
+    #[error(transparent)]
+    Appliance(#[from] cpclink_appliance::Error),
     /// A demo or check found traffic that did not arrive intact.
     #[error("verification failed: {0}")]
     Verification(String),

@@ -1,4 +1,2 @@
-//! cpclink's control crate as a library: the wiring between the planes that the `cpclink`
-//! binary runs and that tests drive directly.
-
-pub mod keyed;
+//! cpclink's control crate: the `cpclink` binary, a thin command-line front end over the
+//! appliance, the key plane, the path plane and the benchmarks.

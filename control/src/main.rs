@@ -1,7 +1,6 @@
 //! `cpclink`: the one binary of the appliance, the authority and the operator tools.
 
 mod cli;
-mod config;
 mod error;
 
 use std::process::ExitCode;

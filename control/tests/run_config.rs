@@ -29,14 +29,13 @@ fn a_wrong_config_is_refused_with_file_field_and_fix() {
     ));
     assert!(!ok);
     assert!(
-        err.contains("bad.toml: [peers.b].endpoint: \"127.0.0.2\" has no port (expected host:port"),
+        err.contains("bad.toml:6: [peers.b].endpoint: \"127.0.0.2\" has no port; write host:port"),
         "{err}"
     );
     let (ok, err) = run_with("[appliance]\nlisten = \"127.0.0.1:1000\"\n");
     assert!(!ok);
     assert!(
-        err.contains("bad.toml: [appliance].master_keys: missing: give lab keys")
-            && err.contains("or a [keymgr] section"),
+        err.contains("bad.toml:1: [appliance]: no keys") && err.contains("or a [keymgr] section"),
         "{err}"
     );
 }
@@ -50,11 +49,46 @@ fn a_keymgr_section_with_a_missing_file_is_refused_before_anything_starts() {
     );
     assert!(!ok);
     assert!(
-        err.contains("bad.toml: [keymgr].ca_cert:") && err.contains("no-such-ca.pem: cannot read"),
+        err.contains("bad.toml:9: [keymgr].ca_cert:")
+            && err.contains("no-such-ca.pem: cannot read")
+            && err.contains("copy the authority's ca.pem"),
         "{err}"
     );
     assert!(
         !err.contains("listening on"),
         "refused before the data plane started: {err}"
+    );
+}
+
+#[test]
+fn a_wrong_type_names_the_section_the_line_and_what_to_write() {
+    let key = "11".repeat(32);
+    let (ok, err) = run_with(&format!(
+        "[appliance]\nlisten = \"127.0.0.1:1000\"\nworkers = \"two\"\nmaster_keys = [\"{key}\", \"{key}\"]\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml:3: [appliance].workers: invalid type: string \"two\"")
+            && err.contains("a whole number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_this_machine_cannot_bind_is_refused_before_the_tun_device_exists() {
+    let key = "11".repeat(32);
+    let (ok, err) = run_with(&format!(
+        "[appliance]\nlisten = \"192.0.2.77:1000\"\nmaster_keys = [\"{key}\", \"{key}\"]\n\
+         [tun]\nname = \"cpcbind0\"\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml:2: [appliance].listen: cannot bind 192.0.2.77:1000")
+            && err.contains("give an address of this machine"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net/cpcbind0").exists(),
+        "no TUN device was created for a configuration that cannot run"
     );
 }

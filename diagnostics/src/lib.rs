@@ -121,7 +121,14 @@ impl ConfigText {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> Diagnostic {
-        let message = e.message().trim().to_owned();
+        let mut message = e.message().trim().to_owned();
+        let mut fix = fix_for(&message);
+        if message.starts_with("unknown field") {
+            // The known fields go in the fix, not twice.
+            if let Some((head, _)) = message.split_once(", expected") {
+                message = head.to_owned();
+            }
+        }
         let (line, field) = match e.span() {
             Some(span) => {
                 let start = span.start.min(self.text.len());
@@ -134,7 +141,7 @@ impl ConfigText {
             file: self.file.clone(),
             field,
             line,
-            fix: fix_for(&message),
+            fix: fix.take(),
             reason: message,
         }
     }
@@ -201,7 +208,9 @@ fn fix_for(message: &str) -> Option<String> {
     } else if message.starts_with("unknown field") {
         let expected = message
             .split_once(", expected ")
-            .map_or(String::new(), |(_, e)| format!(" (known fields: {e})"));
+            .map_or(String::new(), |(_, e)| {
+                format!(" (known: {})", e.trim_start_matches("one of "))
+            });
         Some(format!("remove it or correct its spelling{expected}"))
     } else if message.starts_with("invalid type") {
         let expected = message.rsplit_once("expected ").map_or("", |(_, e)| e);

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cpclink_control::keyed::{KeyedEngine, KeyedOptions, KeyingStatus};
+use cpclink_appliance::keyed::{KeyPlane, KeyedOptions};
+use cpclink_appliance::keys::KeyingStatus;
+use cpclink_appliance::RunningAppliance;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{Egress, Engine, EngineConfig, TrafficSpec, WorkerStats};
 use cpclink_dataplane::sa::Spi;
@@ -58,7 +60,7 @@ async fn plane() -> Plane {
 /// One appliance: an engine with a synthetic source and sink, keyed by its agent.
 struct Appliance {
     engine: Arc<Engine>,
-    keyed: KeyedEngine,
+    keyed: RunningAppliance,
 }
 
 impl Plane {
@@ -102,7 +104,8 @@ impl Plane {
         })
         .await
         .unwrap();
-        let keyed = KeyedEngine::start(engine.clone(), agent, events, KeyedOptions::default());
+        let keys = KeyPlane::new(engine.clone(), agent, events, KeyedOptions::default());
+        let keyed = cpclink_appliance::spawn(engine.clone(), keys, None);
         Appliance { engine, keyed }
     }
 
@@ -129,7 +132,7 @@ impl Appliance {
     }
 
     fn status(&self) -> KeyingStatus {
-        self.keyed.status()
+        self.keyed.keys()
     }
 
     /// The transmit SA of every worker towards `peer`, once each worker has one.
@@ -138,7 +141,7 @@ impl Appliance {
     }
 
     async fn stop(self) -> WorkerStats {
-        self.keyed.stop().await;
+        drop(self.keyed.stop().await);
         let engine = Arc::try_unwrap(self.engine).expect("the driver let go of the engine");
         engine.shutdown().unwrap().total()
     }
@@ -376,7 +379,7 @@ async fn a_revoked_appliance_is_refused_by_its_peer() {
         engine: a_engine,
         keyed: a_keyed,
     } = a;
-    a_keyed.stop().await;
+    drop(a_keyed.stop().await);
     let granted_to_a = b.status().rx.clone();
     let rejected_before = b.stats().rx_rejected;
     let start = Instant::now();

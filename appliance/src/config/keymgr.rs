@@ -1,0 +1,273 @@
+//! `[keymgr]`: this appliance's key agent, and per-peer prefix overrides.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cpclink_dataplane::crypto::Suite;
+use cpclink_keymgr::agent::AgentOptions;
+use cpclink_keymgr::config::AgentConfig;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{Ctx, Prefix};
+use crate::Error;
+
+/// SA lifetimes this appliance grants, seconds: at least 10, at most a day.
+const SA_LIFETIME_SECS: std::ops::RangeInclusive<u64> = 10..=86_400;
+/// How long a rotation waits for peers, milliseconds: at most ten minutes.
+const REKEY_GRACE_MS: std::ops::RangeInclusive<u64> = 0..=600_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeymgr {
+    appliance: String,
+    authority: String,
+    listen: String,
+    state_dir: PathBuf,
+    kek_file: PathBuf,
+    ca_cert: PathBuf,
+    token_file: Option<PathBuf>,
+    token: Option<String>,
+    endpoint: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default = "default_sa_lifetime")]
+    sa_lifetime_secs: u64,
+    #[serde(default = "default_rekey_grace")]
+    rekey_grace_ms: u64,
+    /// Inner prefixes this appliance's centre serves, announced in the directory.
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    peer: Vec<RawKeymgrPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeymgrPeer {
+    id: String,
+    #[serde(default)]
+    prefixes: Vec<String>,
+}
+
+fn default_sa_lifetime() -> u64 {
+    3_600
+}
+
+fn default_rekey_grace() -> u64 {
+    2_000
+}
+
+/// The `[keymgr]` section: this appliance's key agent.
+#[derive(Debug, Clone)]
+pub struct KeymgrConfig {
+    /// The agent's settings, paths resolved against the configuration's directory.
+    pub agent: AgentConfig,
+    /// An enrolment token given inline (instead of `token_file`).
+    pub token: Option<Zeroizing<String>>,
+    /// The data-plane endpoint to publish, if not `[appliance].listen`.
+    pub endpoint: Option<SocketAddr>,
+    /// Inner prefixes this appliance's centre serves, announced to the authority.
+    pub announce: Vec<Prefix>,
+    /// Prefix overrides by peer id: routed to that peer instead of what the directory says.
+    pub prefixes: BTreeMap<String, Vec<Prefix>>,
+    file: String,
+}
+
+impl KeymgrConfig {
+    /// The key agent's options (its data-plane endpoints left for the caller to publish).
+    /// Reads the KEK, the CA certificate and the enrolment token file.
+    pub fn agent_options(&self) -> Result<AgentOptions, Error> {
+        let text = cpclink_diagnostics::ConfigText::read(std::path::Path::new(&self.file))
+            .unwrap_or_else(|_| cpclink_diagnostics::ConfigText::new(self.file.clone(), ""));
+        let files = [
+            (
+                "[keymgr].ca_cert",
+                &self.agent.ca_cert,
+                "copy the authority's ca.pem (in its state_dir) there",
+            ),
+            (
+                "[keymgr].kek_file",
+                &self.agent.kek_file,
+                "write the key-encryption key there, 64 hex digits (e.g. `openssl rand -hex 32`)",
+            ),
+        ];
+        for (field, path, fix) in files {
+            if let Err(e) = std::fs::read(path) {
+                return Err(Error::Config(text.error_fix(
+                    field,
+                    format!("{}: cannot read ({e})", path.display()),
+                    fix,
+                )));
+            }
+        }
+        let mut options = AgentOptions::from_config(&self.agent).map_err(|e| {
+            Error::Config(cpclink_diagnostics::Diagnostic {
+                file: self.file.clone(),
+                field: "[keymgr]".into(),
+                line: None,
+                reason: e.to_string(),
+                fix: Some("check the files [keymgr] names (kek_file, ca_cert, token_file)".into()),
+            })
+        })?;
+        if let Some(token) = &self.token {
+            options.token = Some(token.clone());
+        }
+        Ok(options)
+    }
+
+    /// Whether `other` runs the same agent (identity, addresses, files, lifetimes): what a
+    /// reload cannot change without a restart.
+    pub fn same_agent(&self, other: &KeymgrConfig) -> bool {
+        let a = &self.agent;
+        let b = &other.agent;
+        (
+            &a.appliance,
+            a.authority,
+            a.listen,
+            &a.state_dir,
+            &a.kek_file,
+            &a.ca_cert,
+            a.sa_lifetime_secs,
+            a.rekey_grace_ms,
+            self.endpoint,
+        ) == (
+            &b.appliance,
+            b.authority,
+            b.listen,
+            &b.state_dir,
+            &b.kek_file,
+            &b.ca_cert,
+            b.sa_lifetime_secs,
+            b.rekey_grace_ms,
+            other.endpoint,
+        )
+    }
+}
+
+impl Ctx<'_> {
+    pub(super) fn keymgr(
+        &self,
+        k: RawKeymgr,
+        listen: SocketAddr,
+        suite: Suite,
+    ) -> Result<KeymgrConfig, Error> {
+        if !cpclink_keymgr::pki::valid_id(&k.appliance) {
+            return Err(self.err_fix(
+                "[keymgr].appliance",
+                format!("{:?} is not an appliance id", k.appliance),
+                "use 1-63 of a-z, 0-9 and '-', as the enrolment token names it",
+            ));
+        }
+        let authority = self.endpoint("[keymgr].authority", &k.authority)?;
+        let agent_listen = self.endpoint("[keymgr].listen", &k.listen)?;
+        let endpoint = match &k.endpoint {
+            Some(e) => {
+                let e = self.endpoint("[keymgr].endpoint", e)?;
+                if e.ip().is_unspecified() || e.port() == 0 {
+                    return Err(self.err_fix(
+                        "[keymgr].endpoint",
+                        format!("{e} is no address peers can send to"),
+                        "give this appliance's address and PSP port",
+                    ));
+                }
+                if e.is_ipv4() != listen.is_ipv4() {
+                    return Err(self.err_fix(
+                        "[keymgr].endpoint",
+                        format!("{e} is not of the address family of [appliance].listen {listen}"),
+                        "give an address of the same family",
+                    ));
+                }
+                Some(e)
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(self.err_fix(
+                    "[keymgr].endpoint",
+                    format!("missing: [appliance].listen {listen} is no address peers can send to"),
+                    format!(
+                        "give endpoint = \"<this appliance's address>:{}\"",
+                        listen.port()
+                    ),
+                ))
+            }
+            None => None,
+        };
+        if k.token.is_some() && k.token_file.is_some() {
+            return Err(self.err_fix(
+                "[keymgr].token",
+                "given with token_file",
+                "keep one of the two",
+            ));
+        }
+        if !SA_LIFETIME_SECS.contains(&k.sa_lifetime_secs) {
+            return Err(self.err_fix(
+                "[keymgr].sa_lifetime_secs",
+                format!("{} is out of range", k.sa_lifetime_secs),
+                format!(
+                    "give {}..={} seconds (3600 is the default)",
+                    SA_LIFETIME_SECS.start(),
+                    SA_LIFETIME_SECS.end()
+                ),
+            ));
+        }
+        if !REKEY_GRACE_MS.contains(&k.rekey_grace_ms) {
+            return Err(self.err_fix(
+                "[keymgr].rekey_grace_ms",
+                format!("{} is out of range", k.rekey_grace_ms),
+                format!(
+                    "give 0..={} milliseconds (2000 is the default)",
+                    REKEY_GRACE_MS.end()
+                ),
+            ));
+        }
+        let announce = self.prefixes("[keymgr].prefixes", &k.prefixes)?;
+        let mut prefixes = BTreeMap::new();
+        for (i, p) in k.peer.iter().enumerate() {
+            let at = format!("[[keymgr.peer]][{i}]");
+            if !cpclink_keymgr::pki::valid_id(&p.id) {
+                return Err(self.err_fix(
+                    format!("{at}.id"),
+                    format!("{:?} is not an appliance id", p.id),
+                    "use 1-63 of a-z, 0-9 and '-'",
+                ));
+            }
+            if p.id == k.appliance {
+                return Err(self.err_fix(
+                    format!("{at}.id"),
+                    format!("{:?} is this appliance", p.id),
+                    "list peers here; this appliance's own prefixes go in [keymgr].prefixes",
+                ));
+            }
+            let parsed = self.prefixes(&format!("{at}.prefixes"), &p.prefixes)?;
+            if prefixes.insert(p.id.clone(), parsed).is_some() {
+                return Err(self.err_fix(
+                    format!("{at}.id"),
+                    format!("{:?} appears twice", p.id),
+                    "list each peer once",
+                ));
+            }
+        }
+        Ok(KeymgrConfig {
+            agent: AgentConfig {
+                appliance: k.appliance,
+                authority,
+                listen: agent_listen,
+                state_dir: self.path(&k.state_dir),
+                kek_file: self.path(&k.kek_file),
+                ca_cert: self.path(&k.ca_cert),
+                token_file: k.token_file.as_deref().map(|p| self.path(p)),
+                endpoints: Vec::new(),
+                capabilities: k.capabilities,
+                suite: suite.version(),
+                sa_lifetime_secs: k.sa_lifetime_secs,
+                rekey_grace_ms: k.rekey_grace_ms,
+            },
+            token: k.token.map(|t| Zeroizing::new(t.trim().to_owned())),
+            endpoint,
+            announce,
+            prefixes,
+            file: self.text.file().to_owned(),
+        })
+    }
+}

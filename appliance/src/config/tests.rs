@@ -1,0 +1,464 @@
+
+use super::*;
+
+const KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+
+fn config(appliance_extra: &str, peer_endpoint: &str) -> String {
+    format!(
+            "[appliance]\nlisten = \"192.0.2.1:1000\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n{appliance_extra}\n\
+             [tun]\nname = \"cpc0\"\npath_mtu = 1500\n\
+             [[peers]]\nname = \"b\"\nendpoint = \"{peer_endpoint}\"\nprefixes = [\"10.2.0.0/16\"]\n\
+             master_keys = [\"{KEY}\", \"{KEY}\"]\n"
+        )
+}
+
+#[test]
+fn a_valid_config_is_read_with_defaults() {
+    let c = ApplianceConfig::parse("a.toml", &config("workers = 2", "192.0.2.2:1000")).unwrap();
+    assert_eq!(c.workers, 2);
+    assert_eq!(c.io, IoKind::Auto);
+    assert_eq!(c.suite, Suite::AesGcm256);
+    assert_eq!(c.peers[0].prefixes, vec![("10.2.0.0".parse().unwrap(), 16)]);
+    assert_eq!(c.tun_mtu(), Some(1500 - 20 - 8 - 32));
+}
+
+#[test]
+fn source_ports_reach_the_engine_and_bad_ranges_are_refused() {
+    let c = ApplianceConfig::parse(
+        "a.toml",
+        &config("workers = 2\nsource_port_base = 41000", "192.0.2.2:1000"),
+    )
+    .unwrap();
+    assert_eq!(c.engine_config().tx_port_base, Some(41000));
+    let default = ApplianceConfig::parse("a.toml", &config("", "192.0.2.2:1000")).unwrap();
+    assert_eq!(default.engine_config().tx_port_base, None);
+    for (extra, expect) in [
+        ("source_port_base = 0", "0 is no port"),
+        (
+            "workers = 2\nsource_port_base = 65535",
+            "runs past port 65535: give a base of at most 65534",
+        ),
+        (
+            "workers = 2\nsource_port_base = 999",
+            "include the listen port 1000",
+        ),
+    ] {
+        let e = ApplianceConfig::parse("a.toml", &config(extra, "192.0.2.2:1000"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:") && e.contains(": [appliance].source_port_base: "),
+            "{e}"
+        );
+        assert!(e.contains(expect), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn errors_name_the_file_the_field_and_the_fix() {
+    let e = ApplianceConfig::parse("a.toml", &config("", "192.0.2.2"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("a.toml:") && e.contains(": [peers.b].endpoint: \"192.0.2.2\" has no port"),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse("a.toml", &config("io = \"poll\"", "192.0.2.2:1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[appliance].io") && e.contains("expected auto, io_uring or epoll"),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse("a.toml", &config("suite = \"aes-gmac-256\"", "192.0.2.2:1"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[appliance].suite"), "{e}");
+    let text = config("", "192.0.2.2:1").replacen(KEY, "abcd", 1);
+    let e = ApplianceConfig::parse("a.toml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[appliance].master_keys[0]: has 2 bytes; a master key has 32"),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse("a.toml", &config("colour = 1", "192.0.2.2:1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("a.toml:4: [appliance].colour: unknown field `colour`")
+            && e.contains("remove it or correct its spelling"),
+        "{e}"
+    );
+}
+
+fn keyed(extra: &str) -> String {
+    format!(
+        "[appliance]\nlisten = \"192.0.2.1:1000\"\nsuite = \"aes-gcm-128\"\n\
+             [keymgr]\nappliance = \"dc1-edge\"\nauthority = \"192.0.2.10:7000\"\n\
+             listen = \"192.0.2.1:7001\"\nstate_dir = \"agent\"\nkek_file = \"/etc/cpclink/kek\"\n\
+             ca_cert = \"ca.pem\"\n{extra}\n\
+             [[keymgr.peer]]\nid = \"dc2-edge\"\nprefixes = [\"10.2.0.0/16\", \"fd00:2::/64\"]\n"
+    )
+}
+
+#[test]
+fn a_keymgr_section_keys_the_appliance_instead_of_lab_keys() {
+    let c = ApplianceConfig::parse("/etc/cpclink/a.toml", &keyed("token = \" t0k \"")).unwrap();
+    assert!(c.peers.is_empty());
+    let Keying::KeyPlane(k) = c.keying else {
+        panic!("keyed by the key plane")
+    };
+    assert_eq!(k.agent.appliance, "dc1-edge");
+    assert_eq!(k.agent.authority, "192.0.2.10:7000".parse().unwrap());
+    // Relative paths are taken from the configuration's directory.
+    assert_eq!(k.agent.state_dir, Path::new("/etc/cpclink/agent"));
+    assert_eq!(k.agent.ca_cert, Path::new("/etc/cpclink/ca.pem"));
+    assert_eq!(k.agent.kek_file, Path::new("/etc/cpclink/kek"));
+    assert_eq!(
+        k.agent.suite,
+        Suite::AesGcm128.version(),
+        "[appliance].suite"
+    );
+    assert_eq!(k.agent.sa_lifetime_secs, 3600);
+    assert_eq!(k.token.as_deref().map(String::as_str), Some("t0k"));
+    assert_eq!(k.endpoint, None, "[appliance].listen is published");
+    assert_eq!(
+        k.prefixes["dc2-edge"],
+        vec![
+            ("10.2.0.0".parse().unwrap(), 16),
+            ("fd00:2::".parse().unwrap(), 64)
+        ]
+    );
+}
+
+#[test]
+fn the_example_keyed_config_is_valid() {
+    let c = ApplianceConfig::parse(
+        "appliance/examples/appliance-keyed.toml",
+        include_str!("../../examples/appliance-keyed.toml"),
+    )
+    .unwrap();
+    let Keying::KeyPlane(k) = c.keying else {
+        panic!("keyed by the key plane")
+    };
+    assert_eq!(k.prefixes["dc2-edge"].len(), 1);
+    assert!(c.tun.is_some());
+}
+
+#[test]
+fn keymgr_errors_name_the_file_the_field_and_the_fix() {
+    let err = |text: &str| {
+        ApplianceConfig::parse("a.toml", text)
+            .unwrap_err()
+            .to_string()
+    };
+    let both = keyed("").replace(
+        "suite = \"aes-gcm-128\"",
+        &format!("master_keys = [\"{KEY}\", \"{KEY}\"]"),
+    );
+    let e = err(&both);
+    assert!(
+        e.contains("a.toml:3: [appliance].master_keys: lab keys given with [keymgr]; keep one"),
+        "{e}"
+    );
+    let e = err("[appliance]\nlisten = \"192.0.2.1:1000\"\n");
+    assert!(
+        e.starts_with("a.toml:")
+            && e.contains(": [appliance]: no keys")
+            && e.contains("give lab keys"),
+        "{e}"
+    );
+    let e = err(&format!(
+            "{}[[peers]]\nname = \"b\"\nendpoint = \"192.0.2.2:1000\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n",
+            keyed("")
+        ));
+    assert!(
+        e.starts_with("a.toml:") && e.contains(": [peers.b]: lab-mode peers with [keymgr]"),
+        "{e}"
+    );
+    let e = err(&keyed("").replace("dc1-edge", "DC1 Edge"));
+    assert!(
+        e.starts_with("a.toml:")
+            && e.contains(": [keymgr].appliance: \"DC1 Edge\" is not an appliance id"),
+        "{e}"
+    );
+    let e = err(&keyed("").replace("192.0.2.1:1000", "0.0.0.0:1000"));
+    assert!(
+            e.starts_with("a.toml:") && e.contains(": [keymgr].endpoint: missing: [appliance].listen 0.0.0.0:1000 is no address peers can send to"),
+            "{e}"
+        );
+    let e = err(&keyed("token = \"x\"\ntoken_file = \"t\""));
+    assert!(
+        e.starts_with("a.toml:") && e.contains(": [keymgr].token: given with token_file"),
+        "{e}"
+    );
+    let e = err(&keyed("endpoint = \"[2001:db8::1]:1000\""));
+    assert!(
+        e.contains("[keymgr].endpoint: [2001:db8::1]:1000 is not of the address family"),
+        "{e}"
+    );
+    let e = err(&keyed("sa_lifetime_secs = 2"));
+    assert!(
+        e.contains("[keymgr].sa_lifetime_secs: 2 is out of range; give 10..=86400 seconds"),
+        "{e}"
+    );
+    let e = err(&keyed("").replace("10.2.0.0/16", "10.2.0.0/33"));
+    assert!(e.contains("[[keymgr.peer]][0].prefixes[0]"), "{e}");
+    let e = err(&keyed("").replace(
+        "authority = \"192.0.2.10:7000\"",
+        "authority = \"192.0.2.10\"",
+    ));
+    assert!(
+        e.contains("[keymgr].authority: \"192.0.2.10\" has no port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreadable_keymgr_files_are_named_with_their_field() {
+    let c = ApplianceConfig::parse("/nowhere/a.toml", &keyed("")).unwrap();
+    let Keying::KeyPlane(k) = c.keying else {
+        panic!("keyed by the key plane")
+    };
+    let e = k.agent_options().unwrap_err().to_string();
+    assert!(
+        e.contains("[keymgr].ca_cert: /nowhere/ca.pem: cannot read")
+            && e.contains("copy the authority's ca.pem"),
+        "{e}"
+    );
+}
+
+fn hardware(extra_appliance: &str, hardware: &str) -> String {
+    format!(
+            "[appliance]\nlisten = \"127.0.0.1:0\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n{extra_appliance}\n\
+             [hardware]\n{hardware}\n"
+        )
+}
+
+#[test]
+fn a_named_profile_sizes_the_engine() {
+    let c = ApplianceConfig::parse("a.toml", &hardware("", "profile = \"virtio-net\"")).unwrap();
+    let t = cpclink_hw::dataplane_tuning("virtio-net", None, None).unwrap();
+    let e = c.engine_config();
+    assert_eq!(e.workers, t.workers);
+    assert_eq!(e.cores, t.worker_cores);
+    assert_eq!(e.batch_sends, t.batch);
+    assert_eq!(e.gso_segments, usize::from(t.gso_segments));
+    assert_eq!(e.io_sizing.ring_entries, t.io_uring_entries);
+    assert_eq!(u32::from(e.io_sizing.provided_buffers), t.provided_buffers);
+    assert_eq!(e.crypto.to_string(), t.crypto_backend);
+    // The profile's values differ from the defaults, so this could not pass without it.
+    let plain = EngineConfig::new(e.listen);
+    assert_ne!(
+        (e.batch_sends, e.gso_segments, e.io_sizing),
+        (plain.batch_sends, plain.gso_segments, plain.io_sizing)
+    );
+    let hw = c.hardware.unwrap();
+    let names: Vec<_> = hw.from_profile.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "workers",
+            "cores",
+            "crypto",
+            "batch",
+            "gso_segments",
+            "io_uring_entries",
+            "provided_buffers"
+        ]
+    );
+    assert!(hw.overridden.is_empty());
+}
+
+#[test]
+fn explicit_settings_override_the_profile() {
+    let c = ApplianceConfig::parse(
+            "a.toml",
+            &hardware(
+                "workers = 1\ncores = [0]\ncrypto = \"ring\"\nbatch = 4\ngso_segments = 8\nio_uring_entries = 64",
+                "profile = \"loopback\"\ndevice = \"lo\"",
+            ),
+        )
+        .unwrap();
+    let e = c.engine_config();
+    assert_eq!((e.workers, e.cores.as_slice()), (1, &[0][..]));
+    assert_eq!(e.crypto, Backend::Ring);
+    assert_eq!((e.batch_sends, e.gso_segments), (4, 8));
+    assert_eq!(e.io_sizing.ring_entries, 64);
+    // Not overridden: still the profile's.
+    let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
+    assert_eq!(u32::from(e.io_sizing.provided_buffers), t.provided_buffers);
+    let hw = c.hardware.unwrap();
+    assert_eq!(hw.device.as_deref(), Some("lo"));
+    assert_eq!(
+        hw.overridden,
+        [
+            "workers",
+            "cores",
+            "crypto",
+            "batch",
+            "gso_segments",
+            "io_uring_entries"
+        ]
+    );
+    assert_eq!(hw.from_profile.len(), 1);
+}
+
+#[test]
+fn hardware_errors_name_the_file_the_field_and_the_fix() {
+    let e = ApplianceConfig::parse("a.toml", &hardware("", "profile = \"virtio\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+            e.starts_with("a.toml:") && e.contains(": [hardware].profile: no profile named \"virtio\" (known: virtio-net, veth, loopback, connectx-6dx"),
+            "{e}"
+        );
+    let e = ApplianceConfig::parse(
+        "a.toml",
+        &hardware("", "profile = \"veth\"\ndevice = \"no-such-nic0\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("a.toml:")
+            && e.contains(": [hardware].device: no network interface \"no-such-nic0\""),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse(
+        "/nowhere/a.toml",
+        &hardware("", "profile = \"veth\"\nprofile_dir = \"profiles\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("[hardware].profile_dir: /nowhere/profiles is not a directory"),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse(
+        "a.toml",
+        &hardware("gso_segments = 65", "profile = \"veth\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("a.toml:")
+            && e.contains(": [appliance].gso_segments: 65 is out of range (expected 1..=64"),
+        "{e}"
+    );
+    let e = ApplianceConfig::parse(
+        "a.toml",
+        &hardware("io_uring_entries = 16", "profile = \"veth\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+            e.contains("[hardware].profile (batch): 32 GSO sends per batch do not fit an io_uring of 16 entries"),
+            "{e}"
+        );
+}
+
+#[test]
+fn a_profile_in_the_profile_dir_is_found_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("cpclink-hwcfg-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("profiles")).unwrap();
+    let shipped = include_str!("../../../hw-profiles/profiles/veth.toml");
+    let text = shipped
+        .replace("name = \"veth\"", "name = \"lab-veth\"")
+        .replace("gso_segments = 44", "gso_segments = 12");
+    assert_ne!(text, shipped);
+    std::fs::write(dir.join("profiles/lab-veth.toml"), text).unwrap();
+    let file = dir.join("a.toml");
+    let c = ApplianceConfig::parse(
+        &file.display().to_string(),
+        &hardware("", "profile = \"lab-veth\"\nprofile_dir = \"profiles\""),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c.unwrap().engine_config().gso_segments, 12);
+}
+
+/// Two appliances sized by the loopback profile exchange encrypted synthetic traffic;
+/// a profile with small GSO sends shows in the sends the kernel was handed.
+#[test]
+fn an_engine_sized_by_a_profile_carries_traffic() {
+    use cpclink_dataplane::engine::{
+        lab, Egress, Engine, PeerConfig, PeerId, SaProfile, TrafficSpec,
+    };
+    use std::time::{Duration, Instant};
+
+    const FLOWS: u32 = 16;
+    let appliance = |source: bool| {
+        let c = ApplianceConfig::parse(
+            "a.toml",
+            &hardware(
+                "gso_segments = 4\nio = \"io_uring\"",
+                "profile = \"loopback\"\ndevice = \"lo\"",
+            ),
+        )
+        .unwrap();
+        let mut e = c.engine_config();
+        e.source = source.then_some(TrafficSpec {
+            flows: FLOWS,
+            packet_len: 1000,
+        });
+        e.egress = Egress::Sink { flows: FLOWS };
+        let Keying::Lab { master_keys } = c.keying else {
+            panic!("lab keys")
+        };
+        (Engine::start(e).unwrap(), master_keys)
+    };
+    let (a, _) = appliance(true);
+    let (b, keys_b) = appliance(false);
+    let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
+    assert_eq!((a.workers(), b.workers()), (t.workers, t.workers));
+    // Worker i runs pinned to the profile's core i.
+    let mut pinned = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let Some(i) = comm.trim().strip_prefix("cpclink-w") else {
+            continue;
+        };
+        let i: usize = i.parse().unwrap();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        assert_eq!(allowed, t.worker_cores[i].to_string(), "worker {i}");
+        pinned += 1;
+    }
+    assert_eq!(pinned, 2 * t.workers, "every worker of both engines seen");
+    let peer = |endpoint| PeerConfig {
+        endpoint,
+        prefixes: Vec::new(),
+    };
+    a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
+    b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
+    lab::enable_rx_derivation(&b, &keys_b, Suite::AesGcm256).unwrap();
+    b.snapshot().unwrap();
+    lab::install_tx_sas(&a, PeerId(0), &keys_b, SaProfile::default()).unwrap();
+    let start = Instant::now();
+    while b.snapshot().unwrap().total().sink.verified_bytes < 16 << 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "16 MiB did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sa, sb) = (a.shutdown().unwrap().total(), b.shutdown().unwrap().total());
+    assert_eq!(sb.sink.corrupt, 0);
+    assert_eq!(sb.rx_auth_failed, 0);
+    assert!(sa.io.gso_sends > 0);
+    // At most 4 datagrams per GSO send: the profile's 44 was overridden and reached
+    // the transmit batch.
+    assert!(
+        sa.tx_packets <= 4 * (sa.io.gso_sends + sa.io.send_errors),
+        "{sa:?}"
+    );
+    assert!(
+        sa.tx_packets > 2 * sa.io.gso_sends,
+        "sends do carry several datagrams: {sa:?}"
+    );
+}

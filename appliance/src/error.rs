@@ -1,0 +1,47 @@
+//! The appliance crate's one error type.
+
+/// What running an appliance can fail with; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is wrong: the diagnostic names the file, the field, the line and the fix.
+    #[error(transparent)]
+    Config(#[from] cpclink_diagnostics::Diagnostic),
+    /// The data plane refused an operation (binding its sockets, opening the TUN device, an SA).
+    #[error(transparent)]
+    Dataplane(#[from] cpclink_dataplane::Error),
+    /// The key plane (enrolment, the key agent) failed.
+    #[error("key plane: {0}")]
+    KeyPlane(#[from] cpclink_keymgr::Error),
+    /// Setting up the appliance's own machinery (its runtime, signal handlers) failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The authority could not be reached or refused this appliance at start.
+    #[error("key plane: the authority at {authority} ([keymgr].authority): {reason}; check that `cpclink keymgr run` serves there, that UDP port {} is reachable from this host, and that [keymgr].ca_cert is that authority's ca.pem", authority.port())]
+    Authority {
+        /// The address tried.
+        authority: std::net::SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A reload was refused; the running configuration stays.
+    #[error("reload refused: {0}")]
+    Reload(String),
+    /// The appliance's owner task has ended; nothing more can be asked of it.
+    #[error("the appliance has stopped")]
+    Stopped,
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
