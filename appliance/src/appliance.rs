@@ -376,10 +376,31 @@ fn overrides(config: Option<&ApplianceConfig>) -> BTreeMap<String, Vec<Prefix>> 
     }
 }
 
+/// How long a start waits for a previous run's sockets to be released: after a kill -9,
+/// the kernel tears an io_uring (and the sockets it holds) down in the background.
+const BIND_WAIT: Duration = Duration::from_secs(5);
+
 /// Refuses a listen address this machine cannot bind before anything is set up, naming
-/// the field and the fix.
+/// the field and the fix. An address still held (a previous run's sockets closing) is
+/// waited for a few seconds: joining its SO_REUSEPORT group would hand datagrams to the
+/// dead run's sockets.
 fn check_bindable(config: &ApplianceConfig) -> Result<(), Error> {
-    let socket = socket_probe(config.listen);
+    let deadline = std::time::Instant::now() + BIND_WAIT;
+    let mut socket = socket_probe(config.listen);
+    let mut waited = false;
+    while matches!(&socket, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+        && std::time::Instant::now() < deadline
+    {
+        if !waited {
+            tracing::info!(
+                "{} is still held (a previous run's sockets closing?); waiting up to {BIND_WAIT:?}",
+                config.listen
+            );
+            waited = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        socket = socket_probe(config.listen);
+    }
     socket.map(drop).map_err(|e| {
         let text = ConfigText::read(&config.file)
             .unwrap_or_else(|_| ConfigText::new(config.file.display().to_string(), ""));

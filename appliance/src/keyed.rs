@@ -143,6 +143,8 @@ pub struct KeyPlane {
     fetched: mpsc::UnboundedReceiver<Fetched>,
     /// Peers already reported as publishing no usable endpoint.
     unreachable: BTreeSet<String>,
+    /// Peers told that this run started (each once).
+    told: BTreeSet<String>,
     /// The agent has stopped: nothing more will come from it.
     ended: bool,
 }
@@ -169,6 +171,7 @@ impl KeyPlane {
             fetched_tx,
             fetched,
             unreachable: BTreeSet::new(),
+            told: BTreeSet::new(),
             ended: false,
         };
         // The owner applies the routes this finds when it starts.
@@ -368,6 +371,12 @@ impl KeyPlane {
             slot.endpoint = Some(endpoint);
             slot.active = true;
             slot.prefixes = prefixes;
+            if !entry.control.is_empty() && self.told.insert(id.clone()) {
+                // The peer may still seal with SAs a previous run of this appliance granted;
+                // those died with it. Ask it to re-key now rather than when they expire.
+                self.agent.announce_start_to(id);
+            }
+            let slot = self.slot(id);
             if moved || !was_active {
                 tracing::info!(
                     "peer {id} ({peer:?}) at {endpoint}, serving {} prefix(es)",

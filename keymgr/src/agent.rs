@@ -471,6 +471,27 @@ impl KeyAgent {
         }
     }
 
+    /// Tells `peer` that this agent (re)started, so it re-fetches its transmit SAs towards
+    /// this appliance at once. The receive SAs a previous run granted died with it (the
+    /// data plane held them, and a restarted one starts empty); without this, the peer
+    /// would keep sealing with them until they expire. A peer that cannot be reached is
+    /// skipped: it fetches fresh SAs when it comes back.
+    pub fn announce_start_to(&self, peer: &str) {
+        let this = self.clone();
+        let peer = peer.to_owned();
+        tokio::spawn(async move {
+            let epoch = this.epoch().await;
+            match this.notify(&peer, epoch).await {
+                Ok(()) => tracing::info!(
+                    "told {peer} that this agent started: it re-keys towards this appliance"
+                ),
+                Err(e) => tracing::info!(
+                    "could not tell {peer} of this start ({e}); it re-keys when its SAs run out"
+                ),
+            }
+        });
+    }
+
     async fn notify(&self, peer: &str, epoch: u64) -> Result<()> {
         let conn = self.connection_to(peer).await?;
         let (mut send, _recv) = conn.open_bi().await?;
@@ -645,6 +666,12 @@ impl KeyAgent {
                     },
                     Ok(Some(Message::RekeyNotice { .. })) => {
                         if this.dir().allows(&this.inner.id, &peer) {
+                            // The notice may come from a restarted peer: a cached connection
+                            // leads to its previous run, which would swallow the request
+                            // until it times out. Ask over a fresh one.
+                            if let Some(old) = this.inner.outbound.lock().await.remove(&peer) {
+                                old.close(0u32.into(), b"peer re-keys");
+                            }
                             this.refetch(&peer).await;
                         }
                         return;
