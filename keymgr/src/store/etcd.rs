@@ -36,7 +36,7 @@ impl EtcdStore {
         };
         store
             .client
-            .call(&RangeRequest::key(store.key(prefix).into_bytes()))
+            .call(&RangeRequest::key(prefix.as_bytes().to_vec()))
             .await?;
         Ok(store)
     }

@@ -138,7 +138,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn parse(url: &str) -> std::result::Result<Self, String> {
-        let trimmed = url.trim().trim_end_matches('/');
+        let trimmed = url.trim();
         let rest =
             match trimmed.split_once("://") {
                 Some(("http", rest)) => rest,
@@ -151,6 +151,7 @@ impl Endpoint {
                 }
                 None => trimmed,
             };
+        let rest = rest.trim_end_matches('/');
         if rest.is_empty() || rest.contains('/') {
             return Err("expected http://host:port".into());
         }
