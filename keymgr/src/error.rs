@@ -28,9 +28,16 @@ pub enum Error {
     /// The embedded store (redb) failed.
     #[error("redb store: {0}")]
     Redb(String),
-    /// The etcd store failed.
-    #[error("etcd store: {0}")]
-    Etcd(String),
+    /// A request to the etcd cluster failed.
+    #[error("etcd {endpoint}: {operation}: {reason}")]
+    Etcd {
+        /// The client URL(s) the request went to.
+        endpoint: String,
+        /// The request, naming its key: `range cpclink/x`.
+        operation: String,
+        /// What went wrong and, where it helps, what to check.
+        reason: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record {key}: {reason}")]
     CorruptRecord {
@@ -109,12 +116,6 @@ impl Error {
             context: context.into(),
             source,
         }
-    }
-}
-
-impl From<etcd_client::Error> for Error {
-    fn from(e: etcd_client::Error) -> Self {
-        Self::Etcd(e.to_string())
     }
 }
 

@@ -129,6 +129,8 @@ struct Etcd {
     child: Child,
     _dir: tempfile::TempDir,
     url: String,
+    /// The command line, to restart the member as it was.
+    args: Vec<String>,
 }
 
 impl Drop for Etcd {
@@ -155,21 +157,24 @@ fn start_etcd() -> Option<Etcd> {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{client}");
+    let args: Vec<String> = [
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+        "--listen-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-cluster",
+        &format!("default=http://127.0.0.1:{peer}"),
+    ]
+    .map(String::from)
+    .to_vec();
     let child = Command::new("etcd")
-        .args([
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster",
-            &format!("default=http://127.0.0.1:{peer}"),
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -178,6 +183,7 @@ fn start_etcd() -> Option<Etcd> {
         child,
         _dir: dir,
         url,
+        args,
     })
 }
 
@@ -291,4 +297,109 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
     .await
     .unwrap_err();
     assert!(reused.to_string().contains("already used"), "{reused}");
+}
+
+/// A client URL where nothing listens.
+fn dead_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+#[tokio::test]
+async fn unreachable_etcd_is_named_with_the_operation_and_what_to_check() {
+    let url = dead_url();
+    let e = EtcdStore::connect(std::slice::from_ref(&url), "cpclink/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("etcd {url}: range cpclink/: connection refused; is etcd running?")
+    );
+
+    let (a, b) = (dead_url(), dead_url());
+    let e = EtcdStore::connect(&[a.clone(), b.clone()], "cpclink/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "etcd {a}, {b}: range cpclink/: no endpoint reachable"
+        )),
+        "{e}"
+    );
+    assert!(e.ends_with("is etcd running?"), "{e}");
+}
+
+#[tokio::test]
+async fn gateway_errors_carry_what_etcd_said() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A stand-in gateway that refuses every request the way etcd's does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = conn.read(&mut buf).await.unwrap();
+        let body =
+            r#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#;
+        let reply = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(reply.as_bytes()).await.unwrap();
+    });
+    let e = EtcdStore::connect(std::slice::from_ref(&url), "p/")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("etcd {url}: range p/: etcd says: etcdserver: no leader (gRPC status 14)")
+    );
+}
+
+/// Endpoints that cannot be reached are skipped; a member that restarts is reconnected to
+/// (its old idle connections are closed); what etcd refuses comes back as an error naming
+/// the transaction.
+#[tokio::test]
+async fn etcd_store_fails_over_reconnects_and_reports_refusals() {
+    let Some(mut etcd) = start_etcd() else { return };
+    let _ = connect(&etcd, "/probe/").await;
+    let s = EtcdStore::connect(&[dead_url(), etcd.url.clone()], "/fo/")
+        .await
+        .unwrap();
+    s.put("k", b"v").await.unwrap();
+    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+
+    // Restart the member on the same ports and data: the pooled connections are dead.
+    etcd.child.kill().unwrap();
+    etcd.child.wait().unwrap();
+    etcd.child = Command::new("etcd")
+        .args(&etcd.args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut value = None;
+    for _ in 0..100 {
+        if let Ok(v) = s.get("k").await {
+            value = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(value.as_deref(), Some(&b"v"[..]));
+
+    // etcd refuses a transaction that writes one key twice.
+    let e = s
+        .apply(vec![
+            Write::Put("dup".into(), b"1".to_vec()),
+            Write::Delete("dup".into()),
+        ])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("txn [/fo/dup, /fo/dup]"), "{e}");
+    assert!(e.contains("duplicate key"), "{e}");
 }
