@@ -34,7 +34,7 @@ use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, PeerConfig, P
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
 use cpclink_dataplane::sa::MasterKeys;
-use cpclink_srv6::netns::Netns;
+use crate::netns::Netns;
 
 use crate::Error;
 
