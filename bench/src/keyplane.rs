@@ -462,7 +462,8 @@ async fn ask_all(groups: &mut [Group], cmd: &Request) -> Result<Vec<Reply>> {
                 let (mut w, mut r) = pipes
                     .take()
                     .ok_or_else(|| Error::KeyPlane("a bench process stopped answering".into()))?;
-                let line = serde_json::to_string(cmd).map_err(|e| Error::KeyPlane(e.to_string()))?;
+                let line =
+                    serde_json::to_string(cmd).map_err(|e| Error::KeyPlane(e.to_string()))?;
                 Some(tokio::task::spawn_blocking(move || {
                     let reply = writeln!(w, "{line}")
                         .and_then(|()| w.flush())
@@ -573,10 +574,12 @@ async fn run_once(
     per_process: usize,
     agent_store: AgentStore,
 ) -> Result<BenchReport> {
-    let dir = tempfile::tempdir().map_err(|e| Error::key_plane_io("creating a temporary directory", e))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| Error::key_plane_io("creating a temporary directory", e))?;
     let kek_hex = hex::encode(*random_bytes::<32>()?);
     let kek_file = dir.path().join("kek");
-    std::fs::write(&kek_file, &kek_hex).map_err(|e| Error::key_plane_io("writing the bench KEK", e))?;
+    std::fs::write(&kek_file, &kek_hex)
+        .map_err(|e| Error::key_plane_io("writing the bench KEK", e))?;
     let cfg = AuthorityConfig {
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: dir.path().join("authority"),
@@ -677,7 +680,9 @@ async fn measure(
 ) -> Result<Measured> {
     within("connecting", async {
         loop {
-            if let cpclink_keymgr::proto::AdminReply::Status { connected, .. } = authority.status().await {
+            if let cpclink_keymgr::proto::AdminReply::Status { connected, .. } =
+                authority.status().await
+            {
                 if connected >= n {
                     break;
                 }
