@@ -78,3 +78,23 @@ fn emit(msg: &LinkMessage) -> Vec<u8> {
     msg.emit(&mut body);
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found_by_name_and_a_missing_link_is_enodev() {
+        let mut s = Socket::route().unwrap();
+        let lo = by_name(&mut s, "lo").unwrap();
+        let sysfs: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(lo.index, sysfs);
+        assert!(lo.mtu > 0);
+        let missing = by_name(&mut s, "cpclink-none0").unwrap_err();
+        assert!(missing.is_no_such_device(), "{missing}");
+    }
+}
