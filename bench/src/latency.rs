@@ -29,12 +29,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile};
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
 use cpclink_dataplane::sa::MasterKeys;
-use cpclink_srv6::netns::Netns;
 
 use crate::Error;
 

@@ -1,9 +1,14 @@
 //! cpclink benchmark suites: each measures cpclink and, in the same run, a baseline, and
-//! reports both so results read as ratios on shared, noisy machines.
+//! reports both so results read as ratios on shared, noisy machines. The scaffolding the
+//! suites share with the tests (network namespaces) lives here too, so the product crates
+//! carry none.
 
 pub mod crypto;
 pub mod dataplane;
+pub mod keyplane;
 pub mod latency;
+pub mod netns;
+pub mod path;
 mod report;
 
 pub use report::markdown_table;
@@ -46,6 +51,34 @@ pub enum Error {
     /// A background load outside 0..=100 percent.
     #[error("--load {0} is out of range (expected 0..=100 percent of the measured maximum)")]
     BadLoad(u32),
+    /// The path plane refused a topology, a route or a netlink request.
+    #[error(transparent)]
+    Srv6(#[from] cpclink_srv6::Error),
+    /// The key plane failed while being measured.
+    #[error(transparent)]
+    Keymgr(#[from] cpclink_keymgr::Error),
+    /// The key-plane benchmark's own machinery (phases, child processes) failed.
+    #[error("key-plane benchmark: {0}")]
+    KeyPlane(String),
+    /// The key-plane benchmark could not read or write a file or a child's pipe.
+    #[error("key-plane benchmark: {context}: {source}")]
+    KeyPlaneIo {
+        /// What was being done.
+        context: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A network namespace could not be created, entered or configured.
+    #[error("network namespace {name}: {reason}")]
+    Netns {
+        /// Namespace name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Route reconciliation in the programming benchmark did not do what it must.
+    #[error("route programming benchmark: {0}")]
+    Reconcile(&'static str),
     /// The latency suite's namespaces, TUN devices or sockets could not be set up.
     #[error("latency suite: {what}: {reason}")]
     Setup {
@@ -54,4 +87,10 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+}
+
+impl Error {
+    fn key_plane_io(context: &'static str, source: std::io::Error) -> Self {
+        Self::KeyPlaneIo { context, source }
+    }
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::error::{HwError, Result};
-use crate::netlink::{self, Channel, Request};
+use cpclink_netlink::attr::{self, AttrWriter};
+use cpclink_netlink::{genl, link, Socket};
 
 // include/uapi/linux/ethtool_netlink_generated.h: user-to-kernel message ids.
 const MSG_FEATURES_GET: u8 = 11;
@@ -45,19 +46,6 @@ const A_COALESCE_RX_USECS: u16 = 2;
 const A_COALESCE_TX_USECS: u16 = 6;
 const A_COALESCE_USE_ADAPTIVE_RX: u16 = 11;
 const A_COALESCE_USE_ADAPTIVE_TX: u16 = 12;
-
-// include/uapi/linux/rtnetlink.h and if_link.h.
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_MIN_MTU: u16 = 50;
-const IFLA_MAX_MTU: u16 = 51;
-
-const EOPNOTSUPP: i32 = 95;
-const ENODEV: i32 = 19;
 
 /// Kernel features of a device (`ethtool -k`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -143,25 +131,30 @@ pub struct CoalesceChange {
 /// An ethtool-netlink and rtnetlink session, in the caller's network namespace.
 #[derive(Debug)]
 pub struct Ethtool {
-    genl: Channel,
+    genl: Socket,
     family: u16,
-    route: Channel,
+    route: Socket,
 }
+
+/// `ETHTOOL_GENL_VERSION`.
+const ETHTOOL_GENL_VERSION: u8 = 1;
 
 impl Ethtool {
     /// Opens the sockets and resolves the `ethtool` family.
     pub fn open() -> Result<Self> {
-        let mut genl = Channel::generic()?;
-        let family = genl.family("ethtool")?;
+        let mut genl = Socket::generic().map_err(|e| netlink_error("socket", "", e))?;
+        let family = genl::resolve_family(&mut genl, "ethtool")
+            .map_err(|e| netlink_error("CTRL_GETFAMILY", "", e))?;
+        let route = Socket::route().map_err(|e| netlink_error("socket", "", e))?;
         Ok(Self {
             genl,
             family,
-            route: Channel::route()?,
+            route,
         })
     }
 
-    fn request(&self, cmd: u8, dev: &str) -> Request {
-        let mut r = Request::genl(self.family, cmd);
+    fn request(&self, cmd: u8, dev: &str) -> AttrWriter {
+        let mut r = genl::request(cmd, ETHTOOL_GENL_VERSION);
         r.begin(A_HEADER).str(A_HEADER_DEV_NAME, dev).end();
         r
     }
@@ -169,33 +162,25 @@ impl Ethtool {
     /// Sends a GET; `Ok(None)` when the driver does not implement it.
     fn get(&mut self, cmd: u8, name: &'static str, dev: &str) -> Result<Option<Vec<u8>>> {
         let req = self.request(cmd, dev);
-        match self.genl.exchange(&req) {
+        match self.genl.request(self.family, 0, req.as_bytes(), name) {
             Ok(answers) => {
                 let first = answers
                     .into_iter()
                     .next()
                     .ok_or_else(|| HwError::NetlinkDecode(format!("{name}: empty answer")))?;
-                Ok(Some(first.get(4..).unwrap_or_default().to_vec()))
+                Ok(Some(genl::attributes(&first.payload).to_vec()))
             }
-            Err((EOPNOTSUPP, _)) => Ok(None),
-            Err((ENODEV, _)) => Err(HwError::NoSuchInterface(dev.to_owned())),
-            Err((_, message)) => Err(HwError::Netlink {
-                request: name,
-                dev: dev.to_owned(),
-                message,
-            }),
+            Err(e) if e.is_unsupported() => Ok(None),
+            Err(e) if e.is_no_such_device() => Err(HwError::NoSuchInterface(dev.to_owned())),
+            Err(e) => Err(netlink_error(name, dev, e)),
         }
     }
 
-    fn set(&mut self, req: &Request, name: &'static str, dev: &str) -> Result<()> {
+    fn set(&mut self, req: &AttrWriter, name: &'static str, dev: &str) -> Result<()> {
         self.genl
-            .exchange(req)
-            .map(|_| ())
-            .map_err(|(_, message)| HwError::Netlink {
-                request: name,
-                dev: dev.to_owned(),
-                message,
-            })
+            .request(self.family, 0, req.as_bytes(), name)
+            .map(drop)
+            .map_err(|e| netlink_error(name, dev, e))
     }
 
     /// Kernel features; `None` if the device does not report them.
@@ -204,7 +189,7 @@ impl Ethtool {
             return Ok(None);
         };
         let set = |kind| {
-            netlink::find(&attrs, kind)
+            attr::find(&attrs, kind)
                 .map(bitset_names)
                 .unwrap_or_default()
         };
@@ -235,7 +220,7 @@ impl Ethtool {
         let Some(a) = self.get(MSG_RINGS_GET, "RINGS_GET", dev)? else {
             return Ok(None);
         };
-        let v = |k| netlink::get_u32(&a, k).unwrap_or(0);
+        let v = |k| attr::get_u32(&a, k).unwrap_or(0);
         Ok(Some(RingState {
             rx: v(A_RINGS_RX),
             tx: v(A_RINGS_TX),
@@ -261,7 +246,7 @@ impl Ethtool {
         let Some(a) = self.get(MSG_CHANNELS_GET, "CHANNELS_GET", dev)? else {
             return Ok(None);
         };
-        let v = |k| netlink::get_u32(&a, k).unwrap_or(0);
+        let v = |k| attr::get_u32(&a, k).unwrap_or(0);
         Ok(Some(ChannelState {
             combined: v(A_CHANNELS_COMBINED_COUNT),
             combined_max: v(A_CHANNELS_COMBINED_MAX),
@@ -281,10 +266,10 @@ impl Ethtool {
             return Ok(None);
         };
         Ok(Some(CoalesceState {
-            adaptive_rx: netlink::get_u8(&a, A_COALESCE_USE_ADAPTIVE_RX).map(|v| v != 0),
-            adaptive_tx: netlink::get_u8(&a, A_COALESCE_USE_ADAPTIVE_TX).map(|v| v != 0),
-            rx_usecs: netlink::get_u32(&a, A_COALESCE_RX_USECS),
-            tx_usecs: netlink::get_u32(&a, A_COALESCE_TX_USECS),
+            adaptive_rx: attr::get_u8(&a, A_COALESCE_USE_ADAPTIVE_RX).map(|v| v != 0),
+            adaptive_tx: attr::get_u8(&a, A_COALESCE_USE_ADAPTIVE_TX).map(|v| v != 0),
+            rx_usecs: attr::get_u32(&a, A_COALESCE_RX_USECS),
+            tx_usecs: attr::get_u32(&a, A_COALESCE_TX_USECS),
         }))
     }
 
@@ -308,64 +293,52 @@ impl Ethtool {
 
     /// Link kind and MTU limits over rtnetlink.
     pub fn link(&mut self, dev: &str) -> Result<LinkInfo> {
-        let mut r = Request::new(RTM_GETLINK);
-        r.raw(&[0u8; 16]).str(IFLA_IFNAME, dev);
-        let answers = self
-            .route
-            .exchange(&r)
-            .map_err(|(errno, message)| match errno {
-                ENODEV => HwError::NoSuchInterface(dev.to_owned()),
-                _ => HwError::Netlink {
-                    request: "RTM_GETLINK",
-                    dev: dev.to_owned(),
-                    message,
-                },
-            })?;
-        let msg = answers
-            .first()
-            .ok_or_else(|| HwError::NetlinkDecode("RTM_GETLINK: empty answer".into()))?;
-        let (head, attrs) = msg.split_at(16.min(msg.len()));
-        let ifindex = head
-            .get(4..8)
-            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let l = link::by_name(&mut self.route, dev).map_err(|e| {
+            if e.is_no_such_device() {
+                HwError::NoSuchInterface(dev.to_owned())
+            } else {
+                netlink_error("RTM_GETLINK", dev, e)
+            }
+        })?;
         Ok(LinkInfo {
-            ifindex,
-            kind: netlink::find(attrs, IFLA_LINKINFO)
-                .and_then(|li| netlink::get_str(li, IFLA_INFO_KIND)),
-            mtu: netlink::get_u32(attrs, IFLA_MTU).unwrap_or(0),
-            min_mtu: netlink::get_u32(attrs, IFLA_MIN_MTU).filter(|v| *v != 0),
+            ifindex: i32::try_from(l.index)
+                .map_err(|_| HwError::NetlinkDecode(format!("{dev}: ifindex {}", l.index)))?,
+            kind: l.kind,
+            mtu: l.mtu,
+            min_mtu: Some(l.min_mtu).filter(|v| *v != 0),
             // Loopback reports 0: no limit beyond its default.
-            max_mtu: netlink::get_u32(attrs, IFLA_MAX_MTU).filter(|v| *v != 0),
+            max_mtu: Some(l.max_mtu).filter(|v| *v != 0),
         })
     }
 
     /// Sets the MTU over rtnetlink.
     pub fn set_mtu(&mut self, dev: &str, ifindex: i32, mtu: u32) -> Result<()> {
-        let mut head = [0u8; 16];
-        head[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut r = Request::new(RTM_NEWLINK);
-        r.raw(&head).u32(IFLA_MTU, mtu);
-        self.route
-            .exchange(&r)
-            .map(|_| ())
-            .map_err(|(_, message)| HwError::Netlink {
-                request: "RTM_NEWLINK(mtu)",
-                dev: dev.to_owned(),
-                message,
-            })
+        let index = u32::try_from(ifindex)
+            .map_err(|_| HwError::InvalidArgument(format!("{dev}: ifindex {ifindex}")))?;
+        link::set_mtu(&mut self.route, index, mtu)
+            .map_err(|e| netlink_error("RTM_NEWLINK(mtu)", dev, e))
+    }
+}
+
+/// A refused or failed netlink request on `dev`, with the kernel's own words.
+fn netlink_error(request: &'static str, dev: &str, e: cpclink_netlink::Error) -> HwError {
+    HwError::Netlink {
+        request,
+        dev: dev.to_owned(),
+        message: e.kernel_message(),
     }
 }
 
 /// Names of the set bits of a verbose bitset (listed bits when NOMASK, else those with VALUE).
 fn bitset_names(bitset: &[u8]) -> BTreeSet<String> {
-    let nomask = netlink::find(bitset, A_BITSET_NOMASK).is_some();
-    let Some(bits) = netlink::find(bitset, A_BITSET_BITS) else {
+    let nomask = attr::find(bitset, A_BITSET_NOMASK).is_some();
+    let Some(bits) = attr::find(bitset, A_BITSET_BITS) else {
         return BTreeSet::new();
     };
-    netlink::attrs(bits)
+    attr::attrs(bits)
         .filter(|(k, _)| *k == A_BITSET_BITS_BIT)
-        .filter(|(_, bit)| nomask || netlink::find(bit, A_BITSET_BIT_VALUE).is_some())
-        .filter_map(|(_, bit)| netlink::get_str(bit, A_BITSET_BIT_NAME))
+        .filter(|(_, bit)| nomask || attr::find(bit, A_BITSET_BIT_VALUE).is_some())
+        .filter_map(|(_, bit)| attr::get_str(bit, A_BITSET_BIT_NAME))
         .collect()
 }
 
@@ -374,7 +347,7 @@ mod tests {
     use super::*;
 
     fn bitset(nomask: bool, bits: &[(&str, bool)]) -> Vec<u8> {
-        let mut r = Request::new(0);
+        let mut r = AttrWriter::new(&[]);
         if nomask {
             r.flag(A_BITSET_NOMASK);
         }
@@ -389,7 +362,7 @@ mod tests {
             r.end();
         }
         r.end();
-        r.finish(0)[16..].to_vec()
+        r.finish()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Hardware profiles for cpclink (SPEC H1): detect the NIC and CPU, match a profile, show
 //! and apply the difference, and tune batching and worker counts by measurement.
 //!
-//! All system access goes through safe interfaces (`netlink-sys`, `nix`, std), so this
+//! All system access goes through safe interfaces (`cpclink-netlink`, `nix`, std), so this
 //! crate has no `unsafe` of its own.
 
 #![forbid(unsafe_code)]
@@ -11,7 +11,6 @@ pub mod cpuset;
 mod error;
 pub mod ethtool;
 pub mod host;
-mod netlink;
 pub mod profile;
 pub mod tune;
 pub mod udp_runner;

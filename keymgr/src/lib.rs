@@ -12,7 +12,6 @@
 pub mod agent;
 pub mod audit;
 pub mod authority;
-pub mod bench;
 pub mod config;
 pub mod directory;
 mod error;

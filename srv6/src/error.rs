@@ -105,35 +105,12 @@ pub enum Error {
         /// Why each group of candidates was refused.
         summary: String,
     },
-    /// The kernel refused a netlink request.
-    #[error(
-        "netlink {op} failed: {source} (are you root with CAP_NET_ADMIN, and is seg6 built in?)"
-    )]
-    Netlink {
-        /// What was being done, e.g. `add route fd00::/64`.
-        op: String,
-        /// The kernel's error.
-        source: std::io::Error,
-    },
-    /// A netlink reply could not be parsed.
-    #[error("netlink reply to {op} is malformed: {reason}")]
-    NetlinkReply {
-        /// Request.
-        op: String,
-        /// What was wrong.
-        reason: &'static str,
-    },
+    /// A netlink request failed or its answer could not be read.
+    #[error("{0} (are you root with CAP_NET_ADMIN, and is seg6 built in?)")]
+    Netlink(#[from] cpclink_netlink::Error),
     /// An interface name does not exist.
     #[error("interface {0:?} not found in this network namespace")]
     NoSuchInterface(String),
-    /// A network namespace operation failed.
-    #[error("network namespace {name}: {reason}")]
-    Netns {
-        /// Namespace name.
-        name: String,
-        /// What failed.
-        reason: String,
-    },
     /// An address does not belong to the expected family or range.
     #[error("address {0} is not usable here")]
     BadAddress(Ipv6Addr),

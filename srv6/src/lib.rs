@@ -2,16 +2,14 @@
 //! RFC 8986) with HMAC compatible with Linux seg6, compute- and network-aware path selection
 //! after the IETF CATS drafts, and programming of Linux seg6 over netlink.
 //!
-//! The codec, metrics and selector are sans-IO; [`netlink`] and [`netns`] talk to the kernel.
+//! The codec, metrics and selector are sans-IO; [`program`] talks to the kernel through
+//! `cpclink-netlink`.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod error;
 pub mod hmac;
 pub mod inspect;
 pub mod metrics;
-pub mod netlink;
-pub mod netns;
 pub mod program;
 pub mod select;
 pub mod sid;

@@ -7,35 +7,15 @@ use std::net::Ipv6Addr;
 
 use crate::hmac::HmacKey;
 use crate::inspect::IPPROTO_IPV6;
-use crate::netlink::{
-    attrs, get_addr, get_u32, MessageBuilder, Netlink, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE,
-};
+use cpclink_netlink::route::{self, Encap, Ipv6Route, Seg6Local};
+use cpclink_netlink::seg6::{Seg6Family, HMAC_ALGO_SHA256};
+use cpclink_netlink::{link, Socket};
+
 use crate::sid::SegmentList;
 use crate::srh::SrhRepr;
 use crate::Error;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const AF_INET6: u8 = 10;
-const RTN_UNICAST: u8 = 1;
 const RT_TABLE_MAIN: u32 = 254;
-const IFLA_IFNAME: u16 = 3;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_TABLE: u16 = 15;
-const RTA_ENCAP_TYPE: u16 = 21;
-const RTA_ENCAP: u16 = 22;
-const LWTUNNEL_ENCAP_SEG6: u16 = 5;
-const LWTUNNEL_ENCAP_SEG6_LOCAL: u16 = 7;
-const SEG6_IPTUNNEL_SRH: u16 = 1;
-const SEG6_LOCAL_ACTION: u16 = 1;
-const SEG6_LOCAL_TABLE: u16 = 3;
-const SEG6_LOCAL_NH6: u16 = 5;
-const SEG6_LOCAL_VRFTABLE: u16 = 9;
 
 /// Route protocol cpclink marks its routes with, so reconciliation touches only its own.
 pub const RTPROT_CPCLINK: u8 = 211;
@@ -146,130 +126,74 @@ impl Seg6Route {
         )
     }
 
-    fn rtmsg(&self, protocol: u8) -> [u8; 12] {
-        let table = if self.table < 256 {
-            self.table as u8
-        } else {
-            252
+    /// The kernel's form of this route, marked as cpclink's.
+    fn to_kernel(&self) -> Ipv6Route {
+        let encap = match &self.action {
+            RouteAction::Seg6Encap { mode, srh } => Encap::Seg6 {
+                mode: *mode as i32,
+                srh: srh.clone(),
+            },
+            RouteAction::Seg6Local(a) => Encap::Seg6Local(match *a {
+                Seg6LocalAction::End => Seg6Local {
+                    action: 1,
+                    ..Seg6Local::default()
+                },
+                Seg6LocalAction::EndX { nh6 } => Seg6Local {
+                    action: 2,
+                    nh6: Some(nh6),
+                    ..Seg6Local::default()
+                },
+                Seg6LocalAction::EndDt6 { table } => Seg6Local {
+                    action: 7,
+                    table: Some(table),
+                    ..Seg6Local::default()
+                },
+                Seg6LocalAction::EndDt4 { vrf_table } => Seg6Local {
+                    action: 8,
+                    vrf_table: Some(vrf_table),
+                    ..Seg6Local::default()
+                },
+            }),
         };
-        [
-            AF_INET6,
-            self.prefix_len,
-            0,
-            0,
-            table,
-            protocol,
-            0,
-            RTN_UNICAST,
-            0,
-            0,
-            0,
-            0,
-        ]
+        Ipv6Route {
+            dst: self.dst,
+            prefix_len: self.prefix_len,
+            table: self.table,
+            oif: self.oif,
+            protocol: RTPROT_CPCLINK,
+            encap: Some(encap),
+        }
     }
 
-    fn to_message(&self) -> Vec<u8> {
-        let mut b = MessageBuilder::new(&self.rtmsg(RTPROT_CPCLINK));
-        b.attr(RTA_DST, &self.dst.octets());
-        b.u32(RTA_TABLE, self.table);
-        b.u32(RTA_OIF, self.oif);
-        match &self.action {
-            RouteAction::Seg6Encap { mode, srh } => {
-                b.attr(RTA_ENCAP_TYPE, &LWTUNNEL_ENCAP_SEG6.to_ne_bytes());
-                let n = b.begin_nest(RTA_ENCAP);
-                // struct seg6_iptunnel_encap { int mode; struct ipv6_sr_hdr srh[]; }
-                let mut v = (*mode as i32).to_ne_bytes().to_vec();
-                v.extend_from_slice(srh);
-                b.attr(SEG6_IPTUNNEL_SRH, &v);
-                b.end_nest(n);
-            }
-            RouteAction::Seg6Local(a) => {
-                b.attr(RTA_ENCAP_TYPE, &LWTUNNEL_ENCAP_SEG6_LOCAL.to_ne_bytes());
-                let n = b.begin_nest(RTA_ENCAP);
-                match a {
-                    Seg6LocalAction::End => {
-                        b.u32(SEG6_LOCAL_ACTION, 1);
-                    }
-                    Seg6LocalAction::EndX { nh6 } => {
-                        b.u32(SEG6_LOCAL_ACTION, 2);
-                        b.attr(SEG6_LOCAL_NH6, &nh6.octets());
-                    }
-                    Seg6LocalAction::EndDt6 { table } => {
-                        b.u32(SEG6_LOCAL_ACTION, 7);
-                        b.u32(SEG6_LOCAL_TABLE, *table);
-                    }
-                    Seg6LocalAction::EndDt4 { vrf_table } => {
-                        b.u32(SEG6_LOCAL_ACTION, 8);
-                        b.u32(SEG6_LOCAL_VRFTABLE, *vrf_table);
-                    }
-                }
-                b.end_nest(n);
-            }
-        }
-        b.finish()
-    }
-
-    /// Parses an RTM_NEWROUTE payload; None for routes that are not seg6/seg6local.
-    fn from_message(p: &[u8]) -> Option<(Self, u8)> {
-        let hdr = p.get(..12)?;
-        if hdr[0] != AF_INET6 {
-            return None;
-        }
-        let (prefix_len, protocol) = (hdr[1], hdr[5]);
-        let (mut dst, mut table, mut oif) = (Ipv6Addr::UNSPECIFIED, u32::from(hdr[4]), 0);
-        let (mut encap_type, mut encap) = (0u16, &[][..]);
-        for (ty, v) in attrs(&p[12..]) {
-            match ty {
-                RTA_DST => dst = get_addr(v)?,
-                RTA_TABLE => table = get_u32(v)?,
-                RTA_OIF => oif = get_u32(v)?,
-                RTA_ENCAP_TYPE => encap_type = u16::from_ne_bytes(v.get(..2)?.try_into().ok()?),
-                RTA_ENCAP => encap = v,
-                _ => {}
-            }
-        }
-        let action = match encap_type {
-            LWTUNNEL_ENCAP_SEG6 => {
-                let (_, v) = attrs(encap).find(|(t, _)| *t == SEG6_IPTUNNEL_SRH)?;
-                let mode = match i32::from_ne_bytes(v.get(..4)?.try_into().ok()?) {
+    /// The route a kernel route stands for; None for routes that are not seg6/seg6local
+    /// or use behaviours this crate does not program.
+    fn from_kernel(r: Ipv6Route) -> Option<Self> {
+        let action = match r.encap? {
+            Encap::Seg6 { mode, srh } => RouteAction::Seg6Encap {
+                mode: match mode {
                     0 => EncapMode::Inline,
                     1 => EncapMode::Encap,
                     _ => return None,
-                };
-                RouteAction::Seg6Encap {
-                    mode,
-                    srh: v[4..].to_vec(),
-                }
-            }
-            LWTUNNEL_ENCAP_SEG6_LOCAL => {
-                let a: BTreeMap<u16, &[u8]> = attrs(encap).collect();
-                let action = get_u32(a.get(&SEG6_LOCAL_ACTION)?)?;
-                RouteAction::Seg6Local(match action {
-                    1 => Seg6LocalAction::End,
-                    2 => Seg6LocalAction::EndX {
-                        nh6: get_addr(a.get(&SEG6_LOCAL_NH6)?)?,
-                    },
-                    7 => Seg6LocalAction::EndDt6 {
-                        table: get_u32(a.get(&SEG6_LOCAL_TABLE)?)?,
-                    },
-                    8 => Seg6LocalAction::EndDt4 {
-                        vrf_table: get_u32(a.get(&SEG6_LOCAL_VRFTABLE)?)?,
-                    },
-                    _ => return None,
-                })
-            }
-            _ => return None,
-        };
-        Some((
-            Self {
-                dst,
-                prefix_len,
-                table,
-                oif,
-                action,
+                },
+                srh,
             },
-            protocol,
-        ))
+            Encap::Seg6Local(l) => RouteAction::Seg6Local(match l.action {
+                1 => Seg6LocalAction::End,
+                2 => Seg6LocalAction::EndX { nh6: l.nh6? },
+                7 => Seg6LocalAction::EndDt6 { table: l.table? },
+                8 => Seg6LocalAction::EndDt4 {
+                    vrf_table: l.vrf_table?,
+                },
+                _ => return None,
+            }),
+        };
+        Some(Self {
+            dst: r.dst,
+            prefix_len: r.prefix_len,
+            table: r.table,
+            oif: r.oif,
+            action,
+        })
     }
 }
 
@@ -289,130 +213,57 @@ pub struct ReconcileReport {
 /// Programs the kernel of the network namespace it was created in.
 #[derive(Debug)]
 pub struct Programmer {
-    route: Netlink,
-    genl: Netlink,
-    seg6_family: u16,
+    route: Socket,
+    seg6: Seg6Family,
 }
-
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
-const SEG6_CMD_SETHMAC: u8 = 1;
-const SEG6_CMD_DUMPHMAC: u8 = 2;
-const SEG6_CMD_SET_TUNSRC: u8 = 3;
-const SEG6_CMD_GET_TUNSRC: u8 = 4;
-const SEG6_ATTR_DST: u16 = 1;
-const SEG6_ATTR_HMACKEYID: u16 = 3;
-const SEG6_ATTR_SECRET: u16 = 4;
-const SEG6_ATTR_SECRETLEN: u16 = 5;
-const SEG6_ATTR_ALGID: u16 = 6;
-const SEG6_HMAC_ALGO_SHA256: u8 = 2;
 
 impl Programmer {
     /// Opens rtnetlink and generic netlink in the calling thread's namespace and resolves
     /// the SEG6 family (absent when the kernel lacks IPv6 segment routing).
     pub fn new() -> Result<Self, Error> {
-        let route = Netlink::route()?;
-        let mut genl = Netlink::generic()?;
-        let mut b = MessageBuilder::new(&[CTRL_CMD_GETFAMILY, 1, 0, 0]);
-        b.attr(CTRL_ATTR_FAMILY_NAME, b"SEG6\0");
-        let replies = genl.request(
-            GENL_ID_CTRL,
-            NLM_F_ACK,
-            &b.finish(),
-            "resolve generic netlink family SEG6",
-        )?;
-        let seg6_family = replies
-            .iter()
-            .flat_map(|r| attrs(r.payload.get(4..).unwrap_or(&[])))
-            .find(|(t, _)| *t == CTRL_ATTR_FAMILY_ID)
-            .and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?)))
-            .ok_or(Error::NetlinkReply {
-                op: "resolve SEG6".into(),
-                reason: "no family id",
-            })?;
         Ok(Self {
-            route,
-            genl,
-            seg6_family,
+            route: Socket::route()?,
+            seg6: Seg6Family::open()?,
         })
     }
 
     /// Index of an interface by name.
     pub fn link_index(&mut self, name: &str) -> Result<u32, Error> {
-        let mut b = MessageBuilder::new(&[0u8; 16]);
-        let mut n = name.as_bytes().to_vec();
-        n.push(0);
-        b.attr(IFLA_IFNAME, &n);
-        let replies = self
-            .route
-            .request(RTM_GETLINK, 0, &b.finish(), &format!("get link {name}"))
-            .map_err(|e| match e {
-                Error::Netlink { source, .. } if source.raw_os_error() == Some(19) => {
+        link::by_name(&mut self.route, name)
+            .map(|l| l.index)
+            .map_err(|e| {
+                if e.is_no_such_device() {
                     Error::NoSuchInterface(name.into())
+                } else {
+                    e.into()
                 }
-                e => e,
-            })?;
-        replies
-            .iter()
-            .find(|r| r.msg_type == RTM_NEWLINK)
-            .and_then(|r| Some(i32::from_ne_bytes(r.payload.get(4..8)?.try_into().ok()?) as u32))
-            .ok_or_else(|| Error::NoSuchInterface(name.into()))
+            })
     }
 
     /// Adds a route, failing if one exists for the same prefix.
     pub fn add_route(&mut self, r: &Seg6Route) -> Result<(), Error> {
         let op = format!("add {}", r.describe());
-        self.route
-            .request(
-                RTM_NEWROUTE,
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                &r.to_message(),
-                &op,
-            )
-            .map(drop)
+        Ok(route::add(&mut self.route, &r.to_kernel(), &op)?)
     }
 
     /// Adds or replaces a route.
     pub fn replace_route(&mut self, r: &Seg6Route) -> Result<(), Error> {
         let op = format!("replace {}", r.describe());
-        self.route
-            .request(
-                RTM_NEWROUTE,
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                &r.to_message(),
-                &op,
-            )
-            .map(drop)
+        Ok(route::replace(&mut self.route, &r.to_kernel(), &op)?)
     }
 
     /// Deletes a route of cpclink's.
     pub fn delete_route(&mut self, r: &Seg6Route) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(&r.rtmsg(RTPROT_CPCLINK));
-        b.attr(RTA_DST, &r.dst.octets());
-        b.u32(RTA_TABLE, r.table);
-        self.route
-            .request(
-                RTM_DELROUTE,
-                NLM_F_ACK,
-                &b.finish(),
-                &format!("delete {}", r.describe()),
-            )
-            .map(drop)
+        let op = format!("delete {}", r.describe());
+        Ok(route::delete(&mut self.route, &r.to_kernel(), &op)?)
     }
 
     /// The seg6 and seg6local routes cpclink owns, as the kernel reports them.
     pub fn routes(&mut self) -> Result<Vec<Seg6Route>, Error> {
-        let req = [AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let replies = self
-            .route
-            .request(RTM_GETROUTE, NLM_F_DUMP, &req, "dump IPv6 routes")?;
-        Ok(replies
-            .iter()
-            .filter_map(|r| Seg6Route::from_message(&r.payload))
-            .filter(|(_, proto)| *proto == RTPROT_CPCLINK)
-            .map(|(r, _)| r)
+        Ok(route::dump_ipv6(&mut self.route)?
+            .into_iter()
+            .filter(|r| r.protocol == RTPROT_CPCLINK)
+            .filter_map(Seg6Route::from_kernel)
             .collect())
     }
 
@@ -446,52 +297,25 @@ impl Programmer {
         Ok(report)
     }
 
-    /// Sends a SEG6 command; returns the attribute area of each reply (after genlmsghdr).
-    fn seg6(&mut self, flags: u16, b: MessageBuilder, op: &str) -> Result<Vec<Vec<u8>>, Error> {
-        let replies = self
-            .genl
-            .request(self.seg6_family, flags, &b.finish(), op)?;
-        Ok(replies
-            .into_iter()
-            .map(|r| r.payload.get(4..).unwrap_or(&[]).to_vec())
-            .collect())
-    }
-
     /// Installs (or replaces) an HMAC key, HMAC-SHA256 (`ip sr hmac set`).
     pub fn set_hmac_key(&mut self, key: &HmacKey) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(&[SEG6_CMD_SETHMAC, 1, 0, 0]);
-        b.u32(SEG6_ATTR_HMACKEYID, key.key_id);
-        b.attr(SEG6_ATTR_SECRET, key.secret());
-        b.attr(SEG6_ATTR_SECRETLEN, &[key.secret().len() as u8]);
-        b.attr(SEG6_ATTR_ALGID, &[SEG6_HMAC_ALGO_SHA256]);
-        self.seg6(NLM_F_ACK, b, &format!("set HMAC key {}", key.key_id))
-            .map(drop)
+        Ok(self
+            .seg6
+            .set_hmac_key(key.key_id, key.secret(), HMAC_ALGO_SHA256)?)
     }
 
     /// Removes an HMAC key.
     pub fn delete_hmac_key(&mut self, key_id: u32) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(&[SEG6_CMD_SETHMAC, 1, 0, 0]);
-        b.u32(SEG6_ATTR_HMACKEYID, key_id);
-        b.attr(SEG6_ATTR_SECRETLEN, &[0]);
-        b.attr(SEG6_ATTR_ALGID, &[SEG6_HMAC_ALGO_SHA256]);
-        self.seg6(NLM_F_ACK, b, &format!("delete HMAC key {key_id}"))
-            .map(drop)
+        Ok(self.seg6.delete_hmac_key(key_id)?)
     }
 
     /// The HMAC keys the kernel holds: (key id, secret, algorithm id).
     pub fn hmac_keys(&mut self) -> Result<Vec<(u32, Vec<u8>, u8)>, Error> {
-        let b = MessageBuilder::new(&[SEG6_CMD_DUMPHMAC, 1, 0, 0]);
-        let msgs = self.seg6(NLM_F_DUMP, b, "dump HMAC keys")?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| {
-                let a: BTreeMap<u16, &[u8]> = attrs(m).collect();
-                Some((
-                    get_u32(a.get(&SEG6_ATTR_HMACKEYID)?)?,
-                    a.get(&SEG6_ATTR_SECRET)?.to_vec(),
-                    *a.get(&SEG6_ATTR_ALGID)?.first()?,
-                ))
-            })
+        Ok(self
+            .seg6
+            .hmac_keys()?
+            .into_iter()
+            .map(|k| (k.key_id, k.secret, k.algorithm))
             .collect())
     }
 
@@ -501,7 +325,7 @@ impl Programmer {
         let mut report = ReconcileReport::default();
         for k in desired {
             match actual.iter().find(|(id, _, _)| *id == k.key_id) {
-                Some((_, s, alg)) if s == k.secret() && *alg == SEG6_HMAC_ALGO_SHA256 => {
+                Some((_, s, alg)) if s == k.secret() && *alg == HMAC_ALGO_SHA256 => {
                     report.unchanged += 1
                 }
                 found => {
@@ -525,28 +349,12 @@ impl Programmer {
 
     /// Sets the source address of seg6 encapsulation (`ip sr tunsrc set`).
     pub fn set_tunnel_source(&mut self, addr: Ipv6Addr) -> Result<(), Error> {
-        let mut b = MessageBuilder::new(&[SEG6_CMD_SET_TUNSRC, 1, 0, 0]);
-        b.attr(SEG6_ATTR_DST, &addr.octets());
-        self.seg6(NLM_F_ACK, b, &format!("set tunnel source {addr}"))
-            .map(drop)
+        Ok(self.seg6.set_tunnel_source(addr)?)
     }
 
     /// The source address of seg6 encapsulation.
     pub fn tunnel_source(&mut self) -> Result<Ipv6Addr, Error> {
-        let b = MessageBuilder::new(&[SEG6_CMD_GET_TUNSRC, 1, 0, 0]);
-        let msgs = self.seg6(NLM_F_ACK, b, "get tunnel source")?;
-        msgs.iter()
-            .flat_map(|m| {
-                attrs(m)
-                    .filter(|(t, _)| *t == SEG6_ATTR_DST)
-                    .filter_map(|(_, v)| get_addr(v))
-                    .collect::<Vec<_>>()
-            })
-            .next()
-            .ok_or(Error::NetlinkReply {
-                op: "get tunnel source".into(),
-                reason: "no address",
-            })
+        Ok(self.seg6.tunnel_source()?)
     }
 }
 
@@ -579,9 +387,9 @@ mod tests {
             ),
         ];
         for r in routes {
-            let (back, proto) = Seg6Route::from_message(&r.to_message()).unwrap();
-            assert_eq!(back, r);
-            assert_eq!(proto, RTPROT_CPCLINK);
+            let kernel = Ipv6Route::parse(&r.to_kernel().to_bytes()).unwrap();
+            assert_eq!(kernel.protocol, RTPROT_CPCLINK);
+            assert_eq!(Seg6Route::from_kernel(kernel), Some(r));
         }
     }
 }

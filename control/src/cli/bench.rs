@@ -77,7 +77,7 @@ enum BenchSuite {
     },
     /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
     /// rate, directory change, rotation and revocation reaching all of them).
-    Keymgr(cpclink_keymgr::bench::BenchArgs),
+    Keymgr(cpclink_bench::keyplane::BenchArgs),
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
         /// Print one JSON array instead of a table.
@@ -102,7 +102,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        return Ok(runtime.block_on(cpclink_keymgr::bench::run(args))?);
+        return Ok(runtime.block_on(cpclink_bench::keyplane::run(args))?);
     }
     let mut out = std::io::stdout().lock();
     match args.suite {

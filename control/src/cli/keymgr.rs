@@ -9,7 +9,8 @@ use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 use cpclink_keymgr::authority::{self, Authority};
 use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
-use cpclink_keymgr::{audit, bench};
+use cpclink_bench::keyplane as bench;
+use cpclink_keymgr::audit;
 
 /// Arguments of `cpclink keymgr`.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use cpclink_srv6::bench;
+use cpclink_bench::path as bench;
 use cpclink_srv6::inspect::decode_packet;
 use cpclink_srv6::select::SelectorConfig;
 use cpclink_srv6::{HmacKey, PathSelector, SegmentList, SrhRepr, Topology};
@@ -147,7 +147,7 @@ fn execute(args: Srv6Args) -> Result<String, String> {
             let sel = bench::selection(sites, paths, duration).map_err(|e| e.to_string())?;
             let prog = match routes {
                 0 => None,
-                n => Some(match cpclink_srv6::netns::unavailable() {
+                n => Some(match cpclink_bench::netns::unavailable() {
                     Some(reason) => Err(format!("skipped: {reason}")),
                     None => bench::programming(n).map_err(|e| e.to_string()),
                 }),

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::time::Duration;
 
+use cpclink_bench::netns::{self, Netns};
 use cpclink_srv6::inspect::{decode_packet, encapsulate};
-use cpclink_srv6::netns::{self, Netns};
 use cpclink_srv6::program::{Programmer, Seg6LocalAction, Seg6Route};
 use cpclink_srv6::select::{Reason, SelectorConfig};
 use cpclink_srv6::{HmacKey, PathSelector, SegmentList, Topology};

@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::program::{Programmer, Seg6Route};
-use crate::select::SelectorConfig;
-use crate::sid::SegmentList;
-use crate::topology::{
+use cpclink_srv6::program::{Programmer, Seg6Route};
+use cpclink_srv6::select::SelectorConfig;
+use cpclink_srv6::sid::SegmentList;
+use cpclink_srv6::topology::{
     LinkFile, PathFile, ServiceFile, SiteFile, SiteMetricsFile, TopologyFile, TransitFile,
 };
-use crate::{Error, PathSelector, Topology};
+use cpclink_srv6::{PathSelector, Topology};
+
+use crate::netns::Netns;
+use crate::Error;
 
 /// A synthetic topology: `sites` sites, `transits` transit routers, every site reachable
 /// through every transit (so `sites × transits` candidate paths), deterministic metrics.
@@ -74,7 +77,7 @@ pub fn synthetic_topology(sites: usize, transits: usize) -> Result<Topology, Err
             });
         }
     }
-    Topology::from_model(m, "synthetic")
+    Ok(Topology::from_model(m, "synthetic")?)
 }
 
 fn link(from: String, to: String, latency_ms: f64, utilisation: f64) -> LinkFile {
@@ -152,7 +155,7 @@ pub struct ProgrammingReport {
 /// Programs `routes` seg6 encap routes (two segments plus HMAC TLV each) in a scratch
 /// namespace, then replaces, re-checks and removes them. Needs root.
 pub fn programming(routes: usize) -> Result<ProgrammingReport, Error> {
-    let ns = crate::netns::Netns::create(&format!("cpclink-bench-{}", std::process::id()))?;
+    let ns = Netns::create(&format!("cpclink-bench-{}", std::process::id()))?;
     ns.ip(&[
         "link", "add", "name", "up0", "type", "veth", "peer", "name", "up1",
     ])?;
@@ -161,7 +164,7 @@ pub fn programming(routes: usize) -> Result<ProgrammingReport, Error> {
     ns.ip(&["link", "set", "dev", "up1", "up"])?;
     let mut p = ns.run(Programmer::new)??;
     let oif = p.link_index("up0")?;
-    let make = |gen: u16| -> Result<Vec<Seg6Route>, Error> {
+    let make = |gen: u16| -> Result<Vec<Seg6Route>, cpclink_srv6::Error> {
         (0..routes)
             .map(|i| {
                 let dst = Ipv6Addr::new(0xfd00, 0x5e, (i >> 16) as u16, i as u16, 0, 0, 0, 0);
@@ -184,19 +187,13 @@ pub fn programming(routes: usize) -> Result<ProgrammingReport, Error> {
     let rep = p.reconcile_routes(&second)?;
     let replace = t.elapsed().as_secs_f64();
     if rep.replaced != routes {
-        return Err(Error::NetlinkReply {
-            op: "bench reconcile".into(),
-            reason: "not every route was replaced",
-        });
+        return Err(Error::Reconcile("not every route was replaced"));
     }
     let t = Instant::now();
     let rep = p.reconcile_routes(&second)?;
     let noop = t.elapsed().as_secs_f64();
     if rep.unchanged != routes {
-        return Err(Error::NetlinkReply {
-            op: "bench reconcile".into(),
-            reason: "a second reconcile changed routes",
-        });
+        return Err(Error::Reconcile("a second reconcile changed routes"));
     }
     let t = Instant::now();
     p.reconcile_routes(&[])?;
@@ -229,7 +226,7 @@ mod tests {
         // The decision is the cheapest feasible candidate.
         let w = SelectorConfig::default().weights;
         let best = (0..t.paths.len())
-            .filter_map(|i| crate::select::evaluate(&t, i, &w, 0).ok())
+            .filter_map(|i| cpclink_srv6::select::evaluate(&t, i, &w, 0).ok())
             .map(|c| c.total_ms)
             .fold(f64::INFINITY, f64::min);
         assert_eq!(d.cost.total_ms, best);

@@ -83,9 +83,9 @@ impl Netns {
             .args(["netns", "exec", &self.name])
             .args(cmd)
             .output()
-            .map_err(|e| Error::Io {
-                context: format!("running {cmd:?} in {}", self.name),
-                source: e,
+            .map_err(|e| Error::Netns {
+                name: self.name.clone(),
+                reason: format!("running {cmd:?}: {e}"),
             })
     }
 }
@@ -124,7 +124,7 @@ pub fn unavailable() -> Option<String> {
         Ok(ns) => ns,
         Err(e) => return Some(format!("cannot create a network namespace: {e}")),
     };
-    match ns.run(crate::program::Programmer::new) {
+    match ns.run(cpclink_srv6::program::Programmer::new) {
         Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(format!("kernel lacks IPv6 segment routing: {e}")),
         Err(e) => Some(e.to_string()),

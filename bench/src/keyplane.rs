@@ -21,13 +21,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::agent::{AgentOptions, KeyAgent};
-use crate::authority::Authority;
-use crate::config::{AuthorityConfig, StoreConfig};
-use crate::directory::{Rule, Selector};
-use crate::seal::{random_bytes, Kek};
-use crate::store::{AnyStore, MemoryStore};
-use crate::{Error, Result};
+use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
+use cpclink_keymgr::authority::Authority;
+use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::directory::{Rule, Selector};
+use cpclink_keymgr::seal::{random_bytes, Kek};
+use cpclink_keymgr::store::{AnyStore, MemoryStore};
+
+use crate::Error;
+
+type Result<T> = std::result::Result<T, Error>;
 
 /// Appliances per tenant: the default policy lets a tenant's appliances talk, so each
 /// appliance's directory view holds this many entries.
@@ -144,7 +147,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         println!("largest size completed: {reached} appliances (target 10000)");
     }
     if reached == 0 {
-        return Err(Error::Timeout("no size completed".into()));
+        return Err(Error::KeyPlane("no size completed".into()));
     }
     Ok(())
 }
@@ -173,7 +176,7 @@ fn print_report(r: &BenchReport) {
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
     tokio::time::timeout(PHASE_LIMIT, fut)
         .await
-        .map_err(|_| Error::Timeout(format!("{what} took over {PHASE_LIMIT:?}")))
+        .map_err(|_| Error::KeyPlane(format!("{what} took over {PHASE_LIMIT:?}")))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -245,7 +248,7 @@ struct Sim {
 impl Sim {
     async fn start(setup: GroupSetup) -> Result<Self> {
         let ca = rustls::pki_types::CertificateDer::from(
-            hex::decode(&setup.ca_cert).map_err(|e| Error::Frame(e.to_string()))?,
+            hex::decode(&setup.ca_cert).map_err(|e| Error::KeyPlane(e.to_string()))?,
         );
         let gate = Arc::new(Semaphore::new(setup.parallelism.max(1)));
         let mut starting = Vec::with_capacity(setup.appliances.len());
@@ -286,7 +289,7 @@ impl Sim {
             stopped: HashSet::new(),
         };
         for s in starting {
-            let agent = s.await.map_err(|e| Error::Timeout(e.to_string()))??;
+            let agent = s.await.map_err(|e| Error::KeyPlane(e.to_string()))??;
             let seen: VersionLog = Arc::default();
             let mut versions = agent.directory_version();
             let log = seen.clone();
@@ -361,28 +364,28 @@ enum Group {
 type Pipes = (ChildStdin, BufReader<ChildStdout>);
 
 fn send_line<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> Result<()> {
-    let line = serde_json::to_string(msg).map_err(|e| Error::Frame(e.to_string()))?;
+    let line = serde_json::to_string(msg).map_err(|e| Error::KeyPlane(e.to_string()))?;
     writeln!(w, "{line}")
         .and_then(|()| w.flush())
-        .map_err(|e| Error::io("writing to a bench process", e))
+        .map_err(|e| Error::key_plane_io("writing to a bench process", e))
 }
 
 fn read_line<T: serde::de::DeserializeOwned>(r: &mut impl BufRead) -> Result<T> {
     let mut line = String::new();
     let n = r
         .read_line(&mut line)
-        .map_err(|e| Error::io("reading from a bench process", e))?;
+        .map_err(|e| Error::key_plane_io("reading from a bench process", e))?;
     if n == 0 {
-        return Err(Error::Refused(
+        return Err(Error::KeyPlane(
             "a bench process exited early (see its messages above)".into(),
         ));
     }
     serde_json::from_str(&line)
-        .map_err(|e| Error::Frame(format!("bench process said {line:?}: {e}")))
+        .map_err(|e| Error::KeyPlane(format!("bench process said {line:?}: {e}")))
 }
 
 fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
-    r.map_err(|e| Error::Timeout(format!("bench task: {e}")))
+    r.map_err(|e| Error::KeyPlane(format!("bench task: {e}")))
 }
 
 impl Group {
@@ -399,7 +402,7 @@ impl Group {
         joined(
             tokio::task::spawn_blocking(move || -> Result<Group> {
                 let exe = std::env::current_exe()
-                    .map_err(|e| Error::io("finding this executable to re-run", e))?;
+                    .map_err(|e| Error::key_plane_io("finding this executable to re-run", e))?;
                 let mut child = Command::new(exe)
                     .args(std::env::args_os().skip(1))
                     .arg("--child")
@@ -407,10 +410,10 @@ impl Group {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
-                    .map_err(|e| Error::io("starting a bench child process", e))?;
+                    .map_err(|e| Error::key_plane_io("starting a bench child process", e))?;
                 let (Some(mut requests), Some(out)) = (child.stdin.take(), child.stdout.take())
                 else {
-                    return Err(Error::Refused("bench child without pipes".into()));
+                    return Err(Error::KeyPlane("bench child without pipes".into()));
                 };
                 let mut replies = BufReader::new(out);
                 send_line(&mut requests, &setup)?;
@@ -420,8 +423,8 @@ impl Group {
                         pipes: Some((requests, replies)),
                         ids,
                     }),
-                    Reply::Failed(e) => Err(Error::Refused(e)),
-                    other => Err(Error::Frame(format!("bench child said {other:?}"))),
+                    Reply::Failed(e) => Err(Error::KeyPlane(e)),
+                    other => Err(Error::KeyPlane(format!("bench child said {other:?}"))),
                 }
             })
             .await,
@@ -458,12 +461,13 @@ async fn ask_all(groups: &mut [Group], cmd: &Request) -> Result<Vec<Reply>> {
             Group::Child { pipes, .. } => {
                 let (mut w, mut r) = pipes
                     .take()
-                    .ok_or_else(|| Error::Refused("a bench process stopped answering".into()))?;
-                let line = serde_json::to_string(cmd).map_err(|e| Error::Frame(e.to_string()))?;
+                    .ok_or_else(|| Error::KeyPlane("a bench process stopped answering".into()))?;
+                let line =
+                    serde_json::to_string(cmd).map_err(|e| Error::KeyPlane(e.to_string()))?;
                 Some(tokio::task::spawn_blocking(move || {
                     let reply = writeln!(w, "{line}")
                         .and_then(|()| w.flush())
-                        .map_err(|e| Error::io("writing to a bench process", e))
+                        .map_err(|e| Error::key_plane_io("writing to a bench process", e))
                         .and_then(|()| read_line::<Reply>(&mut r));
                     (reply, (w, r))
                 }))
@@ -487,7 +491,7 @@ async fn ask_all(groups: &mut [Group], cmd: &Request) -> Result<Vec<Reply>> {
                 *pipes = Some(back);
                 reply?
             }
-            (Group::Child { .. }, None) => return Err(Error::Refused("bench group lost".into())),
+            (Group::Child { .. }, None) => return Err(Error::KeyPlane("bench group lost".into())),
         });
     }
     Ok(replies)
@@ -514,8 +518,8 @@ async fn reached_all(
                         .map(|t| Duration::from_micros(t.saturating_sub(start))),
                 );
             }
-            Reply::Failed(e) => return Err(Error::Refused(e)),
-            other => return Err(Error::Frame(format!("bench process said {other:?}"))),
+            Reply::Failed(e) => return Err(Error::KeyPlane(e)),
+            other => return Err(Error::KeyPlane(format!("bench process said {other:?}"))),
         }
     }
     Ok(out)
@@ -570,10 +574,12 @@ async fn run_once(
     per_process: usize,
     agent_store: AgentStore,
 ) -> Result<BenchReport> {
-    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| Error::key_plane_io("creating a temporary directory", e))?;
     let kek_hex = hex::encode(*random_bytes::<32>()?);
     let kek_file = dir.path().join("kek");
-    std::fs::write(&kek_file, &kek_hex).map_err(|e| Error::io("writing the bench KEK", e))?;
+    std::fs::write(&kek_file, &kek_hex)
+        .map_err(|e| Error::key_plane_io("writing the bench KEK", e))?;
     let cfg = AuthorityConfig {
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: dir.path().join("authority"),
@@ -587,7 +593,7 @@ async fn run_once(
     let authority = Authority::start(&cfg).await?;
     let addr: SocketAddr = authority
         .local_addr()
-        .ok_or_else(|| Error::Quic("authority has no address".into()))?;
+        .ok_or_else(|| Error::KeyPlane("authority has no address".into()))?;
     let ca = hex::encode(authority.ca_cert().as_ref());
 
     let processes = n.div_ceil(per_process);
@@ -674,7 +680,9 @@ async fn measure(
 ) -> Result<Measured> {
     within("connecting", async {
         loop {
-            if let crate::proto::AdminReply::Status { connected, .. } = authority.status().await {
+            if let cpclink_keymgr::proto::AdminReply::Status { connected, .. } =
+                authority.status().await
+            {
                 if connected >= n {
                     break;
                 }
