@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 /// One configuration error: where it is, what is wrong and what to do about it.
@@ -43,6 +44,22 @@ impl fmt::Display for Diagnostic {
 impl std::error::Error for Diagnostic {}
 
 impl Diagnostic {
+    /// A diagnostic without a line: for a value that came from somewhere other than a
+    /// file's text (the command line, a file a field points at).
+    pub fn new(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            field: field.into(),
+            line: None,
+            reason: reason.into(),
+            fix: None,
+        }
+    }
+
     /// Adds (or replaces) the fix.
     #[must_use]
     pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
@@ -118,6 +135,48 @@ impl ConfigText {
         fix: impl Into<String>,
     ) -> Diagnostic {
         self.error(field, reason).with_fix(fix)
+    }
+
+    /// Refuses `value` outside `allowed`, naming the range in the fix; `unit` follows the
+    /// numbers (`"seconds"`, `"days"`) and `hint` says what a typical value means.
+    pub fn check_range<T>(
+        &self,
+        field: impl Into<String>,
+        value: T,
+        allowed: RangeInclusive<T>,
+        unit: &str,
+        hint: &str,
+    ) -> Result<T, Diagnostic>
+    where
+        T: PartialOrd + fmt::Display,
+    {
+        if allowed.contains(&value) {
+            return Ok(value);
+        }
+        let side = if value < *allowed.start() {
+            "below the minimum"
+        } else {
+            "above the maximum"
+        };
+        let unit = if unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {unit}")
+        };
+        let hint = if hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({hint})")
+        };
+        Err(self.error_fix(
+            field,
+            format!("{value}{unit} is out of range ({side})"),
+            format!(
+                "write a value from {} to {}{unit}{hint}",
+                allowed.start(),
+                allowed.end()
+            ),
+        ))
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> Diagnostic {
@@ -212,7 +271,7 @@ fn fix_for(message: &str) -> Option<String> {
                 format!(" (known: {})", e.trim_start_matches("one of "))
             });
         Some(format!("remove it or correct its spelling{expected}"))
-    } else if message.starts_with("invalid type") {
+    } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
         let expected = message.rsplit_once("expected ").map_or("", |(_, e)| e);
         Some(format!("write {} here", describe(expected)))
     } else if message.contains("duplicate key") {
@@ -264,29 +323,86 @@ fn line_of_field(text: &str, field: &str) -> Option<usize> {
                 // `[peers.b]`: the table of the array `[[peers]]` whose name (or id) is "b".
                 None => named_table(&lines, name)?,
             };
-            let end = lines
-                .iter()
-                .enumerate()
-                .skip(start + 1)
-                .find(|(_, l)| section_header(l.trim()).is_some())
-                .map_or(lines.len(), |(i, _)| i);
-            (start, end)
+            (start, next_header(&lines, start + 1).unwrap_or(lines.len()))
         }
     };
     if let Some(key) = key {
-        let bare = key.split('[').next().unwrap_or(&key);
-        for (i, l) in lines.iter().enumerate().take(end).skip(start) {
-            if section.is_none() && i > 0 && section_header(l.trim()).is_some() {
-                break;
-            }
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim().trim_matches('"') == bare {
-                    return Some(i + 1);
-                }
+        // A top-level key ends at the first header.
+        let end = match section {
+            None => next_header(&lines, 0).unwrap_or(end),
+            Some(_) => end,
+        };
+        if let Some(i) = key_line(&lines, start, end, &key) {
+            return Some(i + 1);
+        }
+        if let (Some(name), Some((head, rest))) = (&section, key.split_once('.')) {
+            if let Some(i) = subtable_line(&lines, name, start, head, rest) {
+                return Some(i + 1);
             }
         }
     }
     section.map(|_| start + 1)
+}
+
+/// The index of the first section header at or after `from`.
+fn next_header(lines: &[&str], from: usize) -> Option<usize> {
+    lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| section_header(l.trim()).is_some())
+        .map(|(i, _)| i)
+}
+
+/// The index of the line in `start..end` that sets `key` (indices such as `via[1]`
+/// dropped); for a dotted `metrics.cpu_load`, also the `metrics = { … }` line.
+fn key_line(lines: &[&str], start: usize, end: usize, key: &str) -> Option<usize> {
+    let bare = key.split('[').next().unwrap_or(key);
+    let head = bare.split('.').next().unwrap_or(bare);
+    let mut inline = None;
+    for (i, l) in lines.iter().enumerate().take(end).skip(start) {
+        if section_header(l.trim()).is_some() {
+            continue;
+        }
+        if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            if k == bare {
+                return Some(i);
+            }
+            if k == head && inline.is_none() {
+                inline = Some(i);
+            }
+        }
+    }
+    inline
+}
+
+/// For `[[sites]][n].metrics.cpu_load`: the line of `cpu_load` in the `[sites.metrics]`
+/// table that follows the element's header at `start` (or that table's header), before
+/// the next element begins.
+fn subtable_line(
+    lines: &[&str],
+    name: &str,
+    start: usize,
+    head: &str,
+    rest: &str,
+) -> Option<usize> {
+    let sub = format!("{name}.{head}");
+    let inside = format!("{name}.");
+    for (i, l) in lines.iter().enumerate().skip(start + 1) {
+        let Some(header) = section_header(l.trim()) else {
+            continue;
+        };
+        let bare = header.trim_matches(|c| c == '[' || c == ']').trim();
+        if bare == sub {
+            let end = next_header(lines, i + 1).unwrap_or(lines.len());
+            return Some(key_line(lines, i + 1, end, rest).unwrap_or(i));
+        }
+        if !bare.starts_with(&inside) {
+            return None;
+        }
+    }
+    None
 }
 
 /// The header line of the table of `[[array]]` whose `name` or `id` is `label`, for a
@@ -448,5 +564,64 @@ mod tests {
         let text = GOOD.replace("workers = 2", "workers = = 2");
         let e = ConfigText::new("a.toml", text).parse::<File>().unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    const NESTED: &str = "ingress = \"ing\"\n[[sites]]\nname = \"s0\"\n[[sites]]\nname = \"s1\"\n[sites.metrics]\ncpu_load = 0.5\n[[sites]]\nname = \"s2\"\nmetrics = { cpu_load = 0.1 }\n[[paths]]\nvia = [\"t1\"]\n";
+
+    #[test]
+    fn a_key_in_a_subtable_of_an_array_element_is_found() {
+        let c = ConfigText::new("t.toml", NESTED);
+        assert_eq!(c.error("[[sites]][1].metrics.cpu_load", "x").line, Some(7));
+        assert_eq!(c.error("[[sites]][2].metrics.cpu_load", "x").line, Some(10));
+        // Site 0 has no metrics: its header, not site 1's table.
+        assert_eq!(c.error("[[sites]][0].metrics.cpu_load", "x").line, Some(2));
+        assert_eq!(c.error("[[paths]][0].via[0]", "x").line, Some(12));
+        assert_eq!(c.error("ingress", "x").line, Some(1));
+        assert_eq!(c.error("name", "x").line, None, "no top-level `name`");
+    }
+
+    #[test]
+    fn out_of_range_values_give_the_range_as_the_fix() {
+        let c = ConfigText::new("a.toml", GOOD);
+        assert_eq!(
+            c.check_range("[appliance].workers", 2u64, 1..=4, "", ""),
+            Ok(2)
+        );
+        let e = c
+            .check_range(
+                "[appliance].workers",
+                9u64,
+                1..=4,
+                "workers",
+                "one per core",
+            )
+            .unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.reason, "9 workers is out of range (above the maximum)");
+        assert_eq!(
+            e.fix.as_deref(),
+            Some("write a value from 1 to 4 workers (one per core)")
+        );
+        let e = c
+            .check_range("[appliance].workers", 0u64, 1..=4, "", "")
+            .unwrap_err();
+        assert!(e.reason.contains("below the minimum"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_count_says_what_to_write() {
+        let text = GOOD.replace("workers = 2", "workers = -2");
+        let e = ConfigText::new("a.toml", text).parse::<File>().unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.fix.as_deref().unwrap().contains("whole number"), "{e}");
+    }
+
+    #[test]
+    fn a_diagnostic_without_text_has_no_line() {
+        let e = Diagnostic::new("<command line>", "APPLIANCE", "is empty").with_fix("name it");
+        assert_eq!(
+            e.to_string(),
+            "<command line>: APPLIANCE: is empty; name it"
+        );
     }
 }

@@ -6,17 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HwError {
-    /// A profile file is not valid TOML or has fields of the wrong shape.
-    #[error("{file}: {message}")]
-    ProfileSyntax {
-        /// File the profile came from (or `<embedded>/NAME.toml`).
-        file: String,
-        /// The parser's message, with line and column.
-        message: String,
-    },
+    /// A profile file is unreadable, not valid TOML or has fields of the wrong shape: the
+    /// file, the field, the line and the fix.
+    #[error(transparent)]
+    Config(#[from] cpclink_diagnostics::Diagnostic),
     /// A profile parsed but states values that cannot be right; one line per problem.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    ProfileInvalid(Vec<ProfileIssue>),
+    ProfileInvalid(Vec<cpclink_diagnostics::Diagnostic>),
     /// No profile with this name is shipped or in the profile directory.
     #[error("no profile named {name:?} (known: {known})")]
     UnknownProfile {
@@ -95,23 +91,6 @@ pub enum HwError {
         /// What failed.
         message: String,
     },
-}
-
-/// One problem found while validating a profile: file, field and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileIssue {
-    /// File the profile came from.
-    pub file: String,
-    /// Dotted field path, e.g. `rings.rx`.
-    pub field: String,
-    /// What is wrong and what is expected.
-    pub problem: String,
-}
-
-impl std::fmt::Display for ProfileIssue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.field, self.problem)
-    }
 }
 
 impl HwError {

@@ -15,7 +15,7 @@ pub mod profile;
 pub mod tune;
 pub mod udp_runner;
 
-pub use error::{HwError, ProfileIssue, Result};
+pub use error::{HwError, Result};
 pub use profile::{DataplaneTuning, Profile, ProfileSet};
 
 use std::path::Path;

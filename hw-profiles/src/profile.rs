@@ -2,7 +2,7 @@
 //!
 //! A profile is a TOML file (see `profiles/` and README.md). Parsing gives a [`Profile`];
 //! [`Profile::validate`] checks every value against the device limits the profile states
-//! and reports each problem with the file, the field and the range expected.
+//! and reports each problem with the file, the field, its line and the fix.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuList;
-use crate::error::{HwError, ProfileIssue, Result};
+use cpclink_diagnostics::{ConfigText, Diagnostic};
+
+use crate::error::{HwError, Result};
 
 /// Crypto backends the data plane offers (ARCHITECTURE.md, "Crypto backends").
 pub const CRYPTO_BACKENDS: [&str; 3] = ["aws-lc-rs", "ring", "rustcrypto"];
@@ -261,11 +263,9 @@ pub const BUF_RING_MAX_ENTRIES: u32 = 32768;
 impl Profile {
     /// Parses and validates a profile; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self> {
-        let profile: Profile = toml::from_str(text).map_err(|e| HwError::ProfileSyntax {
-            file: file.to_owned(),
-            message: syntax_message(text, &e),
-        })?;
-        let issues = profile.validate(file);
+        let text = ConfigText::new(file, text);
+        let profile: Profile = text.parse()?;
+        let issues = profile.validate(&text);
         if issues.is_empty() {
             Ok(profile)
         } else {
@@ -275,19 +275,17 @@ impl Profile {
 
     /// Reads, parses and validates a profile file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| HwError::io(path, e))?;
-        Self::parse(&path.display().to_string(), &text)
+        let text = ConfigText::read(path)?;
+        Self::parse(text.file(), text.text())
     }
 
-    /// Every problem with this profile, each naming `file` and the field.
-    pub fn validate(&self, file: &str) -> Vec<ProfileIssue> {
+    /// Every problem with this profile, each naming the file, the field, its line in
+    /// `text` (the profile's source) and the fix.
+    pub fn validate(&self, text: &ConfigText) -> Vec<Diagnostic> {
+        let file = text.file();
         let mut out = Vec::new();
-        let mut issue = |field: &str, problem: String| {
-            out.push(ProfileIssue {
-                file: file.to_owned(),
-                field: field.to_owned(),
-                problem,
-            });
+        let mut issue = |field: &str, reason: String, fix: String| {
+            out.push(text.error_fix(field, reason, fix));
         };
         let driver = &self.matcher.driver;
         let stem = Path::new(file)
@@ -297,10 +295,8 @@ impl Profile {
         if !file.starts_with('<') && !stem.is_empty() && self.name != stem && self.tuned.is_none() {
             issue(
                 "name",
-                format!(
-                    "{:?} differs from the file name (expected {stem:?})",
-                    self.name
-                ),
+                format!("{:?} differs from the file name", self.name),
+                format!("write name = {stem:?}, or rename the file"),
             );
         }
         if self.name.is_empty()
@@ -311,49 +307,64 @@ impl Profile {
         {
             issue(
                 "name",
-                format!(
-                    "{:?} must be non-empty ASCII letters, digits and '-'",
-                    self.name
-                ),
+                format!("{:?} is not a profile name", self.name),
+                "use ASCII letters, digits and '-' (at least one)".into(),
             );
         }
         if driver.is_empty() {
             issue(
-                "match.driver",
-                "is empty (expected the kernel driver, e.g. \"ice\")".into(),
+                "[match].driver",
+                "is empty".into(),
+                "write the kernel driver, e.g. \"ice\"".into(),
             );
         }
         if !self.matcher.pci_devices.is_empty() && self.matcher.pci_vendor.is_none() {
             issue(
-                "match.pci_vendor",
-                "is required when match.pci_devices is given".into(),
+                "[match].pci_vendor",
+                "is missing but [match].pci_devices is given".into(),
+                "add the vendor id, e.g. pci_vendor = 0x8086, or remove pci_devices".into(),
             );
         }
         let ring_min = self.limits.ring_min.unwrap_or(1);
         for (field, value, max) in [
-            ("rings.rx", self.rings.rx, self.limits.rx_ring_max),
-            ("rings.tx", self.rings.tx, self.limits.tx_ring_max),
+            ("rx", self.rings.rx, self.limits.rx_ring_max),
+            ("tx", self.rings.tx, self.limits.tx_ring_max),
         ] {
             let Some(value) = value else { continue };
+            let field = format!("[rings].{field}");
+            let range = |max| format!("write a value in {ring_min}..={max}");
             match max {
-                None => issue(field, format!("{driver} has no configurable rings (limits.{}_ring_max is absent); remove {field}", &field[6..])),
+                None => issue(
+                    &field,
+                    format!("{driver} has no configurable rings ([limits] gives no maximum)"),
+                    "remove it".into(),
+                ),
                 Some(max) if value > max => issue(
-                    field,
-                    format!("{value} exceeds the maximum {max} for {driver} (expected {ring_min}..={max})"),
+                    &field,
+                    format!("{value} exceeds the maximum {max} for {driver}"),
+                    range(max),
                 ),
                 Some(max) if value < ring_min => issue(
-                    field,
-                    format!("{value} is below the minimum {ring_min} for {driver} (expected {ring_min}..={max})"),
+                    &field,
+                    format!("{value} is below the minimum {ring_min} for {driver}"),
+                    range(max),
                 ),
                 Some(_) => {}
             }
         }
         if let Some(combined) = self.channels.combined {
             match self.limits.channels_max {
-                None => issue("channels.combined", format!("{driver} has no configurable channels (limits.channels_max is absent); remove it")),
+                None => issue(
+                    "[channels].combined",
+                    format!(
+                        "{driver} has no configurable channels ([limits].channels_max is absent)"
+                    ),
+                    "remove it".into(),
+                ),
                 Some(max) if combined == 0 || combined > max => issue(
-                    "channels.combined",
+                    "[channels].combined",
                     format!("{combined} is outside 1..={max} for {driver}"),
+                    format!("write a value in 1..={max}"),
                 ),
                 Some(_) => {}
             }
@@ -361,17 +372,19 @@ impl Profile {
         if let Some(mtu) = self.link.mtu {
             let max = self.limits.mtu_max;
             if !(68..=max).contains(&mtu) {
-                issue("link.mtu", format!("{mtu} is outside 68..={max} for {driver} (IPv4 minimum 68, device maximum limits.mtu_max)"));
+                issue(
+                    "[link].mtu",
+                    format!("{mtu} is outside 68..={max} for {driver}"),
+                    format!("write a value in 68..={max} (IPv4's minimum, [limits].mtu_max)"),
+                );
             }
         }
         for name in self.offloads.keys() {
             if !OFFLOAD_FEATURES.contains(&name.as_str()) {
                 issue(
-                    &format!("offloads.{name}"),
-                    format!(
-                        "unknown feature (expected one of: {})",
-                        OFFLOAD_FEATURES.join(", ")
-                    ),
+                    &format!("[offloads].{name}"),
+                    "unknown feature".into(),
+                    format!("use one of: {}", OFFLOAD_FEATURES.join(", ")),
                 );
             }
         }
@@ -379,73 +392,78 @@ impl Profile {
             && self.offloads.get("rx-gro") == Some(&false)
         {
             issue(
-                "offloads.rx-udp-gro-forwarding",
-                "needs rx-gro = true".into(),
+                "[offloads].rx-udp-gro-forwarding",
+                "needs rx-gro, which is off".into(),
+                "set rx-gro = true, or remove this line".into(),
             );
         }
         if let Err(e) = CpuList::parse_selector(&self.cpu.cores) {
-            issue("cpu.cores", e);
+            issue(
+                "[cpu].cores",
+                e,
+                "write \"nic-node\", \"all\" or a cpulist like \"2-7\"".into(),
+            );
         }
         if self.cpu.workers == Some(0) {
             issue(
-                "cpu.workers",
-                "0 workers (expected at least 1, or leave it out for one per core)".into(),
+                "[cpu].workers",
+                "0 workers".into(),
+                "write at least 1, or leave it out for one per core".into(),
             );
         }
         let io = &self.io_uring;
         if !io.entries.is_power_of_two() || io.entries > IORING_MAX_ENTRIES {
             issue(
-                "io_uring.entries",
+                "[io_uring].entries",
                 format!(
-                    "{} must be a power of two in 1..={IORING_MAX_ENTRIES}",
+                    "{} is not a power of two up to {IORING_MAX_ENTRIES}",
                     io.entries
                 ),
+                format!("write a power of two in 1..={IORING_MAX_ENTRIES}, e.g. 4096"),
             );
         }
         if !io.provided_buffers.is_power_of_two() || io.provided_buffers > BUF_RING_MAX_ENTRIES {
             issue(
-                "io_uring.provided_buffers",
+                "[io_uring].provided_buffers",
                 format!(
-                    "{} must be a power of two in 1..={BUF_RING_MAX_ENTRIES}",
+                    "{} is not a power of two up to {BUF_RING_MAX_ENTRIES}",
                     io.provided_buffers
                 ),
+                format!("write a power of two in 1..={BUF_RING_MAX_ENTRIES}, e.g. 4096"),
             );
         }
         let dp = &self.dataplane;
         if dp.batch == 0 || dp.batch > 1024 {
             issue(
-                "dataplane.batch",
+                "[dataplane].batch",
                 format!("{} is outside 1..=1024", dp.batch),
+                "write a value in 1..=1024".into(),
             );
         }
         // The engine keeps one submission entry for the receive; the batch's sends take
         // the rest.
         if dp.batch >= io.entries {
             issue(
-                "dataplane.batch",
+                "[dataplane].batch",
                 format!(
-                    "{} does not fit io_uring.entries {} (a batch takes all entries but the receive's: raise entries above the batch)",
+                    "{} does not fit [io_uring].entries {} (a batch takes all entries but the receive's)",
                     dp.batch, io.entries
                 ),
+                "raise [io_uring].entries above the batch, or lower the batch".into(),
             );
         }
         if dp.gso_segments == 0 || dp.gso_segments > UDP_MAX_SEGMENTS {
             issue(
-                "dataplane.gso_segments",
-                format!(
-                    "{} is outside 1..={UDP_MAX_SEGMENTS} (UDP_MAX_SEGMENTS)",
-                    dp.gso_segments
-                ),
+                "[dataplane].gso_segments",
+                format!("{} is outside 1..={UDP_MAX_SEGMENTS}", dp.gso_segments),
+                format!("write a value in 1..={UDP_MAX_SEGMENTS} (the kernel's UDP_MAX_SEGMENTS)"),
             );
         }
         if !CRYPTO_BACKENDS.contains(&dp.crypto_backend.as_str()) {
             issue(
-                "dataplane.crypto_backend",
-                format!(
-                    "{:?} is not a backend (expected one of: {})",
-                    dp.crypto_backend,
-                    CRYPTO_BACKENDS.join(", ")
-                ),
+                "[dataplane].crypto_backend",
+                format!("{:?} is not a backend", dp.crypto_backend),
+                format!("use one of: {}", CRYPTO_BACKENDS.join(", ")),
             );
         }
         out
@@ -512,21 +530,6 @@ impl Profile {
             provided_buffers: self.io_uring.provided_buffers,
             crypto_backend: self.dataplane.crypto_backend.clone(),
         }
-    }
-}
-
-/// Turns a TOML error into `line L, column C: message` (the field is in the message).
-fn syntax_message(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.rsplit('\n').next().map_or(0, str::len) + 1;
-            let key = text[span.start.min(text.len())..span.end.min(text.len())].trim();
-            format!("line {line}, column {col} ({key}): {msg}")
-        }
-        None => msg,
     }
 }
 
@@ -653,13 +656,19 @@ mod tests {
         }
     }
 
+    /// The 1-based line of the first line of `text` that starts with `prefix`.
+    fn line_of(text: &str, prefix: &str) -> usize {
+        text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+    }
+
     #[test]
-    fn ring_above_the_driver_maximum_names_file_field_and_range() {
+    fn ring_above_the_driver_maximum_names_file_field_line_and_range() {
         let text = e810().replace("rx = 4096", "rx = 70000");
         let err = Profile::parse("profiles/e810.toml", &text)
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "profiles/e810.toml: rings.rx: 70000 exceeds the maximum 8160 for ice (expected 64..=8160)");
+        let line = line_of(&text, "rx = 70000");
+        assert_eq!(err, format!("profiles/e810.toml:{line}: [rings].rx: 70000 exceeds the maximum 8160 for ice; write a value in 64..=8160"));
     }
 
     #[test]
@@ -675,27 +684,49 @@ mod tests {
         else {
             panic!("expected validation errors");
         };
-        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        let fields: Vec<(&str, Option<usize>)> =
+            issues.iter().map(|i| (i.field.as_str(), i.line)).collect();
         assert_eq!(
             fields,
             [
-                "io_uring.entries",
-                "dataplane.gso_segments",
-                "dataplane.crypto_backend"
+                ("[io_uring].entries", Some(line_of(&text, "entries = 3000"))),
+                (
+                    "[dataplane].gso_segments",
+                    Some(line_of(&text, "gso_segments = 65"))
+                ),
+                (
+                    "[dataplane].crypto_backend",
+                    Some(line_of(&text, "crypto_backend = \"openssl\""))
+                )
             ]
         );
         assert!(issues.iter().all(|i| i.file == "x/e810.toml"));
-        assert!(issues[2].problem.contains("aws-lc-rs, ring, rustcrypto"));
+        assert!(issues.iter().all(|i| i.fix.is_some()));
+        assert!(issues[2]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("aws-lc-rs, ring, rustcrypto"));
     }
 
     #[test]
     fn unknown_field_names_file_line_and_field() {
         let text = e810().replace("[rings]\n", "[rings]\nrx_size = 5\n");
-        let err = Profile::parse("profiles/e810.toml", &text)
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("profiles/e810.toml: line "), "{err}");
-        assert!(err.contains("unknown field `rx_size`"), "{err}");
+        let Err(HwError::Config(d)) = Profile::parse("profiles/e810.toml", &text) else {
+            panic!("expected a config diagnostic");
+        };
+        assert_eq!(d.file, "profiles/e810.toml");
+        assert_eq!(d.field, "[rings].rx_size");
+        assert_eq!(d.line, Some(line_of(&text, "rx_size = 5")));
+        assert!(d.reason.contains("unknown field `rx_size`"), "{d}");
+        assert!(d.fix.as_deref().unwrap().contains("`rx`"), "{d}");
+        let text = e810().replace("batch = 64", "batch = \"64\"");
+        let Err(HwError::Config(d)) = Profile::parse("profiles/e810.toml", &text) else {
+            panic!("expected a config diagnostic");
+        };
+        assert_eq!(d.field, "[dataplane].batch");
+        assert_eq!(d.line, Some(line_of(&text, "batch = ")));
+        assert!(d.fix.as_deref().unwrap().contains("whole number"), "{d}");
     }
 
     #[test]
@@ -704,10 +735,14 @@ mod tests {
         let err = Profile::parse("profiles/veth.toml", &veth)
             .unwrap_err()
             .to_string();
+        let line = line_of(&veth, "rx = 512");
         assert!(
-            err.contains("profiles/veth.toml: rings.rx: veth has no configurable rings"),
+            err.contains(&format!(
+                "profiles/veth.toml:{line}: [rings].rx: veth has no configurable rings"
+            )),
             "{err}"
         );
+        assert!(err.ends_with("; remove it"), "{err}");
     }
 
     #[test]
@@ -718,11 +753,18 @@ mod tests {
         let err = Profile::parse("p/e810.toml", &text)
             .unwrap_err()
             .to_string();
+        let magic = line_of(&text, "rx-magic");
         assert!(
-            err.contains("p/e810.toml: offloads.rx-magic: unknown feature"),
+            err.contains(&format!(
+                "p/e810.toml:{magic}: [offloads].rx-magic: unknown feature; use one of: "
+            )),
             "{err}"
         );
-        assert!(err.contains("p/e810.toml: cpu.cores: "), "{err}");
+        let cores = line_of(&text, "cores = ");
+        assert!(
+            err.contains(&format!("p/e810.toml:{cores}: [cpu].cores: ")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -787,8 +829,11 @@ mod tests {
         assert_eq!(set.all().len(), SHIPPED.len());
         std::fs::write(dir.join("bad.toml"), e810()).unwrap();
         let err = ProfileSet::with_dir(Some(&dir)).unwrap_err().to_string();
+        let line = line_of(&e810(), "name = ");
         assert!(
-            err.contains("bad.toml: name: \"e810\" differs from the file name"),
+            err.contains(&format!(
+                "bad.toml:{line}: name: \"e810\" differs from the file name; write name = \"bad\""
+            )),
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::{SaKey, Suite};
 use cpclink_dataplane::sa::{MasterKeys, Spi, SpiAllocator};
+use cpclink_diagnostics::Diagnostic;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SA_LIFETIME_SECS};
 use crate::directory::{Change, Directory};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
 use crate::proto::{self, Message};
@@ -124,13 +125,25 @@ pub struct AgentOptions {
     pub rekey_grace: Duration,
 }
 
+/// `wait` from now, or a day from now if that is past what the clock can hold (options
+/// built in code skip the config's range checks).
+fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(*SA_LIFETIME_SECS.end())))
+        .unwrap_or(now)
+}
+
 impl AgentOptions {
     /// Options from a config file.
     pub fn from_config(cfg: &AgentConfig) -> Result<Self> {
-        let ca_pem = std::fs::read_to_string(&cfg.ca_cert).map_err(|e| Error::Config {
-            file: cfg.ca_cert.clone(),
-            field: "ca_cert".into(),
-            reason: format!("cannot read ({e}); copy the authority's ca.pem here"),
+        let ca_pem = std::fs::read_to_string(&cfg.ca_cert).map_err(|e| {
+            Diagnostic::new(
+                cfg.ca_cert.display().to_string(),
+                "ca_cert",
+                format!("cannot read it ({e})"),
+            )
+            .with_fix("copy the authority's ca.pem here")
         })?;
         let token = match &cfg.token_file {
             Some(p) => match std::fs::read_to_string(p) {
@@ -246,10 +259,15 @@ impl KeyAgent {
         let identity = match load_identity(&store, &opts.kek, &opts.appliance).await? {
             Some(id) => id,
             None => {
-                let token = opts.token.as_ref().ok_or_else(|| Error::Config {
-                    file: opts.state_dir.clone(),
-                    field: "token_file".into(),
-                    reason: "not enrolled yet and no enrolment token: create one with `cpclink keymgr token create` and point token_file at it".into(),
+                let token = opts.token.as_ref().ok_or_else(|| {
+                    Diagnostic::new(
+                        opts.state_dir.display().to_string(),
+                        "token_file",
+                        "not enrolled yet and no enrolment token",
+                    )
+                    .with_fix(
+                        "create one with `cpclink keymgr token create` and point token_file at it",
+                    )
                 })?;
                 enrol(&endpoint, &opts, token, control, &store).await?
             }
@@ -439,7 +457,11 @@ impl KeyAgent {
                     suite: Suite::from_version(suite)?,
                     key: sa_key.ok_or_else(|| Error::Frame("SA key of a bad length".into()))?,
                     epoch,
-                    expires: Instant::now() + Duration::from_secs(lifetime_secs),
+                    // The lifetime is the peer's word: capped, so no peer can make the
+                    // expiry overflow.
+                    expires: later(Duration::from_secs(
+                        lifetime_secs.min(*SA_LIFETIME_SECS.end()),
+                    )),
                 };
                 self.tx_expiry().insert(peer.to_owned(), grant.expires);
                 Ok(grant)
@@ -512,7 +534,7 @@ impl KeyAgent {
             }
             ks.keys.current_generation() ^ 1
         };
-        let deadline = Instant::now() + self.inner.rekey_grace;
+        let deadline = later(self.inner.rekey_grace);
         let mut asked = false;
         loop {
             let stragglers: Vec<String> = {
@@ -862,7 +884,7 @@ impl KeyAgent {
             if self.inner.endpoint.local_addr().is_err() {
                 return;
             }
-            let soon = Instant::now() + self.inner.sa_lifetime / 5;
+            let soon = later(self.inner.sa_lifetime / 5);
             let due: Vec<String> = self
                 .tx_expiry()
                 .iter()

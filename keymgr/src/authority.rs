@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cpclink_diagnostics::Diagnostic;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::config::{AuthorityConfig, StoreConfig};
+use crate::config::{AuthorityConfig, StoreConfig, ROTATION_INTERVAL_SECS, TOKEN_TTL_SECS};
 use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
@@ -159,11 +160,27 @@ pub fn create_token(
     ttl_secs: Option<u64>,
 ) -> Result<String> {
     if !pki::valid_id(appliance) {
-        return Err(Error::Config {
-            file: PathBuf::from("<command line>"),
-            field: "APPLIANCE".into(),
-            reason: format!("{appliance:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'"),
-        });
+        return Err(Diagnostic::new(
+            "<command line>",
+            "APPLIANCE",
+            format!("{appliance:?} is not an appliance id"),
+        )
+        .with_fix("use 1-63 of a-z, 0-9 and '-'")
+        .into());
+    }
+    let ttl = ttl_secs.unwrap_or(cfg.token_ttl_secs);
+    if !TOKEN_TTL_SECS.contains(&ttl) {
+        return Err(Diagnostic::new(
+            "<command line>",
+            "--ttl",
+            format!("{ttl} seconds is out of range"),
+        )
+        .with_fix(format!(
+            "give {}..={} seconds",
+            TOKEN_TTL_SECS.start(),
+            TOKEN_TTL_SECS.end()
+        ))
+        .into());
     }
     let paths = StatePaths::new(&cfg.state_dir);
     let kek = Kek::load(&cfg.kek_file, "kek_file")?;
@@ -176,7 +193,7 @@ pub fn create_token(
         appliance: appliance.to_owned(),
         centre: centre.to_owned(),
         tenant: tenant.to_owned(),
-        expires: now_secs() + ttl_secs.unwrap_or(cfg.token_ttl_secs),
+        expires: now_secs().saturating_add(ttl),
     };
     Ok(token::mint(&key, &claims))
 }
@@ -291,13 +308,25 @@ impl Authority {
             .await?
             .unwrap_or_default();
         let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
-        let every = Duration::from_secs(cfg.rotation_interval_secs);
+        // Clamped as well as checked at load: a config built in code skips the check, and
+        // the due time computed from it is persisted.
+        let every = Duration::from_secs(cfg.rotation_interval_secs.clamp(
+            *ROTATION_INTERVAL_SECS.start(),
+            *ROTATION_INTERVAL_SECS.end(),
+        ));
         // The schedule is kept in the store: a restart neither postpones a rotation that
         // was due nor skips one that fell due while the authority was down.
         let next_rotation = match store::get_json::<u64>(&store, "meta/next_rotation").await? {
-            Some(t) => t,
-            None => {
-                let t = now_secs() + every.as_secs();
+            Some(t) if t <= now_secs().saturating_add(every.as_secs()) => t,
+            stored => {
+                let t = now_secs().saturating_add(every.as_secs());
+                if let Some(absurd) = stored {
+                    // Further away than one interval: written by a bad clock or an
+                    // out-of-range interval. Keeping it would postpone rotation forever.
+                    tracing::warn!(
+                        "stored next rotation {absurd} is more than rotation_interval_secs away; rescheduling it for {t}"
+                    );
+                }
                 store.put("meta/next_rotation", &store::json(&t)).await?;
                 t
             }
@@ -365,7 +394,7 @@ impl Authority {
             appliance: appliance.to_owned(),
             centre: centre.to_owned(),
             tenant: tenant.to_owned(),
-            expires: now_secs() + ttl.as_secs(),
+            expires: now_secs().saturating_add(ttl.as_secs()),
         };
         Ok(token::mint(&self.inner.token_key, &claims))
     }
@@ -769,14 +798,18 @@ impl Authority {
     /// rotates once and counts the next interval from then.
     async fn rotation_schedule(self, mut next: u64, every: Duration) {
         while !*self.inner.stopped.borrow() {
-            let due = UNIX_EPOCH + Duration::from_secs(next);
+            let Some(due) = UNIX_EPOCH.checked_add(Duration::from_secs(next)) else {
+                // A due time past what the clock can hold never comes.
+                self.stopping().await;
+                return;
+            };
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = self.stopping() => return,
                 }
             }
-            let after = now_secs().max(next) + every.as_secs().max(1);
+            let after = now_secs().max(next).saturating_add(every.as_secs().max(1));
             match self.order_rotation(Some(after)).await {
                 Ok(_) => next = after,
                 Err(e) => {

@@ -1,14 +1,17 @@
-//! TOML configuration of the authority and of a standalone key agent. Every error names the
-//! file, the field and what to do.
+//! TOML configuration of the authority and of a standalone key agent. Every error is a
+//! [`cpclink_diagnostics::Diagnostic`]: the file, the field, its line and the fix. Every
+//! duration is range-checked here, so that nothing later adds an unrepresentable time.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use cpclink_diagnostics::ConfigText;
 use serde::Deserialize;
 
 use crate::directory::Rule;
 use crate::pki::valid_id;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Where the authority keeps its state.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -124,52 +127,57 @@ fn default_grace() -> u64 {
     2_000
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::Config {
-        file: path.to_owned(),
-        field: "-".into(),
-        reason: format!("cannot read ({e}); pass the path of an existing TOML file"),
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
-    toml::from_str(text).map_err(|e| {
-        let field = e.span().and_then(|s| text.get(..s.start)).map_or_else(
-            || "-".to_owned(),
-            |before| format!("line {}", before.lines().count().max(1)),
-        );
-        Error::Config {
-            file: path.to_owned(),
-            field,
-            reason: e.message().to_owned(),
-        }
-    })
-}
+/// Seconds between scheduled rotations: at most a year, so the due time stays a
+/// representable instant and a rotation still happens.
+pub const ROTATION_INTERVAL_SECS: RangeInclusive<u64> = 1..=365 * 86_400;
+/// Certificate lifetimes: at most ten years, well inside what X.509 dates can hold.
+pub const CERT_DAYS: RangeInclusive<u64> = 1..=3_650;
+/// Enrolment token lifetimes: at most 30 days; a token is a bearer secret.
+pub const TOKEN_TTL_SECS: RangeInclusive<u64> = 1..=30 * 86_400;
+/// SA lifetimes: at most a day, so peers rekey at least daily.
+pub const SA_LIFETIME_SECS: RangeInclusive<u64> = 1..=86_400;
+/// Rotation grace: at most a minute; a rotation holds its keys until the grace ends.
+pub const REKEY_GRACE_MS: RangeInclusive<u64> = 0..=60_000;
 
 impl AuthorityConfig {
     /// Reads and checks the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let cfg: Self = parse(path, &read(path)?)?;
-        let bad = |field: &str, reason: &str| Error::Config {
-            file: path.to_owned(),
-            field: field.into(),
-            reason: reason.into(),
-        };
-        if cfg.rotation_interval_secs == 0 {
-            return Err(bad(
-                "rotation_interval_secs",
-                "must be at least 1 (86400 = daily)",
-            ));
-        }
-        if cfg.cert_days == 0 {
-            return Err(bad("cert_days", "must be at least 1"));
-        }
+        Self::parse(&ConfigText::read(path)?)
+    }
+
+    /// Parses and checks a configuration's text.
+    pub fn parse(text: &ConfigText) -> Result<Self> {
+        let cfg: Self = text.parse()?;
+        text.check_range(
+            "rotation_interval_secs",
+            cfg.rotation_interval_secs,
+            ROTATION_INTERVAL_SECS,
+            "seconds",
+            "86400 = daily, at most a year",
+        )?;
+        text.check_range(
+            "cert_days",
+            cfg.cert_days,
+            CERT_DAYS,
+            "days",
+            "365 = a year, at most ten years",
+        )?;
+        text.check_range(
+            "token_ttl_secs",
+            cfg.token_ttl_secs,
+            TOKEN_TTL_SECS,
+            "seconds",
+            "3600 = an hour, at most 30 days",
+        )?;
         if let StoreConfig::Etcd { endpoints, .. } = &cfg.store {
             if endpoints.is_empty() {
-                return Err(bad(
-                    "store.endpoints",
-                    "list at least one etcd client URL, e.g. [\"http://127.0.0.1:2379\"]",
-                ));
+                return Err(text
+                    .error_fix(
+                        "[store].endpoints",
+                        "lists no etcd server",
+                        "list at least one etcd client URL, e.g. [\"http://127.0.0.1:2379\"]",
+                    )
+                    .into());
             }
         }
         Ok(cfg)
@@ -188,24 +196,44 @@ impl AuthorityConfig {
 impl AgentConfig {
     /// Reads and checks the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let cfg: Self = parse(path, &read(path)?)?;
+        Self::parse(&ConfigText::read(path)?)
+    }
+
+    /// Parses and checks a configuration's text.
+    pub fn parse(text: &ConfigText) -> Result<Self> {
+        let cfg: Self = text.parse()?;
         if !valid_id(&cfg.appliance) {
-            return Err(Error::Config {
-                file: path.to_owned(),
-                field: "appliance".into(),
-                reason: format!(
-                    "{:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'",
-                    cfg.appliance
-                ),
-            });
+            return Err(text
+                .error_fix(
+                    "appliance",
+                    format!("{:?} is not an appliance id", cfg.appliance),
+                    "use 1-63 of a-z, 0-9 and '-'",
+                )
+                .into());
         }
         if cpclink_dataplane::crypto::Suite::from_version(cfg.suite).is_err() {
-            return Err(Error::Config {
-                file: path.to_owned(),
-                field: "suite".into(),
-                reason: format!("{} is no PSP version; use 0, 1, 2, 3 or 8", cfg.suite),
-            });
+            return Err(text
+                .error_fix(
+                    "suite",
+                    format!("{} is no PSP version", cfg.suite),
+                    "use 0, 1, 2, 3 or 8 (1 = AES-GCM-256)",
+                )
+                .into());
         }
+        text.check_range(
+            "sa_lifetime_secs",
+            cfg.sa_lifetime_secs,
+            SA_LIFETIME_SECS,
+            "seconds",
+            "3600 = an hour, at most a day",
+        )?;
+        text.check_range(
+            "rekey_grace_ms",
+            cfg.rekey_grace_ms,
+            REKEY_GRACE_MS,
+            "ms",
+            "2000 = two seconds, at most a minute",
+        )?;
         Ok(cfg)
     }
 }
@@ -213,41 +241,145 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
 
-    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("c.toml");
-        std::fs::write(&p, text).unwrap();
-        (d, p)
+    const AUTHORITY: &str = "listen = \"127.0.0.1:1\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\n";
+    const AGENT: &str = "appliance = \"a1\"\nauthority = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\nca_cert = \"/c\"\n";
+
+    fn authority(text: &str) -> Result<AuthorityConfig> {
+        AuthorityConfig::parse(&ConfigText::new("authority.toml", text))
+    }
+
+    fn agent(text: &str) -> Result<AgentConfig> {
+        AgentConfig::parse(&ConfigText::new("agent.toml", text))
+    }
+
+    /// The diagnostic inside a config error.
+    fn diagnostic(e: Error) -> cpclink_diagnostics::Diagnostic {
+        match e {
+            Error::Config(d) => d,
+            other => panic!("expected a config diagnostic, got {other}"),
+        }
     }
 
     #[test]
-    fn errors_name_file_and_field() {
-        let (_d, p) = write("listen = \"nope\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\n");
-        let e = AuthorityConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("c.toml") && e.contains("line 1"), "{e}");
-        let (_d, p) = write(
-            "listen = \"127.0.0.1:1\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\nrotation_interval_secs = 0\n",
+    fn errors_name_file_field_line_and_fix() {
+        let d = diagnostic(authority(&AUTHORITY.replace("127.0.0.1:1", "nope")).unwrap_err());
+        assert_eq!(
+            (d.file.as_str(), d.field.as_str()),
+            ("authority.toml", "listen")
         );
-        let e = AuthorityConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("rotation_interval_secs"), "{e}");
-        let (_d, p) = write(
-            "appliance = \"Bad Id\"\nauthority = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\nca_cert = \"/c\"\n",
+        assert_eq!(d.line, Some(1));
+        let d = diagnostic(agent(&AGENT.replace("\"a1\"", "\"Bad Id\"")).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("appliance", Some(1)));
+        assert!(d.fix.as_deref().unwrap().contains("a-z"), "{d}");
+        let d = diagnostic(agent(&format!("{AGENT}suite = 7\n")).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("suite", Some(7)));
+        assert!(d.fix.is_some());
+        let d = diagnostic(
+            authority(&format!(
+                "{AUTHORITY}[store]\nkind = \"etcd\"\nendpoints = []\n"
+            ))
+            .unwrap_err(),
         );
-        let e = AgentConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("appliance") && e.contains("a-z"), "{e}");
+        assert_eq!((d.field.as_str(), d.line), ("[store].endpoints", Some(6)));
+        assert!(
+            d.to_string()
+                .starts_with("authority.toml:6: [store].endpoints: "),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = AuthorityConfig::load(Path::new("/nonexistent/authority.toml")).unwrap_err();
+        let d = diagnostic(e);
+        assert_eq!(d.file, "/nonexistent/authority.toml");
+        assert!(d.fix.is_some());
+    }
+
+    /// Found by a hostile probe: an interval this large overflowed the rotation's due time,
+    /// and the overflowed time was persisted.
+    #[test]
+    fn every_duration_out_of_range_is_refused_with_its_range() {
+        let huge = "9223372036854775807";
+        for (key, value, max) in [
+            ("rotation_interval_secs", huge, "31536000"),
+            ("rotation_interval_secs", "0", "31536000"),
+            ("cert_days", huge, "3650"),
+            ("cert_days", "0", "3650"),
+            ("token_ttl_secs", huge, "2592000"),
+            ("token_ttl_secs", "0", "2592000"),
+        ] {
+            let d = diagnostic(authority(&format!("{AUTHORITY}{key} = {value}\n")).unwrap_err());
+            assert_eq!(d.field, key);
+            assert_eq!(d.line, Some(4), "{d}");
+            assert!(d.reason.contains("out of range"), "{d}");
+            assert!(d.fix.as_deref().unwrap().contains(max), "{d}");
+        }
+        for (key, value, max) in [
+            ("sa_lifetime_secs", huge, "86400"),
+            ("sa_lifetime_secs", "0", "86400"),
+            ("rekey_grace_ms", huge, "60000"),
+        ] {
+            let d = diagnostic(agent(&format!("{AGENT}{key} = {value}\n")).unwrap_err());
+            assert_eq!((d.field.as_str(), d.line), (key, Some(7)), "{d}");
+            assert!(d.fix.as_deref().unwrap().contains(max), "{d}");
+        }
+        let d = diagnostic(authority(&format!("{AUTHORITY}cert_days = -1\n")).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("cert_days", Some(4)), "{d}");
+        assert!(d.fix.is_some(), "{d}");
+        // The largest allowed values load.
+        authority(&format!(
+            "{AUTHORITY}rotation_interval_secs = 31536000\ncert_days = 3650\ntoken_ttl_secs = 2592000\n"
+        ))
+        .unwrap();
+        agent(&format!(
+            "{AGENT}sa_lifetime_secs = 86400\nrekey_grace_ms = 60000\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_policy_key_is_refused() {
+        let rule = format!("{AUTHORITY}[[rules]]\nsame_tenant = true\ntennant = \"x\"\n");
+        let d = diagnostic(authority(&rule).unwrap_err());
+        assert_eq!(d.file, "authority.toml");
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[[rules]].tennant", Some(6)),
+            "{d}"
+        );
+        assert!(d.reason.contains("unknown field `tennant`"), "{d}");
+        assert!(d.fix.as_deref().unwrap().contains("same_tenant"), "{d}");
+
+        let selector =
+            format!("{AUTHORITY}[[rules]]\na = {{ tenant = \"t1\" }}\nb = {{ tennant = \"x\" }}\n");
+        let d = diagnostic(authority(&selector).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("[[rules]].b", Some(6)), "{d}");
+        assert!(d.fix.as_deref().unwrap().contains("tenant"), "{d}");
+
+        let table = format!("{AUTHORITY}[[rules]]\n[rules.a]\ntennant = \"x\"\n");
+        let d = diagnostic(authority(&table).unwrap_err());
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[rules.a].tennant", Some(6)),
+            "{d}"
+        );
     }
 
     #[test]
     fn defaults_and_store_kinds() {
-        let (_d, p) = write(
-            "listen = \"127.0.0.1:1\"\nstate_dir = \"/x\"\nkek_file = \"/k\"\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n",
-        );
-        let c = AuthorityConfig::load(&p).unwrap();
+        let c = authority(&format!(
+            "{AUTHORITY}[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n"
+        ))
+        .unwrap();
         assert_eq!(c.rotation_interval_secs, 86_400);
         assert_eq!(c.policy(), vec![Rule::same_tenant()]);
         assert!(
             matches!(c.store, StoreConfig::Etcd { ref prefix, .. } if prefix == "/cpclink/keymgr/")
         );
+        let a = agent(AGENT).unwrap();
+        assert_eq!((a.sa_lifetime_secs, a.rekey_grace_ms), (3_600, 2_000));
     }
 }

@@ -32,6 +32,7 @@ pub struct ApplianceEntry {
 
 /// Which appliances a rule side matches; a field left out matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Selector {
     /// Exactly this appliance.
     pub appliance: Option<String>,
@@ -51,6 +52,7 @@ impl Selector {
 
 /// Lets the appliances matched by `a` and by `b` talk, in both directions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// One side.
     #[serde(default)]

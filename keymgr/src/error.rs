@@ -6,16 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration file is missing, unreadable or holds a bad value.
-    #[error("{file}: {field}: {reason}")]
-    Config {
-        /// The file being read.
-        file: PathBuf,
-        /// The field (or `-` for the whole file).
-        field: String,
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
+    /// A configuration file (or a file or argument it names) is missing, unreadable or
+    /// holds a bad value: the file, the field, the line and the fix.
+    #[error(transparent)]
+    Config(#[from] cpclink_diagnostics::Diagnostic),
     /// A file or socket operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -12,6 +12,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
+use crate::config::CERT_DAYS;
 use crate::seal::random_bytes;
 use crate::{Error, Result};
 
@@ -67,11 +68,16 @@ fn serial() -> Result<SerialNumber> {
 
 fn window(days: u64) -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::from(SystemTime::now());
+    // Clamped as well as checked at load (a caller may skip the config), so the end date
+    // is always one X.509 can hold.
+    let days = days.clamp(*CERT_DAYS.start(), *CERT_DAYS.end());
+    let end = now
+        .checked_add(time::Duration::days(
+            i64::try_from(days).unwrap_or(i64::MAX),
+        ))
+        .unwrap_or(now);
     // An hour of slack for clocks that disagree a little.
-    (
-        now - Duration::from_secs(3600),
-        now + Duration::from_secs(days * 86_400),
-    )
+    (now - Duration::from_secs(3600), end)
 }
 
 fn dns(name: &str) -> Result<SanType> {
@@ -263,6 +269,24 @@ mod tests {
             cert_from_pem(&cert_pem(&ca.cert_der())).unwrap(),
             ca.cert_der()
         );
+    }
+
+    /// Found by a hostile probe: `cert_days` this large overflowed the certificate's end
+    /// date and aborted the first enrolment.
+    #[test]
+    fn an_absurd_lifetime_is_capped_not_overflowed() {
+        let ca = Ca::generate("test ca").unwrap();
+        let (_key, csr) = appliance_csr("a1").unwrap();
+        let id = Identity {
+            appliance: "a1".into(),
+            centre: "dc1".into(),
+        };
+        let (cert, _) = ca.sign_csr(&csr, &id, u64::MAX).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let days = (parsed.validity().not_after.timestamp()
+            - parsed.validity().not_before.timestamp())
+            / 86_400;
+        assert_eq!(days, 3_650);
     }
 
     #[test]

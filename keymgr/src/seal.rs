@@ -5,6 +5,7 @@ use std::path::Path;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use cpclink_diagnostics::Diagnostic;
 use zeroize::Zeroizing;
 
 use crate::{Error, Result};
@@ -35,19 +36,22 @@ impl Kek {
 
     /// Reads a KEK file: 64 hex digits (surrounding whitespace ignored).
     pub fn load(path: &Path, field: &str) -> Result<Self> {
-        let config = |reason: String| Error::Config {
-            file: path.to_owned(),
-            field: field.to_owned(),
-            reason,
+        let config = |reason: String, fix: &str| {
+            Error::Config(Diagnostic::new(path.display().to_string(), field, reason).with_fix(fix))
         };
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            config(format!(
-                "cannot read the key-encryption key ({e}); create it with `head -c32 /dev/urandom | xxd -p -c64 > FILE`"
-            ))
+            config(
+                format!("cannot read the key-encryption key ({e})"),
+                "create it with `head -c32 /dev/urandom | xxd -p -c64 > FILE`",
+            )
         })?);
         let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), key.as_mut())
-            .map_err(|_| config("must hold exactly 64 hex digits (a 256-bit key)".into()))?;
+        hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| {
+            config(
+                "is not a 256-bit key".into(),
+                "write exactly 64 hex digits into it",
+            )
+        })?;
         Ok(Self(key))
     }
 

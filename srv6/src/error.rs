@@ -79,16 +79,9 @@ pub enum Error {
     /// A packet is not one the tool can decode.
     #[error("packet: {0}")]
     BadPacket(String),
-    /// An input file is invalid; the message names the file and field.
-    #[error("{file}: {field}: {reason}")]
-    Input {
-        /// File name.
-        file: String,
-        /// Field path, e.g. `sites[2].metrics.cpu_load`.
-        field: String,
-        /// What is wrong and what is expected.
-        reason: String,
-    },
+    /// A topology file is unreadable or invalid: the file, the field, the line and the fix.
+    #[error(transparent)]
+    Config(#[from] cpclink_diagnostics::Diagnostic),
     /// A metric advertisement was refused.
     #[error("metric advertisement from {source_name:?} rejected: {reason}")]
     MetricRejected {

@@ -11,6 +11,7 @@ use crate::metrics::{Freshness, LinkMetrics, SiteMetrics};
 use crate::select::Scoring;
 use crate::sid::{SegmentList, Sid};
 use crate::Error;
+use cpclink_diagnostics::ConfigText;
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -241,29 +242,34 @@ pub struct Topology {
     pub paths: Vec<CandidatePath>,
 }
 
+/// Checks on a parsed file, each error pointing at its field's line in `text`.
 struct Ctx<'a> {
-    file: &'a str,
+    text: &'a ConfigText,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Input {
-            file: self.file.to_string(),
-            field: field.into(),
-            reason: reason.into(),
-        }
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>, fix: &str) -> Error {
+        self.text.error_fix(field, reason, fix).into()
     }
 
     fn ratio(&self, field: String, v: f64) -> Result<f64, Error> {
         if !(0.0..=1.0).contains(&v) {
-            return Err(self.err(field, format!("{v} is out of range (expected 0.0–1.0)")));
+            return Err(self.err(
+                field,
+                format!("{v} is out of range"),
+                "write a fraction from 0.0 to 1.0",
+            ));
         }
         Ok(v)
     }
 
     fn non_negative(&self, field: String, v: f64) -> Result<f64, Error> {
         if !v.is_finite() || v < 0.0 {
-            return Err(self.err(field, format!("{v} is invalid (expected a number ≥ 0)")));
+            return Err(self.err(
+                field,
+                format!("{v} is invalid"),
+                "write a finite number ≥ 0",
+            ));
         }
         Ok(v)
     }
@@ -272,7 +278,8 @@ impl Ctx<'_> {
         s.parse::<Ipv6Addr>().map(Sid).map_err(|_| {
             self.err(
                 field,
-                format!("{s:?} is not an IPv6 address (expected e.g. \"fd00:100:1::1\")"),
+                format!("{s:?} is not an IPv6 address"),
+                "write a SID such as \"fd00:100:1::1\"",
             )
         })
     }
@@ -281,49 +288,48 @@ impl Ctx<'_> {
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &std::path::Path) -> Result<Self, Error> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            context: format!("reading {name}"),
-            source: e,
-        })?;
-        Self::parse(&text, &name)
+        let text = ConfigText::read(path)?;
+        Self::validate(text.parse()?, &text)
     }
 
     /// Parses TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, Error> {
-        let model: TopologyFile = toml::from_str(text).map_err(|e| Error::Input {
-            file: file.to_string(),
-            field: e
-                .span()
-                .map_or("(file)".to_string(), |s| format!("byte {}", s.start)),
-            reason: e.message().to_string(),
-        })?;
-        Self::from_model(model, file)
+        let text = ConfigText::new(file, text);
+        Self::validate(text.parse()?, &text)
     }
 
-    /// Validates a parsed file model.
+    /// Validates a file model built in code (errors name `file`, without lines).
     pub fn from_model(m: TopologyFile, file: &str) -> Result<Self, Error> {
-        let c = Ctx { file };
+        Self::validate(m, &ConfigText::new(file, ""))
+    }
+
+    fn validate(m: TopologyFile, text: &ConfigText) -> Result<Self, Error> {
+        let file = text.file();
+        let c = Ctx { text };
         let scoring = match m.service.scoring.as_deref() {
             None | Some("joint") => Scoring::Joint,
             Some("compute-only") => Scoring::ComputeOnly,
             Some("network-only") => Scoring::NetworkOnly,
             Some(o) => {
                 return Err(c.err(
-                    "service.scoring",
-                    format!("{o:?} is unknown (expected joint, compute-only or network-only)"),
+                    "[service].scoring",
+                    format!("{o:?} is unknown"),
+                    "write joint, compute-only or network-only",
                 ))
             }
         };
         if m.service.name.is_empty() {
-            return Err(c.err("service.name", "is empty (name the service)"));
-        }
-        c.non_negative("service.client_delay_ms".into(), m.service.client_delay_ms)?;
-        if let Some(b) = m.service.latency_bound_ms {
-            c.non_negative("service.latency_bound_ms".into(), b)?;
+            return Err(c.err("[service].name", "is empty", "name the service"));
         }
         c.non_negative(
-            "service.min_bandwidth_mbps".into(),
+            "[service].client_delay_ms".into(),
+            m.service.client_delay_ms,
+        )?;
+        if let Some(b) = m.service.latency_bound_ms {
+            c.non_negative("[service].latency_bound_ms".into(), b)?;
+        }
+        c.non_negative(
+            "[service].min_bandwidth_mbps".into(),
             m.service.min_bandwidth_mbps,
         )?;
         let service = ServiceRequest {
@@ -339,12 +345,13 @@ impl Topology {
         let mut names: HashMap<String, String> = HashMap::new();
         let mut claim = |name: &str, field: String| -> Result<(), Error> {
             if name.is_empty() {
-                return Err(c.err(field, "is empty (every node needs a name)"));
+                return Err(c.err(field, "is empty", "give every node a name"));
             }
             if let Some(prev) = names.insert(name.to_string(), field.clone()) {
                 return Err(c.err(
                     field,
-                    format!("{name:?} is already used by {prev} (node names must be unique)"),
+                    format!("{name:?} is already used by {prev}"),
+                    "give every node its own name",
                 ));
             }
             Ok(())
@@ -352,16 +359,16 @@ impl Topology {
         claim(&m.ingress, "ingress".into())?;
         let mut transits = Vec::with_capacity(m.transits.len());
         for (i, t) in m.transits.iter().enumerate() {
-            claim(&t.name, format!("transits[{i}].name"))?;
+            claim(&t.name, format!("[[transits]][{i}].name"))?;
             transits.push(Transit {
                 name: t.name.clone(),
-                sid: c.sid(format!("transits[{i}].sid"), &t.sid)?,
+                sid: c.sid(format!("[[transits]][{i}].sid"), &t.sid)?,
             });
         }
         let mut sites = Vec::with_capacity(m.sites.len());
         for (i, s) in m.sites.iter().enumerate() {
-            claim(&s.name, format!("sites[{i}].name"))?;
-            let f = |k: &str| format!("sites[{i}].metrics.{k}");
+            claim(&s.name, format!("[[sites]][{i}].name"))?;
+            let f = |k: &str| format!("[[sites]][{i}].metrics.{k}");
             let mm = &s.metrics;
             let metrics = SiteMetrics {
                 cpu_load: mm.cpu_load.map(|v| c.ratio(f("cpu_load"), v)).transpose()?,
@@ -372,7 +379,11 @@ impl Topology {
                     .transpose()?,
                 l2: match mm.l2 {
                     Some(v) if !(0.0..=10.0).contains(&v) => {
-                        return Err(c.err(f("l2"), format!("{v} is out of range (expected 0–10)")))
+                        return Err(c.err(
+                            f("l2"),
+                            format!("{v} is out of range"),
+                            "write a level from 0 to 10",
+                        ))
                     }
                     v => v,
                 },
@@ -384,7 +395,7 @@ impl Topology {
             };
             sites.push(Site {
                 name: s.name.clone(),
-                sid: c.sid(format!("sites[{i}].sid"), &s.sid)?,
+                sid: c.sid(format!("[[sites]][{i}].sid"), &s.sid)?,
                 zone: s.zone.clone(),
                 available: s.available,
                 metrics,
@@ -396,12 +407,13 @@ impl Topology {
             for (end, name) in [("from", &l.from), ("to", &l.to)] {
                 if !names.contains_key(name) {
                     return Err(c.err(
-                        format!("links[{i}].{end}"),
+                        format!("[[links]][{i}].{end}"),
                         format!("{name:?} is not the ingress, a transit or a site"),
+                        "name a node listed as ingress, in [[transits]] or in [[sites]]",
                     ));
                 }
             }
-            let f = |k: &str| format!("links[{i}].{k}");
+            let f = |k: &str| format!("[[links]][{i}].{k}");
             let metrics = LinkMetrics {
                 latency_ms: c.non_negative(f("latency_ms"), l.latency_ms)?,
                 bandwidth_mbps: c.non_negative(f("bandwidth_mbps"), l.bandwidth_mbps)?,
@@ -432,16 +444,18 @@ impl Topology {
         for (i, p) in m.paths.iter().enumerate() {
             let site = *site_index.get(p.site.as_str()).ok_or_else(|| {
                 c.err(
-                    format!("paths[{i}].site"),
+                    format!("[[paths]][{i}].site"),
                     format!("{:?} is not a site", p.site),
+                    "name one of the [[sites]]",
                 )
             })?;
             let mut via = Vec::with_capacity(p.via.len());
             for (j, v) in p.via.iter().enumerate() {
                 via.push(*transit_index.get(v.as_str()).ok_or_else(|| {
                     c.err(
-                        format!("paths[{i}].via[{j}]"),
+                        format!("[[paths]][{i}].via[{j}]"),
                         format!("{v:?} is not a transit"),
+                        "name one of the [[transits]]",
                     )
                 })?);
             }
@@ -454,8 +468,12 @@ impl Topology {
                 let key = (w[0].to_string(), w[1].to_string());
                 path_links.push(*link_index.get(&key).ok_or_else(|| {
                     c.err(
-                        format!("paths[{i}]"),
-                        format!("no link between {:?} and {:?} (add a [[links]] entry with from = {:?}, to = {:?})", w[0], w[1], w[0], w[1]),
+                        format!("[[paths]][{i}]"),
+                        format!("no link between {:?} and {:?}", w[0], w[1]),
+                        &format!(
+                            "add a [[links]] entry with from = {:?}, to = {:?}",
+                            w[0], w[1]
+                        ),
                     )
                 })?);
             }
@@ -464,8 +482,13 @@ impl Topology {
                 .map(|&t| transits[t].sid)
                 .chain(std::iter::once(sites[site].sid))
                 .collect();
-            let segments = SegmentList::new(sids)
-                .map_err(|e| c.err(format!("paths[{i}].via"), e.to_string()))?;
+            let segments = SegmentList::new(sids).map_err(|e| {
+                c.err(
+                    format!("[[paths]][{i}].via"),
+                    e.to_string(),
+                    "route through fewer transits",
+                )
+            })?;
             paths.push(CandidatePath {
                 site,
                 via,
@@ -475,8 +498,9 @@ impl Topology {
         }
         if paths.is_empty() {
             return Err(c.err(
-                "paths",
-                "is empty (list at least one [[paths]] entry: site and via)",
+                "[[paths]]",
+                "no candidate path is listed",
+                "add at least one [[paths]] entry with site and via",
             ));
         }
         Ok(Self {
@@ -558,35 +582,88 @@ via = ["t1"]
         assert_eq!(t.describe_path(0), "ing → t1 → s1");
     }
 
-    fn err(text: &str) -> String {
-        Topology::parse(text, "topology.toml")
-            .unwrap_err()
-            .to_string()
+    fn err(text: &str) -> cpclink_diagnostics::Diagnostic {
+        match Topology::parse(text, "topology.toml").unwrap_err() {
+            Error::Config(d) => d,
+            other => panic!("expected a config diagnostic, got {other}"),
+        }
+    }
+
+    /// (field, line, fix) of the error `text` gives.
+    fn at(text: &str) -> (String, Option<usize>, String) {
+        let d = err(text);
+        assert_eq!(d.file, "topology.toml");
+        (d.field, d.line, d.fix.unwrap_or_default())
     }
 
     #[test]
-    fn errors_name_file_field_and_fix() {
+    fn errors_name_file_field_line_and_fix() {
         assert_eq!(
-            err(&BASE.replace("cpu_load = 0.5", "cpu_load = 1.7")),
-            "topology.toml: sites[0].metrics.cpu_load: 1.7 is out of range (expected 0.0–1.0)"
+            err(&BASE.replace("cpu_load = 0.5", "cpu_load = 1.7")).to_string(),
+            "topology.toml:12: [[sites]][0].metrics.cpu_load: 1.7 is out of range; write a fraction from 0.0 to 1.0"
         );
         assert_eq!(
-            err(&BASE.replace("sid = \"fd00:200:1::6\"", "sid = \"nope\"")),
-            "topology.toml: sites[0].sid: \"nope\" is not an IPv6 address (expected e.g. \"fd00:100:1::1\")"
+            err(&BASE.replace("sid = \"fd00:200:1::6\"", "sid = \"nope\"")).to_string(),
+            "topology.toml:10: [[sites]][0].sid: \"nope\" is not an IPv6 address; write a SID such as \"fd00:100:1::1\""
         );
-        assert!(err(&BASE.replace("via = [\"t1\"]", "via = []"))
-            .starts_with("topology.toml: paths[0]: no link between \"ing\" and \"s1\""));
-        assert!(err(&BASE.replace("to = \"s1\"", "to = \"s9\""))
-            .starts_with("topology.toml: links[1].to: \"s9\""));
-        assert!(err(&BASE.replace("name = \"t1\"", "name = \"s1\""))
-            .contains("already used by transits[0].name"));
+        let (field, line, fix) = at(&BASE.replace("via = [\"t1\"]", "via = []"));
+        assert_eq!((field.as_str(), line), ("[[paths]][0]", Some(21)));
+        assert!(fix.contains("from = \"ing\", to = \"s1\""), "{fix}");
+        let (field, line, fix) = at(&BASE.replace("to = \"s1\"", "to = \"s9\""));
+        assert_eq!((field.as_str(), line), ("[[links]][1].to", Some(19)));
+        assert!(fix.contains("[[sites]]"), "{fix}");
+        let d = err(&BASE.replace("name = \"t1\"", "name = \"s1\""));
+        assert_eq!((d.field.as_str(), d.line), ("[[sites]][0].name", Some(9)));
         assert!(
-            err(&BASE.replace("[service]", "[service]\nscoring = \"fast\""))
-                .starts_with("topology.toml: service.scoring")
+            d.reason.contains("already used by [[transits]][0].name"),
+            "{d}"
         );
-        assert!(
-            err(&BASE.replace("latency_ms = 2.0", "latency_ms = 2.0\nlatncy = 1"))
-                .contains("unknown field")
+        let (field, line, fix) = at(&BASE.replace("[service]", "[service]\nscoring = \"fast\""));
+        assert_eq!((field.as_str(), line), ("[service].scoring", Some(4)));
+        assert!(fix.contains("compute-only"), "{fix}");
+        let (field, line, _) = at(&BASE.replace("via = [\"t1\"]", "via = [\"t9\"]"));
+        assert_eq!((field.as_str(), line), ("[[paths]][0].via[0]", Some(23)));
+    }
+
+    /// The parser's errors used to give a byte offset ("byte 643"); now the line and field.
+    #[test]
+    fn syntax_and_type_errors_give_the_line_not_a_byte_offset() {
+        let d = err(&BASE.replace("latency_ms = 2.0", "latency_ms = 2.0\nlatncy = 1"));
+        assert_eq!((d.field.as_str(), d.line), ("[[links]].latncy", Some(21)));
+        assert!(d.reason.contains("unknown field"), "{d}");
+        assert!(d.fix.as_deref().unwrap().contains("latency_ms"), "{d}");
+        let d = err(&BASE.replace("latency_ms = 1.0", "latency_ms = \"fast\""));
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[[links]].latency_ms", Some(16))
         );
+        assert!(d.fix.is_some(), "{d}");
+        assert!(!d.to_string().contains("byte"), "{d}");
+        let d = err(&BASE.replace("[sites.metrics]\n", "[sites.metrics]\ncpu = 0.1\n"));
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[sites.metrics].cpu", Some(12))
+        );
+    }
+
+    #[test]
+    fn a_model_built_in_code_is_checked_without_lines() {
+        let Err(Error::Config(d)) = Topology::from_model(TopologyFile::default(), "synthetic")
+        else {
+            panic!("an empty model has no service name");
+        };
+        assert_eq!(
+            (d.file.as_str(), d.field.as_str(), d.line),
+            ("synthetic", "[service].name", None)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let Err(Error::Config(d)) = Topology::load(std::path::Path::new("/nonexistent/t.toml"))
+        else {
+            panic!("expected a config diagnostic");
+        };
+        assert_eq!(d.file, "/nonexistent/t.toml");
     }
 }
