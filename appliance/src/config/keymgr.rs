@@ -6,17 +6,13 @@ use std::path::PathBuf;
 
 use cpclink_dataplane::crypto::Suite;
 use cpclink_keymgr::agent::AgentOptions;
-use cpclink_keymgr::config::AgentConfig;
+use cpclink_keymgr::config::{AgentConfig, REKEY_GRACE_MS, SA_LIFETIME_SECS};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{Ctx, Prefix};
 use crate::Error;
 
-/// SA lifetimes this appliance grants, seconds: at least 10, at most a day.
-const SA_LIFETIME_SECS: std::ops::RangeInclusive<u64> = 10..=86_400;
-/// How long a rotation waits for peers, milliseconds: at most ten minutes.
-const REKEY_GRACE_MS: std::ops::RangeInclusive<u64> = 0..=600_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,27 +196,20 @@ impl Ctx<'_> {
                 "keep one of the two",
             ));
         }
-        if !SA_LIFETIME_SECS.contains(&k.sa_lifetime_secs) {
-            return Err(self.err_fix(
-                "[keymgr].sa_lifetime_secs",
-                format!("{} is out of range", k.sa_lifetime_secs),
-                format!(
-                    "give {}..={} seconds (3600 is the default)",
-                    SA_LIFETIME_SECS.start(),
-                    SA_LIFETIME_SECS.end()
-                ),
-            ));
-        }
-        if !REKEY_GRACE_MS.contains(&k.rekey_grace_ms) {
-            return Err(self.err_fix(
-                "[keymgr].rekey_grace_ms",
-                format!("{} is out of range", k.rekey_grace_ms),
-                format!(
-                    "give 0..={} milliseconds (2000 is the default)",
-                    REKEY_GRACE_MS.end()
-                ),
-            ));
-        }
+        self.text.check_range(
+            "[keymgr].sa_lifetime_secs",
+            k.sa_lifetime_secs,
+            SA_LIFETIME_SECS,
+            "seconds",
+            "3600 is the default",
+        )?;
+        self.text.check_range(
+            "[keymgr].rekey_grace_ms",
+            k.rekey_grace_ms,
+            REKEY_GRACE_MS,
+            "milliseconds",
+            "2000 is the default",
+        )?;
         let announce = self.prefixes("[keymgr].prefixes", &k.prefixes)?;
         let mut prefixes = BTreeMap::new();
         for (i, p) in k.peer.iter().enumerate() {
