@@ -96,6 +96,7 @@ impl Plane {
             token: Some(zeroize::Zeroizing::new(token)),
             endpoints: vec![engine.local_addr().to_string()],
             capabilities: vec![],
+            prefixes: vec![],
             suite: Suite::AesGcm256,
             sa_lifetime,
             rekey_grace: Duration::from_secs(2),

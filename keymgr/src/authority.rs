@@ -18,11 +18,14 @@ use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
 use crate::pki::{self, Ca, Identity, KeyedCert};
+use crate::prefix::{Assignments, InnerPrefix, Refusal};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
 use crate::seal::{random_bytes, EscrowKey, Kek};
 use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
+
+mod assign;
 
 /// QUIC application close code: the appliance was revoked.
 pub const CLOSE_REVOKED: u32 = 0x52;
@@ -149,28 +152,55 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints an enrolment token from the sealed token key in `state_dir`, without a running
-/// authority (the daemon may hold the store). Returns the token.
-pub fn create_token(
+fn check_id(appliance: &str) -> Result<()> {
+    if pki::valid_id(appliance) {
+        return Ok(());
+    }
+    Err(Error::Config {
+        file: PathBuf::from("<command line>"),
+        field: "APPLIANCE".into(),
+        reason: format!("{appliance:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'"),
+    })
+}
+
+/// Who an offline command acts for, in the audit log.
+const OFFLINE: &str = "command line (authority not running)";
+
+/// Mints an enrolment token from the sealed token key in `state_dir` while the authority
+/// is not running (with the daemon up, ask it: [`AdminRequest::CreateToken`]). Assigns
+/// `prefixes` to the appliance first (refused, minting nothing, if one overlaps another
+/// appliance's) and audits both. Returns the token.
+pub async fn create_token(
     cfg: &AuthorityConfig,
     appliance: &str,
     centre: &str,
     tenant: &str,
     ttl_secs: Option<u64>,
+    prefixes: &[InnerPrefix],
 ) -> Result<String> {
-    if !pki::valid_id(appliance) {
-        return Err(Error::Config {
-            file: PathBuf::from("<command line>"),
-            field: "APPLIANCE".into(),
-            reason: format!("{appliance:?} is not an appliance id: use 1-63 of a-z, 0-9 and '-'"),
-        });
-    }
+    check_id(appliance)?;
     let paths = StatePaths::new(&cfg.state_dir);
     let kek = Kek::load(&cfg.kek_file, "kek_file")?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
     load_or_create_material(&paths, &kek)?;
     let key = load_token_key(&paths, &kek)?;
+    let mut events = Vec::new();
+    if !prefixes.is_empty() {
+        let store = open_store(cfg, &paths).await?;
+        let held = load_assignments(&store)
+            .await?
+            .with_added(appliance, prefixes)
+            .map_err(Error::Prefix)?;
+        store
+            .put(&assignment_key(appliance), &store::json(&held))
+            .await?;
+        events.push(AuditEvent::PrefixesAssigned {
+            appliance: appliance.to_owned(),
+            prefixes: prefixes.to_vec(),
+            by: OFFLINE.into(),
+        });
+    }
     let claims = TokenClaims {
         id: hex::encode(*random_bytes::<16>()?),
         appliance: appliance.to_owned(),
@@ -178,7 +208,53 @@ pub fn create_token(
         tenant: tenant.to_owned(),
         expires: now_secs() + ttl_secs.unwrap_or(cfg.token_ttl_secs),
     };
+    events.push(AuditEvent::TokenCreated {
+        token_id: claims.id.clone(),
+        appliance: appliance.to_owned(),
+        by: OFFLINE.into(),
+    });
+    AuditLog::open(&paths.audit)?.append_all(events)?;
     Ok(token::mint(&key, &claims))
+}
+
+/// Opens the configured store.
+async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStore> {
+    Ok(match &cfg.store {
+        StoreConfig::Redb { path } => {
+            AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
+        }
+        StoreConfig::Etcd { endpoints, prefix } => {
+            AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
+        }
+    })
+}
+
+/// The store key of `appliance`'s prefix assignment.
+fn assignment_key(appliance: &str) -> String {
+    format!("prefixes/{appliance}")
+}
+
+async fn load_assignments(store: &AnyStore) -> Result<Assignments> {
+    let mut by_appliance = std::collections::BTreeMap::new();
+    for (key, bytes) in store.scan("prefixes/").await? {
+        let held: Vec<InnerPrefix> =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        let id = key.trim_start_matches("prefixes/").to_owned();
+        by_appliance.insert(id, held);
+    }
+    Ok(Assignments::new(by_appliance))
+}
+
+/// What an agent publishes when it subscribes to its feed.
+#[derive(Debug)]
+struct Published {
+    control: String,
+    endpoints: Vec<String>,
+    capabilities: Vec<String>,
+    prefixes: Vec<InnerPrefix>,
 }
 
 /// Pushes queued per subscriber before it counts as lagging (and gets a fresh snapshot
@@ -191,6 +267,8 @@ enum Push {
     Rotate(u64),
     /// The change was too large to send as a delta: send a fresh snapshot.
     Resnapshot,
+    /// The announced prefixes now refused (an assignment changed the answer).
+    Refused(Vec<Refusal>),
 }
 
 /// One appliance's directory feed, as the authority pushes to it.
@@ -220,6 +298,12 @@ type QueuedAudit = (
 struct State {
     master: Master,
     rotation: u64,
+    /// The operator's prefix assignments, as stored.
+    assignments: Assignments,
+    /// What each appliance's agent last announced (since this authority started).
+    announced: HashMap<String, Vec<InnerPrefix>>,
+    /// What of it is refused now, by appliance; a refusal not already here is audited.
+    refused: HashMap<String, Vec<Refusal>>,
 }
 
 struct Inner {
@@ -235,6 +319,7 @@ struct Inner {
     escrow: EscrowKey,
     escrow_public: Vec<u8>,
     cert_days: u64,
+    token_ttl: Duration,
     state: Mutex<State>,
     subscribers: StdMutex<HashMap<String, Subscriber>>,
     next_serial: AtomicU64,
@@ -267,14 +352,8 @@ impl Authority {
         let paths = StatePaths::new(&cfg.state_dir);
         let kek = Kek::load(&cfg.kek_file, "kek_file")?;
         let material = load_or_create_material(&paths, &kek)?;
-        let store = match &cfg.store {
-            StoreConfig::Redb { path } => {
-                AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
-            }
-            StoreConfig::Etcd { endpoints, prefix } => {
-                AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
-            }
-        };
+        let store = open_store(cfg, &paths).await?;
+        let assignments = load_assignments(&store).await?;
         let audit = AuditLog::open(&paths.audit)?;
 
         let mut dir = Directory::default();
@@ -319,9 +398,13 @@ impl Authority {
                 escrow_public: material.escrow.public()?,
                 escrow: material.escrow,
                 cert_days: cfg.cert_days,
+                token_ttl: Duration::from_secs(cfg.token_ttl_secs),
                 state: Mutex::new(State {
                     master: Master::new(dir),
                     rotation,
+                    assignments,
+                    announced: HashMap::new(),
+                    refused: HashMap::new(),
                 }),
                 subscribers: StdMutex::new(HashMap::new()),
                 next_serial: AtomicU64::new(0),
@@ -352,7 +435,8 @@ impl Authority {
         self.inner.ca_cert.clone()
     }
 
-    /// Mints an enrolment token valid for `ttl`.
+    /// Mints an enrolment token valid for `ttl`, without auditing it (simulated appliances
+    /// and tests; operators' tokens come from [`Authority::issue_token`]).
     pub fn mint_token(
         &self,
         appliance: &str,
@@ -825,11 +909,23 @@ impl Authority {
             loop {
                 let (mut send, mut recv) = conn.accept_bi().await?;
                 match proto::read_frame::<_, Message>(&mut recv).await {
-                    Ok(Some(Message::Subscribe { .. })) => {
+                    Ok(Some(Message::Subscribe {
+                        control,
+                        endpoints,
+                        capabilities,
+                        prefixes,
+                    })) => {
                         let this = self.clone();
                         let id = identity.appliance.clone();
+                        let published = Published {
+                            control,
+                            endpoints,
+                            capabilities,
+                            prefixes,
+                        };
                         tokio::spawn(async move {
-                            if let Err(e) = this.serve_feed(&id, &mut send, &mut recv).await {
+                            let fed = this.serve_feed(&id, published, &mut send, &mut recv);
+                            if let Err(e) = fed.await {
                                 tracing::debug!("feed of {id} ended: {e}");
                             }
                         });
@@ -856,12 +952,13 @@ impl Authority {
             let reply = match proto::read_frame::<_, Message>(&mut recv).await {
                 Ok(Some(Message::Enrol {
                     token,
+                    appliance,
                     csr,
                     control,
                     endpoints,
                     capabilities,
                 })) => match self
-                    .enrol(&token, &csr, control, endpoints, capabilities)
+                    .enrol(&token, &appliance, &csr, control, endpoints, capabilities)
                     .await
                 {
                     Ok(cert) => Message::Enrolled { cert },
@@ -881,11 +978,13 @@ impl Authority {
         }
     }
 
-    /// Redeems a token: checks it, records it used (once, atomically), signs the CSR and
-    /// lists the appliance.
+    /// Redeems a token for the agent configured as `appliance`: checks it, records it used
+    /// (once, atomically), signs the CSR and lists the appliance. A token for another
+    /// appliance is refused naming both, and spends and records nothing.
     pub async fn enrol(
         &self,
         token: &str,
+        appliance: &str,
         csr: &[u8],
         control: String,
         endpoints: Vec<String>,
@@ -893,6 +992,12 @@ impl Authority {
     ) -> Result<Vec<u8>> {
         let claims =
             token::check(&self.inner.token_key, token, now_secs()).map_err(Error::Token)?;
+        if claims.appliance != appliance {
+            return Err(Error::WrongAppliance {
+                token: claims.appliance,
+                agent: appliance.to_owned(),
+            });
+        }
         let identity = Identity {
             appliance: claims.appliance.clone(),
             centre: claims.centre.clone(),
@@ -929,6 +1034,8 @@ impl Authority {
             capabilities,
             cert_serial: serial.clone(),
             revoked: false,
+            // Accepted once its agent connects with the certificate and announces them.
+            prefixes: Vec::new(),
         };
         let writes = vec![
             Write::Put(token_key, used),
@@ -990,9 +1097,12 @@ impl Authority {
     async fn serve_feed(
         &self,
         id: &str,
+        published: Published,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
+        // Before the snapshot is taken, so the snapshot already lists what it publishes.
+        let refused = self.announce(id, published).await?;
         let (queue, mut pushes) = mpsc::channel(FEED_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -1009,7 +1119,7 @@ impl Authority {
             (st.master.snapshot_source(), st.rotation)
         };
         let result = self
-            .feed(id, send, recv, source, &mut pushes, &lagged)
+            .feed(id, send, recv, (source, refused), &mut pushes, &lagged)
             .await;
         let mut subs = self.subscribers();
         if subs.get(id).is_some_and(|s| s.serial == serial) {
@@ -1023,7 +1133,7 @@ impl Authority {
         id: &str,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
-        source: (SnapshotSource, u64),
+        (source, refused): ((SnapshotSource, u64), Vec<Refusal>),
         pushes: &mut mpsc::Receiver<Push>,
         lagged: &AtomicBool,
     ) -> Result<()> {
@@ -1031,6 +1141,7 @@ impl Authority {
         let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
         let public = self.inner.escrow_public.clone();
         proto::write_frame(send, &Message::EscrowKey { public, held }).await?;
+        proto::write_frame(send, &Message::PrefixesRefused { refused }).await?;
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -1049,6 +1160,9 @@ impl Authority {
                         }
                         Push::Resnapshot => {
                             self.send_snapshot(id, send, self.snapshot_source().await).await?;
+                        }
+                        Push::Refused(refused) => {
+                            proto::write_frame(send, &Message::PrefixesRefused { refused }).await?;
                         }
                     }
                 },
@@ -1098,9 +1212,14 @@ impl Authority {
                     return;
                 };
                 let this = self.clone();
+                // The admin socket is reachable only on this machine: its peer's uid says
+                // which operator asked.
+                let by = stream
+                    .peer_cred()
+                    .map_or_else(|_| "unknown uid".to_owned(), |c| format!("uid {}", c.uid()));
                 tokio::spawn(async move {
                     let reply = match proto::read_frame::<_, AdminRequest>(&mut stream).await {
-                        Ok(Some(req)) => this.admin(req).await,
+                        Ok(Some(req)) => this.admin(req, &by).await,
                         Ok(None) => return,
                         Err(e) => AdminReply::Error(e.to_string()),
                     };
@@ -1110,12 +1229,34 @@ impl Authority {
         })
     }
 
-    async fn admin(&self, req: AdminRequest) -> AdminReply {
+    async fn admin(&self, req: AdminRequest, by: &str) -> AdminReply {
         let result = match req {
             AdminRequest::Revoke { appliance } => self.revoke(&appliance).await,
             AdminRequest::Rotate => self.rotate_all().await,
             AdminRequest::SetRules(rules) => self.set_rules(rules).await,
             AdminRequest::Status => return self.status().await,
+            AdminRequest::CreateToken {
+                appliance,
+                centre,
+                tenant,
+                ttl_secs,
+                prefixes,
+            } => {
+                let ttl = ttl_secs.map(Duration::from_secs);
+                let token = self
+                    .issue_token(&appliance, &centre, &tenant, ttl, &prefixes, by)
+                    .await;
+                return token.map_or_else(|e| AdminReply::Error(e.to_string()), AdminReply::Token);
+            }
+            AdminRequest::AssignPrefixes {
+                appliance,
+                prefixes,
+            } => self.assign_prefixes(&appliance, &prefixes, by).await,
+            AdminRequest::RemovePrefixes {
+                appliance,
+                prefixes,
+            } => self.remove_prefixes(&appliance, &prefixes, by).await,
+            AdminRequest::ListPrefixes => return AdminReply::Prefixes(self.prefixes().await),
         };
         match result {
             Ok(n) => AdminReply::Done(n),
@@ -1152,4 +1293,11 @@ pub async fn admin_request(state_dir: &Path, req: &AdminRequest) -> Result<Admin
     proto::read_frame(&mut stream)
         .await?
         .ok_or_else(|| Error::Frame("authority closed the admin socket without a reply".into()))
+}
+
+/// Whether an authority is serving the admin socket in `state_dir`.
+pub async fn is_running(state_dir: &Path) -> bool {
+    tokio::net::UnixStream::connect(StatePaths::new(state_dir).admin_socket)
+        .await
+        .is_ok()
 }

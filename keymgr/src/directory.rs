@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prefix::InnerPrefix;
+
 /// One appliance as the directory lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplianceEntry {
@@ -28,6 +30,10 @@ pub struct ApplianceEntry {
     pub cert_serial: String,
     /// Whether it was revoked; revoked entries stay listed so peers keep refusing them.
     pub revoked: bool,
+    /// The inner prefixes its centre serves: what it announced that its assignment covers.
+    /// Entries stored before prefixes existed read as none.
+    #[serde(default)]
+    pub prefixes: Vec<InnerPrefix>,
 }
 
 /// Which appliances a rule side matches; a field left out matches anything.
@@ -164,6 +170,16 @@ impl Directory {
         self.appliances.retain(|k, e| {
             k == id || e.revoked || (!me.revoked && rules.iter().any(|r| r.allows(&me, e)))
         });
+    }
+
+    /// The inner prefixes `me` may route to, each with the peer that serves it: those of
+    /// every peer policy lets `me` talk to.
+    pub fn routes_for(&self, me: &str) -> Vec<(InnerPrefix, &str)> {
+        self.appliances
+            .values()
+            .filter(|e| self.allows(me, &e.id))
+            .flat_map(|e| e.prefixes.iter().map(|p| (*p, e.id.as_str())))
+            .collect()
     }
 
     /// Whether `id` is listed and not revoked.
@@ -570,6 +586,7 @@ mod tests {
             capabilities: vec![],
             cert_serial: String::new(),
             revoked: false,
+            prefixes: vec![],
         }
     }
 

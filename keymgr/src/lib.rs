@@ -17,6 +17,7 @@ pub mod config;
 pub mod directory;
 mod error;
 pub mod pki;
+pub mod prefix;
 pub mod proto;
 pub mod seal;
 pub mod store;

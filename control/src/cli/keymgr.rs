@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 use cpclink_keymgr::authority::{self, Authority};
 use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
+use cpclink_keymgr::prefix::{self, InnerPrefix};
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
 use cpclink_keymgr::{audit, bench};
 
@@ -42,6 +43,11 @@ enum KeymgrCommand {
     Rotate,
     /// Show the running authority's state.
     Status,
+    /// Inner prefixes assigned to appliances (what each may announce).
+    Prefixes {
+        #[command(subcommand)]
+        command: PrefixesCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -67,7 +73,34 @@ enum TokenCommand {
         /// Lifetime in seconds (default: the config's token_ttl_secs).
         #[arg(long)]
         ttl: Option<u64>,
+        /// An inner prefix to assign to the appliance (repeat for more), e.g. 10.1.0.0/16.
+        #[arg(long = "prefix", value_name = "PREFIX")]
+        prefixes: Vec<InnerPrefix>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrefixesCommand {
+    /// Assign inner prefixes to an appliance; refused if one overlaps another appliance's.
+    Assign {
+        /// The appliance.
+        #[arg(long)]
+        appliance: String,
+        /// The prefixes, e.g. 10.1.0.0/16 2001:db8:1::/48.
+        #[arg(required = true)]
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// Remove inner prefixes from an appliance's assignment (the directory withdraws them).
+    Remove {
+        /// The appliance.
+        #[arg(long)]
+        appliance: String,
+        /// The prefixes, each as assigned.
+        #[arg(required = true)]
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// List each appliance's assigned, announced and accepted prefixes.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,14 +219,49 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                     centre,
                     tenant,
                     ttl,
+                    prefixes,
                 },
         } => {
             let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
-            let token = authority::create_token(&cfg, appliance, centre, tenant, *ttl)
-                .map_err(|e| e.to_string())?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
+            let req = AdminRequest::CreateToken {
+                appliance: appliance.clone(),
+                centre: centre.clone(),
+                tenant: tenant.clone(),
+                ttl_secs: *ttl,
+                prefixes: prefixes.clone(),
+            };
+            let reply = runtime()?.block_on(async {
+                // The running daemon holds the store and the audit log: ask it. Without
+                // one, mint here and write both directly.
+                if authority::is_running(&cfg.state_dir).await {
+                    return authority::admin_request(&cfg.state_dir, &req).await;
+                }
+                authority::create_token(&cfg, appliance, centre, tenant, *ttl, prefixes)
+                    .await
+                    .map(AdminReply::Token)
+            });
+            print_reply(reply.map_err(|e| e.to_string())?)
         }
+        KeymgrCommand::Prefixes { command } => admin(
+            &args,
+            match command {
+                PrefixesCommand::Assign {
+                    appliance,
+                    prefixes,
+                } => AdminRequest::AssignPrefixes {
+                    appliance: appliance.clone(),
+                    prefixes: prefixes.clone(),
+                },
+                PrefixesCommand::Remove {
+                    appliance,
+                    prefixes,
+                } => AdminRequest::RemovePrefixes {
+                    appliance: appliance.clone(),
+                    prefixes: prefixes.clone(),
+                },
+                PrefixesCommand::List => AdminRequest::ListPrefixes,
+            },
+        ),
         KeymgrCommand::Revoke { appliance } => admin(
             &args,
             AdminRequest::Revoke {
@@ -210,6 +278,10 @@ fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
     let reply = runtime()?
         .block_on(authority::admin_request(&cfg.state_dir, &req))
         .map_err(|e| e.to_string())?;
+    print_reply(reply)
+}
+
+fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
     match reply {
         AdminReply::Done(n) => {
             println!("{n}");
@@ -225,6 +297,25 @@ fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
             println!(
                 "directory version {version}, {appliances} appliances ({revoked} revoked, {connected} connected), rotation {rotation}"
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Token(token) => {
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Prefixes(records) => {
+            if records.is_empty() {
+                println!("no prefixes assigned or announced");
+            }
+            for r in records {
+                println!(
+                    "{}: assigned {}; announced {}; in the directory {}",
+                    r.appliance,
+                    prefix::list(&r.assigned),
+                    prefix::list(&r.announced),
+                    prefix::list(&r.accepted)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AdminReply::Error(e) => Ok(fail(e)),
