@@ -324,6 +324,8 @@ struct Inner {
     subscribers: StdMutex<HashMap<String, Subscriber>>,
     next_serial: AtomicU64,
     connections: StdMutex<HashMap<String, quinn::Connection>>,
+    /// When each appliance's agent last connected or left, unix seconds.
+    last_seen: StdMutex<HashMap<String, u64>>,
     rotated: watch::Sender<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
     /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
@@ -409,6 +411,7 @@ impl Authority {
                 subscribers: StdMutex::new(HashMap::new()),
                 next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
+                last_seen: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
                 endpoint,
                 stopped: watch::channel(false).0,
@@ -826,12 +829,31 @@ impl Authority {
     pub async fn status(&self) -> AdminReply {
         let st = self.inner.state.lock().await;
         let dir = st.master.live();
+        let connected: std::collections::HashSet<String> =
+            self.connections().keys().cloned().collect();
+        let last_seen = self
+            .inner
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let epochs = self.inner.rotated.borrow().clone();
         AdminReply::Status {
             version: dir.version,
             appliances: dir.appliances.len(),
             revoked: dir.appliances.values().filter(|e| e.revoked).count(),
             rotation: st.rotation,
-            connected: self.connections().len(),
+            connected: connected.len(),
+            listed: dir
+                .appliances
+                .values()
+                .map(|e| proto::ApplianceStatus {
+                    connected: connected.contains(&e.id),
+                    last_seen: last_seen.get(&e.id).copied(),
+                    epoch: epochs.get(&e.id).copied(),
+                    entry: e.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -899,6 +921,7 @@ impl Authority {
             conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
             return Err(Error::NotAuthorised(identity.appliance));
         }
+        self.seen(&identity.appliance);
         let previous = self
             .connections()
             .insert(identity.appliance.clone(), conn.clone());
@@ -943,7 +966,17 @@ impl Authority {
         {
             conns.remove(&identity.appliance);
         }
+        drop(conns);
+        self.seen(&identity.appliance);
         result
+    }
+
+    fn seen(&self, id: &str) {
+        self.inner
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), now_secs());
     }
 
     async fn serve_enrolment(self, conn: quinn::Connection) -> Result<()> {

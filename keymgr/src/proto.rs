@@ -194,6 +194,20 @@ pub enum AdminRequest {
     ListPrefixes,
 }
 
+/// One appliance as `keymgr status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplianceStatus {
+    /// Its directory entry.
+    pub entry: ApplianceEntry,
+    /// Whether its agent holds a connection to the authority now.
+    pub connected: bool,
+    /// When its agent last connected or left, unix seconds; `None` if not since the
+    /// authority started.
+    pub last_seen: Option<u64>,
+    /// The key epoch it last reported after a rotation; `None` if none yet.
+    pub epoch: Option<u64>,
+}
+
 /// One appliance's inner prefixes, as the authority holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixRecord {
@@ -224,6 +238,8 @@ pub enum AdminReply {
         rotation: u64,
         /// Appliances connected now.
         connected: usize,
+        /// Each appliance, in id order.
+        listed: Vec<ApplianceStatus>,
     },
     /// The command failed.
     Error(String),

@@ -149,6 +149,13 @@ async fn assigned_and_announced_prefixes_reach_permitted_peers_only() {
     assert_eq!(seen(&a, "dc3-edge"), None);
     assert!(c.directory().routes_for("dc3-edge").is_empty());
     assert!(a.refused_prefixes().is_empty() && b.refused_prefixes().is_empty());
+    // The operator's status lists each appliance with its prefixes and connection.
+    let cpclink_keymgr::proto::AdminReply::Status { listed, .. } = authority.status().await else {
+        panic!("status answers with a status")
+    };
+    let dc2 = listed.iter().find(|s| s.entry.id == "dc2-edge").unwrap();
+    assert!(dc2.connected && dc2.last_seen.is_some() && !dc2.entry.revoked);
+    assert_eq!(dc2.entry.prefixes, [p("10.2.8.0/24"), p("2001:db8:2::/48")]);
 
     // Removing the assignment withdraws the prefix from the peers' copies.
     authority

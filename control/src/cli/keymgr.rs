@@ -262,23 +262,62 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                 PrefixesCommand::List => AdminRequest::ListPrefixes,
             },
         ),
-        KeymgrCommand::Revoke { appliance } => admin(
-            &args,
-            AdminRequest::Revoke {
-                appliance: appliance.clone(),
-            },
-        ),
-        KeymgrCommand::Rotate => admin(&args, AdminRequest::Rotate),
+        KeymgrCommand::Revoke { appliance } => {
+            let reply = admin_reply(
+                &args,
+                AdminRequest::Revoke {
+                    appliance: appliance.clone(),
+                },
+            )?;
+            if let AdminReply::Done(version) = reply {
+                println!(
+                    "revoked {appliance} (directory version {version}): every peer drops its SAs and refuses it, and its connection to the authority is closed"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
+        }
+        KeymgrCommand::Rotate => {
+            let reply = admin_reply(&args, AdminRequest::Rotate)?;
+            if let AdminReply::Done(rotation) = reply {
+                // Each agent keeps its own generation and epoch; `status` shows what each
+                // reports once it has obeyed.
+                println!(
+                    "ordered rotation {rotation}: every appliance moves to its next key generation (`keymgr status` shows each one's epoch as it reports)"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
+        }
         KeymgrCommand::Status => admin(&args, AdminRequest::Status),
     }
 }
 
 fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
+    print_reply(admin_reply(args, req)?)
+}
+
+fn admin_reply(args: &KeymgrArgs, req: AdminRequest) -> Result<AdminReply, String> {
     let cfg = AuthorityConfig::load(config_path(args)?).map_err(|e| e.to_string())?;
-    let reply = runtime()?
+    runtime()?
         .block_on(authority::admin_request(&cfg.state_dir, &req))
-        .map_err(|e| e.to_string())?;
-    print_reply(reply)
+        .map_err(|e| e.to_string())
+}
+
+/// `12s ago`, `3h ago`, or `never` (since the authority started).
+fn ago(when: Option<u64>) -> String {
+    let Some(when) = when else {
+        return "never".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(when);
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
 }
 
 fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
@@ -293,10 +332,33 @@ fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
             revoked,
             rotation,
             connected,
+            listed,
         } => {
             println!(
                 "directory version {version}, {appliances} appliances ({revoked} revoked, {connected} connected), rotation {rotation}"
             );
+            for a in listed {
+                let e = &a.entry;
+                let state = match (e.revoked, a.connected) {
+                    (true, _) => "REVOKED".to_owned(),
+                    (false, true) => "connected".to_owned(),
+                    (false, false) => format!("last seen {}", ago(a.last_seen)),
+                };
+                println!(
+                    "  {} centre {} tenant {}: {state}; epoch {}; endpoints {}; prefixes {}",
+                    e.id,
+                    e.centre,
+                    e.tenant,
+                    a.epoch
+                        .map_or_else(|| "not reported".to_owned(), |x| x.to_string()),
+                    if e.endpoints.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        e.endpoints.join(", ")
+                    },
+                    prefix::list(&e.prefixes)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AdminReply::Token(token) => {
