@@ -1069,6 +1069,7 @@ impl Authority {
             revoked: false,
             // Accepted once its agent connects with the certificate and announces them.
             prefixes: Vec::new(),
+            joined: false,
         };
         let writes = vec![
             Write::Put(token_key, used),

@@ -34,6 +34,10 @@ pub struct ApplianceEntry {
     /// Entries stored before prefixes existed read as none.
     #[serde(default)]
     pub prefixes: Vec<InnerPrefix>,
+    /// Whether its agent has connected with its certificate since enrolling: until then
+    /// nobody answers SA requests for it, so it is no SA target.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// Which appliances a rule side matches; a field left out matches anything.
@@ -179,6 +183,16 @@ impl Directory {
             .values()
             .filter(|e| self.allows(me, &e.id))
             .flat_map(|e| e.prefixes.iter().map(|p| (*p, e.id.as_str())))
+            .collect()
+    }
+
+    /// The peers `me` may ask for SAs: policy allows the pair, neither is revoked, and the
+    /// peer's agent has connected since enrolling (a token redeemed by no running agent
+    /// leaves an entry nobody answers for).
+    pub fn sa_targets(&self, me: &str) -> Vec<&ApplianceEntry> {
+        self.appliances
+            .values()
+            .filter(|e| e.joined && self.allows(me, &e.id))
             .collect()
     }
 
@@ -587,6 +601,7 @@ mod tests {
             cert_serial: String::new(),
             revoked: false,
             prefixes: vec![],
+            joined: false,
         }
     }
 

@@ -166,6 +166,24 @@ async fn a_token_for_another_appliance_spends_nothing_and_names_both() {
     // Not spent: the right agent still enrols with it.
     enrol_only(p.addr(), &ca, "dc9-edge", &token).await.unwrap();
     assert!(p.authority.directory().await.is_active("dc9-edge"));
+    // Enrolled but never connected with its certificate: listed, yet no SA target.
+    let (a, _a_events) = p.agent("a", "acme").await;
+    let (b, _b_events) = p.agent("b", "acme").await;
+    settle(&[(&a, &["b", "dc9-edge"])]).await;
+    eventually("b joins", || {
+        a.directory().sa_targets("a").iter().any(|e| e.id == "b")
+    })
+    .await;
+    let dir = a.directory();
+    let targets: Vec<&str> = dir.sa_targets("a").iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(targets, ["b"]);
+    // Revoked: no target either.
+    p.authority.revoke("b").await.unwrap();
+    eventually("b's revocation", || {
+        a.directory().sa_targets("a").is_empty()
+    })
+    .await;
+    drop(b);
 }
 
 /// The receive side of a toy data plane: rx SAs maintained from an agent's events.

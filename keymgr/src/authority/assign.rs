@@ -37,6 +37,7 @@ impl Authority {
         next.endpoints = published.endpoints;
         next.capabilities = published.capabilities;
         next.prefixes = accepted;
+        next.joined = true;
         st.announced.insert(id.to_owned(), published.prefixes);
         let before = st
             .refused
