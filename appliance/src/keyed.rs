@@ -342,6 +342,10 @@ impl KeyPlane {
             if *id == me {
                 continue;
             }
+            if !entry.joined && !entry.revoked {
+                // Enrolled but never connected with its certificate: nobody answers for it.
+                continue;
+            }
             if entry.revoked || !dir.allows(&me, id) {
                 let why = if entry.revoked {
                     "revoked"
@@ -651,11 +655,13 @@ impl KeyPlane {
     }
 }
 
-/// The inner prefixes a directory entry lists; one that does not parse is skipped with a
-/// warning (the authority checked them; an entry from a newer authority may carry more).
+/// The inner prefixes a directory entry lists: the ones the authority accepted as assigned.
 fn directory_prefixes(entry: &ApplianceEntry) -> Vec<Prefix> {
-    let _ = entry;
-    Vec::new()
+    entry
+        .prefixes
+        .iter()
+        .map(|p| (p.addr(), p.prefix_len()))
+        .collect()
 }
 
 /// Transmit SA limits for a grant valid until `expires`: replaced at four fifths of its

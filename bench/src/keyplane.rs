@@ -263,6 +263,7 @@ impl Sim {
                 token: Some(zeroize::Zeroizing::new(a.token)),
                 endpoints: vec![format!("127.0.0.1:{}", 20_000 + a.index % 40_000)],
                 capabilities: vec!["psp-v1".into()],
+                prefixes: vec![],
                 suite: cpclink_dataplane::crypto::Suite::AesGcm256,
                 sa_lifetime: Duration::from_secs(3600),
                 rekey_grace: Duration::from_millis(500),

@@ -239,6 +239,7 @@ async fn kill_9_during_rotations_and_grants_loses_nothing() {
         token: Some(zeroize::Zeroizing::new(a_token)),
         endpoints: vec![],
         capabilities: vec![],
+        prefixes: vec![],
         suite: cpclink_dataplane::crypto::Suite::AesGcm256,
         sa_lifetime: Duration::from_secs(3600),
         rekey_grace: Duration::from_millis(200),

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::config::{AgentConfig, SA_LIFETIME_SECS};
 use crate::directory::{Change, Directory};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
+use crate::prefix::{InnerPrefix, Refusal};
 use crate::proto::{self, Message};
 use crate::seal::{random_bytes, Kek};
 use crate::store::{AnyStore, RedbStore, Store, Write};
@@ -117,6 +118,9 @@ pub struct AgentOptions {
     pub endpoints: Vec<String>,
     /// Capabilities to publish.
     pub capabilities: Vec<String>,
+    /// The inner prefixes this appliance's centre serves, announced to the authority; the
+    /// directory lists those the operator assigned to it.
+    pub prefixes: Vec<InnerPrefix>,
     /// The suite of SAs this agent asks for.
     pub suite: Suite,
     /// Lifetime of SAs this agent grants.
@@ -163,6 +167,7 @@ impl AgentOptions {
             token,
             endpoints: cfg.endpoints.clone(),
             capabilities: cfg.capabilities.clone(),
+            prefixes: cfg.prefixes.clone(),
             suite: Suite::from_version(cfg.suite)?,
             sa_lifetime: Duration::from_secs(cfg.sa_lifetime_secs),
             rekey_grace: Duration::from_millis(cfg.rekey_grace_ms),
@@ -212,7 +217,16 @@ struct Inner {
     inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
     tx_expiry: StdMutex<HashMap<String, Instant>>,
     authority: SocketAddr,
-    publish: (Vec<String>, Vec<String>),
+    publish: Publish,
+    /// The announced prefixes the authority refused, as it last said.
+    refused: StdMutex<Vec<Refusal>>,
+}
+
+/// What the agent publishes in the directory each time it subscribes.
+struct Publish {
+    endpoints: Vec<String>,
+    capabilities: Vec<String>,
+    prefixes: Vec<InnerPrefix>,
 }
 
 /// A running key agent. Cloning shares it.
@@ -295,7 +309,12 @@ impl KeyAgent {
                 inbound: StdMutex::new(HashMap::new()),
                 tx_expiry: StdMutex::new(HashMap::new()),
                 authority: opts.authority,
-                publish: (opts.endpoints, opts.capabilities),
+                publish: Publish {
+                    endpoints: opts.endpoints,
+                    capabilities: opts.capabilities,
+                    prefixes: opts.prefixes,
+                },
+                refused: StdMutex::new(Vec::new()),
             }),
         };
         tokio::spawn(agent.clone().accept_loop());
@@ -327,6 +346,28 @@ impl KeyAgent {
     /// The current key epoch (counts rotations since the agent was created).
     pub async fn epoch(&self) -> u64 {
         self.inner.keys.lock().await.epoch()
+    }
+
+    /// The announced prefixes the authority refused (not in the directory), with its
+    /// reasons; empty once every announced prefix is accepted.
+    pub fn refused_prefixes(&self) -> Vec<Refusal> {
+        self.refused().clone()
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, Vec<Refusal>> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Logs each refusal the authority reports that it had not reported before.
+    fn prefixes_refused(&self, refused: Vec<Refusal>) {
+        let mut held = self.refused();
+        for r in refused.iter().filter(|r| !held.contains(r)) {
+            tracing::warn!("authority refused prefix {}: {}", r.prefix, r.reason);
+        }
+        *held = refused;
     }
 
     /// Stops the agent: closes the endpoint and every connection.
@@ -746,8 +787,9 @@ impl KeyAgent {
             &mut send,
             &Message::Subscribe {
                 control,
-                endpoints: self.inner.publish.0.clone(),
-                capabilities: self.inner.publish.1.clone(),
+                endpoints: self.inner.publish.endpoints.clone(),
+                capabilities: self.inner.publish.capabilities.clone(),
+                prefixes: self.inner.publish.prefixes.clone(),
             },
         )
         .await?;
@@ -804,6 +846,7 @@ impl KeyAgent {
                         let held = self.escrow(&mut send, &public, held).await?;
                         escrow = Some((public, held));
                     }
+                    Some(Message::PrefixesRefused { refused }) => self.prefixes_refused(refused),
                     Some(Message::Error { reason }) => return Err(Error::Refused(reason)),
                     Some(other) => return Err(Error::Frame(format!("unexpected {other:?} on the feed"))),
                 },
@@ -1028,6 +1071,7 @@ async fn request_certificate(
         &mut send,
         &Message::Enrol {
             token: req.token.to_owned(),
+            appliance: req.appliance.to_owned(),
             csr,
             control: req.control,
             endpoints: req.endpoints,

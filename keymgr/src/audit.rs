@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
+use crate::prefix::InnerPrefix;
 use crate::{Error, Result};
 
 /// What happened.
@@ -27,6 +28,35 @@ pub enum AuditEvent {
         token_id: String,
         /// The appliance it enrols.
         appliance: String,
+        /// Who asked (the operator's uid on the admin socket, or the command line).
+        by: String,
+    },
+    /// An operator assigned inner prefixes to an appliance.
+    PrefixesAssigned {
+        /// The appliance.
+        appliance: String,
+        /// The prefixes added.
+        prefixes: Vec<InnerPrefix>,
+        /// Who asked.
+        by: String,
+    },
+    /// An operator removed inner prefixes from an appliance's assignment.
+    PrefixesRemoved {
+        /// The appliance.
+        appliance: String,
+        /// The prefixes removed.
+        prefixes: Vec<InnerPrefix>,
+        /// Who asked.
+        by: String,
+    },
+    /// An appliance announced a prefix it was not assigned: a refused hijack attempt.
+    PrefixRefused {
+        /// The appliance that announced it.
+        appliance: String,
+        /// The prefix.
+        prefix: InnerPrefix,
+        /// Why it was refused (naming the appliance it is assigned to, if any).
+        reason: String,
     },
     /// An appliance redeemed a token and received a certificate.
     Enrolled {

@@ -19,11 +19,14 @@ use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
 use crate::pki::{self, Ca, Identity, KeyedCert};
+use crate::prefix::{Assignments, InnerPrefix, Refusal};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
 use crate::seal::{random_bytes, EscrowKey, Kek};
 use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
+
+mod assign;
 
 /// QUIC application close code: the appliance was revoked.
 pub const CLOSE_REVOKED: u32 = 0x52;
@@ -150,24 +153,35 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints an enrolment token from the sealed token key in `state_dir`, without a running
-/// authority (the daemon may hold the store). Returns the token.
-pub fn create_token(
+fn check_id(appliance: &str) -> Result<()> {
+    if pki::valid_id(appliance) {
+        return Ok(());
+    }
+    Err(Diagnostic::new(
+        "<command line>",
+        "APPLIANCE",
+        format!("{appliance:?} is not an appliance id"),
+    )
+    .with_fix("use 1-63 of a-z, 0-9 and '-'")
+    .into())
+}
+
+/// Who an offline command acts for, in the audit log.
+const OFFLINE: &str = "command line (authority not running)";
+
+/// Mints an enrolment token from the sealed token key in `state_dir` while the authority
+/// is not running (with the daemon up, ask it: [`AdminRequest::CreateToken`]). Assigns
+/// `prefixes` to the appliance first (refused, minting nothing, if one overlaps another
+/// appliance's) and audits both. Returns the token.
+pub async fn create_token(
     cfg: &AuthorityConfig,
     appliance: &str,
     centre: &str,
     tenant: &str,
     ttl_secs: Option<u64>,
+    prefixes: &[InnerPrefix],
 ) -> Result<String> {
-    if !pki::valid_id(appliance) {
-        return Err(Diagnostic::new(
-            "<command line>",
-            "APPLIANCE",
-            format!("{appliance:?} is not an appliance id"),
-        )
-        .with_fix("use 1-63 of a-z, 0-9 and '-'")
-        .into());
-    }
+    check_id(appliance)?;
     let ttl = ttl_secs.unwrap_or(cfg.token_ttl_secs);
     if !TOKEN_TTL_SECS.contains(&ttl) {
         return Err(Diagnostic::new(
@@ -188,6 +202,22 @@ pub fn create_token(
         .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
     load_or_create_material(&paths, &kek)?;
     let key = load_token_key(&paths, &kek)?;
+    let mut events = Vec::new();
+    if !prefixes.is_empty() {
+        let store = open_store(cfg, &paths).await?;
+        let held = load_assignments(&store)
+            .await?
+            .with_added(appliance, prefixes)
+            .map_err(Error::Prefix)?;
+        store
+            .put(&assignment_key(appliance), &store::json(&held))
+            .await?;
+        events.push(AuditEvent::PrefixesAssigned {
+            appliance: appliance.to_owned(),
+            prefixes: prefixes.to_vec(),
+            by: OFFLINE.into(),
+        });
+    }
     let claims = TokenClaims {
         id: hex::encode(*random_bytes::<16>()?),
         appliance: appliance.to_owned(),
@@ -195,7 +225,53 @@ pub fn create_token(
         tenant: tenant.to_owned(),
         expires: now_secs().saturating_add(ttl),
     };
+    events.push(AuditEvent::TokenCreated {
+        token_id: claims.id.clone(),
+        appliance: appliance.to_owned(),
+        by: OFFLINE.into(),
+    });
+    AuditLog::open(&paths.audit)?.append_all(events)?;
     Ok(token::mint(&key, &claims))
+}
+
+/// Opens the configured store.
+async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStore> {
+    Ok(match &cfg.store {
+        StoreConfig::Redb { path } => {
+            AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
+        }
+        StoreConfig::Etcd { endpoints, prefix } => {
+            AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
+        }
+    })
+}
+
+/// The store key of `appliance`'s prefix assignment.
+fn assignment_key(appliance: &str) -> String {
+    format!("prefixes/{appliance}")
+}
+
+async fn load_assignments(store: &AnyStore) -> Result<Assignments> {
+    let mut by_appliance = std::collections::BTreeMap::new();
+    for (key, bytes) in store.scan("prefixes/").await? {
+        let held: Vec<InnerPrefix> =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        let id = key.trim_start_matches("prefixes/").to_owned();
+        by_appliance.insert(id, held);
+    }
+    Ok(Assignments::new(by_appliance))
+}
+
+/// What an agent publishes when it subscribes to its feed.
+#[derive(Debug)]
+struct Published {
+    control: String,
+    endpoints: Vec<String>,
+    capabilities: Vec<String>,
+    prefixes: Vec<InnerPrefix>,
 }
 
 /// Pushes queued per subscriber before it counts as lagging (and gets a fresh snapshot
@@ -208,6 +284,8 @@ enum Push {
     Rotate(u64),
     /// The change was too large to send as a delta: send a fresh snapshot.
     Resnapshot,
+    /// The announced prefixes now refused (an assignment changed the answer).
+    Refused(Vec<Refusal>),
 }
 
 /// One appliance's directory feed, as the authority pushes to it.
@@ -237,6 +315,12 @@ type QueuedAudit = (
 struct State {
     master: Master,
     rotation: u64,
+    /// The operator's prefix assignments, as stored.
+    assignments: Assignments,
+    /// What each appliance's agent last announced (since this authority started).
+    announced: HashMap<String, Vec<InnerPrefix>>,
+    /// What of it is refused now, by appliance; a refusal not already here is audited.
+    refused: HashMap<String, Vec<Refusal>>,
 }
 
 struct Inner {
@@ -252,10 +336,13 @@ struct Inner {
     escrow: EscrowKey,
     escrow_public: Vec<u8>,
     cert_days: u64,
+    token_ttl: Duration,
     state: Mutex<State>,
     subscribers: StdMutex<HashMap<String, Subscriber>>,
     next_serial: AtomicU64,
     connections: StdMutex<HashMap<String, quinn::Connection>>,
+    /// When each appliance's agent last connected or left, unix seconds.
+    last_seen: StdMutex<HashMap<String, u64>>,
     rotated: watch::Sender<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
     /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
@@ -284,14 +371,8 @@ impl Authority {
         let paths = StatePaths::new(&cfg.state_dir);
         let kek = Kek::load(&cfg.kek_file, "kek_file")?;
         let material = load_or_create_material(&paths, &kek)?;
-        let store = match &cfg.store {
-            StoreConfig::Redb { path } => {
-                AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
-            }
-            StoreConfig::Etcd { endpoints, prefix } => {
-                AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
-            }
-        };
+        let store = open_store(cfg, &paths).await?;
+        let assignments = load_assignments(&store).await?;
         let audit = AuditLog::open(&paths.audit)?;
 
         let mut dir = Directory::default();
@@ -348,13 +429,18 @@ impl Authority {
                 escrow_public: material.escrow.public()?,
                 escrow: material.escrow,
                 cert_days: cfg.cert_days,
+                token_ttl: Duration::from_secs(cfg.token_ttl_secs),
                 state: Mutex::new(State {
                     master: Master::new(dir),
                     rotation,
+                    assignments,
+                    announced: HashMap::new(),
+                    refused: HashMap::new(),
                 }),
                 subscribers: StdMutex::new(HashMap::new()),
                 next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
+                last_seen: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
                 endpoint,
                 stopped: watch::channel(false).0,
@@ -381,7 +467,8 @@ impl Authority {
         self.inner.ca_cert.clone()
     }
 
-    /// Mints an enrolment token valid for `ttl`.
+    /// Mints an enrolment token valid for `ttl`, without auditing it (simulated appliances
+    /// and tests; operators' tokens come from [`Authority::issue_token`]).
     pub fn mint_token(
         &self,
         appliance: &str,
@@ -771,12 +858,31 @@ impl Authority {
     pub async fn status(&self) -> AdminReply {
         let st = self.inner.state.lock().await;
         let dir = st.master.live();
+        let connected: std::collections::HashSet<String> =
+            self.connections().keys().cloned().collect();
+        let last_seen = self
+            .inner
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let epochs = self.inner.rotated.borrow().clone();
         AdminReply::Status {
             version: dir.version,
             appliances: dir.appliances.len(),
             revoked: dir.appliances.values().filter(|e| e.revoked).count(),
             rotation: st.rotation,
-            connected: self.connections().len(),
+            connected: connected.len(),
+            listed: dir
+                .appliances
+                .values()
+                .map(|e| proto::ApplianceStatus {
+                    connected: connected.contains(&e.id),
+                    last_seen: last_seen.get(&e.id).copied(),
+                    epoch: epochs.get(&e.id).copied(),
+                    entry: e.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -848,6 +954,7 @@ impl Authority {
             conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
             return Err(Error::NotAuthorised(identity.appliance));
         }
+        self.seen(&identity.appliance);
         let previous = self
             .connections()
             .insert(identity.appliance.clone(), conn.clone());
@@ -858,11 +965,23 @@ impl Authority {
             loop {
                 let (mut send, mut recv) = conn.accept_bi().await?;
                 match proto::read_frame::<_, Message>(&mut recv).await {
-                    Ok(Some(Message::Subscribe { .. })) => {
+                    Ok(Some(Message::Subscribe {
+                        control,
+                        endpoints,
+                        capabilities,
+                        prefixes,
+                    })) => {
                         let this = self.clone();
                         let id = identity.appliance.clone();
+                        let published = Published {
+                            control,
+                            endpoints,
+                            capabilities,
+                            prefixes,
+                        };
                         tokio::spawn(async move {
-                            if let Err(e) = this.serve_feed(&id, &mut send, &mut recv).await {
+                            let fed = this.serve_feed(&id, published, &mut send, &mut recv);
+                            if let Err(e) = fed.await {
                                 tracing::debug!("feed of {id} ended: {e}");
                             }
                         });
@@ -880,7 +999,17 @@ impl Authority {
         {
             conns.remove(&identity.appliance);
         }
+        drop(conns);
+        self.seen(&identity.appliance);
         result
+    }
+
+    fn seen(&self, id: &str) {
+        self.inner
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), now_secs());
     }
 
     async fn serve_enrolment(self, conn: quinn::Connection) -> Result<()> {
@@ -889,12 +1018,13 @@ impl Authority {
             let reply = match proto::read_frame::<_, Message>(&mut recv).await {
                 Ok(Some(Message::Enrol {
                     token,
+                    appliance,
                     csr,
                     control,
                     endpoints,
                     capabilities,
                 })) => match self
-                    .enrol(&token, &csr, control, endpoints, capabilities)
+                    .enrol(&token, &appliance, &csr, control, endpoints, capabilities)
                     .await
                 {
                     Ok(cert) => Message::Enrolled { cert },
@@ -914,11 +1044,13 @@ impl Authority {
         }
     }
 
-    /// Redeems a token: checks it, records it used (once, atomically), signs the CSR and
-    /// lists the appliance.
+    /// Redeems a token for the agent configured as `appliance`: checks it, records it used
+    /// (once, atomically), signs the CSR and lists the appliance. A token for another
+    /// appliance is refused naming both, and spends and records nothing.
     pub async fn enrol(
         &self,
         token: &str,
+        appliance: &str,
         csr: &[u8],
         control: String,
         endpoints: Vec<String>,
@@ -926,6 +1058,12 @@ impl Authority {
     ) -> Result<Vec<u8>> {
         let claims =
             token::check(&self.inner.token_key, token, now_secs()).map_err(Error::Token)?;
+        if claims.appliance != appliance {
+            return Err(Error::WrongAppliance {
+                token: claims.appliance,
+                agent: appliance.to_owned(),
+            });
+        }
         let identity = Identity {
             appliance: claims.appliance.clone(),
             centre: claims.centre.clone(),
@@ -962,6 +1100,9 @@ impl Authority {
             capabilities,
             cert_serial: serial.clone(),
             revoked: false,
+            // Accepted once its agent connects with the certificate and announces them.
+            prefixes: Vec::new(),
+            joined: false,
         };
         let writes = vec![
             Write::Put(token_key, used),
@@ -1023,9 +1164,12 @@ impl Authority {
     async fn serve_feed(
         &self,
         id: &str,
+        published: Published,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
+        // Before the snapshot is taken, so the snapshot already lists what it publishes.
+        let refused = self.announce(id, published).await?;
         let (queue, mut pushes) = mpsc::channel(FEED_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
@@ -1042,7 +1186,7 @@ impl Authority {
             (st.master.snapshot_source(), st.rotation)
         };
         let result = self
-            .feed(id, send, recv, source, &mut pushes, &lagged)
+            .feed(id, send, recv, (source, refused), &mut pushes, &lagged)
             .await;
         let mut subs = self.subscribers();
         if subs.get(id).is_some_and(|s| s.serial == serial) {
@@ -1056,7 +1200,7 @@ impl Authority {
         id: &str,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
-        source: (SnapshotSource, u64),
+        (source, refused): ((SnapshotSource, u64), Vec<Refusal>),
         pushes: &mut mpsc::Receiver<Push>,
         lagged: &AtomicBool,
     ) -> Result<()> {
@@ -1064,6 +1208,7 @@ impl Authority {
         let held = self.escrow_record(id).await?.map_or(0, |(e, _)| e);
         let public = self.inner.escrow_public.clone();
         proto::write_frame(send, &Message::EscrowKey { public, held }).await?;
+        proto::write_frame(send, &Message::PrefixesRefused { refused }).await?;
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -1082,6 +1227,9 @@ impl Authority {
                         }
                         Push::Resnapshot => {
                             self.send_snapshot(id, send, self.snapshot_source().await).await?;
+                        }
+                        Push::Refused(refused) => {
+                            proto::write_frame(send, &Message::PrefixesRefused { refused }).await?;
                         }
                     }
                 },
@@ -1131,9 +1279,14 @@ impl Authority {
                     return;
                 };
                 let this = self.clone();
+                // The admin socket is reachable only on this machine: its peer's uid says
+                // which operator asked.
+                let by = stream
+                    .peer_cred()
+                    .map_or_else(|_| "unknown uid".to_owned(), |c| format!("uid {}", c.uid()));
                 tokio::spawn(async move {
                     let reply = match proto::read_frame::<_, AdminRequest>(&mut stream).await {
-                        Ok(Some(req)) => this.admin(req).await,
+                        Ok(Some(req)) => this.admin(req, &by).await,
                         Ok(None) => return,
                         Err(e) => AdminReply::Error(e.to_string()),
                     };
@@ -1143,12 +1296,34 @@ impl Authority {
         })
     }
 
-    async fn admin(&self, req: AdminRequest) -> AdminReply {
+    async fn admin(&self, req: AdminRequest, by: &str) -> AdminReply {
         let result = match req {
             AdminRequest::Revoke { appliance } => self.revoke(&appliance).await,
             AdminRequest::Rotate => self.rotate_all().await,
             AdminRequest::SetRules(rules) => self.set_rules(rules).await,
             AdminRequest::Status => return self.status().await,
+            AdminRequest::CreateToken {
+                appliance,
+                centre,
+                tenant,
+                ttl_secs,
+                prefixes,
+            } => {
+                let ttl = ttl_secs.map(Duration::from_secs);
+                let token = self
+                    .issue_token(&appliance, &centre, &tenant, ttl, &prefixes, by)
+                    .await;
+                return token.map_or_else(|e| AdminReply::Error(e.to_string()), AdminReply::Token);
+            }
+            AdminRequest::AssignPrefixes {
+                appliance,
+                prefixes,
+            } => self.assign_prefixes(&appliance, &prefixes, by).await,
+            AdminRequest::RemovePrefixes {
+                appliance,
+                prefixes,
+            } => self.remove_prefixes(&appliance, &prefixes, by).await,
+            AdminRequest::ListPrefixes => return AdminReply::Prefixes(self.prefixes().await),
         };
         match result {
             Ok(n) => AdminReply::Done(n),
@@ -1185,4 +1360,11 @@ pub async fn admin_request(state_dir: &Path, req: &AdminRequest) -> Result<Admin
     proto::read_frame(&mut stream)
         .await?
         .ok_or_else(|| Error::Frame("authority closed the admin socket without a reply".into()))
+}
+
+/// Whether an authority is serving the admin socket in `state_dir`.
+pub async fn is_running(state_dir: &Path) -> bool {
+    tokio::net::UnixStream::connect(StatePaths::new(state_dir).admin_socket)
+        .await
+        .is_ok()
 }

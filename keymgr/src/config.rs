@@ -105,6 +105,9 @@ pub struct AgentConfig {
     /// Capabilities to publish in the directory.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Inner prefixes this centre serves, announced to the authority (CIDR, host bits clear).
+    #[serde(default)]
+    pub prefixes: Vec<crate::prefix::InnerPrefix>,
     /// PSP version of the SAs this agent asks for (1 = AES-GCM-256).
     #[serde(default = "default_suite")]
     pub suite: u8,

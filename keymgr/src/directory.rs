@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prefix::InnerPrefix;
+
 /// One appliance as the directory lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplianceEntry {
@@ -28,6 +30,14 @@ pub struct ApplianceEntry {
     pub cert_serial: String,
     /// Whether it was revoked; revoked entries stay listed so peers keep refusing them.
     pub revoked: bool,
+    /// The inner prefixes its centre serves: what it announced that its assignment covers.
+    /// Entries stored before prefixes existed read as none.
+    #[serde(default)]
+    pub prefixes: Vec<InnerPrefix>,
+    /// Whether its agent has connected with its certificate since enrolling: until then
+    /// nobody answers SA requests for it, so it is no SA target.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// Which appliances a rule side matches; a field left out matches anything.
@@ -166,6 +176,26 @@ impl Directory {
         self.appliances.retain(|k, e| {
             k == id || e.revoked || (!me.revoked && rules.iter().any(|r| r.allows(&me, e)))
         });
+    }
+
+    /// The inner prefixes `me` may route to, each with the peer that serves it: those of
+    /// every peer policy lets `me` talk to.
+    pub fn routes_for(&self, me: &str) -> Vec<(InnerPrefix, &str)> {
+        self.appliances
+            .values()
+            .filter(|e| self.allows(me, &e.id))
+            .flat_map(|e| e.prefixes.iter().map(|p| (*p, e.id.as_str())))
+            .collect()
+    }
+
+    /// The peers `me` may ask for SAs: policy allows the pair, neither is revoked, and the
+    /// peer's agent has connected since enrolling (a token redeemed by no running agent
+    /// leaves an entry nobody answers for).
+    pub fn sa_targets(&self, me: &str) -> Vec<&ApplianceEntry> {
+        self.appliances
+            .values()
+            .filter(|e| e.joined && self.allows(me, &e.id))
+            .collect()
     }
 
     /// Whether `id` is listed and not revoked.
@@ -572,6 +602,8 @@ mod tests {
             capabilities: vec![],
             cert_serial: String::new(),
             revoked: false,
+            prefixes: vec![],
+            joined: false,
         }
     }
 

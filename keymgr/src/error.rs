@@ -80,6 +80,18 @@ pub enum Error {
     /// An operation did not complete in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// An inner prefix is malformed, or its assignment overlaps another appliance's.
+    #[error("prefix: {0}")]
+    Prefix(String),
+    /// An enrolment token names another appliance than the agent presenting it; nothing
+    /// was spent or recorded.
+    #[error("enrolment token is for {token}, but this agent is {agent}: create a token for {agent} (or fix `appliance` in the agent's config)")]
+    WrongAppliance {
+        /// The appliance the token names.
+        token: String,
+        /// The appliance the agent is configured as.
+        agent: String,
+    },
 }
 
 /// Why an enrolment token was refused.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod directory;
 mod error;
 pub mod pki;
+pub mod prefix;
 pub mod proto;
 pub mod seal;
 pub mod store;

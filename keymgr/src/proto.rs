@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::directory::{ApplianceEntry, Delta, Rule};
+use crate::prefix::{InnerPrefix, Refusal};
 use crate::{Error, Result};
 
 /// The protocol version every frame carries.
@@ -26,6 +27,9 @@ pub enum Message {
     Enrol {
         /// The one-time token.
         token: String,
+        /// The appliance the agent is configured as; a token naming another is refused
+        /// without being spent.
+        appliance: String,
         /// A PKCS#10 CSR for the appliance's own key, DER.
         csr: Vec<u8>,
         /// The agent's control address, `host:port`.
@@ -40,7 +44,8 @@ pub enum Message {
         /// The certificate.
         cert: Vec<u8>,
     },
-    /// Appliance → authority: start the directory feed and report where the agent listens.
+    /// Appliance → authority: start the directory feed and report where the agent listens,
+    /// what it publishes and which inner prefixes its centre serves.
     Subscribe {
         /// The agent's control address, `host:port`.
         control: String,
@@ -48,6 +53,8 @@ pub enum Message {
         endpoints: Vec<String>,
         /// The appliance's capabilities.
         capabilities: Vec<String>,
+        /// The inner prefixes it announces; the directory lists those assigned to it.
+        prefixes: Vec<InnerPrefix>,
     },
     /// Authority → appliance: part of a full copy of the directory.
     Snapshot {
@@ -124,6 +131,13 @@ pub enum Message {
         /// The sealed box ([`crate::seal::seal_to`]).
         sealed: Vec<u8>,
     },
+    /// Authority → appliance: the announced prefixes left out of the directory, and why;
+    /// sent after each snapshot and whenever an assignment changes the answer (empty: all
+    /// accepted).
+    PrefixesRefused {
+        /// Every announced prefix now refused.
+        refused: Vec<Refusal>,
+    },
 }
 
 impl Message {
@@ -149,6 +163,62 @@ pub enum AdminRequest {
     SetRules(Vec<Rule>),
     /// Report the directory version and counts.
     Status,
+    /// Mint an enrolment token (audited), assigning `prefixes` to the appliance first.
+    CreateToken {
+        /// The appliance id the certificate will name.
+        appliance: String,
+        /// Its centre.
+        centre: String,
+        /// Its tenant.
+        tenant: String,
+        /// Lifetime in seconds; `None` for the configured default.
+        ttl_secs: Option<u64>,
+        /// Inner prefixes to assign to it.
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// Assign inner prefixes to an appliance (refused if one overlaps another's).
+    AssignPrefixes {
+        /// The appliance.
+        appliance: String,
+        /// The prefixes to add to its assignment.
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// Remove inner prefixes from an appliance's assignment; the directory withdraws them.
+    RemovePrefixes {
+        /// The appliance.
+        appliance: String,
+        /// The prefixes, each exactly as assigned.
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// List every appliance's assigned, announced and accepted prefixes.
+    ListPrefixes,
+}
+
+/// One appliance as `keymgr status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplianceStatus {
+    /// Its directory entry.
+    pub entry: ApplianceEntry,
+    /// Whether its agent holds a connection to the authority now.
+    pub connected: bool,
+    /// When its agent last connected or left, unix seconds; `None` if not since the
+    /// authority started.
+    pub last_seen: Option<u64>,
+    /// The key epoch it last reported after a rotation; `None` if none yet.
+    pub epoch: Option<u64>,
+}
+
+/// One appliance's inner prefixes, as the authority holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRecord {
+    /// The appliance.
+    pub appliance: String,
+    /// What the operator assigned to it.
+    pub assigned: Vec<InnerPrefix>,
+    /// What its agent last announced (since the authority started).
+    pub announced: Vec<InnerPrefix>,
+    /// What the directory lists for it.
+    pub accepted: Vec<InnerPrefix>,
 }
 
 /// The authority's answer on the admin socket.
@@ -168,9 +238,15 @@ pub enum AdminReply {
         rotation: u64,
         /// Appliances connected now.
         connected: usize,
+        /// Each appliance, in id order.
+        listed: Vec<ApplianceStatus>,
     },
     /// The command failed.
     Error(String),
+    /// A minted enrolment token.
+    Token(String),
+    /// Every appliance's prefixes, by appliance id.
+    Prefixes(Vec<PrefixRecord>),
 }
 
 /// Writes one frame.

@@ -73,6 +73,7 @@ impl Plane {
             token: Some(zeroize::Zeroizing::new(self.token(id, tenant))),
             endpoints: vec![],
             capabilities: vec![],
+            prefixes: vec![],
             suite: cpclink_dataplane::crypto::Suite::AesGcm256,
             sa_lifetime: Duration::from_secs(3600),
             rekey_grace: Duration::from_secs(5),
@@ -146,6 +147,43 @@ async fn enrolment_accepts_a_token_once_and_refuses_reused_expired_and_forged() 
 
     let log = audit::verify(&p.cfg.state_dir.join("audit.jsonl")).unwrap();
     assert!(log.lines >= 2);
+}
+
+/// An agent configured as one appliance presenting a token minted for another used to spend
+/// it and list the other, a ghost that peers then asked for SAs in vain.
+#[tokio::test]
+async fn a_token_for_another_appliance_spends_nothing_and_names_both() {
+    let p = plane().await;
+    let ca = p.authority.ca_cert();
+    let token = p.token("dc9-edge", "acme");
+    let e = enrol_only(p.addr(), &ca, "dcx-edge", &token)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dc9-edge") && e.contains("dcx-edge"), "{e}");
+    let dir = p.authority.directory().await;
+    assert!(dir.appliances.is_empty(), "{:?}", dir.appliances.keys());
+    // Not spent: the right agent still enrols with it.
+    enrol_only(p.addr(), &ca, "dc9-edge", &token).await.unwrap();
+    assert!(p.authority.directory().await.is_active("dc9-edge"));
+    // Enrolled but never connected with its certificate: listed, yet no SA target.
+    let (a, _a_events) = p.agent("a", "acme").await;
+    let (b, _b_events) = p.agent("b", "acme").await;
+    settle(&[(&a, &["b", "dc9-edge"])]).await;
+    eventually("b joins", || {
+        a.directory().sa_targets("a").iter().any(|e| e.id == "b")
+    })
+    .await;
+    let dir = a.directory();
+    let targets: Vec<&str> = dir.sa_targets("a").iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(targets, ["b"]);
+    // Revoked: no target either.
+    p.authority.revoke("b").await.unwrap();
+    eventually("b's revocation", || {
+        a.directory().sa_targets("a").is_empty()
+    })
+    .await;
+    drop(b);
 }
 
 /// The receive side of a toy data plane: rx SAs maintained from an agent's events.
@@ -518,8 +556,9 @@ async fn a_change_reaches_every_affected_agent_and_only_those() {
 #[tokio::test]
 async fn a_token_spent_without_its_appliance_completes_once() {
     let (_dir, cfg) = plane_config();
-    let token =
-        cpclink_keymgr::authority::create_token(&cfg, "edge-1", "dc1", "acme", None).unwrap();
+    let token = cpclink_keymgr::authority::create_token(&cfg, "edge-1", "dc1", "acme", None, &[])
+        .await
+        .unwrap();
     let claims: serde_json::Value =
         serde_json::from_slice(&hex::decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
     let token_id = claims["id"].as_str().unwrap();
@@ -661,6 +700,7 @@ fn a_restarted_agent_catches_up_on_missed_rotations_once() {
         token: token.map(zeroize::Zeroizing::new),
         endpoints: vec![],
         capabilities: vec![],
+        prefixes: vec![],
         suite: cpclink_dataplane::crypto::Suite::AesGcm256,
         sa_lifetime: Duration::from_secs(3600),
         rekey_grace: Duration::from_millis(100),

@@ -259,6 +259,7 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
             token: Some(zeroize::Zeroizing::new(token)),
             endpoints: vec![],
             capabilities: vec![],
+            prefixes: vec![],
             suite: cpclink_dataplane::crypto::Suite::AesGcm256,
             sa_lifetime: Duration::from_secs(3600),
             rekey_grace: Duration::from_secs(5),

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 use cpclink_keymgr::authority::{self, Authority};
 use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
+use cpclink_keymgr::prefix::{self, InnerPrefix};
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
 use cpclink_bench::keyplane as bench;
 use cpclink_keymgr::audit;
@@ -43,6 +44,11 @@ enum KeymgrCommand {
     Rotate,
     /// Show the running authority's state.
     Status,
+    /// Inner prefixes assigned to appliances (what each may announce).
+    Prefixes {
+        #[command(subcommand)]
+        command: PrefixesCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -68,7 +74,34 @@ enum TokenCommand {
         /// Lifetime in seconds (default: the config's token_ttl_secs).
         #[arg(long)]
         ttl: Option<u64>,
+        /// An inner prefix to assign to the appliance (repeat for more), e.g. 10.1.0.0/16.
+        #[arg(long = "prefix", value_name = "PREFIX")]
+        prefixes: Vec<InnerPrefix>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrefixesCommand {
+    /// Assign inner prefixes to an appliance; refused if one overlaps another appliance's.
+    Assign {
+        /// The appliance.
+        #[arg(long)]
+        appliance: String,
+        /// The prefixes, e.g. 10.1.0.0/16 2001:db8:1::/48.
+        #[arg(required = true)]
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// Remove inner prefixes from an appliance's assignment (the directory withdraws them).
+    Remove {
+        /// The appliance.
+        #[arg(long)]
+        appliance: String,
+        /// The prefixes, each as assigned.
+        #[arg(required = true)]
+        prefixes: Vec<InnerPrefix>,
+    },
+    /// List each appliance's assigned, announced and accepted prefixes.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,30 +220,108 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                     centre,
                     tenant,
                     ttl,
+                    prefixes,
                 },
         } => {
             let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
-            let token = authority::create_token(&cfg, appliance, centre, tenant, *ttl)
-                .map_err(|e| e.to_string())?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
-        }
-        KeymgrCommand::Revoke { appliance } => admin(
-            &args,
-            AdminRequest::Revoke {
+            let req = AdminRequest::CreateToken {
                 appliance: appliance.clone(),
+                centre: centre.clone(),
+                tenant: tenant.clone(),
+                ttl_secs: *ttl,
+                prefixes: prefixes.clone(),
+            };
+            let reply = runtime()?.block_on(async {
+                // The running daemon holds the store and the audit log: ask it. Without
+                // one, mint here and write both directly.
+                if authority::is_running(&cfg.state_dir).await {
+                    return authority::admin_request(&cfg.state_dir, &req).await;
+                }
+                authority::create_token(&cfg, appliance, centre, tenant, *ttl, prefixes)
+                    .await
+                    .map(AdminReply::Token)
+            });
+            print_reply(reply.map_err(|e| e.to_string())?)
+        }
+        KeymgrCommand::Prefixes { command } => admin(
+            &args,
+            match command {
+                PrefixesCommand::Assign {
+                    appliance,
+                    prefixes,
+                } => AdminRequest::AssignPrefixes {
+                    appliance: appliance.clone(),
+                    prefixes: prefixes.clone(),
+                },
+                PrefixesCommand::Remove {
+                    appliance,
+                    prefixes,
+                } => AdminRequest::RemovePrefixes {
+                    appliance: appliance.clone(),
+                    prefixes: prefixes.clone(),
+                },
+                PrefixesCommand::List => AdminRequest::ListPrefixes,
             },
         ),
-        KeymgrCommand::Rotate => admin(&args, AdminRequest::Rotate),
+        KeymgrCommand::Revoke { appliance } => {
+            let reply = admin_reply(
+                &args,
+                AdminRequest::Revoke {
+                    appliance: appliance.clone(),
+                },
+            )?;
+            if let AdminReply::Done(version) = reply {
+                println!(
+                    "revoked {appliance} (directory version {version}): every peer drops its SAs and refuses it, and its connection to the authority is closed"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
+        }
+        KeymgrCommand::Rotate => {
+            let reply = admin_reply(&args, AdminRequest::Rotate)?;
+            if let AdminReply::Done(rotation) = reply {
+                // Each agent keeps its own generation and epoch; `status` shows what each
+                // reports once it has obeyed.
+                println!(
+                    "ordered rotation {rotation}: every appliance moves to its next key generation (`keymgr status` shows each one's epoch as it reports)"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
+        }
         KeymgrCommand::Status => admin(&args, AdminRequest::Status),
     }
 }
 
 fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
+    print_reply(admin_reply(args, req)?)
+}
+
+fn admin_reply(args: &KeymgrArgs, req: AdminRequest) -> Result<AdminReply, String> {
     let cfg = AuthorityConfig::load(config_path(args)?).map_err(|e| e.to_string())?;
-    let reply = runtime()?
+    runtime()?
         .block_on(authority::admin_request(&cfg.state_dir, &req))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// `12s ago`, `3h ago`, or `never` (since the authority started).
+fn ago(when: Option<u64>) -> String {
+    let Some(when) = when else {
+        return "never".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(when);
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
     match reply {
         AdminReply::Done(n) => {
             println!("{n}");
@@ -222,10 +333,52 @@ fn admin(args: &KeymgrArgs, req: AdminRequest) -> Result<ExitCode, String> {
             revoked,
             rotation,
             connected,
+            listed,
         } => {
             println!(
                 "directory version {version}, {appliances} appliances ({revoked} revoked, {connected} connected), rotation {rotation}"
             );
+            for a in listed {
+                let e = &a.entry;
+                let state = match (e.revoked, a.connected) {
+                    (true, _) => "REVOKED".to_owned(),
+                    (false, true) => "connected".to_owned(),
+                    (false, false) => format!("last seen {}", ago(a.last_seen)),
+                };
+                println!(
+                    "  {} centre {} tenant {}: {state}; epoch {}; endpoints {}; prefixes {}",
+                    e.id,
+                    e.centre,
+                    e.tenant,
+                    a.epoch
+                        .map_or_else(|| "not reported".to_owned(), |x| x.to_string()),
+                    if e.endpoints.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        e.endpoints.join(", ")
+                    },
+                    prefix::list(&e.prefixes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Token(token) => {
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminReply::Prefixes(records) => {
+            if records.is_empty() {
+                println!("no prefixes assigned or announced");
+            }
+            for r in records {
+                println!(
+                    "{}: assigned {}; announced {}; in the directory {}",
+                    r.appliance,
+                    prefix::list(&r.assigned),
+                    prefix::list(&r.announced),
+                    prefix::list(&r.accepted)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AdminReply::Error(e) => Ok(fail(e)),
