@@ -1,6 +1,7 @@
 //! The data plane's one error type.
 
-use crate::crypto::{Backend, Suite};
+use crate::crypto::Backend;
+use crate::wire::Suite;
 
 /// Everything that can go wrong in the data plane, from parsing a header to an exhausted SA.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
