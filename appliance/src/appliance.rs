@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use cpclink_control::keyed::{KeyedEngine, KeyedOptions};
-use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, SaProfile};
+use cpclink_dataplane::engine::{lab, Egress, Engine, Event, PeerId, RouteTable, SaProfile};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::sa::{MasterKeys, SaLimits};
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
@@ -131,6 +131,11 @@ fn start_lab(
     master_keys: &MasterKeys,
     profile: SaProfile,
 ) -> Result<(), Error> {
+    let routes = config.peers.iter().enumerate().flat_map(|(i, peer)| {
+        let prefixes = peer.prefixes.iter();
+        prefixes.map(move |&(addr, len)| (addr, len, PeerId(i as u32)))
+    });
+    engine.set_routes(Arc::new(RouteTable::build(routes)?))?;
     lab::enable_rx_derivation(engine, master_keys, config.suite)?;
     engine.snapshot()?;
     for (i, peer) in config.peers.iter().enumerate() {

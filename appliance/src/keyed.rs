@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::Backend;
-use cpclink_dataplane::engine::{Engine, Event, PeerConfig, PeerId, SaProfile};
+use cpclink_dataplane::engine::{Engine, Event, PeerConfig, PeerId, RouteTable, SaProfile};
 use cpclink_dataplane::sa::{SaLimits, Spi};
 use cpclink_keymgr::agent::{KeyAgent, SaEvent, TxSaGrant};
 use cpclink_keymgr::directory::Directory;
@@ -285,6 +285,7 @@ impl Driver {
     fn sync_directory(&mut self) {
         let dir: Directory = self.agent.directory();
         let me = self.agent.id().to_owned();
+        let mut routes_changed = false;
         for (id, entry) in &dir.appliances {
             if *id == me {
                 continue;
@@ -322,13 +323,14 @@ impl Driver {
                     "peer {id} ({peer:?}) at {endpoint}, routing {} prefix(es)",
                     prefixes.len()
                 );
-                if let Err(e) = self
-                    .engine
-                    .set_peer(peer, PeerConfig { endpoint, prefixes })
-                {
+                if let Err(e) = self.engine.set_peer(peer, PeerConfig { endpoint }) {
                     tracing::error!("the data plane refused peer {id}: {e}");
                 }
+                routes_changed |= !prefixes.is_empty();
             }
+        }
+        if routes_changed {
+            self.install_routes();
         }
         // Peers the directory no longer lists (a narrower view after a policy change).
         let gone: Vec<String> = self
@@ -347,6 +349,26 @@ impl Driver {
         }
         self.publish();
         self.fetch_missing();
+    }
+
+    /// Gives the engine a route table of the prefixes of every peer with an endpoint.
+    fn install_routes(&self) {
+        let routes = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.endpoint.is_some())
+            .flat_map(|(id, slot)| {
+                let prefixes = self.options.prefixes.get(id).into_iter().flatten();
+                prefixes.map(move |&(addr, len)| (addr, len, slot.peer))
+            });
+        match RouteTable::build(routes) {
+            Ok(table) => {
+                if let Err(e) = self.engine.set_routes(Arc::new(table)) {
+                    tracing::error!("the data plane did not take the route table: {e}");
+                }
+            }
+            Err(e) => tracing::error!("the peers' prefixes make no route table: {e}"),
+        }
     }
 
     /// Drops every SA with `id`, both ways; `revoked` makes it for good.

@@ -58,7 +58,9 @@ fn lookup(c: &mut Criterion) {
         let misses: Vec<IpAddr> = (0..1024)
             .map(|i| {
                 if i % 4 == 0 {
-                    IpAddr::V6(Ipv6Addr::from(u128::from(noise.next()) | (0x2001_u128 << 112)))
+                    IpAddr::V6(Ipv6Addr::from(
+                        u128::from(noise.next()) | (0x2001_u128 << 112),
+                    ))
                 } else {
                     IpAddr::V4(Ipv4Addr::from(noise.next() as u32 | (192 << 24)))
                 }

@@ -155,7 +155,9 @@ impl AddressBits for u32 {
     #[inline]
     fn mask(self, len: u8) -> Self {
         // checked_shl: a shift by the full width (length 0) must clear everything.
-        self & u32::MAX.checked_shl(u32::from(32 - len.min(32))).unwrap_or(0)
+        self & u32::MAX
+            .checked_shl(u32::from(32 - len.min(32)))
+            .unwrap_or(0)
     }
 }
 

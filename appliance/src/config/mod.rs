@@ -901,7 +901,6 @@ impl ApplianceConfig {
             .iter()
             .map(|p| PeerConfig {
                 endpoint: p.endpoint,
-                prefixes: p.prefixes.clone(),
             })
             .collect();
         engine
@@ -1345,10 +1344,7 @@ mod tests {
             pinned += 1;
         }
         assert_eq!(pinned, 2 * t.workers, "every worker of both engines seen");
-        let peer = |endpoint| PeerConfig {
-            endpoint,
-            prefixes: Vec::new(),
-        };
+        let peer = |endpoint| PeerConfig { endpoint };
         a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
         b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
         lab::enable_rx_derivation(&b, &keys_b, Suite::AesGcm256).unwrap();

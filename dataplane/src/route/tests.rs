@@ -70,9 +70,17 @@ fn families_never_mix() {
 
 #[test]
 fn host_bits_and_long_lengths_are_refused() {
-    for (addr, len) in [("10.1.2.3", 16), ("10.0.0.0", 33), ("fd00::1", 64), ("::", 129)] {
+    for (addr, len) in [
+        ("10.1.2.3", 16),
+        ("10.0.0.0", 33),
+        ("fd00::1", 64),
+        ("::", 129),
+    ] {
         let e = RouteTable::build([(ip(addr), len, PeerId(0))]).unwrap_err();
-        assert!(matches!(e, Error::InvalidPrefix { .. }), "{addr}/{len}: {e}");
+        assert!(
+            matches!(e, Error::InvalidPrefix { .. }),
+            "{addr}/{len}: {e}"
+        );
     }
 }
 
@@ -83,7 +91,17 @@ fn one_prefix_for_two_peers_is_refused_but_a_repeat_is_not() {
         (ip("10.0.0.0"), 8, PeerId(2)),
     ])
     .unwrap_err();
-    assert!(matches!(e, Error::DuplicatePrefix { first: 1, second: 2, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::DuplicatePrefix {
+                first: 1,
+                second: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let t = table(&[("10.0.0.0", 8, 1), ("10.0.0.0", 8, 1)]);
     assert_eq!(t.len(), 1);
 }
