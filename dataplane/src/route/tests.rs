@@ -111,7 +111,7 @@ fn linear_lookup(routes: &[(Prefix, PeerId)], dst: IpAddr) -> Option<PeerId> {
     routes
         .iter()
         .filter(|(p, _)| p.contains(dst))
-        .max_by_key(|(p, _)| p.len())
+        .max_by_key(|(p, _)| p.length())
         .map(|&(_, peer)| peer)
 }
 
@@ -130,11 +130,11 @@ fn prefix_of(v6: bool, bits: u128, len: u8) -> Prefix {
 fn inside(prefix: Prefix, noise: u128) -> IpAddr {
     match prefix.addr() {
         IpAddr::V4(a) => {
-            let host = (noise as u32) & !u32::MAX.mask(prefix.len());
+            let host = (noise as u32) & !u32::MAX.mask(prefix.length());
             IpAddr::V4(Ipv4Addr::from(u32::from(a) | host))
         }
         IpAddr::V6(a) => {
-            let host = noise & !u128::MAX.mask(prefix.len());
+            let host = noise & !u128::MAX.mask(prefix.length());
             IpAddr::V6(Ipv6Addr::from(u128::from(a) | host))
         }
     }
@@ -169,7 +169,7 @@ proptest! {
             unique.entry(prefix).or_insert(peer);
         }
         let routes: Vec<(Prefix, PeerId)> = unique.into_iter().collect();
-        let table = RouteTable::build(routes.iter().map(|(p, peer)| (p.addr(), p.len(), *peer))).unwrap();
+        let table = RouteTable::build(routes.iter().map(|(p, peer)| (p.addr(), p.length(), *peer))).unwrap();
         prop_assert_eq!(table.len(), routes.len());
         for (pick, noise, random) in probes {
             let dst = if random {
