@@ -18,8 +18,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cpclink_dataplane::engine::{Egress, Engine, EngineStats, Event, PeerConfig, PeerId};
+use cpclink_dataplane::engine::{Egress, Engine, EngineStats, Event, PeerId};
 use cpclink_dataplane::io::tun;
+use cpclink_dataplane::route::RouteTable;
 use cpclink_diagnostics::ConfigText;
 use cpclink_keymgr::agent::KeyAgent;
 use serde::Serialize;
@@ -318,53 +319,75 @@ impl<K: KeySource> Owner<K> {
     }
 
     /// Rebuilds the route table from the key source's peers and the overrides, and hands
-    /// it to the engine.
+    /// it to the engine whole (the workers swap it between packets; nothing locks).
     fn apply_routes(&mut self) {
         let overrides = overrides(self.config.as_ref());
-        let mut routes = Vec::new();
-        let mut by_peer: BTreeMap<PeerId, Vec<Prefix>> = BTreeMap::new();
-        for (name, peer, prefixes) in self.keys.routes() {
-            let (prefixes, origin) = match overrides.get(&name) {
-                Some(o) => (o.clone(), "override"),
-                None => (
-                    prefixes,
-                    match self.config.as_ref().map(|c| &c.keying) {
-                        Some(Keying::Lab { .. }) => "config",
-                        _ => "directory",
-                    },
-                ),
-            };
-            for prefix in &prefixes {
-                routes.push(Route {
-                    prefix: *prefix,
-                    peer: name.clone(),
-                    origin,
-                });
+        let from_directory = match self.config.as_ref().map(|c| &c.keying) {
+            Some(Keying::Lab { .. }) => "config",
+            _ => "directory",
+        };
+        let mut routes: Vec<(Route, PeerId)> = Vec::new();
+        let mut taken = std::collections::HashSet::new();
+        let peers = self.keys.routes();
+        // Overrides first: a prefix an operator pinned to a peer wins over the same prefix
+        // in another peer's directory entry.
+        for (name, peer, _) in &peers {
+            for prefix in overrides.get(name).into_iter().flatten() {
+                if taken.insert(*prefix) {
+                    routes.push((route(*prefix, name, "override"), *peer));
+                }
             }
-            by_peer.insert(peer, prefixes);
         }
-        routes.sort_by_key(|r| r.prefix);
+        for (name, peer, prefixes) in &peers {
+            if overrides.contains_key(name) {
+                continue;
+            }
+            for prefix in prefixes {
+                if taken.insert(*prefix) {
+                    routes.push((route(*prefix, name, from_directory), *peer));
+                } else {
+                    tracing::warn!(
+                        "{}/{} of {name} is routed elsewhere already; not routed to {name}",
+                        prefix.0,
+                        prefix.1
+                    );
+                }
+            }
+        }
+        routes.sort_by_key(|(r, _)| r.prefix);
+        let table = RouteTable::build(
+            routes
+                .iter()
+                .map(|(r, peer)| (r.prefix.0, r.prefix.1, *peer)),
+        );
+        let table = match table {
+            Ok(table) => table,
+            Err(e) => {
+                tracing::error!("the route table cannot be built ({e}); keeping the previous one");
+                return;
+            }
+        };
+        let routes: Vec<Route> = routes.into_iter().map(|(r, _)| r).collect();
         if routes != self.routes {
             tracing::info!(
                 "routing {} prefix(es) to {} peer(s)",
                 routes.len(),
-                by_peer.len()
+                peers.len()
             );
         }
-        let status = self.keys.status();
-        for (name, p) in &status.peers {
-            let (Some(endpoint), true) = (p.endpoint, p.active) else {
-                continue;
-            };
-            let prefixes = by_peer.remove(&p.peer).unwrap_or_default();
-            if let Err(e) = self
-                .engine
-                .set_peer(p.peer, PeerConfig { endpoint, prefixes })
-            {
-                tracing::error!("the data plane refused the routes of {name}: {e}");
-            }
+        if let Err(e) = self.engine.set_routes(Arc::new(table)) {
+            tracing::error!("the data plane refused the route table: {e}");
+            return;
         }
         self.routes = routes;
+    }
+}
+
+fn route(prefix: Prefix, peer: &str, origin: &'static str) -> Route {
+    Route {
+        prefix,
+        peer: peer.to_owned(),
+        origin,
     }
 }
 

@@ -386,13 +386,7 @@ impl KeyPlane {
                     "peer {id} ({peer:?}) at {endpoint}, serving {} prefix(es)",
                     slot.prefixes.len()
                 );
-                if let Err(e) = self.engine.set_peer(
-                    peer,
-                    PeerConfig {
-                        endpoint,
-                        prefixes: Vec::new(),
-                    },
-                ) {
+                if let Err(e) = self.engine.set_peer(peer, PeerConfig { endpoint }) {
                     tracing::error!("the data plane refused peer {id}: {e}");
                 }
             }

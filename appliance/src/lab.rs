@@ -75,7 +75,6 @@ impl LabKeys {
             id,
             PeerConfig {
                 endpoint: config.endpoint,
-                prefixes: Vec::new(),
             },
         )?;
         let spis = lab::install_tx_sas(&self.engine, id, &config.master_keys, self.profile)?;

@@ -115,10 +115,7 @@ impl LoopbackPair {
         };
         let a = engine(0, true)?;
         let b = engine(1, options.both_ways)?;
-        let peer = |endpoint| PeerConfig {
-            endpoint,
-            prefixes: Vec::new(),
-        };
+        let peer = |endpoint| PeerConfig { endpoint };
         a.set_peer(PeerId(0), peer(b.local_addr()))?;
         b.set_peer(PeerId(0), peer(a.local_addr()))?;
         let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);

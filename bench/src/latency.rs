@@ -27,11 +27,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
-use cpclink_dataplane::engine::{lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile};
+use cpclink_dataplane::engine::{
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile,
+};
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
 use cpclink_dataplane::sa::MasterKeys;
@@ -469,12 +472,22 @@ impl Testbed {
         };
         let a = side(0, &ns_a)?;
         let b = side(1, &ns_b)?;
-        let peer = |endpoint, inner: Ipv4Addr| PeerConfig {
-            endpoint,
-            prefixes: vec![(IpAddr::V4(inner), 32)],
-        };
-        a.set_peer(PeerId(0), peer(b.local_addr(), TUNNEL[1]))?;
-        b.set_peer(PeerId(0), peer(a.local_addr(), TUNNEL[0]))?;
+        let route_to =
+            |inner: Ipv4Addr| RouteTable::build([(IpAddr::V4(inner), 32, PeerId(0))]).map(Arc::new);
+        a.set_peer(
+            PeerId(0),
+            PeerConfig {
+                endpoint: b.local_addr(),
+            },
+        )?;
+        b.set_peer(
+            PeerId(0),
+            PeerConfig {
+                endpoint: a.local_addr(),
+            },
+        )?;
+        a.set_routes(route_to(TUNNEL[1])?)?;
+        b.set_routes(route_to(TUNNEL[0])?)?;
         let (keys_a, keys_b) = (random_keys()?, random_keys()?);
         lab::enable_rx_derivation(&a, &keys_a, SUITE)?;
         lab::enable_rx_derivation(&b, &keys_b, SUITE)?;

@@ -1,6 +1,7 @@
 //! The data plane's one error type.
 
-use crate::crypto::{Backend, Suite};
+use crate::crypto::Backend;
+use crate::wire::Suite;
 
 /// Everything that can go wrong in the data plane, from parsing a header to an exhausted SA.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +135,24 @@ pub enum Error {
     /// io_uring was asked for explicitly but cannot be set up here.
     #[error("io_uring is unavailable: {0} (use io = \"epoll\" or \"auto\")")]
     IoUringUnavailable(String),
+    /// A route's prefix is not a prefix: its length is out of range or host bits are set.
+    #[error("route {prefix}: {reason} (write the network address, e.g. 10.1.0.0/16)")]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The same prefix was routed to two different peers.
+    #[error("route {prefix} is given to peer {first} and to peer {second} (keep one)")]
+    DuplicatePrefix {
+        /// The prefix.
+        prefix: String,
+        /// The peer it was routed to first.
+        first: u32,
+        /// The peer it was routed to again.
+        second: u32,
+    },
     /// The engine was configured in a way it cannot run.
     #[error("engine configuration: {0}")]
     EngineConfig(String),

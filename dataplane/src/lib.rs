@@ -1,6 +1,6 @@
 //! cpclink data plane: PSP over UDP between computing power centres.
 //!
-//! The sans-IO core ([`wire`], [`crypto`], [`psp`], [`sa`]) holds no sockets and reads no
+//! The sans-IO core ([`wire`], [`crypto`], [`psp`], [`sa`], [`route`]) holds no sockets and reads no
 //! clocks; the [`engine`] and the [`io`] backends build on it. Only the I/O module may hold
 //! `unsafe` code.
 
@@ -11,6 +11,7 @@ pub mod engine;
 mod error;
 pub mod io;
 pub mod psp;
+pub mod route;
 pub mod sa;
 pub mod wire;
 

@@ -6,45 +6,12 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{derive_sa_key, Backend, Cipher, SaKey, Suite};
+use crate::crypto::{derive_sa_key, Backend, Cipher, SaKey};
 use crate::error::{Error, Result};
 use crate::psp::{self, Opened, PSP_OVERHEAD};
 use crate::wire::{PspRepr, PSP_BASE_HEADER_LEN};
 
-/// A security parameters index. Bit 31 selects the receiver's master-key generation.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(transparent)]
-pub struct Spi(pub u32);
-
-impl Spi {
-    const GENERATION_BIT: u32 = 1 << 31;
-
-    /// The master-key generation (0 or 1) the SPI's key derives from.
-    //= PSP Architecture Specification v1.0, "Key Rotation"
-    //# The most significant bit of the SPI selects which of the two master keys is used.
-    pub const fn generation(self) -> u8 {
-        (self.0 >> 31) as u8
-    }
-
-    /// The SPI without its generation bit.
-    pub const fn index(self) -> u32 {
-        self.0 & !Self::GENERATION_BIT
-    }
-}
-
-impl fmt::Debug for Spi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Spi({:#010x})", self.0)
-    }
-}
-
-impl fmt::Display for Spi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
-    }
-}
+pub use crate::wire::{Spi, Suite};
 
 /// When an SA must be replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

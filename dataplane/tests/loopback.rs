@@ -31,10 +31,7 @@ fn engine(io: IoKind, workers: usize, source: Option<TrafficSpec>) -> Engine {
 }
 
 fn peer(endpoint: SocketAddr) -> PeerConfig {
-    PeerConfig {
-        endpoint,
-        prefixes: Vec::new(),
-    }
+    PeerConfig { endpoint }
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

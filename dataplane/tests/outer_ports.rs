@@ -50,7 +50,6 @@ fn capture(engine: Engine) -> Capture {
             PeerId(0),
             PeerConfig {
                 endpoint: peer.local_addr().unwrap(),
-                prefixes: Vec::new(),
             },
         )
         .unwrap();

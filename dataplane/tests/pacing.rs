@@ -35,7 +35,6 @@ fn run(io: IoKind, rate: SourceRate, window: Duration) -> (u64, f64, f64) {
             PeerId(0),
             PeerConfig {
                 endpoint: peer.local_addr().unwrap(),
-                prefixes: Vec::new(),
             },
         )
         .unwrap();

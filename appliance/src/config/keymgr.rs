@@ -14,7 +14,6 @@ use zeroize::Zeroizing;
 use super::{Ctx, Prefix};
 use crate::Error;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKeymgr {
@@ -256,8 +255,7 @@ impl Ctx<'_> {
                     .iter()
                     .map(|&(addr, len)| {
                         // Checked as a network above; the key plane's type agrees.
-                        InnerPrefix::new(addr, len)
-                            .map_err(|e| self.err("[keymgr].prefixes", e))
+                        InnerPrefix::new(addr, len).map_err(|e| self.err("[keymgr].prefixes", e))
                     })
                     .collect::<Result<_, _>>()?,
             },

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use cpclink_bench::keyplane as bench;
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
+use cpclink_keymgr::audit;
 use cpclink_keymgr::authority::{self, Authority};
 use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
 use cpclink_keymgr::prefix::{self, InnerPrefix};
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
-use cpclink_bench::keyplane as bench;
-use cpclink_keymgr::audit;
 
 /// Arguments of `cpclink keymgr`.
 #[derive(Debug, Args)]

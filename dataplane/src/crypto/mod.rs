@@ -91,107 +91,14 @@ pub use kdf::{derive_sa_key, SaKey};
 pub use ring_backend::RingAead;
 pub use rust_crypto::RustCryptoAead;
 
+pub use crate::wire::Suite;
+
 use crate::error::{Error, Result};
 
 /// Length of the AEAD nonce: SPI ‖ IV.
 pub const NONCE_LEN: usize = 12;
 /// Length of the authentication tag (the PSP ICV).
 pub const TAG_LEN: usize = 16;
-
-/// A PSP cryptographic suite, named on the wire by the header's version field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Suite {
-    /// Version 0: AES-GCM with a 128-bit key.
-    AesGcm128,
-    /// Version 1: AES-GCM with a 256-bit key (the default).
-    AesGcm256,
-    /// Version 2: AES-GMAC with a 128-bit key, integrity only.
-    AesGmac128,
-    /// Version 3: AES-GMAC with a 256-bit key, integrity only.
-    AesGmac256,
-    /// Version 8, a cpclink extension: ChaCha20-Poly1305 for CPUs without AES instructions.
-    #[serde(rename = "chacha20-poly1305")]
-    ChaCha20Poly1305,
-}
-
-impl Suite {
-    /// All suites, in version order.
-    pub const ALL: [Suite; 5] = [
-        Suite::AesGcm128,
-        Suite::AesGcm256,
-        Suite::AesGmac128,
-        Suite::AesGmac256,
-        Suite::ChaCha20Poly1305,
-    ];
-
-    /// The suite named by a PSP version field.
-    pub fn from_version(version: u8) -> Result<Self> {
-        match version {
-            0 => Ok(Suite::AesGcm128),
-            1 => Ok(Suite::AesGcm256),
-            2 => Ok(Suite::AesGmac128),
-            3 => Ok(Suite::AesGmac256),
-            8 => Ok(Suite::ChaCha20Poly1305),
-            other => Err(Error::UnknownVersion(other)),
-        }
-    }
-
-    /// The PSP version field value.
-    pub const fn version(self) -> u8 {
-        match self {
-            Suite::AesGcm128 => 0,
-            Suite::AesGcm256 => 1,
-            Suite::AesGmac128 => 2,
-            Suite::AesGmac256 => 3,
-            Suite::ChaCha20Poly1305 => 8,
-        }
-    }
-
-    /// Key length in bytes.
-    pub const fn key_len(self) -> usize {
-        match self {
-            Suite::AesGcm128 | Suite::AesGmac128 => 16,
-            Suite::AesGcm256 | Suite::AesGmac256 | Suite::ChaCha20Poly1305 => 32,
-        }
-    }
-
-    /// Whether the payload is encrypted (GMAC suites only authenticate it).
-    pub const fn encrypts(self) -> bool {
-        !matches!(self, Suite::AesGmac128 | Suite::AesGmac256)
-    }
-
-    /// The suite's name in configs and on the command line.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Suite::AesGcm128 => "aes-gcm-128",
-            Suite::AesGcm256 => "aes-gcm-256",
-            Suite::AesGmac128 => "aes-gmac-128",
-            Suite::AesGmac256 => "aes-gmac-256",
-            Suite::ChaCha20Poly1305 => "chacha20-poly1305",
-        }
-    }
-}
-
-impl fmt::Display for Suite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Suite {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Suite::ALL
-            .into_iter()
-            .find(|suite| suite.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Suite::ALL.iter().map(|s| s.name()).collect();
-                format!("unknown suite {s:?} (expected one of {})", names.join(", "))
-            })
-    }
-}
 
 /// An AEAD library.
 #[derive(

@@ -12,7 +12,8 @@ pub mod stats;
 pub mod synthetic;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,9 +29,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, IoKind, IoSizing};
 use crate::sa::{RxSa, SaLimits, Spi, TxSa};
 
-/// A peer appliance, by its index in [`EngineConfig::peers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct PeerId(pub u32);
+pub use crate::route::{PeerId, RouteTable};
 
 /// Whether packets are sealed. Plain exists only as the benchmark's baseline: the same
 /// framing, sizes and batching with the AEAD left out. Appliances always encrypt.
@@ -48,8 +47,6 @@ pub enum Protection {
 pub struct PeerConfig {
     /// Where its appliance listens.
     pub endpoint: SocketAddr,
-    /// Inner destination prefixes routed to it (address, prefix length).
-    pub prefixes: Vec<(IpAddr, u8)>,
 }
 
 /// Where received inner packets go.
@@ -173,9 +170,12 @@ pub enum Control {
     SetPeer {
         /// The peer.
         peer: PeerId,
-        /// Its endpoint and prefixes.
+        /// Its endpoint.
         config: PeerConfig,
     },
+    /// Route by this table from now on (replacing the previous one whole; the worker never
+    /// sees a table half built).
+    SetRoutes(Arc<RouteTable>),
     /// Derive SAs for SPIs that arrive without one from these master keys (or stop).
     SetRxKeySource(Option<RxKeySource>),
     /// Stop accepting packets of a receive SA; transmit SAs are left alone (SPIs a peer
@@ -457,6 +457,11 @@ impl Engine {
             peer,
             config: config.clone(),
         })
+    }
+
+    /// Gives every worker a new route table; until the first, nothing from TUN routes.
+    pub fn set_routes(&self, table: Arc<RouteTable>) -> Result<()> {
+        self.broadcast(|| Control::SetRoutes(Arc::clone(&table)))
     }
 
     /// Retires a receive SA on the worker its packets arrive on. Transmit SAs are never

@@ -2,6 +2,7 @@
 //! here is shared with another worker, and nothing on the packet path locks or allocates.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -10,7 +11,7 @@ use super::pacer::{Pacer, SourceRate};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::synthetic::{Generator, Sink};
-use super::{Control, Event, PeerConfig, PeerId, Protection, TrafficSpec, WorkerStats};
+use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, TrafficSpec, WorkerStats};
 use crate::crypto::Backend;
 use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
@@ -76,6 +77,8 @@ struct State {
     index: usize,
     protection: Protection,
     peers: Vec<Peer>,
+    /// Shared read-only with the other workers; replaced whole, never changed in place.
+    routes: Arc<RouteTable>,
     rx_sas: RxSaTable,
     source: Option<Generator>,
     pacer: Option<Pacer>,
@@ -149,6 +152,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
                 rekey_reported: false,
             })
             .collect(),
+        routes: Arc::new(RouteTable::empty()),
         rx_sas: RxSaTable::new(max_rx_sas, crypto, limits),
         source: generator,
         pacer,
@@ -256,7 +260,6 @@ impl State {
                     self.peers.resize_with(index + 1, || Peer {
                         config: PeerConfig {
                             endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
-                            prefixes: Vec::new(),
                         },
                         tx: None,
                         rekey_reported: false,
@@ -264,6 +267,8 @@ impl State {
                 }
                 self.peers[index].config = config;
             }
+            // The old table is freed here, off the packet path, when its last worker lets go.
+            Control::SetRoutes(table) => self.routes = table,
             Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, *sa),
             Control::SetRxKeySource(source) => self.rx_sas.set_source(source),
             Control::RetireRxSa(spi) => {
@@ -435,11 +440,12 @@ impl State {
                 continue;
             };
             let next_header = inner.psp_next_header();
-            let Some(p) = route(&self.peers, inner.flow_key().dst) else {
+            let routed = self.routes.lookup(inner.flow_key().dst);
+            // A route to a peer this worker has not heard of yet routes nowhere.
+            let Some(peer) = routed.and_then(|p| self.peers.get_mut(p.0 as usize)) else {
                 self.stats.tx_no_route += segments.count() as u64;
                 continue;
             };
-            let peer = &mut self.peers[p];
             let Some(sa) = peer.tx.as_mut() else {
                 // Never plaintext: no SA, no packet.
                 self.stats.tx_no_sa += segments.count() as u64;
@@ -587,19 +593,6 @@ fn count_write(written: bool, stats: &mut WorkerStats) {
     }
 }
 
-/// The peer whose longest prefix covers `dst`.
-fn route(peers: &[Peer], dst: IpAddr) -> Option<usize> {
-    let mut best: Option<(usize, u8)> = None;
-    for (i, peer) in peers.iter().enumerate() {
-        for &(prefix, len) in &peer.config.prefixes {
-            if prefix_contains(prefix, len, dst) && best.is_none_or(|(_, l)| len > l) {
-                best = Some((i, len));
-            }
-        }
-    }
-    best.map(|(i, _)| i)
-}
-
 /// Writes the PSP header of a plain baseline frame (no AEAD; the ICV bytes stay as they are).
 fn plain_frame(spi: Spi, slot: &mut [u8]) -> bool {
     PspRepr {
@@ -614,42 +607,4 @@ fn plain_frame(spi: Spi, slot: &mut [u8]) -> bool {
     }
     .emit(slot)
     .is_ok()
-}
-
-/// Whether `addr` lies in `prefix/len`.
-pub(super) fn prefix_contains(prefix: IpAddr, len: u8, addr: IpAddr) -> bool {
-    match (prefix, addr) {
-        (IpAddr::V4(p), IpAddr::V4(a)) => {
-            let len = u32::from(len.min(32));
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(p) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(p), IpAddr::V6(a)) => {
-            let len = u32::from(len.min(128));
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            u128::from(p) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_match_by_length_and_family() {
-        let net: IpAddr = "10.1.0.0".parse().unwrap();
-        assert!(prefix_contains(net, 16, "10.1.200.3".parse().unwrap()));
-        assert!(!prefix_contains(net, 16, "10.2.0.1".parse().unwrap()));
-        assert!(prefix_contains(net, 0, "192.0.2.1".parse().unwrap()));
-        assert!(!prefix_contains(net, 0, "::1".parse().unwrap()));
-        let net6: IpAddr = "fd00:1::".parse().unwrap();
-        assert!(prefix_contains(net6, 32, "fd00:1::9".parse().unwrap()));
-        assert!(!prefix_contains(net6, 32, "fd00:2::9".parse().unwrap()));
-    }
 }

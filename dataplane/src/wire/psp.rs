@@ -14,9 +14,8 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 
-use crate::crypto::Suite;
+use super::ids::{Spi, Suite};
 use crate::error::{Error, Result};
-use crate::sa::Spi;
 
 /// Length of the fixed PSP header: next header to IV.
 pub const PSP_BASE_HEADER_LEN: usize = 16;

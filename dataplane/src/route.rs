@@ -1,0 +1,258 @@
+//! The inner route table: longest-prefix match from an inner destination address to the peer
+//! appliance that serves it. Sans-IO.
+//!
+//! A table is built off the packet path, whole, and never changes afterwards; the engine
+//! swaps a new one in by pointer, so a lookup takes no lock and allocates nothing. Each
+//! address family keeps one hash map per prefix length in use, and a lookup probes them
+//! from the longest length down: at most 33 (IPv4) or 129 (IPv6) probes, usually a handful,
+//! whatever the number of prefixes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+
+/// A peer appliance, by its index in the engine's peer list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PeerId(pub u32);
+
+/// An inner destination prefix: an address with no bits set past its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    /// The prefix `addr/len`; refuses a length beyond the family's and set host bits (a
+    /// typo such as `10.1.2.3/16` would otherwise route more, or less, than meant).
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self> {
+        let max = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if len > max {
+            return Err(Error::InvalidPrefix {
+                prefix: format!("{addr}/{len}"),
+                reason: format!("length {len} is longer than {max}"),
+            });
+        }
+        let host_bits_clear = match addr {
+            IpAddr::V4(a) => V4::mask(u32::from(a), len) == u32::from(a),
+            IpAddr::V6(a) => V6::mask(u128::from(a), len) == u128::from(a),
+        };
+        if !host_bits_clear {
+            return Err(Error::InvalidPrefix {
+                prefix: format!("{addr}/{len}"),
+                reason: "host bits are set past the prefix length".into(),
+            });
+        }
+        Ok(Self { addr, len })
+    }
+
+    /// The network address.
+    pub fn addr(self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn length(self) -> u8 {
+        self.len
+    }
+
+    /// Whether this is a default route (length 0).
+    pub fn is_default(self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `addr` lies in this prefix (never across address families).
+    pub fn contains(self, addr: IpAddr) -> bool {
+        match (self.addr, addr) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => V4::mask(u32::from(a), self.len) == u32::from(p),
+            (IpAddr::V6(p), IpAddr::V6(a)) => V6::mask(u128::from(a), self.len) == u128::from(p),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An immutable longest-prefix-match table from inner destinations to peers.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    v4: Family<V4>,
+    v6: Family<V6>,
+}
+
+impl RouteTable {
+    /// An empty table: nothing routes.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Builds a table from `(address, length, peer)` routes. Every route must be a valid
+    /// [`Prefix`]; the same prefix twice is refused unless both name the same peer.
+    pub fn build(routes: impl IntoIterator<Item = (IpAddr, u8, PeerId)>) -> Result<Self> {
+        let mut table = Self::default();
+        for (addr, len, peer) in routes {
+            let prefix = Prefix::new(addr, len)?;
+            let previous = match addr {
+                IpAddr::V4(a) => table.v4.insert(u32::from(a), len, peer),
+                IpAddr::V6(a) => table.v6.insert(u128::from(a), len, peer),
+            };
+            if let Some(other) = previous.filter(|other| *other != peer) {
+                return Err(Error::DuplicatePrefix {
+                    prefix: prefix.to_string(),
+                    first: other.0,
+                    second: peer.0,
+                });
+            }
+        }
+        table.v4.finish();
+        table.v6.finish();
+        Ok(table)
+    }
+
+    /// The peer whose longest prefix covers `dst`, if any.
+    #[inline]
+    pub fn lookup(&self, dst: IpAddr) -> Option<PeerId> {
+        match dst {
+            IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
+            IpAddr::V6(a) => self.v6.lookup(u128::from(a)),
+        }
+    }
+
+    /// Prefixes in the table.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// Whether the table routes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An address family's bit width and masking.
+trait AddressBits: Copy + Eq + Hash + fmt::Debug + Default {
+    /// The family's longest prefix.
+    const BITS: u8;
+    /// `self` with every bit past `len` cleared.
+    fn mask(self, len: u8) -> Self;
+}
+
+type V4 = u32;
+type V6 = u128;
+
+impl AddressBits for u32 {
+    const BITS: u8 = 32;
+    #[inline]
+    fn mask(self, len: u8) -> Self {
+        // checked_shl: a shift by the full width (length 0) must clear everything.
+        self & u32::MAX
+            .checked_shl(u32::from(32 - len.min(32)))
+            .unwrap_or(0)
+    }
+}
+
+impl AddressBits for u128 {
+    const BITS: u8 = 128;
+    #[inline]
+    fn mask(self, len: u8) -> Self {
+        self & u128::MAX
+            .checked_shl(u32::from(128 - len.min(128)))
+            .unwrap_or(0)
+    }
+}
+
+/// One address family: a map per prefix length, and the lengths in use, longest first.
+#[derive(Debug, Clone, Default)]
+struct Family<A: AddressBits> {
+    lengths: Vec<u8>,
+    by_length: Vec<HashMap<A, PeerId, BuildHasherDefault<AddressHasher>>>,
+}
+
+impl<A: AddressBits> Family<A> {
+    fn insert(&mut self, network: A, len: u8, peer: PeerId) -> Option<PeerId> {
+        if self.by_length.is_empty() {
+            self.by_length = (0..=A::BITS).map(|_| HashMap::default()).collect();
+        }
+        self.by_length[usize::from(len)].insert(network, peer)
+    }
+
+    /// Lists the lengths in use and gives back the memory of the unused maps.
+    fn finish(&mut self) {
+        self.lengths = (0..self.by_length.len())
+            .rev()
+            .filter(|&len| !self.by_length[len].is_empty())
+            .map(|len| len as u8)
+            .collect();
+        for map in &mut self.by_length {
+            map.shrink_to_fit();
+        }
+    }
+
+    #[inline]
+    fn lookup(&self, addr: A) -> Option<PeerId> {
+        self.lengths.iter().find_map(|&len| {
+            self.by_length
+                .get(usize::from(len))
+                .and_then(|map| map.get(&addr.mask(len)))
+                .copied()
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.by_length.iter().map(HashMap::len).sum()
+    }
+}
+
+/// Hashes one address with a folded multiply: a handful of cycles where SipHash costs
+/// dozens. Flooding is not a concern here: the table's keys come from configuration and the
+/// directory, and a lookup key only chooses which probe to make, never adds an entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct AddressHasher(u64);
+
+impl AddressHasher {
+    const K: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+
+    #[inline]
+    fn mix(&mut self, value: u128) {
+        let product = (value ^ u128::from(self.0)).wrapping_mul(Self::K);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl Hasher for AddressHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut word = [0u8; 16];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u128::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u32(&mut self, value: u32) {
+        self.mix(u128::from(value));
+    }
+
+    #[inline]
+    fn write_u128(&mut self, value: u128) {
+        self.mix(value);
+    }
+}
+
+#[cfg(test)]
+mod tests;
