@@ -429,10 +429,7 @@ fn an_engine_sized_by_a_profile_carries_traffic() {
         pinned += 1;
     }
     assert_eq!(pinned, 2 * t.workers, "every worker of both engines seen");
-    let peer = |endpoint| PeerConfig {
-        endpoint,
-        prefixes: Vec::new(),
-    };
+    let peer = |endpoint| PeerConfig { endpoint };
     a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
     b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
     lab::enable_rx_derivation(&b, &keys_b, Suite::AesGcm256).unwrap();
