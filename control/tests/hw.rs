@@ -379,7 +379,7 @@ fn check_names_file_and_field_of_a_broken_profile() {
     assert_eq!(
         stderr.trim(),
         format!(
-            "{}: rings.rx: 70000 exceeds the maximum 8160 for ice (expected 64..=8160)",
+            "{}:31: [rings].rx: 70000 exceeds the maximum 8160 for ice; write a value in 64..=8160",
             bad.display()
         )
     );

@@ -248,6 +248,8 @@ fn a_restarted_appliance_gets_traffic_again_within_seconds_and_no_nonce_repeats(
                 n,
                 "--centre",
                 &format!("dc{}", i + 1),
+                "--prefix",
+                &format!("10.202.0.{}/32", i + 1),
             ])
             .unwrap();
         std::fs::write(dir.join(format!("{n}.token")), token.trim()).unwrap();
@@ -264,25 +266,21 @@ fn a_restarted_appliance_gets_traffic_again_within_seconds_and_no_nonce_repeats(
         ],
     );
     lab.wait_for("the authority", || lab.keymgr(&["status"]).is_ok());
+    // Prefixes come from the directory: each announces its own /32 (as assigned with its
+    // token); c also announces a's, a hijack the authority must refuse.
     for (i, n) in names.iter().enumerate() {
-        let peers: String = names
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| *p != n)
-            .map(|(j, p)| {
-                format!(
-                    "[[keymgr.peer]]\nid = \"{p}\"\nprefixes = [\"10.202.0.{}/32\"]\n",
-                    j + 1
-                )
-            })
-            .collect();
+        let announce = if *n == "c" {
+            "\"10.202.0.3/32\", \"10.202.0.1/32\"".to_owned()
+        } else {
+            format!("\"10.202.0.{}/32\"", i + 1)
+        };
         std::fs::write(
             dir.join(format!("{n}.toml")),
             format!(
                 "[appliance]\nlisten = \"10.96.0.{0}:1000\"\nworkers = 1\n\n[tun]\nname = \"cpc0\"\n\n\
                  [keymgr]\nappliance = \"{n}\"\nauthority = \"10.96.0.1:7000\"\nlisten = \"10.96.0.{0}:7001\"\n\
                  state_dir = \"{n}-agent\"\nkek_file = \"kek\"\nca_cert = \"authority/ca.pem\"\n\
-                 token_file = \"{n}.token\"\n\n{peers}",
+                 token_file = \"{n}.token\"\nprefixes = [{announce}]\n",
                 i + 1
             ),
         )
@@ -353,10 +351,32 @@ fn a_restarted_appliance_gets_traffic_again_within_seconds_and_no_nonce_repeats(
     for from in ["a", "b"] {
         assert!(
             !reply_times(&lab.log(&format!("ping-{from}"), "out")).is_empty(),
-            "{from} reaches c before any restart\n{}",
+            "{from} reaches c before any restart, routed by the directory's prefixes\n{}",
             lab.logs()
         );
     }
+    // c's claim on a's prefix was refused: c learns it, and b still reaches a.
+    assert!(
+        lab.log("c", "err")
+            .contains("authority refused prefix 10.202.0.1/32"),
+        "{}",
+        lab.logs()
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns("b"),
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        "10.202.0.1",
+    ])
+    .unwrap_or_else(|e| panic!("b reaches a, not the hijacker: {e}\n{}", lab.logs()));
+    let status = lab.keymgr(&["status"]).unwrap();
+    assert!(status.contains("10.202.0.3/32"), "{status}");
 
     let mut gaps = Vec::new();
     for (how, signal) in [("SIGTERM", "-TERM"), ("SIGKILL", "-KILL")] {

@@ -135,7 +135,7 @@ fn select_errors_name_file_and_field() {
     assert!(!ok);
     assert!(
         err.contains(
-            "topology.toml: sites[1].metrics.cpu_load: 1.7 is out of range (expected 0.0–1.0)"
+            "topology.toml:24: [[sites]][1].metrics.cpu_load: 1.7 is out of range; write a fraction from 0.0 to 1.0"
         ),
         "{err}"
     );
