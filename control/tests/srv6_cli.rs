@@ -41,7 +41,7 @@ fn decode_verifies_a_kernel_written_hmac() {
         (Some(0), Some(1))
     );
     assert_eq!(v["hmac"], serde_json::json!({"key_id": 7, "valid": true}));
-    let (_, out, _) = cpclink(&[
+    let (ok, out, err) = cpclink(&[
         "srv6",
         "decode",
         "--packet",
@@ -49,6 +49,8 @@ fn decode_verifies_a_kernel_written_hmac() {
         "--hmac-key",
         "7:00",
     ]);
+    assert!(!ok, "a wrong key fails the command");
+    assert!(err.contains("does not verify with --hmac-key"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["hmac"]["valid"], false);
     let (_, out, _) = cpclink(&["srv6", "decode", "--packet", KERNEL_PACKET]);

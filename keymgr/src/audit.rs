@@ -160,8 +160,17 @@ pub struct Verified {
     pub head: String,
 }
 
-/// Checks every line of the log at `path` and its head file.
+/// Checks every line of the log at `path` and its head file. A log with no head file is
+/// refused: a log and its head removed together would otherwise read as an empty chain.
 pub fn verify(path: &Path) -> Result<Verified> {
+    let hp = head_path(path);
+    if !hp.exists() {
+        return Err(Error::AuditBroken {
+            path: hp,
+            line: 0,
+            reason: "no head file: nothing anchors the chain (an authority that ever wrote a line has one; a log and head removed together look like this)".into(),
+        });
+    }
     let (records, torn) = read_chain(path)?;
     if torn {
         return Err(Error::AuditBroken {
@@ -550,5 +559,15 @@ mod tests {
         l.swap(0, 1);
         write_lines(&path, &l);
         assert!(AuditLog::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_log_without_its_head_file_does_not_verify_as_an_empty_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("no head file"), "{err}");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(verify(&path), Err(Error::AuditBroken { .. })));
     }
 }

@@ -101,7 +101,25 @@ fn execute(args: Srv6Args) -> Result<String, String> {
                 .transpose()
                 .map_err(|e| format!("--hmac-key: {e}"))?;
             let decoded = decode_packet(&bytes, key.as_ref()).map_err(|e| e.to_string())?;
-            serde_json::to_string_pretty(&decoded).map_err(|e| e.to_string())
+            let json = serde_json::to_string_pretty(&decoded).map_err(|e| e.to_string())?;
+            if key.is_some() {
+                // Asked to verify: anything but a verified HMAC is a failure (as `psp open`
+                // fails a packet that does not authenticate), with the decode still shown.
+                let refusal = match &decoded.hmac {
+                    None => Some("the SRH carries no HMAC TLV to verify".to_owned()),
+                    Some(h) if h.valid != Some(true) => Some(format!(
+                        "the HMAC (key id {}) does not verify with --hmac-key{}",
+                        h.key_id,
+                        h.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(refusal) = refusal {
+                    println!("{json}");
+                    return Err(refusal);
+                }
+            }
+            Ok(json)
         }
         Srv6Command::Encode {
             segments,
