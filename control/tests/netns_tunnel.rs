@@ -614,6 +614,14 @@ fn sighup_changes_routes_without_losing_a_packet_and_refuses_a_bad_file() {
     }
     lab.exec(&a, &["ping", "-c", "3", "-W", "2", "10.200.0.2"])
         .unwrap_or_else(|e| panic!("ping before the reload: {e}\n{}", lab.logs()));
+    // Lab mode says plainly what it does not protect against.
+    assert!(
+        lab.log("a", "err").contains(
+            "a receiver keeps no replay state across restarts, so packets captured before a restart are accepted once more after it"
+        ),
+        "{}",
+        lab.logs()
+    );
     assert!(
         lab.exec(&a, &["ping", "-c", "1", "-W", "1", "10.200.0.3"])
             .is_err(),
