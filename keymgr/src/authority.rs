@@ -910,6 +910,13 @@ impl Authority {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
     }
 
+    /// Waits (after [`Authority::shutdown`]) until every connection's close has been sent,
+    /// so agents learn at once that the authority went away instead of after the idle
+    /// timeout. Call it before the process exits.
+    pub async fn wait_closed(&self) {
+        self.inner.endpoint.wait_idle().await;
+    }
+
     /// Resolves once [`Authority::shutdown`] was called.
     async fn stopping(&self) {
         let mut stopped = self.inner.stopped.subscribe();
