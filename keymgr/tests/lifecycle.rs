@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cpclink_keymgr::agent::{AgentOptions, AuthorityLink, KeyAgent, SaEvent};
+use cpclink_keymgr::agent::{generation_at, AgentOptions, AuthorityLink, KeyAgent, SaEvent};
 use cpclink_keymgr::authority::Authority;
 use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
 use cpclink_keymgr::pki::{self, KeyedCert};
@@ -328,7 +328,7 @@ async fn a_revoked_appliance_is_replaced_by_new_hardware_and_its_old_certificate
     assert!(authority.directory().await.appliances["b"].revoked);
     let mut new_opts = options(&cfg, addr, &ca, "b", Some(replacement));
     new_opts.state_dir = dir.path().join("b-new-hardware");
-    let (new, _new_events) = KeyAgent::start(new_opts).await.unwrap();
+    let (new, mut new_events) = KeyAgent::start(new_opts).await.unwrap();
     let entry = authority.directory().await.appliances["b"].clone();
     assert!(
         !entry.revoked,
@@ -381,6 +381,21 @@ async fn a_revoked_appliance_is_replaced_by_new_hardware_and_its_old_certificate
     .await;
     assert!(new.authority_connected(), "the replacement is unaffected");
     assert!(!authority.directory().await.appliances["b"].revoked);
+
+    // The replacement starts its keys afresh, and the epoch it reports names its generation
+    // (what `keymgr rotate` prints).
+    assert_eq!(new.epoch().await, 1);
+    for _ in 0..3 {
+        let epoch = new.rotate(0).await.unwrap();
+        let rotated = drain(&mut new_events)
+            .await
+            .into_iter()
+            .find_map(|e| match e {
+                SaEvent::Rotated { generation, epoch } => Some((generation, epoch)),
+                _ => None,
+            });
+        assert_eq!(rotated, Some((generation_at(epoch), epoch)));
+    }
 
     // Audited: who ordered it, for which id, the old and the new serial.
     let events = audit_events(&cfg);
