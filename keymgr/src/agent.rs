@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
+use crate::authority::CLOSE_REVOKED;
+use crate::backoff::{Backoff, RETRY_CAP, RETRY_FIRST};
 use crate::config::{AgentConfig, SA_LIFETIME_SECS};
 use crate::directory::{Change, Directory};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
@@ -38,6 +40,28 @@ const SPI_BLOCK: u32 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// QUIC close code an agent uses towards a revoked or unauthorised peer.
 pub const CLOSE_UNAUTHORISED: u32 = 0x41;
+
+/// Where an agent stands with its authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthorityLink {
+    /// Started, not yet heard from the authority.
+    Connecting,
+    /// The feed is live: the directory copy is current.
+    Connected,
+    /// The authority cannot be reached; the agent keeps its SAs and directory copy, keeps
+    /// serving peers, and retries.
+    Lost,
+    /// The authority revoked this appliance; the agent has stopped.
+    Revoked,
+}
+
+/// The key generation (0 or 1) that holds key epoch `epoch`. An agent starts at epoch 1 in
+/// generation 0 and every rotation moves to the other generation with the next epoch, so
+/// the epoch an agent reports names its generation too.
+pub fn generation_at(epoch: u64) -> u8 {
+    u8::from(epoch % 2 == 0)
+}
 
 /// A transmit SA obtained from a peer's agent.
 #[derive(Debug, Clone)]
@@ -210,7 +234,11 @@ struct Inner {
     keys: Mutex<KeyState>,
     directory: StdMutex<Directory>,
     version: watch::Sender<u64>,
-    events: mpsc::UnboundedSender<SaEvent>,
+    /// Taken when the appliance is revoked, so the event stream ends.
+    events: StdMutex<Option<mpsc::UnboundedSender<SaEvent>>>,
+    link: watch::Sender<AuthorityLink>,
+    /// When the authority was lost (logged once), until it is reached again.
+    lost_at: StdMutex<Option<Instant>>,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     outbound: Mutex<HashMap<String, quinn::Connection>>,
@@ -243,6 +271,9 @@ impl std::fmt::Debug for KeyAgent {
     }
 }
 
+/// The agent-store key that records that the authority revoked this appliance.
+const REVOKED_KEY: &str = "revoked";
+
 fn key_label(id: &str) -> String {
     format!("master-keys/{id}")
 }
@@ -264,6 +295,12 @@ impl KeyAgent {
         opts: AgentOptions,
         store: AnyStore,
     ) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
+        if store.get(REVOKED_KEY).await?.is_some() {
+            // Revoked while it ran: starting would serve no one and idle.
+            return Err(Error::Revoked {
+                appliance: opts.appliance,
+            });
+        }
         let endpoint = quinn::Endpoint::client(opts.listen)
             .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
         let control = endpoint
@@ -302,7 +339,9 @@ impl KeyAgent {
                 keys: Mutex::new(keys),
                 directory: StdMutex::new(Directory::default()),
                 version: watch::channel(0).0,
-                events,
+                events: StdMutex::new(Some(events)),
+                link: watch::channel(AuthorityLink::Connecting).0,
+                lost_at: StdMutex::new(None),
                 endpoint,
                 client,
                 outbound: Mutex::new(HashMap::new()),
@@ -341,6 +380,17 @@ impl KeyAgent {
     /// A copy of the agent's directory.
     pub fn directory(&self) -> Directory {
         self.dir().clone()
+    }
+
+    /// Whether the feed from the authority is live now. While it is not, the agent keeps
+    /// its SAs and directory copy and keeps answering peers; it retries in the background.
+    pub fn authority_connected(&self) -> bool {
+        *self.inner.link.borrow() == AuthorityLink::Connected
+    }
+
+    /// Where the agent stands with its authority, as it changes.
+    pub fn authority_link(&self) -> watch::Receiver<AuthorityLink> {
+        self.inner.link.subscribe()
     }
 
     /// The current key epoch (counts rotations since the agent was created).
@@ -385,8 +435,83 @@ impl KeyAgent {
     }
 
     fn emit(&self, event: SaEvent) {
-        // The receiver gone means the data plane stopped; nothing is left to tell.
-        let _ = self.inner.events.send(event);
+        let events = self
+            .inner
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(events) = events.as_ref() {
+            // The receiver gone means the data plane stopped; nothing is left to tell.
+            let _ = events.send(event);
+        }
+    }
+
+    fn lost_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.inner
+            .lost_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The feed is live: logs the return if the authority had been lost.
+    fn authority_reached(&self) {
+        let was = self.inner.link.send_replace(AuthorityLink::Connected);
+        let since = self.lost_at().take();
+        if let (AuthorityLink::Lost, Some(since)) = (was, since) {
+            tracing::info!(
+                "authority at {} reachable again after {:.1} s",
+                self.inner.authority,
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The feed failed: logs the loss once (not on every retry).
+    fn authority_unreachable(&self, reason: &str) {
+        let was = self.inner.link.send_replace(AuthorityLink::Lost);
+        let addr = self.inner.authority;
+        match was {
+            AuthorityLink::Connected => tracing::warn!(
+                "lost the authority at {addr} ({reason}); keeping the SAs this appliance has, retrying"
+            ),
+            AuthorityLink::Connecting => tracing::warn!(
+                "cannot reach the authority at {addr} ({reason}); serving peers with the directory this agent has, retrying"
+            ),
+            AuthorityLink::Lost | AuthorityLink::Revoked => {
+                tracing::debug!("authority at {addr} still unreachable: {reason}");
+                return;
+            }
+        }
+        *self.lost_at() = Some(Instant::now());
+    }
+
+    /// The authority revoked this appliance: says so, remembers it across restarts (a
+    /// restart on this state refuses to start), ends the event stream and stops serving.
+    async fn stop_revoked(&self) {
+        let err = Error::Revoked {
+            appliance: self.inner.id.clone(),
+        };
+        tracing::error!("{err}");
+        let stamp = crate::store::json(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        if let Err(e) = self.inner.store.put(REVOKED_KEY, &stamp).await {
+            tracing::error!("recording the revocation in the agent's store failed: {e}");
+        }
+        self.inner.link.send_replace(AuthorityLink::Revoked);
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.shutdown();
+    }
+
+    /// Whether the authority revoked this appliance (the agent has then stopped).
+    pub fn is_revoked(&self) -> bool {
+        *self.inner.link.borrow() == AuthorityLink::Revoked
     }
 
     /// Grants `peer` an SA towards this appliance, if policy allows it.
@@ -443,6 +568,12 @@ impl KeyAgent {
             .endpoint
             .connect_with(self.inner.client.clone(), addr, peer)?
             .await?;
+        if !self.holds_listed_certificate(&conn, peer) {
+            conn.close(CLOSE_UNAUTHORISED.into(), b"certificate not listed");
+            return Err(Error::NotAuthorised(format!(
+                "{peer} presented a certificate the directory does not list (replaced or revoked)"
+            )));
+        }
         out.insert(peer.to_owned(), conn.clone());
         Ok(conn)
     }
@@ -687,7 +818,8 @@ impl KeyAgent {
         let peer = tls::peer_identity(&conn)
             .ok_or_else(|| Error::NotAuthorised("peer without a certificate".into()))?
             .appliance;
-        if !self.dir().allows(&self.inner.id, &peer) {
+        if !self.dir().allows(&self.inner.id, &peer) || !self.holds_listed_certificate(&conn, &peer)
+        {
             conn.close(CLOSE_UNAUTHORISED.into(), b"not authorised");
             return Err(Error::NotAuthorised(peer));
         }
@@ -701,6 +833,21 @@ impl KeyAgent {
             conns.retain(|c| c.stable_id() != conn.stable_id());
         }
         result
+    }
+
+    /// Whether `conn`'s peer presented the certificate the directory lists for `peer`: an
+    /// appliance that was replaced keeps a certificate that names the same id, and only
+    /// its serial tells it from its replacement.
+    fn holds_listed_certificate(&self, conn: &quinn::Connection, peer: &str) -> bool {
+        let listed = self
+            .dir()
+            .appliances
+            .get(peer)
+            .map(|e| e.cert_serial.clone());
+        match (listed, tls::peer_serial(conn)) {
+            (Some(listed), Some(presented)) => pki::same_serial(&listed, &presented),
+            _ => false,
+        }
     }
 
     async fn serve_streams(&self, conn: &quinn::Connection, peer: &str) -> Result<()> {
@@ -756,21 +903,31 @@ impl KeyAgent {
     }
 
     async fn feed_loop(self) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
-            match self.follow_authority().await {
-                Ok(()) => backoff = Duration::from_millis(50),
+            let reason = match self.follow_authority().await {
                 Err(Error::Quic(e)) if e.contains("endpoint stopping") => return,
-                Err(e) => tracing::debug!("authority feed lost: {e}"),
-            }
+                Err(Error::Revoked { .. }) => {
+                    self.stop_revoked().await;
+                    return;
+                }
+                Ok(()) => "the authority ended the feed".to_owned(),
+                Err(e) => e.to_string(),
+            };
             if self.inner.endpoint.local_addr().is_err() {
                 return;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            if self.authority_connected() {
+                // It worked until now: the next attempt comes soon.
+                backoff.reset();
+            }
+            self.authority_unreachable(&reason);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
+    /// Follows the authority's feed until it ends. A connection the authority closed as
+    /// revoked (this id, or this certificate after a replacement) is [`Error::Revoked`].
     async fn follow_authority(&self) -> Result<()> {
         let conn = self
             .inner
@@ -781,6 +938,21 @@ impl KeyAgent {
                 AUTHORITY_NAME,
             )?
             .await?;
+        let outcome = self.follow_feed(&conn).await;
+        let revoked = matches!(
+            conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED)
+        );
+        if revoked {
+            return Err(Error::Revoked {
+                appliance: self.inner.id.clone(),
+            });
+        }
+        outcome
+    }
+
+    async fn follow_feed(&self, conn: &quinn::Connection) -> Result<()> {
         let (mut send, mut recv) = conn.open_bi().await?;
         let control = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         proto::write_frame(
@@ -817,7 +989,11 @@ impl KeyAgent {
                             pending.version = version;
                             pending.rules = rules;
                             let fresh = std::mem::take(&mut pending);
+                            if fresh.appliances.get(&self.inner.id).is_some_and(|e| e.revoked) {
+                                return Err(Error::Revoked { appliance: self.inner.id.clone() });
+                            }
                             self.install_snapshot(fresh);
+                            self.authority_reached();
                             proto::write_frame(&mut send, &Message::Applied { version }).await?;
                             self.spawn_rotation(rotation, acks.clone());
                         }
@@ -835,6 +1011,9 @@ impl KeyAgent {
                         };
                         if applied {
                             if let Change::Revoke(id) = &delta.change {
+                                if *id == self.inner.id {
+                                    return Err(Error::Revoked { appliance: id.clone() });
+                                }
                                 self.enforce_revocation(id);
                             }
                             self.inner.version.send_replace(version);

@@ -91,6 +91,29 @@ pub enum AuditEvent {
         /// The appliance.
         appliance: String,
     },
+    /// An operator ordered a revoked appliance replaced: a token for its id that only a
+    /// new agent (fresh keys, new certificate) can redeem.
+    ReplacementOrdered {
+        /// The appliance.
+        appliance: String,
+        /// The serial of the revoked certificate, which stays refused.
+        old_serial: String,
+        /// The id of the replacement token.
+        token_id: String,
+        /// Who asked.
+        by: String,
+    },
+    /// The replacement enrolled: the entry is live again under a new certificate.
+    Replaced {
+        /// The appliance.
+        appliance: String,
+        /// The serial of the revoked certificate, which stays refused.
+        old_serial: String,
+        /// The serial of the new certificate.
+        new_serial: String,
+        /// Who ordered the replacement.
+        ordered_by: String,
+    },
     /// An operator opened an appliance's escrowed master keys.
     EscrowOpened {
         /// The appliance.

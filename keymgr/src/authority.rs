@@ -27,9 +27,13 @@ use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
 
 mod assign;
+mod replace;
 
 /// QUIC application close code: the appliance was revoked.
 pub const CLOSE_REVOKED: u32 = 0x52;
+/// QUIC application close code: the authority does not list the appliance (a store that
+/// lost it, or an agent of another authority); unlike revocation, the agent retries.
+pub const CLOSE_UNKNOWN: u32 = 0x55;
 /// QUIC application close code: protocol violation.
 pub const CLOSE_PROTOCOL: u32 = 0x50;
 
@@ -203,8 +207,15 @@ pub async fn create_token(
     load_or_create_material(&paths, &kek)?;
     let key = load_token_key(&paths, &kek)?;
     let mut events = Vec::new();
+    let store = open_store(cfg, &paths).await?;
+    let listed: Option<ApplianceEntry> =
+        store::get_json(&store, &format!("appliance/{appliance}")).await?;
+    if listed.is_some_and(|e| e.revoked) {
+        return Err(Error::ReplaceRequired {
+            appliance: appliance.to_owned(),
+        });
+    }
     if !prefixes.is_empty() {
-        let store = open_store(cfg, &paths).await?;
         let held = load_assignments(&store)
             .await?
             .with_added(appliance, prefixes)
@@ -344,6 +355,8 @@ struct Inner {
     /// When each appliance's agent last connected or left, unix seconds.
     last_seen: StdMutex<HashMap<String, u64>>,
     rotated: watch::Sender<HashMap<String, u64>>,
+    /// The newest rotation each appliance reported obeying.
+    obeyed: StdMutex<HashMap<String, u64>>,
     endpoint: quinn::Endpoint,
     /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
     stopped: watch::Sender<bool>,
@@ -442,6 +455,7 @@ impl Authority {
                 connections: StdMutex::new(HashMap::new()),
                 last_seen: StdMutex::new(HashMap::new()),
                 rotated: watch::channel(HashMap::new()).0,
+                obeyed: StdMutex::new(HashMap::new()),
                 endpoint,
                 stopped: watch::channel(false).0,
             }),
@@ -867,6 +881,7 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let epochs = self.inner.rotated.borrow().clone();
+        let obeyed = self.obeyed().clone();
         AdminReply::Status {
             version: dir.version,
             appliances: dir.appliances.len(),
@@ -880,6 +895,8 @@ impl Authority {
                     connected: connected.contains(&e.id),
                     last_seen: last_seen.get(&e.id).copied(),
                     epoch: epochs.get(&e.id).copied(),
+                    generation: epochs.get(&e.id).copied().map(crate::agent::generation_at),
+                    rotation: obeyed.get(&e.id).copied(),
                     entry: e.clone(),
                 })
                 .collect(),
@@ -891,6 +908,13 @@ impl Authority {
     pub fn shutdown(&self) {
         self.inner.stopped.send_replace(true);
         self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits (after [`Authority::shutdown`]) until every connection's close has been sent,
+    /// so agents learn at once that the authority went away instead of after the idle
+    /// timeout. Call it before the process exits.
+    pub async fn wait_closed(&self) {
+        self.inner.endpoint.wait_idle().await;
     }
 
     /// Resolves once [`Authority::shutdown`] was called.
@@ -942,17 +966,32 @@ impl Authority {
         let Some(identity) = tls::peer_identity(&conn) else {
             return self.serve_enrolment(conn).await;
         };
-        if !self
+        let listed = self
             .inner
             .state
             .lock()
             .await
             .master
             .live()
-            .is_active(&identity.appliance)
-        {
-            conn.close(CLOSE_REVOKED.into(), b"unknown or revoked");
-            return Err(Error::NotAuthorised(identity.appliance));
+            .appliances
+            .get(&identity.appliance)
+            .map(|e| (e.revoked, e.cert_serial.clone()));
+        let presented = tls::peer_serial(&conn).unwrap_or_default();
+        match listed {
+            None => {
+                conn.close(CLOSE_UNKNOWN.into(), b"unknown appliance");
+                return Err(Error::NotAuthorised(identity.appliance));
+            }
+            // Revoked, or a certificate that a replacement superseded: the same id, but
+            // only the listed serial is this appliance now.
+            Some((revoked, serial)) if revoked || !pki::same_serial(&serial, &presented) => {
+                conn.close(CLOSE_REVOKED.into(), b"revoked");
+                return Err(Error::NotAuthorised(format!(
+                    "{} (certificate {presented})",
+                    identity.appliance
+                )));
+            }
+            Some(_) => {}
         }
         self.seen(&identity.appliance);
         let previous = self
@@ -1002,6 +1041,13 @@ impl Authority {
         drop(conns);
         self.seen(&identity.appliance);
         result
+    }
+
+    fn obeyed(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner
+            .obeyed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn seen(&self, id: &str) {
@@ -1075,12 +1121,13 @@ impl Authority {
             .sign_csr(csr, &identity, self.inner.cert_days)?;
         let mut st = self.inner.state.lock().await;
         let listed = st.master.live().appliances.get(&claims.appliance);
-        if listed.is_some_and(|e| e.revoked) {
-            return Err(Error::NotAuthorised(format!(
-                "{} is revoked",
-                claims.appliance
-            )));
-        }
+        // A revoked id enrols again only as the replacement an operator ordered.
+        let replacing = match listed {
+            Some(e) if e.revoked => {
+                Some(self.replacement_for(&claims.appliance, &claims.id).await?)
+            }
+            _ => None,
+        };
         let token_key = format!("token/{}", claims.id);
         let guard = match self.inner.store.get(&token_key).await? {
             None => token_key.clone(),
@@ -1104,10 +1151,13 @@ impl Authority {
             prefixes: Vec::new(),
             joined: false,
         };
-        let writes = vec![
+        let mut writes = vec![
             Write::Put(token_key, used),
             Write::Put(format!("cert/{}", claims.appliance), cert.to_vec()),
         ];
+        if let Some(order) = &replacing {
+            writes.extend(self.replacement_writes(&claims.appliance, order).await?);
+        }
         self.commit(
             &mut st,
             Change::Upsert(entry),
@@ -1117,12 +1167,26 @@ impl Authority {
         )
         .await?;
         drop(st);
-        self.audit(AuditEvent::Enrolled {
-            appliance: claims.appliance,
+        let mut events = vec![AuditEvent::Enrolled {
+            appliance: claims.appliance.clone(),
             centre: claims.centre,
-            serial,
-        })
-        .await?;
+            serial: serial.clone(),
+        }];
+        if let Some(order) = replacing {
+            self.forget_reports(&claims.appliance);
+            tracing::info!(
+                "{} replaced: certificate {} refused from now on, {serial} enrolled",
+                claims.appliance,
+                order.old_serial
+            );
+            events.push(AuditEvent::Replaced {
+                appliance: claims.appliance,
+                old_serial: order.old_serial,
+                new_serial: serial,
+                ordered_by: order.by,
+            });
+        }
+        self.audit_all(events).await?;
         Ok(cert.to_vec())
     }
 
@@ -1235,7 +1299,8 @@ impl Authority {
                 },
                 msg = proto::read_frame::<_, Message>(recv) => match msg {
                     Ok(Some(Message::Applied { .. })) => {}
-                    Ok(Some(Message::Rotated { epoch, .. })) => {
+                    Ok(Some(Message::Rotated { rotation, epoch })) => {
+                        self.obeyed().insert(id.to_owned(), rotation);
                         // A reconnecting appliance repeats its last acknowledgement.
                         let known = self.inner.rotated.borrow().get(id) == Some(&epoch);
                         if !known {
@@ -1324,6 +1389,19 @@ impl Authority {
                 prefixes,
             } => self.remove_prefixes(&appliance, &prefixes, by).await,
             AdminRequest::ListPrefixes => return AdminReply::Prefixes(self.prefixes().await),
+            AdminRequest::Replace {
+                appliance,
+                centre,
+                tenant,
+                ttl_secs,
+                prefixes,
+            } => {
+                let ttl = ttl_secs.map(Duration::from_secs);
+                let token = self
+                    .replace(&appliance, &centre, &tenant, ttl, &prefixes, by)
+                    .await;
+                return token.map_or_else(|e| AdminReply::Error(e.to_string()), AdminReply::Token);
+            }
         };
         match result {
             Ok(n) => AdminReply::Done(n),

@@ -92,6 +92,20 @@ pub enum Error {
         /// The appliance the agent is configured as.
         agent: String,
     },
+    /// The authority revoked this appliance: its certificate stays refused and its agent
+    /// serves no one. The way back is the replace flow, with fresh keys and certificate.
+    #[error("the authority revoked {appliance}: its certificate stays refused and this agent serves no peers. To put an appliance in its place, run `cpclink keymgr replace --appliance {appliance} --centre CENTRE` at the authority, then start the agent on an empty state_dir with the token it prints")]
+    Revoked {
+        /// The revoked appliance.
+        appliance: String,
+    },
+    /// A token was asked for (or presented) for a revoked appliance without the replace
+    /// flow; nothing was minted, spent or recorded.
+    #[error("{appliance} is revoked: a plain token for it enrols nothing. To put new hardware in its place, run `cpclink keymgr replace --appliance {appliance} --centre CENTRE`; its agent then enrols with fresh keys and a new certificate")]
+    ReplaceRequired {
+        /// The revoked appliance.
+        appliance: String,
+    },
 }
 
 /// Why an enrolment token was refused.

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod audit;
 pub mod authority;
+pub mod backoff;
 pub mod config;
 pub mod directory;
 mod error;

@@ -210,6 +210,20 @@ pub fn identity_of(cert: &[u8]) -> Result<Identity> {
     })
 }
 
+/// The serial number a certificate carries, hex, as [`Ca::sign_csr`] reports it.
+pub fn serial_of(cert: &[u8]) -> Result<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable peer certificate: {e}")))?;
+    Ok(hex::encode(parsed.raw_serial()))
+}
+
+/// Whether two hex serials are the same number: DER may drop or add a leading zero byte
+/// that the issuing side's hex kept or lacked.
+pub fn same_serial(a: &str, b: &str) -> bool {
+    let digits = |s: &str| s.trim_start_matches('0').to_ascii_lowercase();
+    !a.is_empty() && digits(a) == digits(b)
+}
+
 /// PEM-encodes a certificate.
 pub fn cert_pem(cert: &CertificateDer<'_>) -> String {
     pem_encode("CERTIFICATE", cert.as_ref())
@@ -262,6 +276,12 @@ mod tests {
         let (cert, serial) = ca.sign_csr(&csr, &id, 30).unwrap();
         assert_eq!(identity_of(&cert).unwrap(), id);
         assert_eq!(serial.len(), 32);
+        // What a peer reads off the presented certificate matches what the CA recorded.
+        assert!(same_serial(&serial_of(&cert).unwrap(), &serial));
+        let (other, other_serial) = ca.sign_csr(&csr, &id, 30).unwrap();
+        assert!(!same_serial(&serial_of(&other).unwrap(), &serial));
+        assert!(same_serial(&serial_of(&other).unwrap(), &other_serial));
+        assert!(same_serial("00ab", "AB") && !same_serial("", ""));
         let reloaded = Ca::load(&ca.cert_der(), &ca.key_der()).unwrap();
         let (cert2, _) = reloaded.sign_csr(&csr, &id, 30).unwrap();
         assert_eq!(identity_of(&cert2).unwrap(), id);

@@ -192,6 +192,20 @@ pub enum AdminRequest {
     },
     /// List every appliance's assigned, announced and accepted prefixes.
     ListPrefixes,
+    /// Order a revoked appliance replaced: a token (audited) that a new agent with fresh
+    /// keys redeems for a new certificate; the old certificate stays refused.
+    Replace {
+        /// The revoked appliance's id, which the replacement takes over.
+        appliance: String,
+        /// Its centre.
+        centre: String,
+        /// Its tenant.
+        tenant: String,
+        /// Lifetime in seconds; `None` for the configured default.
+        ttl_secs: Option<u64>,
+        /// Inner prefixes to add to its assignment.
+        prefixes: Vec<InnerPrefix>,
+    },
 }
 
 /// One appliance as `keymgr status` lists it.
@@ -206,6 +220,10 @@ pub struct ApplianceStatus {
     pub last_seen: Option<u64>,
     /// The key epoch it last reported after a rotation; `None` if none yet.
     pub epoch: Option<u64>,
+    /// The key generation (0 or 1) that epoch is in.
+    pub generation: Option<u8>,
+    /// The newest rotation it reported obeying (since the authority started).
+    pub rotation: Option<u64>,
 }
 
 /// One appliance's inner prefixes, as the authority holds them.

@@ -117,6 +117,15 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
     identity_of(certs.first()?).ok()
 }
 
+/// The serial of the certificate the peer presented, hex.
+pub fn peer_serial(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    crate::pki::serial_of(certs.first()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use cpclink_bench::keyplane as bench;
@@ -11,7 +12,7 @@ use cpclink_keymgr::audit;
 use cpclink_keymgr::authority::{self, Authority};
 use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
 use cpclink_keymgr::prefix::{self, InnerPrefix};
-use cpclink_keymgr::proto::{AdminReply, AdminRequest};
+use cpclink_keymgr::proto::{AdminReply, AdminRequest, ApplianceStatus};
 
 /// Arguments of `cpclink keymgr`.
 #[derive(Debug, Args)]
@@ -34,6 +35,25 @@ enum KeymgrCommand {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Replace a revoked appliance with new hardware: prints a token for its id that a new
+    /// agent (fresh keys, empty state_dir) enrols with; the old certificate stays refused.
+    Replace {
+        /// The revoked appliance's id, which the new hardware takes over.
+        #[arg(long)]
+        appliance: String,
+        /// The appliance's centre.
+        #[arg(long)]
+        centre: String,
+        /// The tenant the appliance serves.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Lifetime in seconds (default: the config's token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// An inner prefix to add to the appliance's assignment (repeat for more).
+        #[arg(long = "prefix", value_name = "PREFIX")]
+        prefixes: Vec<InnerPrefix>,
     },
     /// Revoke an appliance everywhere.
     Revoke {
@@ -191,12 +211,19 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                         ev = events.recv() => match ev {
                             // Events carry keys: only their kind is logged.
                             Some(ev) => tracing::debug!("{}", event_kind(&ev)),
+                            // The stream ends when the authority revoked this appliance.
                             None => break,
                         },
                         _ = tokio::signal::ctrl_c() => break,
                     }
                 }
                 agent.shutdown();
+                if agent.is_revoked() {
+                    return Err(cpclink_keymgr::Error::Revoked {
+                        appliance: agent.id().to_owned(),
+                    }
+                    .to_string());
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -210,6 +237,8 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                 );
                 let _ = tokio::signal::ctrl_c().await;
                 auth.shutdown();
+                // Send the closes before exiting, so agents notice at once.
+                let _ = tokio::time::timeout(Duration::from_secs(2), auth.wait_closed()).await;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -241,28 +270,49 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
                     .await
                     .map(AdminReply::Token)
             });
-            print_reply(reply.map_err(|e| e.to_string())?)
+            let reply = reply.map_err(|e| e.to_string())?;
+            if let AdminReply::Token(token) = &reply {
+                // The token alone on stdout, so `> enrol.token` captures just it.
+                let ttl = ttl.unwrap_or(cfg.token_ttl_secs);
+                eprintln!(
+                    "{}",
+                    token_line("enrolment token", appliance, centre, tenant, ttl, prefixes)
+                );
+                println!("{token}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
         }
-        KeymgrCommand::Prefixes { command } => admin(
-            &args,
-            match command {
-                PrefixesCommand::Assign {
-                    appliance,
-                    prefixes,
-                } => AdminRequest::AssignPrefixes {
+        KeymgrCommand::Replace {
+            appliance,
+            centre,
+            tenant,
+            ttl,
+            prefixes,
+        } => {
+            let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
+            let reply = admin_reply(
+                &args,
+                AdminRequest::Replace {
                     appliance: appliance.clone(),
+                    centre: centre.clone(),
+                    tenant: tenant.clone(),
+                    ttl_secs: *ttl,
                     prefixes: prefixes.clone(),
                 },
-                PrefixesCommand::Remove {
-                    appliance,
-                    prefixes,
-                } => AdminRequest::RemovePrefixes {
-                    appliance: appliance.clone(),
-                    prefixes: prefixes.clone(),
-                },
-                PrefixesCommand::List => AdminRequest::ListPrefixes,
-            },
-        ),
+            )?;
+            if let AdminReply::Token(token) = &reply {
+                let ttl = ttl.unwrap_or(cfg.token_ttl_secs);
+                eprintln!(
+                    "{}; {appliance}'s old certificate stays refused, and its entry stays revoked until the new agent enrols",
+                    token_line("replacement token", appliance, centre, tenant, ttl, prefixes)
+                );
+                println!("{token}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_reply(reply)
+        }
+        KeymgrCommand::Prefixes { command } => prefixes_command(&args, command),
         KeymgrCommand::Revoke { appliance } => {
             let reply = admin_reply(
                 &args,
@@ -272,7 +322,7 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
             )?;
             if let AdminReply::Done(version) = reply {
                 println!(
-                    "revoked {appliance} (directory version {version}): every peer drops its SAs and refuses it, and its connection to the authority is closed"
+                    "revoked {appliance} (directory version {version}): every peer drops its SAs and refuses it, its agent stops; new hardware in its place: `cpclink keymgr replace --appliance {appliance} --centre CENTRE`"
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -280,17 +330,127 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
         }
         KeymgrCommand::Rotate => {
             let reply = admin_reply(&args, AdminRequest::Rotate)?;
-            if let AdminReply::Done(rotation) = reply {
-                // Each agent keeps its own generation and epoch; `status` shows what each
-                // reports once it has obeyed.
-                println!(
-                    "ordered rotation {rotation}: every appliance moves to its next key generation (`keymgr status` shows each one's epoch as it reports)"
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            print_reply(reply)
+            let AdminReply::Done(rotation) = reply else {
+                return print_reply(reply);
+            };
+            // Each agent rotates on its own; wait briefly for their reports.
+            let listed = await_rotation_reports(&args, rotation, ROTATION_REPORT_WAIT)?;
+            println!("{}", rotation_summary(rotation, &listed));
+            Ok(ExitCode::SUCCESS)
         }
         KeymgrCommand::Status => admin(&args, AdminRequest::Status),
+    }
+}
+
+/// How long `rotate` waits for appliances to report their new generation.
+const ROTATION_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Polls the authority's status until every live appliance reported obeying `rotation`, or
+/// `wait` passed; returns the last status's appliances.
+fn await_rotation_reports(
+    args: &KeymgrArgs,
+    rotation: u64,
+    wait: Duration,
+) -> Result<Vec<ApplianceStatus>, String> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let listed = match admin_reply(args, AdminRequest::Status)? {
+            AdminReply::Status { listed, .. } => listed,
+            AdminReply::Error(e) => return Err(e),
+            other => return Err(format!("unexpected status reply {other:?}")),
+        };
+        let waiting = listed
+            .iter()
+            .any(|a| !a.entry.revoked && a.rotation.is_none_or(|r| r < rotation));
+        if !waiting || std::time::Instant::now() >= deadline {
+            return Ok(listed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `rotated: rotation 3 ordered; dc1-edge now generation 1 (epoch 4), …`, naming those that
+/// have not reported yet (and whether they are connected).
+fn rotation_summary(rotation: u64, listed: &[ApplianceStatus]) -> String {
+    let mut done = Vec::new();
+    let mut pending = Vec::new();
+    for a in listed.iter().filter(|a| !a.entry.revoked) {
+        match (a.rotation, a.generation, a.epoch) {
+            (Some(r), Some(g), Some(e)) if r >= rotation => {
+                done.push(format!("{} now generation {g} (epoch {e})", a.entry.id));
+            }
+            _ if a.connected => pending.push(a.entry.id.clone()),
+            _ => pending.push(format!("{} (not connected)", a.entry.id)),
+        }
+    }
+    let mut line = format!("rotated: rotation {rotation} ordered");
+    if done.is_empty() && pending.is_empty() {
+        line.push_str("; no appliance is enrolled to obey it");
+    }
+    if !done.is_empty() {
+        line.push_str("; ");
+        line.push_str(&done.join(", "));
+    }
+    if !pending.is_empty() {
+        line.push_str(&format!(
+            "; not reported yet: {} (`keymgr status` shows each as it reports)",
+            pending.join(", ")
+        ));
+    }
+    line
+}
+
+/// What a minted token is for, in one line.
+fn token_line(
+    what: &str,
+    appliance: &str,
+    centre: &str,
+    tenant: &str,
+    ttl_secs: u64,
+    prefixes: &[InnerPrefix],
+) -> String {
+    let mut line = format!(
+        "{what} for {appliance} (centre {centre}, tenant {tenant}), single use, valid {ttl_secs} s"
+    );
+    if !prefixes.is_empty() {
+        line.push_str(&format!("; assigned {}", prefix::list(prefixes)));
+    }
+    line.push_str("; put it in the agent's token_file");
+    line
+}
+
+fn prefixes_command(args: &KeymgrArgs, command: &PrefixesCommand) -> Result<ExitCode, String> {
+    let (req, done) = match command {
+        PrefixesCommand::Assign {
+            appliance,
+            prefixes,
+        } => (
+            AdminRequest::AssignPrefixes {
+                appliance: appliance.clone(),
+                prefixes: prefixes.clone(),
+            },
+            format!("assigned {} to {appliance}", prefix::list(prefixes)),
+        ),
+        PrefixesCommand::Remove {
+            appliance,
+            prefixes,
+        } => (
+            AdminRequest::RemovePrefixes {
+                appliance: appliance.clone(),
+                prefixes: prefixes.clone(),
+            },
+            format!("removed {} from {appliance}", prefix::list(prefixes)),
+        ),
+        PrefixesCommand::List => return admin(args, AdminRequest::ListPrefixes),
+    };
+    match admin_reply(args, req)? {
+        AdminReply::Done(version) => {
+            println!(
+                "{done} (directory version {version}); the directory lists what its agent announces within the assignment"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => print_reply(other),
     }
 }
 
@@ -396,5 +556,66 @@ fn event_kind(ev: &cpclink_keymgr::agent::SaEvent) -> String {
             format!("rotated to generation {generation}, epoch {epoch}")
         }
         SaEvent::Revoked { appliance } => format!("{appliance} revoked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cpclink_keymgr::directory::ApplianceEntry;
+
+    use super::*;
+
+    fn listed(
+        id: &str,
+        connected: bool,
+        report: Option<(u64, u64)>,
+        revoked: bool,
+    ) -> ApplianceStatus {
+        ApplianceStatus {
+            entry: ApplianceEntry {
+                id: id.into(),
+                centre: "dc1".into(),
+                tenant: "default".into(),
+                control: String::new(),
+                endpoints: vec![],
+                capabilities: vec![],
+                cert_serial: "01".into(),
+                revoked,
+                prefixes: vec![],
+                joined: true,
+            },
+            connected,
+            last_seen: None,
+            epoch: report.map(|(_, e)| e),
+            generation: report.map(|(_, e)| cpclink_keymgr::agent::generation_at(e)),
+            rotation: report.map(|(r, _)| r),
+        }
+    }
+
+    #[test]
+    fn rotate_says_what_each_appliance_now_holds_and_who_has_not_reported() {
+        let all = [
+            listed("dc1-edge", true, Some((3, 4)), false),
+            listed("dc2-edge", true, Some((3, 4)), false),
+        ];
+        assert_eq!(
+            rotation_summary(3, &all),
+            "rotated: rotation 3 ordered; dc1-edge now generation 1 (epoch 4), dc2-edge now generation 1 (epoch 4)"
+        );
+        let some = [
+            listed("dc1-edge", true, Some((3, 5)), false),
+            // Reported an older rotation only: not this one yet.
+            listed("dc2-edge", true, Some((2, 3)), false),
+            listed("dc3-edge", false, None, false),
+            listed("gone", false, None, true),
+        ];
+        assert_eq!(
+            rotation_summary(3, &some),
+            "rotated: rotation 3 ordered; dc1-edge now generation 0 (epoch 5); not reported yet: dc2-edge, dc3-edge (not connected) (`keymgr status` shows each as it reports)"
+        );
+        assert_eq!(
+            rotation_summary(1, &[]),
+            "rotated: rotation 1 ordered; no appliance is enrolled to obey it"
+        );
     }
 }

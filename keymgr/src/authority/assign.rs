@@ -212,6 +212,11 @@ impl Authority {
         by: &str,
     ) -> Result<String> {
         check_id(appliance)?;
+        if self.enrolled(appliance).await.is_ok_and(|e| e.revoked) {
+            return Err(Error::ReplaceRequired {
+                appliance: appliance.to_owned(),
+            });
+        }
         if !prefixes.is_empty() {
             self.assign_prefixes(appliance, prefixes, by).await?;
         }
