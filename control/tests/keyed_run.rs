@@ -276,7 +276,7 @@ async fn rotations_under_traffic_move_to_new_sas_and_retire_the_old() {
     for round in 1..=2 {
         let rotation = p.keymgr(&["rotate"]).await;
         assert!(
-            rotation.starts_with(&format!("ordered rotation {round}:")),
+            rotation.starts_with(&format!("rotated: rotation {round} ordered")),
             "the authority's rotation number: {rotation}"
         );
         // Every worker moves to an SA of the peer's new generation.
@@ -671,7 +671,7 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
     assert!(lab
         .keymgr(&["rotate"])
         .unwrap()
-        .starts_with("ordered rotation 1:"));
+        .starts_with("rotated: rotation 1 ordered"));
     let moved = |log: &str, peer: &str| {
         (0..2).all(|w| {
             log.lines().any(|l| {
