@@ -132,7 +132,8 @@ pub struct RunningAppliance {
     handle: ApplianceHandle,
     engine: Arc<Engine>,
     keys: watch::Receiver<KeyingStatus>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends with whether the owner stopped because this appliance was revoked.
+    task: tokio::task::JoinHandle<bool>,
 }
 
 impl RunningAppliance {
@@ -156,14 +157,15 @@ impl RunningAppliance {
     /// running with the SAs it has until it is shut down.
     pub async fn stop(self) -> Arc<Engine> {
         self.handle.stop();
-        self.wait().await
+        self.wait().await.0
     }
 
-    /// Waits for the owner task to end (after [`ApplianceHandle::stop`]); the key source is
-    /// stopped by then and the engine is returned for draining.
-    pub async fn wait(self) -> Arc<Engine> {
-        let _ = self.task.await;
-        self.engine
+    /// Waits for the owner task to end (after [`ApplianceHandle::stop`], or because this
+    /// appliance was revoked); the key source is stopped by then and the engine is returned
+    /// for draining, with whether the end was a revocation.
+    pub async fn wait(self) -> (Arc<Engine>, bool) {
+        let revoked = self.task.await.unwrap_or(false);
+        (self.engine, revoked)
     }
 }
 
@@ -185,6 +187,7 @@ pub fn spawn<K: KeySource>(
         routes: Vec::new(),
         reloads: 0,
         published,
+        revoked: false,
     };
     owner.apply_routes();
     let task = tokio::spawn(owner.run(inbox, events));
@@ -225,6 +228,8 @@ struct Owner<K> {
     reloads: u64,
     /// The key source's status as last published to [`RunningAppliance::keys`].
     published: watch::Sender<KeyingStatus>,
+    /// The owner stopped because this appliance was revoked.
+    revoked: bool,
 }
 
 impl<K: KeySource> Owner<K> {
@@ -232,7 +237,7 @@ impl<K: KeySource> Owner<K> {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
-    ) {
+    ) -> bool {
         loop {
             tokio::select! {
                 command = inbox.recv() => match command {
@@ -245,11 +250,14 @@ impl<K: KeySource> Owner<K> {
                     Some(Command::Stop) | None => break,
                 },
                 Some(event) = events.recv() => self.keys.on_engine_event(event),
-                input = self.keys.next() => {
-                    if self.keys.handle(input) == KeyUpdate::RoutesChanged {
-                        self.apply_routes();
+                input = self.keys.next() => match self.keys.handle(input) {
+                    KeyUpdate::RoutesChanged => self.apply_routes(),
+                    KeyUpdate::Revoked => {
+                        self.revoked = true;
+                        break;
                     }
-                }
+                    KeyUpdate::Nothing => {}
+                },
             }
             let status = self.keys.status();
             self.published.send_if_modified(|old| {
@@ -261,6 +269,7 @@ impl<K: KeySource> Owner<K> {
             });
         }
         self.keys.shutdown().await;
+        self.revoked
     }
 
     fn status(&self) -> ApplianceStatus {
@@ -489,14 +498,20 @@ pub fn run(
         Ok::<_, Error>(running.wait().await)
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let engine = engine?;
+    let (engine, revoked) = engine?;
     tracing::info!("stopping; draining the workers");
-    Ok(match Arc::try_unwrap(engine) {
+    let stats = match Arc::try_unwrap(engine) {
         Ok(engine) => engine.shutdown()?,
         // Something still holds the engine (a request task of the key plane that outlived
         // the runtime); the counters are still worth printing, and dropping it stops it.
         Err(engine) => engine.snapshot()?,
-    })
+    };
+    if revoked {
+        return Err(Error::Revoked(
+            serde_json::to_string(&stats.total()).unwrap_or_default(),
+        ));
+    }
+    Ok(stats)
 }
 
 /// Enrols (if not yet enrolled) and starts the key agent publishing the engine's endpoint.
@@ -520,12 +535,15 @@ async fn start_key_plane(
         }
     );
     let authority = options.authority;
-    let (agent, events) = KeyAgent::start(options)
-        .await
-        .map_err(|e| Error::Authority {
+    let (agent, events) = KeyAgent::start(options).await.map_err(|e| match e {
+        // Not an unreachable authority: say what it is, and the way out it names.
+        e @ (cpclink_keymgr::Error::Revoked { .. }
+        | cpclink_keymgr::Error::WrongAppliance { .. }) => Error::KeyPlane(e),
+        e => Error::Authority {
             authority,
             reason: e.to_string(),
-        })?;
+        },
+    })?;
     tracing::info!(
         "key agent {} enrolled; serving peers on {}, publishing data-plane endpoint {endpoint}",
         agent.id(),

@@ -32,6 +32,9 @@ pub enum Error {
     /// A reload was refused; the running configuration stays.
     #[error("reload refused: {0}")]
     Reload(String),
+    /// This appliance was revoked while it ran; it stopped (final counters attached).
+    #[error("this appliance was revoked and has stopped; an admin brings new hardware into its role with `cpclink keymgr replace` (final counters: {0})")]
+    Revoked(String),
     /// The appliance's owner task has ended; nothing more can be asked of it.
     #[error("the appliance has stopped")]
     Stopped,

@@ -222,10 +222,19 @@ impl KeySource for KeyPlane {
         match input {
             KeyInput::Sa(Some(event)) => return self.on_sa_event(event),
             KeyInput::Sa(None) | KeyInput::Directory(false) => {
-                if !self.ended {
+                let first = !self.ended;
+                self.ended = true;
+                if self.agent.is_revoked() {
+                    tracing::error!(
+                        "this appliance ({}) was revoked: stopping; to bring new hardware into its role, an admin runs `cpclink keymgr replace --appliance {}`",
+                        self.agent.id(),
+                        self.agent.id()
+                    );
+                    return KeyUpdate::Revoked;
+                }
+                if first {
                     tracing::warn!("key agent {} has stopped", self.agent.id());
                 }
-                self.ended = true;
             }
             KeyInput::Directory(true) => return self.sync_directory(),
             KeyInput::Fetched(outcome) => self.on_fetched(outcome),

@@ -20,6 +20,9 @@ pub enum KeyUpdate {
     Nothing,
     /// Peers or the prefixes they serve changed: the route table must be rebuilt.
     RoutesChanged,
+    /// The source can no longer key this appliance (its own appliance was revoked): the
+    /// appliance stops.
+    Revoked,
 }
 
 /// A source of SAs, peers and peers' prefixes, driven by the appliance's owner task.

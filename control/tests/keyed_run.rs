@@ -698,10 +698,30 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
         lab.logs()
     );
 
-    for pid in [pid_a, pid_b] {
-        sh(&["kill", "-INT", &pid.to_string()]).unwrap();
-    }
-    for name in ["a", "b"] {
+    // The revoked b stops by itself, with an error that names the way back.
+    let child = &mut lab.children.iter_mut().find(|(n, _)| n == "b").unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked b stops\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a revoked appliance exits with an error");
+    let log = lab.log("b", "err");
+    assert!(
+        log.contains("was revoked and has stopped") && log.contains("cpclink keymgr replace"),
+        "{log}"
+    );
+    let _ = pid_b;
+    sh(&["kill", "-INT", &pid_a.to_string()]).unwrap();
+    {
+        let name = "a";
         let child = &mut lab.children.iter_mut().find(|(n, _)| n == name).unwrap().1;
         let status = child.wait().unwrap();
         assert!(
