@@ -6,16 +6,19 @@
 //! bytes, not wire bytes. The time splits say where each side's worker time went.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, SourceRate,
-    TrafficSpec, WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, WorkerStats,
 };
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
+use cpclink_dataplane::route::RouteTable;
 use cpclink_dataplane::sa::MasterKeys;
 
+use crate::pacer::SourceRate;
+use crate::traffic::{TrafficCounters, TrafficSpec, TrafficStats, MAX_PACKET, MIN_PACKET};
 use crate::Error;
 
 /// Payload sizes measured by default.
@@ -33,13 +36,24 @@ pub const DEFAULT_SUITE: Suite = Suite::AesGcm256;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// Two engines on loopback, each sending synthetic flows to the other (or only `a` to `b`),
-/// keyed in lab mode.
+/// keyed in lab mode, each routing the flows' prefixes to the other.
 #[derive(Debug)]
 pub struct LoopbackPair {
     /// The first appliance.
     pub a: Engine,
     /// The second appliance.
     pub b: Engine,
+    traffic_a: Arc<TrafficCounters>,
+    traffic_b: Arc<TrafficCounters>,
+}
+
+/// One side of a pair: its engine's counters and what its synthetic traffic counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SideStats {
+    /// The engine's counters, summed over workers.
+    pub engine: WorkerStats,
+    /// The generators' and sinks' counts.
+    pub traffic: TrafficStats,
 }
 
 /// How a [`LoopbackPair`] runs.
@@ -93,11 +107,8 @@ fn cores(side: usize, workers: usize) -> Vec<usize> {
 impl LoopbackPair {
     /// Starts both engines, keys them and lets traffic flow.
     pub fn start(options: PairOptions) -> Result<Self, Error> {
-        let spec = TrafficSpec {
-            flows: options.flows,
-            packet_len: options.payload,
-        };
-        let engine = |side: usize, source: bool| {
+        let spec = TrafficSpec::new(options.flows, options.payload);
+        let engine = |side: usize, source: bool, counters: &Arc<TrafficCounters>| {
             let mut config = EngineConfig::new(SocketAddr::new(options.address, 0));
             config.workers = options.workers;
             config.cores = cores(side, options.workers);
@@ -106,18 +117,24 @@ impl LoopbackPair {
             config.crypto = options.crypto;
             config.batch_sends = options.batch_sends;
             config.gso_segments = options.gso_segments;
-            config.source = source.then_some(spec);
-            config.source_rate = options.rate;
-            config.egress = Egress::Sink {
-                flows: options.flows,
+            config.source = if source {
+                Some(spec.source(options.rate, options.gso_segments, counters)?)
+            } else {
+                None
             };
-            Engine::start(config)
+            config.egress = Egress::Sink(spec.sink(counters));
+            Ok::<_, Error>(Engine::start(config)?)
         };
-        let a = engine(0, true)?;
-        let b = engine(1, options.both_ways)?;
+        let traffic_a = TrafficCounters::new(options.workers);
+        let traffic_b = TrafficCounters::new(options.workers);
+        let a = engine(0, true, &traffic_a)?;
+        let b = engine(1, options.both_ways, &traffic_b)?;
         let peer = |endpoint| PeerConfig { endpoint };
         a.set_peer(PeerId(0), peer(b.local_addr()))?;
         b.set_peer(PeerId(0), peer(a.local_addr()))?;
+        let routes = Arc::new(RouteTable::build(spec.routes())?);
+        a.set_routes(Arc::clone(&routes))?;
+        b.set_routes(routes)?;
         let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);
         lab::enable_rx_derivation(&a, &keys_a, options.suite)?;
         lab::enable_rx_derivation(&b, &keys_b, options.suite)?;
@@ -131,20 +148,44 @@ impl LoopbackPair {
         };
         lab::install_tx_sas(&a, PeerId(0), &keys_b, profile)?;
         lab::install_tx_sas(&b, PeerId(0), &keys_a, profile)?;
-        Ok(Self { a, b })
+        Ok(Self {
+            a,
+            b,
+            traffic_a,
+            traffic_b,
+        })
     }
 
     /// Counters of both sides, summed over workers.
-    pub fn totals(&self) -> Result<(WorkerStats, WorkerStats), Error> {
-        Ok((self.a.snapshot()?.total(), self.b.snapshot()?.total()))
+    pub fn totals(&self) -> Result<(SideStats, SideStats), Error> {
+        Ok((
+            SideStats {
+                engine: self.a.snapshot()?.total(),
+                traffic: self.traffic_a.total(),
+            },
+            SideStats {
+                engine: self.b.snapshot()?.total(),
+                traffic: self.traffic_b.total(),
+            },
+        ))
     }
 
     /// Stops the sources, lets what is in flight land, stops the engines.
-    pub fn finish(self) -> Result<(WorkerStats, WorkerStats), Error> {
+    pub fn finish(self) -> Result<(SideStats, SideStats), Error> {
         self.a.set_source_active(false)?;
         self.b.set_source_active(false)?;
         std::thread::sleep(Duration::from_millis(200));
-        Ok((self.a.shutdown()?.total(), self.b.shutdown()?.total()))
+        let (a, b) = (self.a.shutdown()?.total(), self.b.shutdown()?.total());
+        Ok((
+            SideStats {
+                engine: a,
+                traffic: self.traffic_a.total(),
+            },
+            SideStats {
+                engine: b,
+                traffic: self.traffic_b.total(),
+            },
+        ))
     }
 }
 
@@ -242,8 +283,10 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
     let (a1, b1) = pair.totals()?;
     let secs = start.elapsed().as_secs_f64();
     pair.finish()?;
-    let bytes = b1.sink.verified_bytes - b0.sink.verified_bytes;
-    let packets = b1.sink.verified_packets - b0.sink.verified_packets;
+    let (tb0, tb1) = (b0.traffic, b1.traffic);
+    let (a0, a1, b0, b1) = (a0.engine, a1.engine, b0.engine, b1.engine);
+    let bytes = tb1.sink.verified_bytes - tb0.sink.verified_bytes;
+    let packets = tb1.sink.verified_packets - tb0.sink.verified_packets;
     let worker_ns = secs * 1e9 * options.workers as f64;
     let share = |ns: u64| ns as f64 / worker_ns;
     let sent = (a1.tx_packets - a0.tx_packets).max(1);
@@ -262,7 +305,7 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
             tx_build: share(a1.ns_tx_build - a0.ns_tx_build),
             tx_send: share(a1.ns_tx_send - a0.ns_tx_send),
             rx_process: share(b1.ns_rx_process - b0.ns_rx_process),
-            lost: (b1.sink.gaps - b0.sink.gaps) as f64 / sent as f64,
+            lost: (tb1.sink.gaps - tb0.sink.gaps) as f64 / sent as f64,
             tx_cpu_ns: (a1.ns_cpu - a0.ns_cpu) as f64 / sent as f64,
             rx_cpu_ns: (b1.ns_cpu - b0.ns_cpu) as f64 / received as f64,
         },
@@ -278,11 +321,11 @@ pub fn run(
     if let Some(&suite) = plan.suites.iter().find(|s| !s.encrypts()) {
         return Err(Error::NotEncrypting(suite.name()));
     }
-    if let Some(&payload) = plan.sizes.iter().find(|&&size| {
-        !(cpclink_dataplane::engine::synthetic::MIN_PACKET
-            ..=cpclink_dataplane::engine::synthetic::MAX_PACKET)
-            .contains(&size)
-    }) {
+    if let Some(&payload) = plan
+        .sizes
+        .iter()
+        .find(|&&size| !(MIN_PACKET..=MAX_PACKET).contains(&size))
+    {
         return Err(Error::BadSize(payload));
     }
     let mut modes = vec![(Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc)];
