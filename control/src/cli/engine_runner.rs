@@ -105,6 +105,7 @@ impl TuneRunner for EngineRunner {
             rate: None,
             suite: suite::DEFAULT_SUITE,
             crypto: cpclink_dataplane::crypto::Backend::AwsLc,
+            routes: 0,
         };
         let row = suite::measure(options, self.window).map_err(|e| fail(e.to_string()))?;
         let baseline_gbps = match &mut self.baseline {
