@@ -6,16 +6,19 @@
 //! bytes, not wire bytes. The time splits say where each side's worker time went.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, SourceRate,
-    TrafficSpec, WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, WorkerStats,
 };
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
+use cpclink_dataplane::route::RouteTable;
 use cpclink_dataplane::sa::MasterKeys;
 
+use crate::pacer::SourceRate;
+use crate::traffic::{TrafficCounters, TrafficSpec, TrafficStats, MAX_PACKET, MIN_PACKET};
 use crate::Error;
 
 /// Payload sizes measured by default.
@@ -33,13 +36,24 @@ pub const DEFAULT_SUITE: Suite = Suite::AesGcm256;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// Two engines on loopback, each sending synthetic flows to the other (or only `a` to `b`),
-/// keyed in lab mode.
+/// keyed in lab mode, each routing the flows' prefixes to the other.
 #[derive(Debug)]
 pub struct LoopbackPair {
     /// The first appliance.
     pub a: Engine,
     /// The second appliance.
     pub b: Engine,
+    traffic_a: Arc<TrafficCounters>,
+    traffic_b: Arc<TrafficCounters>,
+}
+
+/// One side of a pair: its engine's counters and what its synthetic traffic counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SideStats {
+    /// The engine's counters, summed over workers.
+    pub engine: WorkerStats,
+    /// The generators' and sinks' counts.
+    pub traffic: TrafficStats,
 }
 
 /// How a [`LoopbackPair`] runs.
@@ -69,6 +83,56 @@ pub struct PairOptions {
     pub suite: Suite,
     /// The AEAD library (encrypted mode).
     pub crypto: Backend,
+    /// Extra prefixes in each engine's route table beside the flows' own, so that every
+    /// lookup searches a full table ([`extra_routes`]).
+    pub routes: usize,
+}
+
+/// `count` prefixes of a realistic mix (three IPv4 to one IPv6; IPv4 mostly /16../24 with
+/// some longer to /32, IPv6 /32../64 and /128 host routes), none of them overlapping
+/// 10.0.0.0/8 where the synthetic flows' own prefixes lie, all to peer 0. The same on
+/// every run.
+pub fn extra_routes(count: usize) -> Vec<(IpAddr, u8, PeerId)> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let roll = next() % 100;
+        let route = if roll < 75 {
+            // Most of a real IPv4 table is /24s; the rest spreads over /16../23 and a few longer.
+            let len = match next() % 100 {
+                0..=54 => 24,
+                55..=89 => 16 + (next() % 8) as u8,
+                _ => 25 + (next() % 8) as u8,
+            };
+            let bits = next() as u32;
+            if bits >> 24 == 10 {
+                continue;
+            }
+            let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+            (IpAddr::V4(Ipv4Addr::from(bits & mask)), len)
+        } else {
+            let len = if roll < 95 {
+                32 + (next() % 33) as u8
+            } else {
+                128
+            };
+            // Global unicast, 2000::/3, as announced tables are.
+            let bits = (u128::from(next()) << 64 | u128::from(next())) >> 3 | (1u128 << 125);
+            let mask = u128::MAX.checked_shl(u32::from(128 - len)).unwrap_or(0);
+            (IpAddr::V6(std::net::Ipv6Addr::from(bits & mask)), len)
+        };
+        if seen.insert(route) {
+            out.push((route.0, route.1, PeerId(0)));
+        }
+    }
+    out
 }
 
 /// Where a pair listens unless told otherwise.
@@ -93,11 +157,8 @@ fn cores(side: usize, workers: usize) -> Vec<usize> {
 impl LoopbackPair {
     /// Starts both engines, keys them and lets traffic flow.
     pub fn start(options: PairOptions) -> Result<Self, Error> {
-        let spec = TrafficSpec {
-            flows: options.flows,
-            packet_len: options.payload,
-        };
-        let engine = |side: usize, source: bool| {
+        let spec = TrafficSpec::new(options.flows, options.payload);
+        let engine = |side: usize, source: bool, counters: &Arc<TrafficCounters>| {
             let mut config = EngineConfig::new(SocketAddr::new(options.address, 0));
             config.workers = options.workers;
             config.cores = cores(side, options.workers);
@@ -106,18 +167,28 @@ impl LoopbackPair {
             config.crypto = options.crypto;
             config.batch_sends = options.batch_sends;
             config.gso_segments = options.gso_segments;
-            config.source = source.then_some(spec);
-            config.source_rate = options.rate;
-            config.egress = Egress::Sink {
-                flows: options.flows,
+            config.source = if source {
+                Some(spec.source(options.rate, options.gso_segments, counters)?)
+            } else {
+                None
             };
-            Engine::start(config)
+            config.egress = Egress::Sink(spec.sink(counters));
+            Ok::<_, Error>(Engine::start(config)?)
         };
-        let a = engine(0, true)?;
-        let b = engine(1, options.both_ways)?;
+        let traffic_a = TrafficCounters::new(options.workers);
+        let traffic_b = TrafficCounters::new(options.workers);
+        let a = engine(0, true, &traffic_a)?;
+        let b = engine(1, options.both_ways, &traffic_b)?;
         let peer = |endpoint| PeerConfig { endpoint };
         a.set_peer(PeerId(0), peer(b.local_addr()))?;
         b.set_peer(PeerId(0), peer(a.local_addr()))?;
+        let routes = Arc::new(RouteTable::build(
+            spec.routes()
+                .into_iter()
+                .chain(extra_routes(options.routes)),
+        )?);
+        a.set_routes(Arc::clone(&routes))?;
+        b.set_routes(routes)?;
         let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);
         lab::enable_rx_derivation(&a, &keys_a, options.suite)?;
         lab::enable_rx_derivation(&b, &keys_b, options.suite)?;
@@ -131,20 +202,44 @@ impl LoopbackPair {
         };
         lab::install_tx_sas(&a, PeerId(0), &keys_b, profile)?;
         lab::install_tx_sas(&b, PeerId(0), &keys_a, profile)?;
-        Ok(Self { a, b })
+        Ok(Self {
+            a,
+            b,
+            traffic_a,
+            traffic_b,
+        })
     }
 
     /// Counters of both sides, summed over workers.
-    pub fn totals(&self) -> Result<(WorkerStats, WorkerStats), Error> {
-        Ok((self.a.snapshot()?.total(), self.b.snapshot()?.total()))
+    pub fn totals(&self) -> Result<(SideStats, SideStats), Error> {
+        Ok((
+            SideStats {
+                engine: self.a.snapshot()?.total(),
+                traffic: self.traffic_a.total(),
+            },
+            SideStats {
+                engine: self.b.snapshot()?.total(),
+                traffic: self.traffic_b.total(),
+            },
+        ))
     }
 
     /// Stops the sources, lets what is in flight land, stops the engines.
-    pub fn finish(self) -> Result<(WorkerStats, WorkerStats), Error> {
+    pub fn finish(self) -> Result<(SideStats, SideStats), Error> {
         self.a.set_source_active(false)?;
         self.b.set_source_active(false)?;
         std::thread::sleep(Duration::from_millis(200));
-        Ok((self.a.shutdown()?.total(), self.b.shutdown()?.total()))
+        let (a, b) = (self.a.shutdown()?.total(), self.b.shutdown()?.total());
+        Ok((
+            SideStats {
+                engine: a,
+                traffic: self.traffic_a.total(),
+            },
+            SideStats {
+                engine: b,
+                traffic: self.traffic_b.total(),
+            },
+        ))
     }
 }
 
@@ -163,6 +258,8 @@ pub struct DataplaneRow {
     pub workers: usize,
     /// Inner packet bytes.
     pub payload: usize,
+    /// Extra prefixes in the route tables beside the flows' own.
+    pub routes: usize,
     /// Verified inner throughput, gigabits per second.
     pub gbps: f64,
     /// Verified inner packets, millions per second.
@@ -213,6 +310,9 @@ pub struct DataplanePlan {
     /// figure reported is the median over the rounds, so a noisy spell on a shared machine
     /// falls on plain and encrypted alike instead of on one point.
     pub rounds: usize,
+    /// Extra prefixes: when not 0, every point is measured with this many extra prefixes in
+    /// the route tables right after it is measured without ([`extra_routes`]).
+    pub routes: usize,
 }
 
 impl Default for DataplanePlan {
@@ -227,6 +327,7 @@ impl Default for DataplanePlan {
             suites: vec![DEFAULT_SUITE],
             cryptos: vec![Backend::AwsLc],
             rounds: DEFAULT_ROUNDS,
+            routes: 0,
         }
     }
 }
@@ -242,8 +343,10 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
     let (a1, b1) = pair.totals()?;
     let secs = start.elapsed().as_secs_f64();
     pair.finish()?;
-    let bytes = b1.sink.verified_bytes - b0.sink.verified_bytes;
-    let packets = b1.sink.verified_packets - b0.sink.verified_packets;
+    let (tb0, tb1) = (b0.traffic, b1.traffic);
+    let (a0, a1, b0, b1) = (a0.engine, a1.engine, b0.engine, b1.engine);
+    let bytes = tb1.sink.verified_bytes - tb0.sink.verified_bytes;
+    let packets = tb1.sink.verified_packets - tb0.sink.verified_packets;
     let worker_ns = secs * 1e9 * options.workers as f64;
     let share = |ns: u64| ns as f64 / worker_ns;
     let sent = (a1.tx_packets - a0.tx_packets).max(1);
@@ -256,13 +359,14 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
         crypto: encrypted.then(|| options.crypto.name()),
         workers: options.workers,
         payload: options.payload,
+        routes: options.routes,
         gbps: bytes as f64 * 8.0 / secs / 1e9,
         mpps: packets as f64 / secs / 1e6,
         split: TimeSplit {
             tx_build: share(a1.ns_tx_build - a0.ns_tx_build),
             tx_send: share(a1.ns_tx_send - a0.ns_tx_send),
             rx_process: share(b1.ns_rx_process - b0.ns_rx_process),
-            lost: (b1.sink.gaps - b0.sink.gaps) as f64 / sent as f64,
+            lost: (tb1.sink.gaps - tb0.sink.gaps) as f64 / sent as f64,
             tx_cpu_ns: (a1.ns_cpu - a0.ns_cpu) as f64 / sent as f64,
             rx_cpu_ns: (b1.ns_cpu - b0.ns_cpu) as f64 / received as f64,
         },
@@ -278,11 +382,11 @@ pub fn run(
     if let Some(&suite) = plan.suites.iter().find(|s| !s.encrypts()) {
         return Err(Error::NotEncrypting(suite.name()));
     }
-    if let Some(&payload) = plan.sizes.iter().find(|&&size| {
-        !(cpclink_dataplane::engine::synthetic::MIN_PACKET
-            ..=cpclink_dataplane::engine::synthetic::MAX_PACKET)
-            .contains(&size)
-    }) {
+    if let Some(&payload) = plan
+        .sizes
+        .iter()
+        .find(|&&size| !(MIN_PACKET..=MAX_PACKET).contains(&size))
+    {
         return Err(Error::BadSize(payload));
     }
     let mut modes = vec![(Protection::PlainBaseline, DEFAULT_SUITE, Backend::AwsLc)];
@@ -291,11 +395,19 @@ pub fn run(
             modes.push((Protection::Encrypted, suite, crypto));
         }
     }
+    let route_counts: &[usize] = if plan.routes == 0 {
+        &[0]
+    } else {
+        &[0, plan.routes]
+    };
     let mut points = Vec::new();
     for &io in &plan.ios {
         for &workers in &plan.workers {
             for &payload in &plan.sizes {
-                for &(protection, suite, crypto) in &modes {
+                for (&routes, &(protection, suite, crypto)) in route_counts
+                    .iter()
+                    .flat_map(|r| modes.iter().map(move |m| (r, m)))
+                {
                     points.push(PairOptions {
                         workers,
                         io,
@@ -309,6 +421,7 @@ pub fn run(
                         rate: None,
                         suite,
                         crypto,
+                        routes,
                     });
                 }
             }
@@ -369,6 +482,7 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             enc.io.to_string(),
             enc.workers.to_string(),
             enc.payload.to_string(),
+            enc.routes.to_string(),
             enc.suite.unwrap_or_default().to_string(),
             enc.crypto.unwrap_or_default().to_string(),
             format!("{:.2}", plain.gbps),
@@ -402,6 +516,7 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             "io",
             "workers",
             "payload",
+            "extra routes",
             "suite",
             "crypto",
             "plain Gb/s",
@@ -416,6 +531,62 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             "tx cpu ns/pkt p/e",
             "rx cpu ns/pkt p/e",
             "enc/plain by cpu",
+        ],
+        &out,
+    )
+}
+
+/// Renders every point measured with extra routes beside the same point without: Gbit/s and
+/// CPU time per packet of both, and the change.
+pub fn routes_table(rows: &[DataplaneRow]) -> String {
+    let mut out = Vec::new();
+    for with in rows.iter().filter(|r| r.routes > 0) {
+        let Some(without) = rows.iter().find(|r| {
+            r.routes == 0
+                && (r.mode, r.io, r.suite, r.crypto, r.workers, r.payload)
+                    == (
+                        with.mode,
+                        with.io,
+                        with.suite,
+                        with.crypto,
+                        with.workers,
+                        with.payload,
+                    )
+        }) else {
+            continue;
+        };
+        let cpu = |r: &DataplaneRow| r.split.tx_cpu_ns.max(r.split.rx_cpu_ns);
+        out.push(vec![
+            with.mode.to_string(),
+            with.io.to_string(),
+            with.workers.to_string(),
+            with.payload.to_string(),
+            with.routes.to_string(),
+            format!("{:.2}", without.gbps),
+            format!("{:.2}", with.gbps),
+            format!(
+                "{:+.1}%",
+                (with.gbps / without.gbps.max(f64::MIN_POSITIVE) - 1.0) * 100.0
+            ),
+            format!("{:.0}/{:.0}", without.split.tx_cpu_ns, with.split.tx_cpu_ns),
+            format!(
+                "{:+.1}%",
+                (cpu(with) / cpu(without).max(f64::MIN_POSITIVE) - 1.0) * 100.0
+            ),
+        ]);
+    }
+    crate::markdown_table(
+        &[
+            "mode",
+            "io",
+            "workers",
+            "payload",
+            "extra routes",
+            "Gb/s without",
+            "Gb/s with",
+            "change",
+            "tx cpu ns/pkt without/with",
+            "cpu/pkt change",
         ],
         &out,
     )
@@ -454,7 +625,7 @@ mod tests {
         assert_eq!(json[1]["crypto"], "aws-lc-rs");
         assert_eq!(
             json[1].as_object().unwrap().len(),
-            8,
+            9,
             "exactly the documented keys"
         );
         assert_eq!(table(&rows).lines().count(), 2 + 2);
@@ -532,6 +703,7 @@ mod tests {
             crypto: Some("aws-lc-rs"),
             workers: 1,
             payload: 1400,
+            routes: 0,
             gbps,
             mpps: gbps / 10.0,
             split: TimeSplit {
@@ -549,6 +721,45 @@ mod tests {
         assert_eq!(m.mpps, 2.5);
         assert_eq!(m.split.tx_cpu_ns, 450.0);
         assert_eq!(m.suite, Some("aes-gcm-256"));
+    }
+
+    #[test]
+    fn extra_routes_are_measured_beside_the_same_point_without() {
+        let plan = DataplanePlan {
+            duration: Duration::from_millis(100),
+            sizes: vec![512],
+            workers: vec![1],
+            ios: vec![IoKind::Epoll],
+            rounds: 1,
+            routes: 2_000,
+            ..DataplanePlan::default()
+        };
+        let rows = run(&plan, |_| {}).unwrap();
+        let shape: Vec<_> = rows.iter().map(|r| (r.mode, r.routes)).collect();
+        assert_eq!(
+            shape,
+            [
+                ("plain", 0),
+                ("encrypted", 0),
+                ("plain", 2_000),
+                ("encrypted", 2_000)
+            ]
+        );
+        assert!(rows.iter().all(|r| r.gbps > 0.0), "routed: {rows:?}");
+        assert_eq!(routes_table(&rows).lines().count(), 2 + 2);
+    }
+
+    #[test]
+    fn extra_routes_are_a_realistic_mix_that_leaves_the_flows_alone() {
+        let routes = extra_routes(20_000);
+        let table = RouteTable::build(routes.iter().copied()).unwrap();
+        assert_eq!(table.len(), 20_000, "no prefix twice");
+        let v4 = routes.iter().filter(|r| r.0.is_ipv4()).count();
+        assert!((13_000..17_000).contains(&v4), "{v4} IPv4 of 20,000");
+        assert!(routes.iter().any(|r| r.1 == 128) && routes.iter().any(|r| r.1 == 24));
+        for flow in TrafficSpec::new(64, 100).routes() {
+            assert_eq!(table.lookup(flow.0), None, "{flow:?} is the flows' own");
+        }
     }
 
     #[test]

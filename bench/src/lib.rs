@@ -1,15 +1,17 @@
 //! cpclink benchmark suites: each measures cpclink and, in the same run, a baseline, and
 //! reports both so results read as ratios on shared, noisy machines. The scaffolding the
-//! suites share with the tests (network namespaces) lives here too, so the product crates
-//! carry none.
+//! suites share with the tests (network namespaces, synthetic traffic and its pacing) lives
+//! here too, so the product crates carry none.
 
 pub mod crypto;
 pub mod dataplane;
 pub mod keyplane;
 pub mod latency;
 pub mod netns;
+pub mod pacer;
 pub mod path;
 mod report;
+pub mod traffic;
 
 pub use report::markdown_table;
 
@@ -23,6 +25,9 @@ pub enum Error {
     /// A baseline library refused its key or input.
     #[error("baseline {0} failed")]
     Baseline(&'static str),
+    /// Synthetic traffic asked for what it cannot make (no flows, too many peers, no rate).
+    #[error("synthetic traffic: {0}")]
+    Traffic(String),
     /// A size outside what a UDP payload can carry.
     #[error("size {0} is out of range (expected 1..=65536 bytes)")]
     BadSize(usize),

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use cpclink_appliance::keyed::{KeyPlane, KeyedOptions};
 use cpclink_appliance::keys::KeyingStatus;
 use cpclink_appliance::RunningAppliance;
+use cpclink_bench::traffic::{SinkStats, TrafficCounters, TrafficSpec};
 use cpclink_dataplane::crypto::Suite;
-use cpclink_dataplane::engine::{Egress, Engine, EngineConfig, TrafficSpec, WorkerStats};
+use cpclink_dataplane::engine::{Egress, Engine, EngineConfig, WorkerStats};
 use cpclink_dataplane::sa::Spi;
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 use cpclink_keymgr::authority::Authority;
 use cpclink_keymgr::config::AuthorityConfig;
+use cpclink_keymgr::prefix::InnerPrefix;
 use cpclink_keymgr::seal::Kek;
 
 const FLOWS: u32 = 8;
@@ -61,6 +63,35 @@ async fn plane() -> Plane {
 struct Appliance {
     engine: Arc<Engine>,
     keyed: RunningAppliance,
+    traffic: Arc<TrafficCounters>,
+}
+
+/// An engine's counters with what its synthetic sink saw.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    engine: WorkerStats,
+    sink: SinkStats,
+}
+
+impl std::ops::Deref for Stats {
+    type Target = WorkerStats;
+
+    fn deref(&self) -> &WorkerStats {
+        &self.engine
+    }
+}
+
+/// The traffic an appliance sends (to the other's prefix) and checks (on its own): `a`
+/// serves 10.201.0.0/24, `b` 10.202.0.0/24, both assigned at the authority and announced by
+/// the agents, so each engine routes the other's flows through the directory's routes.
+fn traffic(id: &str) -> (TrafficSpec, TrafficSpec, InnerPrefix) {
+    let (own, other) = if id == "a" { (201, 202) } else { (202, 201) };
+    let spec = |second| TrafficSpec {
+        prefix_base: [10, second],
+        ..TrafficSpec::new(FLOWS, PACKET)
+    };
+    let served = InnerPrefix::new(std::net::IpAddr::from([10, own, 0, 0]), 24).unwrap();
+    (spec(other), spec(own), served)
 }
 
 impl Plane {
@@ -76,14 +107,17 @@ impl Plane {
         workers: usize,
         sa_lifetime: Duration,
     ) -> Appliance {
+        let (sends, checks, served) = traffic(id);
+        let counters = TrafficCounters::new(workers);
         let mut config = EngineConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         config.workers = workers;
-        config.source = Some(TrafficSpec {
-            flows: FLOWS,
-            packet_len: PACKET,
-        });
-        config.egress = Egress::Sink { flows: FLOWS };
+        config.source = Some(sends.source(None, config.gso_segments, &counters).unwrap());
+        config.egress = Egress::Sink(checks.sink(&counters));
         let engine = Arc::new(Engine::start(config).unwrap());
+        self.authority
+            .assign_prefixes(id, &[served], "test")
+            .await
+            .unwrap();
         let token = self
             .authority
             .mint_token(id, "dc1", "acme", Duration::from_secs(600))
@@ -98,7 +132,7 @@ impl Plane {
             token: Some(zeroize::Zeroizing::new(token)),
             endpoints: vec![engine.local_addr().to_string()],
             capabilities: vec![],
-            prefixes: vec![],
+            prefixes: vec![served],
             suite: Suite::AesGcm256,
             sa_lifetime,
             rekey_grace: Duration::from_secs(2),
@@ -107,7 +141,11 @@ impl Plane {
         .unwrap();
         let keys = KeyPlane::new(engine.clone(), agent, events, KeyedOptions::default());
         let keyed = cpclink_appliance::spawn(engine.clone(), keys, None);
-        Appliance { engine, keyed }
+        Appliance {
+            engine,
+            keyed,
+            traffic: counters,
+        }
     }
 
     /// Runs `cpclink keymgr --config <authority.toml> ARGS` against this authority.
@@ -128,8 +166,11 @@ impl Plane {
 }
 
 impl Appliance {
-    fn stats(&self) -> WorkerStats {
-        self.engine.snapshot().unwrap().total()
+    fn stats(&self) -> Stats {
+        Stats {
+            engine: self.engine.snapshot().unwrap().total(),
+            sink: self.traffic.total().sink,
+        }
     }
 
     fn status(&self) -> KeyingStatus {
@@ -151,7 +192,7 @@ impl Appliance {
 /// Pauses both sources, waits until nothing more arrives, and returns each side's counters
 /// before stopping both. (Counters taken during shutdown would count packets a stopping
 /// worker's socket no longer steers to the worker holding their SA.)
-async fn finish(a: Appliance, b: Appliance) -> (WorkerStats, WorkerStats) {
+async fn finish(a: Appliance, b: Appliance) -> (Stats, Stats) {
     a.engine.set_source_active(false).unwrap();
     b.engine.set_source_active(false).unwrap();
     let mut last = (a.stats().rx_packets, b.stats().rx_packets);
@@ -208,7 +249,7 @@ async fn worked_through_socket_buffers(a: &Appliance, b: &Appliance) {
 }
 
 /// No packet was refused for a key reason, and every delivered byte matched.
-fn assert_clean(s: &WorkerStats, who: &str) {
+fn assert_clean(s: &Stats, who: &str) {
     assert_eq!(s.sink.corrupt, 0, "{who}: corrupt packets: {s:?}");
     assert_eq!(s.rx_auth_failed, 0, "{who}: authentication failures: {s:?}");
     assert_eq!(
@@ -378,6 +419,7 @@ async fn a_revoked_appliance_is_refused_by_its_peer() {
     let Appliance {
         engine: a_engine,
         keyed: a_keyed,
+        traffic: a_traffic,
     } = a;
     drop(a_keyed.stop().await);
     let granted_to_a = b.status().rx.clone();
@@ -401,9 +443,13 @@ async fn a_revoked_appliance_is_refused_by_its_peer() {
     );
     // Packets already queued may still be delivered; after that, nothing from a.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s1, a1) = (b.stats(), a_engine.snapshot().unwrap().total());
+    let a_stats = || Stats {
+        engine: a_engine.snapshot().unwrap().total(),
+        sink: a_traffic.total().sink,
+    };
+    let (s1, a1) = (b.stats(), a_stats());
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (s2, a2) = (b.stats(), a_engine.snapshot().unwrap().total());
+    let (s2, a2) = (b.stats(), a_stats());
     assert!(a2.tx_packets > a1.tx_packets, "a kept sending: {a2:?}");
     assert_eq!(
         s2.sink.verified_bytes, s1.sink.verified_bytes,

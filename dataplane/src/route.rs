@@ -3,9 +3,9 @@
 //!
 //! A table is built off the packet path, whole, and never changes afterwards; the engine
 //! swaps a new one in by pointer, so a lookup takes no lock and allocates nothing. Each
-//! address family keeps one hash map per prefix length in use, and a lookup probes them
-//! from the longest length down: at most 33 (IPv4) or 129 (IPv6) probes, usually a handful,
-//! whatever the number of prefixes.
+//! address family keeps one hash map per prefix length in use and searches the lengths
+//! binarily, markers guiding the search (see `Family`): at most 6 (IPv4) or 8 (IPv6)
+//! probes, whatever the number of prefixes and lengths.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -171,45 +171,114 @@ impl AddressBits for u128 {
     }
 }
 
-/// One address family: a map per prefix length, and the lengths in use, longest first.
+/// One address family: binary search on prefix lengths with markers (Waldvogel, Varghese,
+/// Turner and Plattner, "Scalable High Speed IP Routing Lookups", SIGCOMM 1997).
+///
+/// The lengths in use are sorted and a lookup searches them like a sorted array: a hit at
+/// a length sends it to the longer half, a miss to the shorter. A prefix that the search
+/// must pass on its way to its own length leaves a marker (itself, cut to that length) at
+/// each length where the search has to go longer; every entry, marker or prefix, carries
+/// the best matching real prefix of its bits, so a marker that leads nowhere longer still
+/// answers. A lookup makes at most ⌈log2(lengths + 1)⌉ probes: 6 for IPv4, 8 for IPv6,
+/// instead of one per length in use.
 #[derive(Debug, Clone, Default)]
 struct Family<A: AddressBits> {
+    /// The lengths in use (by prefixes or markers), shortest first.
     lengths: Vec<u8>,
-    by_length: Vec<HashMap<A, PeerId, BuildHasherDefault<AddressHasher>>>,
+    /// Per entry of `lengths`: network bits → best matching real prefix's peer + 1 (0: none,
+    /// a marker over no real prefix).
+    by_length: Vec<HashMap<A, u32, BuildHasherDefault<AddressHasher>>>,
+    /// Real prefixes, per length, while the table is built.
+    building: Vec<HashMap<A, PeerId, BuildHasherDefault<AddressHasher>>>,
+    prefixes: usize,
 }
 
 impl<A: AddressBits> Family<A> {
     fn insert(&mut self, network: A, len: u8, peer: PeerId) -> Option<PeerId> {
-        if self.by_length.is_empty() {
-            self.by_length = (0..=A::BITS).map(|_| HashMap::default()).collect();
+        if self.building.is_empty() {
+            self.building = (0..=A::BITS).map(|_| HashMap::default()).collect();
         }
-        self.by_length[usize::from(len)].insert(network, peer)
+        self.building[usize::from(len)].insert(network, peer)
     }
 
-    /// Lists the lengths in use and gives back the memory of the unused maps.
-    fn finish(&mut self) {
-        self.lengths = (0..self.by_length.len())
+    /// The best real prefix covering `network` among lengths ≤ `len` (the build's slow path).
+    fn best_real(&self, network: A, len: u8, real_lengths: &[u8]) -> Option<PeerId> {
+        real_lengths
+            .iter()
             .rev()
-            .filter(|&len| !self.by_length[len].is_empty())
+            .filter(|&&l| l <= len)
+            .find_map(|&l| self.building[usize::from(l)].get(&network.mask(l)).copied())
+    }
+
+    /// Lays out the search: real prefixes, then the markers their search paths need.
+    fn finish(&mut self) {
+        let real_lengths: Vec<u8> = (0..self.building.len())
+            .filter(|&len| !self.building[len].is_empty())
             .map(|len| len as u8)
             .collect();
+        self.prefixes = self.building.iter().map(HashMap::len).sum();
+        self.lengths = real_lengths.clone();
+        self.by_length = real_lengths
+            .iter()
+            .map(|&len| {
+                self.building[usize::from(len)]
+                    .iter()
+                    .map(|(&network, peer)| (network, peer.0 + 1))
+                    .collect()
+            })
+            .collect();
+        for (target, &len) in real_lengths.iter().enumerate() {
+            for &network in self.building[usize::from(len)].keys() {
+                // Walk the binary search towards `target`; wherever it must go longer, the
+                // probe there has to hit.
+                let (mut lo, mut hi) = (0, real_lengths.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if mid == target {
+                        break;
+                    }
+                    if mid < target {
+                        let marker_len = real_lengths[mid];
+                        let marker = network.mask(marker_len);
+                        if !self.by_length[mid].contains_key(&marker) {
+                            let best = self.best_real(marker, marker_len, &real_lengths);
+                            self.by_length[mid].insert(marker, best.map_or(0, |p| p.0 + 1));
+                        }
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+            }
+        }
         for map in &mut self.by_length {
             map.shrink_to_fit();
         }
+        self.building = Vec::new();
     }
 
     #[inline]
     fn lookup(&self, addr: A) -> Option<PeerId> {
-        self.lengths.iter().find_map(|&len| {
-            self.by_length
-                .get(usize::from(len))
-                .and_then(|map| map.get(&addr.mask(len)))
-                .copied()
-        })
+        let (mut lo, mut hi) = (0, self.lengths.len());
+        let mut best = 0;
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.by_length[mid].get(&addr.mask(self.lengths[mid])) {
+                Some(&entry) => {
+                    // A marker over no real prefix does not undo a shorter match.
+                    if entry != 0 {
+                        best = entry;
+                    }
+                    lo = mid + 1;
+                }
+                None => hi = mid,
+            }
+        }
+        best.checked_sub(1).map(PeerId)
     }
 
     fn len(&self) -> usize {
-        self.by_length.iter().map(HashMap::len).sum()
+        self.prefixes
     }
 }
 

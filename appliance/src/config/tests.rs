@@ -380,9 +380,10 @@ fn a_profile_in_the_profile_dir_is_found_relative_to_the_config() {
 /// a profile with small GSO sends shows in the sends the kernel was handed.
 #[test]
 fn an_engine_sized_by_a_profile_carries_traffic() {
-    use cpclink_dataplane::engine::{
-        lab, Egress, Engine, PeerConfig, PeerId, SaProfile, TrafficSpec,
-    };
+    use cpclink_bench::traffic::{TrafficCounters, TrafficSpec};
+    use cpclink_dataplane::engine::{lab, Egress, Engine, PeerConfig, PeerId, SaProfile};
+    use cpclink_dataplane::route::RouteTable;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     const FLOWS: u32 = 16;
@@ -396,18 +397,21 @@ fn an_engine_sized_by_a_profile_carries_traffic() {
         )
         .unwrap();
         let mut e = c.engine_config();
-        e.source = source.then_some(TrafficSpec {
-            flows: FLOWS,
-            packet_len: 1000,
-        });
-        e.egress = Egress::Sink { flows: FLOWS };
+        let spec = TrafficSpec::new(FLOWS, 1000);
+        let counters = TrafficCounters::new(e.workers);
+        e.source = source.then(|| spec.source(None, e.gso_segments, &counters).unwrap());
+        e.egress = Egress::Sink(spec.sink(&counters));
         let Keying::Lab { master_keys } = c.keying else {
             panic!("lab keys")
         };
-        (Engine::start(e).unwrap(), master_keys)
+        let engine = Engine::start(e).unwrap();
+        engine
+            .set_routes(Arc::new(RouteTable::build(spec.routes()).unwrap()))
+            .unwrap();
+        (engine, master_keys, counters)
     };
-    let (a, _) = appliance(true);
-    let (b, keys_b) = appliance(false);
+    let (a, _, _) = appliance(true);
+    let (b, keys_b, traffic_b) = appliance(false);
     let t = cpclink_hw::dataplane_tuning("loopback", None, Some("lo")).unwrap();
     assert_eq!((a.workers(), b.workers()), (t.workers, t.workers));
     // Worker i runs pinned to the profile's core i.
@@ -436,7 +440,7 @@ fn an_engine_sized_by_a_profile_carries_traffic() {
     b.snapshot().unwrap();
     lab::install_tx_sas(&a, PeerId(0), &keys_b, SaProfile::default()).unwrap();
     let start = Instant::now();
-    while b.snapshot().unwrap().total().sink.verified_bytes < 16 << 20 {
+    while traffic_b.total().sink.verified_bytes < 16 << 20 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "16 MiB did not arrive"
@@ -444,7 +448,7 @@ fn an_engine_sized_by_a_profile_carries_traffic() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (sa, sb) = (a.shutdown().unwrap().total(), b.shutdown().unwrap().total());
-    assert_eq!(sb.sink.corrupt, 0);
+    assert_eq!(traffic_b.total().sink.corrupt, 0);
     assert_eq!(sb.rx_auth_failed, 0);
     assert!(sa.io.gso_sends > 0);
     // At most 4 datagrams per GSO send: the profile's 44 was overridden and reached

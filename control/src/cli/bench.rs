@@ -55,6 +55,10 @@ enum BenchSuite {
         /// Rounds: every point is measured once per round and the medians are reported.
         #[arg(long, default_value_t = dataplane_suite::DEFAULT_ROUNDS)]
         rounds: usize,
+        /// Extra random prefixes (a realistic IPv4/IPv6 mix) in the route tables beside the
+        /// flows' own; every point is then measured with them right after without.
+        #[arg(long, default_value_t = 0)]
+        routes: usize,
     },
     /// Probe latency through two engines (TUN, PSP over loopback UDP, TUN; needs root)
     /// beside plain UDP on loopback and a bare veth, at background loads of the measured maximum.
@@ -118,6 +122,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             suites,
             cryptos,
             rounds,
+            routes,
         } => {
             check_duration(duration)?;
             let defaults = DataplanePlan::default();
@@ -131,6 +136,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 suites: given_or(suites, defaults.suites),
                 cryptos: given_or(cryptos, defaults.cryptos),
                 rounds: rounds.max(1),
+                routes,
             };
             if !json {
                 writeln!(
@@ -146,11 +152,12 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             let rows = dataplane_suite::run(&plan, |row| {
                 if !json {
                     eprintln!(
-                        "  {:>9} {:>8} {} worker(s) {:>5} B {}: {:.2} Gbit/s",
+                        "  {:>9} {:>8} {} worker(s) {:>5} B {} extra routes {}: {:.2} Gbit/s",
                         row.mode,
                         row.io,
                         row.workers,
                         row.payload,
+                        row.routes,
                         match (row.suite, row.crypto) {
                             (Some(suite), Some(crypto)) => format!("{suite} {crypto}"),
                             _ => "no AEAD".to_string(),
@@ -163,6 +170,13 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 write_json(&mut out, &rows)?;
             } else {
                 write!(out, "\n{}", dataplane_suite::table(&rows))?;
+                if routes > 0 {
+                    write!(
+                        out,
+                        "\nwith {routes} extra prefixes in the route tables beside the same points without:\n{}",
+                        dataplane_suite::routes_table(&rows)
+                    )?;
+                }
                 writeln!(
                     out,
                     "\nsplits: share of worker time, plain/encrypted; tx build = generate + seal, \

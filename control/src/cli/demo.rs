@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use cpclink_bench::dataplane::{LoopbackPair, PairOptions};
-use cpclink_dataplane::engine::{Protection, SourceRate, WorkerStats};
+use cpclink_bench::dataplane::{LoopbackPair, PairOptions, SideStats};
+use cpclink_bench::pacer::SourceRate;
+use cpclink_bench::traffic::{MAX_PACKET, MIN_PACKET};
+use cpclink_dataplane::engine::Protection;
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -65,8 +67,7 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
             ),
         });
     }
-    let sizes = cpclink_dataplane::engine::synthetic::MIN_PACKET
-        ..=cpclink_dataplane::engine::synthetic::MAX_PACKET;
+    let sizes = MIN_PACKET..=MAX_PACKET;
     if !sizes.contains(&args.size) {
         return Err(Error::BadArgument {
             arg: "--size",
@@ -90,6 +91,7 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         },
         suite: cpclink_bench::dataplane::DEFAULT_SUITE,
         crypto: cpclink_dataplane::crypto::Backend::AwsLc,
+        routes: 0,
     })?;
     writeln!(
         out,
@@ -108,13 +110,16 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         args.duration
     )?;
     let start = Instant::now();
-    let (mut last_a, mut last_b) = (WorkerStats::default(), WorkerStats::default());
+    let (mut last_a, mut last_b) = (SideStats::default(), SideStats::default());
     let mut last = start;
     for second in 1..=args.duration {
         std::thread::sleep(
             (start + Duration::from_secs(second)).saturating_duration_since(Instant::now()),
         );
-        let (a, b) = pair.totals()?;
+        let (side_a, side_b) = pair.totals()?;
+        let (a, b) = (side_a.engine, side_b.engine);
+        let (ta, tb) = (side_a.traffic, side_b.traffic);
+        let (la, lb) = (last_a.traffic, last_b.traffic);
         let now = Instant::now();
         let secs = (now - last).as_secs_f64();
         let drops = a.rx_dropped() + b.rx_dropped() + a.tx_dropped() + b.tx_dropped();
@@ -122,41 +127,43 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
             out,
             "{second:>4}s  a→b {:>6.2} Gbit/s {:>6.3} Mpps   b→a {:>6.2} Gbit/s {:>6.3} Mpps   \
              verified {:>9} pkts   dropped {drops}   lost in kernel {}",
-            gbps(b.sink.verified_bytes - last_b.sink.verified_bytes, secs),
-            (b.sink.verified_packets - last_b.sink.verified_packets) as f64 / secs / 1e6,
-            gbps(a.sink.verified_bytes - last_a.sink.verified_bytes, secs),
-            (a.sink.verified_packets - last_a.sink.verified_packets) as f64 / secs / 1e6,
-            a.sink.verified_packets + b.sink.verified_packets,
-            a.sink.gaps + b.sink.gaps,
+            gbps(tb.sink.verified_bytes - lb.sink.verified_bytes, secs),
+            (tb.sink.verified_packets - lb.sink.verified_packets) as f64 / secs / 1e6,
+            gbps(ta.sink.verified_bytes - la.sink.verified_bytes, secs),
+            (ta.sink.verified_packets - la.sink.verified_packets) as f64 / secs / 1e6,
+            ta.sink.verified_packets + tb.sink.verified_packets,
+            ta.sink.gaps + tb.sink.gaps,
         )?;
-        (last_a, last_b, last) = (a, b, now);
+        (last_a, last_b, last) = (side_a, side_b, now);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (a, b) = pair.finish()?;
+    let (side_a, side_b) = pair.finish()?;
+    let (a, b) = (side_a.engine, side_b.engine);
+    let (ta, tb) = (side_a.traffic.sink, side_b.traffic.sink);
     writeln!(out, "\nsummary over {elapsed:.1} s:")?;
-    for (name, sender, receiver) in [("a→b", &a, &b), ("b→a", &b, &a)] {
+    for (name, sender, receiver, sink) in [("a→b", &a, &b, &tb), ("b→a", &b, &a, &ta)] {
         writeln!(
             out,
             "  {name}: sent {} packets, verified {} packets ({:.2} GiB, {:.2} Gbit/s average); \
              corrupt {}, out of order {}, lost in kernel {}, dropped by the receiver {}",
             sender.tx_packets,
-            receiver.sink.verified_packets,
-            receiver.sink.verified_bytes as f64 / f64::from(1u32 << 30),
-            gbps(receiver.sink.verified_bytes, elapsed),
-            receiver.sink.corrupt,
-            receiver.sink.out_of_order,
-            receiver.sink.gaps,
+            sink.verified_packets,
+            sink.verified_bytes as f64 / f64::from(1u32 << 30),
+            gbps(sink.verified_bytes, elapsed),
+            sink.corrupt,
+            sink.out_of_order,
+            sink.gaps,
             receiver.rx_dropped(),
         )?;
     }
-    let bad = a.sink.corrupt + b.sink.corrupt + a.sink.out_of_order + b.sink.out_of_order;
+    let bad = ta.corrupt + tb.corrupt + ta.out_of_order + tb.out_of_order;
     let rejected = a.rx_auth_failed + b.rx_auth_failed + a.rx_replayed + b.rx_replayed;
     if bad > 0 || rejected > 0 {
         return Err(Error::Verification(format!(
             "{bad} packets corrupt or out of order, {rejected} rejected by the SAs"
         )));
     }
-    if a.sink.verified_packets == 0 || b.sink.verified_packets == 0 {
+    if ta.verified_packets == 0 || tb.verified_packets == 0 {
         return Err(Error::Verification(
             "no traffic arrived in one direction".into(),
         ));

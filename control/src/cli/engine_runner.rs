@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use cpclink_bench::dataplane::{self as suite, PairOptions};
-use cpclink_dataplane::engine::synthetic::{MAX_PACKET, MIN_PACKET};
+use cpclink_bench::traffic::{MAX_PACKET, MIN_PACKET};
 use cpclink_dataplane::engine::Protection;
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
 use cpclink_hw::tune::{Measurement, TrialConfig, TuneRunner};
@@ -105,6 +105,7 @@ impl TuneRunner for EngineRunner {
             rate: None,
             suite: suite::DEFAULT_SUITE,
             crypto: cpclink_dataplane::crypto::Backend::AwsLc,
+            routes: 0,
         };
         let row = suite::measure(options, self.window).map_err(|e| fail(e.to_string()))?;
         let baseline_gbps = match &mut self.baseline {

@@ -5,11 +5,10 @@
 //! drive it; static lab keys are just one source of those events (see [`lab`]).
 
 pub mod lab;
-pub mod pacer;
 mod rx_sas;
 pub mod segment;
 pub mod stats;
-pub mod synthetic;
+pub mod traffic;
 mod worker;
 
 use std::net::SocketAddr;
@@ -19,10 +18,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-pub use pacer::SourceRate;
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
 pub use stats::{EngineStats, WorkerStats};
-pub use synthetic::{Generator, Sink, SinkStats, TrafficSpec};
+pub use traffic::{Sink, SinkFactory, Source, SourceFactory};
 
 use crate::crypto::{Backend, SaKey, Suite};
 use crate::error::{Error, Result};
@@ -50,21 +48,26 @@ pub struct PeerConfig {
 }
 
 /// Where received inner packets go.
-#[derive(Debug)]
 pub enum Egress {
     /// Dropped after counting (a sender-only engine).
     Discard,
-    /// Checked by a synthetic sink of this many flows.
-    Sink {
-        /// Flows the sink tracks.
-        flows: u32,
-    },
+    /// Handed to a sink per worker (a benchmark's or a test's).
+    Sink(SinkFactory),
     /// Written to the TUN queues, one per worker.
     Tun(Vec<io::tun::TunQueue>),
 }
 
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Egress::Discard => f.write_str("Discard"),
+            Egress::Sink(_) => f.write_str("Sink"),
+            Egress::Tun(queues) => f.debug_tuple("Tun").field(queues).finish(),
+        }
+    }
+}
+
 /// How an engine runs.
-#[derive(Debug)]
 pub struct EngineConfig {
     /// The UDP address every worker's receive socket binds (one SO_REUSEPORT group).
     pub listen: SocketAddr,
@@ -94,13 +97,28 @@ pub struct EngineConfig {
     pub gso_segments: usize,
     /// io_uring submission queue and provided-buffer ring sizes.
     pub io_sizing: IoSizing,
-    /// The synthetic source, if any: its flows go round-robin to the peers.
-    pub source: Option<TrafficSpec>,
-    /// How fast the synthetic source sends, over all workers; `None`: as fast as it can
-    /// (the benchmark's mode).
-    pub source_rate: Option<SourceRate>,
+    /// A source per worker besides TUN, if any (benchmarks, the demo, tests): its packets
+    /// are routed by their inner destination like TUN's.
+    pub source: Option<SourceFactory>,
     /// Where received packets go.
     pub egress: Egress,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("listen", &self.listen)
+            .field("tx_port_base", &self.tx_port_base)
+            .field("workers", &self.workers)
+            .field("cores", &self.cores)
+            .field("io", &self.io)
+            .field("protection", &self.protection)
+            .field("crypto", &self.crypto)
+            .field("peers", &self.peers)
+            .field("source", &self.source.is_some())
+            .field("egress", &self.egress)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EngineConfig {
@@ -121,7 +139,6 @@ impl EngineConfig {
             gso_segments: io::udp::MAX_GSO_SEGMENTS,
             io_sizing: IoSizing::default(),
             source: None,
-            source_rate: None,
             egress: Egress::Discard,
         }
     }
@@ -183,7 +200,7 @@ pub enum Control {
     RetireRxSa(Spi),
     /// Forget every SA of a peer: nothing more is sent to it or accepted from it.
     RevokePeer(PeerId),
-    /// Start or pause the synthetic source.
+    /// Start or pause the source.
     SetSourceActive(bool),
     /// Reply with a copy of the counters.
     Snapshot(Sender<WorkerStats>),
@@ -226,19 +243,6 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self> {
         if config.workers == 0 {
             return Err(Error::EngineConfig("workers must be at least 1".into()));
-        }
-        if config.source.is_some_and(|spec| spec.flows == 0) {
-            return Err(Error::EngineConfig(
-                "a synthetic source needs at least one flow".into(),
-            ));
-        }
-        if let Some(rate) = config.source_rate {
-            let pps = rate.packets_per_second(config.source.map_or(1, |s| s.packet_len));
-            if !(pps.is_finite() && pps > 0.0) {
-                return Err(Error::EngineConfig(format!(
-                    "source rate {rate} is not a positive rate"
-                )));
-            }
         }
         if !(1..=io::udp::MAX_GSO_SEGMENTS).contains(&config.gso_segments) {
             return Err(Error::EngineConfig(format!(
@@ -298,8 +302,8 @@ impl Engine {
                     .map(worker::WorkerEgress::Tun)
                     .collect::<Vec<_>>()
             }
-            Egress::Sink { flows } => (0..config.workers)
-                .map(|_| worker::WorkerEgress::Sink(Sink::new(flows)))
+            Egress::Sink(factory) => (0..config.workers)
+                .map(|i| worker::WorkerEgress::Sink(factory(i, config.workers)))
                 .collect(),
             Egress::Discard => (0..config.workers)
                 .map(|_| worker::WorkerEgress::Discard)
@@ -313,7 +317,6 @@ impl Engine {
             let core = (!config.cores.is_empty()).then(|| config.cores[index % config.cores.len()]);
             let setup = worker::WorkerSetup {
                 index,
-                workers: config.workers,
                 core,
                 io: (io_kind, socket, sender),
                 control: control_rx,
@@ -326,8 +329,10 @@ impl Engine {
                 batch_sends: config.batch_sends,
                 gso_segments: config.gso_segments,
                 io_sizing,
-                source: config.source,
-                source_rate: config.source_rate,
+                source: config
+                    .source
+                    .as_ref()
+                    .map(|make| make(index, config.workers)),
                 egress: egress_parts.pop().unwrap_or(worker::WorkerEgress::Discard),
             };
             let thread = std::thread::Builder::new()
@@ -476,7 +481,7 @@ impl Engine {
         self.broadcast(|| Control::RevokePeer(peer))
     }
 
-    /// Starts or pauses the synthetic source on every worker.
+    /// Starts or pauses the source on every worker.
     pub fn set_source_active(&self, active: bool) -> Result<()> {
         self.broadcast(|| Control::SetSourceActive(active))
     }

@@ -2,7 +2,6 @@
 
 use std::ops::AddAssign;
 
-use super::synthetic::SinkStats;
 use crate::io::IoStats;
 
 /// One worker's counters. Plain integers: only the worker writes them, and the control
@@ -63,10 +62,6 @@ pub struct WorkerStats {
     pub ns_cpu: u64,
     /// What the I/O backend counted.
     pub io: IoStats,
-    /// What the synthetic sink saw.
-    pub sink: SinkStats,
-    /// Packets the synthetic generator made.
-    pub generated: u64,
 }
 
 impl WorkerStats {
@@ -100,16 +95,6 @@ impl AddAssign for IoStats {
     }
 }
 
-impl AddAssign for SinkStats {
-    fn add_assign(&mut self, o: Self) {
-        self.verified_packets += o.verified_packets;
-        self.verified_bytes += o.verified_bytes;
-        self.gaps += o.gaps;
-        self.out_of_order += o.out_of_order;
-        self.corrupt += o.corrupt;
-    }
-}
-
 impl AddAssign for WorkerStats {
     fn add_assign(&mut self, o: Self) {
         self.tx_packets += o.tx_packets;
@@ -138,8 +123,6 @@ impl AddAssign for WorkerStats {
         self.ns_rx_process += o.ns_rx_process;
         self.ns_rx_io += o.ns_rx_io;
         self.io += o.io;
-        self.sink += o.sink;
-        self.generated += o.generated;
     }
 }
 

@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::pacer::{Pacer, SourceRate};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
-use super::synthetic::{Generator, Sink};
-use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, TrafficSpec, WorkerStats};
+use super::traffic::{Sink, Source};
+use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, WorkerStats};
 use crate::crypto::Backend;
 use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
-use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 use crate::io::{DatagramIo, IoKind, TxBatch};
 use crate::psp::PSP_OVERHEAD;
 use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
@@ -37,17 +35,15 @@ const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
 const TUN_READS_PER_BATCH: usize = 256;
 
 /// Where a worker's received inner packets go.
-#[derive(Debug)]
 pub(super) enum WorkerEgress {
     Discard,
-    Sink(Sink),
+    Sink(Box<dyn Sink>),
     Tun(TunQueue),
 }
 
 /// Everything a worker starts with; moved into its thread.
 pub(super) struct WorkerSetup {
     pub index: usize,
-    pub workers: usize,
     pub core: Option<usize>,
     pub io: (IoKind, OwnedFd, OwnedFd),
     pub control: Receiver<Control>,
@@ -60,8 +56,7 @@ pub(super) struct WorkerSetup {
     pub batch_sends: usize,
     pub gso_segments: usize,
     pub io_sizing: crate::io::IoSizing,
-    pub source: Option<TrafficSpec>,
-    pub source_rate: Option<SourceRate>,
+    pub source: Option<Box<dyn Source>>,
     pub egress: WorkerEgress,
 }
 
@@ -80,10 +75,11 @@ struct State {
     /// Shared read-only with the other workers; replaced whole, never changed in place.
     routes: Arc<RouteTable>,
     rx_sas: RxSaTable,
-    source: Option<Generator>,
-    pacer: Option<Pacer>,
+    source: Option<Box<dyn Source>>,
     source_active: bool,
-    next_peer: usize,
+    /// Where the source's last packet went: its next one is built for there before it is
+    /// routed, and moved only when the route says otherwise.
+    source_endpoint: SocketAddr,
     egress: WorkerEgress,
     tun_buf: Vec<u8>,
     coalescer: Option<Coalescer>,
@@ -100,7 +96,6 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
     }
     let WorkerSetup {
         index,
-        workers,
         io: (io_kind, socket, sender),
         control,
         events,
@@ -113,24 +108,9 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         gso_segments,
         io_sizing,
         source,
-        source_rate,
         egress,
         ..
     } = setup;
-    let generator = source.map(|spec| Generator::new(spec, index, workers));
-    let pacer = match (source, &generator, source_rate) {
-        (Some(spec), Some(generator), Some(rate)) => {
-            // This worker's share of the rate is its share of the flows.
-            let share = generator.flows() as f64 / f64::from(spec.flows.max(1));
-            let pps = rate.packets_per_second(generator.packet_len()) * share;
-            let framed = generator.packet_len() + PSP_OVERHEAD;
-            let chunk = (MAX_GSO_BYTES / framed).clamp(1, gso_segments) as u64;
-            // A burst of a few idle waits' worth: enough that waking late loses nothing.
-            let burst = (pps * 4.0 * IDLE_WAIT.as_secs_f64()) as u64;
-            Some(Pacer::new(pps, chunk, burst, Instant::now()))
-        }
-        _ => None,
-    };
     let mut io = match crate::io::open(io_kind, socket, sender, io_sizing) {
         Ok(io) => {
             let _ = ready.send(Ok(()));
@@ -154,10 +134,9 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             .collect(),
         routes: Arc::new(RouteTable::empty()),
         rx_sas: RxSaTable::new(max_rx_sas, crypto, limits),
-        source: generator,
-        pacer,
+        source,
         source_active: true,
-        next_peer: index,
+        source_endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
         tun_buf: if matches!(egress, WorkerEgress::Tun(_)) {
             vec![0u8; TUN_MTU_MAX]
         } else {
@@ -239,9 +218,6 @@ impl State {
         let mut stats = self.stats;
         stats.io = io.stats();
         stats.ns_cpu = crate::io::thread_cpu_time().as_nanos() as u64;
-        if let WorkerEgress::Sink(sink) = &self.egress {
-            stats.sink = sink.stats();
-        }
         stats
     }
 
@@ -321,11 +297,11 @@ impl State {
     /// How long to block when nothing was sent: the usual idle wait, or less when the
     /// paced source may send again sooner.
     fn idle_wait(&self, now: Instant) -> Duration {
-        match &self.pacer {
-            Some(pacer) if self.source_active => match pacer.until_next(now) {
-                // Allowed to send but did not (no SA, no peer): nothing to hurry for.
-                Duration::ZERO => IDLE_WAIT,
-                next => next.min(IDLE_WAIT),
+        match &self.source {
+            Some(source) if self.source_active => match source.until_next(now) {
+                // Allowed to send but did not (no route, no SA): nothing to hurry for.
+                None | Some(Duration::ZERO) => IDLE_WAIT,
+                Some(next) => next.min(IDLE_WAIT),
             },
             _ => IDLE_WAIT,
         }
@@ -333,78 +309,80 @@ impl State {
 
     fn build_batch(&mut self, batch: &mut TxBatch, now: Instant) {
         if self.source.is_some() {
-            self.build_synthetic(batch, now);
+            self.build_from_source(batch, now);
         } else if matches!(self.egress, WorkerEgress::Tun(_)) {
             self.build_from_tun(batch);
         }
     }
 
-    fn build_synthetic(&mut self, batch: &mut TxBatch, now: Instant) {
-        let Some(generator) = self.source.as_mut() else {
+    /// Fills the batch from the source, routing every packet by its inner destination as
+    /// TUN's are. A packet that cannot go yet (no route, peer or SA) goes back to the
+    /// source and ends the batch: the source waits, it does not lose packets.
+    fn build_from_source(&mut self, batch: &mut TxBatch, now: Instant) {
+        let Some(source) = self.source.as_mut() else {
             return;
         };
-        if !self.source_active || generator.is_idle() || self.peers.is_empty() {
+        if !self.source_active {
             return;
         }
-        let allowance = self.pacer.as_mut().map_or(u64::MAX, |p| p.allowance(now));
-        if allowance == 0 {
-            return;
-        }
+        let allowance = source.allowance(now);
         let mut budget = allowance;
-        let inner_len = generator.packet_len();
-        let framed = inner_len + PSP_OVERHEAD;
         // Plain frames carry an SPI too, so the receiver's steering treats them alike.
         let plain_spi = Spi(0x4000_0000 | self.index as u32);
-        let per_send = (MAX_GSO_BYTES / framed).clamp(1, MAX_GSO_SEGMENTS);
-        let mut skipped = 0;
-        'batch: while !batch.is_full() && skipped < self.peers.len() {
-            let p = self.next_peer % self.peers.len();
-            self.next_peer = self.next_peer.wrapping_add(1);
-            let peer = &mut self.peers[p];
-            let unusable = match self.protection {
-                Protection::Encrypted => peer.tx.is_none(),
-                // A placeholder peer (not configured yet) has port 0: nowhere to send to.
-                Protection::PlainBaseline => peer.config.endpoint.port() == 0,
+        while budget > 0 {
+            let inner_len = source.next_len();
+            if inner_len == 0 {
+                break;
+            }
+            let framed = inner_len + PSP_OVERHEAD;
+            let inner = PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len;
+            let Some(slot) = batch.append(self.source_endpoint, framed) else {
+                break;
             };
-            if unusable {
-                skipped += 1;
-                continue;
+            source.fill(&mut slot[inner.clone()]);
+            let packet = InnerPacket::new_checked(&slot[inner]);
+            let next_header = packet.as_ref().map_or(4, InnerPacket::psp_next_header);
+            let routed = packet
+                .ok()
+                .and_then(|p| self.routes.lookup(p.destination()))
+                .and_then(|p| Some((p, self.peers.get_mut(p.0 as usize)?)))
+                .filter(|(_, peer)| match self.protection {
+                    Protection::Encrypted => peer.tx.is_some(),
+                    // A placeholder peer (not configured yet) has port 0: nowhere to send to.
+                    Protection::PlainBaseline => peer.config.endpoint.port() != 0,
+                });
+            let Some((peer_id, peer)) = routed else {
+                batch.unappend(framed);
+                source.unfill();
+                break;
+            };
+            let Some(slot) = batch.redirect_last(framed, peer.config.endpoint) else {
+                batch.unappend(framed);
+                source.unfill();
+                break;
+            };
+            self.source_endpoint = peer.config.endpoint;
+            let sealed = match (self.protection, peer.tx.as_mut()) {
+                (Protection::Encrypted, Some(sa)) => sa.seal(next_header, 0, slot).is_ok(),
+                (Protection::Encrypted, None) => false,
+                (Protection::PlainBaseline, _) => plain_frame(plain_spi, slot),
+            };
+            if !sealed {
+                batch.unappend(framed);
+                source.unfill();
+                self.stats.tx_seal_failed += 1;
+                peer.tx = None;
+                let _ = self.events.try_send(Event::SaExhausted {
+                    worker: self.index,
+                    peer: peer_id,
+                });
+                break;
             }
-            skipped = 0;
-            let dst = peer.config.endpoint;
-            for _ in 0..per_send {
-                if budget == 0 {
-                    break 'batch;
-                }
-                let Some(slot) = batch.append(dst, framed) else {
-                    break 'batch;
-                };
-                generator.fill(&mut slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len]);
-                let framed_ok = match (self.protection, peer.tx.as_mut()) {
-                    (Protection::Encrypted, Some(sa)) => sa.seal(4, 0, slot).is_ok(),
-                    (Protection::Encrypted, None) => false,
-                    (Protection::PlainBaseline, _) => plain_frame(plain_spi, slot),
-                };
-                if !framed_ok {
-                    batch.unappend(framed);
-                    generator.unfill();
-                    self.stats.tx_seal_failed += 1;
-                    peer.tx = None;
-                    let _ = self.events.try_send(Event::SaExhausted {
-                        worker: self.index,
-                        peer: PeerId(p as u32),
-                    });
-                    break;
-                }
-                budget -= 1;
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += inner_len as u64;
-                self.stats.generated += 1;
-            }
+            budget -= 1;
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += inner_len as u64;
         }
-        if let Some(pacer) = self.pacer.as_mut() {
-            pacer.spend(allowance - budget);
-        }
+        source.spend(allowance - budget);
     }
 
     fn build_from_tun(&mut self, batch: &mut TxBatch) {
@@ -440,7 +418,7 @@ impl State {
                 continue;
             };
             let next_header = inner.psp_next_header();
-            let routed = self.routes.lookup(inner.flow_key().dst);
+            let routed = self.routes.lookup(inner.destination());
             // A route to a peer this worker has not heard of yet routes nowhere.
             let Some(peer) = routed.and_then(|p| self.peers.get_mut(p.0 as usize)) else {
                 self.stats.tx_no_route += segments.count() as u64;

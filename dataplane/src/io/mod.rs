@@ -250,6 +250,38 @@ impl TxBatch {
         }
     }
 
+    /// Sends the datagram of `len` bytes just appended to `dst` instead: in place when it is
+    /// its send's only datagram, otherwise moved into a new send. Returns its buffer, or
+    /// `None` (the batch unchanged) when a new send would not fit.
+    pub fn redirect_last(&mut self, len: usize, dst: SocketAddr) -> Option<&mut [u8]> {
+        let last = self.sends.last()?;
+        if last.dst == dst || len == 0 || len > last.len {
+            let start = last.offset + last.len - len.min(last.len);
+            let end = last.offset + last.len;
+            return Some(&mut self.buf[start..end]);
+        }
+        let from = last.offset + last.len - len;
+        if last.len == len {
+            let last = self.sends.len() - 1;
+            self.sends[last].dst = dst;
+            return Some(&mut self.buf[from..from + len]);
+        }
+        if self.is_full() {
+            return None;
+        }
+        let last = self.sends.len() - 1;
+        self.sends[last].len -= len;
+        let offset = self.sends.len() * udp::MAX_GSO_BYTES;
+        self.sends.push(GsoSend {
+            offset,
+            len,
+            segment: len as u16,
+            dst,
+        });
+        self.buf.copy_within(from..from + len, offset);
+        Some(&mut self.buf[offset..offset + len])
+    }
+
     /// Drops the first `n` sends (they were sent); the rest move to the front.
     pub fn consume(&mut self, n: usize) {
         self.sends.drain(..n.min(self.sends.len()));
@@ -369,6 +401,27 @@ mod tests {
             "no room for a second send"
         );
         assert!(full.append(dst(1), 0).is_none());
+    }
+
+    #[test]
+    fn a_redirected_datagram_keeps_its_bytes_and_leaves_its_send() {
+        let mut batch = TxBatch::new(2, udp::MAX_GSO_SEGMENTS);
+        batch.append(dst(1), 100).unwrap().fill(1);
+        batch.append(dst(1), 100).unwrap().fill(2);
+        batch.redirect_last(100, dst(2)).unwrap();
+        let shape: Vec<_> = batch
+            .sends()
+            .iter()
+            .map(|s| (s.dst.port(), s.len))
+            .collect();
+        assert_eq!(shape, [(1, 100), (2, 100)]);
+        assert_eq!(batch.bytes(&batch.sends()[1]), &[2u8; 100][..]);
+        // Alone in its send, it is retargeted in place; with no send left, refused unchanged.
+        batch.redirect_last(100, dst(3)).unwrap();
+        assert_eq!(batch.sends()[1].dst, dst(3));
+        batch.append(dst(3), 100).unwrap().fill(3);
+        assert!(batch.redirect_last(100, dst(4)).is_none());
+        assert_eq!(batch.sends()[1].len, 200);
     }
 
     #[test]

@@ -59,6 +59,25 @@ fn the_longest_nested_prefix_wins() {
     assert_eq!(t.len(), 5);
 }
 
+/// The search probes the middle length first: a longer prefix leaves a marker there, and an
+/// address that hits the marker but nothing longer gets the prefix the marker lies in, not
+/// nothing (and not the marker's peer: a marker is no route).
+#[test]
+fn a_marker_that_leads_nowhere_answers_with_the_prefix_below_it() {
+    let t = table(&[
+        ("10.0.0.0", 8, 1),
+        ("172.16.0.0", 12, 5),
+        ("192.168.0.0", 16, 6),
+        ("10.1.2.0", 24, 2),
+        ("10.1.2.128", 25, 3),
+    ]);
+    assert_eq!(t.lookup(ip("10.1.3.9")), Some(PeerId(1)));
+    assert_eq!(t.lookup(ip("10.1.2.9")), Some(PeerId(2)));
+    assert_eq!(t.lookup(ip("10.1.2.200")), Some(PeerId(3)));
+    assert_eq!(t.lookup(ip("11.1.2.200")), None);
+    assert_eq!(t.len(), 5, "markers are not prefixes");
+}
+
 #[test]
 fn families_never_mix() {
     // ::a01:0/112 holds the IPv4-compatible form of 10.1.x.x; it must not catch IPv4.

@@ -115,6 +115,19 @@ impl<T: AsRef<[u8]>> InnerPacket<T> {
         claimed.min(data.len())
     }
 
+    /// The destination address: what the route table is asked about.
+    #[inline]
+    pub fn destination(&self) -> IpAddr {
+        let data = self.buffer.as_ref();
+        if self.version() == 4 {
+            IpAddr::V4(Ipv4Addr::new(data[16], data[17], data[18], data[19]))
+        } else {
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&data[24..40]);
+            IpAddr::V6(d.into())
+        }
+    }
+
     /// The flow this packet belongs to. Extension headers of IPv6 are not walked: a packet
     /// with one is keyed by addresses and next header alone, which keeps it on one flow.
     pub fn flow_key(&self) -> FlowKey {

@@ -3,12 +3,14 @@
 //! does unpaced, on both I/O backends.
 
 use std::net::UdpSocket;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cpclink_dataplane::engine::{
-    Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SourceRate, TrafficSpec,
-};
+use cpclink_bench::pacer::SourceRate;
+use cpclink_bench::traffic::{TrafficCounters, TrafficSpec};
+use cpclink_dataplane::engine::{Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection};
 use cpclink_dataplane::io::IoKind;
+use cpclink_dataplane::route::RouteTable;
 
 const PACKET: usize = 200;
 /// 20,000 packets per second: a hundredth of what one worker sends unpaced.
@@ -22,14 +24,18 @@ fn run(io: IoKind, rate: SourceRate, window: Duration) -> (u64, f64, f64) {
     config.workers = 2;
     config.io = io;
     config.protection = Protection::PlainBaseline;
-    config.source = Some(TrafficSpec {
-        flows: 8,
-        packet_len: PACKET,
-    });
-    config.source_rate = Some(rate);
+    let spec = TrafficSpec::new(8, PACKET);
+    let counters = TrafficCounters::new(config.workers);
+    config.source = Some(
+        spec.source(Some(rate), config.gso_segments, &counters)
+            .unwrap(),
+    );
     config.egress = Egress::Discard;
     let before = Instant::now();
     let engine = Engine::start(config).unwrap();
+    engine
+        .set_routes(Arc::new(RouteTable::build(spec.routes()).unwrap()))
+        .unwrap();
     engine
         .set_peer(
             PeerId(0),
@@ -41,7 +47,7 @@ fn run(io: IoKind, rate: SourceRate, window: Duration) -> (u64, f64, f64) {
     let started = Instant::now();
     std::thread::sleep(window);
     let asked = Instant::now();
-    let generated = engine.snapshot().unwrap().total().generated;
+    let generated = counters.total().generated;
     let after = Instant::now();
     engine.shutdown().unwrap();
     (

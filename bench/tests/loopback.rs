@@ -2,15 +2,17 @@
 //! attacker's packets injected from a plain UDP socket.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpclink_bench::traffic::{Generator, TrafficCounters, TrafficSpec, TrafficStats};
 use cpclink_dataplane::crypto::{Backend, Suite};
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, Generator, PeerConfig, PeerId, SaProfile, TrafficSpec,
-    WorkerStats,
+    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, SaProfile, WorkerStats,
 };
 use cpclink_dataplane::io::IoKind;
 use cpclink_dataplane::psp::PSP_OVERHEAD;
+use cpclink_dataplane::route::RouteTable;
 use cpclink_dataplane::sa::{MasterKeys, SaLimits, Spi, TxSa};
 
 const SUITE: Suite = Suite::AesGcm256;
@@ -21,13 +23,25 @@ fn keys(seed: u8) -> MasterKeys {
     MasterKeys::with_generations([seed; 32], [seed ^ 0xff; 32], 0)
 }
 
-fn engine(io: IoKind, workers: usize, source: Option<TrafficSpec>) -> Engine {
+/// An engine with the synthetic sink (and source, if given), routing the flows' prefixes
+/// to peer 0; and its traffic counters.
+fn engine(
+    io: IoKind,
+    workers: usize,
+    source: Option<TrafficSpec>,
+) -> (Engine, Arc<TrafficCounters>) {
+    let counters = TrafficCounters::new(workers);
+    let spec = source.unwrap_or(TrafficSpec::new(FLOWS, 200));
     let mut config = EngineConfig::new("127.0.0.1:0".parse().unwrap());
     config.workers = workers;
     config.io = io;
-    config.source = source;
-    config.egress = Egress::Sink { flows: FLOWS };
-    Engine::start(config).expect("engine starts")
+    config.source = source.map(|spec| spec.source(None, config.gso_segments, &counters).unwrap());
+    config.egress = Egress::Sink(spec.sink(&counters));
+    let engine = Engine::start(config).expect("engine starts");
+    engine
+        .set_routes(Arc::new(RouteTable::build(spec.routes()).unwrap()))
+        .unwrap();
+    (engine, counters)
 }
 
 fn peer(endpoint: SocketAddr) -> PeerConfig {
@@ -43,13 +57,17 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// Checks one direction: what `sender` sent against what `receiver` verified.
-fn check_direction(name: &str, sender: &WorkerStats, receiver: &WorkerStats) {
-    let sink = receiver.sink;
+fn check_direction(
+    name: &str,
+    (sender, sent): (&WorkerStats, &TrafficStats),
+    (receiver, received): (&WorkerStats, &TrafficStats),
+) {
+    let sink = received.sink;
     assert_eq!(sink.corrupt, 0, "{name}: corrupt packets delivered");
     assert_eq!(sink.out_of_order, 0, "{name}: a flow's order was broken");
     assert!(sink.verified_bytes >= PER_DIRECTION, "{name}: {sink:?}");
     assert_eq!(
-        sender.generated, sender.tx_packets,
+        sent.generated, sender.tx_packets,
         "{name}: generated vs sealed"
     );
     assert_eq!(sender.tx_dropped(), 0, "{name}: sender dropped");
@@ -76,13 +94,10 @@ fn check_direction(name: &str, sender: &WorkerStats, receiver: &WorkerStats) {
 }
 
 fn exchange(io: IoKind) {
-    let spec = TrafficSpec {
-        flows: FLOWS,
-        packet_len: 1400,
-    };
+    let spec = TrafficSpec::new(FLOWS, 1400);
     let (keys_a, keys_b) = (keys(0xa1), keys(0xb2));
-    let a = engine(io, 2, Some(spec));
-    let b = engine(io, 2, Some(spec));
+    let (a, traffic_a) = engine(io, 2, Some(spec));
+    let (b, traffic_b) = engine(io, 2, Some(spec));
     a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
     b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
     lab::enable_rx_derivation(&a, &keys_a, SUITE).unwrap();
@@ -96,7 +111,7 @@ fn exchange(io: IoKind) {
     lab::install_tx_sas(&b, PeerId(0), &keys_a, profile).unwrap();
 
     wait_until("1 GiB verified", Duration::from_secs(240), || {
-        let (sa, sb) = (a.snapshot().unwrap().total(), b.snapshot().unwrap().total());
+        let (sa, sb) = (traffic_a.total(), traffic_b.total());
         sa.sink.verified_bytes >= PER_DIRECTION && sb.sink.verified_bytes >= PER_DIRECTION
     });
     a.set_source_active(false).unwrap();
@@ -106,9 +121,10 @@ fn exchange(io: IoKind) {
     let (sa, sb) = (a.shutdown().unwrap(), b.shutdown().unwrap());
     assert_eq!(sa.workers.len(), 2);
     let (ta, tb) = (sa.total(), sb.total());
-    check_direction("a→b", &ta, &tb);
-    check_direction("b→a", &tb, &ta);
-    assert!(ta.sink.verified_bytes + tb.sink.verified_bytes >= 1 << 30);
+    let (xa, xb) = (traffic_a.total(), traffic_b.total());
+    check_direction("a→b", (&ta, &xa), (&tb, &xb));
+    check_direction("b→a", (&tb, &xb), (&ta, &xa));
+    assert!(xa.sink.verified_bytes + xb.sink.verified_bytes >= 1 << 30);
 }
 
 #[test]
@@ -123,14 +139,7 @@ fn two_engines_exchange_a_gibibyte_over_epoll() {
 
 /// One synthetic packet of flow 0, number `number`, sealed by `sa` into a PSP datagram.
 fn sealed(sa: &mut TxSa, number: u64) -> Vec<u8> {
-    let mut generator = Generator::new(
-        TrafficSpec {
-            flows: FLOWS,
-            packet_len: 200,
-        },
-        0,
-        FLOWS as usize,
-    );
+    let mut generator = Generator::new(TrafficSpec::new(FLOWS, 200), 0, FLOWS as usize);
     let mut packet = vec![0u8; 200 + PSP_OVERHEAD];
     for _ in 0..=number {
         generator.fill(&mut packet[16..216]);
@@ -141,7 +150,7 @@ fn sealed(sa: &mut TxSa, number: u64) -> Vec<u8> {
 
 fn forged_packets_are_dropped_and_counted(io: IoKind) {
     let keys_b = keys(0xb2);
-    let b = engine(io, 1, None);
+    let (b, traffic_b) = engine(io, 1, None);
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     b.set_peer(PeerId(0), peer(attacker.local_addr().unwrap()))
         .unwrap();
@@ -192,8 +201,8 @@ fn forged_packets_are_dropped_and_counted(io: IoKind) {
         stats.rx_delivered, 1,
         "only the genuine packet is delivered"
     );
-    assert_eq!(stats.sink.verified_packets, 1);
-    assert_eq!(stats.sink.corrupt, 0);
+    assert_eq!(traffic_b.total().sink.verified_packets, 1);
+    assert_eq!(traffic_b.total().sink.corrupt, 0);
     assert_eq!(stats.rx_dropped(), 4);
 }
 
@@ -212,13 +221,10 @@ fn forged_packets_are_dropped_over_epoll() {
 #[test]
 fn exhausted_sas_are_replaced_without_loss_or_plaintext() {
     use cpclink_dataplane::engine::Event;
-    let spec = TrafficSpec {
-        flows: FLOWS,
-        packet_len: 512,
-    };
+    let spec = TrafficSpec::new(FLOWS, 512);
     let keys_b = keys(0xb2);
-    let a = engine(IoKind::Auto, 1, Some(spec));
-    let b = engine(IoKind::Auto, 1, None);
+    let (a, traffic_a) = engine(IoKind::Auto, 1, Some(spec));
+    let (b, traffic_b) = engine(IoKind::Auto, 1, None);
     a.set_peer(PeerId(0), peer(b.local_addr())).unwrap();
     b.set_peer(PeerId(0), peer(a.local_addr())).unwrap();
     lab::enable_rx_derivation(&b, &keys_b, SUITE).unwrap();
@@ -248,11 +254,12 @@ fn exhausted_sas_are_replaced_without_loss_or_plaintext() {
         sa.tx_packets > 4 * 4_000 - 4,
         "several SAs' worth sent: {sa:?}"
     );
+    let (xa, xb) = (traffic_a.total(), traffic_b.total());
     assert_eq!(
-        sa.generated, sa.tx_packets,
+        xa.generated, sa.tx_packets,
         "what could not be sealed was not sent"
     );
     assert_eq!(sb.rx_dropped(), 0, "every SA was accepted: {sb:?}");
-    assert_eq!(sb.sink.corrupt + sb.sink.out_of_order, 0);
-    assert_eq!(sb.rx_delivered, sb.sink.verified_packets);
+    assert_eq!(xb.sink.corrupt + xb.sink.out_of_order, 0);
+    assert_eq!(sb.rx_delivered, xb.sink.verified_packets);
 }

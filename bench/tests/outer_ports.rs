@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cpclink_dataplane::engine::{
-    Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, TrafficSpec,
-};
+use cpclink_bench::traffic::{TrafficCounters, TrafficSpec};
+use cpclink_dataplane::engine::{Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection};
 use cpclink_dataplane::io::IoKind;
+use cpclink_dataplane::route::RouteTable;
 use cpclink_dataplane::wire::PSP_BASE_HEADER_LEN;
 
 const WORKERS: usize = 3;
@@ -33,12 +34,13 @@ fn start(io: IoKind, tx_port_base: Option<u16>) -> cpclink_dataplane::Result<Eng
     config.tx_port_base = tx_port_base;
     config.batch_sends = 2;
     config.gso_segments = 4;
-    config.source = Some(TrafficSpec {
-        flows: FLOWS,
-        packet_len: 200,
-    });
+    let spec = TrafficSpec::new(FLOWS, 200);
+    let counters = TrafficCounters::new(WORKERS);
+    config.source = Some(spec.source(None, config.gso_segments, &counters).unwrap());
     config.egress = Egress::Discard;
-    Engine::start(config)
+    let engine = Engine::start(config)?;
+    engine.set_routes(Arc::new(RouteTable::build(spec.routes())?))?;
+    Ok(engine)
 }
 
 fn capture(engine: Engine) -> Capture {
