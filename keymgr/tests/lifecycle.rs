@@ -287,7 +287,9 @@ async fn a_revoked_appliance_is_replaced_by_new_hardware_and_its_old_certificate
         AnyStore::Memory(old_state.clone()),
     )
     .await;
-    let err = restarted.err().expect("a revoked appliance must not start");
+    let Err(err) = restarted else {
+        panic!("a revoked appliance must not start")
+    };
     assert!(matches!(err, Error::Revoked { .. }), "{err}");
     assert!(
         err.to_string()
@@ -308,9 +310,9 @@ async fn a_revoked_appliance_is_replaced_by_new_hardware_and_its_old_certificate
         "{refused}"
     );
     let sneaked = KeyAgent::start(options(&cfg, addr, &ca, "b", Some(token("b")))).await;
-    let sneaked = sneaked
-        .err()
-        .expect("a plain token must not re-enrol a revoked id");
+    let Err(sneaked) = sneaked else {
+        panic!("a plain token must not re-enrol a revoked id")
+    };
     assert!(sneaked.to_string().contains("keymgr replace"), "{sneaked}");
     assert!(authority.directory().await.appliances["b"].revoked);
 
