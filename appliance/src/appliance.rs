@@ -356,9 +356,7 @@ impl<K: KeySource> Owner<K> {
                     routes.push((route(*prefix, name, from_directory), *peer));
                 } else {
                     tracing::warn!(
-                        "{}/{} of {name} is routed elsewhere already; not routed to {name}",
-                        prefix.0,
-                        prefix.1
+                        "{prefix} of {name} is routed elsewhere already; not routed to {name}"
                     );
                 }
             }
@@ -367,7 +365,7 @@ impl<K: KeySource> Owner<K> {
         let table = RouteTable::build(
             routes
                 .iter()
-                .map(|(r, peer)| (r.prefix.0, r.prefix.1, *peer)),
+                .map(|(r, peer)| (r.prefix.addr(), r.prefix.prefix_len(), *peer)),
         );
         let table = match table {
             Ok(table) => table,

@@ -33,7 +33,7 @@ use cpclink_dataplane::crypto::Backend;
 use cpclink_dataplane::engine::{Engine, Event, PeerConfig, PeerId, SaProfile};
 use cpclink_dataplane::sa::{SaLimits, Spi};
 use cpclink_keymgr::agent::{KeyAgent, SaEvent, TxSaGrant};
-use cpclink_keymgr::directory::{ApplianceEntry, Directory};
+use cpclink_keymgr::directory::Directory;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Prefix;
@@ -374,7 +374,7 @@ impl KeyPlane {
                 continue;
             };
             self.unreachable.remove(id);
-            let prefixes = directory_prefixes(entry);
+            let prefixes = entry.prefixes.clone();
             let slot = self.slot(id);
             if slot.revoked {
                 continue;
@@ -656,15 +656,6 @@ impl KeyPlane {
         }
         KeyUpdate::Nothing
     }
-}
-
-/// The inner prefixes a directory entry lists: the ones the authority accepted as assigned.
-fn directory_prefixes(entry: &ApplianceEntry) -> Vec<Prefix> {
-    entry
-        .prefixes
-        .iter()
-        .map(|p| (p.addr(), p.prefix_len()))
-        .collect()
 }
 
 /// Transmit SA limits for a grant valid until `expires`: replaced at four fifths of its

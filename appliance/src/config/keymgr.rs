@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_keymgr::agent::AgentOptions;
 use cpclink_keymgr::config::{AgentConfig, REKEY_GRACE_MS, SA_LIFETIME_SECS};
-use cpclink_keymgr::prefix::InnerPrefix;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -251,13 +250,7 @@ impl Ctx<'_> {
                 suite: suite.version(),
                 sa_lifetime_secs: k.sa_lifetime_secs,
                 rekey_grace_ms: k.rekey_grace_ms,
-                prefixes: announce
-                    .iter()
-                    .map(|&(addr, len)| {
-                        // Checked as a network above; the key plane's type agrees.
-                        InnerPrefix::new(addr, len).map_err(|e| self.err("[keymgr].prefixes", e))
-                    })
-                    .collect::<Result<_, _>>()?,
+                prefixes: announce.clone(),
             },
             token: k.token.map(|t| Zeroizing::new(t.trim().to_owned())),
             endpoint,

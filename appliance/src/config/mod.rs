@@ -86,8 +86,9 @@ pub use tun::TunConfig;
 
 use crate::Error;
 
-/// An inner prefix: network address (host bits clear) and length.
-pub type Prefix = (IpAddr, u8);
+/// An inner prefix: the key plane's type, so what the directory carries, what this file
+/// lists and what is announced are one thing (host bits clear, overlap checks).
+pub type Prefix = cpclink_keymgr::prefix::InnerPrefix;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,10 +210,10 @@ impl Ctx<'_> {
         let mut out: Vec<Prefix> = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
             let p = self.prefix(&format!("{field}[{i}]"), v)?;
-            if let Some(q) = out.iter().find(|q| overlaps(**q, p)) {
+            if let Some(q) = out.iter().find(|q| q.overlaps(&p)) {
                 return Err(self.err_fix(
                     format!("{field}[{i}]"),
-                    format!("{v:?} overlaps {}/{} listed before it", q.0, q.1),
+                    format!("{v:?} overlaps {q} listed before it"),
                     "list each address range once",
                 ));
             }
@@ -222,28 +223,13 @@ impl Ctx<'_> {
     }
 
     fn prefix(&self, field: &str, value: &str) -> Result<Prefix, Error> {
-        let fix = "write a network and its length, e.g. \"10.2.0.0/16\" or \"fd00:2::/64\"";
-        let bad = || self.err_fix(field, format!("{value:?} is not a prefix"), fix);
-        let (addr, len) = value.split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let len: u8 = len.trim().parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if len > max {
-            return Err(self.err_fix(
+        value.trim().parse().map_err(|reason: String| {
+            self.err_fix(
                 field,
-                format!("{value:?}: prefix length {len} exceeds {max}"),
-                fix,
-            ));
-        }
-        let network = mask(addr, len);
-        if network != addr {
-            return Err(self.err_fix(
-                field,
-                format!("{value:?} has host bits set"),
-                format!("write the network, \"{network}/{len}\""),
-            ));
-        }
-        Ok((addr, len))
+                reason,
+                "write a network and its length, e.g. \"10.2.0.0/16\" or \"fd00:2::/64\"",
+            )
+        })
     }
 
     /// Refuses a prefix routed to two peers (the same or overlapping ranges): which one
@@ -252,47 +238,16 @@ impl Ctx<'_> {
         for (i, (field, owner, p)) in owners.iter().enumerate() {
             if let Some((_, other, q)) = owners[..i]
                 .iter()
-                .find(|(_, o, q)| o != owner && overlaps(*q, *p))
+                .find(|(_, o, q)| o != owner && q.overlaps(p))
             {
                 return Err(self.err_fix(
                     field.clone(),
-                    format!(
-                        "{}/{} of {owner} overlaps {}/{} of {other}",
-                        p.0, p.1, q.0, q.1
-                    ),
+                    format!("{p} of {owner} overlaps {q} of {other}"),
                     "route each address range to one peer only",
                 ));
             }
         }
         Ok(())
-    }
-}
-
-/// `addr` with every bit past `len` cleared.
-pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = u32::MAX
-                .checked_shl(32 - u32::from(len.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = u128::MAX
-                .checked_shl(128 - u32::from(len.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((bits & m).into())
-        }
-    }
-}
-
-/// Whether two prefixes share an address (one contains the other).
-pub fn overlaps(a: Prefix, b: Prefix) -> bool {
-    a.0.is_ipv4() == b.0.is_ipv4() && {
-        let len = a.1.min(b.1);
-        mask(a.0, len) == mask(b.0, len)
     }
 }
 

@@ -17,7 +17,7 @@ fn a_valid_config_is_read_with_defaults() {
     assert_eq!(c.workers, 2);
     assert_eq!(c.io, IoKind::Auto);
     assert_eq!(c.suite, Suite::AesGcm256);
-    assert_eq!(c.peers[0].prefixes, vec![("10.2.0.0".parse().unwrap(), 16)]);
+    assert_eq!(c.peers[0].prefixes, vec!["10.2.0.0/16".parse().unwrap()]);
     assert_eq!(c.tun_mtu(), Some(1500 - 20 - 8 - 32));
 }
 
@@ -125,8 +125,8 @@ fn a_keymgr_section_keys_the_appliance_instead_of_lab_keys() {
     assert_eq!(
         k.prefixes["dc2-edge"],
         vec![
-            ("10.2.0.0".parse().unwrap(), 16),
-            ("fd00:2::".parse().unwrap(), 64)
+            "10.2.0.0/16".parse::<Prefix>().unwrap(),
+            "fd00:2::/64".parse().unwrap()
         ]
     );
 }
@@ -460,5 +460,48 @@ fn an_engine_sized_by_a_profile_carries_traffic() {
     assert!(
         sa.tx_packets > 2 * sa.io.gso_sends,
         "sends do carry several datagrams: {sa:?}"
+    );
+}
+
+#[test]
+fn a_range_routed_to_two_peers_is_refused_with_both_and_its_line() {
+    let second = |prefix: &str| {
+        format!(
+            "{}[[peers]]\nname = \"c\"\nendpoint = \"192.0.2.3:1000\"\nprefixes = [\"{prefix}\"]\n\
+             master_keys = [\"{KEY}\", \"{KEY}\"]\n",
+            config("", "192.0.2.2:1000")
+        )
+    };
+    for prefix in ["10.2.0.0/16", "10.2.7.0/24"] {
+        let Err(Error::Config(d)) = ApplianceConfig::parse("a.toml", &second(prefix)) else {
+            panic!("{prefix} given to b and c is refused")
+        };
+        assert_eq!(d.field, "[peers.c].prefixes[0]");
+        assert_eq!(d.line, Some(16), "{d}");
+        assert!(
+            d.reason
+                .contains(&format!("{prefix} of c overlaps 10.2.0.0/16 of b")),
+            "{d}"
+        );
+        assert!(d.fix.is_some(), "{d}");
+    }
+    // One peer listing a range twice (or inside another of its own) is refused too.
+    let twice = config("", "192.0.2.2:1000")
+        .replace("[\"10.2.0.0/16\"]", "[\"10.2.0.0/16\", \"10.2.3.0/24\"]");
+    let e = ApplianceConfig::parse("a.toml", &twice)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[peers.b].prefixes[1]") && e.contains("overlaps 10.2.0.0/16"),
+        "{e}"
+    );
+    // A prefix with host bits set names the network meant.
+    let host = config("", "192.0.2.2:1000").replace("10.2.0.0/16", "10.2.3.4/16");
+    let e = ApplianceConfig::parse("a.toml", &host)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("host bits set") && e.contains("10.2.0.0/16"),
+        "{e}"
     );
 }
