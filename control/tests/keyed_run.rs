@@ -21,6 +21,9 @@ use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::prefix::InnerPrefix;
 use cpclink_keymgr::seal::Kek;
 
+mod common;
+use common::{netns_skip_reason, sh, Lab};
+
 const FLOWS: u32 = 8;
 const PACKET: usize = 1000;
 
@@ -470,139 +473,18 @@ async fn a_revoked_appliance_is_refused_by_its_peer() {
     b.stop().await;
 }
 
-/// Runs a command; its stdout, or why it failed.
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn netns_skip_reason() -> Option<String> {
-    if sh(&["id", "-u"]).ok()?.trim() != "0" {
-        return Some("needs root for network namespaces and TUN".into());
-    }
-    for tool in ["ip", "ping"] {
-        if sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
-            return Some(format!("needs {tool}"));
-        }
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("needs /dev/net/tun".into());
-    }
-    None
-}
-
-/// Two namespaces on a veth, the authority in the first, a `cpclink run` in each keyed by
-/// `[keymgr]`; everything is killed and removed on drop.
-struct Lab {
-    namespaces: [String; 2],
-    dir: PathBuf,
-    children: Vec<(String, std::process::Child)>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Lab {
-    fn spawn(&mut self, ns: &str, name: &str, args: &[&str]) -> u32 {
-        let file =
-            |ext: &str| std::fs::File::create(self.dir.join(format!("{name}.{ext}"))).unwrap();
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cpclink")])
-            .args(args)
-            .stdout(file("out"))
-            .stderr(file("err"))
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.children.push((name.to_owned(), child));
-        pid
-    }
-
-    fn log(&self, name: &str, ext: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.{ext}"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        ["authority", "a", "b"]
-            .iter()
-            .map(|n| format!("--- {n}:\n{}", self.log(n, "err")))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "gave up waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn keymgr(&self, args: &[&str]) -> Result<String, String> {
-        let config = self.dir.join("authority.toml").display().to_string();
-        let mut all = vec![env!("CARGO_BIN_EXE_cpclink"), "keymgr", "--config", &config];
-        all.extend_from_slice(args);
-        sh(&all)
-    }
-
-    fn ping(&self, from: usize, to: &str) -> Result<String, String> {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.namespaces[from],
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            to,
-        ])
-    }
-}
-
 #[test]
 fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocation() {
-    if let Some(reason) = netns_skip_reason() {
+    if let Some(reason) = netns_skip_reason(&["ip", "ping"]) {
         println!("skipped: {reason}");
         return;
     }
     let id = std::process::id();
-    let dir = std::env::temp_dir().join(format!("cpclink-keyed-netns-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut lab = Lab {
-        namespaces: [format!("cpk-a-{id}"), format!("cpk-b-{id}")],
-        dir,
-        children: Vec::new(),
-    };
-    let [a, b] = lab.namespaces.clone();
+    let mut lab = Lab::new(
+        "keyed-netns",
+        vec![format!("cpk-a-{id}"), format!("cpk-b-{id}")],
+    );
+    let (a, b) = (lab.namespaces[0].clone(), lab.namespaces[1].clone());
     let (va, vb) = (
         format!("cka{}", id % 100_000),
         format!("ckb{}", id % 100_000),
@@ -639,7 +521,7 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
             .unwrap();
         std::fs::write(d.join(format!("{name}.token")), token.trim()).unwrap();
     }
-    lab.spawn(
+    lab.cpclink(
         &a,
         "authority",
         &[
@@ -671,12 +553,12 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
         config("b", "10.98.0.2", "a", "10.201.0.1"),
     )
     .unwrap();
-    let pid_a = lab.spawn(
+    let pid_a = lab.cpclink(
         &a,
         "a",
         &["run", "--config", d.join("a.toml").to_str().unwrap()],
     );
-    let pid_b = lab.spawn(
+    let pid_b = lab.cpclink(
         &b,
         "b",
         &["run", "--config", d.join("b.toml").to_str().unwrap()],
@@ -745,7 +627,7 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
     );
 
     // The revoked b stops by itself, with an error that names the way back.
-    let child = &mut lab.children.iter_mut().find(|(n, _)| n == "b").unwrap().1;
+    let child = lab.child("b");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -768,7 +650,7 @@ fn tun_tunnel_keyed_by_the_key_plane_carries_ping_through_rotation_until_revocat
     sh(&["kill", "-INT", &pid_a.to_string()]).unwrap();
     {
         let name = "a";
-        let child = &mut lab.children.iter_mut().find(|(n, _)| n == name).unwrap().1;
+        let child = lab.child(name);
         let status = child.wait().unwrap();
         assert!(
             status.success(),

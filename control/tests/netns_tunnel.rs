@@ -5,9 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{netns_skip_reason, sh as run};
 
 const CANARY: &str = "CPCLINK-CANARY-7f3a9c-never-on-the-wire";
 const PSP_PORT: u16 = 1000;
@@ -101,39 +104,9 @@ print("sent", total, flush=True)
 "#;
 const UDP_DATAGRAMS: usize = 2000;
 
-fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Sends SIGINT (what Ctrl-C sends) through the shell's built-in `kill`.
 fn interrupt(pid: u32) -> Result<String, String> {
     run(&["sh", "-c", &format!("kill -INT {pid}")])
-}
-
-fn skip_reason() -> Option<String> {
-    match run(&["id", "-u"]) {
-        Ok(uid) if uid.trim() == "0" => {}
-        _ => return Some("needs root for network namespaces and TUN".into()),
-    }
-    for tool in ["ip", "tcpdump", "ping", "python3"] {
-        if run(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
-            return Some(format!("needs {tool}"));
-        }
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("needs /dev/net/tun".into());
-    }
-    None
 }
 
 /// The namespaces, the processes in them and the scratch directory; all removed on drop.
@@ -314,7 +287,7 @@ fn check_capture(pcap: &[u8]) -> usize {
 
 #[test]
 fn tunnel_between_namespaces_carries_tcp_encrypted() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = netns_skip_reason(&["ip", "tcpdump", "ping", "python3"]) {
         println!("skipped: {reason}");
         return;
     }
@@ -543,7 +516,7 @@ fn tunnel_between_namespaces_carries_tcp_encrypted() {
 /// configuration keeps working.
 #[test]
 fn sighup_changes_routes_without_losing_a_packet_and_refuses_a_bad_file() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = netns_skip_reason(&["ip", "tcpdump", "ping", "python3"]) {
         println!("skipped: {reason}");
         return;
     }

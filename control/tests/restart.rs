@@ -6,130 +6,13 @@
 //! otherwise.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{netns_skip_reason, sh, Lab};
 
 /// The longest acceptable silence into a restarted appliance.
 const MAX_GAP: Duration = Duration::from_secs(3);
-
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn skip_reason() -> Option<String> {
-    if sh(&["id", "-u"]).ok()?.trim() != "0" {
-        return Some("needs root for network namespaces and TUN".into());
-    }
-    for tool in ["ip", "ping", "tcpdump"] {
-        if sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
-            return Some(format!("needs {tool}"));
-        }
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("needs /dev/net/tun".into());
-    }
-    None
-}
-
-struct Lab {
-    namespaces: Vec<String>,
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Lab {
-    /// Starts `args` in `ns`, its output in `name.out`/`name.err` (appended: a restarted
-    /// appliance keeps one log).
-    fn spawn(&mut self, ns: &str, name: &str, args: &[&str]) -> u32 {
-        let file = |ext: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(format!("{name}.{ext}")))
-                .unwrap()
-        };
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(file("out"))
-            .stderr(file("err"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.children.push((name.to_owned(), child));
-        pid
-    }
-
-    fn cpclink(&mut self, ns: &str, name: &str, args: &[&str]) -> u32 {
-        let mut all = vec![env!("CARGO_BIN_EXE_cpclink")];
-        all.extend_from_slice(args);
-        self.spawn(ns, name, &all)
-    }
-
-    fn wait(&mut self, name: &str) {
-        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.children.remove(i);
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self, name: &str, ext: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.{ext}"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        ["authority", "a", "b", "c"]
-            .iter()
-            .map(|n| format!("--- {n}:\n{}", self.log(n, "err")))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "gave up waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn keymgr(&self, args: &[&str]) -> Result<String, String> {
-        let config = self.dir.join("authority.toml").display().to_string();
-        let mut all = vec![env!("CARGO_BIN_EXE_cpclink"), "keymgr", "--config", &config];
-        all.extend_from_slice(args);
-        sh(&all)
-    }
-}
 
 /// The reply times (seconds, from `ping -D`) of a ping log.
 fn reply_times(log: &str) -> Vec<f64> {
@@ -187,22 +70,20 @@ fn psp_nonces(pcap: &[u8]) -> Vec<([u8; 4], u32, u64)> {
 
 #[test]
 fn a_restarted_appliance_gets_traffic_again_within_seconds_and_no_nonce_repeats() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = netns_skip_reason(&["ip", "ping", "tcpdump"]) {
         println!("skipped: {reason}");
         return;
     }
     let id = std::process::id();
-    let dir = std::env::temp_dir().join(format!("cpclink-restart-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
     let names = ["a", "b", "c"];
     let wan = format!("cpr-w-{id}");
-    let mut lab = Lab {
-        namespaces: std::iter::once(wan.clone())
+    let mut lab = Lab::new(
+        "restart",
+        std::iter::once(wan.clone())
             .chain(names.iter().map(|n| format!("cpr-{n}-{id}")))
             .collect(),
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
+    );
+    let dir = lab.dir.clone();
     let ns = |n: &str| format!("cpr-{n}-{id}");
     let mut setup = vec![
         format!("ip netns add {wan}"),
