@@ -38,23 +38,7 @@ enum KeymgrCommand {
     },
     /// Replace a revoked appliance with new hardware: prints a token for its id that a new
     /// agent (fresh keys, empty state_dir) enrols with; the old certificate stays refused.
-    Replace {
-        /// The revoked appliance's id, which the new hardware takes over.
-        #[arg(long)]
-        appliance: String,
-        /// The appliance's centre.
-        #[arg(long)]
-        centre: String,
-        /// The tenant the appliance serves.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// Lifetime in seconds (default: the config's token_ttl_secs).
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// An inner prefix to add to the appliance's assignment (repeat for more).
-        #[arg(long = "prefix", value_name = "PREFIX")]
-        prefixes: Vec<InnerPrefix>,
-    },
+    Replace(TokenOrder),
     /// Revoke an appliance everywhere.
     Revoke {
         /// The appliance id.
@@ -81,23 +65,74 @@ enum KeymgrCommand {
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Mint a one-time enrolment token and print it.
-    Create {
-        /// The appliance id the certificate will name.
-        #[arg(long)]
-        appliance: String,
-        /// The appliance's centre.
-        #[arg(long)]
-        centre: String,
-        /// The tenant the appliance serves.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// Lifetime in seconds (default: the config's token_ttl_secs).
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// An inner prefix to assign to the appliance (repeat for more), e.g. 10.1.0.0/16.
-        #[arg(long = "prefix", value_name = "PREFIX")]
-        prefixes: Vec<InnerPrefix>,
-    },
+    Create(TokenOrder),
+}
+
+/// Who an enrolment token is for: `token create` and `replace` take the same order.
+#[derive(Debug, Args)]
+struct TokenOrder {
+    /// The appliance id the certificate will name.
+    #[arg(long)]
+    appliance: String,
+    /// The appliance's centre.
+    #[arg(long)]
+    centre: String,
+    /// The tenant the appliance serves.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Lifetime in seconds (default: the config's token_ttl_secs).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// An inner prefix to assign to the appliance (repeat for more), e.g. 10.1.0.0/16.
+    #[arg(long = "prefix", value_name = "PREFIX")]
+    prefixes: Vec<InnerPrefix>,
+}
+
+impl TokenOrder {
+    fn create(&self) -> AdminRequest {
+        AdminRequest::CreateToken {
+            appliance: self.appliance.clone(),
+            centre: self.centre.clone(),
+            tenant: self.tenant.clone(),
+            ttl_secs: self.ttl,
+            prefixes: self.prefixes.clone(),
+        }
+    }
+
+    fn replace(&self) -> AdminRequest {
+        AdminRequest::Replace {
+            appliance: self.appliance.clone(),
+            centre: self.centre.clone(),
+            tenant: self.tenant.clone(),
+            ttl_secs: self.ttl,
+            prefixes: self.prefixes.clone(),
+        }
+    }
+
+    /// Prints a minted token alone on stdout (so `> enrol.token` captures just it) and
+    /// what it is on stderr; any other reply as usual.
+    fn print(
+        &self,
+        reply: AdminReply,
+        what: &str,
+        note: &str,
+        default_ttl: u64,
+    ) -> Result<ExitCode, String> {
+        let AdminReply::Token(token) = &reply else {
+            return print_reply(reply);
+        };
+        let ttl = self.ttl.unwrap_or(default_ttl);
+        let mut line = format!(
+            "{what} for {} (centre {}, tenant {}), single use, valid {ttl} s",
+            self.appliance, self.centre, self.tenant
+        );
+        if !self.prefixes.is_empty() {
+            line.push_str(&format!("; assigned {}", prefix::list(&self.prefixes)));
+        }
+        eprintln!("{line}; put it in the agent's token_file{note}");
+        println!("{token}");
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,74 +278,38 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
             })
         }
         KeymgrCommand::Token {
-            command:
-                TokenCommand::Create {
-                    appliance,
-                    centre,
-                    tenant,
-                    ttl,
-                    prefixes,
-                },
+            command: TokenCommand::Create(order),
         } => {
             let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
-            let req = AdminRequest::CreateToken {
-                appliance: appliance.clone(),
-                centre: centre.clone(),
-                tenant: tenant.clone(),
-                ttl_secs: *ttl,
-                prefixes: prefixes.clone(),
-            };
+            let req = order.create();
             let reply = runtime()?.block_on(async {
                 // The running daemon holds the store and the audit log: ask it. Without
                 // one, mint here and write both directly.
                 if authority::is_running(&cfg.state_dir).await {
                     return authority::admin_request(&cfg.state_dir, &req).await;
                 }
-                authority::create_token(&cfg, appliance, centre, tenant, *ttl, prefixes)
-                    .await
-                    .map(AdminReply::Token)
+                authority::create_token(
+                    &cfg,
+                    &order.appliance,
+                    &order.centre,
+                    &order.tenant,
+                    order.ttl,
+                    &order.prefixes,
+                )
+                .await
+                .map(AdminReply::Token)
             });
             let reply = reply.map_err(|e| e.to_string())?;
-            if let AdminReply::Token(token) = &reply {
-                // The token alone on stdout, so `> enrol.token` captures just it.
-                let ttl = ttl.unwrap_or(cfg.token_ttl_secs);
-                eprintln!(
-                    "{}",
-                    token_line("enrolment token", appliance, centre, tenant, ttl, prefixes)
-                );
-                println!("{token}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            print_reply(reply)
+            order.print(reply, "enrolment token", "", cfg.token_ttl_secs)
         }
-        KeymgrCommand::Replace {
-            appliance,
-            centre,
-            tenant,
-            ttl,
-            prefixes,
-        } => {
+        KeymgrCommand::Replace(order) => {
             let cfg = AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
-            let reply = admin_reply(
-                &args,
-                AdminRequest::Replace {
-                    appliance: appliance.clone(),
-                    centre: centre.clone(),
-                    tenant: tenant.clone(),
-                    ttl_secs: *ttl,
-                    prefixes: prefixes.clone(),
-                },
-            )?;
-            if let AdminReply::Token(token) = &reply {
-                let ttl = ttl.unwrap_or(cfg.token_ttl_secs);
-                eprintln!(
-                    "{}; {appliance}'s old certificate stays refused, and its entry stays revoked until the new agent enrols",
-                    token_line("replacement token", appliance, centre, tenant, ttl, prefixes)
-                );
-                println!("{token}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            print_reply(reply)
+            let reply = admin_reply(&args, order.replace())?;
+            let note = format!(
+                "; {}'s old certificate stays refused, and its entry stays revoked until the new agent enrols",
+                order.appliance
+            );
+            order.print(reply, "replacement token", &note, cfg.token_ttl_secs)
         }
         KeymgrCommand::Prefixes { command } => prefixes_command(&args, command),
         KeymgrCommand::Revoke { appliance } => {
@@ -397,25 +396,6 @@ fn rotation_summary(rotation: u64, listed: &[ApplianceStatus]) -> String {
             pending.join(", ")
         ));
     }
-    line
-}
-
-/// What a minted token is for, in one line.
-fn token_line(
-    what: &str,
-    appliance: &str,
-    centre: &str,
-    tenant: &str,
-    ttl_secs: u64,
-    prefixes: &[InnerPrefix],
-) -> String {
-    let mut line = format!(
-        "{what} for {appliance} (centre {centre}, tenant {tenant}), single use, valid {ttl_secs} s"
-    );
-    if !prefixes.is_empty() {
-        line.push_str(&format!("; assigned {}", prefix::list(prefixes)));
-    }
-    line.push_str("; put it in the agent's token_file");
     line
 }
 
