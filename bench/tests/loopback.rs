@@ -250,8 +250,11 @@ fn exhausted_sas_are_replaced_without_loss_or_plaintext() {
     a.set_source_active(false).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (sa, sb) = (a.shutdown().unwrap().total(), b.shutdown().unwrap().total());
+    // Five rekey events come from at least three SAs (an SA reports due, then perhaps
+    // exhausted), each past its soft limit of 2,000 packets; how many were used up to the
+    // hard limit depends on how fast the events were answered.
     assert!(
-        sa.tx_packets > 4 * 4_000 - 4,
+        sa.tx_packets >= 3 * 2_000,
         "several SAs' worth sent: {sa:?}"
     );
     let (xa, xb) = (traffic_a.total(), traffic_b.total());
