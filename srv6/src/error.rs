@@ -83,12 +83,12 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] cpclink_diagnostics::Diagnostic),
     /// A metric advertisement was refused.
-    #[error("metric advertisement from {source_name:?} rejected: {reason}")]
+    #[error("metric advertisement from {source_name:?} rejected: {fault}")]
     MetricRejected {
         /// Claimed source.
         source_name: String,
         /// Why.
-        reason: &'static str,
+        fault: crate::metrics::MetricFault,
     },
     /// No (site, path) candidate satisfies the service's constraints.
     #[error("no site satisfies service {service:?}: {summary}")]

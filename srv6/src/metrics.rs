@@ -130,7 +130,9 @@ impl LinkMetrics {
 }
 
 /// What a metric advertisement is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Subject {
     /// A site, by name.
     Site(String),
@@ -139,7 +141,7 @@ pub enum Subject {
 }
 
 /// A signed metric advertisement from a metric source (CATS R8–R11, R23).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Advertisement {
     /// Source name; must be a registered source.
     pub source: String,
@@ -151,7 +153,9 @@ pub struct Advertisement {
     pub timestamp_ms: u64,
     /// Validity, ms.
     pub ttl_ms: u64,
-    /// HMAC-SHA256 over [`Advertisement::signed_text`] with the source's key.
+    /// HMAC-SHA256 over [`Advertisement::signed_text`] with the source's key (zero when the
+    /// carrier authenticates the source instead: see [`MetricStore::ingest_verified`]).
+    #[serde(default)]
     pub mac: [u8; 32],
 }
 
@@ -197,6 +201,34 @@ impl Advertisement {
     /// Signs the advertisement with the source's key.
     pub fn sign(&mut self, key: &[u8]) {
         self.mac = self.mac_for(key).finalize().into_bytes().into();
+    }
+}
+
+/// Why an advertisement was refused; each kind is counted apart by the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricFault {
+    /// The source is not registered.
+    UnknownSource,
+    /// The MAC or signature does not verify, or the source is not who sent it.
+    Forged,
+    /// Timestamp + TTL is already past.
+    Stale,
+    /// Older than the values already held: replayed or reordered.
+    Replayed,
+    /// A value is NaN or infinite.
+    NotFinite,
+}
+
+impl std::fmt::Display for MetricFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MetricFault::UnknownSource => "unknown source (register it first)",
+            MetricFault::Forged => "MAC does not verify (wrong key or altered advertisement)",
+            MetricFault::Stale => "already expired (timestamp + TTL is in the past)",
+            MetricFault::Replayed => "older than the values already held (replayed or reordered)",
+            MetricFault::NotFinite => "a value is not a finite number",
+        })
     }
 }
 
@@ -259,33 +291,43 @@ impl MetricStore {
         self.sources.insert(name.to_string(), key);
     }
 
-    /// Ingests one advertisement at time `now_ms`.
+    /// Ingests one advertisement at time `now_ms`, authenticated by its MAC with the key
+    /// registered for its source.
     pub fn ingest(&mut self, adv: &Advertisement, now_ms: u64) -> Result<Ingest, Error> {
-        let reject = |reason| Error::MetricRejected {
+        let reject = |fault| Error::MetricRejected {
             source_name: adv.source.clone(),
-            reason,
+            fault,
         };
         //= https://datatracker.ietf.org/doc/html/draft-ietf-cats-usecases-requirements#section-5.5
         //# R23: secure the advertisement of metrics so that rogue nodes cannot take part.
         let key = self
             .sources
             .get(&adv.source)
-            .ok_or_else(|| reject("unknown source (register it first)"))?;
+            .ok_or_else(|| reject(MetricFault::UnknownSource))?;
         if adv.mac_for(key).verify_slice(&adv.mac).is_err() {
-            return Err(reject(
-                "MAC does not verify (wrong key or altered advertisement)",
-            ));
+            return Err(reject(MetricFault::Forged));
         }
+        self.ingest_verified(adv, now_ms)
+    }
+
+    /// Ingests an advertisement whose source the caller has authenticated otherwise (a
+    /// signature by the source's key-plane identity, checked against the certificate it
+    /// presented): the MAC is not looked at, freshness, order and rate control are.
+    pub fn ingest_verified(&mut self, adv: &Advertisement, now_ms: u64) -> Result<Ingest, Error> {
+        let reject = |fault| Error::MetricRejected {
+            source_name: adv.source.clone(),
+            fault,
+        };
         let freshness = Freshness {
             timestamp_ms: adv.timestamp_ms,
             ttl_ms: adv.ttl_ms,
             source: adv.source.clone(),
         };
         if !freshness.is_fresh(now_ms) {
-            return Err(reject("already expired (timestamp + TTL is in the past)"));
+            return Err(reject(MetricFault::Stale));
         }
         if adv.values.values().any(|v| !v.is_finite()) {
-            return Err(reject("a value is not a finite number"));
+            return Err(reject(MetricFault::NotFinite));
         }
         let Some(prev) = self.entries.get_mut(&adv.subject) else {
             self.entries.insert(
@@ -299,9 +341,7 @@ impl MetricStore {
             return Ok(Ingest::Accepted);
         };
         if adv.timestamp_ms < prev.freshness.timestamp_ms {
-            return Err(reject(
-                "older than the values already held (replayed or reordered)",
-            ));
+            return Err(reject(MetricFault::Replayed));
         }
         if now_ms.saturating_sub(prev.accepted_at_ms) < self.rate.min_interval_ms {
             return Ok(Ingest::RateLimited);

@@ -634,6 +634,55 @@ impl PathSelector {
         })
     }
 
+    /// Assigns every bucket a site for a data plane that hashes flows into buckets itself
+    /// and reports, per bucket, whether a packet used it since the last call (`used`, one
+    /// flag per bucket). The rule is [`PathSelector::place_flow`]'s: a bucket used within
+    /// `bucket_idle_ms` keeps its site while that site is reachable; an idle or orphaned one
+    /// follows the current choice. A bucket that is assigned but not used stays idle, so it
+    /// keeps following the choice. `None` for a bucket: no site at all (no decision, or its
+    /// site unreachable and nothing chosen). Call after [`PathSelector::decide`] (or after
+    /// a failed decision, which leaves no choice: every idle bucket becomes `None`).
+    pub fn assign_buckets(&mut self, used: &[bool], now_ms: u64) -> Vec<Option<usize>> {
+        let idle_ms = self.config.bucket_idle_ms;
+        let current = self.current.map(|c| c.site as u32).unwrap_or(NO_SITE);
+        let reachable = &self.reachable;
+        self.buckets
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                if used.get(i).copied().unwrap_or(false) && b.site != NO_SITE {
+                    b.last_used_ms = now_ms;
+                }
+                let busy = b.last_used_ms != 0 && now_ms.saturating_sub(b.last_used_ms) < idle_ms;
+                let still_reachable = reachable.get(b.site as usize).is_some_and(Option::is_some);
+                if b.site == NO_SITE || !busy || !still_reachable {
+                    b.site = current;
+                    b.last_used_ms = 0;
+                }
+                (b.site != NO_SITE).then_some(b.site as usize)
+            })
+            .collect()
+    }
+
+    /// The candidate path a site's traffic takes now: the chosen path when the site is the
+    /// current choice, else its best feasible path, else one on which it is reachable.
+    pub fn path_for_site(&self, site: usize) -> Option<usize> {
+        if let Some(c) = self.current.filter(|c| c.site == site) {
+            return Some(c.path);
+        }
+        self.best_feasible
+            .get(site)
+            .copied()
+            .flatten()
+            .map(|(p, _)| p)
+            .or_else(|| self.reachable.get(site).copied().flatten())
+    }
+
+    /// The number of buckets.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
     /// Entries the selector holds: fixed by the configuration and the number of sites,
     /// independent of how many flows it has placed.
     pub fn state_entries(&self) -> usize {

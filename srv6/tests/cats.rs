@@ -328,3 +328,56 @@ fn state_does_not_grow_with_flows() {
     assert_eq!(sel.state_entries(), before);
     assert_eq!(before, 1024 + 2 + 2);
 }
+
+#[test]
+fn bucket_assignment_keeps_busy_buckets_and_moves_idle_ones_and_failed_sites() {
+    let mut t = Topology::parse(SDWAN, "sdwan.toml").unwrap();
+    let mut sel = PathSelector::new(config());
+    sel.decide(&t, 1_000).unwrap();
+    let n = sel.buckets();
+    let names_of: Vec<String> = t.sites.iter().map(|s| s.name.clone()).collect();
+    let cloud = |s: Option<usize>| s.map(|i| names_of[i].clone());
+    let first = sel.assign_buckets(&vec![false; n], 1_000);
+    assert!(first.iter().all(|&s| cloud(s).as_deref() == Some("cloud2")));
+    // Buckets 0..10 carry flows; then cloud 1 becomes the better choice.
+    let mut used = vec![false; n];
+    used[..10].fill(true);
+    sel.assign_buckets(&used, 1_500);
+    t.sites[0].metrics.cpu_load = Some(0.2);
+    t.sites[1].metrics.cpu_load = Some(0.5);
+    assert_eq!(sel.decide(&t, 3_000).unwrap().site, "cloud1");
+    let after = sel.assign_buckets(&used, 3_000);
+    let names: Vec<_> = after.iter().map(|&s| cloud(s)).collect();
+    assert!(names[..10].iter().all(|s| s.as_deref() == Some("cloud2")));
+    assert!(names[10..].iter().all(|s| s.as_deref() == Some("cloud1")));
+    // Idle past bucket_idle_ms: the busy buckets follow the choice too.
+    let idle = sel.assign_buckets(&vec![false; n], 3_000 + 10_001);
+    assert!(idle.iter().all(|&s| cloud(s).as_deref() == Some("cloud1")));
+    // A busy bucket whose site becomes unreachable moves at once.
+    sel.assign_buckets(&used, 14_000);
+    t.sites[1].available = false;
+    t.sites[0].metrics.cpu_load = Some(0.9);
+    t.sites[1].metrics.cpu_load = Some(0.1);
+    let d = sel.decide(&t, 14_500).unwrap();
+    assert_eq!(d.site, "cloud1");
+    t.sites[1].available = true;
+    t.sites[0].available = false;
+    assert_eq!(sel.decide(&t, 15_000).unwrap().site, "cloud2");
+    let moved = sel.assign_buckets(&used, 15_000);
+    assert!(moved.iter().all(|&s| cloud(s).as_deref() == Some("cloud2")));
+    assert_eq!(sel.path_for_site(1), Some(d_path(&t, "cloud2")));
+    // No site at all: every bucket drops.
+    t.sites[1].available = false;
+    assert!(sel.decide(&t, 16_000).is_err());
+    assert!(sel
+        .assign_buckets(&used, 16_000)
+        .iter()
+        .all(Option::is_none));
+}
+
+fn d_path(t: &Topology, site: &str) -> usize {
+    t.paths
+        .iter()
+        .position(|p| t.sites[p.site].name == site)
+        .unwrap()
+}
