@@ -30,6 +30,7 @@ use crate::config::{ApplianceConfig, Keying, KeymgrConfig, Prefix};
 use crate::keyed::{KeyPlane, KeyedOptions};
 use crate::keys::{KeySource, KeyUpdate, KeyingStatus};
 use crate::lab::LabKeys;
+use crate::paths::{now_ms, PathController, PathsStatus};
 use crate::Error;
 
 /// What an operator can read of a running appliance.
@@ -47,6 +48,9 @@ pub struct ApplianceStatus {
     pub routes: Vec<Route>,
     /// Reloads applied since start.
     pub reloads: u64,
+    /// Services, their placement, the outer paths and the last decisions, when the
+    /// appliance steers (`[paths]`).
+    pub paths: Option<PathsStatus>,
 }
 
 /// One entry of the route table.
@@ -180,9 +184,11 @@ pub fn spawn<K: KeySource>(
     let (commands, inbox) = mpsc::unbounded_channel();
     let events = bridge_events(&engine);
     let (published, keys_rx) = watch::channel(keys.status());
+    let paths = config.as_ref().and_then(PathController::new);
     let mut owner = Owner {
         engine: engine.clone(),
         keys,
+        paths,
         config,
         routes: Vec::new(),
         reloads: 0,
@@ -223,6 +229,8 @@ fn bridge_events(engine: &Engine) -> mpsc::UnboundedReceiver<Event> {
 struct Owner<K> {
     engine: Arc<Engine>,
     keys: K,
+    /// The path controller, when the configuration has `[paths]`.
+    paths: Option<PathController>,
     config: Option<ApplianceConfig>,
     routes: Vec<Route>,
     reloads: u64,
@@ -238,6 +246,12 @@ impl<K: KeySource> Owner<K> {
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) -> bool {
+        let period = self
+            .paths
+            .as_ref()
+            .map_or(Duration::from_secs(3600), PathController::sweep_period);
+        let mut sweep = tokio::time::interval(period);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = inbox.recv() => match command {
@@ -250,14 +264,18 @@ impl<K: KeySource> Owner<K> {
                     Some(Command::Stop) | None => break,
                 },
                 Some(event) = events.recv() => self.keys.on_engine_event(event),
-                input = self.keys.next() => match self.keys.handle(input) {
-                    KeyUpdate::RoutesChanged => self.apply_routes(),
-                    KeyUpdate::Revoked => {
-                        self.revoked = true;
-                        break;
+                _ = sweep.tick(), if self.paths.is_some() => self.steer(false),
+                input = self.keys.next() => {
+                    match self.keys.handle(input) {
+                        KeyUpdate::RoutesChanged => self.apply_routes(),
+                        KeyUpdate::Revoked => {
+                            self.revoked = true;
+                            break;
+                        }
+                        KeyUpdate::Nothing => {}
                     }
-                    KeyUpdate::Nothing => {}
-                },
+                    self.take_metrics();
+                }
             }
             let status = self.keys.status();
             self.published.send_if_modified(|old| {
@@ -283,6 +301,65 @@ impl<K: KeySource> Owner<K> {
             keys: self.keys.status(),
             routes: self.routes.clone(),
             reloads: self.reloads,
+            paths: self.paths.as_ref().map(PathController::status),
+        }
+    }
+
+    /// Hands what peers advertised to the path controller; a change decides at once.
+    fn take_metrics(&mut self) {
+        let arrived = self.keys.take_metrics();
+        let Some(paths) = self.paths.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        let mut changed = false;
+        for (peer, bytes) in arrived {
+            changed |= paths.ingest(&peer, &bytes, now);
+        }
+        if changed {
+            self.steer(true);
+        }
+    }
+
+    /// One round of the path controller: advertise this centre's metrics when due, decide
+    /// every service against fresh metrics and link state, and apply both halves of the
+    /// decision (the data plane's bucket tables, the kernel's outer paths).
+    fn steer(&mut self, metrics_changed: bool) {
+        let Some(paths) = self.paths.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        if !metrics_changed {
+            let id = self
+                .keys
+                .own_id()
+                .or_else(|| self.config.as_ref().and_then(|c| Some(c.paths.as_ref()?.node.clone())))
+                .unwrap_or_default();
+            for payload in paths.due_advertisements(&id, now) {
+                self.keys.publish_metrics(payload);
+            }
+        }
+        let decided = std::time::Instant::now();
+        if paths.decide(now) {
+            self.apply_routes();
+        }
+        let endpoints: BTreeMap<String, std::net::Ipv6Addr> = self
+            .keys
+            .status()
+            .peers
+            .into_iter()
+            .filter_map(|(name, p)| match p.endpoint?.ip() {
+                std::net::IpAddr::V6(a) => Some((name, a)),
+                std::net::IpAddr::V4(_) => None,
+            })
+            .collect();
+        if let Some(paths) = self.paths.as_mut() {
+            if paths.program_paths(&endpoints).is_some() {
+                tracing::info!(
+                    "decision to programmed (tables and kernel routes): {:?}",
+                    decided.elapsed()
+                );
+            }
         }
     }
 
@@ -306,9 +383,20 @@ impl<K: KeySource> Owner<K> {
         }
         let update = self.keys.reload(&config).map_err(|e| e.to_string())?;
         let overrides_changed = overrides(Some(&config)) != overrides(self.config.as_ref());
+        let paths_changed = match (&mut self.paths, config.paths.is_some()) {
+            (Some(p), true) => p.reload(&config),
+            (None, false) => false,
+            (slot, _) => {
+                *slot = PathController::new(&config);
+                true
+            }
+        };
         self.config = Some(config);
         self.reloads += 1;
-        let changed = update == KeyUpdate::RoutesChanged || overrides_changed;
+        let changed = update == KeyUpdate::RoutesChanged || overrides_changed || paths_changed;
+        if paths_changed {
+            self.steer(false);
+        }
         if changed {
             self.apply_routes();
         }
@@ -362,10 +450,14 @@ impl<K: KeySource> Owner<K> {
             }
         }
         routes.sort_by_key(|(r, _)| r.prefix);
-        let table = RouteTable::build(
+        let services = self.paths.as_ref().map_or_else(Vec::new, |p| {
+            p.service_routes(|name| self.keys.peer_id(name))
+        });
+        let table = RouteTable::build_with_services(
             routes
                 .iter()
                 .map(|(r, peer)| (r.prefix.addr(), r.prefix.prefix_len(), *peer)),
+            services,
         );
         let table = match table {
             Ok(table) => table,

@@ -147,6 +147,8 @@ pub struct KeyPlane {
     told: BTreeSet<String>,
     /// The agent has stopped: nothing more will come from it.
     ended: bool,
+    /// Metric advertisements from peers, for the path controller.
+    metrics: Vec<(String, Vec<u8>)>,
 }
 
 impl KeyPlane {
@@ -167,6 +169,7 @@ impl KeyPlane {
             events,
             options,
             slots: BTreeMap::new(),
+            metrics: Vec::new(),
             status: KeyingStatus::default(),
             fetched_tx,
             fetched,
@@ -290,6 +293,20 @@ impl KeySource for KeyPlane {
 
     fn peer_id(&self, name: &str) -> Option<PeerId> {
         self.slots.get(name).filter(|s| s.active).map(|s| s.peer)
+    }
+
+    fn publish_metrics(&self, payload: Vec<u8>) {
+        if let Err(e) = self.agent.publish_metrics(payload) {
+            tracing::warn!("metrics not advertised: {e}");
+        }
+    }
+
+    fn take_metrics(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.metrics)
+    }
+
+    fn own_id(&self) -> Option<String> {
+        Some(self.agent.id().to_owned())
     }
 
     async fn shutdown(self) {
@@ -653,6 +670,15 @@ impl KeyPlane {
             SaEvent::Rotated { generation, epoch } => tracing::info!(
                 "master keys rotated: generation {generation} current, epoch {epoch}"
             ),
+            SaEvent::Metrics {
+                peer,
+                advertisement,
+            } => {
+                // Bounded: the owner drains these after every input it handles.
+                if self.metrics.len() < 1024 {
+                    self.metrics.push((peer, advertisement));
+                }
+            }
         }
         KeyUpdate::Nothing
     }

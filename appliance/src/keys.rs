@@ -51,6 +51,14 @@ pub trait KeySource: Send + 'static {
     fn routes(&self) -> Vec<(String, PeerId, Vec<Prefix>)>;
     /// The engine index of an active peer, by name.
     fn peer_id(&self, name: &str) -> Option<PeerId>;
+    /// Sends a metric advertisement (opaque bytes) to every peer allowed to talk to this
+    /// appliance, signed by this appliance's identity; sources without one send nothing.
+    fn publish_metrics(&self, payload: Vec<u8>);
+    /// Metric advertisements peers sent since the last call, each with the peer whose
+    /// signature it carried.
+    fn take_metrics(&mut self) -> Vec<(String, Vec<u8>)>;
+    /// This appliance's id as peers know it, if the source has one.
+    fn own_id(&self) -> Option<String>;
     /// Stops the source (the engine keeps the SAs it has).
     fn shutdown(self) -> impl Future<Output = ()> + Send;
 }

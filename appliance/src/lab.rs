@@ -204,5 +204,17 @@ impl KeySource for LabKeys {
         self.peers.get(name).filter(|p| p.active).map(|p| p.id)
     }
 
+    fn publish_metrics(&self, _payload: Vec<u8>) {
+        // Lab keys have no identity to sign with and no channel to peers.
+    }
+
+    fn take_metrics(&mut self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+
+    fn own_id(&self) -> Option<String> {
+        None
+    }
+
     async fn shutdown(self) {}
 }

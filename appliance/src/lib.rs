@@ -9,6 +9,7 @@ mod error;
 pub mod keyed;
 pub mod keys;
 pub mod lab;
+pub mod paths;
 
 pub use appliance::{
     run, spawn, ApplianceHandle, ApplianceStatus, Reloaded, Route, RunningAppliance,

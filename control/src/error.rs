@@ -27,6 +27,9 @@ pub enum Error {
     /// A demo or check found traffic that did not arrive intact.
     #[error("verification failed: {0}")]
     Verification(String),
+    /// Building or driving `cpclink lab` failed: the command and what it printed.
+    #[error("lab: {0}")]
+    Lab(String),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

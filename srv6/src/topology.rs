@@ -14,7 +14,7 @@ use crate::Error;
 use cpclink_diagnostics::ConfigText;
 
 /// The file as written.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyFile {
     /// The service request.
@@ -39,7 +39,7 @@ pub struct TopologyFile {
 }
 
 /// `[service]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Service name.
@@ -64,7 +64,7 @@ pub struct ServiceFile {
 }
 
 /// `[[transits]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransitFile {
     /// Node name.
@@ -74,7 +74,7 @@ pub struct TransitFile {
 }
 
 /// `[[sites]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SiteFile {
     /// Node name.
@@ -97,7 +97,7 @@ fn yes() -> bool {
 }
 
 /// `[sites.metrics]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SiteMetricsFile {
     /// CPU load 0.0–1.0.
@@ -118,7 +118,7 @@ pub struct SiteMetricsFile {
 }
 
 /// `[[links]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LinkFile {
     /// One end.
@@ -146,7 +146,7 @@ fn ten_gig() -> f64 {
 }
 
 /// `[[paths]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PathFile {
     /// Destination site.

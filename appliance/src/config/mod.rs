@@ -77,11 +77,13 @@ use serde::Deserialize;
 mod appliance;
 mod keymgr;
 mod lab;
+mod paths;
 mod tun;
 
 pub use appliance::HardwareSource;
 pub use keymgr::KeymgrConfig;
 pub use lab::Peer;
+pub use paths::{LinkConfig, MetricsConfig, PathsConfig, ServiceConfig};
 pub use tun::TunConfig;
 
 use crate::Error;
@@ -99,6 +101,10 @@ struct RawConfig {
     #[serde(default)]
     peers: Vec<lab::RawPeer>,
     keymgr: Option<keymgr::RawKeymgr>,
+    paths: Option<paths::RawPaths>,
+    #[serde(default)]
+    services: Vec<paths::RawService>,
+    metrics: Option<paths::RawMetrics>,
 }
 
 /// A validated appliance configuration.
@@ -135,6 +141,12 @@ pub struct ApplianceConfig {
     /// The lab-mode peers, in order; none when the key plane keys the appliance (it finds
     /// the peers).
     pub peers: Vec<Peer>,
+    /// The topology the path controller steers over, if it steers.
+    pub paths: Option<PathsConfig>,
+    /// The services it places.
+    pub services: Vec<ServiceConfig>,
+    /// This centre's metric source and how it is advertised.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Where an appliance's SA keys come from.
@@ -349,6 +361,9 @@ impl ApplianceConfig {
             }
         }
         ctx.disjoint(&owners)?;
+        let paths = raw.paths.map(|p| ctx.paths(p)).transpose()?;
+        let services = ctx.services(raw.services, paths.as_ref())?;
+        let metrics = raw.metrics.map(|m| ctx.metrics(m)).transpose()?;
         Ok(Self {
             file: PathBuf::from(text.file()),
             listen,
@@ -365,6 +380,9 @@ impl ApplianceConfig {
             tun,
             source_port_base: a.source_port_base,
             peers,
+            paths,
+            services,
+            metrics,
         })
     }
 

@@ -536,6 +536,10 @@ fn event_kind(ev: &cpclink_keymgr::agent::SaEvent) -> String {
             format!("rotated to generation {generation}, epoch {epoch}")
         }
         SaEvent::Revoked { appliance } => format!("{appliance} revoked"),
+        SaEvent::Metrics {
+            peer,
+            advertisement,
+        } => format!("metrics from {peer} ({} bytes)", advertisement.len()),
     }
 }
 

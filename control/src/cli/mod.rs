@@ -5,6 +5,7 @@ mod demo;
 mod engine_runner;
 mod hw;
 mod keymgr;
+mod lab;
 mod psp;
 mod run;
 mod srv6;
@@ -37,6 +38,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Key plane: the authority daemon, key agents, tokens, revocation and audit.
     Keymgr(keymgr::KeymgrArgs),
+    /// Three centres and two transits in network namespaces: services placed by compute,
+    /// over SRv6 paths, keyed by the key plane (root).
+    Lab(lab::LabArgs),
 }
 
 /// Parses the command line and runs the chosen subcommand.
@@ -50,6 +54,7 @@ pub fn run() -> ExitCode {
         Command::Run(args) => finish(run::run(args)),
         Command::Demo(args) => finish(demo::run(args)),
         Command::Keymgr(args) => keymgr::run(args),
+        Command::Lab(args) => finish(lab::run(args)),
     }
 }
 

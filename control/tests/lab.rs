@@ -1,0 +1,278 @@
+//! The lab end to end, as an operator drives it: `cpclink lab up`, then flows to the
+//! service from the clients' centre while the centres' load changes, a link fails and a
+//! centre's metrics go stale. Asserts where traffic goes (the centre that answers, the
+//! transits' interface counters), that established flows keep their centre, how long a
+//! failover takes, that every packet on a transit link carries an SRH with HMAC and no
+//! inner payload in clear, and that every answer is byte-exact. Needs root, TUN, seg6 and
+//! tcpdump; skips with a reason otherwise, and when an operator's lab is up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{netns_skip_reason, sh};
+
+const BUCKETS: usize = 1024;
+
+struct LabUp {
+    dir: PathBuf,
+    captures: Vec<Child>,
+}
+
+impl Drop for LabUp {
+    fn drop(&mut self) {
+        for c in &mut self.captures {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.cpclink(&["down"]);
+    }
+}
+
+impl LabUp {
+    fn cpclink(&self, args: &[&str]) -> Result<String, String> {
+        let dir = self.dir.display().to_string();
+        let mut all = vec![env!("CARGO_BIN_EXE_cpclink"), "lab", "--dir", &dir];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn ask(&self, port: u16, flows: u16) -> BTreeMap<u16, Option<String>> {
+        let out = self
+            .cpclink(&[
+                "ask",
+                "--json",
+                "--port",
+                &port.to_string(),
+                "--flows",
+                &flows.to_string(),
+            ])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["by_port"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(p, who)| (p.parse().unwrap(), who.as_str().map(str::to_owned)))
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "gave up waiting for {what}\n--- dc1:\n{}",
+                self.log("dc1")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Packets received by `dev` in `ns`.
+    fn rx_packets(ns: &str, dev: &str) -> u64 {
+        let out = sh(&["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    }
+
+    fn capture(&mut self, ns: &str, dev: &str, file: &Path) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-U", "-n", "-i", dev, "-w"])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.captures.push(child);
+    }
+}
+
+/// The bucket the data plane puts a flow from the clients' centre to the service in.
+fn bucket(src_port: u16) -> usize {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 1, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 99, 0, 7]);
+    p[20..22].copy_from_slice(&src_port.to_be_bytes());
+    p[22..24].copy_from_slice(&7u16.to_be_bytes());
+    p[24..26].copy_from_slice(&8u16.to_be_bytes());
+    cpclink_dataplane::route::flow_bucket(&p, BUCKETS).unwrap()
+}
+
+/// The IPv6 packets of a pcap of Ethernet frames.
+fn ipv6_packets(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
+        at += 16 + caplen;
+        if frame.len() > 14 && u16::from_be_bytes([frame[12], frame[13]]) == 0x86dd {
+            out.push(frame[14..].to_vec());
+        }
+    }
+    out
+}
+
+fn names(answers: &BTreeMap<u16, Option<String>>) -> BTreeSet<Option<String>> {
+    answers.values().cloned().collect()
+}
+
+fn only(site: &str) -> BTreeSet<Option<String>> {
+    BTreeSet::from([Some(site.to_owned())])
+}
+
+#[test]
+fn services_follow_compute_and_paths_over_the_lab() {
+    if let Some(reason) = netns_skip_reason(&["ip", "tcpdump", "ping"]) {
+        println!("skipped: {reason}");
+        return;
+    }
+    if let Some(reason) = cpclink_bench::netns::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if sh(&["ip", "netns", "list"]).is_ok_and(|l| l.contains("cpclab-dc1")) {
+        println!("skipped: an operator's lab is up (cpclab-dc1 exists)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cpclink-lab-{}", std::process::id()));
+    let mut lab = LabUp {
+        dir,
+        captures: Vec::new(),
+    };
+    let up = lab.cpclink(&["up", "--json"]).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(up.trim()).unwrap();
+    assert_eq!(summary["service_address"], "10.99.0.7");
+    assert_eq!(summary["client_namespace"], "cpclab-dc1");
+    // Keys only from the key plane: no appliance holds lab keys.
+    for dc in ["dc1", "dc2", "dc3"] {
+        let config = std::fs::read_to_string(lab.dir.join(format!("{dc}.toml"))).unwrap();
+        assert!(config.contains("[keymgr]") && !config.contains("master_keys"));
+    }
+    let pcap_t1 = lab.dir.join("t1-dc1.pcap");
+    let pcap_t2 = lab.dir.join("t2-dc1.pcap");
+    lab.capture("cpclab-t1", "dc1", &pcap_t1);
+    lab.capture("cpclab-t2", "dc1", &pcap_t2);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 1. Placement: dc2 (load 0.2) over t1 (the shorter path).
+    let (t1_before, t2_before) = (
+        LabUp::rx_packets("cpclab-t1", "dc1"),
+        LabUp::rx_packets("cpclab-t2", "dc1"),
+    );
+    let first = lab.ask(41_000, 20);
+    assert_eq!(names(&first), only("dc2"), "{first:?}\n{}", lab.log("dc1"));
+    let (t1_after, t2_after) = (
+        LabUp::rx_packets("cpclab-t1", "dc1"),
+        LabUp::rx_packets("cpclab-t2", "dc1"),
+    );
+    assert!(t1_after - t1_before >= 20, "t1 carried {}", t1_after - t1_before);
+    assert!(t2_after - t2_before < 5, "t2 carried {}", t2_after - t2_before);
+
+    // 2. dc2's load rises: new flows go to dc3, established ones stay on dc2.
+    let changed_at = Instant::now();
+    lab.cpclink(&["metrics", "dc2", "--cpu-load", "0.95"]).unwrap();
+    lab.wait_for("the move to dc3", || {
+        lab.ask(41_000, 20);
+        lab.log("dc1").contains("service echo: dc3")
+    });
+    println!(
+        "metric change to decision: {:?} (with flows kept busy)",
+        changed_at.elapsed()
+    );
+    let kept = lab.ask(41_000, 20);
+    assert_eq!(names(&kept), only("dc2"), "established flows moved: {kept:?}");
+    let busy: BTreeSet<usize> = (41_000..41_020).map(bucket).collect();
+    let new = lab.ask(42_000, 40);
+    let mut moved = 0;
+    for (port, who) in &new {
+        if busy.contains(&bucket(*port)) {
+            assert_eq!(who.as_deref(), Some("dc2"), "a new flow in a busy bucket");
+        } else {
+            assert_eq!(who.as_deref(), Some("dc3"), "new flow {port} not moved");
+            moved += 1;
+        }
+    }
+    assert!(moved >= 30, "{moved} of 40 new flows moved");
+
+    // 3. Link dc1–t1 fails: traffic moves to t2.
+    let t2_before = LabUp::rx_packets("cpclab-t2", "dc1");
+    let failed_at = Instant::now();
+    lab.cpclink(&["link", "dc1", "t1", "down"]).unwrap();
+    let mut port = 43_000;
+    let failover = loop {
+        let a = lab.ask(port, 1);
+        if a.values().any(Option::is_some) {
+            break failed_at.elapsed();
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(15),
+            "no answer 15 s after the link failed\n{}",
+            lab.log("dc1")
+        );
+        port += 1;
+    };
+    println!("link failure to traffic answered again: {failover:?}");
+    let over_t2 = lab.ask(43_500, 20);
+    assert_eq!(names(&over_t2), only("dc3"));
+    assert!(LabUp::rx_packets("cpclab-t2", "dc1") - t2_before >= 20);
+    lab.cpclink(&["link", "dc1", "t1", "up"]).unwrap();
+
+    // 4. dc3 stops reporting: once its metrics expire it is withdrawn, flows on it too.
+    let withdrawn_at = Instant::now();
+    lab.cpclink(&["metrics", "dc3", "--withdraw"]).unwrap();
+    lab.wait_for("dc3's withdrawal", || {
+        lab.log("dc1")
+            .matches("service echo: dc2")
+            .count()
+            >= 2
+    });
+    println!("metrics withdrawn to site withdrawn: {:?}", withdrawn_at.elapsed());
+    let stale = lab.ask(44_000, 20);
+    assert_eq!(names(&stale), only("dc2"), "{stale:?}");
+    let established = lab.ask(42_000, 40);
+    assert_eq!(names(&established), only("dc2"), "flows stayed on a withdrawn site");
+
+    // 5. What crossed the transits: an SRH with a valid HMAC on every packet towards the
+    // sites, and no request in clear.
+    for c in &mut lab.captures {
+        let _ = Command::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status();
+        let _ = c.wait();
+    }
+    lab.captures.clear();
+    let key_hex = std::fs::read_to_string(lab.dir.join("srh-hmac.key")).unwrap();
+    let key = cpclink_srv6::HmacKey::new(1, hex::decode(key_hex.trim()).unwrap()).unwrap();
+    let mut with_srh = 0;
+    for pcap in [&pcap_t1, &pcap_t2] {
+        let bytes = std::fs::read(pcap).unwrap();
+        assert!(
+            !bytes
+                .windows(b"hello from port".len())
+                .any(|w| w == b"hello from port"),
+            "a request crossed {} in clear",
+            pcap.display()
+        );
+        for packet in ipv6_packets(&bytes) {
+            // Neighbour discovery and the like have no SRH; every UDP packet to a site does.
+            if let Ok(d) = cpclink_srv6::inspect::decode_packet(&packet, Some(&key)) {
+                assert_eq!(d.hmac.as_ref().and_then(|h| h.valid), Some(true));
+                with_srh += 1;
+            }
+        }
+    }
+    assert!(with_srh >= 100, "{with_srh} packets with an SRH");
+    println!("{with_srh} packets on the transit links, each with an SRH and a valid HMAC");
+}
