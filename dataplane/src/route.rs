@@ -209,13 +209,11 @@ impl RouteTable {
     /// The error for `prefix` given to `second` when it was given to `first_entry`'s target.
     fn conflict(&self, prefix: Prefix, first_entry: u32, second: RouteTarget) -> Error {
         match (Self::target_of(first_entry), second) {
-            (Some(RouteTarget::Peer(first)), RouteTarget::Peer(second)) => {
-                Error::DuplicatePrefix {
-                    prefix: prefix.to_string(),
-                    first: first.0,
-                    second: second.0,
-                }
-            }
+            (Some(RouteTarget::Peer(first)), RouteTarget::Peer(second)) => Error::DuplicatePrefix {
+                prefix: prefix.to_string(),
+                first: first.0,
+                second: second.0,
+            },
             (first, second) => Error::InvalidService {
                 prefix: prefix.to_string(),
                 reason: format!(
@@ -231,7 +229,9 @@ impl RouteTable {
     #[inline]
     fn target_of(entry: u32) -> Option<RouteTarget> {
         if entry & SERVICE_ENTRY != 0 {
-            Some(RouteTarget::Service(ServiceId((entry & !SERVICE_ENTRY) as u16)))
+            Some(RouteTarget::Service(ServiceId(
+                (entry & !SERVICE_ENTRY) as u16,
+            )))
         } else {
             entry.checked_sub(1).map(|p| RouteTarget::Peer(PeerId(p)))
         }

@@ -62,7 +62,10 @@ fn total(engine: &Engine) -> WorkerStats {
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(30), "gave up waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gave up waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -85,16 +88,23 @@ fn a_service_without_a_feasible_site_drops_and_counts_tx_no_site() {
     engine.set_routes(service_table(None, &activity)).unwrap();
     let keys = MasterKeys::with_generations([7; 32], [8; 32], 0);
     lab::install_tx_sas(&engine, PeerId(0), &keys, SaProfile::default()).unwrap();
-    wait_until("drops without a site", || total(&engine).tx_no_site > 10_000);
+    wait_until("drops without a site", || {
+        total(&engine).tx_no_site > 10_000
+    });
     let stats = total(&engine);
     assert_eq!(stats.tx_packets, 0, "{stats:?}");
     assert_eq!(stats.tx_no_route + stats.tx_no_sa, 0, "{stats:?}");
     assert!(stats.tx_dropped() >= stats.tx_no_site);
     let used = activity.take();
-    assert!(used.iter().filter(|&&u| u).count() > BUCKETS / 2, "{used:?}");
+    assert!(
+        used.iter().filter(|&&u| u).count() > BUCKETS / 2,
+        "{used:?}"
+    );
 
     // Every bucket names peer 0, which is keyed: the flows go there.
-    engine.set_routes(service_table(Some(PeerId(0)), &activity)).unwrap();
+    engine
+        .set_routes(service_table(Some(PeerId(0)), &activity))
+        .unwrap();
     let before = total(&engine);
     wait_until("packets to the site", || total(&engine).tx_packets > 1_000);
     receiver
@@ -102,7 +112,10 @@ fn a_service_without_a_feasible_site_drops_and_counts_tx_no_site() {
         .unwrap();
     let mut datagram = [0u8; 2048];
     let (len, _) = receiver.recv_from(&mut datagram).unwrap();
-    assert!(len > LEN, "an encrypted datagram carries the inner packet and more");
+    assert!(
+        len > LEN,
+        "an encrypted datagram carries the inner packet and more"
+    );
 
     // The site loses its SA: its flows are dropped as no site, not sent elsewhere.
     engine.revoke_peer(PeerId(0)).unwrap();
@@ -111,7 +124,13 @@ fn a_service_without_a_feasible_site_drops_and_counts_tx_no_site() {
         total(&engine).tx_no_site > revoked.tx_no_site + 10_000
     });
     let after = total(&engine);
-    assert_eq!(after.tx_packets, revoked.tx_packets, "nothing sent after the SA went");
-    assert_eq!(after.tx_no_sa, before.tx_no_sa, "counted as no site, not as no SA");
+    assert_eq!(
+        after.tx_packets, revoked.tx_packets,
+        "nothing sent after the SA went"
+    );
+    assert_eq!(
+        after.tx_no_sa, before.tx_no_sa,
+        "counted as no site, not as no SA"
+    );
     engine.shutdown().unwrap();
 }

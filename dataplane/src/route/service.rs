@@ -86,7 +86,9 @@ impl BucketActivity {
     /// Flags for `buckets` buckets, all clear.
     pub fn new(buckets: usize) -> Arc<Self> {
         Arc::new(Self {
-            words: (0..buckets.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: (0..buckets.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             buckets,
         })
     }

@@ -44,7 +44,10 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
 
 /// A table whose every bucket goes to `peer`.
 fn all_to(peer: u32, buckets: usize) -> AffinityTable {
-    AffinityTable::new(vec![Some(PeerId(peer)); buckets], BucketActivity::new(buckets))
+    AffinityTable::new(
+        vec![Some(PeerId(peer)); buckets],
+        BucketActivity::new(buckets),
+    )
 }
 
 fn route(table: &RouteTable, packet: &[u8]) -> Route {
@@ -79,7 +82,11 @@ fn a_service_more_specific_than_a_centre_prefix_wins_in_both_families() {
         ("10.98.0.7", Route::Unrouted),
     ];
     for (dst, want) in cases {
-        assert_eq!(route(&table, &udp("10.1.0.1", dst, 1000, 80)), want, "{dst}");
+        assert_eq!(
+            route(&table, &udp("10.1.0.1", dst, 1000, 80)),
+            want,
+            "{dst}"
+        );
     }
     let cases = [
         ("fd00:99::7", Route::Site(PeerId(4))),
@@ -87,7 +94,11 @@ fn a_service_more_specific_than_a_centre_prefix_wins_in_both_families() {
         ("fd00:98::7", Route::Unrouted),
     ];
     for (dst, want) in cases {
-        assert_eq!(route(&table, &udp("fd00:1::1", dst, 1000, 80)), want, "{dst}");
+        assert_eq!(
+            route(&table, &udp("fd00:1::1", dst, 1000, 80)),
+            want,
+            "{dst}"
+        );
     }
     assert_eq!(
         table.target(ip("10.99.0.7")),
@@ -100,7 +111,10 @@ fn a_service_more_specific_than_a_centre_prefix_wins_in_both_families() {
     // A plain lookup has no packet to hash: a service's match answers no peer.
     assert_eq!(table.lookup(ip("10.99.0.7")), None);
     assert_eq!(table.lookup(ip("10.99.0.6")), Some(PeerId(1)));
-    assert_eq!(table.service(ServiceId(2)).map(AffinityTable::len), Some(16));
+    assert_eq!(
+        table.service(ServiceId(2)).map(AffinityTable::len),
+        Some(16)
+    );
     assert!(table.service(ServiceId(3)).is_none());
 }
 
@@ -201,7 +215,10 @@ fn the_flow_hash_reads_addresses_protocol_and_both_ports() {
     }
     // Without ports (ICMP), the ports' bytes do not count.
     let icmp = |sport| packet("10.1.0.1", "10.99.0.7", 1, sport, 0);
-    assert_eq!(flow_bucket(&icmp(1), buckets), flow_bucket(&icmp(2), buckets));
+    assert_eq!(
+        flow_bucket(&icmp(1), buckets),
+        flow_bucket(&icmp(2), buckets)
+    );
     assert_eq!(flow_bucket(&[0x45, 0, 0], 64), None, "truncated");
     assert_eq!(flow_bucket(&base, 0), None, "no bucket");
 }
@@ -279,7 +296,11 @@ fn a_bucket_without_a_site_answers_no_site() {
     let activity = BucketActivity::new(16);
     let table = RouteTable::build_with_services(
         [(ip("10.99.0.0"), 16, PeerId(9))],
-        [(ip("10.99.0.7"), 32, AffinityTable::new(peers, Arc::clone(&activity)))],
+        [(
+            ip("10.99.0.7"),
+            32,
+            AffinityTable::new(peers, Arc::clone(&activity)),
+        )],
     )
     .unwrap();
     // Not the covering centre prefix's peer: a service's flow goes to its site or nowhere.
@@ -317,7 +338,11 @@ fn a_swap_that_moves_only_idle_buckets_keeps_a_busy_flow_on_its_peer() {
     let next = reassign(&first, &used, PeerId(2));
     let new = RouteTable::build_with_services([], [(service.0, service.1, next.clone())]).unwrap();
 
-    assert_eq!(route(&new, &busy), Route::Site(PeerId(1)), "busy keeps its peer");
+    assert_eq!(
+        route(&new, &busy),
+        Route::Site(PeerId(1)),
+        "busy keeps its peer"
+    );
     let idle = (0..u16::MAX)
         .map(|port| udp("10.2.0.1", "10.99.0.7", port, 443))
         .find(|p| !used[flow_bucket(p, BUCKETS).unwrap()])
@@ -337,6 +362,8 @@ fn a_swap_that_moves_only_idle_buckets_keeps_a_busy_flow_on_its_peer() {
 impl AffinityTable {
     /// Buckets naming `peer`.
     fn buckets_of(&self, peer: PeerId) -> usize {
-        (0..self.len()).filter(|&b| self.peer(b) == Some(peer)).count()
+        (0..self.len())
+            .filter(|&b| self.peer(b) == Some(peer))
+            .count()
     }
 }
