@@ -50,7 +50,11 @@ impl Plane {
     }
 
     async fn agent(&self, id: &str, tenant: &str) -> (KeyAgent, UnboundedReceiver<SaEvent>) {
-        KeyAgent::start(AgentOptions {
+        KeyAgent::start(self.options(id, tenant)).await.unwrap()
+    }
+
+    fn options(&self, id: &str, tenant: &str) -> AgentOptions {
+        AgentOptions {
             appliance: id.into(),
             authority: self.authority.local_addr().unwrap(),
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
@@ -64,9 +68,7 @@ impl Plane {
             suite: cpclink_dataplane::crypto::Suite::AesGcm256,
             sa_lifetime: Duration::from_secs(3600),
             rekey_grace: Duration::from_secs(5),
-        })
-        .await
-        .unwrap()
+        }
     }
 
     /// A certificate (and key) for `id`, enrolled without running an agent.
@@ -257,4 +259,45 @@ async fn a_flooding_peer_is_held_to_its_receipt_rate() {
     assert_eq!(counters.forged, 0);
     let got = advertisements(&mut b_events, Duration::from_millis(300)).await;
     assert_eq!(got.len() as u64, counters.received);
+}
+
+/// A peer whose agent ran, joined and then went silent (its address now swallows every
+/// packet) used to hold the connection cache while its handshake timed out, so the
+/// advertisement to every peer queued behind it timed out too.
+#[tokio::test]
+async fn a_silent_peer_delays_no_other_peer() {
+    let p = plane().await;
+    let (a, _a_events) = p.agent("a", "acme").await;
+    let (b, mut b_events) = p.agent("b", "acme").await;
+    // a0 runs in a runtime of its own, so that dropping it stops the agent for good.
+    // The authority runs on this test's runtime: wait for a0 without blocking it.
+    let (started, a0_started) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let options = p.options("a0", "acme");
+    let a0 = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (agent, _events) = rt.block_on(KeyAgent::start(options)).unwrap();
+        started.send(agent.local_addr().unwrap()).unwrap();
+        stopped.recv().unwrap();
+    });
+    let a0_addr = a0_started.await.unwrap();
+    eventually("a0 and b join a's view", || {
+        a.directory().sa_targets("a").len() == 2
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || a0.join().unwrap())
+        .await
+        .unwrap();
+    let _black_hole = std::net::UdpSocket::bind(a0_addr).unwrap();
+
+    let start = Instant::now();
+    assert_eq!(a.publish_metrics(b"dc1: gpu 2/10".to_vec()).unwrap(), 2);
+    assert_eq!(next_advertisement(&mut b_events).await.0, "a");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "b waited {:?} for a0",
+        start.elapsed()
+    );
+    assert_eq!(b.metric_counters().received, 1);
 }
