@@ -4,8 +4,12 @@
 //!
 //! Throughput is what the receiving sink verified, byte for byte, per second: inner packet
 //! bytes, not wire bytes. The time splits say where each side's worker time went.
+//!
+//! With services, the flows' prefixes become anycast services whose affinity buckets pick
+//! the peer per flow, so every packet pays the flow hash and the bucket's activity mark;
+//! each point is measured that way right after it is measured with plain peer prefixes.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,7 @@ use cpclink_dataplane::engine::{
     lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, Protection, SaProfile, WorkerStats,
 };
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoKind};
-use cpclink_dataplane::route::RouteTable;
+use cpclink_dataplane::route::{AffinityTable, BucketActivity, RouteTable};
 use cpclink_dataplane::sa::MasterKeys;
 
 use crate::pacer::SourceRate;
@@ -33,6 +37,8 @@ pub const DEFAULT_BATCH_SENDS: usize = 8;
 pub const FLOWS: u32 = 64;
 /// The suite measured by default: PSP version 1, AES-GCM-256.
 pub const DEFAULT_SUITE: Suite = Suite::AesGcm256;
+/// Buckets of every service's affinity table.
+pub const SERVICE_BUCKETS: usize = 1024;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// Two engines on loopback, each sending synthetic flows to the other (or only `a` to `b`),
@@ -86,6 +92,9 @@ pub struct PairOptions {
     /// Extra prefixes in each engine's route table beside the flows' own, so that every
     /// lookup searches a full table ([`extra_routes`]).
     pub routes: usize,
+    /// Services the flows' prefixes are split into (0: plain peer prefixes), each with
+    /// [`SERVICE_BUCKETS`] buckets ([`service_routes`]).
+    pub services: usize,
 }
 
 /// `count` prefixes of a realistic mix (three IPv4 to one IPv6; IPv4 mostly /16../24 with
@@ -135,6 +144,43 @@ pub fn extra_routes(count: usize) -> Vec<(IpAddr, u8, PeerId)> {
     out
 }
 
+/// The flows' own prefixes (`spec`'s, one per peer) split into `count` service prefixes
+/// (at least one per peer) that cover them exactly, so every flow's packets go through a
+/// service's buckets; each service has [`SERVICE_BUCKETS`] buckets spreading over the
+/// spec's peers round-robin. Halving the widest prefix until there are enough keeps them
+/// aligned: 4 services over one /24 are four /26s.
+pub fn service_routes(spec: &TrafficSpec, count: usize) -> Vec<(IpAddr, u8, AffinityTable)> {
+    let routes = spec.routes();
+    let peers: Vec<PeerId> = routes.iter().map(|r| r.2).collect();
+    let mut prefixes: Vec<(IpAddr, u8)> = routes.iter().map(|r| (r.0, r.1)).collect();
+    while prefixes.len() < count {
+        let Some((widest, _)) = prefixes.iter().enumerate().min_by_key(|(_, p)| p.1) else {
+            break;
+        };
+        let (addr, len) = prefixes[widest];
+        let upper = match addr {
+            IpAddr::V4(a) if len < 32 => IpAddr::V4(Ipv4Addr::from(u32::from(a) | 1 << (31 - len))),
+            IpAddr::V6(a) if len < 128 => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) | 1 << (127 - len)))
+            }
+            // Every prefix is a host route: no more services fit.
+            _ => break,
+        };
+        prefixes[widest] = (addr, len + 1);
+        prefixes.push((upper, len + 1));
+    }
+    prefixes
+        .into_iter()
+        .map(|(addr, len)| {
+            let buckets = (0..SERVICE_BUCKETS)
+                .map(|b| Some(peers[b % peers.len()]))
+                .collect();
+            let table = AffinityTable::new(buckets, BucketActivity::new(SERVICE_BUCKETS));
+            (addr, len, table)
+        })
+        .collect()
+}
+
 /// Where a pair listens unless told otherwise.
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -182,11 +228,12 @@ impl LoopbackPair {
         let peer = |endpoint| PeerConfig { endpoint };
         a.set_peer(PeerId(0), peer(b.local_addr()))?;
         b.set_peer(PeerId(0), peer(a.local_addr()))?;
-        let routes = Arc::new(RouteTable::build(
-            spec.routes()
-                .into_iter()
-                .chain(extra_routes(options.routes)),
-        )?);
+        let extra = extra_routes(options.routes);
+        let routes = Arc::new(if options.services == 0 {
+            RouteTable::build(spec.routes().into_iter().chain(extra))?
+        } else {
+            RouteTable::build_with_services(extra, service_routes(&spec, options.services))?
+        });
         a.set_routes(Arc::clone(&routes))?;
         b.set_routes(routes)?;
         let (keys_a, keys_b) = (keys(0xa)?, keys(0xb)?);
@@ -260,6 +307,8 @@ pub struct DataplaneRow {
     pub payload: usize,
     /// Extra prefixes in the route tables beside the flows' own.
     pub routes: usize,
+    /// Services the flows' prefixes were split into (0: plain peer prefixes).
+    pub services: usize,
     /// Verified inner throughput, gigabits per second.
     pub gbps: f64,
     /// Verified inner packets, millions per second.
@@ -313,6 +362,10 @@ pub struct DataplanePlan {
     /// Extra prefixes: when not 0, every point is measured with this many extra prefixes in
     /// the route tables right after it is measured without ([`extra_routes`]).
     pub routes: usize,
+    /// Services: when not 0, every point is measured with the flows' prefixes split into
+    /// this many services right after it is measured with plain peer prefixes
+    /// ([`service_routes`]).
+    pub services: usize,
 }
 
 impl Default for DataplanePlan {
@@ -328,6 +381,7 @@ impl Default for DataplanePlan {
             cryptos: vec![Backend::AwsLc],
             rounds: DEFAULT_ROUNDS,
             routes: 0,
+            services: 0,
         }
     }
 }
@@ -360,6 +414,7 @@ pub fn measure(options: PairOptions, duration: Duration) -> Result<DataplaneRow,
         workers: options.workers,
         payload: options.payload,
         routes: options.routes,
+        services: options.services,
         gbps: bytes as f64 * 8.0 / secs / 1e9,
         mpps: packets as f64 / secs / 1e6,
         split: TimeSplit {
@@ -400,13 +455,19 @@ pub fn run(
     } else {
         &[0, plan.routes]
     };
+    let service_counts: &[usize] = if plan.services == 0 {
+        &[0]
+    } else {
+        &[0, plan.services]
+    };
     let mut points = Vec::new();
     for &io in &plan.ios {
         for &workers in &plan.workers {
             for &payload in &plan.sizes {
-                for (&routes, &(protection, suite, crypto)) in route_counts
+                for (routes, services, &(protection, suite, crypto)) in route_counts
                     .iter()
-                    .flat_map(|r| modes.iter().map(move |m| (r, m)))
+                    .flat_map(|&r| service_counts.iter().map(move |&s| (r, s)))
+                    .flat_map(|(r, s)| modes.iter().map(move |m| (r, s, m)))
                 {
                     points.push(PairOptions {
                         workers,
@@ -422,6 +483,7 @@ pub fn run(
                         suite,
                         crypto,
                         routes,
+                        services,
                     });
                 }
             }
@@ -483,6 +545,7 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             enc.workers.to_string(),
             enc.payload.to_string(),
             enc.routes.to_string(),
+            enc.services.to_string(),
             enc.suite.unwrap_or_default().to_string(),
             enc.crypto.unwrap_or_default().to_string(),
             format!("{:.2}", plain.gbps),
@@ -517,6 +580,7 @@ pub fn table(rows: &[DataplaneRow]) -> String {
             "workers",
             "payload",
             "extra routes",
+            "services",
             "suite",
             "crypto",
             "plain Gb/s",
@@ -536,6 +600,63 @@ pub fn table(rows: &[DataplaneRow]) -> String {
     )
 }
 
+/// Renders every point measured with services beside the same point with plain peer
+/// prefixes: Gbit/s and CPU time per packet of both, and the change.
+pub fn services_table(rows: &[DataplaneRow]) -> String {
+    let mut out = Vec::new();
+    for with in rows.iter().filter(|r| r.services > 0) {
+        let Some(without) = rows.iter().find(|r| {
+            r.services == 0
+                && (
+                    r.mode, r.io, r.suite, r.crypto, r.workers, r.payload, r.routes,
+                ) == (
+                    with.mode,
+                    with.io,
+                    with.suite,
+                    with.crypto,
+                    with.workers,
+                    with.payload,
+                    with.routes,
+                )
+        }) else {
+            continue;
+        };
+        let cpu = |r: &DataplaneRow| r.split.tx_cpu_ns.max(r.split.rx_cpu_ns);
+        out.push(vec![
+            with.mode.to_string(),
+            with.io.to_string(),
+            with.workers.to_string(),
+            with.payload.to_string(),
+            with.routes.to_string(),
+            with.services.to_string(),
+            format!("{:.2}", without.gbps),
+            format!("{:.2}", with.gbps),
+            format!("{:.3}", with.gbps / without.gbps.max(f64::MIN_POSITIVE)),
+            format!("{:.0}/{:.0}", without.split.tx_cpu_ns, with.split.tx_cpu_ns),
+            format!(
+                "{:+.1}%",
+                (cpu(with) / cpu(without).max(f64::MIN_POSITIVE) - 1.0) * 100.0
+            ),
+        ]);
+    }
+    crate::markdown_table(
+        &[
+            "mode",
+            "io",
+            "workers",
+            "payload",
+            "extra routes",
+            "services",
+            "Gb/s peer prefixes",
+            "Gb/s services",
+            "services/peer",
+            "tx cpu ns/pkt peer/services",
+            "cpu/pkt change",
+        ],
+        &out,
+    )
+}
+
 /// Renders every point measured with extra routes beside the same point without: Gbit/s and
 /// CPU time per packet of both, and the change.
 pub fn routes_table(rows: &[DataplaneRow]) -> String {
@@ -543,6 +664,7 @@ pub fn routes_table(rows: &[DataplaneRow]) -> String {
     for with in rows.iter().filter(|r| r.routes > 0) {
         let Some(without) = rows.iter().find(|r| {
             r.routes == 0
+                && r.services == with.services
                 && (r.mode, r.io, r.suite, r.crypto, r.workers, r.payload)
                     == (
                         with.mode,
@@ -625,7 +747,7 @@ mod tests {
         assert_eq!(json[1]["crypto"], "aws-lc-rs");
         assert_eq!(
             json[1].as_object().unwrap().len(),
-            9,
+            10,
             "exactly the documented keys"
         );
         assert_eq!(table(&rows).lines().count(), 2 + 2);
@@ -704,6 +826,7 @@ mod tests {
             workers: 1,
             payload: 1400,
             routes: 0,
+            services: 0,
             gbps,
             mpps: gbps / 10.0,
             split: TimeSplit {
@@ -760,6 +883,74 @@ mod tests {
         for flow in TrafficSpec::new(64, 100).routes() {
             assert_eq!(table.lookup(flow.0), None, "{flow:?} is the flows' own");
         }
+    }
+
+    #[test]
+    fn services_are_measured_beside_the_same_point_with_peer_prefixes() {
+        let plan = DataplanePlan {
+            duration: Duration::from_millis(100),
+            sizes: vec![512],
+            workers: vec![1],
+            ios: vec![IoKind::Epoll],
+            rounds: 1,
+            services: 4,
+            ..DataplanePlan::default()
+        };
+        let rows = run(&plan, |_| {}).unwrap();
+        let shape: Vec<_> = rows.iter().map(|r| (r.mode, r.services)).collect();
+        assert_eq!(
+            shape,
+            [
+                ("plain", 0),
+                ("encrypted", 0),
+                ("plain", 4),
+                ("encrypted", 4)
+            ]
+        );
+        assert!(
+            rows.iter().all(|r| r.gbps > 0.0),
+            "through services: {rows:?}"
+        );
+        assert_eq!(services_table(&rows).lines().count(), 2 + 2);
+    }
+
+    #[test]
+    fn services_cover_every_flow_and_spread_their_buckets_over_the_peers() {
+        let mut spec = TrafficSpec::new(600, 100);
+        spec.peers = 3;
+        let services = service_routes(&spec, 8);
+        assert_eq!(services.len(), 8);
+        let mut lengths: Vec<u8> = services.iter().map(|s| s.1).collect();
+        lengths.sort_unstable();
+        assert_eq!(lengths, [25, 25, 25, 25, 26, 26, 26, 26]);
+        let (a, b) = (&services[0].2, &services[1].2);
+        assert_eq!(a.len(), SERVICE_BUCKETS);
+        assert_eq!(
+            (a.peer(0), a.peer(1), a.peer(2)),
+            (Some(PeerId(0)), Some(PeerId(1)), Some(PeerId(2)))
+        );
+        assert!(
+            !Arc::ptr_eq(a.activity(), b.activity()),
+            "one activity per service"
+        );
+        let table = RouteTable::build_with_services([], services).unwrap();
+        for flow in 0..spec.flows {
+            let [x, y, z, w] = spec.destination(flow);
+            let dst = IpAddr::V4(Ipv4Addr::new(x, y, z, w));
+            assert!(
+                matches!(
+                    table.target(dst),
+                    Some(cpclink_dataplane::route::RouteTarget::Service(_))
+                ),
+                "flow {flow} to {dst} misses the services"
+            );
+        }
+        let one = service_routes(&TrafficSpec::new(64, 100), 1);
+        assert_eq!(
+            (one.len(), one[0].1),
+            (1, 24),
+            "one service is the flows' prefix"
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl TrafficSpec {
             .collect()
     }
 
-    fn destination(&self, flow: u32) -> [u8; 4] {
+    /// Flow `flow`'s inner destination address.
+    pub(crate) fn destination(&self, flow: u32) -> [u8; 4] {
         let peers = self.peers.clamp(1, MAX_PEERS);
         let peer = flow % peers;
         let [a, b] = self.prefix_base;

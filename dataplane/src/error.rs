@@ -153,6 +153,15 @@ pub enum Error {
         /// The peer it was routed to again.
         second: u32,
     },
+    /// A service route cannot be built: its affinity table is unusable or its prefix is
+    /// routed elsewhere too.
+    #[error("service route {prefix}: {reason}")]
+    InvalidService {
+        /// The service's prefix.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The engine was configured in a way it cannot run.
     #[error("engine configuration: {0}")]
     EngineConfig(String),

@@ -1,11 +1,18 @@
 //! The inner route table: longest-prefix match from an inner destination address to the peer
-//! appliance that serves it. Sans-IO.
+//! appliance that serves it, or to a service whose affinity buckets pick the peer per flow
+//! (see [`service`]). Sans-IO.
 //!
 //! A table is built off the packet path, whole, and never changes afterwards; the engine
 //! swaps a new one in by pointer, so a lookup takes no lock and allocates nothing. Each
 //! address family keeps one hash map per prefix length in use and searches the lengths
 //! binarily, markers guiding the search (see `Family`): at most 6 (IPv4) or 8 (IPv6)
-//! probes, whatever the number of prefixes and lengths.
+//! probes, whatever the number of prefixes and lengths. Peer and service prefixes share the
+//! search, so the longest prefix wins whichever kind it is; only a service's match costs a
+//! flow hash.
+
+mod service;
+
+pub use service::{flow_bucket, AffinityTable, BucketActivity, ServiceId};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -77,17 +84,53 @@ impl Prefix {
     }
 }
 
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTarget::Peer(peer) => write!(f, "peer {}", peer.0),
+            RouteTarget::Service(service) => write!(f, "service {}", service.0),
+        }
+    }
+}
+
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
-/// An immutable longest-prefix-match table from inner destinations to peers.
+/// What a prefix routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTarget {
+    /// A peer centre's prefix: every packet to that peer.
+    Peer(PeerId),
+    /// A service: the flow's bucket picks the peer.
+    Service(ServiceId),
+}
+
+/// Where one packet goes, by the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// A peer prefix matched: to this peer.
+    Peer(PeerId),
+    /// A service matched and the flow's bucket names this peer: to it, and nowhere else
+    /// when it cannot take the packet.
+    Site(PeerId),
+    /// A service matched but the flow's bucket has no feasible site: drop, count `tx_no_site`.
+    NoSite,
+    /// No prefix covers the destination: drop, count `tx_no_route`.
+    Unrouted,
+}
+
+/// A search entry's bit that marks a service index; without it, an entry is its peer + 1.
+const SERVICE_ENTRY: u32 = 1 << 31;
+
+/// An immutable longest-prefix-match table from inner destinations to peers and services.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     v4: Family<V4>,
     v6: Family<V6>,
+    services: Box<[AffinityTable]>,
 }
 
 impl RouteTable {
@@ -99,36 +142,160 @@ impl RouteTable {
     /// Builds a table from `(address, length, peer)` routes. Every route must be a valid
     /// [`Prefix`]; the same prefix twice is refused unless both name the same peer.
     pub fn build(routes: impl IntoIterator<Item = (IpAddr, u8, PeerId)>) -> Result<Self> {
+        Self::build_with_services(routes, [])
+    }
+
+    /// Builds a table from peer routes and services, `(address, length, affinity table)`;
+    /// the services' [`ServiceId`]s are their positions here. A service prefix may lie
+    /// inside a peer prefix (the longer one wins) but may not repeat one, peer or service.
+    /// Every affinity table needs at least one bucket and as many activity flags.
+    pub fn build_with_services(
+        routes: impl IntoIterator<Item = (IpAddr, u8, PeerId)>,
+        services: impl IntoIterator<Item = (IpAddr, u8, AffinityTable)>,
+    ) -> Result<Self> {
         let mut table = Self::default();
         for (addr, len, peer) in routes {
             let prefix = Prefix::new(addr, len)?;
-            let previous = match addr {
-                IpAddr::V4(a) => table.v4.insert(u32::from(a), len, peer),
-                IpAddr::V6(a) => table.v6.insert(u128::from(a), len, peer),
-            };
-            if let Some(other) = previous.filter(|other| *other != peer) {
-                return Err(Error::DuplicatePrefix {
+            let entry = peer.0.checked_add(1).filter(|e| e & SERVICE_ENTRY == 0);
+            let Some(entry) = entry else {
+                return Err(Error::InvalidPrefix {
                     prefix: prefix.to_string(),
-                    first: other.0,
-                    second: peer.0,
+                    reason: format!("peer {} is beyond the largest peer number", peer.0),
                 });
+            };
+            if let Some(other) = table.insert(prefix, entry).filter(|other| *other != entry) {
+                return Err(table.conflict(prefix, other, RouteTarget::Peer(peer)));
             }
         }
+        let mut affinity = Vec::new();
+        for (addr, len, service) in services {
+            let prefix = Prefix::new(addr, len)?;
+            let Ok(id) = u16::try_from(affinity.len()) else {
+                return Err(Error::InvalidService {
+                    prefix: prefix.to_string(),
+                    reason: format!("more than {} services", u32::from(u16::MAX) + 1),
+                });
+            };
+            if service.is_empty() || service.len() != service.activity().len() {
+                return Err(Error::InvalidService {
+                    prefix: prefix.to_string(),
+                    reason: format!(
+                        "{} buckets with {} activity flags (at least one bucket, one flag each)",
+                        service.len(),
+                        service.activity().len()
+                    ),
+                });
+            }
+            let target = RouteTarget::Service(ServiceId(id));
+            affinity.push(service);
+            if let Some(other) = table.insert(prefix, SERVICE_ENTRY | u32::from(id)) {
+                return Err(table.conflict(prefix, other, target));
+            }
+        }
+        table.services = affinity.into_boxed_slice();
         table.v4.finish();
         table.v6.finish();
         Ok(table)
     }
 
-    /// The peer whose longest prefix covers `dst`, if any.
+    /// Adds `prefix` with its search entry; returns the entry it had already, if any.
+    fn insert(&mut self, prefix: Prefix, entry: u32) -> Option<u32> {
+        match prefix.addr() {
+            IpAddr::V4(a) => self.v4.insert(u32::from(a), prefix.length(), entry),
+            IpAddr::V6(a) => self.v6.insert(u128::from(a), prefix.length(), entry),
+        }
+    }
+
+    /// The error for `prefix` given to `second` when it was given to `first_entry`'s target.
+    fn conflict(&self, prefix: Prefix, first_entry: u32, second: RouteTarget) -> Error {
+        match (Self::target_of(first_entry), second) {
+            (Some(RouteTarget::Peer(first)), RouteTarget::Peer(second)) => Error::DuplicatePrefix {
+                prefix: prefix.to_string(),
+                first: first.0,
+                second: second.0,
+            },
+            (first, second) => Error::InvalidService {
+                prefix: prefix.to_string(),
+                reason: format!(
+                    "the prefix is given to {} and to {} (keep one)",
+                    first.map_or_else(String::new, |t| t.to_string()),
+                    second
+                ),
+            },
+        }
+    }
+
+    /// What a search entry stands for (0: nothing).
     #[inline]
-    pub fn lookup(&self, dst: IpAddr) -> Option<PeerId> {
+    fn target_of(entry: u32) -> Option<RouteTarget> {
+        if entry & SERVICE_ENTRY != 0 {
+            Some(RouteTarget::Service(ServiceId(
+                (entry & !SERVICE_ENTRY) as u16,
+            )))
+        } else {
+            entry.checked_sub(1).map(|p| RouteTarget::Peer(PeerId(p)))
+        }
+    }
+
+    #[inline]
+    fn entry(&self, dst: IpAddr) -> u32 {
         match dst {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
             IpAddr::V6(a) => self.v6.lookup(u128::from(a)),
         }
     }
 
-    /// Prefixes in the table.
+    /// The peer whose longest prefix covers `dst`, if any; `None` too when the longest is a
+    /// service's, whose peer depends on the whole packet (see [`route`](Self::route)).
+    #[inline]
+    pub fn lookup(&self, dst: IpAddr) -> Option<PeerId> {
+        match Self::target_of(self.entry(dst)) {
+            Some(RouteTarget::Peer(peer)) => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// What the longest prefix covering `dst` routes to, if any prefix does.
+    pub fn target(&self, dst: IpAddr) -> Option<RouteTarget> {
+        Self::target_of(self.entry(dst))
+    }
+
+    /// Where `packet`, an inner IP packet to `dst`, goes. A peer prefix's match answers at
+    /// once; a service's hashes the flow, marks its bucket used and takes the bucket's peer.
+    #[inline]
+    pub fn route(&self, dst: IpAddr, packet: &[u8]) -> Route {
+        let entry = self.entry(dst);
+        if entry & SERVICE_ENTRY != 0 {
+            return self.service_route(entry, packet);
+        }
+        match entry.checked_sub(1) {
+            Some(peer) => Route::Peer(PeerId(peer)),
+            None => Route::Unrouted,
+        }
+    }
+
+    /// The service half of [`route`](Self::route), kept out of line so a peer prefix's
+    /// lookup stays as short as it was before services.
+    #[inline(never)]
+    fn service_route(&self, entry: u32, packet: &[u8]) -> Route {
+        let index = (entry & !SERVICE_ENTRY) as usize;
+        match self.services.get(index).and_then(|s| s.site(packet)) {
+            Some(peer) => Route::Site(peer),
+            None => Route::NoSite,
+        }
+    }
+
+    /// A service's affinity table, by its position in the list the table was built from.
+    pub fn service(&self, id: ServiceId) -> Option<&AffinityTable> {
+        self.services.get(usize::from(id.0))
+    }
+
+    /// Services in the table.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Prefixes in the table, peers' and services'.
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -185,24 +352,24 @@ impl AddressBits for u128 {
 struct Family<A: AddressBits> {
     /// The lengths in use (by prefixes or markers), shortest first.
     lengths: Vec<u8>,
-    /// Per entry of `lengths`: network bits → best matching real prefix's peer + 1 (0: none,
-    /// a marker over no real prefix).
+    /// Per entry of `lengths`: network bits → best matching real prefix's entry (0: none,
+    /// a marker over no real prefix; see [`RouteTable::target_of`]).
     by_length: Vec<HashMap<A, u32, BuildHasherDefault<AddressHasher>>>,
-    /// Real prefixes, per length, while the table is built.
-    building: Vec<HashMap<A, PeerId, BuildHasherDefault<AddressHasher>>>,
+    /// Real prefixes' entries, per length, while the table is built.
+    building: Vec<HashMap<A, u32, BuildHasherDefault<AddressHasher>>>,
     prefixes: usize,
 }
 
 impl<A: AddressBits> Family<A> {
-    fn insert(&mut self, network: A, len: u8, peer: PeerId) -> Option<PeerId> {
+    fn insert(&mut self, network: A, len: u8, entry: u32) -> Option<u32> {
         if self.building.is_empty() {
             self.building = (0..=A::BITS).map(|_| HashMap::default()).collect();
         }
-        self.building[usize::from(len)].insert(network, peer)
+        self.building[usize::from(len)].insert(network, entry)
     }
 
     /// The best real prefix covering `network` among lengths ≤ `len` (the build's slow path).
-    fn best_real(&self, network: A, len: u8, real_lengths: &[u8]) -> Option<PeerId> {
+    fn best_real(&self, network: A, len: u8, real_lengths: &[u8]) -> Option<u32> {
         real_lengths
             .iter()
             .rev()
@@ -223,7 +390,7 @@ impl<A: AddressBits> Family<A> {
             .map(|&len| {
                 self.building[usize::from(len)]
                     .iter()
-                    .map(|(&network, peer)| (network, peer.0 + 1))
+                    .map(|(&network, &entry)| (network, entry))
                     .collect()
             })
             .collect();
@@ -242,7 +409,7 @@ impl<A: AddressBits> Family<A> {
                         let marker = network.mask(marker_len);
                         if !self.by_length[mid].contains_key(&marker) {
                             let best = self.best_real(marker, marker_len, &real_lengths);
-                            self.by_length[mid].insert(marker, best.map_or(0, |p| p.0 + 1));
+                            self.by_length[mid].insert(marker, best.unwrap_or(0));
                         }
                         lo = mid + 1;
                     } else {
@@ -257,8 +424,9 @@ impl<A: AddressBits> Family<A> {
         self.building = Vec::new();
     }
 
+    /// The entry of the longest real prefix covering `addr` (0: none).
     #[inline]
-    fn lookup(&self, addr: A) -> Option<PeerId> {
+    fn lookup(&self, addr: A) -> u32 {
         let (mut lo, mut hi) = (0, self.lengths.len());
         let mut best = 0;
         while lo < hi {
@@ -274,7 +442,7 @@ impl<A: AddressBits> Family<A> {
                 None => hi = mid,
             }
         }
-        best.checked_sub(1).map(PeerId)
+        best
     }
 
     fn len(&self) -> usize {

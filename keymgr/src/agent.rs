@@ -27,12 +27,15 @@ use crate::authority::CLOSE_REVOKED;
 use crate::backoff::{Backoff, RETRY_CAP, RETRY_FIRST};
 use crate::config::{AgentConfig, SA_LIFETIME_SECS};
 use crate::directory::{Change, Directory};
+use crate::metrics::{MetricSigner, MetricTally, MetricVerifier, ReceiptLimiter};
 use crate::pki::{self, KeyedCert, AUTHORITY_NAME};
 use crate::prefix::{InnerPrefix, Refusal};
 use crate::proto::{self, Message};
 use crate::seal::{random_bytes, Kek};
 use crate::store::{AnyStore, RedbStore, Store, Write};
 use crate::{tls, Error, Result};
+
+mod advertise;
 
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;
@@ -118,6 +121,13 @@ pub enum SaEvent {
     Revoked {
         /// The appliance.
         appliance: String,
+    },
+    /// `peer` advertised compute metrics, signed by its certificate key and verified.
+    Metrics {
+        /// The advertising appliance (the id its certificate names).
+        peer: String,
+        /// The advertisement, as the peer published it.
+        advertisement: Vec<u8>,
     },
 }
 
@@ -248,6 +258,12 @@ struct Inner {
     publish: Publish,
     /// The announced prefixes the authority refused, as it last said.
     refused: StdMutex<Vec<Refusal>>,
+    /// Signs this appliance's metric advertisements with its certificate key.
+    signer: MetricSigner,
+    /// What became of peers' metric advertisements.
+    metric_tally: MetricTally,
+    /// Per-peer receipt rate of metric advertisements.
+    metric_limiter: StdMutex<ReceiptLimiter>,
 }
 
 /// What the agent publishes in the directory each time it subscribes.
@@ -326,6 +342,7 @@ impl KeyAgent {
         endpoint.set_server_config(Some(tls::server_config(&opts.ca_cert, &identity, true)?));
         let client = tls::client_config(&opts.ca_cert, Some(&identity))?;
         let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
+        let signer = MetricSigner::new(&opts.appliance, &identity)?;
 
         let (events, events_rx) = mpsc::unbounded_channel();
         let agent = Self {
@@ -354,6 +371,9 @@ impl KeyAgent {
                     prefixes: opts.prefixes,
                 },
                 refused: StdMutex::new(Vec::new()),
+                signer,
+                metric_tally: MetricTally::default(),
+                metric_limiter: StdMutex::new(ReceiptLimiter::default()),
             }),
         };
         tokio::spawn(agent.clone().accept_loop());
@@ -549,9 +569,11 @@ impl KeyAgent {
         Ok((spi, key, epoch))
     }
 
+    /// The cached connection to `peer`'s agent, or a new one. The handshake runs without
+    /// the cache's lock, so a peer that does not answer delays only its own callers, not
+    /// those of every other peer (metrics go to all peers at once).
     async fn connection_to(&self, peer: &str) -> Result<quinn::Connection> {
-        let mut out = self.inner.outbound.lock().await;
-        if let Some(c) = out.get(peer) {
+        if let Some(c) = self.inner.outbound.lock().await.get(peer) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -568,11 +590,28 @@ impl KeyAgent {
             .endpoint
             .connect_with(self.inner.client.clone(), addr, peer)?
             .await?;
+        let mut out = self.inner.outbound.lock().await;
         if !self.holds_listed_certificate(&conn, peer) {
             conn.close(CLOSE_UNAUTHORISED.into(), b"certificate not listed");
             return Err(Error::NotAuthorised(format!(
                 "{peer} presented a certificate the directory does not list (replaced or revoked)"
             )));
+        }
+        // Checked under the lock: a revocation applied during the handshake is seen here,
+        // and one applied after it removes this entry once the lock is free.
+        if !self.dir().allows(&self.inner.id, peer) {
+            conn.close(CLOSE_UNAUTHORISED.into(), b"not authorised");
+            return Err(Error::NotAuthorised(format!(
+                "{} may not talk to {peer}",
+                self.inner.id
+            )));
+        }
+        if let Some(c) = out.get(peer) {
+            if c.close_reason().is_none() {
+                // Another caller connected meanwhile: share its connection.
+                conn.close(0u32.into(), b"duplicate");
+                return Ok(c.clone());
+            }
         }
         out.insert(peer.to_owned(), conn.clone());
         Ok(conn)
@@ -789,6 +828,7 @@ impl KeyAgent {
             peer: appliance.to_owned(),
         });
         self.tx_expiry().remove(appliance);
+        self.metric_limiter().forget(appliance);
         for conn in self.inbound().remove(appliance).unwrap_or_default() {
             conn.close(CLOSE_UNAUTHORISED.into(), b"revoked");
         }
@@ -851,10 +891,16 @@ impl KeyAgent {
     }
 
     async fn serve_streams(&self, conn: &quinn::Connection, peer: &str) -> Result<()> {
+        // What the peer advertises must be signed by the key of the certificate it
+        // presented here (checked against the directory's serial in `serve_peer`).
+        let verifier = tls::peer_certificate(conn)
+            .and_then(|cert| MetricVerifier::from_certificate(peer, &cert).ok())
+            .map(Arc::new);
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let this = self.clone();
             let peer = peer.to_owned();
+            let verifier = verifier.clone();
             tokio::spawn(async move {
                 let reply = match proto::read_frame::<_, Message>(&mut recv).await {
                     Ok(Some(Message::SaRequest { suite })) => match Suite::from_version(suite) {
@@ -886,8 +932,15 @@ impl KeyAgent {
                         }
                         return;
                     }
+                    Ok(Some(Message::Metrics {
+                        advertisement,
+                        signature,
+                    })) => {
+                        this.receive_metrics(&peer, verifier.as_deref(), advertisement, &signature);
+                        return;
+                    }
                     Ok(Some(_)) => Message::Error {
-                        reason: "peers may send only SaRequest and RekeyNotice".into(),
+                        reason: "peers may send only SaRequest, RekeyNotice and Metrics".into(),
                     },
                     Ok(None) => return,
                     Err(e) => Message::Error {

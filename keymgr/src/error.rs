@@ -99,6 +99,18 @@ pub enum Error {
         /// The revoked appliance.
         appliance: String,
     },
+    /// A metrics advertisement is larger than the key plane carries; nothing was sent.
+    #[error("metrics advertisement of {size} bytes exceeds the {max}-byte limit: advertise fewer services or metrics per message")]
+    AdvertisementTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit ([`crate::metrics::MAX_ADVERTISEMENT`]).
+        max: usize,
+    },
+    /// A metrics advertisement could not be signed, or its signature does not verify
+    /// against the sender's certificate.
+    #[error("metrics signature: {0}")]
+    MetricSignature(&'static str),
     /// A token was asked for (or presented) for a revoked appliance without the replace
     /// flow; nothing was minted, spent or recorded.
     #[error("{appliance} is revoked: a plain token for it enrols nothing. To put new hardware in its place, run `cpclink keymgr replace --appliance {appliance} --centre CENTRE`; its agent then enrols with fresh keys and a new certificate")]

@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod config;
 pub mod directory;
 mod error;
+pub mod metrics;
 pub mod pki;
 pub mod prefix;
 pub mod proto;

@@ -138,6 +138,16 @@ pub enum Message {
         /// Every announced prefix now refused.
         refused: Vec<Refusal>,
     },
+    /// Appliance → appliance: the compute metrics of the services the sender's centre
+    /// hosts ([`crate::metrics`]); no reply. Opaque to the key plane.
+    /// Last, as every new message is: postcard numbers variants by position.
+    Metrics {
+        /// The advertisement, at most [`crate::metrics::MAX_ADVERTISEMENT`] bytes.
+        advertisement: Vec<u8>,
+        /// ECDSA P-256 SHA-256 (ASN.1 DER) by the sender's certificate key over
+        /// [`crate::metrics::signed_text`].
+        signature: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -376,6 +386,26 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &msg).await.unwrap();
         assert_eq!(decode(&buf).await.unwrap(), Some(msg));
+    }
+
+    /// postcard numbers variants by position: a message inserted before others would make
+    /// this build misread every later one from a build without it.
+    #[tokio::test]
+    async fn new_messages_keep_the_numbers_of_the_old_ones() {
+        let first_byte = |m: &Message| postcard::to_stdvec(m).unwrap()[0];
+        assert_eq!(first_byte(&Message::RekeyNotice { epoch: 1 }), 10);
+        assert_eq!(
+            first_byte(&Message::PrefixesRefused { refused: vec![] }),
+            14
+        );
+        let metrics = Message::Metrics {
+            advertisement: b"gpu 7".to_vec(),
+            signature: vec![0x30, 1, 2],
+        };
+        assert_eq!(first_byte(&metrics), 15);
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &metrics).await.unwrap();
+        assert_eq!(decode(&buf).await.unwrap(), Some(metrics));
     }
 
     #[tokio::test]

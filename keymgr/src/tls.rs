@@ -108,22 +108,23 @@ fn rustls_client(
     Ok(tls)
 }
 
-/// The identity named by the peer's verified certificate, if it presented one.
-pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
+/// The end-entity certificate the peer presented and TLS verified, if any.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    identity_of(certs.first()?).ok()
+    certs.first().cloned()
+}
+
+/// The identity named by the peer's verified certificate, if it presented one.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
+    identity_of(&peer_certificate(conn)?).ok()
 }
 
 /// The serial of the certificate the peer presented, hex.
 pub fn peer_serial(conn: &quinn::Connection) -> Option<String> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    crate::pki::serial_of(certs.first()?).ok()
+    crate::pki::serial_of(&peer_certificate(conn)?).ok()
 }
 
 #[cfg(test)]

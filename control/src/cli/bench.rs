@@ -59,6 +59,10 @@ enum BenchSuite {
         /// flows' own; every point is then measured with them right after without.
         #[arg(long, default_value_t = 0)]
         routes: usize,
+        /// Services the flows' prefixes are split into, each with a 1024-bucket affinity
+        /// table; every point is then measured through them right after without.
+        #[arg(long, default_value_t = 0)]
+        services: usize,
     },
     /// Probe latency through two engines (TUN, PSP over loopback UDP, TUN; needs root)
     /// beside plain UDP on loopback and a bare veth, at background loads of the measured maximum.
@@ -123,6 +127,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             cryptos,
             rounds,
             routes,
+            services,
         } => {
             check_duration(duration)?;
             let defaults = DataplanePlan::default();
@@ -137,6 +142,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 cryptos: given_or(cryptos, defaults.cryptos),
                 rounds: rounds.max(1),
                 routes,
+                services,
             };
             if !json {
                 writeln!(
@@ -152,12 +158,13 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             let rows = dataplane_suite::run(&plan, |row| {
                 if !json {
                     eprintln!(
-                        "  {:>9} {:>8} {} worker(s) {:>5} B {} extra routes {}: {:.2} Gbit/s",
+                        "  {:>9} {:>8} {} worker(s) {:>5} B {} extra routes {} services {}: {:.2} Gbit/s",
                         row.mode,
                         row.io,
                         row.workers,
                         row.payload,
                         row.routes,
+                        row.services,
                         match (row.suite, row.crypto) {
                             (Some(suite), Some(crypto)) => format!("{suite} {crypto}"),
                             _ => "no AEAD".to_string(),
@@ -175,6 +182,14 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                         out,
                         "\nwith {routes} extra prefixes in the route tables beside the same points without:\n{}",
                         dataplane_suite::routes_table(&rows)
+                    )?;
+                }
+                if services > 0 {
+                    write!(
+                        out,
+                        "\nwith the flows' prefixes split into {services} services of {} affinity buckets beside the same points with plain peer prefixes:\n{}",
+                        dataplane_suite::SERVICE_BUCKETS,
+                        dataplane_suite::services_table(&rows)
                     )?;
                 }
                 writeln!(

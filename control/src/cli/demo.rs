@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> Result<(), Error> {
         suite: cpclink_bench::dataplane::DEFAULT_SUITE,
         crypto: cpclink_dataplane::crypto::Backend::AwsLc,
         routes: 0,
+        services: 0,
     })?;
     writeln!(
         out,

@@ -106,6 +106,7 @@ impl TuneRunner for EngineRunner {
             suite: suite::DEFAULT_SUITE,
             crypto: cpclink_dataplane::crypto::Backend::AwsLc,
             routes: 0,
+            services: 0,
         };
         let row = suite::measure(options, self.window).map_err(|e| fail(e.to_string()))?;
         let baseline_gbps = match &mut self.baseline {

@@ -18,6 +18,9 @@ pub struct WorkerStats {
     pub tx_seal_failed: u64,
     /// Inner packets with no peer whose prefixes cover their destination.
     pub tx_no_route: u64,
+    /// Inner packets to a service whose flow's bucket has no feasible site, or whose site
+    /// has no usable transmit SA: dropped, never sent to another site or in clear.
+    pub tx_no_site: u64,
     /// Datagrams received (GRO super-datagrams counted per segment).
     pub rx_packets: u64,
     /// Bytes of those datagrams.
@@ -79,7 +82,7 @@ impl WorkerStats {
 
     /// Every transmit-side drop.
     pub fn tx_dropped(&self) -> u64 {
-        self.tx_no_sa + self.tx_seal_failed + self.tx_no_route
+        self.tx_no_sa + self.tx_seal_failed + self.tx_no_route + self.tx_no_site
     }
 }
 
@@ -102,6 +105,7 @@ impl AddAssign for WorkerStats {
         self.tx_no_sa += o.tx_no_sa;
         self.tx_seal_failed += o.tx_seal_failed;
         self.tx_no_route += o.tx_no_route;
+        self.tx_no_site += o.tx_no_site;
         self.rx_packets += o.rx_packets;
         self.rx_bytes += o.rx_bytes;
         self.rx_delivered += o.rx_delivered;

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
 use crate::io::{DatagramIo, IoKind, TxBatch};
 use crate::psp::PSP_OVERHEAD;
+use crate::route::Route;
 use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
 use crate::wire::{InnerPacket, PspHeader, PspRepr, PSP_BASE_HEADER_LEN};
 use std::os::fd::OwnedFd;
@@ -33,6 +34,9 @@ const RECV_ROUNDS: usize = 8;
 const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
 /// TUN reads per transmit batch at most.
 const TUN_READS_PER_BATCH: usize = 256;
+/// Source packets dropped for want of a site per transmit batch at most, so a source whose
+/// every flow has none still lets the worker turn to its receive side.
+const NO_SITE_DROPS_PER_BATCH: u64 = 256;
 
 /// Where a worker's received inner packets go.
 pub(super) enum WorkerEgress {
@@ -317,7 +321,9 @@ impl State {
 
     /// Fills the batch from the source, routing every packet by its inner destination as
     /// TUN's are. A packet that cannot go yet (no route, peer or SA) goes back to the
-    /// source and ends the batch: the source waits, it does not lose packets.
+    /// source and ends the batch: the source waits, it does not lose packets. A service's
+    /// packet whose site is missing (no bucket peer, or one without an SA) is dropped and
+    /// counted in `tx_no_site`, as TUN's would be: waiting would stall every other flow.
     fn build_from_source(&mut self, batch: &mut TxBatch, now: Instant) {
         let Some(source) = self.source.as_mut() else {
             return;
@@ -327,9 +333,10 @@ impl State {
         }
         let allowance = source.allowance(now);
         let mut budget = allowance;
+        let mut no_site = 0;
         // Plain frames carry an SPI too, so the receiver's steering treats them alike.
         let plain_spi = Spi(0x4000_0000 | self.index as u32);
-        while budget > 0 {
+        while budget > 0 && no_site < NO_SITE_DROPS_PER_BATCH {
             let inner_len = source.next_len();
             if inner_len == 0 {
                 break;
@@ -340,19 +347,35 @@ impl State {
                 break;
             };
             source.fill(&mut slot[inner.clone()]);
-            let packet = InnerPacket::new_checked(&slot[inner]);
+            let bytes = &slot[inner];
+            let packet = InnerPacket::new_checked(bytes);
             let next_header = packet.as_ref().map_or(4, InnerPacket::psp_next_header);
-            let routed = packet
-                .ok()
-                .and_then(|p| self.routes.lookup(p.destination()))
+            let (route, service) = match packet {
+                Ok(p) => match self.routes.route(p.destination(), bytes) {
+                    Route::Peer(peer) => (Some(peer), false),
+                    Route::Site(peer) => (Some(peer), true),
+                    Route::NoSite => (None, true),
+                    Route::Unrouted => (None, false),
+                },
+                Err(_) => (None, false),
+            };
+            let protection = self.protection;
+            let routed = route
                 .and_then(|p| Some((p, self.peers.get_mut(p.0 as usize)?)))
-                .filter(|(_, peer)| match self.protection {
+                .filter(|(_, peer)| match protection {
                     Protection::Encrypted => peer.tx.is_some(),
                     // A placeholder peer (not configured yet) has port 0: nowhere to send to.
                     Protection::PlainBaseline => peer.config.endpoint.port() != 0,
                 });
             let Some((peer_id, peer)) = routed else {
                 batch.unappend(framed);
+                if service {
+                    // Taken from the source and lost: never sent elsewhere, never in clear.
+                    self.stats.tx_no_site += 1;
+                    no_site += 1;
+                    budget -= 1;
+                    continue;
+                }
                 source.unfill();
                 break;
             };
@@ -418,15 +441,29 @@ impl State {
                 continue;
             };
             let next_header = inner.psp_next_header();
-            let routed = self.routes.lookup(inner.destination());
-            // A route to a peer this worker has not heard of yet routes nowhere.
+            let (routed, service) = match self.routes.route(inner.destination(), packet) {
+                Route::Peer(peer) => (Some(peer), false),
+                Route::Site(peer) => (Some(peer), true),
+                Route::NoSite => (None, true),
+                Route::Unrouted => (None, false),
+            };
+            // A route to a peer this worker has not heard of yet routes nowhere; a service's
+            // bucket peer unknown here is a site this worker cannot reach.
             let Some(peer) = routed.and_then(|p| self.peers.get_mut(p.0 as usize)) else {
-                self.stats.tx_no_route += segments.count() as u64;
+                if service {
+                    self.stats.tx_no_site += segments.count() as u64;
+                } else {
+                    self.stats.tx_no_route += segments.count() as u64;
+                }
                 continue;
             };
             let Some(sa) = peer.tx.as_mut() else {
-                // Never plaintext: no SA, no packet.
-                self.stats.tx_no_sa += segments.count() as u64;
+                // Never plaintext: no SA, no packet; a service's flow never goes elsewhere.
+                if service {
+                    self.stats.tx_no_site += segments.count() as u64;
+                } else {
+                    self.stats.tx_no_sa += segments.count() as u64;
+                }
                 continue;
             };
             for i in 0..segments.count() {
