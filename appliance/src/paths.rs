@@ -510,9 +510,18 @@ impl PathController {
             self.counters.ignored += 1;
             return false;
         };
+        let known = s.store.get(&adv.subject).is_some();
         match s.store.ingest_verified(adv, now) {
             Ok(Ingest::Accepted) => {
                 self.counters.accepted += 1;
+                if !known {
+                    tracing::info!(
+                        "service {}: {peer} advertises {:?} (TTL {} ms)",
+                        payload.service,
+                        adv.values,
+                        adv.ttl_ms
+                    );
+                }
                 true
             }
             Ok(Ingest::Refreshed) => {
@@ -591,7 +600,12 @@ impl PathController {
         let links = &self.links;
         let mut changed = false;
         for s in &mut self.services {
-            s.store.expire(now);
+            for gone in s.store.expire(now) {
+                tracing::warn!(
+                    "service {}: metrics of {gone:?} expired; withdrawn until it advertises again",
+                    s.config.name
+                );
+            }
             s.store.apply(&mut s.topology);
             for l in &mut s.topology.links {
                 l.metrics.up = true;

@@ -399,9 +399,15 @@ impl Lab {
                     .all(|p| log.contains(&format!("worker 0 sends to {p} with SA")))
             })?;
         }
-        self.wait_for("the first placement of the service", "dc1", || {
-            self.log("dc1").contains(&format!("service {}: dc", world::SERVICE))
+        // Placed once every host has advertised, and the hold-down after the first
+        // choice has passed (the best of them is the choice then).
+        self.wait_for("every host's metrics at dc1", "dc1", || {
+            let log = self.log("dc1");
+            HOSTS.iter().all(|h| {
+                log.contains(&format!("service {}: {h} advertises", world::SERVICE))
+            })
         })?;
+        std::thread::sleep(Duration::from_millis(1_200));
         Ok(())
     }
 
