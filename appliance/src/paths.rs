@@ -253,6 +253,8 @@ pub struct PathController {
     /// When the kernel's routes were last reconciled: they are again every
     /// [`REPAIR_EVERY`] even when nothing changed (a link going down flushes its routes).
     reconciled: Option<Instant>,
+    /// The last programming error, logged once.
+    last_error: Option<String>,
 }
 
 /// How often the kernel's seg6 routes are reconciled when no decision changed them.
@@ -290,6 +292,7 @@ impl PathController {
             programmer: Programmer::new().map_err(|e| e.to_string()),
             peer_paths: BTreeMap::new(),
             reconciled: None,
+            last_error: None,
             tunnel_source: match config.listen.ip() {
                 IpAddr::V6(a) => Some(a),
                 IpAddr::V4(_) => None,
@@ -575,10 +578,7 @@ impl PathController {
             .unwrap_or_default();
         for l in &self.paths.links {
             let Some(dev) = &l.device else { continue };
-            let carrier = std::fs::read_to_string(format!("/sys/class/net/{dev}/carrier"))
-                .map(|c| c.trim() == "1")
-                .unwrap_or(false);
-            if !carrier {
+            if !has_carrier(dev) {
                 links.push(NetworkLink {
                     from: l.from.clone(),
                     to: l.to.clone(),
@@ -588,6 +588,11 @@ impl PathController {
                     loss: None,
                 });
             }
+        }
+        if links != self.links {
+            // Routes over a device that went down were flushed by the kernel, and the
+            // decapsulation SID may need another device: reconcile at once.
+            self.reconciled = None;
         }
         self.links = links;
     }
@@ -759,7 +764,8 @@ impl PathController {
             .links
             .iter()
             .filter(|l| l.from == self.paths.node || l.to == self.paths.node)
-            .find_map(|l| l.device.as_deref());
+            .filter_map(|l| l.device.as_deref())
+            .find(|dev| has_carrier(dev));
         if let (Some(sid), Some(dev)) = (self.paths.sid, local_device) {
             // The decapsulation SID: End.DT6 into the local table, so what it decapsulates
             // is delivered to this host only (never forwarded on; and the main table's
@@ -778,6 +784,9 @@ impl PathController {
             let Some(addr) = endpoints.get(peer) else {
                 continue;
             };
+            if !has_carrier(dev) {
+                continue;
+            }
             let oif = match p.link_index(dev) {
                 Ok(i) => i,
                 Err(e) => {
@@ -797,6 +806,7 @@ impl PathController {
             Ok(report) => {
                 let took = started.elapsed();
                 self.reconciled = Some(Instant::now());
+                self.last_error = None;
                 let changed = desired != self.peer_paths
                     || report.added + report.replaced + report.removed > 0;
                 for (peer, (segs, dev)) in &desired {
@@ -815,7 +825,11 @@ impl PathController {
                 changed.then_some(took)
             }
             Err(e) => {
-                tracing::error!("seg6 routes not programmed: {e}");
+                let e = e.to_string();
+                if self.last_error.as_ref() != Some(&e) {
+                    tracing::error!("seg6 routes not programmed: {e} (retrying every sweep)");
+                    self.last_error = Some(e);
+                }
                 None
             }
         }
@@ -930,6 +944,11 @@ impl PathController {
             programming: self.programmer.as_ref().err().cloned(),
         }
     }
+}
+
+/// Whether a local device is up with carrier (a veth whose peer went down has none).
+fn has_carrier(dev: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/carrier")).is_ok_and(|c| c.trim() == "1")
 }
 
 fn reason_word(r: &Reason) -> &'static str {

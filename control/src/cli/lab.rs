@@ -77,6 +77,9 @@ enum LabCommand {
         /// Flows (consecutive source ports).
         #[arg(long, default_value_t = 10)]
         flows: u16,
+        /// How long to wait for the answers, ms.
+        #[arg(long, default_value_t = 1_000)]
+        wait_ms: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -99,6 +102,8 @@ enum LabCommand {
         port: u16,
         #[arg(long)]
         flows: u16,
+        #[arg(long)]
+        wait_ms: u64,
     },
 }
 
@@ -139,8 +144,13 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
             withdraw,
         } => lab.metrics(&centre, cpu_load, compute_delay_ms, withdraw),
         LabCommand::Link { a, b, state } => lab.link(&a, &b, &state),
-        LabCommand::Ask { port, flows, json } => {
-            let answers = lab.ask(port, flows)?;
+        LabCommand::Ask {
+            port,
+            flows,
+            wait_ms,
+            json,
+        } => {
+            let answers = lab.ask_waiting(port, flows, wait_ms)?;
             if json {
                 println!("{}", serde_json::to_string(&answers).map_err(std::io::Error::from)?);
             } else {
@@ -154,8 +164,12 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
         LabCommand::Scenario => lab.scenario(),
         LabCommand::Down => lab.down(),
         LabCommand::Serve { centre } => serve(&centre),
-        LabCommand::Probe { port, flows } => {
-            let answers = probe(port, flows)?;
+        LabCommand::Probe {
+            port,
+            flows,
+            wait_ms,
+        } => {
+            let answers = probe(port, flows, Duration::from_millis(wait_ms))?;
             println!("{}", serde_json::to_string(&answers).map_err(std::io::Error::from)?);
             Ok(())
         }
@@ -494,10 +508,8 @@ impl Lab {
                 if up { "up" } else { "down" },
             ])?;
         }
-        if up {
-            world::underlay(a)?;
-            world::underlay(b)?;
-        }
+        world::underlay(a)?;
+        world::underlay(b)?;
         std::fs::write(
             self.path("links-down"),
             down.iter().map(|(x, y)| format!("{x} {y}\n")).collect::<String>(),
@@ -512,10 +524,15 @@ impl Lab {
     }
 
     fn ask(&self, port: u16, flows: u16) -> Result<Answers, Error> {
+        self.ask_waiting(port, flows, 1_000)
+    }
+
+    fn ask_waiting(&self, port: u16, flows: u16, wait_ms: u64) -> Result<Answers, Error> {
         let exe = Self::exe()?;
         let out = sh(&[
             "ip", "netns", "exec", &ns("dc1"), exe.to_str().unwrap_or("cpclink"), "lab",
             "probe", "--port", &port.to_string(), "--flows", &flows.to_string(),
+            "--wait-ms", &wait_ms.to_string(),
         ])?;
         serde_json::from_str(out.trim())
             .map_err(|e| Error::Lab(format!("the probe printed {out:?}: {e}")))
@@ -627,14 +644,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Sends a fresh flow every 20 ms until one is answered; how long that took.
+    /// Sends a fresh flow, waiting 50 ms for its answer, until one is answered; how long
+    /// that took.
     fn until_answered(&self, port: u16, since: Instant) -> Result<Duration, Error> {
         for i in 0..500u16 {
-            let a = self.ask(port + i % 1000, 1)?;
+            let a = self.ask_waiting(port + i % 1000, 1, 50)?;
             if a.by_port.values().any(Option::is_some) {
                 return Ok(since.elapsed());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         Err(Error::Lab("no answer for 10 s after the link failed".into()))
     }
@@ -658,8 +675,9 @@ fn serve(centre: &str) -> Result<(), Error> {
     }
 }
 
-/// `flows` flows from consecutive source ports, one datagram each; who answered each.
-fn probe(port: u16, flows: u16) -> Result<Answers, Error> {
+/// `flows` flows from consecutive source ports, one datagram each; who answered each
+/// within `wait`.
+fn probe(port: u16, flows: u16, wait: Duration) -> Result<Answers, Error> {
     let service: SocketAddr = (
         SERVICE_ADDRESS
             .parse::<std::net::IpAddr>()
@@ -673,8 +691,7 @@ fn probe(port: u16, flows: u16) -> Result<Answers, Error> {
         s.send_to(format!("hello from port {p}").as_bytes(), service)?;
         sockets.push((p, s));
     }
-    // One second for all the answers together.
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + wait;
     let mut answers = Answers::default();
     let mut buf = [0u8; 64];
     for (p, s) in sockets {

@@ -134,13 +134,6 @@ pub fn build() -> Result<(), LabError> {
             &format!("{}/128", appliance_address(centre)), "dev", "lo",
         ])?;
     }
-    for transit in TRANSITS {
-        let (dev, _) = &adjacent(transit)[0];
-        sh(&[
-            "ip", "-n", &ns(transit), "-6", "route", "add", &sid(transit), "encap",
-            "seg6local", "action", "End", "dev", dev,
-        ])?;
-    }
     for node in CENTRES.iter().chain(&TRANSITS) {
         underlay(node)?;
     }
@@ -155,10 +148,24 @@ pub fn build() -> Result<(), LabError> {
     Ok(())
 }
 
-/// (Re)installs `node`'s underlay routes (`replace`: idempotent; a link that came back up
-/// gets the routes its going down flushed).
+/// (Re)installs `node`'s underlay routes and, on a transit, its End SID (`replace`:
+/// idempotent). A link going down flushes the routes over it, the SID's too when it sat
+/// on that link's device; run after every change of a link's state.
 pub fn underlay(node: &str) -> Result<(), LabError> {
     let links = adjacent(node);
+    if node.starts_with('t') {
+        // The kernel wants a device for the SID, and one that is up: any link will do.
+        let homed = links.iter().any(|(dev, _)| {
+            sh(&[
+                "ip", "-n", &ns(node), "-6", "route", "replace", &sid(node), "encap",
+                "seg6local", "action", "End", "dev", dev,
+            ])
+            .is_ok()
+        });
+        if !homed {
+            return Err(LabError::Lab(format!("{node}: no link up to hold its End SID")));
+        }
+    }
     let via = |peer: &str| links.iter().find(|(d, _)| *d == peer).map(|(_, a)| a.clone());
     let mut routes: Vec<(String, String, u32)> = Vec::new();
     if node.starts_with('t') {
