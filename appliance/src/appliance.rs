@@ -333,14 +333,19 @@ impl<K: KeySource> Owner<K> {
             let id = self
                 .keys
                 .own_id()
-                .or_else(|| self.config.as_ref().and_then(|c| Some(c.paths.as_ref()?.node.clone())))
+                .or_else(|| {
+                    self.config
+                        .as_ref()
+                        .and_then(|c| Some(c.paths.as_ref()?.node.clone()))
+                })
                 .unwrap_or_default();
             for payload in paths.due_advertisements(&id, now) {
                 self.keys.publish_metrics(payload);
             }
         }
         let decided = std::time::Instant::now();
-        if paths.decide(now) {
+        let keys = &self.keys;
+        if paths.decide(now, |site| keys.peer_id(site).is_some()) {
             self.apply_routes();
         }
         let endpoints: BTreeMap<String, std::net::Ipv6Addr> = self

@@ -195,12 +195,16 @@ fn services_follow_compute_and_paths_over_the_lab() {
     // headers may be counted once for a whole segmentation-offloaded batch.
     let (t1_bytes, t2_bytes) = (t1_after - t1_before, t2_after - t2_before);
     assert!(t1_bytes >= 20 * 48, "t1 carried {t1_bytes} B");
-    assert!(t2_bytes < t1_bytes / 5, "t2 carried {t2_bytes} B, t1 {t1_bytes} B");
+    assert!(
+        t2_bytes < t1_bytes / 5,
+        "t2 carried {t2_bytes} B, t1 {t1_bytes} B"
+    );
 
     // 2. dc2's load rises: new flows go to dc3, established ones stay on dc2.
     let to_dc3 = lab.decisions_to("dc3");
     let changed_at = Instant::now();
-    lab.cpclink(&["metrics", "dc2", "--cpu-load", "0.95"]).unwrap();
+    lab.cpclink(&["metrics", "dc2", "--cpu-load", "0.95"])
+        .unwrap();
     lab.wait_for("the move to dc3", || {
         lab.ask(41_000, 20);
         lab.decisions_to("dc3") > to_dc3
@@ -210,7 +214,11 @@ fn services_follow_compute_and_paths_over_the_lab() {
         changed_at.elapsed()
     );
     let kept = lab.ask(41_000, 20);
-    assert_eq!(names(&kept), only("dc2"), "established flows moved: {kept:?}");
+    assert_eq!(
+        names(&kept),
+        only("dc2"),
+        "established flows moved: {kept:?}"
+    );
     let busy: BTreeSet<usize> = (41_000..41_020).map(bucket).collect();
     let new = lab.ask(42_000, 40);
     let mut moved = 0;
@@ -244,8 +252,16 @@ fn services_follow_compute_and_paths_over_the_lab() {
     println!("link failure to traffic answered again: {failover:?}");
     let over_t2 = lab.ask(43_500, 20);
     for (port, who) in &over_t2 {
-        let expected = if busy.contains(&bucket(*port)) { "dc2" } else { "dc3" };
-        assert_eq!(who.as_deref(), Some(expected), "flow {port} after the failure");
+        let expected = if busy.contains(&bucket(*port)) {
+            "dc2"
+        } else {
+            "dc3"
+        };
+        assert_eq!(
+            who.as_deref(),
+            Some(expected),
+            "flow {port} after the failure"
+        );
     }
     assert!(LabUp::rx_bytes("cpclab-t2", "dc1") - t2_before >= 20 * 48);
     lab.cpclink(&["link", "dc1", "t1", "up"]).unwrap();
@@ -255,11 +271,18 @@ fn services_follow_compute_and_paths_over_the_lab() {
     let withdrawn_at = Instant::now();
     lab.cpclink(&["metrics", "dc3", "--withdraw"]).unwrap();
     lab.wait_for("dc3's withdrawal", || lab.decisions_to("dc2") > to_dc2);
-    println!("metrics withdrawn to site withdrawn: {:?}", withdrawn_at.elapsed());
+    println!(
+        "metrics withdrawn to site withdrawn: {:?}",
+        withdrawn_at.elapsed()
+    );
     let stale = lab.ask(44_000, 20);
     assert_eq!(names(&stale), only("dc2"), "{stale:?}");
     let established = lab.ask(42_000, 40);
-    assert_eq!(names(&established), only("dc2"), "flows stayed on a withdrawn site");
+    assert_eq!(
+        names(&established),
+        only("dc2"),
+        "flows stayed on a withdrawn site"
+    );
 
     // 5. What crossed the transits: an SRH with a valid HMAC on every packet towards the
     // sites, and no request in clear.

@@ -505,3 +505,49 @@ fn a_range_routed_to_two_peers_is_refused_with_both_and_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn paths_and_services_errors_name_the_field_and_the_fix() {
+    let base = config("", "192.0.2.2:1000");
+    for (extra, field, fix) in [
+        (
+            "[paths]\nnode = \"dc1\"\n[[paths.site]]\npeer = \"dc2\"\nsid = \"not-a-sid\"\n",
+            "[[paths.site]][0].sid",
+            "write a SID",
+        ),
+        (
+            "[paths]\nnode = \"dc1\"\n[[paths.site]]\npeer = \"dc2\"\nsid = \"fd00::2\"\n\
+             [[paths.candidate]]\nsite = \"dc9\"\n",
+            "[[paths.candidate]][0].site",
+            "name a peer listed in [[paths.site]]",
+        ),
+        (
+            "[paths]\nnode = \"dc1\"\n[[paths.site]]\npeer = \"dc2\"\nsid = \"fd00::2\"\n\
+             [[paths.link]]\nfrom = \"dc1\"\nto = \"t7\"\nlatency_ms = 1.0\n",
+            "[[paths.link]][0].to",
+            "name [paths].node",
+        ),
+        (
+            "[[services]]\nname = \"echo\"\nprefixes = [\"10.99.0.7/32\"]\n",
+            "[[services]]",
+            "add [paths]",
+        ),
+        (
+            "[paths]\nnode = \"dc1\"\n[[paths.site]]\npeer = \"dc2\"\nsid = \"fd00::2\"\n\
+             [[services]]\nname = \"echo\"\nprefixes = [\"10.99.0.7/32\"]\nsites = [\"dc3\"]\n",
+            "[[services]][0].sites",
+            "name peers listed in [[paths.site]]",
+        ),
+        (
+            "[paths]\nnode = \"dc1\"\n[[paths.site]]\npeer = \"dc2\"\nsid = \"fd00::2\"\n\
+             [[services]]\nname = \"echo\"\nprefixes = [\"10.99.0.7/32\"]\nscoring = \"fastest\"\n",
+            "[[services]][0]",
+            "fix the service's constraints",
+        ),
+    ] {
+        let e = ApplianceConfig::parse("a.toml", &format!("{base}\n{extra}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field) && e.contains(fix), "{extra}\n→ {e}");
+    }
+}

@@ -131,7 +131,10 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
         LabCommand::Up { json } => {
             let summary = lab.up()?;
             if json {
-                println!("{}", serde_json::to_string(&summary).map_err(std::io::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&summary).map_err(std::io::Error::from)?
+                );
             } else {
                 println!("{}", summary.describe());
             }
@@ -152,10 +155,16 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
         } => {
             let answers = lab.ask_waiting(port, flows, wait_ms)?;
             if json {
-                println!("{}", serde_json::to_string(&answers).map_err(std::io::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&answers).map_err(std::io::Error::from)?
+                );
             } else {
                 for (port, who) in &answers.by_port {
-                    println!("flow from port {port}: {}", who.as_deref().unwrap_or("no answer"));
+                    println!(
+                        "flow from port {port}: {}",
+                        who.as_deref().unwrap_or("no answer")
+                    );
                 }
                 println!("{}", answers.summary());
             }
@@ -170,7 +179,10 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
             wait_ms,
         } => {
             let answers = probe(port, flows, Duration::from_millis(wait_ms))?;
-            println!("{}", serde_json::to_string(&answers).map_err(std::io::Error::from)?);
+            println!(
+                "{}",
+                serde_json::to_string(&answers).map_err(std::io::Error::from)?
+            );
             Ok(())
         }
     }
@@ -362,7 +374,10 @@ impl Lab {
         let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         std::fs::write(self.path("kek"), hex(&random_bytes(32)?))?;
         std::fs::write(self.path("srh-hmac.key"), hex(&random_bytes(32)?))?;
-        std::fs::write(self.path("authority.toml"), world::authority_toml(&self.dir))?;
+        std::fs::write(
+            self.path("authority.toml"),
+            world::authority_toml(&self.dir),
+        )?;
         std::fs::write(self.path("network.toml"), world::network_toml(&[]))?;
         for (host, load) in HOSTS.iter().zip([0.2, 0.5]) {
             std::fs::write(
@@ -373,7 +388,13 @@ impl Lab {
         for centre in world::CENTRES {
             let n = world::number(centre);
             let token = self.keymgr(&[
-                "token", "create", "--appliance", centre, "--centre", centre, "--prefix",
+                "token",
+                "create",
+                "--appliance",
+                centre,
+                "--centre",
+                centre,
+                "--prefix",
                 &format!("10.{n}.0.0/24"),
             ])?;
             std::fs::write(self.path(&format!("{centre}.token")), token.trim())?;
@@ -386,14 +407,23 @@ impl Lab {
         self.spawn(
             "dc1",
             "authority",
-            &["keymgr", "run", "--config", authority.to_str().unwrap_or_default()],
+            &[
+                "keymgr",
+                "run",
+                "--config",
+                authority.to_str().unwrap_or_default(),
+            ],
         )?;
         self.wait_for("the authority", "authority", || {
             self.keymgr(&["status"]).is_ok()
         })?;
         for centre in world::CENTRES {
             let config = self.path(&format!("{centre}.toml"));
-            self.spawn(centre, centre, &["run", "--config", config.to_str().unwrap_or_default()])?;
+            self.spawn(
+                centre,
+                centre,
+                &["run", "--config", config.to_str().unwrap_or_default()],
+            )?;
         }
         for centre in world::CENTRES {
             self.wait_for(&format!("{centre}'s TUN device"), centre, || {
@@ -402,24 +432,32 @@ impl Lab {
             world::inner(centre)?;
         }
         for host in HOSTS {
-            self.spawn(host, &format!("echo-{host}"), &["lab", "serve", "--centre", host])?;
+            self.spawn(
+                host,
+                &format!("echo-{host}"),
+                &["lab", "serve", "--centre", host],
+            )?;
         }
         for centre in world::CENTRES {
-            self.wait_for(&format!("{centre} keyed to every other centre"), centre, || {
-                let log = self.log(centre);
-                world::CENTRES
-                    .iter()
-                    .filter(|p| **p != centre)
-                    .all(|p| log.contains(&format!("worker 0 sends to {p} with SA")))
-            })?;
+            self.wait_for(
+                &format!("{centre} keyed to every other centre"),
+                centre,
+                || {
+                    let log = self.log(centre);
+                    world::CENTRES
+                        .iter()
+                        .filter(|p| **p != centre)
+                        .all(|p| log.contains(&format!("worker 0 sends to {p} with SA")))
+                },
+            )?;
         }
         // Placed once every host has advertised, and the hold-down after the first
         // choice has passed (the best of them is the choice then).
         self.wait_for("every host's metrics at dc1", "dc1", || {
             let log = self.log("dc1");
-            HOSTS.iter().all(|h| {
-                log.contains(&format!("service {}: {h} advertises", world::SERVICE))
-            })
+            HOSTS
+                .iter()
+                .all(|h| log.contains(&format!("service {}: {h} advertises", world::SERVICE)))
         })?;
         std::thread::sleep(Duration::from_millis(1_200));
         Ok(())
@@ -504,7 +542,13 @@ impl Lab {
         }
         for (node, dev) in [(a, b), (b, a)] {
             sh(&[
-                "ip", "-n", &ns(node), "link", "set", "dev", dev,
+                "ip",
+                "-n",
+                &ns(node),
+                "link",
+                "set",
+                "dev",
+                dev,
                 if up { "up" } else { "down" },
             ])?;
         }
@@ -512,7 +556,9 @@ impl Lab {
         world::underlay(b)?;
         std::fs::write(
             self.path("links-down"),
-            down.iter().map(|(x, y)| format!("{x} {y}\n")).collect::<String>(),
+            down.iter()
+                .map(|(x, y)| format!("{x} {y}\n"))
+                .collect::<String>(),
         )?;
         // The network's telemetry tells every centre (a centre at one end also sees its
         // carrier go).
@@ -530,9 +576,19 @@ impl Lab {
     fn ask_waiting(&self, port: u16, flows: u16, wait_ms: u64) -> Result<Answers, Error> {
         let exe = Self::exe()?;
         let out = sh(&[
-            "ip", "netns", "exec", &ns("dc1"), exe.to_str().unwrap_or("cpclink"), "lab",
-            "probe", "--port", &port.to_string(), "--flows", &flows.to_string(),
-            "--wait-ms", &wait_ms.to_string(),
+            "ip",
+            "netns",
+            "exec",
+            &ns("dc1"),
+            exe.to_str().unwrap_or("cpclink"),
+            "lab",
+            "probe",
+            "--port",
+            &port.to_string(),
+            "--flows",
+            &flows.to_string(),
+            "--wait-ms",
+            &wait_ms.to_string(),
         ])?;
         serde_json::from_str(out.trim())
             .map_err(|e| Error::Lab(format!("the probe printed {out:?}: {e}")))
@@ -570,7 +626,10 @@ impl Lab {
             }
         }
         let namespaces = sh(&["ip", "netns", "list"]).unwrap_or_default();
-        for n in namespaces.lines().filter_map(|l| l.split_whitespace().next()) {
+        for n in namespaces
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
             if n.starts_with(world::PREFIX) {
                 let _ = sh(&["ip", "netns", "del", n]);
             }
@@ -616,7 +675,9 @@ impl Lab {
         let down_at = Instant::now();
         self.link("dc1", "t1", "down")?;
         let moved = self.until_answered(43_000, down_at)?;
-        say(&format!("traffic answered again {moved:?} after the failure (now via t2)"));
+        say(&format!(
+            "traffic answered again {moved:?} after the failure (now via t2)"
+        ));
         self.link("dc1", "t1", "up")?;
         say("link dc1–t1 back up");
         say("dc3 stops reporting (its scheduler died)");
@@ -653,7 +714,9 @@ impl Lab {
                 return Ok(since.elapsed());
             }
         }
-        Err(Error::Lab("no answer for 10 s after the link failed".into()))
+        Err(Error::Lab(
+            "no answer for 10 s after the link failed".into(),
+        ))
     }
 }
 

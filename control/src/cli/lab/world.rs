@@ -49,7 +49,10 @@ pub fn ns(node: &str) -> String {
 
 /// A centre's number (dc2 → 2).
 pub fn number(centre: &str) -> u16 {
-    centre.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+    centre
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Centre N's data-plane (and key agent) address.
@@ -112,26 +115,59 @@ pub fn build() -> Result<(), LabError> {
         sh(&["ip", "netns", "add", &ns(node)])?;
         sh(&["ip", "-n", &ns(node), "link", "set", "lo", "up"])?;
         for (k, v) in sysctls(node) {
-            sh(&["ip", "netns", "exec", &ns(node), "sysctl", "-qw", &format!("{k}={v}")])?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns(node),
+                "sysctl",
+                "-qw",
+                &format!("{k}={v}"),
+            ])?;
         }
     }
     for (a, b, net, _) in LINKS {
         sh(&[
-            "ip", "-n", &ns(a), "link", "add", "name", b, "type", "veth", "peer", "name", a,
-            "netns", &ns(b),
+            "ip",
+            "-n",
+            &ns(a),
+            "link",
+            "add",
+            "name",
+            b,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            a,
+            "netns",
+            &ns(b),
         ])?;
         for (node, dev, a_side) in [(a, b, true), (b, a, false)] {
             sh(&[
-                "ip", "-n", &ns(node), "addr", "add",
-                &format!("{}/64", link_address(net, a_side)), "dev", dev, "nodad",
+                "ip",
+                "-n",
+                &ns(node),
+                "addr",
+                "add",
+                &format!("{}/64", link_address(net, a_side)),
+                "dev",
+                dev,
+                "nodad",
             ])?;
             sh(&["ip", "-n", &ns(node), "link", "set", "dev", dev, "up"])?;
         }
     }
     for centre in CENTRES {
         sh(&[
-            "ip", "-n", &ns(centre), "addr", "add",
-            &format!("{}/128", appliance_address(centre)), "dev", "lo",
+            "ip",
+            "-n",
+            &ns(centre),
+            "addr",
+            "add",
+            &format!("{}/128", appliance_address(centre)),
+            "dev",
+            "lo",
         ])?;
     }
     for node in CENTRES.iter().chain(&TRANSITS) {
@@ -140,7 +176,15 @@ pub fn build() -> Result<(), LabError> {
     // Resolve neighbours now, so the first packets do not wait in a neighbour queue.
     for (a, b, net, _) in LINKS {
         let _ = sh(&[
-            "ip", "netns", "exec", &ns(a), "ping", "-c", "1", "-W", "2",
+            "ip",
+            "netns",
+            "exec",
+            &ns(a),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
             &link_address(net, false),
         ]);
         let _ = b;
@@ -157,16 +201,34 @@ pub fn underlay(node: &str) -> Result<(), LabError> {
         // The kernel wants a device for the SID, and one that is up: any link will do.
         let homed = links.iter().any(|(dev, _)| {
             sh(&[
-                "ip", "-n", &ns(node), "-6", "route", "replace", &sid(node), "encap",
-                "seg6local", "action", "End", "dev", dev,
+                "ip",
+                "-n",
+                &ns(node),
+                "-6",
+                "route",
+                "replace",
+                &sid(node),
+                "encap",
+                "seg6local",
+                "action",
+                "End",
+                "dev",
+                dev,
             ])
             .is_ok()
         });
         if !homed {
-            return Err(LabError::Lab(format!("{node}: no link up to hold its End SID")));
+            return Err(LabError::Lab(format!(
+                "{node}: no link up to hold its End SID"
+            )));
         }
     }
-    let via = |peer: &str| links.iter().find(|(d, _)| *d == peer).map(|(_, a)| a.clone());
+    let via = |peer: &str| {
+        links
+            .iter()
+            .find(|(d, _)| *d == peer)
+            .map(|(_, a)| a.clone())
+    };
     let mut routes: Vec<(String, String, u32)> = Vec::new();
     if node.starts_with('t') {
         for centre in CENTRES {
@@ -195,7 +257,16 @@ pub fn underlay(node: &str) -> Result<(), LabError> {
     for (prefix, gw, metric) in routes {
         // A gateway on a link that is down is refused: that route comes back with the link.
         let _ = sh(&[
-            "ip", "-n", &ns(node), "-6", "route", "replace", &prefix, "via", &gw, "metric",
+            "ip",
+            "-n",
+            &ns(node),
+            "-6",
+            "route",
+            "replace",
+            &prefix,
+            "via",
+            &gw,
+            "metric",
             &metric.to_string(),
         ]);
     }
@@ -249,10 +320,16 @@ pub fn appliance_toml(centre: &str) -> String {
         sid = sid(centre),
     );
     for transit in TRANSITS {
-        t += &format!("[[paths.transit]]\nname = \"{transit}\"\nsid = \"{}\"\n\n", sid(transit));
+        t += &format!(
+            "[[paths.transit]]\nname = \"{transit}\"\nsid = \"{}\"\n\n",
+            sid(transit)
+        );
     }
     for other in CENTRES.iter().filter(|c| **c != centre) {
-        t += &format!("[[paths.site]]\npeer = \"{other}\"\nsid = \"{}\"\n\n", sid(other));
+        t += &format!(
+            "[[paths.site]]\npeer = \"{other}\"\nsid = \"{}\"\n\n",
+            sid(other)
+        );
         for transit in TRANSITS {
             t += &format!("[[paths.candidate]]\nsite = \"{other}\"\nvia = [\"{transit}\"]\n\n");
         }
@@ -270,7 +347,11 @@ pub fn appliance_toml(centre: &str) -> String {
         t += &format!(
             "[[services]]\nname = \"{SERVICE}\"\nprefixes = [\"{SERVICE_ADDRESS}/32\"]\n\
              sites = [{}]\nlatency_bound_ms = 50.0\n\n",
-            HOSTS.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")
+            HOSTS
+                .iter()
+                .map(|h| format!("\"{h}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     t += &format!(

@@ -598,9 +598,10 @@ impl PathController {
     }
 
     /// Runs every selector against fresh metrics and link state and updates the bucket
-    /// tables. True when a table changed (the route table must be rebuilt). `peer_ids`
-    /// resolves a site to the engine's peer.
-    pub fn decide(&mut self, now: u64) -> bool {
+    /// tables. True when a table changed (the route table must be rebuilt). `keyed` says
+    /// whether a site's appliance is keyed now: one that is not (revoked, or not yet
+    /// keyed) is down, whatever its metrics say.
+    pub fn decide(&mut self, now: u64, keyed: impl Fn(&str) -> bool) -> bool {
         self.refresh_links();
         let links = &self.links;
         let mut changed = false;
@@ -612,6 +613,9 @@ impl PathController {
                 );
             }
             s.store.apply(&mut s.topology);
+            for site in &mut s.topology.sites {
+                site.available = keyed(&site.name);
+            }
             for l in &mut s.topology.links {
                 l.metrics.up = true;
                 for n in links.iter().filter(|n| {
@@ -751,7 +755,9 @@ impl PathController {
                 desired.insert(peer.clone(), best);
             }
         }
-        let due = self.reconciled.is_none_or(|at| at.elapsed() >= REPAIR_EVERY);
+        let due = self
+            .reconciled
+            .is_none_or(|at| at.elapsed() >= REPAIR_EVERY);
         if desired == self.peer_paths && !due {
             return None;
         }
@@ -841,9 +847,7 @@ impl PathController {
         self.paths
             .links
             .iter()
-            .find(|c| {
-                (c.from == l.from && c.to == l.to) || (c.from == l.to && c.to == l.from)
-            })
+            .find(|c| (c.from == l.from && c.to == l.to) || (c.from == l.to && c.to == l.from))
             .and_then(|c| c.device.clone())
     }
 
@@ -917,7 +921,9 @@ impl PathController {
                     ServiceStatus {
                         name: s.config.name.clone(),
                         prefixes: s.config.prefixes.iter().map(ToString::to_string).collect(),
-                        site: s.choice.map(|(site, _)| s.topology.sites[site].name.clone()),
+                        site: s
+                            .choice
+                            .map(|(site, _)| s.topology.sites[site].name.clone()),
                         path: s.choice.map(|(_, p)| s.topology.describe_path(p)),
                         buckets,
                     }
@@ -960,3 +966,6 @@ fn reason_word(r: &Reason) -> &'static str {
         Reason::Failover { .. } => "failover",
     }
 }
+
+#[cfg(test)]
+mod tests;
