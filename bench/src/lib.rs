@@ -62,6 +62,9 @@ pub enum Error {
     /// The key plane failed while being measured.
     #[error(transparent)]
     Keymgr(#[from] cpclink_keymgr::Error),
+    /// The path-plane benchmark could not send its datagrams.
+    #[error("path-plane benchmark: {0}")]
+    Path(String),
     /// The key-plane benchmark's own machinery (phases, child processes) failed.
     #[error("key-plane benchmark: {0}")]
     KeyPlane(String),
