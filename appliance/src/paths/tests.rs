@@ -140,3 +140,21 @@ fn expired_metrics_withdraw_a_site() {
     assert!(c.decide(t + 3_001, |_| true));
     assert!(sites_of(&c).iter().all(Option::is_none));
 }
+
+#[test]
+fn a_reload_keeps_unchanged_services_and_restarts_changed_ones() {
+    let mut c = PathController::new(&config("")).unwrap();
+    let t = 1_000_000;
+    c.ingest("dc2", &payload("echo", "dc2", "dc2", 0.2, t), t);
+    c.decide(t, |_| true);
+    assert!(sites_of(&c).iter().all(|p| *p == Some(PeerId(0))));
+    // The same file again: nothing changes, the placement stays.
+    assert!(!c.reload(&config("")));
+    assert!(sites_of(&c).iter().all(|p| *p == Some(PeerId(0))));
+    // A changed service starts afresh: no metrics held, nothing placed until it decides.
+    assert!(c.reload(&config("latency_bound_ms = 40.0")));
+    assert!(sites_of(&c).iter().all(Option::is_none));
+    c.decide(t + 100, |_| true);
+    assert!(sites_of(&c).iter().all(Option::is_none));
+    assert!(c.ingest("dc2", &payload("echo", "dc2", "dc2", 0.2, t + 200), t + 200));
+}
