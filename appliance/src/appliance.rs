@@ -582,7 +582,22 @@ pub fn run(
         let running = match (&config.keying, agent_options) {
             (Keying::KeyPlane(k), Some(options)) => {
                 let keys = start_key_plane(&engine, k, options, &config).await?;
-                spawn(engine.clone(), keys, Some(config.clone()))
+                let tls = keys.https_server_config();
+                let running = spawn(engine.clone(), keys, Some(config.clone()));
+                if let Some(api) = &config.api {
+                    crate::api::serve(
+                        api.listen,
+                        tls,
+                        running.handle(),
+                        engine.clone(),
+                        api.tokens.clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::io(format!("serving the management API on {}", api.listen), e)
+                    })?;
+                }
+                running
             }
             _ => {
                 let keys = LabKeys::start(engine.clone(), &config)?;

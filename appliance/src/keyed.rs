@@ -152,6 +152,11 @@ pub struct KeyPlane {
 }
 
 impl KeyPlane {
+    /// The TLS configuration the management API serves with: this appliance's certificate.
+    pub fn https_server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        self.agent.https_server_config()
+    }
+
     /// Drives `engine` from `agent` and its event stream. Must be called within a tokio
     /// runtime (SA requests run as tasks of their own).
     pub fn new(

@@ -3,6 +3,7 @@
 //! shapes them. The `cpclink run` command is a thin front end over [`run`].
 #![forbid(unsafe_code)]
 
+pub mod api;
 mod appliance;
 pub mod config;
 mod error;

@@ -27,6 +27,10 @@ pub enum Error {
     /// A demo or check found traffic that did not arrive intact.
     #[error("verification failed: {0}")]
     Verification(String),
+    /// The management API could not be reached or refused the request (its problem, in
+    /// words).
+    #[error("api: {0}")]
+    Api(String),
     /// Building or driving `cpclink lab` failed: the command and what it printed.
     #[error("lab: {0}")]
     Lab(String),

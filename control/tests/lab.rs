@@ -69,6 +69,32 @@ impl LabUp {
             .collect()
     }
 
+    /// `cpclink ctl ARGS` against dc1's management API from its namespace, with `token`.
+    fn ctl(&self, token: &str, args: &[&str]) -> Result<String, String> {
+        let apis: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("apis.json")).unwrap())
+                .unwrap();
+        let dc1 = &apis[0];
+        let mut all = vec![
+            "ip",
+            "netns",
+            "exec",
+            "cpclab-dc1",
+            env!("CARGO_BIN_EXE_cpclink"),
+            "ctl",
+            "--url",
+            dc1["url"].as_str().unwrap(),
+            "--ca",
+            dc1["ca"].as_str().unwrap(),
+            "--name",
+            "dc1",
+            "--token",
+            token,
+        ];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
     /// Decisions dc1 has logged that placed the service at `site`.
     fn decisions_to(&self, site: &str) -> usize {
         self.log("dc1")
@@ -199,6 +225,64 @@ fn services_follow_compute_and_paths_over_the_lab() {
         t2_bytes < t1_bytes / 5,
         "t2 carried {t2_bytes} B, t1 {t1_bytes} B"
     );
+
+    // The operator's view over the management API (HTTPS with dc1's certificate).
+    let viewer = summary["apis"][0]["viewer_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = summary["apis"][0]["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = lab.ctl(&viewer, &["status"]).unwrap();
+    assert!(
+        status.contains("peer: dc2") && status.contains("placed at: dc2"),
+        "{status}"
+    );
+    let explained = lab.ctl(&viewer, &["explain", "echo"]).unwrap();
+    assert!(
+        explained.contains("last decision: echo → dc2")
+            && explained.contains("dc2 via dc1 → t1 → dc2:"),
+        "{explained}"
+    );
+    let forbidden = lab.ctl(&viewer, &["reload"]).unwrap_err();
+    assert!(forbidden.contains("403 forbidden"), "{forbidden}");
+    let unknown = lab.ctl("not-a-token", &["status"]).unwrap_err();
+    assert!(unknown.contains("401"), "{unknown}");
+    assert!(lab
+        .ctl(&admin, &["reload"])
+        .unwrap()
+        .contains("nothing to change"));
+    let missing = lab.ctl(&viewer, &["explain", "nope"]).unwrap_err();
+    assert!(
+        missing.contains("404") && missing.contains("echo"),
+        "{missing}"
+    );
+    // The exposition's counters are the engine's: every line parses, and the sent packets
+    // add up to what the status reports.
+    let metrics = lab.ctl(&viewer, &["metrics"]).unwrap();
+    let status_json: serde_json::Value =
+        serde_json::from_str(&lab.ctl(&viewer, &["status", "--json"]).unwrap()).unwrap();
+    let mut tx_sum = 0;
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        assert!(series.starts_with("cpclink_"), "{line}");
+        if series.starts_with("cpclink_worker_tx_packets_total{") {
+            tx_sum += value as u64;
+        }
+    }
+    let tx_status = status_json["counters"]["total"]["tx_packets"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        tx_sum >= 20 && tx_sum <= tx_status,
+        "{tx_sum} vs {tx_status}"
+    );
+    assert!(lab
+        .log("dc1")
+        .contains("POST /v1/reload refused to lab-viewer"));
 
     // 2. dc2's load rises: new flows go to dc3, established ones stay on dc2.
     let to_dc3 = lab.decisions_to("dc3");

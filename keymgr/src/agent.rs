@@ -236,6 +236,8 @@ impl KeyState {
 
 struct Inner {
     id: String,
+    /// HTTPS server configuration of the management API: this appliance's certificate.
+    https: Arc<rustls::ServerConfig>,
     store: AnyStore,
     kek: Kek,
     suite: Suite,
@@ -343,11 +345,13 @@ impl KeyAgent {
         let client = tls::client_config(&opts.ca_cert, Some(&identity))?;
         let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
         let signer = MetricSigner::new(&opts.appliance, &identity)?;
+        let https = tls::https_server(&opts.ca_cert, &identity)?;
 
         let (events, events_rx) = mpsc::unbounded_channel();
         let agent = Self {
             inner: Arc::new(Inner {
                 id: opts.appliance,
+                https,
                 store,
                 kek: opts.kek,
                 suite: opts.suite,
@@ -385,6 +389,12 @@ impl KeyAgent {
     /// This appliance's id.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The TLS configuration a management API serves HTTPS with: this appliance's
+    /// certificate (issued by the authority's CA, naming the appliance id).
+    pub fn https_server_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.inner.https)
     }
 
     /// Where the agent accepts peers.

@@ -78,6 +78,28 @@ fn rustls_server(
     Ok(tls)
 }
 
+/// The ALPN protocol of the management API.
+pub const HTTPS_ALPN: &[u8] = b"http/1.1";
+
+/// An HTTPS server configuration for a management API: `own`'s certificate, issued by the
+/// authority's CA; a client certificate from `ca` is verified when one is presented
+/// (clients without one authenticate with a bearer token).
+pub fn https_server(
+    ca: &CertificateDer<'static>,
+    own: &KeyedCert,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let mut tls = rustls_server(provider(), ca, own, false)?;
+    tls.alpn_protocols = vec![HTTPS_ALPN.to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// An HTTPS client configuration trusting `ca` only, for `cpclink ctl`.
+pub fn https_client(ca: &CertificateDer<'static>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut tls = rustls_client(provider(), ca, None)?;
+    tls.alpn_protocols = vec![HTTPS_ALPN.to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// A QUIC client configuration trusting `ca`, presenting `own` if given.
 pub fn client_config(
     ca: &CertificateDer<'static>,

@@ -74,12 +74,14 @@ use cpclink_dataplane::sa::MasterKeys;
 use cpclink_diagnostics::ConfigText;
 use serde::Deserialize;
 
+mod api;
 mod appliance;
 mod keymgr;
 mod lab;
 mod paths;
 mod tun;
 
+pub use api::ApiConfig;
 pub use appliance::HardwareSource;
 pub use keymgr::KeymgrConfig;
 pub use lab::Peer;
@@ -105,6 +107,7 @@ struct RawConfig {
     #[serde(default)]
     services: Vec<paths::RawService>,
     metrics: Option<paths::RawMetrics>,
+    api: Option<api::RawApi>,
 }
 
 /// A validated appliance configuration.
@@ -147,6 +150,8 @@ pub struct ApplianceConfig {
     pub services: Vec<ServiceConfig>,
     /// This centre's metric source and how it is advertised.
     pub metrics: Option<MetricsConfig>,
+    /// The management API, if it is served.
+    pub api: Option<ApiConfig>,
 }
 
 /// Where an appliance's SA keys come from.
@@ -364,6 +369,8 @@ impl ApplianceConfig {
         let paths = raw.paths.map(|p| ctx.paths(p)).transpose()?;
         let services = ctx.services(raw.services, paths.as_ref())?;
         let metrics = raw.metrics.map(|m| ctx.metrics(m)).transpose()?;
+        let key_plane = matches!(keying, Keying::KeyPlane(_));
+        let api = raw.api.map(|a| ctx.api(a, key_plane)).transpose()?;
         Ok(Self {
             file: PathBuf::from(text.file()),
             listen,
@@ -383,6 +390,7 @@ impl ApplianceConfig {
             paths,
             services,
             metrics,
+            api,
         })
     }
 
@@ -433,6 +441,7 @@ impl ApplianceConfig {
             self.source_port_base != running.source_port_base,
         );
         differs("[tun]", self.tun != running.tun);
+        differs("[api]", self.api != running.api);
         let keys = |k: &MasterKeys| (k.key(0).copied(), k.key(1).copied(), k.current_generation());
         match (&self.keying, &running.keying) {
             (Keying::Lab { master_keys: a }, Keying::Lab { master_keys: b }) => {

@@ -86,6 +86,15 @@ enum LabCommand {
     },
     /// Run the whole story with a live timeline (builds the lab if it is not up).
     Scenario,
+    /// `cpclink ctl` against a centre's appliance, from its namespace, as the lab's admin
+    /// (e.g. `cpclink lab ctl dc1 status`).
+    Ctl {
+        /// The centre (dc1, dc2, dc3).
+        centre: String,
+        /// What to ask (`status`, `services`, `explain echo`, `reload`, `--json` …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Stop every process and remove the namespaces and the lab directory.
     Down,
     /// A service instance (run inside a centre by `up`).
@@ -171,6 +180,7 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
             Ok(())
         }
         LabCommand::Scenario => lab.scenario(),
+        LabCommand::Ctl { centre, args } => lab.ctl(&centre, &args),
         LabCommand::Down => lab.down(),
         LabCommand::Serve { centre } => serve(&centre),
         LabCommand::Probe {
@@ -203,6 +213,26 @@ pub struct Summary {
     pub dir: String,
     /// The authority's configuration (for `cpclink keymgr --config …`).
     pub authority_config: String,
+    /// Each appliance's management API: where, the CA to trust, and tokens to try.
+    pub apis: Vec<ApiAccess>,
+}
+
+/// How to reach one appliance's management API.
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
+pub struct ApiAccess {
+    /// The appliance (the name its certificate carries).
+    pub name: String,
+    /// The namespace it is reachable from (`ip netns exec … cpclink ctl …`, or
+    /// `cpclink lab ctl NAME …`).
+    pub namespace: String,
+    /// The API's URL.
+    pub url: String,
+    /// The CA certificate to trust.
+    pub ca: String,
+    /// A token with the viewer role.
+    pub viewer_token: String,
+    /// A token with the admin role.
+    pub admin_token: String,
 }
 
 impl Summary {
@@ -328,6 +358,10 @@ impl Lab {
                 .collect(),
             dir: self.dir.display().to_string(),
             authority_config: self.path("authority.toml").display().to_string(),
+            apis: std::fs::read_to_string(self.path("apis.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -371,9 +405,8 @@ impl Lab {
 
     fn build(&self) -> Result<(), Error> {
         world::build()?;
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        std::fs::write(self.path("kek"), hex(&random_bytes(32)?))?;
-        std::fs::write(self.path("srh-hmac.key"), hex(&random_bytes(32)?))?;
+        std::fs::write(self.path("kek"), hex::encode(random_bytes(32)?))?;
+        std::fs::write(self.path("srh-hmac.key"), hex::encode(random_bytes(32)?))?;
         std::fs::write(
             self.path("authority.toml"),
             world::authority_toml(&self.dir),
@@ -385,6 +418,34 @@ impl Lab {
                 world::metrics_toml(load, 1.0),
             )?;
         }
+        let mut apis = Vec::new();
+        for centre in world::CENTRES {
+            let (viewer, admin) = (
+                hex::encode(random_bytes(16)?),
+                hex::encode(random_bytes(16)?),
+            );
+            let digest = |t: &str| hex::encode(cpclink_appliance::api::token_digest(t));
+            let tokens = [
+                ("lab-viewer", "viewer", digest(&viewer)),
+                ("lab-admin", "admin", digest(&admin)),
+            ];
+            std::fs::write(
+                self.path(&format!("{centre}.toml")),
+                world::appliance_toml(centre, &tokens),
+            )?;
+            apis.push(ApiAccess {
+                name: centre.to_owned(),
+                namespace: ns(centre),
+                url: world::api_url(centre),
+                ca: self.path("authority/ca.pem").display().to_string(),
+                viewer_token: viewer,
+                admin_token: admin,
+            });
+        }
+        std::fs::write(
+            self.path("apis.json"),
+            serde_json::to_string(&apis).map_err(std::io::Error::from)?,
+        )?;
         for centre in world::CENTRES {
             let n = world::number(centre);
             let token = self.keymgr(&[
@@ -398,10 +459,6 @@ impl Lab {
                 &format!("10.{n}.0.0/24"),
             ])?;
             std::fs::write(self.path(&format!("{centre}.token")), token.trim())?;
-            std::fs::write(
-                self.path(&format!("{centre}.toml")),
-                world::appliance_toml(centre),
-            )?;
         }
         let authority = self.path("authority.toml");
         self.spawn(
@@ -596,6 +653,35 @@ impl Lab {
 
     fn down(&self) -> Result<(), Error> {
         self.teardown(true)
+    }
+
+    fn ctl(&self, centre: &str, args: &[String]) -> Result<(), Error> {
+        let api = self
+            .summary()
+            .apis
+            .into_iter()
+            .find(|a| a.name == centre)
+            .ok_or_else(|| Error::BadArgument {
+                arg: "CENTRE",
+                reason: format!("{centre:?}: no such appliance in the lab (dc1, dc2, dc3)"),
+            })?;
+        let status = Command::new("ip")
+            .args(["netns", "exec", &api.namespace])
+            .arg(Self::exe()?)
+            .args([
+                "ctl", "--url", &api.url, "--ca", &api.ca, "--name", &api.name,
+            ])
+            .args(["--token", &api.admin_token])
+            .args(args)
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Lab(format!(
+                "cpclink ctl in {} failed",
+                api.namespace
+            )))
+        }
     }
 
     /// Stops the processes and removes the namespaces, and the directory when `all`.

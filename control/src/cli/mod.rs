@@ -1,6 +1,7 @@
 //! Command-line front end: one module per subcommand.
 
 mod bench;
+mod ctl;
 mod demo;
 mod engine_runner;
 mod hw;
@@ -38,6 +39,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Key plane: the authority daemon, key agents, tokens, revocation and audit.
     Keymgr(keymgr::KeymgrArgs),
+    /// An appliance's management API: status, services, explanations, reload.
+    Ctl(ctl::CtlArgs),
     /// Three centres and two transits in network namespaces: services placed by compute,
     /// over SRv6 paths, keyed by the key plane (root).
     Lab(lab::LabArgs),
@@ -55,6 +58,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => finish(demo::run(args)),
         Command::Keymgr(args) => keymgr::run(args),
         Command::Lab(args) => finish(lab::run(args)),
+        Command::Ctl(args) => finish(ctl::run(args)),
     }
 }
 

@@ -303,9 +303,15 @@ pub fn metrics_toml(cpu_load: f64, compute_delay_ms: f64) -> String {
     )
 }
 
+/// Where centre `centre`'s management API listens.
+pub fn api_url(centre: &str) -> String {
+    format!("https://[{}]:7443", appliance_address(centre))
+}
+
 /// Centre `centre`'s appliance configuration: keyed by the key plane only, steering over
-/// the lab's topology; dc1 places the service, dc2 and dc3 advertise it.
-pub fn appliance_toml(centre: &str) -> String {
+/// the lab's topology; dc1 places the service, dc2 and dc3 advertise it. `tokens`: the
+/// management API's (name, role, SHA-256 hex).
+pub fn appliance_toml(centre: &str, tokens: &[(&str, &str, String)]) -> String {
     let n = number(centre);
     let addr = appliance_address(centre);
     let mut t = format!(
@@ -356,8 +362,13 @@ pub fn appliance_toml(centre: &str) -> String {
     }
     t += &format!(
         "[metrics]\nfile = \"{centre}-metrics.toml\"\nttl_ms = 3000\nmin_interval_ms = 300\n\
-         network_file = \"network.toml\"\n"
+         network_file = \"network.toml\"\n\n[api]\nlisten = \"[{addr}]:7443\"\n\n"
     );
+    for (name, role, sha256) in tokens {
+        t += &format!(
+            "[[api.token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n\n"
+        );
+    }
     t
 }
 
