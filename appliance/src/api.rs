@@ -44,6 +44,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role's name, as `[[api.token]].role` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// A bearer token the API accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiToken {
@@ -157,7 +168,12 @@ fn echo(headers: &HeaderMap, mut r: Response) -> Response {
 impl Api {
     /// The caller's token, if it grants `role`; else the problem to answer with (401 for no
     /// or an unknown token, 403 for too small a role), logged either way.
-    fn authorise(&self, headers: &HeaderMap, role: Role, what: &str) -> Result<String, Response> {
+    fn authorise(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+        what: &str,
+    ) -> Result<String, Box<Response>> {
         let correlator = headers
             .get("x-correlator")
             .and_then(|v| v.to_str().ok())
@@ -173,30 +189,32 @@ impl Api {
                 correlator,
                 "management API: {what} refused: no valid bearer token"
             );
-            return Err(problem(
+            return Err(Box::new(problem(
                 headers,
                 StatusCode::UNAUTHORIZED,
                 "authentication required",
                 "send Authorization: Bearer <token> with a token listed in [[api.token]]",
-            ));
+            )));
         };
         if holder.role < role {
             tracing::warn!(
                 correlator,
-                "management API: {what} refused to {} (role {:?}, needs {role:?})",
+                "management API: {what} refused to {} (role {}, needs {})",
                 holder.name,
-                holder.role
+                holder.role.as_str(),
+                role.as_str()
             );
-            return Err(problem(
+            return Err(Box::new(problem(
                 headers,
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 &format!(
-                    "{what} needs the {role:?} role; {} has {:?}",
-                    holder.name, holder.role
-                )
-                .to_lowercase(),
-            ));
+                    "{what} needs the {} role; {} has {}",
+                    role.as_str(),
+                    holder.name,
+                    holder.role.as_str()
+                ),
+            )));
         }
         tracing::info!(correlator, "management API: {what} by {}", holder.name);
         Ok(holder.name.clone())
@@ -244,7 +262,7 @@ async fn ready(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/status") {
-        return r;
+        return *r;
     }
     let (status, counters) = match (api.handle.status().await, api.engine.snapshot()) {
         (Ok(s), Ok(c)) => (s, c),
@@ -274,7 +292,7 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services") {
-        return r;
+        return *r;
     }
     match api.handle.status().await {
         Ok(s) => echo(&headers, Json(s.paths.unwrap_or_default()).into_response()),
@@ -289,7 +307,7 @@ async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn service(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services/{name}") {
-        return r;
+        return *r;
     }
     let paths = match api.handle.status().await {
         Ok(s) => s.paths.unwrap_or_default(),
@@ -328,7 +346,7 @@ async fn service(State(api): State<Api>, Path(name): Path<String>, headers: Head
 async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
     let who = match api.authorise(&headers, Role::Operator, "POST /v1/reload") {
         Ok(who) => who,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let file = match api.handle.status().await {
         Ok(s) => std::path::PathBuf::from(s.config_file),
@@ -362,7 +380,7 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /metrics") {
-        return r;
+        return *r;
     }
     let (status, counters) = match (api.handle.status().await, api.engine.snapshot()) {
         (Ok(s), Ok(c)) => (s, c),

@@ -551,3 +551,66 @@ fn paths_and_services_errors_name_the_field_and_the_fix() {
         assert!(e.contains(field) && e.contains(fix), "{extra}\n→ {e}");
     }
 }
+
+#[test]
+fn the_api_needs_the_key_plane_and_well_formed_tokens() {
+    let lab = config("", "192.0.2.2:1000");
+    let e = ApplianceConfig::parse(
+        "a.toml",
+        &format!("{lab}\n[api]\nlisten = \"127.0.0.1:7443\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("[api]") && e.contains("key the appliance with [keymgr]"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kek"), "4d".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("tok"), "t").unwrap();
+    let keyed = |api: &str| {
+        format!(
+            "[appliance]\nlisten = \"192.0.2.1:1000\"\n\
+             [keymgr]\nappliance = \"a\"\nauthority = \"192.0.2.9:7000\"\nlisten = \"192.0.2.1:7001\"\n\
+             state_dir = \"s\"\nkek_file = \"kek\"\nca_cert = \"ca.pem\"\ntoken_file = \"tok\"\n{api}"
+        )
+    };
+    let file = dir.path().join("a.toml").display().to_string();
+    let good = format!(
+        "[api]\nlisten = \"127.0.0.1:7443\"\n[[api.token]]\nname = \"noc\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+        hex::encode(crate::api::token_digest("secret"))
+    );
+    let c = ApplianceConfig::parse(&file, &keyed(&good)).unwrap();
+    let api = c.api.unwrap();
+    assert_eq!(api.tokens[0].role, crate::api::Role::Viewer);
+    assert_eq!(api.tokens[0].sha256, crate::api::token_digest("secret"));
+    for (bad, field) in [
+        ("sha256 = \"abc\"", "[[api.token]][0].sha256"),
+        ("role = \"root\"", "role"),
+    ] {
+        let text = good
+            .replace(
+                &format!(
+                    "sha256 = \"{}\"",
+                    hex::encode(crate::api::token_digest("secret"))
+                ),
+                if bad.starts_with("sha") {
+                    bad
+                } else {
+                    "sha256 = \"00\""
+                },
+            )
+            .replace(
+                "role = \"viewer\"",
+                if bad.starts_with("role") {
+                    bad
+                } else {
+                    "role = \"viewer\""
+                },
+            );
+        let e = ApplianceConfig::parse(&file, &keyed(&text))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}
