@@ -30,7 +30,9 @@ use cpclink_dataplane::engine::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::appliance::ApplianceHandle;
+use cpclink_dataplane::engine::EngineStats;
+
+use crate::appliance::{ApplianceHandle, ApplianceStatus};
 
 /// A role, from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -166,6 +168,35 @@ fn echo(headers: &HeaderMap, mut r: Response) -> Response {
 }
 
 impl Api {
+    /// The appliance's status, or the 503 to answer with while it stops.
+    async fn appliance(&self, headers: &HeaderMap) -> Result<ApplianceStatus, Box<Response>> {
+        self.handle.status().await.map_err(|e| {
+            Box::new(problem(
+                headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                &e.to_string(),
+            ))
+        })
+    }
+
+    /// The status and the data plane's counters.
+    async fn with_counters(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(ApplianceStatus, EngineStats), Box<Response>> {
+        let status = self.appliance(headers).await?;
+        let counters = self.engine.snapshot().map_err(|e| {
+            Box::new(problem(
+                headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "data plane",
+                &e.to_string(),
+            ))
+        })?;
+        Ok((status, counters))
+    }
+
     /// The caller's token, if it grants `role`; else the problem to answer with (401 for no
     /// or an unknown token, 403 for too small a role), logged either way.
     fn authorise(
@@ -222,16 +253,9 @@ impl Api {
 }
 
 async fn ready(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let status = match api.handle.status().await {
+    let status = match api.appliance(&headers).await {
         Ok(s) => s,
-        Err(e) => {
-            return problem(
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                &e.to_string(),
-            )
-        }
+        Err(r) => return *r,
     };
     let waiting: Vec<String> = status
         .routes
@@ -264,24 +288,9 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/status") {
         return *r;
     }
-    let (status, counters) = match (api.handle.status().await, api.engine.snapshot()) {
-        (Ok(s), Ok(c)) => (s, c),
-        (Err(e), _) => {
-            return problem(
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                &e.to_string(),
-            )
-        }
-        (_, Err(e)) => {
-            return problem(
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "data plane",
-                &e.to_string(),
-            )
-        }
+    let (status, counters) = match api.with_counters(&headers).await {
+        Ok(both) => both,
+        Err(r) => return *r,
     };
     let body = serde_json::json!({
         "appliance": status,
@@ -294,14 +303,9 @@ async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services") {
         return *r;
     }
-    match api.handle.status().await {
+    match api.appliance(&headers).await {
         Ok(s) => echo(&headers, Json(s.paths.unwrap_or_default()).into_response()),
-        Err(e) => problem(
-            &headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            &e.to_string(),
-        ),
+        Err(r) => *r,
     }
 }
 
@@ -309,16 +313,9 @@ async fn service(State(api): State<Api>, Path(name): Path<String>, headers: Head
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services/{name}") {
         return *r;
     }
-    let paths = match api.handle.status().await {
+    let paths = match api.appliance(&headers).await {
         Ok(s) => s.paths.unwrap_or_default(),
-        Err(e) => {
-            return problem(
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                &e.to_string(),
-            )
-        }
+        Err(r) => return *r,
     };
     let Some(current) = paths.services.iter().find(|s| s.name == name) else {
         return problem(
@@ -348,16 +345,9 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
         Ok(who) => who,
         Err(r) => return *r,
     };
-    let file = match api.handle.status().await {
+    let file = match api.appliance(&headers).await {
         Ok(s) => std::path::PathBuf::from(s.config_file),
-        Err(e) => {
-            return problem(
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                &e.to_string(),
-            )
-        }
+        Err(r) => return *r,
     };
     tracing::info!("reload of {} asked by {who}", file.display());
     match api.handle.reload_file(&file).await {
@@ -382,9 +372,9 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /metrics") {
         return *r;
     }
-    let (status, counters) = match (api.handle.status().await, api.engine.snapshot()) {
-        (Ok(s), Ok(c)) => (s, c),
-        _ => return problem(&headers, StatusCode::SERVICE_UNAVAILABLE, "stopping", "-"),
+    let (status, counters) = match api.with_counters(&headers).await {
+        Ok(both) => both,
+        Err(r) => return *r,
     };
     let mut out = String::new();
     // Every worker counter, by its name in the final JSON counters, as one family each.

@@ -207,28 +207,16 @@ impl ReceiptLimiter {
 mod tests {
     use std::time::Duration;
 
-    use rustls::pki_types::CertificateDer;
-
     use super::*;
-    use crate::pki::{appliance_csr, Ca, Identity};
-
-    fn keyed(ca: &Ca, id: &str) -> KeyedCert {
-        let (key, csr) = appliance_csr(id).unwrap();
-        let identity = Identity {
-            appliance: id.into(),
-            centre: "dc1".into(),
-        };
-        let (cert, _) = ca.sign_csr(&csr, &identity, 1).unwrap();
-        KeyedCert {
-            cert: CertificateDer::from(cert.to_vec()),
-            key,
-        }
-    }
+    use crate::pki::Ca;
 
     #[test]
     fn a_signature_verifies_against_the_signers_certificate_only() {
         let ca = Ca::generate("test ca").unwrap();
-        let (a, b) = (keyed(&ca, "dc1-edge"), keyed(&ca, "dc2-edge"));
+        let (a, b) = (
+            crate::pki::issued_for_tests(&ca, "dc1-edge"),
+            crate::pki::issued_for_tests(&ca, "dc2-edge"),
+        );
         let advertisement = b"site dc1: gpu 7/10, cpu 3/10".to_vec();
         let signature = MetricSigner::new("dc1-edge", &a)
             .unwrap()
@@ -266,7 +254,7 @@ mod tests {
     #[test]
     fn advertisements_over_the_cap_are_refused_both_ways() {
         let ca = Ca::generate("test ca").unwrap();
-        let a = keyed(&ca, "a");
+        let a = crate::pki::issued_for_tests(&ca, "a");
         let signer = MetricSigner::new("a", &a).unwrap();
         let verifier = MetricVerifier::from_certificate("a", &a.cert).unwrap();
         let at_cap = vec![7u8; MAX_ADVERTISEMENT];
@@ -284,7 +272,7 @@ mod tests {
     #[test]
     fn a_key_that_is_not_pkcs8_p256_is_refused() {
         let ca = Ca::generate("test ca").unwrap();
-        let mut a = keyed(&ca, "a");
+        let mut a = crate::pki::issued_for_tests(&ca, "a");
         a.key = zeroize::Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
         assert!(matches!(
             MetricSigner::new("a", &a),

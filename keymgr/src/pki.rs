@@ -261,6 +261,21 @@ pub fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
         .map_err(|e| Error::Certificate(format!("bad PEM certificate: {e}")))
 }
 
+/// An appliance certificate `ca` issued for `id` (centre dc1), for tests.
+#[cfg(test)]
+pub(crate) fn issued_for_tests(ca: &Ca, id: &str) -> KeyedCert {
+    let (key, csr) = appliance_csr(id).unwrap();
+    let identity = Identity {
+        appliance: id.into(),
+        centre: "dc1".into(),
+    };
+    let (cert, _) = ca.sign_csr(&csr, &identity, 1).unwrap();
+    KeyedCert {
+        cert: CertificateDer::from(cert.to_vec()),
+        key,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

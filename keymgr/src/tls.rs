@@ -156,20 +156,7 @@ mod tests {
     use rustls::NamedGroup;
 
     use super::*;
-    use crate::pki::{appliance_csr, Ca};
-
-    fn keyed(ca: &Ca, id: &str) -> KeyedCert {
-        let (key, csr) = appliance_csr(id).unwrap();
-        let identity = Identity {
-            appliance: id.into(),
-            centre: "dc1".into(),
-        };
-        let (cert, _) = ca.sign_csr(&csr, &identity, 1).unwrap();
-        KeyedCert {
-            cert: CertificateDer::from(cert.to_vec()),
-            key,
-        }
-    }
+    use crate::pki::Ca;
 
     fn only(groups: &[&'static dyn SupportedKxGroup]) -> Arc<rustls::crypto::CryptoProvider> {
         let mut p = default_provider();
@@ -185,8 +172,19 @@ mod tests {
     ) -> NamedGroup {
         let ca = Ca::generate("test ca").unwrap();
         let ca_cert = ca.cert_der();
-        let client = rustls_client(client, &ca_cert, Some(&keyed(&ca, "a"))).unwrap();
-        let server = rustls_server(server, &ca_cert, &keyed(&ca, "b"), true).unwrap();
+        let client = rustls_client(
+            client,
+            &ca_cert,
+            Some(&crate::pki::issued_for_tests(&ca, "a")),
+        )
+        .unwrap();
+        let server = rustls_server(
+            server,
+            &ca_cert,
+            &crate::pki::issued_for_tests(&ca, "b"),
+            true,
+        )
+        .unwrap();
         let name = rustls::pki_types::ServerName::try_from("b").unwrap();
         let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
         let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
