@@ -92,3 +92,39 @@ fn an_address_this_machine_cannot_bind_is_refused_before_the_tun_device_exists()
         "no TUN device was created for a configuration that cannot run"
     );
 }
+
+#[test]
+fn config_check_says_what_a_good_file_sets_up_and_refuses_a_bad_one_like_run() {
+    let dir = std::env::temp_dir().join(format!("cpclink-config-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = "11".repeat(32);
+    let check = |text: &str| {
+        let path = dir.join("a.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cpclink"))
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = check(&format!(
+        "[appliance]\nlisten = \"127.0.0.1:1000\"\nworkers = 2\nmaster_keys = [\"{key}\", \"{key}\"]\n\
+         [[peers]]\nname = \"b\"\nendpoint = \"127.0.0.2:1000\"\nmaster_keys = [\"{key}\", \"{key}\"]\n"
+    ));
+    assert!(ok);
+    assert!(
+        out.contains("a.toml: valid: listens on 127.0.0.1:1000, 2 worker(s), lab keys, 1 peer(s)"),
+        "{out}"
+    );
+    let (ok, _, err) = check(&format!(
+        "[appliance]\nlisten = \"127.0.0.1:1000\"\nworkers = \"two\"\nmaster_keys = [\"{key}\", \"{key}\"]\n"
+    ));
+    assert!(!ok);
+    assert!(err.contains("a.toml:3: [appliance].workers"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
