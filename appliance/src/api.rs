@@ -27,57 +27,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cpclink_dataplane::engine::Engine;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use cpclink_dataplane::engine::EngineStats;
 
 use crate::appliance::{ApplianceHandle, ApplianceStatus};
 
-/// A role, from least to most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads everything.
-    Viewer,
-    /// Reads, and reloads.
-    Operator,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// The role's name, as `[[api.token]].role` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// A bearer token the API accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiToken {
-    /// Who holds it (logged with every request).
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// SHA-256 of the token.
-    pub sha256: [u8; 32],
-}
-
-/// The SHA-256 of a token, as `[[api.token]].sha256` holds it.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+use cpclink_mgmt::{echo, problem, Tokens};
+pub use cpclink_mgmt::{token_digest, ApiToken, Role};
 
 #[derive(Clone)]
 struct Api {
     handle: ApplianceHandle,
     engine: Arc<Engine>,
-    tokens: Arc<Vec<ApiToken>>,
+    tokens: Tokens,
 }
 
 /// Serves the API on `listen` until the runtime stops. Returns the address bound.
@@ -88,40 +50,12 @@ pub async fn serve(
     engine: Arc<Engine>,
     tokens: Vec<ApiToken>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let bound = listener.local_addr()?;
     let app = router(Api {
         handle,
         engine,
-        tokens: Arc::new(tokens),
+        tokens: Tokens::new(tokens),
     });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, from)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!("management API: TLS from {from} failed: {e}");
-                        return;
-                    }
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!("management API: connection from {from}: {e}");
-                }
-            });
-        }
-    });
-    tracing::info!("management API on https://{bound}");
-    Ok(bound)
+    cpclink_mgmt::serve(listen, tls, app).await
 }
 
 fn router(api: Api) -> Router {
@@ -133,38 +67,7 @@ fn router(api: Api) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/services/:name", get(service))
         .route("/v1/reload", post(reload))
-        .fallback(|headers: HeaderMap| async move {
-            problem(
-                &headers,
-                StatusCode::NOT_FOUND,
-                "no such resource",
-                "see the routes in the appliance's guide (appliance/README.md)",
-            )
-        })
         .with_state(api)
-}
-
-/// An RFC 9457 problem, with the request's `x-correlator` echoed.
-fn problem(headers: &HeaderMap, status: StatusCode, title: &str, detail: &str) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut r = (status, body.to_string()).into_response();
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/problem+json"),
-    );
-    echo(headers, r)
-}
-
-fn echo(headers: &HeaderMap, mut r: Response) -> Response {
-    if let Some(c) = headers.get("x-correlator") {
-        r.headers_mut().insert("x-correlator", c.clone());
-    }
-    r
 }
 
 impl Api {
@@ -195,60 +98,6 @@ impl Api {
             ))
         })?;
         Ok((status, counters))
-    }
-
-    /// The caller's token, if it grants `role`; else the problem to answer with (401 for no
-    /// or an unknown token, 403 for too small a role), logged either way.
-    fn authorise(
-        &self,
-        headers: &HeaderMap,
-        role: Role,
-        what: &str,
-    ) -> Result<String, Box<Response>> {
-        let correlator = headers
-            .get("x-correlator")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| token_digest(t.trim()));
-        let Some(holder) = presented.and_then(|d| self.tokens.iter().find(|t| t.sha256 == d))
-        else {
-            tracing::warn!(
-                correlator,
-                "management API: {what} refused: no valid bearer token"
-            );
-            return Err(Box::new(problem(
-                headers,
-                StatusCode::UNAUTHORIZED,
-                "authentication required",
-                "send Authorization: Bearer <token> with a token listed in [[api.token]]",
-            )));
-        };
-        if holder.role < role {
-            tracing::warn!(
-                correlator,
-                "management API: {what} refused to {} (role {}, needs {})",
-                holder.name,
-                holder.role.as_str(),
-                role.as_str()
-            );
-            return Err(Box::new(problem(
-                headers,
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!(
-                    "{what} needs the {} role; {} has {}",
-                    role.as_str(),
-                    holder.name,
-                    holder.role.as_str()
-                ),
-            )));
-        }
-        tracing::info!(correlator, "management API: {what} by {}", holder.name);
-        Ok(holder.name.clone())
     }
 }
 
@@ -285,7 +134,10 @@ async fn ready(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/status") {
+    if let Err(r) = api
+        .tokens
+        .authorise(&headers, Role::Viewer, "GET /v1/status")
+    {
         return *r;
     }
     let (status, counters) = match api.with_counters(&headers).await {
@@ -300,7 +152,10 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services") {
+    if let Err(r) = api
+        .tokens
+        .authorise(&headers, Role::Viewer, "GET /v1/services")
+    {
         return *r;
     }
     match api.appliance(&headers).await {
@@ -310,7 +165,10 @@ async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn service(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /v1/services/{name}") {
+    if let Err(r) = api
+        .tokens
+        .authorise(&headers, Role::Viewer, "GET /v1/services/{name}")
+    {
         return *r;
     }
     let paths = match api.appliance(&headers).await {
@@ -341,7 +199,10 @@ async fn service(State(api): State<Api>, Path(name): Path<String>, headers: Head
 }
 
 async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let who = match api.authorise(&headers, Role::Operator, "POST /v1/reload") {
+    let who = match api
+        .tokens
+        .authorise(&headers, Role::Operator, "POST /v1/reload")
+    {
         Ok(who) => who,
         Err(r) => return *r,
     };
@@ -369,7 +230,7 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api.authorise(&headers, Role::Viewer, "GET /metrics") {
+    if let Err(r) = api.tokens.authorise(&headers, Role::Viewer, "GET /metrics") {
         return *r;
     }
     let (status, counters) = match api.with_counters(&headers).await {

@@ -590,6 +590,7 @@ async fn run_once(
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     };
     let authority = Authority::start(&cfg).await?;
     let addr: SocketAddr = authority

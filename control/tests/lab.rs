@@ -71,10 +71,21 @@ impl LabUp {
 
     /// `cpclink ctl ARGS` against dc1's management API from its namespace, with `token`.
     fn ctl(&self, token: &str, args: &[&str]) -> Result<String, String> {
+        self.ctl_of("dc1", token, args)
+    }
+
+    /// `cpclink ctl ARGS` against the API named `name` (an appliance, or the authority's
+    /// certificate name), from dc1's namespace.
+    fn ctl_of(&self, name: &str, token: &str, args: &[&str]) -> Result<String, String> {
         let apis: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(self.dir.join("apis.json")).unwrap())
                 .unwrap();
-        let dc1 = &apis[0];
+        let api = apis
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap();
         let mut all = vec![
             "ip",
             "netns",
@@ -83,11 +94,11 @@ impl LabUp {
             env!("CARGO_BIN_EXE_cpclink"),
             "ctl",
             "--url",
-            dc1["url"].as_str().unwrap(),
+            api["url"].as_str().unwrap(),
             "--ca",
-            dc1["ca"].as_str().unwrap(),
+            api["ca"].as_str().unwrap(),
             "--name",
-            "dc1",
+            name,
             "--token",
             token,
         ];
@@ -227,14 +238,21 @@ fn services_follow_compute_and_paths_over_the_lab() {
     );
 
     // The operator's view over the management API (HTTPS with dc1's certificate).
-    let viewer = summary["apis"][0]["viewer_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let admin = summary["apis"][0]["admin_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token_of = |name: &str, role: &str| {
+        summary["apis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()[role]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (viewer, admin) = (
+        token_of("dc1", "viewer_token"),
+        token_of("dc1", "admin_token"),
+    );
     let status = lab.ctl(&viewer, &["status"]).unwrap();
     assert!(
         status.contains("peer: dc2") && status.contains("placed at: dc2"),
@@ -283,6 +301,53 @@ fn services_follow_compute_and_paths_over_the_lab() {
     assert!(lab
         .log("dc1")
         .contains("POST /v1/reload refused to lab-viewer"));
+    // The authority's API: the directory, the audit chain, and tokens only for admins,
+    // with malformed orders refused naming the field, and what is done audited by name.
+    let authority = "authority.cpclink";
+    let (a_viewer, a_admin) = (
+        token_of(authority, "viewer_token"),
+        token_of(authority, "admin_token"),
+    );
+    let listed = lab.ctl_of(authority, &a_viewer, &["appliances"]).unwrap();
+    assert!(
+        listed.contains("3 appliances") && listed.contains("dc2 centre dc2"),
+        "{listed}"
+    );
+    let verified = lab.ctl_of(authority, &a_viewer, &["audit-verify"]).unwrap();
+    assert!(verified.contains("audit chain intact"), "{verified}");
+    let order = ["token", "--appliance", "dc9", "--centre", "dc9", "--prefix"];
+    let refused = lab
+        .ctl_of(
+            authority,
+            &a_viewer,
+            &[&order[..], &["10.9.0.0/24"]].concat(),
+        )
+        .unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+    let malformed = lab
+        .ctl_of(
+            authority,
+            &a_admin,
+            &[&order[..], &["10.9.0.1/24"]].concat(),
+        )
+        .unwrap_err();
+    assert!(
+        malformed.contains("400") && malformed.contains("prefixes[0]"),
+        "{malformed}"
+    );
+    let token = lab
+        .ctl_of(
+            authority,
+            &a_admin,
+            &[&order[..], &["10.9.0.0/24"]].concat(),
+        )
+        .unwrap();
+    assert!(token.trim().starts_with("cpt"), "{token}");
+    let audit = std::fs::read_to_string(lab.dir.join("authority/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("api:lab-admin"),
+        "token creation not audited by name"
+    );
 
     // 2. dc2's load rises: new flows go to dc3, established ones stay on dc2.
     let to_dc3 = lab.decisions_to("dc3");

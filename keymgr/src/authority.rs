@@ -26,6 +26,7 @@ use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
 
+mod api;
 mod assign;
 mod replace;
 
@@ -427,6 +428,7 @@ impl Authority {
         };
 
         let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
+        let https = tls::https_server(&material.ca.cert_der(), &material.server)?;
         let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         let authority = Self {
@@ -468,6 +470,23 @@ impl Authority {
         tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
         tokio::spawn(authority.clone().escrow_writer());
         tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
+        if let Some(raw) = &cfg.api {
+            // Checked with its lines when the file was read; a configuration built in code
+            // is checked here.
+            let api = raw
+                .clone()
+                .check(&cpclink_diagnostics::ConfigText::new("[api]", ""))?;
+            let router = api::router(
+                authority.clone(),
+                cpclink_mgmt::Tokens::new(api.tokens.clone()),
+                paths.audit.clone(),
+            );
+            cpclink_mgmt::serve(api.listen, https, router)
+                .await
+                .map_err(|e| {
+                    Error::io(format!("serving the management API on {}", api.listen), e)
+                })?;
+        }
         Ok(authority)
     }
 

@@ -68,6 +68,9 @@ pub struct AuthorityConfig {
     /// Policy: which appliances may talk. Empty means appliances of the same tenant.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// The management API (`[api]`), if it is served; checked by [`AuthorityConfig::parse`].
+    #[serde(default)]
+    pub api: Option<cpclink_mgmt::RawApi>,
 }
 
 fn default_rotation() -> u64 {
@@ -151,6 +154,9 @@ impl AuthorityConfig {
     /// Parses and checks a configuration's text.
     pub fn parse(text: &ConfigText) -> Result<Self> {
         let cfg: Self = text.parse()?;
+        if let Some(api) = &cfg.api {
+            api.clone().check(text)?;
+        }
         text.check_range(
             "rotation_interval_secs",
             cfg.rotation_interval_secs,

@@ -37,6 +37,7 @@ fn authority_config(dir: &Path, port: u16) -> AuthorityConfig {
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     }
 }
 

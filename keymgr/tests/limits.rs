@@ -90,6 +90,7 @@ fn absurd_intervals_and_persisted_due_times_neither_abort_nor_stick() {
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     };
     assert_eq!(run_once(&cfg), 0);
     let next = stored_next_rotation(&redb);

@@ -33,6 +33,7 @@ async fn plane() -> Plane {
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     };
     let authority = Authority::start(&cfg).await.unwrap();
     Plane {

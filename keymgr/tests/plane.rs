@@ -47,6 +47,7 @@ fn plane_config() -> (tempfile::TempDir, AuthorityConfig) {
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     };
     (dir, cfg)
 }

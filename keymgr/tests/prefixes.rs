@@ -32,6 +32,7 @@ fn config(dir: &Path) -> AuthorityConfig {
         token_ttl_secs: 600,
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
+        api: None,
     }
 }
 

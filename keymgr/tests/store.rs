@@ -240,6 +240,7 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
             prefix: "/e2e/".into(),
         },
         rules: Vec::new(),
+        api: None,
     };
     let authority = Authority::start(&cfg).await.unwrap();
     let mut agents = Vec::new();

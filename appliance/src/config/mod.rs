@@ -107,7 +107,7 @@ struct RawConfig {
     #[serde(default)]
     services: Vec<paths::RawService>,
     metrics: Option<paths::RawMetrics>,
-    api: Option<api::RawApi>,
+    api: Option<cpclink_mgmt::RawApi>,
 }
 
 /// A validated appliance configuration.

@@ -49,6 +49,34 @@ enum CtlCommand {
     Reload,
     /// The Prometheus exposition, as a scraper reads it.
     Metrics,
+    /// Authority: every appliance in the directory, its state and prefixes.
+    Appliances,
+    /// Authority: prefix assignments.
+    Prefixes,
+    /// Authority: mint an enrolment token (admin).
+    Token {
+        /// The appliance id the certificate will name.
+        #[arg(long)]
+        appliance: String,
+        /// Its centre.
+        #[arg(long)]
+        centre: String,
+        /// Its tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Inner prefixes to assign to it (repeat).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+    },
+    /// Authority: revoke an appliance everywhere (admin).
+    Revoke {
+        /// The appliance id.
+        appliance: String,
+    },
+    /// Authority: order every appliance to rotate now (operator).
+    Rotate,
+    /// Authority: verify the audit log's hash chain.
+    AuditVerify,
 }
 
 struct Client {
@@ -97,7 +125,7 @@ impl Client {
     }
 
     /// One request; the body as JSON (or text), or the API's problem as the error.
-    async fn call(&self, method: Method, path: &str) -> Result<Value, Error> {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, Error> {
         let ca_pem = std::fs::read_to_string(&self.ca).map_err(|e| Error::BadArgument {
             arg: "--ca",
             reason: format!("{}: {e}", self.ca.display()),
@@ -128,7 +156,10 @@ impl Client {
             .header("host", &self.name)
             .header("authorization", format!("Bearer {}", self.token))
             .header("x-correlator", format!("ctl-{}", std::process::id()))
-            .body(Full::new(Bytes::new()))
+            .header("content-type", "application/json")
+            .body(Full::new(
+                body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
+            ))
             .map_err(|e| Error::Api(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -158,14 +189,33 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut body = None;
     let (method, path) = match &args.command {
         CtlCommand::Status => (Method::GET, "/v1/status".to_owned()),
         CtlCommand::Services => (Method::GET, "/v1/services".to_owned()),
         CtlCommand::Explain { service } => (Method::GET, format!("/v1/services/{service}")),
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned()),
         CtlCommand::Metrics => (Method::GET, "/metrics".to_owned()),
+        CtlCommand::Appliances => (Method::GET, "/v1/appliances".to_owned()),
+        CtlCommand::Prefixes => (Method::GET, "/v1/prefixes".to_owned()),
+        CtlCommand::Token {
+            appliance,
+            centre,
+            tenant,
+            prefixes,
+        } => {
+            body = Some(serde_json::json!({
+                "appliance": appliance, "centre": centre, "tenant": tenant, "prefixes": prefixes,
+            }));
+            (Method::POST, "/v1/tokens".to_owned())
+        }
+        CtlCommand::Revoke { appliance } => {
+            (Method::POST, format!("/v1/appliances/{appliance}/revoke"))
+        }
+        CtlCommand::Rotate => (Method::POST, "/v1/rotate".to_owned()),
+        CtlCommand::AuditVerify => (Method::GET, "/v1/audit/verify".to_owned()),
     };
-    let value = runtime.block_on(client.call(method, &path))?;
+    let value = runtime.block_on(client.call(method, &path, body))?;
     if args.json {
         println!(
             "{}",
@@ -174,6 +224,22 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         return Ok(());
     }
     let text = match args.command {
+        CtlCommand::Appliances
+        | CtlCommand::Prefixes
+        | CtlCommand::Token { .. }
+        | CtlCommand::Revoke { .. }
+        | CtlCommand::Rotate => {
+            // The authority answers what its admin socket answers; one rendering of it.
+            let reply: cpclink_keymgr::proto::AdminReply = serde_json::from_value(value)
+                .map_err(|e| Error::Api(format!("unexpected reply: {e}")))?;
+            super::keymgr::print_reply(reply).map_err(Error::Api)?;
+            return Ok(());
+        }
+        CtlCommand::AuditVerify => format!(
+            "audit chain intact: {} lines, head {}",
+            value["lines"],
+            value["head"].as_str().unwrap_or("?")
+        ),
         CtlCommand::Metrics => value.as_str().unwrap_or_default().trim_end().to_owned(),
         CtlCommand::Status => status_text(&client.name, &value),
         CtlCommand::Services => services_text(&value),

@@ -461,7 +461,8 @@ fn ago(when: Option<u64>) -> String {
     }
 }
 
-fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
+/// Prints an authority's answer the way every command shows it.
+pub(super) fn print_reply(reply: AdminReply) -> Result<ExitCode, String> {
     match reply {
         AdminReply::Done(n) => {
             println!("{n}");

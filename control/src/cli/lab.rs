@@ -89,7 +89,7 @@ enum LabCommand {
     /// `cpclink ctl` against a centre's appliance, from its namespace, as the lab's admin
     /// (e.g. `cpclink lab ctl dc1 status`).
     Ctl {
-        /// The centre (dc1, dc2, dc3).
+        /// The centre (dc1, dc2, dc3), or `authority`.
         centre: String,
         /// What to ask (`status`, `services`, `explain echo`, `reload`, `--json` …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -407,9 +407,35 @@ impl Lab {
         world::build()?;
         std::fs::write(self.path("kek"), hex::encode(random_bytes(32)?))?;
         std::fs::write(self.path("srh-hmac.key"), hex::encode(random_bytes(32)?))?;
+        let mut apis = Vec::new();
+        let digest = |t: &str| hex::encode(cpclink_appliance::api::token_digest(t));
+        let mut access = |name: &str, namespace: String, url: String| -> Result<_, Error> {
+            let (viewer, admin) = (
+                hex::encode(random_bytes(16)?),
+                hex::encode(random_bytes(16)?),
+            );
+            let tokens = [
+                ("lab-viewer", "viewer", digest(&viewer)),
+                ("lab-admin", "admin", digest(&admin)),
+            ];
+            apis.push(ApiAccess {
+                name: name.to_owned(),
+                namespace,
+                url,
+                ca: self.path("authority/ca.pem").display().to_string(),
+                viewer_token: viewer,
+                admin_token: admin,
+            });
+            Ok(tokens)
+        };
+        let tokens = access(
+            cpclink_keymgr::pki::AUTHORITY_NAME,
+            ns("dc1"),
+            world::authority_api_url(),
+        )?;
         std::fs::write(
             self.path("authority.toml"),
-            world::authority_toml(&self.dir),
+            world::authority_toml(&self.dir, &tokens),
         )?;
         std::fs::write(self.path("network.toml"), world::network_toml(&[]))?;
         for (host, load) in HOSTS.iter().zip([0.2, 0.5]) {
@@ -418,29 +444,12 @@ impl Lab {
                 world::metrics_toml(load, 1.0),
             )?;
         }
-        let mut apis = Vec::new();
         for centre in world::CENTRES {
-            let (viewer, admin) = (
-                hex::encode(random_bytes(16)?),
-                hex::encode(random_bytes(16)?),
-            );
-            let digest = |t: &str| hex::encode(cpclink_appliance::api::token_digest(t));
-            let tokens = [
-                ("lab-viewer", "viewer", digest(&viewer)),
-                ("lab-admin", "admin", digest(&admin)),
-            ];
+            let tokens = access(centre, ns(centre), world::api_url(centre))?;
             std::fs::write(
                 self.path(&format!("{centre}.toml")),
                 world::appliance_toml(centre, &tokens),
             )?;
-            apis.push(ApiAccess {
-                name: centre.to_owned(),
-                namespace: ns(centre),
-                url: world::api_url(centre),
-                ca: self.path("authority/ca.pem").display().to_string(),
-                viewer_token: viewer,
-                admin_token: admin,
-            });
         }
         std::fs::write(
             self.path("apis.json"),
@@ -656,14 +665,18 @@ impl Lab {
     }
 
     fn ctl(&self, centre: &str, args: &[String]) -> Result<(), Error> {
+        let name = match centre {
+            "authority" => cpclink_keymgr::pki::AUTHORITY_NAME,
+            other => other,
+        };
         let api = self
             .summary()
             .apis
             .into_iter()
-            .find(|a| a.name == centre)
+            .find(|a| a.name == name)
             .ok_or_else(|| Error::BadArgument {
                 arg: "CENTRE",
-                reason: format!("{centre:?}: no such appliance in the lab (dc1, dc2, dc3)"),
+                reason: format!("{centre:?}: no such API in the lab (dc1, dc2, dc3, authority)"),
             })?;
         let status = Command::new("ip")
             .args(["netns", "exec", &api.namespace])

@@ -286,14 +286,30 @@ pub fn inner(centre: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The authority's configuration.
-pub fn authority_toml(dir: &Path) -> String {
-    format!(
-        "listen = \"[{}]:7000\"\nstate_dir = \"{}\"\nkek_file = \"{}\"\n",
-        appliance_address("dc1"),
+/// Where the authority's management API listens (in dc1, beside the authority).
+pub fn authority_api_url() -> String {
+    format!("https://[{}]:7444", appliance_address("dc1"))
+}
+
+/// The authority's configuration; `tokens`: its management API's (name, role, SHA-256 hex).
+pub fn authority_toml(dir: &Path, tokens: &[(&str, &str, String)]) -> String {
+    let mut t = format!(
+        "listen = \"[{addr}]:7000\"\nstate_dir = \"{}\"\nkek_file = \"{}\"\n\n[api]\nlisten = \"[{addr}]:7444\"\n\n",
         dir.join("authority").display(),
-        dir.join("kek").display()
-    )
+        dir.join("kek").display(),
+        addr = appliance_address("dc1"),
+    );
+    api_tokens(&mut t, tokens);
+    t
+}
+
+/// `[[api.token]]` entries.
+fn api_tokens(t: &mut String, tokens: &[(&str, &str, String)]) {
+    for (name, role, sha256) in tokens {
+        *t += &format!(
+            "[[api.token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n\n"
+        );
+    }
 }
 
 /// The metrics file a host's scheduler writes.

@@ -1,0 +1,218 @@
+//! The authority's management API (HTTPS with the authority's certificate, bearer tokens
+//! with roles; see `cpclink-mgmt`). Every route is a request the admin socket also takes,
+//! answered by the same code, so what the API does is audited as the socket's requests
+//! are; the token holder's name is who asked.
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | the process answers |
+//! | `GET /v1/appliances` | viewer | the directory: every appliance, its state and prefixes |
+//! | `GET /v1/prefixes` | viewer | prefix assignments |
+//! | `GET /v1/audit/verify` | viewer | the audit chain verified: lines and head |
+//! | `POST /v1/tokens` | admin | an enrolment token: `{"appliance", "centre", "tenant", "ttl_secs", "prefixes"}` |
+//! | `POST /v1/appliances/{id}/revoke` | admin | revoke an appliance everywhere |
+//! | `POST /v1/rotate` | operator | order every appliance to rotate now |
+
+use std::path::PathBuf;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cpclink_mgmt::{echo, problem, Role, Tokens};
+use serde::Deserialize;
+
+use super::Authority;
+use crate::prefix::InnerPrefix;
+use crate::proto::{AdminReply, AdminRequest};
+
+#[derive(Clone)]
+struct Api {
+    authority: Authority,
+    tokens: Tokens,
+    audit: PathBuf,
+}
+
+/// The authority's routes over `authority`, its audit log at `audit`.
+pub(super) fn router(authority: Authority, tokens: Tokens, audit: PathBuf) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/appliances", get(appliances))
+        .route("/v1/prefixes", get(prefixes))
+        .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/appliances/:id/revoke", post(revoke))
+        .route("/v1/rotate", post(rotate))
+        .with_state(Api {
+            authority,
+            tokens,
+            audit,
+        })
+}
+
+/// An admin reply as the API answers it: an error reply is a 422 problem.
+fn answer(headers: &HeaderMap, reply: AdminReply) -> Response {
+    match reply {
+        AdminReply::Error(reason) => problem(
+            headers,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused",
+            &reason,
+        ),
+        reply => echo(headers, Json(reply).into_response()),
+    }
+}
+
+async fn ask(
+    api: &Api,
+    headers: &HeaderMap,
+    role: Role,
+    what: &str,
+    req: AdminRequest,
+) -> Response {
+    match api.tokens.authorise(headers, role, what) {
+        Ok(who) => answer(
+            headers,
+            api.authority.admin(req, &format!("api:{who}")).await,
+        ),
+        Err(r) => *r,
+    }
+}
+
+async fn appliances(State(api): State<Api>, headers: HeaderMap) -> Response {
+    ask(
+        &api,
+        &headers,
+        Role::Viewer,
+        "GET /v1/appliances",
+        AdminRequest::Status,
+    )
+    .await
+}
+
+async fn prefixes(State(api): State<Api>, headers: HeaderMap) -> Response {
+    ask(
+        &api,
+        &headers,
+        Role::Viewer,
+        "GET /v1/prefixes",
+        AdminRequest::ListPrefixes,
+    )
+    .await
+}
+
+async fn rotate(State(api): State<Api>, headers: HeaderMap) -> Response {
+    ask(
+        &api,
+        &headers,
+        Role::Operator,
+        "POST /v1/rotate",
+        AdminRequest::Rotate,
+    )
+    .await
+}
+
+async fn revoke(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let what = format!("POST /v1/appliances/{id}/revoke");
+    ask(
+        &api,
+        &headers,
+        Role::Admin,
+        &what,
+        AdminRequest::Revoke { appliance: id },
+    )
+    .await
+}
+
+async fn verify_audit(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(r) = api
+        .tokens
+        .authorise(&headers, Role::Viewer, "GET /v1/audit/verify")
+    {
+        return *r;
+    }
+    match crate::audit::verify(&api.audit) {
+        Ok(v) => echo(
+            &headers,
+            Json(serde_json::json!({ "intact": true, "lines": v.lines, "head": v.head }))
+                .into_response(),
+        ),
+        Err(e) => problem(
+            &headers,
+            StatusCode::CONFLICT,
+            "audit chain broken",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// The body of `POST /v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenOrder {
+    appliance: String,
+    centre: String,
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+async fn create_token(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    let who = match api
+        .tokens
+        .authorise(&headers, Role::Admin, "POST /v1/tokens")
+    {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
+    // Malformed bodies name the field serde stumbled on.
+    let order: TokenOrder = match serde_json::from_slice(&body) {
+        Ok(o) => o,
+        Err(e) => {
+            return problem(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                "malformed body",
+                &format!(
+                    "{e}; send {{\"appliance\": ID, \"centre\": C, \"tenant\": T, \"ttl_secs\": N, \"prefixes\": [\"10.1.0.0/24\"]}}"
+                ),
+            )
+        }
+    };
+    let mut prefixes = Vec::with_capacity(order.prefixes.len());
+    for (i, p) in order.prefixes.iter().enumerate() {
+        match p.parse::<InnerPrefix>() {
+            Ok(p) => prefixes.push(p),
+            Err(reason) => {
+                return problem(
+                    &headers,
+                    StatusCode::BAD_REQUEST,
+                    "malformed body",
+                    &format!("prefixes[{i}]: {reason}"),
+                )
+            }
+        }
+    }
+    let reply = api
+        .authority
+        .admin(
+            AdminRequest::CreateToken {
+                appliance: order.appliance,
+                centre: order.centre,
+                tenant: order.tenant,
+                ttl_secs: order.ttl_secs,
+                prefixes,
+            },
+            &format!("api:{who}"),
+        )
+        .await;
+    answer(&headers, reply)
+}

@@ -1,0 +1,263 @@
+//! What every cpclink management API shares (the appliance's and the authority's): HTTPS
+//! serving of an axum router with rustls, bearer tokens with roles, RFC 9457
+//! `application/problem+json` errors and the `x-correlator` header echoed and logged.
+//!
+//! Roles nest: `viewer` reads, `operator` also acts on the running system (reload,
+//! rotate), `admin` may do everything (tokens, revocation). A token is configured by the
+//! SHA-256 of its secret, never the secret.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use cpclink_diagnostics::{ConfigText, Diagnostic};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A role, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Reads, and acts on the running system.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role's name, as `[[api.token]].role` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A bearer token an API accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Who holds it (logged, and audited, with every request).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+/// The SHA-256 of a token, as `[[api.token]].sha256` holds it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// `[api]` as written: where to listen and the tokens.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    listen: String,
+    #[serde(default)]
+    token: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: Role,
+    sha256: String,
+}
+
+/// An API's validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Where it listens (HTTPS).
+    pub listen: SocketAddr,
+    /// The bearer tokens it accepts.
+    pub tokens: Vec<ApiToken>,
+}
+
+impl RawApi {
+    /// Validates the section, errors naming `text`'s file, the field, its line and the fix.
+    pub fn check(self, text: &ConfigText) -> Result<ApiConfig, Diagnostic> {
+        let listen = self.listen.parse().map_err(|_| {
+            text.error_fix(
+                "[api].listen",
+                format!("{:?} is not an address with a port", self.listen),
+                "write e.g. \"192.0.2.1:7443\" or \"[2001:db8::1]:7443\"",
+            )
+        })?;
+        let mut tokens: Vec<ApiToken> = Vec::new();
+        for (i, t) in self.token.into_iter().enumerate() {
+            let sha256 = hex::decode(t.sha256.trim())
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| {
+                    text.error_fix(
+                        format!("[[api.token]][{i}].sha256"),
+                        "is not 64 hex digits",
+                        "write the token's SHA-256 in hex: printf %s \"$TOKEN\" | sha256sum",
+                    )
+                })?;
+            if t.name.is_empty()
+                || tokens
+                    .iter()
+                    .any(|o| o.name == t.name || o.sha256 == sha256)
+            {
+                return Err(text.error_fix(
+                    format!("[[api.token]][{i}]"),
+                    format!(
+                        "{:?} is empty or listed twice (by name or by token)",
+                        t.name
+                    ),
+                    "give every token its own name and its own secret",
+                ));
+            }
+            tokens.push(ApiToken {
+                name: t.name,
+                role: t.role,
+                sha256,
+            });
+        }
+        Ok(ApiConfig { listen, tokens })
+    }
+}
+
+/// An RFC 9457 problem, with the request's `x-correlator` echoed.
+pub fn problem(headers: &HeaderMap, status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/problem+json"),
+    );
+    echo(headers, r)
+}
+
+/// `r` with the request's `x-correlator` echoed.
+pub fn echo(headers: &HeaderMap, mut r: Response) -> Response {
+    if let Some(c) = headers.get("x-correlator") {
+        r.headers_mut().insert("x-correlator", c.clone());
+    }
+    r
+}
+
+/// The tokens an API accepts, and the check every route makes.
+#[derive(Debug, Clone)]
+pub struct Tokens(Arc<Vec<ApiToken>>);
+
+impl Tokens {
+    /// The configured tokens.
+    pub fn new(tokens: Vec<ApiToken>) -> Self {
+        Self(Arc::new(tokens))
+    }
+
+    /// The caller's name, if its token grants `role`; else the problem to answer with (401
+    /// for no or an unknown token, 403 for too small a role), logged either way.
+    pub fn authorise(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+        what: &str,
+    ) -> Result<String, Box<Response>> {
+        let correlator = headers
+            .get("x-correlator")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| token_digest(t.trim()));
+        let Some(holder) = presented.and_then(|d| self.0.iter().find(|t| t.sha256 == d)) else {
+            tracing::warn!(
+                correlator,
+                "management API: {what} refused: no valid bearer token"
+            );
+            return Err(Box::new(problem(
+                headers,
+                StatusCode::UNAUTHORIZED,
+                "authentication required",
+                "send Authorization: Bearer <token> with a token listed in [[api.token]]",
+            )));
+        };
+        if holder.role < role {
+            tracing::warn!(
+                correlator,
+                "management API: {what} refused to {} (role {}, needs {})",
+                holder.name,
+                holder.role.as_str(),
+                role.as_str()
+            );
+            return Err(Box::new(problem(
+                headers,
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "{what} needs the {} role; {} has {}",
+                    role.as_str(),
+                    holder.name,
+                    holder.role.as_str()
+                ),
+            )));
+        }
+        tracing::info!(correlator, "management API: {what} by {}", holder.name);
+        Ok(holder.name.clone())
+    }
+}
+
+/// Serves `app` over HTTPS on `listen` until the runtime stops; returns the address bound.
+/// Unknown routes answer 404 as a problem.
+pub async fn serve(
+    listen: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let app = app.fallback(|headers: HeaderMap| async move {
+        problem(
+            &headers,
+            StatusCode::NOT_FOUND,
+            "no such resource",
+            "see the API's routes in its guide",
+        )
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, from)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!("management API: TLS from {from} failed: {e}");
+                        return;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!("management API: connection from {from}: {e}");
+                }
+            });
+        }
+    });
+    tracing::info!("management API on https://{bound}");
+    Ok(bound)
+}
