@@ -32,7 +32,7 @@ use cpclink_dataplane::engine::EngineStats;
 
 use crate::appliance::{ApplianceHandle, ApplianceStatus};
 
-use cpclink_mgmt::{echo, problem, Tokens};
+use cpclink_mgmt::{echo, problem, RouteSpec, Tokens};
 pub use cpclink_mgmt::{token_digest, ApiToken, Role};
 
 #[derive(Clone)]
@@ -59,15 +59,76 @@ pub async fn serve(
 }
 
 fn router(api: Api) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/services", get(services))
-        .route("/v1/services/:name", get(service))
-        .route("/v1/reload", post(reload))
-        .with_state(api)
+    let route = |path, method, role, summary| RouteSpec {
+        path,
+        method,
+        role,
+        summary,
+    };
+    cpclink_mgmt::documented(
+        "cpclink appliance",
+        vec![
+            (
+                route("/healthz", "get", None, "the process answers"),
+                get(|| async { "ok\n" }),
+            ),
+            (
+                route(
+                    "/readyz",
+                    "get",
+                    None,
+                    "200 once every peer routed to has a transmit SA on every worker",
+                ),
+                get(ready),
+            ),
+            (
+                route(
+                    "/metrics",
+                    "get",
+                    Some(Role::Viewer),
+                    "Prometheus exposition",
+                ),
+                get(metrics),
+            ),
+            (
+                route(
+                    "/v1/status",
+                    "get",
+                    Some(Role::Viewer),
+                    "peers, SAs by SPI, routes, services and counters",
+                ),
+                get(status),
+            ),
+            (
+                route(
+                    "/v1/services",
+                    "get",
+                    Some(Role::Viewer),
+                    "services, placement, decisions",
+                ),
+                get(services),
+            ),
+            (
+                route(
+                    "/v1/services/{name}",
+                    "get",
+                    Some(Role::Viewer),
+                    "one service and its last decision's explanation",
+                ),
+                get(service),
+            ),
+            (
+                route(
+                    "/v1/reload",
+                    "post",
+                    Some(Role::Operator),
+                    "re-read the configuration file",
+                ),
+                post(reload),
+            ),
+        ],
+    )
+    .with_state(api)
 }
 
 impl Api {

@@ -261,3 +261,169 @@ pub async fn serve(
     tracing::info!("management API on https://{bound}");
     Ok(bound)
 }
+
+/// One route of an API, as the router serves it and the OpenAPI document lists it: both
+/// come from one table ([`documented`]), so neither can miss a route the other has.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// The path in OpenAPI form, parameters in braces (`/v1/services/{name}`).
+    pub path: &'static str,
+    /// `get` or `post`.
+    pub method: &'static str,
+    /// The role it needs; `None`: open.
+    pub role: Option<Role>,
+    /// What it does, one line.
+    pub summary: &'static str,
+}
+
+/// A router serving `routes`, plus `GET /openapi.json`: an OpenAPI 3.1 document generated
+/// from the same table.
+pub fn documented<S: Clone + Send + Sync + 'static>(
+    title: &str,
+    routes: Vec<(RouteSpec, axum::routing::MethodRouter<S>)>,
+) -> Router<S> {
+    let document = openapi(title, routes.iter().map(|(spec, _)| *spec));
+    let mut router = Router::new().route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { axum::Json(document) }
+        }),
+    );
+    for (spec, method_router) in routes {
+        router = router.route(&axum_path(spec.path), method_router);
+    }
+    router
+}
+
+/// `/v1/services/{name}` in axum's form, `/v1/services/:name`.
+fn axum_path(path: &str) -> String {
+    path.split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The OpenAPI 3.1 document of `routes`: bearer authentication, each route's role
+/// (`x-cpclink-role`), path parameters, and problem+json for every error.
+pub fn openapi(title: &str, routes: impl IntoIterator<Item = RouteSpec>) -> serde_json::Value {
+    let problem = serde_json::json!({
+        "description": "RFC 9457 problem",
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    });
+    let mut paths = serde_json::Map::new();
+    for r in routes {
+        let parameters: Vec<serde_json::Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                serde_json::json!({
+                    "name": name, "in": "path", "required": true, "schema": { "type": "string" }
+                })
+            })
+            .collect();
+        let mut responses =
+            serde_json::json!({ "200": { "description": "done" }, "default": problem });
+        if r.role.is_some() {
+            responses["401"] = serde_json::json!({ "description": "no valid bearer token" });
+            responses["403"] =
+                serde_json::json!({ "description": "the token's role is too small" });
+        }
+        let operation = serde_json::json!({
+            "summary": r.summary,
+            "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}'], "_")),
+            "parameters": parameters,
+            "security": if r.role.is_some() { serde_json::json!([{ "bearer": [] }]) } else { serde_json::json!([]) },
+            "x-cpclink-role": r.role.map(Role::as_str),
+            "responses": responses,
+        });
+        let entry = paths
+            .entry(r.path.to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[r.method] = operation;
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": { "Problem": {
+                "type": "object",
+                "properties": {
+                    "type": { "type": "string" }, "title": { "type": "string" },
+                    "status": { "type": "integer" }, "detail": { "type": "string" }
+                }
+            } }
+        },
+        "paths": paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_with_its_role_and_parameters() {
+        let routes = [
+            RouteSpec {
+                path: "/healthz",
+                method: "get",
+                role: None,
+                summary: "alive",
+            },
+            RouteSpec {
+                path: "/v1/services/{name}",
+                method: "get",
+                role: Some(Role::Viewer),
+                summary: "one service",
+            },
+        ];
+        let doc = openapi("t", routes);
+        assert_eq!(doc["openapi"], "3.1.0");
+        let svc = &doc["paths"]["/v1/services/{name}"]["get"];
+        assert_eq!(svc["x-cpclink-role"], "viewer");
+        assert_eq!(svc["parameters"][0]["name"], "name");
+        assert!(svc["responses"]["403"].is_object());
+        assert_eq!(
+            doc["paths"]["/healthz"]["get"]["security"],
+            serde_json::json!([])
+        );
+        assert_eq!(axum_path("/v1/services/{name}"), "/v1/services/:name");
+    }
+
+    #[test]
+    fn tokens_are_checked_by_digest_and_role() {
+        let tokens = Tokens::new(vec![ApiToken {
+            name: "noc".into(),
+            role: Role::Operator,
+            sha256: token_digest("s3cret"),
+        }]);
+        let mut h = HeaderMap::new();
+        let status = |r: Result<String, Box<Response>>| r.map_err(|r| r.status());
+        assert_eq!(
+            status(tokens.authorise(&h, Role::Viewer, "x")),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        assert_eq!(
+            status(tokens.authorise(&h, Role::Operator, "x")),
+            Ok("noc".into())
+        );
+        assert_eq!(
+            status(tokens.authorise(&h, Role::Admin, "x")),
+            Err(StatusCode::FORBIDDEN)
+        );
+        h.insert("authorization", HeaderValue::from_static("Bearer wrong"));
+        assert_eq!(
+            status(tokens.authorise(&h, Role::Viewer, "x")),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+    }
+}

@@ -49,6 +49,8 @@ enum CtlCommand {
     Reload,
     /// The Prometheus exposition, as a scraper reads it.
     Metrics,
+    /// The API's OpenAPI 3.1 document (appliance or authority).
+    Openapi,
     /// Authority: every appliance in the directory, its state and prefixes.
     Appliances,
     /// Authority: prefix assignments.
@@ -196,6 +198,7 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Explain { service } => (Method::GET, format!("/v1/services/{service}")),
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned()),
         CtlCommand::Metrics => (Method::GET, "/metrics".to_owned()),
+        CtlCommand::Openapi => (Method::GET, "/openapi.json".to_owned()),
         CtlCommand::Appliances => (Method::GET, "/v1/appliances".to_owned()),
         CtlCommand::Prefixes => (Method::GET, "/v1/prefixes".to_owned()),
         CtlCommand::Token {
@@ -241,6 +244,9 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
             value["head"].as_str().unwrap_or("?")
         ),
         CtlCommand::Metrics => value.as_str().unwrap_or_default().trim_end().to_owned(),
+        CtlCommand::Openapi => {
+            serde_json::to_string_pretty(&value).map_err(std::io::Error::from)?
+        }
         CtlCommand::Status => status_text(&client.name, &value),
         CtlCommand::Services => services_text(&value),
         CtlCommand::Explain { .. } => explain_text(&value),

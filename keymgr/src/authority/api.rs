@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cpclink_mgmt::{echo, problem, Role, Tokens};
+use cpclink_mgmt::{echo, problem, Role, RouteSpec, Tokens};
 use serde::Deserialize;
 
 use super::Authority;
@@ -37,19 +37,80 @@ struct Api {
 
 /// The authority's routes over `authority`, its audit log at `audit`.
 pub(super) fn router(authority: Authority, tokens: Tokens, audit: PathBuf) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/appliances", get(appliances))
-        .route("/v1/prefixes", get(prefixes))
-        .route("/v1/audit/verify", get(verify_audit))
-        .route("/v1/tokens", post(create_token))
-        .route("/v1/appliances/:id/revoke", post(revoke))
-        .route("/v1/rotate", post(rotate))
-        .with_state(Api {
-            authority,
-            tokens,
-            audit,
-        })
+    let route = |path, method, role, summary| RouteSpec {
+        path,
+        method,
+        role,
+        summary,
+    };
+    cpclink_mgmt::documented(
+        "cpclink authority",
+        vec![
+            (
+                route("/healthz", "get", None, "the process answers"),
+                get(|| async { "ok\n" }),
+            ),
+            (
+                route(
+                    "/v1/appliances",
+                    "get",
+                    Some(Role::Viewer),
+                    "the directory: every appliance, its state and prefixes",
+                ),
+                get(appliances),
+            ),
+            (
+                route(
+                    "/v1/prefixes",
+                    "get",
+                    Some(Role::Viewer),
+                    "prefix assignments",
+                ),
+                get(prefixes),
+            ),
+            (
+                route(
+                    "/v1/audit/verify",
+                    "get",
+                    Some(Role::Viewer),
+                    "the audit chain verified",
+                ),
+                get(verify_audit),
+            ),
+            (
+                route(
+                    "/v1/tokens",
+                    "post",
+                    Some(Role::Admin),
+                    "mint an enrolment token",
+                ),
+                post(create_token),
+            ),
+            (
+                route(
+                    "/v1/appliances/{id}/revoke",
+                    "post",
+                    Some(Role::Admin),
+                    "revoke an appliance everywhere",
+                ),
+                post(revoke),
+            ),
+            (
+                route(
+                    "/v1/rotate",
+                    "post",
+                    Some(Role::Operator),
+                    "order every appliance to rotate now",
+                ),
+                post(rotate),
+            ),
+        ],
+    )
+    .with_state(Api {
+        authority,
+        tokens,
+        audit,
+    })
 }
 
 /// An admin reply as the API answers it: an error reply is a 422 problem.
