@@ -6,6 +6,7 @@
 //! | route | role | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process answers |
+//! | `GET /metrics` | viewer | Prometheus text: directory, connections, revocations, rotations, audit lines |
 //! | `GET /v1/appliances` | viewer | the directory: every appliance, its state and prefixes |
 //! | `GET /v1/prefixes` | viewer | prefix assignments |
 //! | `GET /v1/audit/verify` | viewer | the audit chain verified: lines and head |
@@ -49,6 +50,15 @@ pub(super) fn router(authority: Authority, tokens: Tokens, audit: PathBuf) -> Ro
             (
                 route("/healthz", "get", None, "the process answers"),
                 get(|| async { "ok\n" }),
+            ),
+            (
+                route(
+                    "/metrics",
+                    "get",
+                    Some(Role::Viewer),
+                    "Prometheus exposition: directory, connections, revocations, rotations, audit",
+                ),
+                get(metrics),
             ),
             (
                 route(
@@ -140,6 +150,50 @@ async fn ask(
         ),
         Err(r) => *r,
     }
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(r) = api.tokens.authorise(&headers, Role::Viewer, "GET /metrics") {
+        return *r;
+    }
+    let AdminReply::Status {
+        version,
+        appliances,
+        revoked,
+        rotation,
+        connected,
+        ..
+    } = api.authority.status().await
+    else {
+        return problem(&headers, StatusCode::SERVICE_UNAVAILABLE, "no status", "-");
+    };
+    let audit_lines = crate::audit::verify(&api.audit).map_or(0, |v| v.lines);
+    let mut out = String::new();
+    for (name, kind, value) in [
+        ("cpclink_directory_version", "gauge", version),
+        ("cpclink_appliances", "gauge", appliances as u64),
+        ("cpclink_appliances_revoked", "gauge", revoked as u64),
+        ("cpclink_appliances_connected", "gauge", connected as u64),
+        ("cpclink_rotations", "counter", rotation),
+        ("cpclink_audit_lines", "counter", audit_lines),
+    ] {
+        let series = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        out += &format!("# TYPE {name} {kind}\n{series} {value}\n");
+    }
+    out += &format!(
+        "# TYPE cpclink_build_info gauge\ncpclink_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut r = out.into_response();
+    r.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    echo(&headers, r)
 }
 
 async fn appliances(State(api): State<Api>, headers: HeaderMap) -> Response {
