@@ -14,6 +14,8 @@ const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const AF_INET6: u8 = 10;
 const RTN_UNICAST: u8 = 1;
+const RTN_UNREACHABLE: u8 = 7;
+const RTA_PRIORITY: u16 = 6;
 /// `rtm_table` holds one byte; larger tables say `RT_TABLE_COMPAT` there and the real id in
 /// `RTA_TABLE`.
 const RT_TABLE_COMPAT: u8 = 252;
@@ -73,6 +75,10 @@ pub struct Ipv6Route {
     pub protocol: u8,
     /// Lightweight-tunnel encapsulation, if any this crate decodes.
     pub encap: Option<Encap>,
+    /// The metric (`RTA_PRIORITY`); 0 leaves it to the kernel (1024 for IPv6).
+    pub metric: u32,
+    /// An `unreachable` route: matching packets are dropped with an ICMP error.
+    pub unreachable: bool,
 }
 
 impl Ipv6Route {
@@ -83,7 +89,11 @@ impl Ipv6Route {
         h[1] = self.prefix_len;
         h[4] = table;
         h[5] = self.protocol;
-        h[7] = RTN_UNICAST;
+        h[7] = if self.unreachable {
+            RTN_UNREACHABLE
+        } else {
+            RTN_UNICAST
+        };
         h
     }
 
@@ -92,7 +102,12 @@ impl Ipv6Route {
         let mut w = AttrWriter::new(&self.rtmsg());
         w.attr(RTA_DST, &self.dst.octets());
         w.u32(RTA_TABLE, self.table);
-        w.u32(RTA_OIF, self.oif);
+        if self.oif != 0 {
+            w.u32(RTA_OIF, self.oif);
+        }
+        if self.metric != 0 {
+            w.u32(RTA_PRIORITY, self.metric);
+        }
         match &self.encap {
             None => {}
             Some(Encap::Seg6 { mode, srh }) => {
@@ -124,6 +139,9 @@ impl Ipv6Route {
         let mut w = AttrWriter::new(&self.rtmsg());
         w.attr(RTA_DST, &self.dst.octets());
         w.u32(RTA_TABLE, self.table);
+        if self.metric != 0 {
+            w.u32(RTA_PRIORITY, self.metric);
+        }
         w.finish()
     }
 
@@ -141,6 +159,8 @@ impl Ipv6Route {
             oif: 0,
             protocol: hdr[5],
             encap: None,
+            metric: 0,
+            unreachable: hdr[7] == RTN_UNREACHABLE,
         };
         let (mut encap_type, mut encap) = (0u16, &[][..]);
         for (kind, v) in attr::attrs(&p[RTMSG_LEN..]) {
@@ -148,6 +168,7 @@ impl Ipv6Route {
                 RTA_DST => r.dst = attr::as_ipv6(v)?,
                 RTA_TABLE => r.table = attr::as_u32(v)?,
                 RTA_OIF => r.oif = attr::as_u32(v)?,
+                RTA_PRIORITY => r.metric = attr::as_u32(v)?,
                 RTA_ENCAP_TYPE => encap_type = attr::as_u16(v)?,
                 RTA_ENCAP => encap = v,
                 _ => {}
@@ -232,6 +253,8 @@ mod tests {
             oif: 3,
             protocol: 211,
             encap: None,
+            metric: 1024,
+            unreachable: false,
         };
         let cases = [
             Encap::Seg6 {
@@ -257,6 +280,13 @@ mod tests {
             };
             assert_eq!(Ipv6Route::parse(&r.to_bytes()), Some(r));
         }
+        let guard = Ipv6Route {
+            oif: 0,
+            metric: 4096,
+            unreachable: true,
+            ..base.clone()
+        };
+        assert_eq!(Ipv6Route::parse(&guard.to_bytes()), Some(guard));
         let big = Ipv6Route {
             table: 1000,
             ..base

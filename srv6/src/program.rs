@@ -64,6 +64,9 @@ pub enum RouteAction {
     },
     /// Process packets addressed to a local SID (`encap seg6local`).
     Seg6Local(Seg6LocalAction),
+    /// Drop matching packets (`unreachable`): a guard behind a steering route, so what it
+    /// steers never falls through to a plain route while the steering route is gone.
+    Unreachable,
 }
 
 /// An IPv6 route cpclink owns.
@@ -75,11 +78,19 @@ pub struct Seg6Route {
     pub prefix_len: u8,
     /// Table (254 = main).
     pub table: u32,
-    /// Output interface index.
+    /// Output interface index (0 for none).
     pub oif: u32,
+    /// The metric: the lowest wins among routes to the same prefix.
+    pub metric: u32,
     /// Behaviour.
     pub action: RouteAction,
 }
+
+/// The metric of steering and SID routes (the kernel's default for IPv6).
+pub const METRIC_STEER: u32 = 1024;
+
+/// The metric of guard routes: behind the steering route, ahead of nothing it replaces.
+pub const METRIC_GUARD: u32 = 4096;
 
 impl Seg6Route {
     /// A route that steers `dst/prefix_len` along `list` (H.Encaps), signed with HMAC key
@@ -101,6 +112,7 @@ impl Seg6Route {
             prefix_len,
             table: RT_TABLE_MAIN,
             oif,
+            metric: METRIC_STEER,
             action: RouteAction::Seg6Encap {
                 mode: EncapMode::Encap,
                 srh: srh.to_bytes()?,
@@ -115,7 +127,22 @@ impl Seg6Route {
             prefix_len: 128,
             table: RT_TABLE_MAIN,
             oif,
+            metric: METRIC_STEER,
             action: RouteAction::Seg6Local(action),
+        }
+    }
+
+    /// A guard for `dst/prefix_len` behind its steering route: when the steering route is
+    /// gone (a link going down flushes the routes over its device), packets are dropped
+    /// instead of following a plain route.
+    pub fn guard(dst: Ipv6Addr, prefix_len: u8) -> Self {
+        Self {
+            dst,
+            prefix_len,
+            table: RT_TABLE_MAIN,
+            oif: 0,
+            metric: METRIC_GUARD,
+            action: RouteAction::Unreachable,
         }
     }
 
@@ -129,11 +156,12 @@ impl Seg6Route {
     /// The kernel's form of this route, marked as cpclink's.
     fn to_kernel(&self) -> Ipv6Route {
         let encap = match &self.action {
-            RouteAction::Seg6Encap { mode, srh } => Encap::Seg6 {
+            RouteAction::Unreachable => None,
+            RouteAction::Seg6Encap { mode, srh } => Some(Encap::Seg6 {
                 mode: *mode as i32,
                 srh: srh.clone(),
-            },
-            RouteAction::Seg6Local(a) => Encap::Seg6Local(match *a {
+            }),
+            RouteAction::Seg6Local(a) => Some(Encap::Seg6Local(match *a {
                 Seg6LocalAction::End => Seg6Local {
                     action: 1,
                     ..Seg6Local::default()
@@ -153,7 +181,7 @@ impl Seg6Route {
                     vrf_table: Some(vrf_table),
                     ..Seg6Local::default()
                 },
-            }),
+            })),
         };
         Ipv6Route {
             dst: self.dst,
@@ -161,13 +189,25 @@ impl Seg6Route {
             table: self.table,
             oif: self.oif,
             protocol: RTPROT_CPCLINK,
-            encap: Some(encap),
+            encap,
+            metric: self.metric,
+            unreachable: matches!(self.action, RouteAction::Unreachable),
         }
     }
 
     /// The route a kernel route stands for; None for routes that are not seg6/seg6local
     /// or use behaviours this crate does not program.
     fn from_kernel(r: Ipv6Route) -> Option<Self> {
+        if r.unreachable {
+            return Some(Self {
+                dst: r.dst,
+                prefix_len: r.prefix_len,
+                table: r.table,
+                oif: 0,
+                metric: r.metric,
+                action: RouteAction::Unreachable,
+            });
+        }
         let action = match r.encap? {
             Encap::Seg6 { mode, srh } => RouteAction::Seg6Encap {
                 mode: match mode {
@@ -192,6 +232,7 @@ impl Seg6Route {
             prefix_len: r.prefix_len,
             table: r.table,
             oif: r.oif,
+            metric: r.metric,
             action,
         })
     }
@@ -271,7 +312,8 @@ impl Programmer {
     /// differs, removes what is no longer wanted. A second call with the same input changes
     /// nothing.
     pub fn reconcile_routes(&mut self, desired: &[Seg6Route]) -> Result<ReconcileReport, Error> {
-        let key = |r: &Seg6Route| (r.table, r.dst, r.prefix_len);
+        // A prefix may hold a steering route and its guard: the metric tells them apart.
+        let key = |r: &Seg6Route| (r.table, r.dst, r.prefix_len, r.metric);
         let actual: BTreeMap<_, Seg6Route> =
             self.routes()?.into_iter().map(|r| (key(&r), r)).collect();
         let mut report = ReconcileReport::default();

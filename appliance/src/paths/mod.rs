@@ -808,6 +808,14 @@ impl PathController {
                 Err(e) => tracing::warn!("path to {peer}: {e}"),
             }
         }
+        // Behind every peer's steering route a guard: when the steering route is gone (a
+        // link going down flushes the routes over its device at once), packets to the peer
+        // are dropped until the next sweep re-steers, never sent along a plain route.
+        for (peer, _, _) in &self.paths.sites {
+            if let Some(addr) = endpoints.get(peer) {
+                routes.push(Seg6Route::guard(*addr, 128));
+            }
+        }
         match p.reconcile_routes(&routes) {
             Ok(report) => {
                 let took = started.elapsed();
