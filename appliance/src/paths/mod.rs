@@ -255,6 +255,10 @@ pub struct PathController {
     reconciled: Option<Instant>,
     /// The last programming error, logged once.
     last_error: Option<String>,
+    /// Every site peer's data-plane address as last reported (kept while unreported).
+    endpoints: BTreeMap<String, Ipv6Addr>,
+    /// The addresses the kernel's routes were last programmed for.
+    programmed_endpoints: BTreeMap<String, Ipv6Addr>,
 }
 
 /// How often the kernel's seg6 routes are reconciled when no decision changed them.
@@ -293,6 +297,8 @@ impl PathController {
             peer_paths: BTreeMap::new(),
             reconciled: None,
             last_error: None,
+            endpoints: BTreeMap::new(),
+            programmed_endpoints: BTreeMap::new(),
             tunnel_source: match config.listen.ip() {
                 IpAddr::V6(a) => Some(a),
                 IpAddr::V4(_) => None,
@@ -724,6 +730,16 @@ impl PathController {
         &mut self,
         endpoints: &BTreeMap<String, Ipv6Addr>,
     ) -> Option<std::time::Duration> {
+        // A peer's address stays known while the key source briefly reports none (it
+        // republishes its peers as SAs change): forgetting it would delete the peer's
+        // steering route and its guard until the next repair, and the peer's packets would
+        // leave along the plain underlay meanwhile. A new address replaces the old.
+        let mut known = std::mem::take(&mut self.endpoints);
+        known.extend(endpoints.iter().map(|(p, a)| (p.clone(), *a)));
+        known.retain(|p, _| self.paths.sites.iter().any(|(site, _, _)| site == p));
+        let endpoints_changed = known != self.programmed_endpoints;
+        self.endpoints = known;
+        let endpoints = &self.endpoints.clone();
         let mut desired: BTreeMap<String, (Vec<Ipv6Addr>, String)> = BTreeMap::new();
         for s in &self.services {
             let mut in_use: Vec<usize> = s.buckets.iter().flatten().copied().collect();
@@ -758,7 +774,7 @@ impl PathController {
         let due = self
             .reconciled
             .is_none_or(|at| at.elapsed() >= REPAIR_EVERY);
-        if desired == self.peer_paths && !due {
+        if desired == self.peer_paths && !due && !endpoints_changed {
             return None;
         }
         let started = Instant::now();
@@ -836,6 +852,7 @@ impl PathController {
                     }
                 }
                 self.peer_paths = desired;
+                self.programmed_endpoints = endpoints.clone();
                 changed.then_some(took)
             }
             Err(e) => {
