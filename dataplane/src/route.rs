@@ -20,6 +20,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 
 use crate::error::{Error, Result};
+use crate::wire::InnerPacket;
 
 /// A peer appliance, by its index in the engine's peer list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -120,6 +121,24 @@ pub enum Route {
     NoSite,
     /// No prefix covers the destination: drop, count `tx_no_route`.
     Unrouted,
+}
+
+impl Route {
+    /// The peer to send to, if any.
+    #[inline]
+    pub fn peer(self) -> Option<PeerId> {
+        match self {
+            Route::Peer(p) | Route::Site(p) => Some(p),
+            Route::NoSite | Route::Unrouted => None,
+        }
+    }
+
+    /// Whether a service matched: a packet that cannot go to its site is counted as
+    /// `tx_no_site`, never sent elsewhere.
+    #[inline]
+    pub fn is_service(self) -> bool {
+        matches!(self, Route::Site(_) | Route::NoSite)
+    }
 }
 
 /// A search entry's bit that marks a service index; without it, an entry is its peer + 1.
@@ -263,8 +282,8 @@ impl RouteTable {
     /// Where `packet`, an inner IP packet to `dst`, goes. A peer prefix's match answers at
     /// once; a service's hashes the flow, marks its bucket used and takes the bucket's peer.
     #[inline]
-    pub fn route(&self, dst: IpAddr, packet: &[u8]) -> Route {
-        let entry = self.entry(dst);
+    pub fn route(&self, packet: &InnerPacket<&[u8]>) -> Route {
+        let entry = self.entry(packet.destination());
         if entry & SERVICE_ENTRY != 0 {
             return self.service_route(entry, packet);
         }
@@ -277,7 +296,7 @@ impl RouteTable {
     /// The service half of [`route`](Self::route), kept out of line so a peer prefix's
     /// lookup stays as short as it was before services.
     #[inline(never)]
-    fn service_route(&self, entry: u32, packet: &[u8]) -> Route {
+    fn service_route(&self, entry: u32, packet: &InnerPacket<&[u8]>) -> Route {
         let index = (entry & !SERVICE_ENTRY) as usize;
         match self.services.get(index).and_then(|s| s.site(packet)) {
             Some(peer) => Route::Site(peer),

@@ -347,20 +347,12 @@ impl State {
                 break;
             };
             source.fill(&mut slot[inner.clone()]);
-            let bytes = &slot[inner];
-            let packet = InnerPacket::new_checked(bytes);
+            let packet = InnerPacket::new_checked(&slot[inner]);
             let next_header = packet.as_ref().map_or(4, InnerPacket::psp_next_header);
-            let (route, service) = match packet {
-                Ok(p) => match self.routes.route(p.destination(), bytes) {
-                    Route::Peer(peer) => (Some(peer), false),
-                    Route::Site(peer) => (Some(peer), true),
-                    Route::NoSite => (None, true),
-                    Route::Unrouted => (None, false),
-                },
-                Err(_) => (None, false),
-            };
+            let route = packet.map_or(Route::Unrouted, |p| self.routes.route(&p));
             let protection = self.protection;
             let routed = route
+                .peer()
                 .and_then(|p| Some((p, self.peers.get_mut(p.0 as usize)?)))
                 .filter(|(_, peer)| match protection {
                     Protection::Encrypted => peer.tx.is_some(),
@@ -369,7 +361,7 @@ impl State {
                 });
             let Some((peer_id, peer)) = routed else {
                 batch.unappend(framed);
-                if service {
+                if route.is_service() {
                     // Taken from the source and lost: never sent elsewhere, never in clear.
                     self.stats.tx_no_site += 1;
                     no_site += 1;
@@ -441,15 +433,11 @@ impl State {
                 continue;
             };
             let next_header = inner.psp_next_header();
-            let (routed, service) = match self.routes.route(inner.destination(), packet) {
-                Route::Peer(peer) => (Some(peer), false),
-                Route::Site(peer) => (Some(peer), true),
-                Route::NoSite => (None, true),
-                Route::Unrouted => (None, false),
-            };
+            let route = self.routes.route(&inner);
+            let service = route.is_service();
             // A route to a peer this worker has not heard of yet routes nowhere; a service's
             // bucket peer unknown here is a site this worker cannot reach.
-            let Some(peer) = routed.and_then(|p| self.peers.get_mut(p.0 as usize)) else {
+            let Some(peer) = route.peer().and_then(|p| self.peers.get_mut(p.0 as usize)) else {
                 if service {
                     self.stats.tx_no_site += segments.count() as u64;
                 } else {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::PeerId;
+use crate::wire::InnerPacket;
 
 /// A service, by its position in the list given to
 /// [`RouteTable::build_with_services`](super::RouteTable::build_with_services).
@@ -62,8 +63,8 @@ impl AffinityTable {
     /// The peer for `packet`'s flow, marking its bucket used; `None` when the bucket has
     /// no site or the packet is no IP packet.
     #[inline]
-    pub(super) fn site(&self, packet: &[u8]) -> Option<PeerId> {
-        let bucket = flow_bucket(packet, self.buckets.len())?;
+    pub(super) fn site(&self, packet: &InnerPacket<&[u8]>) -> Option<PeerId> {
+        let bucket = bucket_of(packet.flow_hash(), self.buckets.len())?;
         self.activity.touch(bucket);
         self.peer(bucket)
     }
@@ -132,67 +133,25 @@ impl BucketActivity {
     }
 }
 
-/// The flow hash (inner source, destination, protocol and, for TCP and UDP, both ports;
-/// IPv4 and IPv6) reduced to one of `buckets` buckets. `None` for no IP packet or no bucket.
-///
-/// Ports are left out of every IPv4 fragment, the first too (the others carry none), so a
-/// fragmented packet never lands on two sites; it may land apart from its flow's others.
-/// Read straight from the header's bytes, a few 64-bit words each folded in with one
-/// multiply: this runs for every packet to a service.
-#[inline]
+/// The bucket of `buckets` an inner packet's flow falls in ([`InnerPacket::flow_hash`]);
+/// `None` for no IP packet or no bucket.
 pub fn flow_bucket(packet: &[u8], buckets: usize) -> Option<usize> {
+    let packet = InnerPacket::new_checked(packet).ok()?;
+    bucket_of(packet.flow_hash(), buckets)
+}
+
+/// A flow hash reduced to one of `buckets` buckets.
+#[inline]
+fn bucket_of(mut h: u64, buckets: usize) -> Option<usize> {
     if buckets == 0 {
         return None;
     }
-    let mut h = flow_hash(packet)?;
     // Every input bit reaches the high half the multiply-shift reduction reads.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     Some(((u128::from(h) * buckets as u128) >> 64) as usize)
 }
-
-/// The 5-tuple of an IPv4 or IPv6 packet, hashed.
-#[inline]
-fn flow_hash(p: &[u8]) -> Option<u64> {
-    let word = |at: usize| -> Option<u64> {
-        Some(u64::from_be_bytes(p.get(at..at + 8)?.try_into().ok()?))
-    };
-    let ports = |protocol: u8, l4: usize| -> u64 {
-        let tuple = match (protocol, p.get(l4..l4 + 4)) {
-            (PROTO_TCP | PROTO_UDP, Some(b)) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            _ => 0,
-        };
-        (u64::from(protocol) << 32) | u64::from(tuple)
-    };
-    let fold = |h: u64, w: u64| (h ^ w).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
-    let seed = 0x9e37_79b9_7f4a_7c15;
-    match p.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            if ihl < 20 || p.len() < ihl {
-                return None;
-            }
-            let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
-            let l4 = if fragment {
-                ports(p[9], 0) & !0xffff_ffff
-            } else {
-                ports(p[9], ihl)
-            };
-            Some(fold(fold(seed, word(12)?), l4))
-        }
-        6 if p.len() >= 40 => {
-            let h = [word(8)?, word(16)?, word(24)?, word(32)?]
-                .into_iter()
-                .fold(seed, fold);
-            Some(fold(h, ports(p[6], 40)))
-        }
-        _ => None,
-    }
-}
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 #[cfg(test)]
 mod tests;

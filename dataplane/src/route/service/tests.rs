@@ -51,10 +51,7 @@ fn all_to(peer: u32, buckets: usize) -> AffinityTable {
 }
 
 fn route(table: &RouteTable, packet: &[u8]) -> Route {
-    let dst = crate::wire::InnerPacket::new_checked(packet)
-        .unwrap()
-        .destination();
-    table.route(dst, packet)
+    table.route(&crate::wire::InnerPacket::new_checked(packet).unwrap())
 }
 
 #[test]
