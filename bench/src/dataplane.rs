@@ -600,28 +600,68 @@ pub fn table(rows: &[DataplaneRow]) -> String {
     )
 }
 
+/// Every row where the setting `vary` picks is set, each with the row measured at the same
+/// point with that setting at zero (the same run's baseline).
+fn beside_baseline(
+    rows: &[DataplaneRow],
+    vary: fn(&mut PointKey) -> &mut usize,
+) -> Vec<(&DataplaneRow, &DataplaneRow)> {
+    let base = |r: &DataplaneRow| {
+        let mut k = PointKey::of(r);
+        *vary(&mut k) = 0;
+        k
+    };
+    rows.iter()
+        .filter(|r| *vary(&mut PointKey::of(r)) > 0)
+        .filter_map(|with| {
+            let without = rows.iter().find(|r| PointKey::of(r) == base(with))?;
+            Some((with, without))
+        })
+        .collect()
+}
+
+/// What makes a measured point: everything but the results.
+#[derive(PartialEq)]
+struct PointKey {
+    mode: &'static str,
+    io: &'static str,
+    suite: Option<&'static str>,
+    crypto: Option<&'static str>,
+    workers: usize,
+    payload: usize,
+    routes: usize,
+    services: usize,
+}
+
+impl PointKey {
+    fn of(r: &DataplaneRow) -> Self {
+        Self {
+            mode: r.mode,
+            io: r.io,
+            suite: r.suite,
+            crypto: r.crypto,
+            workers: r.workers,
+            payload: r.payload,
+            routes: r.routes,
+            services: r.services,
+        }
+    }
+}
+
+/// The change in CPU time per packet (the slower side's) from `without` to `with`.
+fn cpu_change(with: &DataplaneRow, without: &DataplaneRow) -> String {
+    let cpu = |r: &DataplaneRow| r.split.tx_cpu_ns.max(r.split.rx_cpu_ns);
+    format!(
+        "{:+.1}%",
+        (cpu(with) / cpu(without).max(f64::MIN_POSITIVE) - 1.0) * 100.0
+    )
+}
+
 /// Renders every point measured with services beside the same point with plain peer
 /// prefixes: Gbit/s and CPU time per packet of both, and the change.
 pub fn services_table(rows: &[DataplaneRow]) -> String {
     let mut out = Vec::new();
-    for with in rows.iter().filter(|r| r.services > 0) {
-        let Some(without) = rows.iter().find(|r| {
-            r.services == 0
-                && (
-                    r.mode, r.io, r.suite, r.crypto, r.workers, r.payload, r.routes,
-                ) == (
-                    with.mode,
-                    with.io,
-                    with.suite,
-                    with.crypto,
-                    with.workers,
-                    with.payload,
-                    with.routes,
-                )
-        }) else {
-            continue;
-        };
-        let cpu = |r: &DataplaneRow| r.split.tx_cpu_ns.max(r.split.rx_cpu_ns);
+    for (with, without) in beside_baseline(rows, |r| &mut r.services) {
         out.push(vec![
             with.mode.to_string(),
             with.io.to_string(),
@@ -633,10 +673,7 @@ pub fn services_table(rows: &[DataplaneRow]) -> String {
             format!("{:.2}", with.gbps),
             format!("{:.3}", with.gbps / without.gbps.max(f64::MIN_POSITIVE)),
             format!("{:.0}/{:.0}", without.split.tx_cpu_ns, with.split.tx_cpu_ns),
-            format!(
-                "{:+.1}%",
-                (cpu(with) / cpu(without).max(f64::MIN_POSITIVE) - 1.0) * 100.0
-            ),
+            cpu_change(with, without),
         ]);
     }
     crate::markdown_table(
@@ -661,23 +698,7 @@ pub fn services_table(rows: &[DataplaneRow]) -> String {
 /// CPU time per packet of both, and the change.
 pub fn routes_table(rows: &[DataplaneRow]) -> String {
     let mut out = Vec::new();
-    for with in rows.iter().filter(|r| r.routes > 0) {
-        let Some(without) = rows.iter().find(|r| {
-            r.routes == 0
-                && r.services == with.services
-                && (r.mode, r.io, r.suite, r.crypto, r.workers, r.payload)
-                    == (
-                        with.mode,
-                        with.io,
-                        with.suite,
-                        with.crypto,
-                        with.workers,
-                        with.payload,
-                    )
-        }) else {
-            continue;
-        };
-        let cpu = |r: &DataplaneRow| r.split.tx_cpu_ns.max(r.split.rx_cpu_ns);
+    for (with, without) in beside_baseline(rows, |r| &mut r.routes) {
         out.push(vec![
             with.mode.to_string(),
             with.io.to_string(),
@@ -691,10 +712,7 @@ pub fn routes_table(rows: &[DataplaneRow]) -> String {
                 (with.gbps / without.gbps.max(f64::MIN_POSITIVE) - 1.0) * 100.0
             ),
             format!("{:.0}/{:.0}", without.split.tx_cpu_ns, with.split.tx_cpu_ns),
-            format!(
-                "{:+.1}%",
-                (cpu(with) / cpu(without).max(f64::MIN_POSITIVE) - 1.0) * 100.0
-            ),
+            cpu_change(with, without),
         ]);
     }
     crate::markdown_table(
