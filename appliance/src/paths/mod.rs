@@ -304,7 +304,7 @@ impl PathController {
                 IpAddr::V4(_) => None,
             },
         };
-        this.set_services(&config.services);
+        this.set_services(&config.services, false);
         this.program_node();
         Some(this)
     }
@@ -320,8 +320,10 @@ impl PathController {
         let Some(paths) = config.paths.clone() else {
             return false;
         };
-        let changed = paths != self.paths
-            || config.metrics != self.metrics
+        // Selectors, metrics and bucket state are kept only for services whose topology is
+        // what it was: a changed [paths] or [metrics] rebuilds every service.
+        let topology_same = paths == self.paths && config.metrics == self.metrics;
+        let changed = !topology_same
             || config.services.len() != self.services.len()
             || config
                 .services
@@ -332,19 +334,18 @@ impl PathController {
             self.paths = paths;
             self.metrics = config.metrics.clone();
             self.local = None;
-            self.set_services(&config.services);
+            self.set_services(&config.services, topology_same);
             self.program_node();
         }
         changed
     }
 
-    fn set_services(&mut self, services: &[ServiceConfig]) {
+    /// Builds the services' state; with `keep`, a service configured as before keeps its
+    /// state whole. A rebuilt service keeps its bucket activity (flows stay marked busy).
+    fn set_services(&mut self, services: &[ServiceConfig], keep: bool) {
         let mut old: Vec<ServiceState> = std::mem::take(&mut self.services);
         for s in services {
-            if let Some(i) = old
-                .iter()
-                .position(|o| o.config == *s && self.paths_unchanged_for(o))
-            {
+            if let Some(i) = old.iter().position(|o| keep && o.config == *s) {
                 self.services.push(old.swap_remove(i));
                 continue;
             }
@@ -382,12 +383,6 @@ impl PathController {
                 decided: false,
             });
         }
-    }
-
-    fn paths_unchanged_for(&self, s: &ServiceState) -> bool {
-        topology(&self.paths, &s.config).is_ok_and(|t| {
-            t.paths.len() == s.topology.paths.len() && t.links.len() == s.topology.links.len()
-        }) && s.activity.len() == self.paths.buckets
     }
 
     /// Programs what does not depend on decisions: the SRH HMAC key, the tunnel source and
@@ -739,7 +734,6 @@ impl PathController {
         known.retain(|p, _| self.paths.sites.iter().any(|(site, _, _)| site == p));
         let endpoints_changed = known != self.programmed_endpoints;
         self.endpoints = known;
-        let endpoints = &self.endpoints.clone();
         let mut desired: BTreeMap<String, (Vec<Ipv6Addr>, String)> = BTreeMap::new();
         for s in &self.services {
             let mut in_use: Vec<usize> = s.buckets.iter().flatten().copied().collect();
@@ -803,7 +797,7 @@ impl PathController {
             }
         }
         for (peer, (segs, dev)) in &desired {
-            let Some(addr) = endpoints.get(peer) else {
+            let Some(addr) = self.endpoints.get(peer) else {
                 continue;
             };
             if !has_carrier(dev) {
@@ -828,7 +822,7 @@ impl PathController {
         // link going down flushes the routes over its device at once), packets to the peer
         // are dropped until the next sweep re-steers, never sent along a plain route.
         for (peer, _, _) in &self.paths.sites {
-            if let Some(addr) = endpoints.get(peer) {
+            if let Some(addr) = self.endpoints.get(peer) {
                 routes.push(Seg6Route::guard(*addr, 128));
             }
         }
@@ -852,7 +846,7 @@ impl PathController {
                     }
                 }
                 self.peer_paths = desired;
-                self.programmed_endpoints = endpoints.clone();
+                self.programmed_endpoints = self.endpoints.clone();
                 changed.then_some(took)
             }
             Err(e) => {

@@ -157,4 +157,11 @@ fn a_reload_keeps_unchanged_services_and_restarts_changed_ones() {
     c.decide(t + 100, |_| true);
     assert!(sites_of(&c).iter().all(Option::is_none));
     assert!(c.ingest("dc2", &payload("echo", "dc2", "dc2", 0.2, t + 200), t + 200));
+    c.decide(t + 300, |_| true);
+    assert!(sites_of(&c).iter().all(|p| *p == Some(PeerId(0))));
+    // Same services, a link's latency changed: the topology is rebuilt, not kept stale.
+    let mut slower = config("latency_bound_ms = 40.0");
+    slower.paths.as_mut().unwrap().links[0].latency_ms = 30.0;
+    assert!(c.reload(&slower));
+    assert!(sites_of(&c).iter().all(Option::is_none));
 }
