@@ -59,19 +59,10 @@ pub async fn serve(
 }
 
 fn router(api: Api) -> Router {
-    let route = |path, method, role, summary| RouteSpec {
-        path,
-        method,
-        role,
-        summary,
-    };
+    let route = RouteSpec::new;
     cpclink_mgmt::documented(
         "cpclink appliance",
         vec![
-            (
-                route("/healthz", "get", None, "the process answers"),
-                get(|| async { "ok\n" }),
-            ),
             (
                 route(
                     "/readyz",

@@ -334,6 +334,8 @@ fn services_follow_compute_and_paths_over_the_lab() {
         )
         .unwrap_err();
     assert!(refused.contains("403"), "{refused}");
+    // A malformed prefix is refused by ctl before it asks (the authority's own refusal
+    // of malformed bodies is tested in keymgr's authority::api tests).
     let malformed = lab
         .ctl_of(
             authority,
@@ -341,10 +343,7 @@ fn services_follow_compute_and_paths_over_the_lab() {
             &[&order[..], &["10.9.0.1/24"]].concat(),
         )
         .unwrap_err();
-    assert!(
-        malformed.contains("400") && malformed.contains("prefixes[0]"),
-        "{malformed}"
-    );
+    assert!(malformed.contains("host bits"), "{malformed}");
     let token = lab
         .ctl_of(
             authority,

@@ -276,12 +276,36 @@ pub struct RouteSpec {
     pub summary: &'static str,
 }
 
-/// A router serving `routes`, plus `GET /openapi.json`: an OpenAPI 3.1 document generated
-/// from the same table.
+impl RouteSpec {
+    /// A route: its path (OpenAPI form), method, role (`None`: open) and summary.
+    pub const fn new(
+        path: &'static str,
+        method: &'static str,
+        role: Option<Role>,
+        summary: &'static str,
+    ) -> Self {
+        Self {
+            path,
+            method,
+            role,
+            summary,
+        }
+    }
+}
+
+/// A router serving `routes`, plus `GET /healthz` (open: the process answers) and
+/// `GET /openapi.json`: an OpenAPI 3.1 document generated from the same table.
 pub fn documented<S: Clone + Send + Sync + 'static>(
     title: &str,
-    routes: Vec<(RouteSpec, axum::routing::MethodRouter<S>)>,
+    mut routes: Vec<(RouteSpec, axum::routing::MethodRouter<S>)>,
 ) -> Router<S> {
+    routes.insert(
+        0,
+        (
+            RouteSpec::new("/healthz", "get", None, "the process answers"),
+            axum::routing::get(|| async { "ok\n" }),
+        ),
+    );
     let document = openapi(title, routes.iter().map(|(spec, _)| *spec));
     let mut router = Router::new().route(
         "/openapi.json",
@@ -372,18 +396,13 @@ mod tests {
     #[test]
     fn the_document_lists_every_route_with_its_role_and_parameters() {
         let routes = [
-            RouteSpec {
-                path: "/healthz",
-                method: "get",
-                role: None,
-                summary: "alive",
-            },
-            RouteSpec {
-                path: "/v1/services/{name}",
-                method: "get",
-                role: Some(Role::Viewer),
-                summary: "one service",
-            },
+            RouteSpec::new("/healthz", "get", None, "alive"),
+            RouteSpec::new(
+                "/v1/services/{name}",
+                "get",
+                Some(Role::Viewer),
+                "one service",
+            ),
         ];
         let doc = openapi("t", routes);
         assert_eq!(doc["openapi"], "3.1.0");

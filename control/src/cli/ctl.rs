@@ -55,21 +55,8 @@ enum CtlCommand {
     Appliances,
     /// Authority: prefix assignments.
     Prefixes,
-    /// Authority: mint an enrolment token (admin).
-    Token {
-        /// The appliance id the certificate will name.
-        #[arg(long)]
-        appliance: String,
-        /// Its centre.
-        #[arg(long)]
-        centre: String,
-        /// Its tenant.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// Inner prefixes to assign to it (repeat).
-        #[arg(long = "prefix")]
-        prefixes: Vec<String>,
-    },
+    /// Authority: mint an enrolment token (admin); the same order as `keymgr token create`.
+    Token(super::keymgr::TokenOrder),
     /// Authority: revoke an appliance everywhere (admin).
     Revoke {
         /// The appliance id.
@@ -201,14 +188,11 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Openapi => (Method::GET, "/openapi.json".to_owned()),
         CtlCommand::Appliances => (Method::GET, "/v1/appliances".to_owned()),
         CtlCommand::Prefixes => (Method::GET, "/v1/prefixes".to_owned()),
-        CtlCommand::Token {
-            appliance,
-            centre,
-            tenant,
-            prefixes,
-        } => {
+        CtlCommand::Token(order) => {
+            let prefixes: Vec<String> = order.prefixes.iter().map(ToString::to_string).collect();
             body = Some(serde_json::json!({
-                "appliance": appliance, "centre": centre, "tenant": tenant, "prefixes": prefixes,
+                "appliance": order.appliance, "centre": order.centre, "tenant": order.tenant,
+                "ttl_secs": order.ttl, "prefixes": prefixes,
             }));
             (Method::POST, "/v1/tokens".to_owned())
         }
@@ -229,7 +213,7 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
     let text = match args.command {
         CtlCommand::Appliances
         | CtlCommand::Prefixes
-        | CtlCommand::Token { .. }
+        | CtlCommand::Token(_)
         | CtlCommand::Revoke { .. }
         | CtlCommand::Rotate => {
             // The authority answers what its admin socket answers; one rendering of it.

@@ -70,22 +70,22 @@ enum TokenCommand {
 
 /// Who an enrolment token is for: `token create` and `replace` take the same order.
 #[derive(Debug, Args)]
-struct TokenOrder {
+pub(super) struct TokenOrder {
     /// The appliance id the certificate will name.
     #[arg(long)]
-    appliance: String,
+    pub(super) appliance: String,
     /// The appliance's centre.
     #[arg(long)]
-    centre: String,
+    pub(super) centre: String,
     /// The tenant the appliance serves.
     #[arg(long, default_value = "default")]
-    tenant: String,
+    pub(super) tenant: String,
     /// Lifetime in seconds (default: the config's token_ttl_secs).
     #[arg(long)]
-    ttl: Option<u64>,
+    pub(super) ttl: Option<u64>,
     /// An inner prefix to assign to the appliance (repeat for more), e.g. 10.1.0.0/16.
     #[arg(long = "prefix", value_name = "PREFIX")]
-    prefixes: Vec<InnerPrefix>,
+    pub(super) prefixes: Vec<InnerPrefix>,
 }
 
 impl TokenOrder {

@@ -38,19 +38,10 @@ struct Api {
 
 /// The authority's routes over `authority`, its audit log at `audit`.
 pub(super) fn router(authority: Authority, tokens: Tokens, audit: PathBuf) -> Router {
-    let route = |path, method, role, summary| RouteSpec {
-        path,
-        method,
-        role,
-        summary,
-    };
+    let route = RouteSpec::new;
     cpclink_mgmt::documented(
         "cpclink authority",
         vec![
-            (
-                route("/healthz", "get", None, "the process answers"),
-                get(|| async { "ok\n" }),
-            ),
             (
                 route(
                     "/metrics",
@@ -330,4 +321,80 @@ async fn create_token(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
         )
         .await;
     answer(&headers, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthorityConfig, StoreConfig};
+    use cpclink_mgmt::{token_digest, ApiToken};
+
+    async fn api(dir: &std::path::Path) -> Api {
+        std::fs::write(dir.join("kek"), "22".repeat(32)).unwrap();
+        let cfg = AuthorityConfig {
+            listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            state_dir: dir.join("authority"),
+            kek_file: dir.join("kek"),
+            rotation_interval_secs: 86_400,
+            cert_days: 1,
+            token_ttl_secs: 600,
+            store: StoreConfig::Redb { path: None },
+            rules: Vec::new(),
+            api: None,
+        };
+        Api {
+            authority: Authority::start(&cfg).await.unwrap(),
+            tokens: Tokens::new(vec![ApiToken {
+                name: "root".into(),
+                role: Role::Admin,
+                sha256: token_digest("t"),
+            }]),
+            audit: dir.join("authority/audit.jsonl"),
+        }
+    }
+
+    async fn order(api: &Api, body: &str) -> (StatusCode, String) {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        let r = create_token(State(api.clone()), headers, Bytes::from(body.to_owned())).await;
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn malformed_token_orders_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path()).await;
+        let (status, body) = order(&api, r#"{"appliance": "dc9"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("missing field `centre`"), "{body}");
+        let (status, body) = order(
+            &api,
+            r#"{"appliance": "dc9", "centre": "dc9", "prefixes": ["10.9.0.1/24"]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("prefixes[0]: 10.9.0.1/24"), "{body}");
+        let (status, body) = order(
+            &api,
+            r#"{"appliance": "dc9", "centre": "dc9", "colour": 1}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("unknown field `colour`"), "{body}");
+        let (status, body) = order(
+            &api,
+            r#"{"appliance": "dc9", "centre": "dc9", "prefixes": ["10.9.0.0/24"]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("cpt"), "{body}");
+        let audit = std::fs::read_to_string(dir.path().join("authority/audit.jsonl")).unwrap();
+        assert!(
+            audit.contains("api:root"),
+            "the order is audited with who gave it"
+        );
+        api.authority.shutdown();
+    }
 }
