@@ -493,7 +493,7 @@ impl Lab {
         }
         for centre in world::CENTRES {
             self.wait_for(&format!("{centre}'s TUN device"), centre, || {
-                sh(&["ip", "-n", &ns(centre), "link", "show", "cpc0"]).is_ok()
+                world::ip(centre, &["link", "show", "cpc0"]).is_ok()
             })?;
             world::inner(centre)?;
         }
@@ -607,16 +607,10 @@ impl Lab {
             down.push((a.to_owned(), b.to_owned()));
         }
         for (node, dev) in [(a, b), (b, a)] {
-            sh(&[
-                "ip",
-                "-n",
-                &ns(node),
-                "link",
-                "set",
-                "dev",
-                dev,
-                if up { "up" } else { "down" },
-            ])?;
+            world::ip(
+                node,
+                &["link", "set", "dev", dev, if up { "up" } else { "down" }],
+            )?;
         }
         world::underlay(a)?;
         world::underlay(b)?;

@@ -109,11 +109,16 @@ fn sysctls(node: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Runs `ip -n cpclab-NODE ARGS`.
+pub fn ip(node: &str, args: &[&str]) -> Result<String, LabError> {
+    sh(&[&["ip", "-n", &ns(node)], args].concat())
+}
+
 /// Builds the namespaces, links, addresses, End SIDs and underlay routes.
 pub fn build() -> Result<(), LabError> {
     for node in CENTRES.iter().chain(&TRANSITS) {
         sh(&["ip", "netns", "add", &ns(node)])?;
-        sh(&["ip", "-n", &ns(node), "link", "set", "lo", "up"])?;
+        ip(node, &["link", "set", "lo", "up"])?;
         for (k, v) in sysctls(node) {
             sh(&[
                 "ip",
@@ -127,48 +132,48 @@ pub fn build() -> Result<(), LabError> {
         }
     }
     for (a, b, net, _) in LINKS {
-        sh(&[
-            "ip",
-            "-n",
-            &ns(a),
-            "link",
-            "add",
-            "name",
-            b,
-            "type",
-            "veth",
-            "peer",
-            "name",
+        ip(
             a,
-            "netns",
-            &ns(b),
-        ])?;
-        for (node, dev, a_side) in [(a, b, true), (b, a, false)] {
-            sh(&[
-                "ip",
-                "-n",
-                &ns(node),
-                "addr",
+            &[
+                "link",
                 "add",
-                &format!("{}/64", link_address(net, a_side)),
-                "dev",
-                dev,
-                "nodad",
-            ])?;
-            sh(&["ip", "-n", &ns(node), "link", "set", "dev", dev, "up"])?;
+                "name",
+                b,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                a,
+                "netns",
+                &ns(b),
+            ],
+        )?;
+        for (node, dev, a_side) in [(a, b, true), (b, a, false)] {
+            ip(
+                node,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/64", link_address(net, a_side)),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            )?;
+            ip(node, &["link", "set", "dev", dev, "up"])?;
         }
     }
     for centre in CENTRES {
-        sh(&[
-            "ip",
-            "-n",
-            &ns(centre),
-            "addr",
-            "add",
-            &format!("{}/128", appliance_address(centre)),
-            "dev",
-            "lo",
-        ])?;
+        ip(
+            centre,
+            &[
+                "addr",
+                "add",
+                &format!("{}/128", appliance_address(centre)),
+                "dev",
+                "lo",
+            ],
+        )?;
     }
     for node in CENTRES.iter().chain(&TRANSITS) {
         underlay(node)?;
@@ -200,21 +205,21 @@ pub fn underlay(node: &str) -> Result<(), LabError> {
     if node.starts_with('t') {
         // The kernel wants a device for the SID, and one that is up: any link will do.
         let homed = links.iter().any(|(dev, _)| {
-            sh(&[
-                "ip",
-                "-n",
-                &ns(node),
-                "-6",
-                "route",
-                "replace",
-                &sid(node),
-                "encap",
-                "seg6local",
-                "action",
-                "End",
-                "dev",
-                dev,
-            ])
+            ip(
+                node,
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    &sid(node),
+                    "encap",
+                    "seg6local",
+                    "action",
+                    "End",
+                    "dev",
+                    dev,
+                ],
+            )
             .is_ok()
         });
         if !homed {
@@ -256,19 +261,19 @@ pub fn underlay(node: &str) -> Result<(), LabError> {
     }
     for (prefix, gw, metric) in routes {
         // A gateway on a link that is down is refused: that route comes back with the link.
-        let _ = sh(&[
-            "ip",
-            "-n",
-            &ns(node),
-            "-6",
-            "route",
-            "replace",
-            &prefix,
-            "via",
-            &gw,
-            "metric",
-            &metric.to_string(),
-        ]);
+        let _ = ip(
+            node,
+            &[
+                "-6",
+                "route",
+                "replace",
+                &prefix,
+                "via",
+                &gw,
+                "metric",
+                &metric.to_string(),
+            ],
+        );
     }
     Ok(())
 }
@@ -277,7 +282,7 @@ pub fn underlay(node: &str) -> Result<(), LabError> {
 /// the TUN, the other centres and the service behind it; the service address on the hosts.
 pub fn inner(centre: &str) -> Result<(), LabError> {
     let n = number(centre);
-    let run = |args: &[&str]| sh(&[&["ip", "-n", &ns(centre)], args].concat());
+    let run = |args: &[&str]| ip(centre, args);
     let _ = run(&["addr", "add", &format!("10.{n}.0.1/24"), "dev", "cpc0"]);
     run(&["route", "replace", "10.0.0.0/8", "dev", "cpc0"])?;
     if HOSTS.contains(&centre) {
