@@ -2,10 +2,11 @@
 //! certificate (issued by the authority's CA, naming the appliance id), so `cpclink ctl`
 //! and curl verify it against the CA they already trust.
 //!
-//! Clients present a bearer token (`Authorization: Bearer …`); `[[api.token]]` lists the
-//! SHA-256 of each with a name and a role. Roles nest: `viewer` reads, `operator` also
-//! reloads, `admin` may do everything. Errors are RFC 9457 `application/problem+json`; an
-//! `x-correlator` request header is echoed and logged with the request.
+//! Callers present an operator certificate or a signed token the authority issued (checked
+//! offline against its CA), or a bearer token `[[api.token]]` lists by its SHA-256. Roles
+//! nest: `viewer` reads, `operator` also reloads, `admin` may do everything. A caller scoped
+//! to a tenant may call an appliance of that tenant only. Errors are RFC 9457
+//! `application/problem+json`; an `x-correlator` request header is echoed and logged.
 //!
 //! | route | role | what |
 //! |---|---|---|
@@ -17,29 +18,33 @@
 //! | `GET /v1/services/{name}` | viewer | one service and the explanation of its last decision |
 //! | `POST /v1/reload` | operator | re-read the configuration file (as SIGHUP) |
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use cpclink_dataplane::engine::Engine;
 
 use cpclink_dataplane::engine::EngineStats;
 
 use crate::appliance::{ApplianceHandle, ApplianceStatus};
 
-use cpclink_mgmt::{echo, problem, RouteSpec, Tokens};
+use cpclink_mgmt::metrics::{label, Registry};
+use cpclink_mgmt::{echo, problem, Access, Caller, RouteSpec};
 pub use cpclink_mgmt::{token_digest, ApiToken, Role};
+
+/// The tenant this appliance serves, once known.
+pub type TenantSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]
 struct Api {
     handle: ApplianceHandle,
     engine: Arc<Engine>,
-    tokens: Tokens,
+    access: Access,
+    tenant: TenantSource,
 }
 
 /// Serves the API on `listen` until the runtime stops. Returns the address bound.
@@ -48,12 +53,14 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     handle: ApplianceHandle,
     engine: Arc<Engine>,
-    tokens: Vec<ApiToken>,
+    access: Access,
+    tenant: TenantSource,
 ) -> std::io::Result<SocketAddr> {
     let app = router(Api {
         handle,
         engine,
-        tokens: Tokens::new(tokens),
+        access,
+        tenant,
     });
     cpclink_mgmt::serve(listen, tls, app).await
 }
@@ -62,6 +69,7 @@ fn router(api: Api) -> Router {
     let route = RouteSpec::new;
     cpclink_mgmt::documented(
         "cpclink appliance",
+        &api.access,
         vec![
             (
                 route(
@@ -123,6 +131,32 @@ fn router(api: Api) -> Router {
 }
 
 impl Api {
+    /// The 403 for a caller scoped to another tenant than this appliance's (or to any
+    /// tenant while this appliance does not know its own yet).
+    fn in_scope(
+        &self,
+        headers: &HeaderMap,
+        caller: &Caller,
+        what: &str,
+    ) -> Result<(), Box<Response>> {
+        let Some(scope) = &caller.tenant else {
+            return Ok(());
+        };
+        match (self.tenant)() {
+            Some(t) if t == *scope => Ok(()),
+            own => Err(Box::new(self.access.forbid(
+                headers,
+                caller,
+                what,
+                &format!(
+                    "{} is scoped to tenant {scope}; this appliance serves {}",
+                    caller.name,
+                    own.as_deref().unwrap_or("a tenant not known yet")
+                ),
+            ))),
+        }
+    }
+
     /// The appliance's status, or the 503 to answer with while it stops.
     async fn appliance(&self, headers: &HeaderMap) -> Result<ApplianceStatus, Box<Response>> {
         self.handle.status().await.map_err(|e| {
@@ -185,11 +219,12 @@ async fn ready(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api
-        .tokens
-        .authorise(&headers, Role::Viewer, "GET /v1/status")
-    {
+async fn status(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /v1/status") {
         return *r;
     }
     let (status, counters) = match api.with_counters(&headers).await {
@@ -203,11 +238,12 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
     echo(&headers, Json(body).into_response())
 }
 
-async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api
-        .tokens
-        .authorise(&headers, Role::Viewer, "GET /v1/services")
-    {
+async fn services(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /v1/services") {
         return *r;
     }
     match api.appliance(&headers).await {
@@ -216,11 +252,13 @@ async fn services(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn service(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = api
-        .tokens
-        .authorise(&headers, Role::Viewer, "GET /v1/services/{name}")
-    {
+async fn service(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /v1/services/{name}") {
         return *r;
     }
     let paths = match api.appliance(&headers).await {
@@ -250,14 +288,15 @@ async fn service(State(api): State<Api>, Path(name): Path<String>, headers: Head
     )
 }
 
-async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let who = match api
-        .tokens
-        .authorise(&headers, Role::Operator, "POST /v1/reload")
-    {
-        Ok(who) => who,
-        Err(r) => return *r,
-    };
+async fn reload(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "POST /v1/reload") {
+        return *r;
+    }
+    let who = caller.name;
     let file = match api.appliance(&headers).await {
         Ok(s) => std::path::PathBuf::from(s.config_file),
         Err(r) => return *r,
@@ -281,24 +320,28 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = api.tokens.authorise(&headers, Role::Viewer, "GET /metrics") {
+async fn metrics(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /metrics") {
         return *r;
     }
     let (status, counters) = match api.with_counters(&headers).await {
         Ok(both) => both,
         Err(r) => return *r,
     };
-    let mut out = String::new();
-    // Every worker counter, by its name in the final JSON counters, as one family each.
-    let workers: Vec<serde_json::Value> = counters
+    let mut registry = Registry::new();
+    // Every worker counter (packets, bytes, drops by reason, replay and authentication
+    // rejections, derives), by its name in the JSON counters, as one family each.
+    let workers: Vec<serde_json::Map<String, serde_json::Value>> = counters
         .workers
         .iter()
-        .map(|w| serde_json::to_value(w).unwrap_or_default())
+        .filter_map(|w| serde_json::to_value(w).ok()?.as_object().cloned())
         .collect();
-    let mut names: Vec<String> = workers
+    let names: Vec<String> = workers
         .first()
-        .and_then(|w| w.as_object())
         .map(|o| {
             o.iter()
                 .filter(|(_, v)| v.is_u64())
@@ -306,66 +349,84 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
                 .collect()
         })
         .unwrap_or_default();
-    names.sort();
     for name in &names {
-        let _ = writeln!(out, "# TYPE cpclink_worker_{name} counter");
-        for (i, w) in workers.iter().enumerate() {
-            let v = w.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
-            let _ = writeln!(out, "cpclink_worker_{name}_total{{worker=\"{i}\"}} {v}");
-        }
+        registry.counters(
+            &format!("cpclink_worker_{name}"),
+            &format!("the data plane's {name} counter, per worker"),
+            workers.iter().enumerate().map(|(i, w)| {
+                (
+                    vec![label("worker", i)],
+                    w.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0),
+                )
+            }),
+        );
     }
-    let _ = writeln!(out, "# TYPE cpclink_peers gauge");
-    let _ = writeln!(out, "cpclink_peers {}", status.keys.peers.len());
-    let _ = writeln!(out, "# TYPE cpclink_rx_sas gauge");
-    let _ = writeln!(out, "cpclink_rx_sas {}", status.keys.rx.len());
-    let _ = writeln!(out, "# TYPE cpclink_routes gauge");
-    let _ = writeln!(out, "cpclink_routes {}", status.routes.len());
-    let _ = writeln!(out, "# TYPE cpclink_reloads counter");
-    let _ = writeln!(out, "cpclink_reloads_total {}", status.reloads);
+    let keys = &status.keys;
+    registry.gauge("cpclink_peers", "peers known", keys.peers.len() as u64);
+    registry.gauges(
+        "cpclink_peer_tx_sas",
+        "workers holding a transmit SA towards each peer",
+        keys.peers.iter().map(|(name, p)| {
+            (
+                vec![label("peer", name)],
+                p.tx.iter().filter(|s| s.is_some()).count() as u64,
+            )
+        }),
+    );
+    registry.gauge(
+        "cpclink_rx_sas",
+        "receive SAs installed",
+        keys.rx.len() as u64,
+    );
+    registry.gauge(
+        "cpclink_rx_sas_retired",
+        "receive SAs retired by rotations",
+        keys.retired_rx.len() as u64,
+    );
+    registry.gauge(
+        "cpclink_routes",
+        "inner prefixes routed",
+        status.routes.len() as u64,
+    );
+    registry.counter(
+        "cpclink_reloads",
+        "configuration reloads applied",
+        status.reloads,
+    );
     if let Some(p) = &status.paths {
-        let _ = writeln!(out, "# TYPE cpclink_path_decisions counter");
-        for s in &p.services {
-            let n = p.decisions.iter().filter(|d| d.service == s.name).count();
-            let _ = writeln!(
-                out,
-                "cpclink_path_decisions_total{{service=\"{}\"}} {n}",
-                s.name
-            );
-        }
-        let _ = writeln!(out, "# TYPE cpclink_service_buckets gauge");
-        for s in &p.services {
-            for (site, n) in &s.buckets {
-                let _ = writeln!(
-                    out,
-                    "cpclink_service_buckets{{service=\"{}\",site=\"{site}\"}} {n}",
-                    s.name
-                );
-            }
-        }
-        let _ = writeln!(out, "# TYPE cpclink_metric_advertisements counter");
-        if let Some(m) = serde_json::to_value(&p.metrics)
+        registry.counters(
+            "cpclink_path_decisions",
+            "path decisions kept (the last 64), per service",
+            p.services.iter().map(|s| {
+                (
+                    vec![label("service", &s.name)],
+                    p.decisions.iter().filter(|d| d.service == s.name).count() as u64,
+                )
+            }),
+        );
+        registry.gauges(
+            "cpclink_service_buckets",
+            "affinity buckets per service and site",
+            p.services.iter().flat_map(|s| {
+                s.buckets.iter().map(|(site, n)| {
+                    (
+                        vec![label("service", &s.name), label("site", site)],
+                        *n as u64,
+                    )
+                })
+            }),
+        );
+        let outcomes = serde_json::to_value(&p.metrics)
             .ok()
             .and_then(|v| v.as_object().cloned())
-        {
-            for (outcome, v) in m {
-                let _ = writeln!(
-                    out,
-                    "cpclink_metric_advertisements_total{{outcome=\"{outcome}\"}} {}",
-                    v.as_u64().unwrap_or(0)
-                );
-            }
-        }
+            .unwrap_or_default();
+        registry.counters(
+            "cpclink_metric_advertisements",
+            "compute-metric advertisements by outcome",
+            outcomes
+                .iter()
+                .map(|(outcome, v)| (vec![label("outcome", outcome)], v.as_u64().unwrap_or(0))),
+        );
     }
-    let _ = writeln!(out, "# TYPE cpclink_build_info gauge");
-    let _ = writeln!(
-        out,
-        "cpclink_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    let mut r = out.into_response();
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    echo(&headers, r)
+    echo(&headers, registry.into_response())
 }

@@ -583,14 +583,19 @@ pub fn run(
             (Keying::KeyPlane(k), Some(options)) => {
                 let keys = start_key_plane(&engine, k, options, &config).await?;
                 let tls = keys.https_server_config();
+                let access = config
+                    .api
+                    .as_ref()
+                    .map(|api| (keys.api_access(api.tokens.clone()), keys.tenant_source()));
                 let running = spawn(engine.clone(), keys, Some(config.clone()));
-                if let Some(api) = &config.api {
+                if let (Some(api), Some((access, tenant))) = (&config.api, access) {
                     crate::api::serve(
                         api.listen,
                         tls,
                         running.handle(),
                         engine.clone(),
-                        api.tokens.clone(),
+                        access,
+                        std::sync::Arc::new(tenant),
                     )
                     .await
                     .map_err(|e| {

@@ -157,6 +157,19 @@ impl KeyPlane {
         self.agent.https_server_config()
     }
 
+    /// Who may call the management API: the configured tokens, and the operator
+    /// credentials the authority issued (checked offline against its CA).
+    pub fn api_access(&self, tokens: Vec<cpclink_mgmt::ApiToken>) -> cpclink_mgmt::Access {
+        cpclink_mgmt::Access::new(tokens)
+            .with_credentials(std::sync::Arc::new(self.agent.operator_credentials()))
+    }
+
+    /// The tenant this appliance serves, as the directory lists it.
+    pub fn tenant_source(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let agent = self.agent.clone();
+        move || agent.tenant()
+    }
+
     /// Drives `engine` from `agent` and its event stream. Must be called within a tokio
     /// runtime (SA requests run as tasks of their own).
     pub fn new(

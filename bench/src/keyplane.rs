@@ -700,20 +700,23 @@ async fn measure(
     // other's entry).
     let start = wall_us();
     let v = authority
-        .set_rules(vec![
-            Rule::same_tenant(),
-            Rule {
-                a: Selector {
-                    appliance: Some("sim-0".into()),
-                    ..Selector::default()
+        .set_rules(
+            vec![
+                Rule::same_tenant(),
+                Rule {
+                    a: Selector {
+                        appliance: Some("sim-0".into()),
+                        ..Selector::default()
+                    },
+                    b: Selector {
+                        appliance: Some("sim-1".into()),
+                        ..Selector::default()
+                    },
+                    same_tenant: false,
                 },
-                b: Selector {
-                    appliance: Some("sim-1".into()),
-                    ..Selector::default()
-                },
-                same_tenant: false,
-            },
-        ])
+            ],
+            "bench",
+        )
         .await?;
     let waits = within("directory change", reached_all(groups, v, None, start)).await??;
     let directory_change_secs = waits
@@ -729,7 +732,7 @@ async fn measure(
     let before: HashMap<String, u64> = acks.borrow_and_update().clone();
     let ids: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
     let start = Instant::now();
-    authority.rotate_all().await?;
+    authority.rotate_all("bench").await?;
     within("rotation", async {
         loop {
             {
@@ -760,7 +763,7 @@ async fn measure(
     for r in 0..revocations.min(n / 2) {
         let victim = alive.remove((r * 7919) % alive.len());
         let start = wall_us();
-        let v = authority.revoke(&victim).await?;
+        let v = authority.revoke(&victim, "bench").await?;
         let waits = within("revocation", reached_all(groups, v, Some(&victim), start)).await??;
         samples.extend(waits.iter().map(|d| d.as_secs_f64() * 1e3));
         let owner = groups.iter().position(|g| g.holds(&victim));

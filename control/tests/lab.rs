@@ -99,9 +99,10 @@ impl LabUp {
             api["ca"].as_str().unwrap(),
             "--name",
             name,
-            "--token",
-            token,
         ];
+        if !token.is_empty() {
+            all.extend_from_slice(&["--token", token]);
+        }
         all.extend_from_slice(args);
         sh(&all)
     }
@@ -292,15 +293,29 @@ fn services_follow_compute_and_paths_over_the_lab() {
     let metrics = lab.ctl(&viewer, &["metrics"]).unwrap();
     let status_json: serde_json::Value =
         serde_json::from_str(&lab.ctl(&viewer, &["status", "--json"]).unwrap()).unwrap();
+    // Parsed by a Prometheus text-format parser, not by hand.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("unparsable exposition: {e}\n{metrics}"));
+    assert!(scrape.samples.len() > 20, "{metrics}");
     let mut tx_sum = 0;
-    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
-        assert!(series.starts_with("cpclink_"), "{line}");
-        if series.starts_with("cpclink_worker_tx_packets_total{") {
-            tx_sum += value as u64;
+    for sample in &scrape.samples {
+        assert!(sample.metric.starts_with("cpclink_"), "{sample:?}");
+        if sample.metric == "cpclink_worker_tx_packets_total" {
+            // OpenMetrics declares the family without `_total`, which this Prometheus
+            // text parser reads as untyped; the declaration is checked below.
+            let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) =
+                sample.value
+            else {
+                panic!("tx packets is not a counter: {sample:?}")
+            };
+            assert!(sample.labels.get("worker").is_some(), "{sample:?}");
+            tx_sum += v as u64;
         }
     }
+    assert!(
+        metrics.contains("# TYPE cpclink_worker_tx_packets counter\n"),
+        "{metrics}"
+    );
     let tx_status = status_json["counters"]["total"]["tx_packets"]
         .as_u64()
         .unwrap();
@@ -370,12 +385,122 @@ fn services_follow_compute_and_paths_over_the_lab() {
         (authority, "/v1/tokens", "post", "admin"),
         (authority, "/v1/appliances/{id}/revoke", "post", "admin"),
     ] {
-        let doc: serde_json::Value =
-            serde_json::from_str(&lab.ctl_of(name, "-", &["openapi"]).unwrap()).unwrap();
+        let text = lab.ctl_of(name, "-", &["openapi"]).unwrap();
+        // Read by an OpenAPI 3.1 library as well as looked at.
+        let spec = oas3::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(spec.paths.as_ref().is_some_and(|p| p.contains_key(path)));
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(
             doc["paths"][path][method]["x-cpclink-role"], role,
             "{name} {path}"
+        );
+    }
+
+    // Credentials the authority issues: a token scoped to another tenant is refused by the
+    // appliance (and audited), an operator certificate works without any token.
+    let scoped = lab
+        .ctl_of(
+            authority,
+            &a_admin,
+            &[
+                "credential",
+                "--for",
+                "globex-noc",
+                "--role",
+                "admin",
+                "--tenant",
+                "globex",
+            ],
+        )
+        .unwrap();
+    let scoped = scoped.lines().next().unwrap().trim().to_owned();
+    assert!(scoped.starts_with("cpo1."), "{scoped}");
+    let refused = lab.ctl(&scoped, &["status"]).unwrap_err();
+    assert!(
+        refused.contains("403") && refused.contains("globex"),
+        "{refused}"
+    );
+    let listed = lab.ctl_of(authority, &scoped, &["appliances"]).unwrap();
+    assert!(listed.contains("0 appliances"), "{listed}");
+    let certs = lab.dir.join("operator");
+    std::fs::create_dir_all(&certs).unwrap();
+    let issued = lab
+        .ctl_of(
+            authority,
+            &a_admin,
+            &[
+                "credential",
+                "--for",
+                "noc-alice",
+                "--role",
+                "operator",
+                "--certificate",
+                "--out",
+                certs.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(issued.contains("noc-alice.pem"), "{issued}");
+    let (cert, key) = (certs.join("noc-alice.pem"), certs.join("noc-alice.key"));
+    let with_cert = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let status = lab
+        .ctl("", &[&with_cert[..], &["status"]].concat())
+        .unwrap();
+    assert!(status.contains("peer: dc2"), "{status}");
+    let escrow = lab
+        .ctl_of(
+            authority,
+            "",
+            &[&with_cert[..], &["escrow", "dc2"]].concat(),
+        )
+        .unwrap_err();
+    assert!(
+        escrow.contains("403") && escrow.contains("noc-alice"),
+        "{escrow}"
+    );
+    let opened: serde_json::Value =
+        serde_json::from_str(&lab.ctl_of(authority, &a_admin, &["escrow", "dc2"]).unwrap())
+            .unwrap();
+    assert_eq!(
+        opened["master_keys"][0].as_str().map(str::len),
+        Some(64),
+        "{opened}"
+    );
+    let page = lab
+        .ctl_of(
+            authority,
+            &a_viewer,
+            &["--json", "audit", "--limit", "1000"],
+        )
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let kinds: Vec<(String, String)> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let e = &l["event"];
+            (
+                e["kind"].as_str().unwrap_or_default().to_owned(),
+                e["by"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for (kind, by) in [
+        ("credential_issued", "api:lab-admin"),
+        ("escrow_opened", "api:lab-admin"),
+        ("api_refused", "noc-alice"),
+        ("api_refused", "lab-viewer"),
+    ] {
+        assert!(
+            kinds.iter().any(|(k, b)| k == kind && b == by),
+            "{kind} by {by} not audited: {kinds:?}"
         );
     }
 

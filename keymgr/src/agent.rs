@@ -238,6 +238,8 @@ struct Inner {
     id: String,
     /// HTTPS server configuration of the management API: this appliance's certificate.
     https: Arc<rustls::ServerConfig>,
+    /// Checks the operator credentials the authority's CA issued, for the management API.
+    operators: crate::credentials::OperatorCredentials,
     store: AnyStore,
     kek: Kek,
     suite: Suite,
@@ -346,12 +348,14 @@ impl KeyAgent {
         let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
         let signer = MetricSigner::new(&opts.appliance, &identity)?;
         let https = tls::https_server(&opts.ca_cert, &identity)?;
+        let operators = crate::credentials::OperatorCredentials::new(&opts.ca_cert)?;
 
         let (events, events_rx) = mpsc::unbounded_channel();
         let agent = Self {
             inner: Arc::new(Inner {
                 id: opts.appliance,
                 https,
+                operators,
                 store,
                 kek: opts.kek,
                 suite: opts.suite,
@@ -395,6 +399,24 @@ impl KeyAgent {
     /// certificate (issued by the authority's CA, naming the appliance id).
     pub fn https_server_config(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.inner.https)
+    }
+
+    /// Operator credentials (tokens, certificates) the authority's CA issued are checked
+    /// with this, offline.
+    pub fn operator_credentials(&self) -> crate::credentials::OperatorCredentials {
+        self.inner.operators.clone()
+    }
+
+    /// The tenant this appliance serves, as the directory lists it (`None` until the
+    /// directory lists it).
+    pub fn tenant(&self) -> Option<String> {
+        self.inner
+            .directory
+            .lock()
+            .ok()?
+            .appliances
+            .get(&self.inner.id)
+            .map(|e| e.tenant.clone())
     }
 
     /// Where the agent accepts peers.

@@ -78,6 +78,10 @@ pub enum AuditEvent {
     RotationOrdered {
         /// The rotation's sequence number.
         rotation: u64,
+        /// Who ordered it (`schedule` for the rotation schedule); empty in lines written
+        /// before it was recorded.
+        #[serde(default)]
+        by: String,
     },
     /// An appliance confirmed it rotated to a new generation.
     Rotated {
@@ -90,6 +94,38 @@ pub enum AuditEvent {
     Revoked {
         /// The appliance.
         appliance: String,
+        /// Who revoked it; empty in lines written before it was recorded.
+        #[serde(default)]
+        by: String,
+    },
+    /// A management API refused a request (no valid credential, too small a role, or a
+    /// tenant scope that does not cover it).
+    ApiRefused {
+        /// Who asked, if a credential named them.
+        by: Option<String>,
+        /// The request (`POST /v1/rotate`).
+        what: String,
+        /// The HTTP status answered (401 or 403).
+        status: u16,
+        /// Why.
+        reason: String,
+    },
+    /// An operator credential for the management APIs was issued.
+    CredentialIssued {
+        /// The token id or certificate serial.
+        id: String,
+        /// Whom it names.
+        name: String,
+        /// Its role.
+        role: String,
+        /// The tenant it is scoped to, if any.
+        tenant: Option<String>,
+        /// `token` or `certificate`.
+        credential: String,
+        /// Unix time it expires.
+        expires: u64,
+        /// Who issued it.
+        by: String,
     },
     /// An operator ordered a revoked appliance replaced: a token for its id that only a
     /// new agent (fresh keys, new certificate) can redeem.
@@ -120,6 +156,9 @@ pub enum AuditEvent {
         appliance: String,
         /// The key epoch opened.
         epoch: u64,
+        /// Who opened them; empty in lines written before it was recorded.
+        #[serde(default)]
+        by: String,
     },
     /// An appliance's master keys were escrowed to the authority.
     Escrowed {
@@ -128,6 +167,29 @@ pub enum AuditEvent {
         /// The key epoch escrowed.
         epoch: u64,
     },
+}
+
+impl AuditEvent {
+    /// The event's kind, as its line's `kind` field spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TokenCreated { .. } => "token_created",
+            Self::PrefixesAssigned { .. } => "prefixes_assigned",
+            Self::PrefixesRemoved { .. } => "prefixes_removed",
+            Self::PrefixRefused { .. } => "prefix_refused",
+            Self::Enrolled { .. } => "enrolled",
+            Self::DirectoryChanged { .. } => "directory_changed",
+            Self::RotationOrdered { .. } => "rotation_ordered",
+            Self::Rotated { .. } => "rotated",
+            Self::Revoked { .. } => "revoked",
+            Self::ApiRefused { .. } => "api_refused",
+            Self::CredentialIssued { .. } => "credential_issued",
+            Self::ReplacementOrdered { .. } => "replacement_ordered",
+            Self::Replaced { .. } => "replaced",
+            Self::EscrowOpened { .. } => "escrow_opened",
+            Self::Escrowed { .. } => "escrowed",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -252,6 +314,12 @@ fn check_head(path: &Path, records: &[AuditRecord]) -> Result<()> {
 
 /// Reads and checks the chain; returns the records and whether the last line was torn
 /// (written only in part, without its newline).
+/// Every line of the log at `path`, in order (a torn last line left out), read without
+/// checking the chain: for showing it; [`verify`] checks it.
+pub fn records(path: &Path) -> Result<Vec<AuditRecord>> {
+    Ok(read_chain(path)?.0)
+}
+
 fn read_chain(path: &Path) -> Result<(Vec<AuditRecord>, bool)> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -314,6 +382,8 @@ pub struct AuditLog {
     file: File,
     seq: u64,
     prev: [u8; 32],
+    /// Lines by event kind, over the whole chain.
+    kinds: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl AuditLog {
@@ -352,12 +422,27 @@ impl AuditLog {
                 (r.seq, prev)
             }
         };
+        let mut kinds = std::collections::BTreeMap::new();
+        for r in &records {
+            *kinds.entry(r.event.kind()).or_insert(0) += 1;
+        }
         Ok(Self {
             path: path.to_owned(),
             file,
             seq,
             prev,
+            kinds,
         })
+    }
+
+    /// Lines in the chain.
+    pub fn lines(&self) -> u64 {
+        self.seq
+    }
+
+    /// Lines in the chain by event kind (`revoked`, `api_refused`, …).
+    pub fn kinds(&self) -> &std::collections::BTreeMap<&'static str, u64> {
+        &self.kinds
     }
 
     /// Appends `event` and makes it durable before returning.
@@ -382,8 +467,10 @@ impl AuditLog {
         let mut prev = self.prev;
         let mut last_hash = String::new();
         let mut lines = String::new();
+        let mut kinds = Vec::with_capacity(events.len());
         for event in events {
             seq += 1;
+            kinds.push(event.kind());
             let time = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -410,6 +497,9 @@ impl AuditLog {
             .map_err(|e| Error::io(ctx(), e))?;
         self.seq = seq;
         self.prev = prev;
+        for kind in kinds {
+            *self.kinds.entry(kind).or_insert(0) += 1;
+        }
         let head = serde_json::to_vec(&Head {
             seq,
             hash: last_hash,
@@ -428,6 +518,43 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_counted_as_the_lines_spell_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let events = [
+            AuditEvent::Revoked {
+                appliance: "a".into(),
+                by: "api:noc".into(),
+            },
+            AuditEvent::ApiRefused {
+                by: None,
+                what: "POST /v1/rotate".into(),
+                status: 401,
+                reason: "no token".into(),
+            },
+            AuditEvent::RotationOrdered {
+                rotation: 1,
+                by: "schedule".into(),
+            },
+        ];
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append_all(events.to_vec()).unwrap();
+        for e in &events {
+            assert_eq!(serde_json::to_value(e).unwrap()["kind"], e.kind());
+        }
+        // Counted again from the chain when reopened.
+        drop(log);
+        let log = AuditLog::open(&path).unwrap();
+        assert_eq!(log.lines(), 3);
+        assert_eq!(log.kinds().get("api_refused"), Some(&1));
+        assert_eq!(records(&path).unwrap()[0].event, events[0]);
+        // A line written before `by` was recorded still reads.
+        let old: AuditEvent =
+            serde_json::from_str(r#"{"kind": "revoked", "appliance": "b"}"#).unwrap();
+        assert_eq!(old.kind(), "revoked");
+    }
 
     fn log_with(n: u64) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -513,6 +640,7 @@ mod tests {
         let mut log = AuditLog::open(&path).unwrap();
         log.append(AuditEvent::Revoked {
             appliance: "x".into(),
+            by: "test".into(),
         })
         .unwrap();
         assert_eq!(verify(&path).unwrap().lines, 6);
@@ -570,6 +698,7 @@ mod tests {
         let mut log = AuditLog::open(&path).unwrap();
         log.append(AuditEvent::Revoked {
             appliance: "y".into(),
+            by: "test".into(),
         })
         .unwrap();
         assert_eq!(verify(&path).unwrap().lines, 4);

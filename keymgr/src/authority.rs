@@ -152,7 +152,7 @@ fn load_token_key(paths: &StatePaths, kek: &Kek) -> Result<Zeroizing<[u8; 32]>> 
     Ok(key)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -464,7 +464,7 @@ impl Authority {
         };
         let policy = cfg.policy();
         if authority.inner.state.lock().await.master.live().rules != policy {
-            authority.set_rules(policy).await?;
+            authority.set_rules(policy, "configuration").await?;
         }
         tokio::spawn(authority.clone().accept_loop());
         tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
@@ -478,7 +478,7 @@ impl Authority {
                 .check(&cpclink_diagnostics::ConfigText::new("[api]", ""))?;
             let router = api::router(
                 authority.clone(),
-                cpclink_mgmt::Tokens::new(api.tokens.clone()),
+                cpclink_mgmt::Access::new(api.tokens.clone()),
                 paths.audit.clone(),
             );
             cpclink_mgmt::serve(api.listen, https, router)
@@ -529,6 +529,7 @@ impl Authority {
     pub async fn escrowed_keys(
         &self,
         appliance: &str,
+        by: &str,
     ) -> Result<Option<(u64, cpclink_dataplane::sa::MasterKeys)>> {
         let Some((epoch, sealed)) = self.escrow_record(appliance).await? else {
             return Ok(None);
@@ -541,6 +542,7 @@ impl Authority {
         self.audit(AuditEvent::EscrowOpened {
             appliance: appliance.to_owned(),
             epoch,
+            by: by.to_owned(),
         })
         .await?;
         Ok(Some((epoch, keys)))
@@ -633,7 +635,7 @@ impl Authority {
     /// Appends to the audit log on the blocking pool and returns once the line is
     /// durable. Events queued meanwhile by other tasks go to disk together, with one fsync
     /// (group commit), in the order they were queued.
-    async fn audit(&self, event: AuditEvent) -> Result<()> {
+    pub(crate) async fn audit(&self, event: AuditEvent) -> Result<()> {
         self.audit_all(vec![event]).await
     }
 
@@ -800,9 +802,9 @@ impl Authority {
         }
     }
 
-    /// Replaces the policy; every appliance gets a fresh view.
-    pub async fn set_rules(&self, rules: Vec<Rule>) -> Result<u64> {
-        let what = format!("policy: {} rules", rules.len());
+    /// Replaces the policy, as `by` asked; every appliance gets a fresh view.
+    pub async fn set_rules(&self, rules: Vec<Rule>, by: &str) -> Result<u64> {
+        let what = format!("policy: {} rules, set by {by}", rules.len());
         self.change(Change::Rules(rules), Vec::new(), what).await
     }
 
@@ -834,8 +836,9 @@ impl Authority {
             .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))
     }
 
-    /// Revokes `id`: recorded, pushed to every appliance, its connection closed.
-    pub async fn revoke(&self, id: &str) -> Result<u64> {
+    /// Revokes `id` as `by` asked: recorded, pushed to every appliance, its connection
+    /// closed.
+    pub async fn revoke(&self, id: &str, by: &str) -> Result<u64> {
         self.enrolled(id).await?;
         let version = self
             .change(
@@ -846,6 +849,7 @@ impl Authority {
             .await?;
         self.audit(AuditEvent::Revoked {
             appliance: id.to_owned(),
+            by: by.to_owned(),
         })
         .await?;
         let conn = self.connections().remove(id);
@@ -863,15 +867,15 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Orders every appliance to rotate its master keys now; returns the rotation number.
-    /// The schedule is left as it is.
-    pub async fn rotate_all(&self) -> Result<u64> {
-        self.order_rotation(None).await
+    /// Orders every appliance to rotate its master keys now, as `by` asked; returns the
+    /// rotation number. The schedule is left as it is.
+    pub async fn rotate_all(&self, by: &str) -> Result<u64> {
+        self.order_rotation(None, by).await
     }
 
     /// Orders a rotation; with `next`, also records when the next scheduled one is due
     /// (unix seconds), in the same store transaction.
-    async fn order_rotation(&self, next: Option<u64>) -> Result<u64> {
+    async fn order_rotation(&self, next: Option<u64>, by: &str) -> Result<u64> {
         let mut st = self.inner.state.lock().await;
         let rotation = st.rotation + 1;
         let mut batch = vec![Write::Put("meta/rotation".into(), store::json(&rotation))];
@@ -880,7 +884,11 @@ impl Authority {
         }
         self.inner.store.apply(batch).await?;
         st.rotation = rotation;
-        self.audit(AuditEvent::RotationOrdered { rotation }).await?;
+        self.audit(AuditEvent::RotationOrdered {
+            rotation,
+            by: by.to_owned(),
+        })
+        .await?;
         for s in self.subscribers().values() {
             s.push(Push::Rotate(rotation));
         }
@@ -959,7 +967,7 @@ impl Authority {
                 }
             }
             let after = now_secs().max(next).saturating_add(every.as_secs().max(1));
-            match self.order_rotation(Some(after)).await {
+            match self.order_rotation(Some(after), "schedule").await {
                 Ok(_) => next = after,
                 Err(e) => {
                     tracing::error!("scheduled rotation failed: {e}");
@@ -1382,9 +1390,9 @@ impl Authority {
 
     async fn admin(&self, req: AdminRequest, by: &str) -> AdminReply {
         let result = match req {
-            AdminRequest::Revoke { appliance } => self.revoke(&appliance).await,
-            AdminRequest::Rotate => self.rotate_all().await,
-            AdminRequest::SetRules(rules) => self.set_rules(rules).await,
+            AdminRequest::Revoke { appliance } => self.revoke(&appliance, by).await,
+            AdminRequest::Rotate => self.rotate_all(by).await,
+            AdminRequest::SetRules(rules) => self.set_rules(rules, by).await,
             AdminRequest::Status => return self.status().await,
             AdminRequest::CreateToken {
                 appliance,

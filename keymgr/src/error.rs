@@ -107,10 +107,10 @@ pub enum Error {
         /// The limit ([`crate::metrics::MAX_ADVERTISEMENT`]).
         max: usize,
     },
-    /// A metrics advertisement could not be signed, or its signature does not verify
-    /// against the sender's certificate.
-    #[error("metrics signature: {0}")]
-    MetricSignature(&'static str),
+    /// Something could not be signed, or its signature does not verify against the
+    /// signer's certificate (a metric advertisement, an operator token).
+    #[error("signature: {0}")]
+    Signature(&'static str),
     /// A token was asked for (or presented) for a revoked appliance without the replace
     /// flow; nothing was minted, spent or recorded.
     #[error("{appliance} is revoked: a plain token for it enrols nothing. To put new hardware in its place, run `cpclink keymgr replace --appliance {appliance} --centre CENTRE`; its agent then enrols with fresh keys and a new certificate")]

@@ -16,12 +16,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
-};
-
 use crate::pki::KeyedCert;
+use crate::signing::{Signer, Verifier};
 use crate::{Error, Result};
 
 /// The largest advertisement published or accepted, in bytes.
@@ -32,18 +28,13 @@ pub const RECEIPT_RATE: u32 = 50;
 pub const RECEIPT_BURST: u32 = 50;
 
 /// Separates these signatures from anything else the certificate key signs (TLS
-/// handshakes, future messages): a signature over other bytes never verifies as this.
+/// handshakes, operator tokens): a signature over other bytes never verifies as this.
 const DOMAIN: &[u8] = b"cpclink metrics v1\0";
 
 /// The bytes a signature covers: the domain label, the sender's appliance id, a NUL (ids
 /// never contain one, so the id cannot run into the advertisement) and the advertisement.
 pub fn signed_text(appliance: &str, advertisement: &[u8]) -> Vec<u8> {
-    let mut text = Vec::with_capacity(DOMAIN.len() + appliance.len() + 1 + advertisement.len());
-    text.extend_from_slice(DOMAIN);
-    text.extend_from_slice(appliance.as_bytes());
-    text.push(0);
-    text.extend_from_slice(advertisement);
-    text
+    crate::signing::signed_text(DOMAIN, appliance, advertisement)
 }
 
 /// Refuses an advertisement over [`MAX_ADVERTISEMENT`].
@@ -58,40 +49,25 @@ pub fn check_size(advertisement: &[u8]) -> Result<()> {
 }
 
 /// Signs this appliance's advertisements with its certificate key.
+#[derive(Debug)]
 pub struct MetricSigner {
     appliance: String,
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-}
-
-impl std::fmt::Debug for MetricSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricSigner")
-            .field("appliance", &self.appliance)
-            .finish_non_exhaustive()
-    }
+    signer: Signer,
 }
 
 impl MetricSigner {
     /// A signer for `appliance` with the key of its certificate (PKCS#8, P-256).
     pub fn new(appliance: &str, identity: &KeyedCert) -> Result<Self> {
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &identity.key)
-            .map_err(|_| Error::MetricSignature("the certificate key is not an ECDSA P-256 key"))?;
         Ok(Self {
             appliance: appliance.to_owned(),
-            key,
-            rng: SystemRandom::new(),
+            signer: Signer::from_pkcs8(&identity.key)?,
         })
     }
 
     /// The signature over `advertisement` (refused if over [`MAX_ADVERTISEMENT`]).
     pub fn sign(&self, advertisement: &[u8]) -> Result<Vec<u8>> {
         check_size(advertisement)?;
-        let signature = self
-            .key
-            .sign(&self.rng, &signed_text(&self.appliance, advertisement))
-            .map_err(|_| Error::MetricSignature("signing failed"))?;
-        Ok(signature.as_ref().to_vec())
+        self.signer.sign(DOMAIN, &self.appliance, advertisement)
     }
 }
 
@@ -99,26 +75,23 @@ impl MetricSigner {
 #[derive(Debug, Clone)]
 pub struct MetricVerifier {
     appliance: String,
-    public_key: Vec<u8>,
+    verifier: Verifier,
 }
 
 impl MetricVerifier {
     /// A verifier for `appliance`'s advertisements from its certificate (DER).
     pub fn from_certificate(appliance: &str, cert: &[u8]) -> Result<Self> {
-        let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-            .map_err(|e| Error::Certificate(format!("unparsable peer certificate: {e}")))?;
         Ok(Self {
             appliance: appliance.to_owned(),
-            public_key: parsed.public_key().subject_public_key.data.to_vec(),
+            verifier: Verifier::from_certificate(cert)?,
         })
     }
 
     /// Whether `signature` is the peer's over `advertisement`.
     pub fn verify(&self, advertisement: &[u8], signature: &[u8]) -> Result<()> {
         check_size(advertisement)?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.public_key)
-            .verify(&signed_text(&self.appliance, advertisement), signature)
-            .map_err(|_| Error::MetricSignature("the signature does not verify"))
+        self.verifier
+            .verify(DOMAIN, &self.appliance, advertisement, signature)
     }
 }
 
@@ -276,7 +249,7 @@ mod tests {
         a.key = zeroize::Zeroizing::new(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
         assert!(matches!(
             MetricSigner::new("a", &a),
-            Err(Error::MetricSignature(_))
+            Err(Error::Signature(_))
         ));
     }
 

@@ -147,6 +147,35 @@ impl Ca {
         })
     }
 
+    /// A client certificate for an operator of the management APIs: its name as the
+    /// subject, its role and tenant scope as URIs ([`crate::credentials`] reads them back).
+    /// Client authentication only: it can never serve as an appliance or the authority.
+    pub fn issue_operator(
+        &self,
+        name: &str,
+        role: cpclink_mgmt::Role,
+        tenant: Option<&str>,
+        days: u64,
+    ) -> Result<KeyedCert> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = crate::credentials::operator_uris(role, tenant)
+            .into_iter()
+            .map(|uri| Ok(SanType::URI(uri.try_into()?)))
+            .collect::<Result<_>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (params.not_before, params.not_after) = window(days);
+        params.serial_number = Some(serial()?);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(KeyedCert {
+            cert: cert.der().clone(),
+            key: Zeroizing::new(key.serialize_der()),
+        })
+    }
+
     /// Signs an appliance's CSR, naming `identity` whatever the CSR asked for: the token
     /// decides who the appliance is, not the appliance. Returns the certificate and its serial.
     pub fn sign_csr(
@@ -229,6 +258,11 @@ pub fn cert_pem(cert: &CertificateDer<'_>) -> String {
     pem_encode("CERTIFICATE", cert.as_ref())
 }
 
+/// PEM-encodes a PKCS#8 private key.
+pub fn key_pem(key_der: &[u8]) -> String {
+    pem_encode("PRIVATE KEY", key_der)
+}
+
 fn pem_encode(tag: &str, der: &[u8]) -> String {
     use std::fmt::Write;
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -259,6 +293,17 @@ pub fn cert_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("bad PEM certificate: {e}")))
+}
+
+/// A certificate and its PKCS#8 private key from PEM (an operator's, for `cpclink ctl`).
+pub fn keyed_cert_from_pem(cert: &str, key: &str) -> Result<KeyedCert> {
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| Error::Certificate(format!("bad PEM private key (PKCS#8 expected): {e}")))?;
+    Ok(KeyedCert {
+        cert: cert_from_pem(cert)?,
+        key: Zeroizing::new(key.secret_pkcs8_der().to_vec()),
+    })
 }
 
 /// An appliance certificate `ca` issued for `id` (centre dc1), for tests.

@@ -93,9 +93,13 @@ pub fn https_server(
     Ok(Arc::new(tls))
 }
 
-/// An HTTPS client configuration trusting `ca` only, for `cpclink ctl`.
-pub fn https_client(ca: &CertificateDer<'static>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut tls = rustls_client(provider(), ca, None)?;
+/// An HTTPS client configuration trusting `ca` only, for `cpclink ctl`; presenting `own`
+/// (an operator certificate) if given.
+pub fn https_client(
+    ca: &CertificateDer<'static>,
+    own: Option<&KeyedCert>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut tls = rustls_client(provider(), ca, own)?;
     tls.alpn_protocols = vec![HTTPS_ALPN.to_vec()];
     Ok(Arc::new(tls))
 }

@@ -167,7 +167,7 @@ fn an_authority_outage_is_reported_and_peers_keep_keying_each_other() {
         )
         .await;
         // The feed is live again: a change at the authority reaches both.
-        let version = authority.revoke("c").await.unwrap();
+        let version = authority.revoke("c", "test").await.unwrap();
         eventually(
             "the restarted authority's change reaching b",
             Duration::from_secs(5),
@@ -259,7 +259,7 @@ async fn a_revoked_appliance_is_replaced_by_new_hardware_and_its_old_certificate
     let old_serial = pki::serial_of(&old_cert.cert).unwrap();
 
     // 1. Revoked: the old agent says so and stops; its event stream ends.
-    authority.revoke("b").await.unwrap();
+    authority.revoke("b", "test").await.unwrap();
     eventually(
         "the old agent stopping as revoked",
         Duration::from_secs(5),

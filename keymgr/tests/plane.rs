@@ -179,7 +179,7 @@ async fn a_token_for_another_appliance_spends_nothing_and_names_both() {
     let targets: Vec<&str> = dir.sa_targets("a").iter().map(|e| e.id.as_str()).collect();
     assert_eq!(targets, ["b"]);
     // Revoked: no target either.
-    p.authority.revoke("b").await.unwrap();
+    p.authority.revoke("b", "test").await.unwrap();
     eventually("b's revocation", || {
         a.directory().sa_targets("a").is_empty()
     })
@@ -384,7 +384,7 @@ async fn rotation_under_traffic_loses_nothing_and_rekeys_before_retiring() {
     let epoch0 = b.epoch().await;
 
     for rotation in 1..=3u64 {
-        p.authority.rotate_all().await.unwrap();
+        p.authority.rotate_all("test").await.unwrap();
         // Keep sending until a has installed an SA under b's new epoch.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -448,7 +448,7 @@ async fn revoked_appliance_is_cut_off_by_its_peers() {
     let n = sock_b.recv(&mut buf).unwrap();
     assert_eq!(rx.open(&mut buf[..n]).as_deref(), Some(&b"before"[..]));
 
-    p.authority.revoke("c").await.unwrap();
+    p.authority.revoke("c", "test").await.unwrap();
     eventually("revocation reaching b", || !b.directory().is_active("c")).await;
     sock_c.send(&seal(&mut tx, b"after")).unwrap();
     let n = sock_b.recv(&mut buf).unwrap();
@@ -525,7 +525,7 @@ async fn a_change_reaches_every_affected_agent_and_only_those() {
     };
     let v = p
         .authority
-        .set_rules(vec![Rule::same_tenant(), pair])
+        .set_rules(vec![Rule::same_tenant(), pair], "test")
         .await
         .unwrap();
     for agent in [&a, &b, &c, &d] {
@@ -541,7 +541,7 @@ async fn a_change_reaches_every_affected_agent_and_only_those() {
     // Taking the rule away again: the pair drop each other, refuse each other.
     let v = p
         .authority
-        .set_rules(vec![Rule::same_tenant()])
+        .set_rules(vec![Rule::same_tenant()], "test")
         .await
         .unwrap();
     reaches(&a, v).await;
@@ -626,7 +626,7 @@ fn a_rotation_due_while_the_authority_was_down_happens_on_restart() {
 async fn escrowed_at(p: &Plane, id: &str, epoch: u64) -> cpclink_dataplane::sa::MasterKeys {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some((e, keys)) = p.authority.escrowed_keys(id).await.unwrap() {
+        if let Some((e, keys)) = p.authority.escrowed_keys(id, "test").await.unwrap() {
             if e == epoch {
                 return keys;
             }
@@ -660,7 +660,7 @@ async fn master_keys_are_escrowed_sealed_to_the_authority_and_follow_rotations()
     assert!(!raw.windows(64).any(|w| w == key_hex(&keys).as_bytes()));
 
     // After a rotation the new generation is escrowed too, and still matches.
-    p.authority.rotate_all().await.unwrap();
+    p.authority.rotate_all("test").await.unwrap();
     let keys = escrowed_at(&p, "b", epoch + 1).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let grant = loop {
@@ -732,8 +732,8 @@ fn a_restarted_agent_catches_up_on_missed_rotations_once() {
     };
     let first = run_agent(Some(token), &|_| true);
     authority_rt.block_on(async {
-        authority.rotate_all().await.unwrap();
-        authority.rotate_all().await.unwrap();
+        authority.rotate_all("test").await.unwrap();
+        authority.rotate_all("test").await.unwrap();
     });
     // Two rotations missed: one catch-up rotation on reconnect, to the newest.
     let caught_up = run_agent(None, &|e| e > first);
@@ -741,6 +741,6 @@ fn a_restarted_agent_catches_up_on_missed_rotations_once() {
     // Nothing missed since: no rotation at all on the next restart.
     assert_eq!(run_agent(None, &|_| true), caught_up);
     // And the next ordered rotation is obeyed as usual.
-    authority_rt.block_on(authority.rotate_all()).unwrap();
+    authority_rt.block_on(authority.rotate_all("test")).unwrap();
     assert_eq!(run_agent(None, &|e| e > caught_up), caught_up + 1);
 }

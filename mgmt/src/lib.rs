@@ -3,8 +3,10 @@
 //! `application/problem+json` errors and the `x-correlator` header echoed and logged.
 //!
 //! Roles nest: `viewer` reads, `operator` also acts on the running system (reload,
-//! rotate), `admin` may do everything (tokens, revocation). A token is configured by the
-//! SHA-256 of its secret, never the secret.
+//! rotate), `admin` may do everything (tokens, revocation, escrow). A role may be scoped to
+//! one tenant. Callers authenticate with an operator certificate or a signed token the
+//! authority issued, or a token configured by the SHA-256 of its secret (never the secret);
+//! see [`Access`].
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -16,6 +18,10 @@ use axum::Router;
 use cpclink_diagnostics::{ConfigText, Diagnostic};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod access;
+pub mod metrics;
+pub use access::{Access, Caller, Credentials, PeerCertificate, Refusal};
 
 /// A role, from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,6 +42,19 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("{other:?} is no role: viewer, operator or admin")),
         }
     }
 }
@@ -152,70 +171,6 @@ pub fn echo(headers: &HeaderMap, mut r: Response) -> Response {
     r
 }
 
-/// The tokens an API accepts, and the check every route makes.
-#[derive(Debug, Clone)]
-pub struct Tokens(Arc<Vec<ApiToken>>);
-
-impl Tokens {
-    /// The configured tokens.
-    pub fn new(tokens: Vec<ApiToken>) -> Self {
-        Self(Arc::new(tokens))
-    }
-
-    /// The caller's name, if its token grants `role`; else the problem to answer with (401
-    /// for no or an unknown token, 403 for too small a role), logged either way.
-    pub fn authorise(
-        &self,
-        headers: &HeaderMap,
-        role: Role,
-        what: &str,
-    ) -> Result<String, Box<Response>> {
-        let correlator = headers
-            .get("x-correlator")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| token_digest(t.trim()));
-        let Some(holder) = presented.and_then(|d| self.0.iter().find(|t| t.sha256 == d)) else {
-            tracing::warn!(
-                correlator,
-                "management API: {what} refused: no valid bearer token"
-            );
-            return Err(Box::new(problem(
-                headers,
-                StatusCode::UNAUTHORIZED,
-                "authentication required",
-                "send Authorization: Bearer <token> with a token listed in [[api.token]]",
-            )));
-        };
-        if holder.role < role {
-            tracing::warn!(
-                correlator,
-                "management API: {what} refused to {} (role {}, needs {})",
-                holder.name,
-                holder.role.as_str(),
-                role.as_str()
-            );
-            return Err(Box::new(problem(
-                headers,
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!(
-                    "{what} needs the {} role; {} has {}",
-                    role.as_str(),
-                    holder.name,
-                    holder.role.as_str()
-                ),
-            )));
-        }
-        tracing::info!(correlator, "management API: {what} by {}", holder.name);
-        Ok(holder.name.clone())
-    }
-}
-
 /// Serves `app` over HTTPS on `listen` until the runtime stops; returns the address bound.
 /// Unknown routes answer 404 as a problem.
 pub async fn serve(
@@ -248,6 +203,15 @@ pub async fn serve(
                         return;
                     }
                 };
+                // The handshake verified a presented certificate against the CA; which
+                // caller it names is the route guard's question.
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| Arc::new(c.to_vec()));
+                let app = app.layer(axum::Extension(PeerCertificate(certificate)));
                 let service = hyper_util::service::TowerToHyperService::new(app);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -295,8 +259,12 @@ impl RouteSpec {
 
 /// A router serving `routes`, plus `GET /healthz` (open: the process answers) and
 /// `GET /openapi.json`: an OpenAPI 3.1 document generated from the same table.
+///
+/// Every route with a role runs behind `access`'s guard: the handler runs only for a
+/// caller whose role suffices, and finds it as `Extension<Caller>`.
 pub fn documented<S: Clone + Send + Sync + 'static>(
     title: &str,
+    access: &Access,
     mut routes: Vec<(RouteSpec, axum::routing::MethodRouter<S>)>,
 ) -> Router<S> {
     routes.insert(
@@ -314,7 +282,14 @@ pub fn documented<S: Clone + Send + Sync + 'static>(
             async move { axum::Json(document) }
         }),
     );
-    for (spec, method_router) in routes {
+    for (spec, mut method_router) in routes {
+        if let Some(role) = spec.role {
+            let access = access.clone();
+            method_router =
+                method_router.route_layer(axum::middleware::from_fn(move |request, next| {
+                    access.clone().guard(role, spec.path, request, next)
+                }));
+        }
         router = router.route(&axum_path(spec.path), method_router);
     }
     router
@@ -355,15 +330,24 @@ pub fn openapi(title: &str, routes: impl IntoIterator<Item = RouteSpec>) -> serd
         let mut responses =
             serde_json::json!({ "200": { "description": "done" }, "default": problem });
         if r.role.is_some() {
-            responses["401"] = serde_json::json!({ "description": "no valid bearer token" });
-            responses["403"] =
-                serde_json::json!({ "description": "the token's role is too small" });
+            responses["401"] = serde_json::json!({
+                "description": "no valid credential",
+                "content": problem["content"].clone(),
+            });
+            responses["403"] = serde_json::json!({
+                "description": "the caller's role or tenant scope does not cover this",
+                "content": problem["content"].clone(),
+            });
         }
         let operation = serde_json::json!({
             "summary": r.summary,
             "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}'], "_")),
             "parameters": parameters,
-            "security": if r.role.is_some() { serde_json::json!([{ "bearer": [] }]) } else { serde_json::json!([]) },
+            "security": if r.role.is_some() {
+                serde_json::json!([{ "bearer": [] }, { "operatorCertificate": [] }])
+            } else {
+                serde_json::json!([])
+            },
             "x-cpclink-role": r.role.map(Role::as_str),
             "responses": responses,
         });
@@ -376,7 +360,10 @@ pub fn openapi(title: &str, routes: impl IntoIterator<Item = RouteSpec>) -> serd
         "openapi": "3.1.0",
         "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "operatorCertificate": { "type": "mutualTLS" }
+            },
             "schemas": { "Problem": {
                 "type": "object",
                 "properties": {
@@ -415,34 +402,5 @@ mod tests {
             serde_json::json!([])
         );
         assert_eq!(axum_path("/v1/services/{name}"), "/v1/services/:name");
-    }
-
-    #[test]
-    fn tokens_are_checked_by_digest_and_role() {
-        let tokens = Tokens::new(vec![ApiToken {
-            name: "noc".into(),
-            role: Role::Operator,
-            sha256: token_digest("s3cret"),
-        }]);
-        let mut h = HeaderMap::new();
-        let status = |r: Result<String, Box<Response>>| r.map_err(|r| r.status());
-        assert_eq!(
-            status(tokens.authorise(&h, Role::Viewer, "x")),
-            Err(StatusCode::UNAUTHORIZED)
-        );
-        h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
-        assert_eq!(
-            status(tokens.authorise(&h, Role::Operator, "x")),
-            Ok("noc".into())
-        );
-        assert_eq!(
-            status(tokens.authorise(&h, Role::Admin, "x")),
-            Err(StatusCode::FORBIDDEN)
-        );
-        h.insert("authorization", HeaderValue::from_static("Bearer wrong"));
-        assert_eq!(
-            status(tokens.authorise(&h, Role::Viewer, "x")),
-            Err(StatusCode::UNAUTHORIZED)
-        );
     }
 }

@@ -406,6 +406,8 @@ impl ApplianceConfig {
         engine.gso_segments = self.gso_segments;
         engine.io_sizing = self.io_sizing;
         engine.tx_port_base = self.source_port_base;
+        // Stated, not left to a default: an appliance always seals.
+        engine.protection = cpclink_dataplane::engine::Protection::Encrypted;
         engine
     }
 

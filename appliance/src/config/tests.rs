@@ -19,6 +19,11 @@ fn a_valid_config_is_read_with_defaults() {
     assert_eq!(c.suite, Suite::AesGcm256);
     assert_eq!(c.peers[0].prefixes, vec!["10.2.0.0/16".parse().unwrap()]);
     assert_eq!(c.tun_mtu(), Some(1500 - 20 - 8 - 32));
+    assert_eq!(
+        c.engine_config().protection,
+        cpclink_dataplane::engine::Protection::Encrypted,
+        "an appliance's engine always seals"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! `cpclink ctl`: the command line over an appliance's management API (HTTPS, bearer
-//! token). The address, the CA, the server's name and the token come from flags or from
-//! `CPCLINK_API_URL`, `CPCLINK_API_CA`, `CPCLINK_API_NAME` and `CPCLINK_API_TOKEN`.
+//! `cpclink ctl`: the command line over the management APIs of appliances and the authority
+//! (HTTPS; a bearer token or an operator certificate). The address, the CA, the server's
+//! name and the credential come from flags or from `CPCLINK_API_URL`, `CPCLINK_API_CA`,
+//! `CPCLINK_API_NAME`, `CPCLINK_API_TOKEN`, `CPCLINK_API_CERT` and `CPCLINK_API_KEY`.
 
 use std::path::PathBuf;
 
@@ -24,9 +25,16 @@ pub struct CtlArgs {
     /// The name the appliance's certificate carries: its appliance id (or CPCLINK_API_NAME).
     #[arg(long, global = true)]
     name: Option<String>,
-    /// A bearer token listed in the appliance's [[api.token]] (or CPCLINK_API_TOKEN).
+    /// A bearer token: one the authority issued, or one listed in [[api.token]] (or
+    /// CPCLINK_API_TOKEN).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// An operator certificate the authority issued, PEM (or CPCLINK_API_CERT); with --key.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// The operator certificate's private key, PEM (or CPCLINK_API_KEY).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -66,6 +74,59 @@ enum CtlCommand {
     Rotate,
     /// Authority: verify the audit log's hash chain.
     AuditVerify,
+    /// Authority: audit log lines, oldest first, a page at a time.
+    Audit {
+        /// The first line (0-based).
+        #[arg(long, default_value_t = 0)]
+        from: usize,
+        /// Lines at most (up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Authority: the policy (which appliances may talk).
+    Rules,
+    /// Authority: replace the policy with the rules in a JSON file (admin):
+    /// {"rules": [{"a": {"tenant": "acme"}, "b": {"centre": "dc2"}, "same_tenant": false}]}.
+    SetRules {
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Authority: open an appliance's escrowed master keys (admin; audited).
+    Escrow {
+        /// The appliance id.
+        appliance: String,
+    },
+    /// Authority: issue an operator credential (admin): a signed token, or with
+    /// --certificate a client certificate and key written to --out.
+    Credential {
+        /// Whom it names.
+        #[arg(long = "for")]
+        holder: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: cpclink_mgmt::Role,
+        /// Scope it to one tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds (default 12 hours, at most 90 days).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Issue a client certificate instead of a token.
+        #[arg(long)]
+        certificate: bool,
+        /// Where to write NAME.pem and NAME.key (with --certificate).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Any request, as `METHOD PATH [JSON]`: the answer printed as JSON.
+    Request {
+        /// GET, POST or PUT.
+        method: Method,
+        /// The path, e.g. /v1/status.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
+    },
 }
 
 struct Client {
@@ -74,7 +135,8 @@ struct Client {
     port: u16,
     name: String,
     ca: PathBuf,
-    token: String,
+    token: Option<String>,
+    identity: Option<cpclink_keymgr::pki::KeyedCert>,
 }
 
 fn setting(flag: Option<String>, env: &str, arg: &'static str) -> Result<String, Error> {
@@ -109,7 +171,21 @@ impl Client {
                 "CPCLINK_API_CA",
                 "--ca",
             )?),
-            token: setting(args.token.clone(), "CPCLINK_API_TOKEN", "--token")?,
+            token: args
+                .token
+                .clone()
+                .or_else(|| std::env::var("CPCLINK_API_TOKEN").ok()),
+            identity: operator_identity(args)?,
+        })
+        .and_then(|c| {
+            if c.token.is_none() && c.identity.is_none() {
+                return Err(Error::BadArgument {
+                    arg: "--token",
+                    reason: "missing; give --token (or CPCLINK_API_TOKEN), or --cert and --key"
+                        .into(),
+                });
+            }
+            Ok(c)
         })
     }
 
@@ -120,7 +196,7 @@ impl Client {
             reason: format!("{}: {e}", self.ca.display()),
         })?;
         let ca = cpclink_keymgr::pki::cert_from_pem(&ca_pem)?;
-        let tls = cpclink_keymgr::tls::https_client(&ca)?;
+        let tls = cpclink_keymgr::tls::https_client(&ca, self.identity.as_ref())?;
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| Error::Api(format!("{}: {e}", self.url)))?;
@@ -139,11 +215,12 @@ impl Client {
                 .await
                 .map_err(|e| Error::Api(e.to_string()))?;
         tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .header("host", &self.name)
-            .header("authorization", format!("Bearer {}", self.token))
             .header("x-correlator", format!("ctl-{}", std::process::id()))
             .header("content-type", "application/json")
             .body(Full::new(
@@ -201,6 +278,51 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         }
         CtlCommand::Rotate => (Method::POST, "/v1/rotate".to_owned()),
         CtlCommand::AuditVerify => (Method::GET, "/v1/audit/verify".to_owned()),
+        CtlCommand::Audit { from, limit } => {
+            (Method::GET, format!("/v1/audit?from={from}&limit={limit}"))
+        }
+        CtlCommand::Rules => (Method::GET, "/v1/rules".to_owned()),
+        CtlCommand::SetRules { file } => {
+            let text = std::fs::read_to_string(file).map_err(|e| Error::BadArgument {
+                arg: "FILE",
+                reason: format!("{}: {e}", file.display()),
+            })?;
+            body = Some(serde_json::from_str(&text).map_err(|e| Error::BadArgument {
+                arg: "FILE",
+                reason: format!("{}: not JSON: {e}", file.display()),
+            })?);
+            (Method::PUT, "/v1/rules".to_owned())
+        }
+        CtlCommand::Escrow { appliance } => {
+            (Method::POST, format!("/v1/appliances/{appliance}/escrow"))
+        }
+        CtlCommand::Credential {
+            holder,
+            role,
+            tenant,
+            ttl,
+            certificate,
+            ..
+        } => {
+            body = Some(serde_json::json!({
+                "name": holder, "role": role, "tenant": tenant, "ttl_secs": ttl,
+                "kind": if *certificate { "certificate" } else { "token" },
+            }));
+            (Method::POST, "/v1/credentials".to_owned())
+        }
+        CtlCommand::Request {
+            method,
+            path,
+            body: b,
+        } => {
+            if let Some(b) = b {
+                body = Some(serde_json::from_str(b).map_err(|e| Error::BadArgument {
+                    arg: "JSON",
+                    reason: format!("not JSON: {e}"),
+                })?);
+            }
+            (method.clone(), path.clone())
+        }
     };
     let value = runtime.block_on(client.call(method, &path, body))?;
     if args.json {
@@ -222,6 +344,16 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
             super::keymgr::print_reply(reply).map_err(Error::Api)?;
             return Ok(());
         }
+        CtlCommand::Audit { .. } => audit_text(&value),
+        CtlCommand::Rules | CtlCommand::Escrow { .. } | CtlCommand::Request { .. } => {
+            serde_json::to_string_pretty(&value).map_err(std::io::Error::from)?
+        }
+        CtlCommand::SetRules { .. } => {
+            format!("policy replaced: directory version {}", value["Done"])
+        }
+        CtlCommand::Credential {
+            certificate, out, ..
+        } => credential_text(&value, certificate, &out)?,
         CtlCommand::AuditVerify => format!(
             "audit chain intact: {} lines, head {}",
             value["lines"],
@@ -250,6 +382,104 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
     };
     println!("{text}");
     Ok(())
+}
+
+/// The operator certificate and key from flags or the environment, if given.
+fn operator_identity(args: &CtlArgs) -> Result<Option<cpclink_keymgr::pki::KeyedCert>, Error> {
+    let path = |flag: &Option<PathBuf>, env: &str| {
+        flag.clone()
+            .or_else(|| std::env::var(env).ok().map(PathBuf::from))
+    };
+    let (cert, key) = match (
+        path(&args.cert, "CPCLINK_API_CERT"),
+        path(&args.key, "CPCLINK_API_KEY"),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            return Err(Error::BadArgument {
+                arg: "--cert",
+                reason: "give --cert and --key together".into(),
+            })
+        }
+    };
+    let read = |p: &PathBuf, arg: &'static str| {
+        std::fs::read_to_string(p).map_err(|e| Error::BadArgument {
+            arg,
+            reason: format!("{}: {e}", p.display()),
+        })
+    };
+    Ok(Some(cpclink_keymgr::pki::keyed_cert_from_pem(
+        &read(&cert, "--cert")?,
+        &read(&key, "--key")?,
+    )?))
+}
+
+fn audit_text(v: &Value) -> String {
+    let mut out = String::new();
+    for line in v["lines"].as_array().into_iter().flatten() {
+        let mut event = line["event"].clone();
+        let kind = event["kind"].as_str().unwrap_or("?").to_owned();
+        if let Some(o) = event.as_object_mut() {
+            o.remove("kind");
+        }
+        out += &format!("{:>6}  {}  {kind}  {event}\n", line["seq"], line["time"]);
+    }
+    out += &format!(
+        "({} lines in all{})",
+        v["total"],
+        v["next"]
+            .as_u64()
+            .map(|n| format!("; next page: --from {n}"))
+            .unwrap_or_default()
+    );
+    out
+}
+
+/// A token printed, or a certificate and key written (the key readable by its owner only).
+fn credential_text(v: &Value, certificate: bool, out: &std::path::Path) -> Result<String, Error> {
+    let name = v["name"].as_str().unwrap_or("operator");
+    let scope = v["tenant"]
+        .as_str()
+        .map(|t| format!(", tenant {t}"))
+        .unwrap_or_default();
+    if !certificate {
+        return Ok(format!(
+            "{}\n(token {} for {name}: role {}{scope}, expires at unix time {})",
+            v["token"].as_str().unwrap_or("?"),
+            v["id"].as_str().unwrap_or("?"),
+            v["role"].as_str().unwrap_or("?"),
+            v["expires"]
+        ));
+    }
+    let cert_path = out.join(format!("{name}.pem"));
+    let key_path = out.join(format!("{name}.key"));
+    let write = |path: &std::path::Path, text: &str, mode: u32| -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?
+            .write_all(text.as_bytes())
+    };
+    write(
+        &cert_path,
+        v["certificate_pem"].as_str().unwrap_or_default(),
+        0o644,
+    )
+    .and_then(|()| write(&key_path, v["key_pem"].as_str().unwrap_or_default(), 0o600))
+    .map_err(|e| Error::Api(format!("writing {}: {e}", key_path.display())))?;
+    Ok(format!(
+        "certificate {} for {name}: role {}{scope}\n  {}\n  {}\nuse: cpclink ctl --cert {} --key {} …",
+        v["id"].as_str().unwrap_or("?"),
+        v["role"].as_str().unwrap_or("?"),
+        cert_path.display(),
+        key_path.display(),
+        cert_path.display(),
+        key_path.display()
+    ))
 }
 
 fn status_text(name: &str, v: &Value) -> String {
