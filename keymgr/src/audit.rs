@@ -30,6 +30,12 @@ pub enum AuditEvent {
         appliance: String,
         /// Who asked (the operator's uid on the admin socket, or the command line).
         by: String,
+        /// The tenant it enrols into; empty in lines written before it was recorded.
+        #[serde(default)]
+        tenant: String,
+        /// Unix time it expires; 0 in lines written before it was recorded.
+        #[serde(default)]
+        expires: u64,
     },
     /// An operator assigned inner prefixes to an appliance.
     PrefixesAssigned {
@@ -96,6 +102,13 @@ pub enum AuditEvent {
         appliance: String,
         /// Who revoked it; empty in lines written before it was recorded.
         #[serde(default)]
+        by: String,
+    },
+    /// An operator revoked an enrolment token before it was redeemed.
+    TokenRevoked {
+        /// The token's id.
+        token_id: String,
+        /// Who revoked it.
         by: String,
     },
     /// A management API refused a request (no valid credential, too small a role, or a
@@ -174,6 +187,7 @@ impl AuditEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::TokenCreated { .. } => "token_created",
+            Self::TokenRevoked { .. } => "token_revoked",
             Self::PrefixesAssigned { .. } => "prefixes_assigned",
             Self::PrefixesRemoved { .. } => "prefixes_removed",
             Self::PrefixRefused { .. } => "prefix_refused",

@@ -241,6 +241,8 @@ pub async fn create_token(
         token_id: claims.id.clone(),
         appliance: appliance.to_owned(),
         by: OFFLINE.into(),
+        tenant: claims.tenant.clone(),
+        expires: claims.expires,
     });
     AuditLog::open(&paths.audit)?.append_all(events)?;
     Ok(token::mint(&key, &claims))
@@ -1155,6 +1157,9 @@ impl Authority {
             }
             _ => None,
         };
+        if self.token_revoked(&claims.id).await? {
+            return Err(Error::Token(crate::TokenError::Revoked));
+        }
         let token_key = format!("token/{}", claims.id);
         let guard = match self.inner.store.get(&token_key).await? {
             None => token_key.clone(),

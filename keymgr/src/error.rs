@@ -136,6 +136,9 @@ pub enum TokenError {
     /// The token was redeemed before; tokens are single use.
     #[error("already used")]
     Reused,
+    /// An operator revoked the token before it was redeemed.
+    #[error("revoked by an operator")]
+    Revoked,
 }
 
 /// The key plane's result type.

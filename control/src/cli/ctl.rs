@@ -65,6 +65,14 @@ enum CtlCommand {
     Prefixes,
     /// Authority: mint an enrolment token (admin); the same order as `keymgr token create`.
     Token(super::keymgr::TokenOrder),
+    /// Authority: enrolment tokens minted and where each stands (unused, spent, expired,
+    /// revoked).
+    Tokens,
+    /// Authority: revoke an enrolment token before it is redeemed (admin).
+    TokenRevoke {
+        /// The token's id, as `tokens` lists it.
+        id: String,
+    },
     /// Authority: revoke an appliance everywhere (admin).
     Revoke {
         /// The appliance id.
@@ -281,6 +289,8 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Audit { from, limit } => {
             (Method::GET, format!("/v1/audit?from={from}&limit={limit}"))
         }
+        CtlCommand::Tokens => (Method::GET, "/v1/tokens".to_owned()),
+        CtlCommand::TokenRevoke { id } => (Method::POST, format!("/v1/tokens/{id}/revoke")),
         CtlCommand::Rules => (Method::GET, "/v1/rules".to_owned()),
         CtlCommand::SetRules { file } => {
             let text = std::fs::read_to_string(file).map_err(|e| Error::BadArgument {
@@ -345,6 +355,8 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
             return Ok(());
         }
         CtlCommand::Audit { .. } => audit_text(&value),
+        CtlCommand::Tokens => tokens_text(&value),
+        CtlCommand::TokenRevoke { id } => format!("token {id} revoked: it can never enrol"),
         CtlCommand::Rules | CtlCommand::Escrow { .. } | CtlCommand::Request { .. } => {
             serde_json::to_string_pretty(&value).map_err(std::io::Error::from)?
         }
@@ -413,6 +425,24 @@ fn operator_identity(args: &CtlArgs) -> Result<Option<cpclink_keymgr::pki::Keyed
         &read(&cert, "--cert")?,
         &read(&key, "--key")?,
     )?))
+}
+
+fn tokens_text(v: &Value) -> String {
+    let mut out = format!(
+        "{:<34} {:<16} {:<10} {:<8} {}\n",
+        "token", "appliance", "tenant", "state", "minted by"
+    );
+    for t in v["tokens"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<34} {:<16} {:<10} {:<8} {}\n",
+            t["id"].as_str().unwrap_or("?"),
+            t["appliance"].as_str().unwrap_or("?"),
+            t["tenant"].as_str().unwrap_or("?"),
+            t["state"].as_str().unwrap_or("?"),
+            t["created_by"].as_str().unwrap_or("?")
+        );
+    }
+    out.trim_end().to_owned()
 }
 
 fn audit_text(v: &Value) -> String {

@@ -19,6 +19,8 @@
 //! | `GET /v1/audit` | viewer | audit lines, paged: `?from=LINE&limit=N` |
 //! | `GET /v1/audit/verify` | viewer | the audit chain verified: lines and head |
 //! | `POST /v1/tokens` | admin | an enrolment token: `{"appliance", "centre", "tenant", "ttl_secs", "prefixes"}` |
+//! | `GET /v1/tokens` | viewer | enrolment tokens minted, each `unused`, `spent`, `expired` or `revoked` |
+//! | `POST /v1/tokens/{id}/revoke` | admin | revoke an enrolment token before it is redeemed |
 //! | `POST /v1/credentials` | admin | an operator credential: `{"name", "role", "tenant", "ttl_secs", "kind": "token" or "certificate"}` |
 //! | `POST /v1/appliances/{id}/revoke` | admin | revoke an appliance everywhere |
 //! | `POST /v1/appliances/{id}/escrow` | admin | open the appliance's escrowed master keys |
@@ -103,6 +105,24 @@ pub(super) fn router(authority: Authority, access: Access, audit: PathBuf) -> Ro
             (
                 route("/v1/tokens", "post", admin, "mint an enrolment token"),
                 post(create_token),
+            ),
+            (
+                route(
+                    "/v1/tokens",
+                    "get",
+                    viewer,
+                    "enrolment tokens and their state",
+                ),
+                get(list_tokens),
+            ),
+            (
+                route(
+                    "/v1/tokens/{id}/revoke",
+                    "post",
+                    admin,
+                    "revoke an unused enrolment token",
+                ),
+                post(revoke_token),
             ),
             (
                 route(
@@ -563,6 +583,85 @@ async fn verify_audit(State(api): State<Api>, headers: HeaderMap) -> Response {
             &headers,
             StatusCode::CONFLICT,
             "audit chain broken",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn list_tokens(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.unscoped(&headers, &caller, "GET /v1/tokens") {
+        return *r;
+    }
+    let records = match crate::audit::records(&api.audit) {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(
+                &headers,
+                StatusCode::CONFLICT,
+                "audit log unreadable",
+                &e.to_string(),
+            )
+        }
+    };
+    let now = super::now_secs();
+    let mut tokens = Vec::new();
+    for r in records {
+        let AuditEvent::TokenCreated {
+            token_id,
+            appliance,
+            by,
+            tenant,
+            expires,
+        } = r.event
+        else {
+            continue;
+        };
+        let state = match api.authority.token_state(&token_id).await {
+            Ok("unused") if expires != 0 && expires <= now => "expired",
+            Ok(state) => state,
+            Err(e) => {
+                return problem(
+                    &headers,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store unreadable",
+                    &e.to_string(),
+                )
+            }
+        };
+        tokens.push(serde_json::json!({
+            "id": token_id, "appliance": appliance, "tenant": tenant, "created_by": by,
+            "created_ms": r.time, "expires": expires, "state": state,
+        }));
+    }
+    echo(
+        &headers,
+        Json(serde_json::json!({ "tokens": tokens })).into_response(),
+    )
+}
+
+async fn revoke_token(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let what = format!("POST /v1/tokens/{id}/revoke");
+    if let Err(r) = api.unscoped(&headers, &caller, &what) {
+        return *r;
+    }
+    match api.authority.revoke_token(&id, &by(&caller)).await {
+        Ok(()) => echo(
+            &headers,
+            Json(serde_json::json!({ "revoked": id })).into_response(),
+        ),
+        Err(e) => problem(
+            &headers,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not revoked",
             &e.to_string(),
         ),
     }
@@ -1030,6 +1129,95 @@ mod tests {
         let tampered = format!("{}x", &acme[..acme.len() - 1]);
         let (status, _) = lab.call(&tampered, "GET", "/v1/appliances", "").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+        lab.authority.shutdown();
+    }
+
+    #[tokio::test]
+    async fn enrolment_tokens_are_listed_and_a_revoked_one_never_enrols() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = lab(dir.path()).await;
+        let (status, body) = lab
+            .call(
+                "a",
+                "POST",
+                "/v1/tokens",
+                r#"{"appliance": "dc9", "centre": "dc9"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let token: AdminReply = serde_json::from_str(&body).unwrap();
+        let AdminReply::Token(token) = token else {
+            panic!("{body}")
+        };
+        let listed = |body: &str| -> Vec<(String, String)> {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["appliance"] == "dc9")
+                .map(|t| {
+                    (
+                        t["id"].as_str().unwrap().to_owned(),
+                        t["state"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        let (_, body) = lab.call("v", "GET", "/v1/tokens", "").await;
+        let tokens = listed(&body);
+        assert_eq!(tokens.len(), 1, "{body}");
+        assert_eq!(tokens[0].1, "unused");
+        let id = tokens[0].0.clone();
+        let (status, _) = lab
+            .call("o", "POST", &format!("/v1/tokens/{id}/revoke"), "")
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "revoking a token needs an admin"
+        );
+        let (status, body) = lab
+            .call("a", "POST", &format!("/v1/tokens/{id}/revoke"), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = lab.call("v", "GET", "/v1/tokens", "").await;
+        assert_eq!(listed(&body)[0].1, "revoked");
+        let (_key, csr) = crate::pki::appliance_csr("dc9").unwrap();
+        let refused = lab
+            .authority
+            .enrol(
+                &token,
+                "dc9",
+                &csr,
+                "127.0.0.1:1".into(),
+                Vec::new(),
+                Vec::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("revoked"), "{refused}");
+        assert!(!lab
+            .authority
+            .directory()
+            .await
+            .appliances
+            .contains_key("dc9"));
+        assert_eq!(lab.audited("token_revoked")[0]["by"], "api:admin-token");
+        // A redeemed token cannot be revoked: its appliance can.
+        let (_, body) = lab.call("v", "GET", "/v1/tokens", "").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let spent: Vec<&str> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "spent")
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            spent.is_empty(),
+            "tokens minted without audit are not listed: {body}"
+        );
         lab.authority.shutdown();
     }
 

@@ -231,8 +231,58 @@ impl Authority {
             token_id: claims.id.clone(),
             appliance: appliance.to_owned(),
             by: by.to_owned(),
+            tenant: claims.tenant.clone(),
+            expires: claims.expires,
         })
         .await?;
         Ok(token::mint(&self.inner.token_key, &claims))
+    }
+
+    /// Whether the enrolment token `id` was revoked.
+    pub(crate) async fn token_revoked(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .inner
+            .store
+            .get(&format!("token-revoked/{id}"))
+            .await?
+            .is_some())
+    }
+
+    /// Where the enrolment token `id` stands: `revoked`, `spent` (redeemed) or `unused`.
+    pub async fn token_state(&self, id: &str) -> Result<&'static str> {
+        if self.token_revoked(id).await? {
+            return Ok("revoked");
+        }
+        Ok(match self.inner.store.get(&format!("token/{id}")).await? {
+            Some(_) => "spent",
+            None => "unused",
+        })
+    }
+
+    /// Revokes the enrolment token `id` as `by` asked, so it can never be redeemed; a
+    /// token already redeemed is refused (revoke its appliance instead).
+    pub async fn revoke_token(&self, id: &str, by: &str) -> Result<()> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Refused(format!(
+                "{id:?} is not a token id (hex, as `tokens` lists it)"
+            )));
+        }
+        if self.token_state(id).await? == "spent" {
+            return Err(Error::Refused(format!(
+                "token {id} was already redeemed; revoke the appliance it enrolled instead"
+            )));
+        }
+        self.inner
+            .store
+            .apply(vec![Write::Put(
+                format!("token-revoked/{id}"),
+                crate::store::json(&now_secs()),
+            )])
+            .await?;
+        self.audit(AuditEvent::TokenRevoked {
+            token_id: id.to_owned(),
+            by: by.to_owned(),
+        })
+        .await
     }
 }
