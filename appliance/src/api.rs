@@ -378,6 +378,25 @@ async fn metrics(
         "receive SAs installed",
         keys.rx.len() as u64,
     );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut oldest = std::collections::BTreeMap::<(&str, &str), u64>::new();
+    for r in keys.sas.values() {
+        let age = now_ms.saturating_sub(r.installed_ms) / 1000;
+        let e = oldest.entry((r.peer.as_str(), r.direction)).or_insert(0);
+        *e = (*e).max(age);
+    }
+    registry.gauges(
+        "cpclink_sa_age_seconds",
+        "age of the oldest SA in use, per peer and direction",
+        oldest.into_iter().map(|((peer, direction), age)| {
+            (
+                vec![label("peer", peer), label("direction", direction)],
+                age,
+            )
+        }),
+    );
     registry.gauge(
         "cpclink_rx_sas_retired",
         "receive SAs retired by rotations",

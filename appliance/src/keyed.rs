@@ -281,7 +281,9 @@ impl KeySource for KeyPlane {
         tracing::info!("worker {worker}'s SA towards {id} {why}: requesting the next");
         if matches!(event, Event::SaExhausted { .. }) {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.workers[worker].tx = None;
+                if let Some(spent) = slot.workers[worker].tx.take() {
+                    self.status.sas.remove(&spent);
+                }
             }
         }
         self.fetch(&id, worker);
@@ -478,6 +480,7 @@ impl KeyPlane {
             tracing::error!("the data plane did not take the revocation of {id}: {e}");
         }
         self.status.rx.retain(|_, p| p != id);
+        self.status.sas.retain(|_, r| r.peer != id);
         self.publish();
     }
 
@@ -574,6 +577,17 @@ impl KeyPlane {
                 let w = &mut slot.workers[worker];
                 w.due = std::mem::take(&mut w.again);
                 let old = w.tx.replace(grant.spi);
+                let lifetime = grant
+                    .expires
+                    .checked_duration_since(Instant::now())
+                    .map(|d| d.as_secs());
+                if let Some(old) = old {
+                    self.status.sas.remove(&old);
+                }
+                self.status.sas.insert(
+                    grant.spi,
+                    crate::keys::SaRecord::now("tx", &grant.peer, worker, grant.spi, lifetime),
+                );
                 tracing::info!(
                     "worker {worker} sends to {} with SA {} (generation {}, epoch {}){}",
                     grant.peer,
@@ -645,6 +659,16 @@ impl KeyPlane {
                             self.engine.rx_worker(spi),
                             spi.generation()
                         );
+                        self.status.sas.insert(
+                            spi,
+                            crate::keys::SaRecord::now(
+                                "rx",
+                                &peer,
+                                self.engine.rx_worker(spi),
+                                spi,
+                                None,
+                            ),
+                        );
                         self.status.rx.insert(spi, peer);
                     }
                     Err(e) => tracing::error!("the data plane refused receive SA {spi}: {e}"),
@@ -668,6 +692,7 @@ impl KeyPlane {
                 );
                 for spi in spis {
                     self.status.rx.remove(&spi);
+                    self.status.sas.remove(&spi);
                     self.status.retired_rx.insert(spi);
                 }
             }

@@ -89,4 +89,47 @@ pub struct KeyingStatus {
     pub rx: BTreeMap<Spi, String>,
     /// Receive SAs retired by rotations.
     pub retired_rx: BTreeSet<Spi>,
+    /// Every SA in use (transmit and receive): when it was installed and when it ends.
+    /// Never key material.
+    pub sas: BTreeMap<Spi, SaRecord>,
+}
+
+/// One SA in use, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SaRecord {
+    /// `tx` (this appliance seals with it) or `rx` (a peer does).
+    pub direction: &'static str,
+    /// The peer at the other end.
+    pub peer: String,
+    /// The worker that uses it.
+    pub worker: usize,
+    /// Its key generation (the SPI's top bit).
+    pub generation: u8,
+    /// When it was installed, unix milliseconds.
+    pub installed_ms: u64,
+    /// The seconds left of its lifetime when installed, if it has one (transmit SAs end
+    /// where the peer's grant says; the data plane also ends one at its packet limit).
+    pub lifetime_secs: Option<u64>,
+}
+
+impl SaRecord {
+    /// A record of an SA installed now.
+    pub fn now(
+        direction: &'static str,
+        peer: &str,
+        worker: usize,
+        spi: Spi,
+        lifetime_secs: Option<u64>,
+    ) -> Self {
+        Self {
+            direction,
+            peer: peer.to_owned(),
+            worker,
+            generation: spi.generation(),
+            installed_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            lifetime_secs,
+        }
+    }
 }

@@ -52,12 +52,19 @@ fn every_unit_verifies_and_its_command_line_parses() {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
-        for needed in ["NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory="] {
+        for needed in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "StateDirectory=",
+        ] {
             assert!(text.contains(needed), "{name} lacks {needed}");
         }
         if name.contains("appliance") {
             // `systemctl reload` is SIGHUP, which the appliance takes as a reload.
-            assert!(text.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{name}");
+            assert!(
+                text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+                "{name}"
+            );
         }
     }
 

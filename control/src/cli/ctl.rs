@@ -546,6 +546,9 @@ fn status_text(name: &str, v: &Value) -> String {
             drops.join(", ")
         }
     );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     for (peer, p) in a["keys"]["peers"].as_object().into_iter().flatten() {
         out += &format!("\npeer: {peer}\n");
         out += &format!(
@@ -565,7 +568,22 @@ fn status_text(name: &str, v: &Value) -> String {
             .flatten()
             .enumerate()
             .map(|(w, spi)| match spi.as_u64() {
-                Some(spi) => format!("worker {w} SPI 0x{spi:08x}"),
+                Some(spi) => {
+                    // SPIs key the SA table as decimal strings in JSON.
+                    let sa = &a["keys"]["sas"][spi.to_string()];
+                    let age = sa["installed_ms"]
+                        .as_u64()
+                        .map(|t| format!(", {} s old", now_ms.saturating_sub(t) / 1000))
+                        .unwrap_or_default();
+                    let left = sa["lifetime_secs"]
+                        .as_u64()
+                        .map(|l| format!(", lifetime {l} s"))
+                        .unwrap_or_default();
+                    format!(
+                        "worker {w} SPI 0x{spi:08x} (generation {}{age}{left})",
+                        spi >> 31
+                    )
+                }
                 None => format!("worker {w} none"),
             })
             .collect();
