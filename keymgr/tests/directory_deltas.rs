@@ -2,6 +2,10 @@
 //! applies only the deltas the authority fans out to it (resnapshotting when told to) ends
 //! each step deciding exactly as a full snapshot of the authority's live copy would: whom it
 //! may talk to, whom it asks for SAs, which inner prefixes it routes where.
+//!
+//! It found that a copy kept the entry of a peer that moved out of its view (another tenant)
+//! and, after a later policy change matching the stale entry's old centre, routed to it;
+//! `stale_entry_of_a_peer_that_moved_away_is_not_revived_by_policy` replays that case.
 
 use std::collections::BTreeMap;
 
@@ -113,10 +117,9 @@ proptest! {
         // One subscriber per listed, unrevoked appliance: it connects (and takes a snapshot)
         // once enrolled, and stops when revoked.
         let mut copies: BTreeMap<String, Directory> = BTreeMap::new();
+        // As the agent does with each delta it receives.
         let deliver = |copy: &mut Directory, me: &str, delta: &Delta| {
-            if copy.apply(delta) && matches!(delta.change, Change::Policy { .. }) {
-                copy.retain_view(me);
-            }
+            copy.apply_as(me, delta);
         };
         for (n, step) in steps.into_iter().enumerate() {
             let version = n as u64 + 1;
@@ -191,4 +194,54 @@ proptest! {
             }
         }
     }
+}
+
+/// The case the property test found, kept as a fixed regression.
+#[test]
+fn stale_entry_of_a_peer_that_moved_away_is_not_revived_by_policy() {
+    let mut master = Master::new(Directory {
+        rules: vec![Rule::same_tenant()],
+        ..Directory::default()
+    });
+    master.apply(1, Change::Upsert(entry(0, 0, 0, false)));
+    master.apply(2, Change::Upsert(entry(1, 1, 0, false)));
+    let mut copy = master.live().view_for("x1");
+    assert!(copy.allows("x1", "x0"));
+    let mut version = 2;
+    // x0 moves to another tenant, then to another centre: x1 hears only of the first.
+    for (centre, tenant, hears) in [(0, 1, true), (1, 1, false)] {
+        version += 1;
+        let fanout = master.apply(version, Change::Upsert(entry(0, centre, tenant, false)));
+        let Fanout::Moved {
+            delta, audience, ..
+        } = fanout
+        else {
+            panic!("a move")
+        };
+        assert_eq!(audience.contains(&"x1".to_owned()), hears);
+        if hears {
+            copy.apply_as("x1", &delta);
+        }
+    }
+    // Centre dc0 may now talk to anyone: nobody is in dc0 any more.
+    version += 1;
+    let rules = rules(&[(2, 0, 1)]);
+    let Fanout::Policy { allowed, .. } = master.apply(version, Change::Rules(rules.clone())) else {
+        panic!("a policy change")
+    };
+    copy.apply_as(
+        "x1",
+        &Delta {
+            version,
+            change: Change::Policy {
+                rules,
+                allowed: allowed.get("x1").cloned().unwrap_or_default(),
+            },
+        },
+    );
+    assert!(
+        !copy.allows("x1", "x0"),
+        "x0's stale entry came back: {copy:?}"
+    );
+    assert!(copy.routes_for("x1").is_empty());
 }
