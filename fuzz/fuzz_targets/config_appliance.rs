@@ -7,7 +7,9 @@ use cpclink_appliance::ApplianceConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match ApplianceConfig::parse("fuzz.toml", text) {
         Ok(config) => {
             let _ = config.engine_config();

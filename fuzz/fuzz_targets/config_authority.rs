@@ -7,7 +7,9 @@ use cpclink_keymgr::config::{AgentConfig, AuthorityConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let text = ConfigText::new("fuzz.toml", text);
     if let Err(e) = AuthorityConfig::parse(&text) {
         assert!(e.to_string().contains("fuzz.toml"), "{e}");

@@ -7,7 +7,9 @@ use cpclink_hw::Profile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(profile) = Profile::parse("fuzz.toml", text) {
         let _ = profile.validate(&ConfigText::new("fuzz.toml", text));
         let _ = profile.match_score("ixgbe", Some((0x8086, 0x10fb)));

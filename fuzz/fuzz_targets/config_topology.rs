@@ -5,6 +5,8 @@ use cpclink_srv6::Topology;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = Topology::parse(text, "fuzz.toml");
 });

@@ -8,7 +8,9 @@ use cpclink_keymgr::directory::{Delta, Directory, Master};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(deltas) = postcard::from_bytes::<Vec<Delta>>(data) else { return };
+    let Ok(deltas) = postcard::from_bytes::<Vec<Delta>>(data) else {
+        return;
+    };
     if deltas.len() > 64 {
         return;
     }

@@ -47,7 +47,9 @@ fn peer() -> &'static Peer {
 fuzz_target!(|data: &[u8]| {
     let peer = peer();
     // [signature length][signature][advertisement]
-    let Some((&n, rest)) = data.split_first() else { return };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
     let (signature, advertisement) = rest.split_at(usize::from(n).min(rest.len()));
     assert!(
         peer.verifier.verify(advertisement, signature).is_err(),

@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 
 fn key() -> &'static HmacKey {
     static KEY: OnceLock<HmacKey> = OnceLock::new();
-    KEY.get_or_init(|| HmacKey::new(7, b"not-the-kernel-packet-secret".to_vec()).expect("a valid key"))
+    KEY.get_or_init(|| {
+        HmacKey::new(7, b"not-the-kernel-packet-secret".to_vec()).expect("a valid key")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -24,10 +26,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The SRH alone, as a bare header.
-    let Ok(srh) = Srh::new_checked(data) else { return };
+    let Ok(srh) = Srh::new_checked(data) else {
+        return;
+    };
     let _ = srh.segments().count();
     let _ = srh.tlvs().count();
-    let Ok(repr) = SrhRepr::parse(&srh) else { return };
+    let Ok(repr) = SrhRepr::parse(&srh) else {
+        return;
+    };
     let Ok(bytes) = repr.to_bytes() else { return };
     let again = Srh::new_checked(&bytes[..]).expect("an emitted SRH checks");
     assert_eq!(SrhRepr::parse(&again).expect("an emitted SRH parses"), repr);

@@ -36,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
                 Push::Merged => {}
                 Push::TakeFirst => {
                     take(&mut coalescer, &mut again);
-                    assert_eq!(coalescer.push(seg), Push::Merged, "an empty coalescer takes it");
+                    assert_eq!(
+                        coalescer.push(seg),
+                        Push::Merged,
+                        "an empty coalescer takes it"
+                    );
                 }
                 Push::Alone => {
                     take(&mut coalescer, &mut again);
@@ -45,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         take(&mut coalescer, &mut again);
-        assert_eq!(again, first, "segmented, coalesced and segmented again (udp {udp})");
+        assert_eq!(
+            again, first,
+            "segmented, coalesced and segmented again (udp {udp})"
+        );
     }
 });
