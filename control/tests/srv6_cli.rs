@@ -59,6 +59,32 @@ fn decode_verifies_a_kernel_written_hmac() {
 }
 
 #[test]
+fn decode_with_a_key_fails_when_the_srh_carries_no_hmac() {
+    // An SRH with no HMAC TLV, behind an IPv6 header: asked to verify, there is nothing to
+    // verify, and that must not read as success.
+    let (ok, srh, err) = cpclink(&["srv6", "encode", "--segments", "fd00::1"]);
+    assert!(ok, "{err}");
+    let srh = srh.trim();
+    let ipv6 = format!(
+        "60000000{:04x}2b40{}{}",
+        srh.len() / 2,
+        "fd00000a000000000000000000000001",
+        "fd000000000000000000000000000001"
+    );
+    let packet = format!("{ipv6}{srh}");
+    let (ok, out, err) = cpclink(&["srv6", "decode", "--packet", &packet]);
+    assert!(ok, "without a key the decode alone succeeds: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hmac"], serde_json::Value::Null);
+    let (ok, out, err) = cpclink(&["srv6", "decode", "--packet", &packet, "--hmac-key", KEY]);
+    assert!(!ok, "no HMAC to verify fails the command: {out}");
+    assert!(err.contains("carries no HMAC TLV"), "{err}");
+    // The decode is still shown.
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["segments"], serde_json::json!(["fd00::1"]));
+}
+
+#[test]
 fn encode_matches_what_the_kernel_wrote() {
     // The same segment list, source and key give the SRH the kernel put on the wire
     // (bytes 40..120 of the packet; only Segments Left differs, and it is not covered

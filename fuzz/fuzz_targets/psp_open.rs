@@ -16,9 +16,15 @@ fn keys() -> &'static MasterKeys {
 
 fuzz_target!(|data: &[u8]| {
     let mut packet = data.to_vec();
-    let Ok(header) = psp::parse(&packet) else { return };
-    let Ok(key) = keys().derive(header.spi, header.suite) else { return };
-    let Ok(cipher) = Backend::AwsLc.cipher(header.suite, key.as_bytes()) else { return };
+    let Ok(header) = psp::parse(&packet) else {
+        return;
+    };
+    let Ok(key) = keys().derive(header.spi, header.suite) else {
+        return;
+    };
+    let Ok(cipher) = Backend::AwsLc.cipher(header.suite, key.as_bytes()) else {
+        return;
+    };
     let mut rx = RxSa::new(Spi(header.spi.0), cipher, SaLimits::default());
     if let Ok(opened) = rx.open(&mut packet) {
         // Only a packet sealed under the derived key can open; random input never does.

@@ -1086,13 +1086,7 @@ impl KeyAgent {
                     Some(Message::Delta(delta)) => {
                         let version = delta.version;
                         let applied = {
-                            let mut dir = self.dir();
-                            let applied = dir.apply(&delta);
-                            if applied && matches!(delta.change, Change::Policy { .. }) {
-                                // Keep the copy to this appliance and those it may talk to.
-                                dir.retain_view(&self.inner.id);
-                            }
-                            applied
+                            self.dir().apply_as(&self.inner.id, &delta)
                         };
                         if applied {
                             if let Change::Revoke(id) = &delta.change {

@@ -267,7 +267,7 @@ pub fn verify(path: &Path) -> Result<Verified> {
         return Err(Error::AuditBroken {
             path: hp,
             line: 0,
-            reason: "no head file: nothing anchors the chain (an authority that ever wrote a line has one; a log and head removed together look like this)".into(),
+            reason: "no head file: nothing anchors the chain (an authority writes one when it opens its log, even before the first line, so a missing head means the log, the head or both were removed; restore them from backup)".into(),
         });
     }
     let (records, torn) = read_chain(path)?;
@@ -425,6 +425,13 @@ impl AuditLog {
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let (seq, prev) = match records.last() {
+            // A new log is anchored at once (head at line 0), so that an authority that has
+            // written nothing yet verifies as an empty chain, and a missing head always means
+            // something was removed.
+            None if !head_path(path).exists() => {
+                write_head(path, 0, hex::encode([0u8; 32]))?;
+                (0, [0u8; 32])
+            }
             None => (0, [0u8; 32]),
             Some(r) => {
                 let mut prev = [0u8; 32];
@@ -514,19 +521,19 @@ impl AuditLog {
         for kind in kinds {
             *self.kinds.entry(kind).or_insert(0) += 1;
         }
-        let head = serde_json::to_vec(&Head {
-            seq,
-            hash: last_hash,
-        })
-        .unwrap_or_default();
-        let hp = head_path(&self.path);
-        let tmp = hp.with_extension("head.tmp");
-        std::fs::write(&tmp, head)
-            .and_then(|()| File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &hp))
-            .map_err(|e| Error::io(format!("writing {}", hp.display()), e))?;
-        Ok(())
+        write_head(&self.path, seq, last_hash)
     }
+}
+
+/// Replaces the head file of the log at `path` atomically (write, fsync, rename).
+fn write_head(path: &Path, seq: u64, hash: String) -> Result<()> {
+    let head = serde_json::to_vec(&Head { seq, hash }).unwrap_or_default();
+    let hp = head_path(path);
+    let tmp = hp.with_extension("head.tmp");
+    std::fs::write(&tmp, head)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &hp))
+        .map_err(|e| Error::io(format!("writing {}", hp.display()), e))
 }
 
 #[cfg(test)]
@@ -735,5 +742,23 @@ mod tests {
         assert!(err.contains("no head file"), "{err}");
         std::fs::write(&path, b"").unwrap();
         assert!(matches!(verify(&path), Err(Error::AuditBroken { .. })));
+    }
+
+    #[test]
+    fn a_log_opened_but_never_written_verifies_as_empty_until_its_head_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        drop(AuditLog::open(&path).unwrap());
+        let v = verify(&path).unwrap();
+        assert_eq!((v.lines, v.head), (0, hex::encode([0u8; 32])));
+        // Reopening keeps the anchor; removing it is refused, not read as an empty chain.
+        drop(AuditLog::open(&path).unwrap());
+        assert_eq!(verify(&path).unwrap().lines, 0);
+        std::fs::remove_file(head_path(&path)).unwrap();
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("no head file") && err.contains("removed"),
+            "{err}"
+        );
     }
 }

@@ -145,6 +145,18 @@ impl Directory {
         true
     }
 
+    /// Applies `delta` to `me`'s copy, as [`apply`](Self::apply), then drops what `me` may
+    /// no longer see: after a policy change, and after an upsert that moves another appliance
+    /// out of its view (to another tenant or centre). A snapshot would not list such an
+    /// entry; kept, a later policy change could make its stale copy look allowed.
+    pub fn apply_as(&mut self, me: &str, delta: &Delta) -> bool {
+        let applied = self.apply(delta);
+        if applied && matches!(delta.change, Change::Policy { .. } | Change::Upsert(_)) {
+            self.retain_view(me);
+        }
+        applied
+    }
+
     /// Applies a change without version bookkeeping.
     pub fn apply_change(&mut self, change: &Change) {
         match change {

@@ -619,3 +619,35 @@ fn the_api_needs_the_key_plane_and_well_formed_tokens() {
         assert!(e.contains(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn cores_the_machine_lacks_or_more_cores_than_workers_are_refused() {
+    for (extra, expect, fix) in [
+        (
+            "workers = 2\ncores = [99999]",
+            "core 99999 does not exist here",
+            "list cores this machine has",
+        ),
+        (
+            "workers = 1\ncores = [0, 0]",
+            "2 cores listed for 1 worker(s)",
+            "list one core per worker, or raise workers",
+        ),
+    ] {
+        let e = ApplianceConfig::parse("a.toml", &config(extra, "192.0.2.2:1000"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:") && e.contains("[appliance].cores: "),
+            "{extra}: {e}"
+        );
+        assert!(e.contains(expect) && e.contains(fix), "{extra}: {e}");
+    }
+    // A core that exists is taken.
+    let c = ApplianceConfig::parse(
+        "a.toml",
+        &config("workers = 2\ncores = [0]", "192.0.2.2:1000"),
+    )
+    .unwrap();
+    assert_eq!(c.engine_config().cores, [0]);
+}

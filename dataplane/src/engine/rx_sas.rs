@@ -4,6 +4,12 @@
 //! An SPI that is not in the table costs a key derivation and one AEAD open. The table keeps
 //! a derived SA only once a packet authenticated under it, so packets with made-up SPIs can
 //! neither fill the table nor cost more than the derivation budget allows.
+//!
+//! The budget is kept per sending address, not per worker: a flood of made-up SPIs from one
+//! address (a peer's, spoofed or not) spends that address's budget only, so another peer
+//! that restarts under it still gets its new SAs derived at once. Only a peer's endpoint
+//! address is ever offered a derivation, and a peer has one endpoint, so the budgets live
+//! in a fixed array indexed by the peer: bounded, allocation-free, no lookup cost.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,7 +29,7 @@ pub struct RxKeySource {
     pub keys: MasterKeys,
     /// The suite derived SAs use; packets of another suite are refused.
     pub suite: Suite,
-    /// Derivations allowed per second, per worker.
+    /// Derivations allowed per second, per worker and per sending peer address.
     pub derivations_per_second: u32,
 }
 
@@ -71,6 +77,10 @@ pub enum RxRefusal {
     Revoked,
 }
 
+/// Derivation budgets kept apart: peers `i` and `i + DERIVE_BUDGETS` share one (a worker
+/// with more peers than this degrades to a few peers per budget, never to one for all).
+const DERIVE_BUDGETS: usize = 64;
+
 /// The receive SAs of one worker.
 pub struct RxSaTable {
     entries: HashMap<u32, Entry, BuildHasherDefault<SpiHasher>>,
@@ -78,7 +88,8 @@ pub struct RxSaTable {
     source: Option<RxKeySource>,
     backend: Backend,
     limits: SaLimits,
-    budget: u32,
+    /// Derivations each sender may still cost this tick, indexed by peer modulo the length.
+    budgets: [u32; DERIVE_BUDGETS],
     clock: u64,
     revoked: Vec<PeerId>,
 }
@@ -104,7 +115,7 @@ impl RxSaTable {
             source: None,
             backend,
             limits,
-            budget: 0,
+            budgets: [0; DERIVE_BUDGETS],
             clock: 0,
             revoked: Vec::new(),
         }
@@ -112,15 +123,17 @@ impl RxSaTable {
 
     /// Sets (or clears) the master keys SAs are derived from.
     pub fn set_source(&mut self, source: Option<RxKeySource>) {
-        self.budget = source.as_ref().map_or(0, |s| s.derivations_per_second / 10);
+        self.budgets
+            .fill(source.as_ref().map_or(0, |s| s.derivations_per_second / 10));
         self.source = source;
     }
 
-    /// Refills the derivation budget; the worker calls this ten times a second.
+    /// Refills every sender's derivation budget; the worker calls this ten times a second.
     pub fn tick(&mut self) {
         self.clock += 1;
         if let Some(source) = &self.source {
-            self.budget = (source.derivations_per_second / 10).max(1);
+            self.budgets
+                .fill((source.derivations_per_second / 10).max(1));
         }
     }
 
@@ -202,10 +215,11 @@ impl RxSaTable {
         let Some(source) = &self.source else {
             return Err(RxRefusal::UnknownSpi { throttled: false });
         };
-        if self.budget == 0 {
+        let budget = &mut self.budgets[peer.0 as usize % DERIVE_BUDGETS];
+        if *budget == 0 {
             return Err(RxRefusal::UnknownSpi { throttled: true });
         }
-        self.budget -= 1;
+        *budget -= 1;
         let unknown = || RxRefusal::UnknownSpi { throttled: false };
         let key = source
             .keys
@@ -305,6 +319,42 @@ mod tests {
         t.tick();
         let mut p = sealed_with(&keys(), Spi(99));
         assert_eq!(open(&mut t, 99, &mut p), Ok(PEER), "the budget refills");
+    }
+
+    #[test]
+    fn a_flood_from_one_address_does_not_spend_another_peers_budget() {
+        let mut t = table(8, 30);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let flooder: IpAddr = "192.0.2.66".parse().unwrap();
+        let peer_of = |ip: IpAddr| match ip {
+            ip if ip == peer => Some(PeerId(0)),
+            ip if ip == flooder => Some(PeerId(1)),
+            _ => None,
+        };
+        let other = MasterKeys::new([9; 32]);
+        let mut throttled = 0;
+        for spi in 1..=100u32 {
+            let mut p = sealed_with(&other, Spi(spi));
+            if t.open(Spi(spi), flooder, &mut p, peer_of).map(|_| ())
+                == Err(RxRefusal::UnknownSpi { throttled: true })
+            {
+                throttled += 1;
+            }
+        }
+        assert_eq!(throttled, 100 - 3, "the flooder's own budget is spent");
+        // In the same tenth of a second, the peer's new SA is still derived.
+        let mut genuine = sealed_with(&keys(), Spi(500));
+        assert_eq!(
+            t.open(Spi(500), peer, &mut genuine, peer_of)
+                .map(|(_, p)| p),
+            Ok(PeerId(0))
+        );
+        // And the flooder stays throttled until the next tick.
+        let mut p = sealed_with(&keys(), Spi(501));
+        assert_eq!(
+            t.open(Spi(501), flooder, &mut p, peer_of).map(|_| ()),
+            Err(RxRefusal::UnknownSpi { throttled: true })
+        );
     }
 
     #[test]

@@ -107,7 +107,10 @@ impl<'a> Segmenter<'a> {
         let bad = Error::BadInnerPacket;
         let first = *packet.first().ok_or(bad("empty packet from TUN"))?;
         let (ip_len, proto) = match first >> 4 {
-            4 if packet.len() >= 20 => (usize::from(first & 0x0f) * 4, packet[9]),
+            // An IHL under 5 is no IPv4 header: the fields segmenting rewrites lie past it.
+            4 if packet.len() >= 20 && first & 0x0f >= 5 => {
+                (usize::from(first & 0x0f) * 4, packet[9])
+            }
             6 if packet.len() >= 40 => (40, packet[6]),
             _ => return Err(bad("TUN packet is neither IPv4 nor IPv6")),
         };
@@ -127,7 +130,10 @@ impl<'a> Segmenter<'a> {
             }
         };
         let headers = ip_len + l4_len;
-        if headers > packet.len() || (kind != Kind::Whole && l4_len < 8) {
+        // A TCP header is at least 20 bytes (its checksum lies at 16): a shorter data offset
+        // would make each segment's header rewrite run past it.
+        let l4_min = if kind == Kind::Tcp { 20 } else { 8 };
+        if headers > packet.len() || (kind != Kind::Whole && l4_len < l4_min) {
             return Err(bad("truncated transport header"));
         }
         let mss = usize::from(header.gso_size);
@@ -606,6 +612,47 @@ mod tests {
         }
         assert_eq!(s.len(2), 40 + 200);
         assert_eq!(payload, &p[40..]);
+    }
+
+    /// Found by the `tun_segment_coalesce` fuzz target: a TSO packet whose TCP data offset
+    /// says 8 bytes made the segment writer index past the segment; an IPv4 IHL under 5
+    /// would too. Both are refused, not segmented.
+    #[test]
+    fn short_tcp_headers_and_ipv4_ihl_under_5_are_refused() {
+        let crash = hex::decode(concat!(
+            "0101ffff112e14001000",                     // virtio-net header: TSO over IPv4
+            "45000fc812344000400604f70ae2e2e2e2e20111", // IPv4
+            "2e140010d6d7d8d9daaeafb02db25c",           // TCP, data offset 2 (8 bytes)
+        ))
+        .unwrap();
+        let header = VnetHeader::parse(&crash).unwrap();
+        assert!(Segmenter::new(header, &crash[VNET_HDR_LEN..]).is_err());
+        let tso = VnetHeader {
+            gso_type: GSO_TCPV4,
+            gso_size: 4,
+            ..VnetHeader::default()
+        };
+        for (ihl, offset) in [(5u8, 3u8), (5, 4), (4, 5), (0, 5)] {
+            let mut p = vec![0u8; 80];
+            p[0] = 0x40 | ihl;
+            p[9] = PROTO_TCP;
+            let l4 = usize::from(ihl.max(5)) * 4;
+            p[l4 + 12] = offset << 4;
+            assert!(
+                Segmenter::new(tso, &p).is_err(),
+                "IHL {ihl}, TCP data offset {offset}"
+            );
+        }
+        // The smallest valid headers still segment.
+        let mut p = vec![0u8; 80];
+        p[0] = 0x45;
+        p[9] = PROTO_TCP;
+        p[32] = 5 << 4;
+        let s = Segmenter::new(tso, &p).unwrap();
+        for i in 0..s.count() {
+            let mut out = vec![0u8; s.len(i)];
+            s.write(i, &mut out);
+        }
     }
 
     #[test]

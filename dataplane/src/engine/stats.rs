@@ -63,6 +63,9 @@ pub struct WorkerStats {
     /// CPU time the worker thread has used, user and kernel: per packet, the cost of its
     /// work whatever else the machine runs (wall-clock rates are not, on a shared machine).
     pub ns_cpu: u64,
+    /// 1 when the worker could not be pinned to its configured core (it runs wherever the
+    /// scheduler puts it); 0 when pinned or not asked to pin.
+    pub pin_failed: u64,
     /// What the I/O backend counted.
     pub io: IoStats,
 }
@@ -126,6 +129,7 @@ impl AddAssign for WorkerStats {
         self.ns_cpu += o.ns_cpu;
         self.ns_rx_process += o.ns_rx_process;
         self.ns_rx_io += o.ns_rx_io;
+        self.pin_failed += o.pin_failed;
         self.io += o.io;
     }
 }

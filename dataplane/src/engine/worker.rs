@@ -94,10 +94,19 @@ struct State {
 /// Runs a worker until it is told to shut down; returns its final counters.
 /// `ready` learns whether the I/O backend could be set up before any packet moves.
 pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<WorkerStats> {
-    if let Some(core) = setup.core {
-        // Pinning is best effort: an unavailable core leaves the thread to the scheduler.
-        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    }
+    // Pinning is best effort: an unavailable core leaves the thread to the scheduler, but
+    // says so (counted in `pin_failed` and reported once) rather than running unpinned
+    // unnoticed while the operator believes otherwise.
+    let pin_failed = match setup.core {
+        Some(core) if !pin_to(core) => {
+            eprintln!(
+                "cpclink: worker {} could not be pinned to core {core}; it runs unpinned",
+                setup.index
+            );
+            true
+        }
+        _ => false,
+    };
     let WorkerSetup {
         index,
         io: (io_kind, socket, sender),
@@ -152,7 +161,10 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         },
         egress,
         events,
-        stats: WorkerStats::default(),
+        stats: WorkerStats {
+            pin_failed: u64::from(pin_failed),
+            ..WorkerStats::default()
+        },
     };
     if let WorkerEgress::Tun(queue) = &state.egress {
         io.watch(queue.raw_fd())?;
@@ -215,6 +227,14 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             state.tick(received);
         }
     }
+}
+
+/// Pins the calling thread to `core`; false when the core does not exist or is not allowed.
+fn pin_to(core: usize) -> bool {
+    // The affinity mask holds CPU_SETSIZE (1024) cores: a larger number cannot be set at all
+    // (and would index past the mask), so it is a failed pin, not a call.
+    const CPU_SETSIZE: usize = 1024;
+    core < CPU_SETSIZE && core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
 impl State {
