@@ -51,6 +51,9 @@ pub struct ApplianceStatus {
     /// Services, their placement, the outer paths and the last decisions, when the
     /// appliance steers (`[paths]`).
     pub paths: Option<PathsStatus>,
+    /// The hardware profile the data plane was sized from, and which settings came from
+    /// it, if `[hardware]` names one.
+    pub hardware: Option<crate::config::HardwareSource>,
 }
 
 /// One entry of the route table.
@@ -302,6 +305,7 @@ impl<K: KeySource> Owner<K> {
             routes: self.routes.clone(),
             reloads: self.reloads,
             paths: self.paths.as_ref().map(PathController::status),
+            hardware: self.config.as_ref().and_then(|c| c.hardware.clone()),
         }
     }
 

@@ -50,7 +50,7 @@ fn default_suite() -> String {
 }
 
 /// Which hardware profile sized the data plane, and which settings it gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HardwareSource {
     /// The profile's name.
     pub profile: String,

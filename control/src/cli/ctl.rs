@@ -521,6 +521,16 @@ fn status_text(name: &str, v: &Value) -> String {
         a["config_file"].as_str().unwrap_or("?"),
         a["reloads"]
     );
+    if let Some(hw) = a["hardware"].as_object() {
+        out += &format!(
+            "  hardware profile: {}{}\n",
+            hw["profile"].as_str().unwrap_or("?"),
+            hw["device"]
+                .as_str()
+                .map(|d| format!(" (NIC {d})"))
+                .unwrap_or_default()
+        );
+    }
     let total = &v["counters"]["total"];
     out += &format!(
         "  transfer: {} packets ({} B) sent, {} packets ({} B) delivered\n",
