@@ -156,7 +156,8 @@ mod tests {
         assert!(plot.draw(&path).unwrap());
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
-        assert!(svg.contains(">throughput</text>") && svg.contains(">plain</text>"));
+        assert!(svg.contains(">\nthroughput\n</text>"), "{svg}");
+        assert!(svg.contains(">\nplain\n</text>"), "{svg}");
         let empty = Plot {
             series: vec![],
             ..plot
