@@ -69,9 +69,11 @@ fn range(figure: &Figure) -> (f64, f64) {
     } else {
         &figure.rounds[..]
     };
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    })
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// Judges one figure measured in two runs.
@@ -125,7 +127,16 @@ pub fn compare(old: &Report, new: &Report) -> Vec<Change> {
 pub fn table(changes: &[Change]) -> Table {
     let mut table = Table::new(
         "change per figure",
-        &["stage", "figure", "old", "new", "unit", "change", "round spread", "verdict"],
+        &[
+            "stage",
+            "figure",
+            "old",
+            "new",
+            "unit",
+            "change",
+            "round spread",
+            "verdict",
+        ],
     );
     for c in changes {
         table.push(vec![

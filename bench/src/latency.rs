@@ -395,7 +395,11 @@ fn interval_log(load: u32, paths: &[(Path, Endpoints)], samples: &[Samples]) -> 
     builder.add_comment(&format!(
         "cpclink bench latency: {load}% of the tunnel's no-drop rate; values in nanoseconds,          corrected for coordinated omission at {PROBES_PER_SECOND} probes/s"
     ));
-    let base = samples.iter().flat_map(|s| &s.intervals).map(|i| i.start).min();
+    let base = samples
+        .iter()
+        .flat_map(|s| &s.intervals)
+        .map(|i| i.start)
+        .min();
     if let Some(base) = base {
         builder.with_base_time(std::time::SystemTime::now() - base.elapsed());
     }
@@ -405,7 +409,10 @@ fn interval_log(load: u32, paths: &[(Path, Endpoints)], samples: &[Samples]) -> 
     for ((path, _), samples) in paths.iter().zip(samples) {
         for interval in &samples.intervals {
             let offset = base.map_or(Duration::ZERO, |b| interval.start.duration_since(b));
-            for (metric, histogram) in [("one-way", &interval.one_way), ("round-trip", &interval.round_trip)] {
+            for (metric, histogram) in [
+                ("one-way", &interval.one_way),
+                ("round-trip", &interval.round_trip),
+            ] {
                 let tag = format!("{}-{metric}", path_name(*path));
                 // A write into memory fails only on a histogram the serializer cannot encode;
                 // the log then lacks that interval, the report's tables do not.
@@ -892,7 +899,7 @@ impl Samples {
             (Metric::RoundTrip, &self.round_trip),
         ]
         .into_iter()
-        .filter(|(_, h)| h.len() > 0)
+        .filter(|(_, h)| !h.is_empty())
         .map(|(metric, h)| Spectrum {
             path,
             metric,
@@ -922,11 +929,15 @@ impl Samples {
         let probes = self.probes;
         [
             (Metric::OneWay, &self.one_way, self.one_way_received),
-            (Metric::RoundTrip, &self.round_trip, self.round_trip_received),
+            (
+                Metric::RoundTrip,
+                &self.round_trip,
+                self.round_trip_received,
+            ),
         ]
         .into_iter()
         .map(|(metric, h, received)| {
-            let p = if h.len() == 0 {
+            let p = if h.is_empty() {
                 [f64::NAN; 5]
             } else {
                 let q = |q: f64| us(h.value_at_quantile(q));

@@ -3,15 +3,15 @@
 //! suites share with the tests (network namespaces, synthetic traffic and its pacing) lives
 //! here too, so the product crates carry none.
 
+pub mod compare;
 pub mod crypto;
 pub mod dataplane;
 pub mod keyplane;
 pub mod latency;
+pub mod ndr;
 pub mod netns;
 pub mod pacer;
 pub mod path;
-pub mod compare;
-pub mod ndr;
 mod report;
 pub mod suite;
 pub mod traffic;

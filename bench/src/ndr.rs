@@ -178,7 +178,10 @@ mod tests {
         assert!(found.pdr.rate_pps >= found.ndr.rate_pps);
         assert!(found.pdr.rate_pps >= pdr_exact * 0.99, "{found:?}");
         assert!(found.ndr.trials.len() <= 20 && found.pdr.trials.len() <= 20);
-        assert_eq!(model.trials, found.ndr.trials.len() + found.pdr.trials.len());
+        assert_eq!(
+            model.trials,
+            found.ndr.trials.len() + found.pdr.trials.len()
+        );
         // The failing bound brackets the answer.
         let fail = found.ndr.failed_pps.unwrap();
         assert!(fail > 300_000.0 && fail - found.ndr.rate_pps <= 0.005 * fail + 1.0);

@@ -23,7 +23,10 @@ fn markdown_tables(markdown: &str) -> BTreeMap<String, Vec<Vec<String>>> {
                 .split('|')
                 .map(|c| c.trim().to_string())
                 .collect();
-            if !cells.iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':')) {
+            if !cells
+                .iter()
+                .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
+            {
                 rows.push(cells);
             }
         } else if !rows.is_empty() {
@@ -88,8 +91,9 @@ fn the_quick_suite_writes_a_report_whose_json_matches_its_markdown_and_plots() {
                 .unwrap_or_else(|| panic!("no Markdown table {:?}", table.title));
             assert_eq!(rows[0], table.columns, "{}", table.title);
             assert_eq!(&rows[1..], &table.rows[..], "{}", table.title);
-            let csv = std::fs::read_to_string(dir.path().join(format!("{}-{}.csv", stage.name, i + 1)))
-                .unwrap();
+            let csv =
+                std::fs::read_to_string(dir.path().join(format!("{}-{}.csv", stage.name, i + 1)))
+                    .unwrap();
             assert_eq!(csv.lines().count(), 1 + table.rows.len(), "{}", table.title);
             compared += 1;
         }
@@ -111,7 +115,11 @@ fn the_quick_suite_writes_a_report_whose_json_matches_its_markdown_and_plots() {
     }
     // The bound stands beside every encrypted figure.
     let dataplane = &stage("dataplane").tables[0];
-    let bound = dataplane.columns.iter().position(|c| c == "bound Gbit/s").unwrap();
+    let bound = dataplane
+        .columns
+        .iter()
+        .position(|c| c == "bound Gbit/s")
+        .unwrap();
     for row in dataplane.rows.iter().filter(|r| r[3] != "plain") {
         assert!(row[bound].parse::<f64>().unwrap() > 0.0, "{row:?}");
     }
@@ -130,10 +138,19 @@ fn the_quick_suite_writes_a_report_whose_json_matches_its_markdown_and_plots() {
             .iter()
             .find(|t| t.title == "peers skipped")
             .unwrap();
-        let reason = |peer: &str| skipped.rows.iter().find(|r| r[0] == peer).map(|r| r[1].clone());
+        let reason = |peer: &str| {
+            skipped
+                .rows
+                .iter()
+                .find(|r| r[0] == peer)
+                .map(|r| r[1].clone())
+        };
         assert!(reason("cpclink").unwrap().contains("no cpclink binary"));
         if which("boringtun-cli").is_none() {
-            assert_eq!(reason("boringtun").unwrap(), "boringtun-cli not found on PATH");
+            assert_eq!(
+                reason("boringtun").unwrap(),
+                "boringtun-cli not found on PATH"
+            );
         }
         assert!(stage("tunnel").figure("TCP veth").is_some());
         assert!(report.files.iter().any(|f| f.ends_with(".hlog")));
@@ -142,14 +159,25 @@ fn the_quick_suite_writes_a_report_whose_json_matches_its_markdown_and_plots() {
     }
 
     // Plots exist and are SVG.
-    for plot in ["crypto.svg", "dataplane-throughput.svg", "dataplane-scaling.svg", "keyplane.svg"] {
+    for plot in [
+        "crypto.svg",
+        "dataplane-throughput.svg",
+        "dataplane-scaling.svg",
+        "keyplane.svg",
+    ] {
         assert!(report.plots.iter().any(|p| p == plot), "{plot} not listed");
     }
     for plot in &report.plots {
         let svg = std::fs::read_to_string(dir.path().join(plot)).unwrap();
-        assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{plot}");
+        assert!(
+            svg.starts_with("<svg") || svg.starts_with("<?xml"),
+            "{plot}"
+        );
         assert!(tags_balance(&svg), "{plot}: tags do not balance");
-        assert!(svg.contains("<polyline") || svg.contains("<path"), "{plot}: no line");
+        assert!(
+            svg.contains("<polyline") || svg.contains("<path"),
+            "{plot}: no line"
+        );
     }
 
     // A report compared with itself shows no change beyond noise.
@@ -176,7 +204,12 @@ fn compare_flags_a_planted_regression_in_a_report_and_not_noise() {
         stages: vec![{
             let mut s = Stage::new("dataplane");
             s.figures = vec![
-                Figure::from_rounds("steady".into(), "Gbit/s", true, vec![10.0, 10.2 + jitter, 9.9]),
+                Figure::from_rounds(
+                    "steady".into(),
+                    "Gbit/s",
+                    true,
+                    vec![10.0, 10.2 + jitter, 9.9],
+                ),
                 Figure::from_rounds(
                     "planted".into(),
                     "Gbit/s",
@@ -194,5 +227,8 @@ fn compare_flags_a_planted_regression_in_a_report_and_not_noise() {
     assert_eq!(verdict("planted"), Verdict::Regression);
     assert_eq!(verdict("steady"), Verdict::Noise);
     let text = compare::table(&changes).markdown();
-    assert!(text.contains("REGRESSION") && text.contains("-20.0%"), "{text}");
+    assert!(
+        text.contains("REGRESSION") && text.contains("-20.0%"),
+        "{text}"
+    );
 }

@@ -27,7 +27,11 @@ fn metric_name(metric: Metric) -> &'static str {
 }
 
 /// Probes through the tunnel beside plain UDP on loopback and a bare veth (root).
-pub(super) fn latency(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn latency(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     if let Some(why) = latency::unavailable() {
         return Err(Outcome::Skip(why.to_string()));
     }
@@ -61,7 +65,21 @@ pub(super) fn latency(cx: &mut Context, stage: &mut Stage, progress: &Progress) 
     ));
     let mut table = Table::new(
         "latency percentiles (µs) per path and load",
-        &["load", "bg pkt/s", "path", "metric", "probes", "lost", "p50", "p90", "p99", "p99.9", "max", "added p50", "added p99"],
+        &[
+            "load",
+            "bg pkt/s",
+            "path",
+            "metric",
+            "probes",
+            "lost",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "added p50",
+            "added p99",
+        ],
     );
     let added = |x: Option<f64>| x.map_or_else(String::new, |x| format!("{x:+.1}"));
     for r in &run.rows {
@@ -139,8 +157,9 @@ pub(super) fn latency(cx: &mut Context, stage: &mut Stage, progress: &Progress) 
 /// What the tunnel adds one way at 50% of its NDR, at p50, p99 and p99.9.
 fn added_at_half(rows: &[LatencyRow]) -> Option<String> {
     let row = |path| {
-        rows.iter()
-            .find(|r| r.path == path && r.metric == Metric::OneWay && r.load_pct == 50 && r.received > 0)
+        rows.iter().find(|r| {
+            r.path == path && r.metric == Metric::OneWay && r.load_pct == 50 && r.received > 0
+        })
     };
     let (cpc, base) = (row(Path::Cpclink)?, row(Path::UdpLoopback)?);
     Some(format!(

@@ -115,7 +115,10 @@ fn read_trimmed(path: &str) -> String {
 
 fn load_average() -> String {
     let line = read_trimmed("/proc/loadavg");
-    line.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    line.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The commit of the source tree this crate was built from, when git and the tree are

@@ -184,7 +184,9 @@ fn write(report: &mut Report, cx: &mut Context) -> Result<(), Error> {
         match plot.draw(&cx.out.join(name)) {
             Ok(true) => report.plots.push(name.clone()),
             Ok(false) => {}
-            Err(e) => report.summary.push(format!("plot {name} could not be drawn: {e}")),
+            Err(e) => report
+                .summary
+                .push(format!("plot {name} could not be drawn: {e}")),
         }
     }
     for stage in &report.stages {
@@ -197,7 +199,8 @@ fn write(report: &mut Report, cx: &mut Context) -> Result<(), Error> {
     }
     report.files = cx.files.clone();
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Report(e.to_string()))?;
-    std::fs::write(cx.out.join("report.json"), json).map_err(|e| io_error("writing report.json", e))?;
+    std::fs::write(cx.out.join("report.json"), json)
+        .map_err(|e| io_error("writing report.json", e))?;
     std::fs::write(cx.out.join("report.md"), report.markdown())
         .map_err(|e| io_error("writing report.md", e))?;
     Ok(())

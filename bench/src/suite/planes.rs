@@ -9,7 +9,11 @@ use crate::keyplane::{self, AgentStore};
 use crate::path;
 
 /// One authority and N simulated appliances over real QUIC, at growing N.
-pub(super) fn keyplane(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn keyplane(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let sizes = pick(cx, vec![10, 40], vec![100, 300, 1000]);
     let revocations = pick(cx, 2, 10);
     progress.steps(sizes.len());
@@ -19,7 +23,15 @@ pub(super) fn keyplane(cx: &mut Context, stage: &mut Stage, progress: &Progress)
         .map_err(|e| Outcome::Fail(format!("starting the key plane's runtime: {e}")))?;
     let mut table = Table::new(
         "key plane against appliances",
-        &["appliances", "enrolments/s", "all connected s", "directory change s", "rotation s", "revocation p50 ms", "revocation p99 ms"],
+        &[
+            "appliances",
+            "enrolments/s",
+            "all connected s",
+            "directory change s",
+            "rotation s",
+            "revocation p50 ms",
+            "revocation p99 ms",
+        ],
     );
     let mut series: [(&str, Vec<(f64, f64)>); 4] = [
         ("all connected", Vec::new()),
@@ -48,8 +60,18 @@ pub(super) fn keyplane(cx: &mut Context, stage: &mut Stage, progress: &Progress)
         ]) {
             points.push((x, y));
         }
-        stage.figures.push(Figure::from_rounds(format!("rotation {n} appliances"), "s", false, vec![r.rotation_secs]));
-        stage.figures.push(Figure::from_rounds(format!("enrolments/s {n} appliances"), "1/s", true, vec![r.enrolments_per_sec]));
+        stage.figures.push(Figure::from_rounds(
+            format!("rotation {n} appliances"),
+            "s",
+            false,
+            vec![r.rotation_secs],
+        ));
+        stage.figures.push(Figure::from_rounds(
+            format!("enrolments/s {n} appliances"),
+            "1/s",
+            true,
+            vec![r.enrolments_per_sec],
+        ));
         progress.step(format!("{n} appliances: rotation {:.3} s", r.rotation_secs));
         if Some(&n) == sizes.last() {
             cx.summary.push(format!(
@@ -86,7 +108,11 @@ pub(super) fn keyplane(cx: &mut Context, stage: &mut Stage, progress: &Progress)
 }
 
 /// Path selection decisions per second; seg6 route programming and the SRH's cost (root).
-pub(super) fn path(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn path(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let (sites, paths) = pick(cx, (100, 1000), (1000, 10_000));
     let seconds = pick(cx, 0.5, 3.0);
     progress.steps(3);
@@ -96,7 +122,11 @@ pub(super) fn path(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> 
     let mut row = |what: String, value: f64, unit: &str| {
         table.push(vec![what, format!("{value:.1}"), unit.to_string()]);
     };
-    row(format!("selection, {sites} sites, {paths} candidate paths"), sel.decisions_per_sec, "decisions/s");
+    row(
+        format!("selection, {sites} sites, {paths} candidate paths"),
+        sel.decisions_per_sec,
+        "decisions/s",
+    );
     stage.figures.push(Figure::from_rounds(
         format!("selection {sites} sites {paths} paths"),
         "decisions/s",
@@ -111,15 +141,39 @@ pub(super) fn path(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> 
             let routes = pick(cx, 200, 1000);
             let prog = path::programming(routes)?;
             progress.step("programming");
-            row(format!("seg6 encap routes added ({routes})"), prog.add_per_sec, "routes/s");
-            row("reconcile, replace".into(), prog.reconcile_replace_per_sec, "routes/s");
-            row("reconcile, no-op".into(), prog.reconcile_noop_per_sec, "routes/s");
+            row(
+                format!("seg6 encap routes added ({routes})"),
+                prog.add_per_sec,
+                "routes/s",
+            );
+            row(
+                "reconcile, replace".into(),
+                prog.reconcile_replace_per_sec,
+                "routes/s",
+            );
+            row(
+                "reconcile, no-op".into(),
+                prog.reconcile_noop_per_sec,
+                "routes/s",
+            );
             row("removed".into(), prog.remove_per_sec, "routes/s");
             let srh = path::srh_cost(pick(cx, 20_000, 200_000), 1400 + 32)?;
             progress.step("SRH cost");
-            row("send, plain route".into(), srh.gso_plain_send_ns, "ns/datagram (GSO)");
-            row("send, kernel seg6 encap route".into(), srh.gso_kernel_srh_send_ns, "ns/datagram (GSO)");
-            row("engine builds outer header, SRH, HMAC".into(), srh.engine_build_ns, "ns/datagram");
+            row(
+                "send, plain route".into(),
+                srh.gso_plain_send_ns,
+                "ns/datagram (GSO)",
+            );
+            row(
+                "send, kernel seg6 encap route".into(),
+                srh.gso_kernel_srh_send_ns,
+                "ns/datagram (GSO)",
+            );
+            row(
+                "engine builds outer header, SRH, HMAC".into(),
+                srh.engine_build_ns,
+                "ns/datagram",
+            );
         }
     }
     stage.tables.push(table);

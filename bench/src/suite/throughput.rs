@@ -44,7 +44,11 @@ fn dataplane_sizes(cx: &Context) -> Vec<usize> {
 }
 
 /// Seal and open through cpclink beside each library's bare seal, in rounds.
-pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn crypto(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let rounds = pick(cx, 2, 3);
     let sizes = crypto_sizes(cx);
     let plan = CryptoPlan {
@@ -59,7 +63,8 @@ pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -
     ));
     progress.steps(rounds);
     // (backend, suite, size, op) -> values per round, in the order measured.
-    let mut values: BTreeMap<(usize, &'static str, &'static str, usize, u8), Vec<f64>> = BTreeMap::new();
+    let mut values: BTreeMap<(usize, &'static str, &'static str, usize, u8), Vec<f64>> =
+        BTreeMap::new();
     for round in 0..rounds {
         let rows = crypto::run(&sizes, plan)?;
         for (i, row) in rows.iter().enumerate() {
@@ -77,7 +82,15 @@ pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -
     }
     let mut table = Table::new(
         "seal and open against the bare library seal (Gbit/s)",
-        &["library", "suite", "bytes", "seal", "open", "bare seal", "seal/bare"],
+        &[
+            "library",
+            "suite",
+            "bytes",
+            "seal",
+            "open",
+            "bare seal",
+            "seal/bare",
+        ],
     );
     let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let figures = &mut stage.figures;
@@ -105,7 +118,8 @@ pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -
             .push((size as f64, m_seal));
         (m_seal, m_open, m_bare)
     };
-    let mut keys: Vec<(usize, &str, &str, usize)> = values.keys().map(|k| (k.0, k.1, k.2, k.3)).collect();
+    let mut keys: Vec<(usize, &str, &str, usize)> =
+        values.keys().map(|k| (k.0, k.1, k.2, k.3)).collect();
     keys.dedup();
     for (_, backend, suite, size) in keys {
         let (seal, open, bare) = point(backend, suite, size);
@@ -139,7 +153,15 @@ pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -
                 .collect(),
         },
     ));
-    let aes = |backend: &str| cx.bare_seal.get(&(backend.to_string(), "aes-gcm-256".to_string(), HEADLINE_SIZE)).copied();
+    let aes = |backend: &str| {
+        cx.bare_seal
+            .get(&(
+                backend.to_string(),
+                "aes-gcm-256".to_string(),
+                HEADLINE_SIZE,
+            ))
+            .copied()
+    };
     if let Some(best) = Backend::ALL
         .iter()
         .filter_map(|b| aes(b.name()).map(|g| (b.name(), g)))
@@ -154,19 +176,41 @@ pub(super) fn crypto(cx: &mut Context, stage: &mut Stage, progress: &Progress) -
 }
 
 /// Identifies one data-plane point across rounds.
-type PointId = (&'static str, &'static str, Option<&'static str>, Option<&'static str>, usize, usize);
+type PointId = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    usize,
+    usize,
+);
 
 fn point_id(row: &DataplaneRow) -> PointId {
-    (row.io, row.mode, row.suite, row.crypto, row.workers, row.payload)
+    (
+        row.io,
+        row.mode,
+        row.suite,
+        row.crypto,
+        row.workers,
+        row.payload,
+    )
 }
 
 /// Synthetic flows between two engines over loopback: plain, encrypted, and the bound.
-pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn dataplane(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let plan = DataplanePlan {
         duration: ms(cx, 250, 500),
         sizes: dataplane_sizes(cx),
         workers: vec![1, 2],
-        ios: pick(cx, vec![IoKind::IoUring], vec![IoKind::IoUring, IoKind::Epoll]),
+        ios: pick(
+            cx,
+            vec![IoKind::IoUring],
+            vec![IoKind::IoUring, IoKind::Epoll],
+        ),
         suites: pick(
             cx,
             vec![Suite::AesGcm256],
@@ -181,7 +225,10 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
     let mut per_round: BTreeMap<PointId, Vec<f64>> = BTreeMap::new();
     let rows = dataplane::run(&plan, |row| {
         per_round.entry(point_id(row)).or_default().push(row.gbps);
-        progress.step(format!("{} {} {}w {} B: {:.2} Gbit/s", row.io, row.mode, row.workers, row.payload, row.gbps));
+        progress.step(format!(
+            "{} {} {}w {} B: {:.2} Gbit/s",
+            row.io, row.mode, row.workers, row.payload, row.gbps
+        ));
     })?;
     stage.notes.push(format!(
         "Synthetic flows a→b over loopback, {} flows, {} ms per point after a warm-up, {} rounds \
@@ -194,11 +241,27 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
     ));
     let mut table = Table::new(
         "data plane, inner Gbit/s verified at the sink",
-        &["io", "workers", "bytes", "mode", "Gbit/s", "Mpps", "lost", "plain Gbit/s", "bound Gbit/s", "of bound"],
+        &[
+            "io",
+            "workers",
+            "bytes",
+            "mode",
+            "Gbit/s",
+            "Mpps",
+            "lost",
+            "plain Gbit/s",
+            "bound Gbit/s",
+            "of bound",
+        ],
     );
     let plain_of = |row: &DataplaneRow| {
         rows.iter()
-            .find(|p| p.suite.is_none() && p.io == row.io && p.workers == row.workers && p.payload == row.payload)
+            .find(|p| {
+                p.suite.is_none()
+                    && p.io == row.io
+                    && p.workers == row.workers
+                    && p.payload == row.payload
+            })
             .map(|p| p.gbps)
     };
     let mut throughput: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -212,7 +275,10 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
         let seal = row
             .crypto
             .zip(row.suite)
-            .and_then(|(c, s)| cx.bare_seal.get(&(c.to_string(), s.to_string(), row.payload)))
+            .and_then(|(c, s)| {
+                cx.bare_seal
+                    .get(&(c.to_string(), s.to_string(), row.payload))
+            })
             .map(|g| g * row.workers as f64);
         let plain = plain_of(row);
         let bound = match (row.suite, plain, seal) {
@@ -232,11 +298,19 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
             bound.map_or_else(String::new, |b| format!("{:.1}%", row.gbps / b * 100.0)),
         ]);
         let name = format!("{} {} {}w {}B", mode, row.io, row.workers, row.payload);
-        let rounds = per_round.get(&point_id(row)).cloned().unwrap_or_else(|| vec![row.gbps]);
-        stage.figures.push(Figure::from_rounds(name, "Gbit/s", true, rounds));
+        let rounds = per_round
+            .get(&point_id(row))
+            .cloned()
+            .unwrap_or_else(|| vec![row.gbps]);
+        stage
+            .figures
+            .push(Figure::from_rounds(name, "Gbit/s", true, rounds));
         if row.io == headline_io && row.workers == 1 {
             let series = |m: &str| format!("{m} ({} 1 worker)", row.io);
-            throughput.entry(series(&mode)).or_default().push((row.payload as f64, row.gbps));
+            throughput
+                .entry(series(&mode))
+                .or_default()
+                .push((row.payload as f64, row.gbps));
             if let Some(b) = bound {
                 throughput
                     .entry(series(&format!("bound {mode}")))
@@ -250,25 +324,38 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
                 .or_default()
                 .push((row.workers as f64, row.gbps));
         }
-        if row.suite == Some("aes-gcm-256") && row.crypto == Some("aws-lc-rs") && row.io == headline_io {
-            if row.workers == 1 && row.payload == HEADLINE_SIZE {
-                cx.engine_mpps = Some(row.mpps);
-                if let (Some(b), Some(p)) = (bound, plain) {
-                    cx.summary.push(format!(
-                        "Data plane: one worker encrypts {HEADLINE_SIZE} B packets (aws-lc-rs AES-GCM-256, {}) at {:.2} Gbit/s, \
-                         {:.0}% of the bound {:.2} Gbit/s this CPU allows (plain {:.2} Gbit/s); SPEC target ≥ 90%.",
-                        row.io,
-                        row.gbps,
-                        row.gbps / b * 100.0,
-                        b,
-                        p
-                    ));
-                }
+        if row.suite == Some("aes-gcm-256")
+            && row.crypto == Some("aws-lc-rs")
+            && row.io == headline_io
+            && row.workers == 1
+            && row.payload == HEADLINE_SIZE
+        {
+            cx.engine_mpps = Some(row.mpps);
+            if let (Some(b), Some(p)) = (bound, plain) {
+                cx.summary.push(format!(
+                    "Data plane: one worker encrypts {HEADLINE_SIZE} B packets (aws-lc-rs AES-GCM-256, {}) at {:.2} Gbit/s, \
+                     {:.0}% of the bound {:.2} Gbit/s this CPU allows (plain {:.2} Gbit/s); SPEC target ≥ 90%.",
+                    row.io,
+                    row.gbps,
+                    row.gbps / b * 100.0,
+                    b,
+                    p
+                ));
             }
         }
     }
-    let one = rows.iter().find(|r| r.workers == 1 && r.payload == HEADLINE_SIZE && r.suite == Some("aes-gcm-256") && r.io == headline_io);
-    let two = rows.iter().find(|r| r.workers == 2 && r.payload == HEADLINE_SIZE && r.suite == Some("aes-gcm-256") && r.io == headline_io);
+    let one = rows.iter().find(|r| {
+        r.workers == 1
+            && r.payload == HEADLINE_SIZE
+            && r.suite == Some("aes-gcm-256")
+            && r.io == headline_io
+    });
+    let two = rows.iter().find(|r| {
+        r.workers == 2
+            && r.payload == HEADLINE_SIZE
+            && r.suite == Some("aes-gcm-256")
+            && r.io == headline_io
+    });
     if let (Some(one), Some(two)) = (one, two) {
         cx.summary.push(format!(
             "Scaling: 1 → 2 workers at {HEADLINE_SIZE} B encrypted: {:.2} → {:.2} Gbit/s ({:.2}×) on {} cores shared by both engines.",
@@ -291,7 +378,9 @@ pub(super) fn dataplane(cx: &mut Context, stage: &mut Stage, progress: &Progress
     cx.plots.push((
         "dataplane-throughput.svg".into(),
         Plot {
-            title: "data plane throughput against packet size, with the plain baseline and the bound".into(),
+            title:
+                "data plane throughput against packet size, with the plain baseline and the bound"
+                    .into(),
             x_label: "inner packet bytes".into(),
             y_label: "Gbit/s".into(),
             log_x: true,
@@ -344,7 +433,10 @@ impl Trial for EngineTrial {
         match outcome {
             Ok((a, b)) => Loss {
                 offered: a.traffic.generated,
-                lost: a.traffic.generated.saturating_sub(b.traffic.sink.verified_packets),
+                lost: a
+                    .traffic
+                    .generated
+                    .saturating_sub(b.traffic.sink.verified_packets),
             },
             Err(e) => {
                 self.error = Some(e.to_string());
@@ -355,7 +447,11 @@ impl Trial for EngineTrial {
 }
 
 /// NDR and PDR of one encrypting worker pair on loopback.
-pub(super) fn engine_ndr(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn engine_ndr(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let trials = pick(cx, 6, 10);
     let max_pps = cx.engine_mpps.map_or(2e6, |m| m * 1e6 * 1.25);
     let plan = SearchPlan {
@@ -402,8 +498,10 @@ struct Counted<'a, T> {
 impl<T: Trial> Trial for Counted<'_, T> {
     fn run(&mut self, rate_pps: f64) -> Loss {
         let loss = self.inner.run(rate_pps);
-        self.progress
-            .step(format!("{rate_pps:.0} pps: {:.3}% lost", loss.ratio() * 100.0));
+        self.progress.step(format!(
+            "{rate_pps:.0} pps: {:.3}% lost",
+            loss.ratio() * 100.0
+        ));
         loss
     }
 }
@@ -412,7 +510,14 @@ impl<T: Trial> Trial for Counted<'_, T> {
 pub(super) fn rates_table(stage: &mut Stage, found: &ndr::NdrPdr, size: usize, what: &str) {
     let mut table = Table::new(
         format!("{what}: no-drop and partial-drop rates"),
-        &["rate", "loss threshold", "packets/s", "Gbit/s", "lowest failing packets/s", "trials"],
+        &[
+            "rate",
+            "loss threshold",
+            "packets/s",
+            "Gbit/s",
+            "lowest failing packets/s",
+            "trials",
+        ],
     );
     let mut trials = Table::new(
         format!("{what}: trials in order"),
@@ -424,7 +529,8 @@ pub(super) fn rates_table(stage: &mut Stage, found: &ndr::NdrPdr, size: usize, w
             format!("{:.1}%", rate.threshold * 100.0),
             format!("{:.0}", rate.rate_pps),
             format!("{:.3}", rate.rate_pps * size as f64 * 8.0 / 1e9),
-            rate.failed_pps.map_or_else(|| "none".into(), |f| format!("{f:.0}")),
+            rate.failed_pps
+                .map_or_else(|| "none".into(), |f| format!("{f:.0}")),
             rate.trials.len().to_string(),
         ]);
         for t in &rate.trials {

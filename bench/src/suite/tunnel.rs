@@ -86,7 +86,10 @@ pub fn find_peers(cpclink: Option<&Path>, path: &OsStr) -> Vec<Peer> {
     let cpclink = match cpclink {
         Some(bin) if bin.is_file() => Ok(Some(bin.to_path_buf())),
         Some(bin) => Err(format!("{} does not exist", bin.display())),
-        None => Err("no cpclink binary to run in the namespaces (run the suite from `cpclink bench suite`)".into()),
+        None => Err(
+            "no cpclink binary to run in the namespaces (run the suite from `cpclink bench suite`)"
+                .into(),
+        ),
     };
     let wireguard = |program: &str| {
         on_path(program, path)
@@ -141,8 +144,19 @@ impl Bench {
         let a = Netns::create(&format!("cpctun-{id}-a")).map_err(|e| fail("namespace", e))?;
         let b = Netns::create(&format!("cpctun-{id}-b")).map_err(|e| fail("namespace", e))?;
         let (va, vb) = (format!("ctva{id}"), format!("ctvb{id}"));
-        a.ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", b.name()])
-            .map_err(|e| fail("veth", e))?;
+        a.ip(&[
+            "link",
+            "add",
+            &va,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            b.name(),
+        ])
+        .map_err(|e| fail("veth", e))?;
         let [addr_a, addr_b] = PeerKind::Veth.addrs();
         for (ns, dev, addr) in [(&a, &va, addr_a), (&b, &vb, addr_b)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])
@@ -194,10 +208,19 @@ impl Bench {
         Ok(inner_b)
     }
 
-    fn cpclink(&mut self, program: &Path, inner_a: Ipv4Addr, inner_b: Ipv4Addr) -> Result<(), String> {
+    fn cpclink(
+        &mut self,
+        program: &Path,
+        inner_a: Ipv4Addr,
+        inner_b: Ipv4Addr,
+    ) -> Result<(), String> {
         let [veth_a, veth_b] = PeerKind::Veth.addrs();
         let keys: Vec<String> = (0..4).map(|_| random_hex()).collect::<Result<_, _>>()?;
-        let config = |listen: Ipv4Addr, peer: Ipv4Addr, prefix: Ipv4Addr, own: &[String], theirs: &[String]| {
+        let config = |listen: Ipv4Addr,
+                      peer: Ipv4Addr,
+                      prefix: Ipv4Addr,
+                      own: &[String],
+                      theirs: &[String]| {
             format!(
                 "[appliance]\nlisten = \"{listen}:1000\"\nworkers = 1\nio = \"auto\"\n\
                  master_keys = [\"{}\", \"{}\"]\n\n[tun]\nname = \"cpc0\"\npath_mtu = 1500\n\n\
@@ -207,20 +230,36 @@ impl Bench {
             )
         };
         let files = [
-            (config(veth_a, veth_b, inner_b, &keys[..2], &keys[2..]), "a.toml"),
-            (config(veth_b, veth_a, inner_a, &keys[2..], &keys[..2]), "b.toml"),
+            (
+                config(veth_a, veth_b, inner_b, &keys[..2], &keys[2..]),
+                "a.toml",
+            ),
+            (
+                config(veth_b, veth_a, inner_a, &keys[2..], &keys[..2]),
+                "b.toml",
+            ),
         ];
         for (text, name) in &files {
             std::fs::write(self.dir.path().join(name), text).map_err(|e| fail(name, e))?;
         }
-        for (side, ns) in [("a", self.a.name().to_string()), ("b", self.b.name().to_string())] {
+        for (side, ns) in [
+            ("a", self.a.name().to_string()),
+            ("b", self.b.name().to_string()),
+        ] {
             let config = self.dir.path().join(format!("{side}.toml"));
             let config = config.to_string_lossy().into_owned();
-            self.spawn(&ns, program, &["run", "--config", &config], &format!("cpclink-{side}.log"))?;
+            self.spawn(
+                &ns,
+                program,
+                &["run", "--config", &config],
+                &format!("cpclink-{side}.log"),
+            )?;
         }
         for side in ["a", "b"] {
             let log = format!("cpclink-{side}.log");
-            if !wait_for(Duration::from_secs(10), || self.log(&log).contains("transmit SPIs")) {
+            if !wait_for(Duration::from_secs(10), || {
+                self.log(&log).contains("transmit SPIs")
+            }) {
                 let text = self.log(&log);
                 let last = text.lines().last().unwrap_or("no output");
                 return Err(format!("cpclink {side} did not come up: {last}"));
@@ -234,14 +273,38 @@ impl Bench {
     }
 
     /// A userspace WireGuard in each namespace, keyed over its UAPI socket.
-    fn wireguard(&mut self, kind: PeerKind, program: &Path, inner_a: Ipv4Addr, inner_b: Ipv4Addr) -> Result<(), String> {
+    fn wireguard(
+        &mut self,
+        kind: PeerKind,
+        program: &Path,
+        inner_a: Ipv4Addr,
+        inner_b: Ipv4Addr,
+    ) -> Result<(), String> {
         let [veth_a, veth_b] = PeerKind::Veth.addrs();
         let id = std::process::id();
-        let dev = |side: &str| format!("wg{}{side}{id}", if kind == PeerKind::Boringtun { "b" } else { "g" });
+        let dev = |side: &str| {
+            format!(
+                "wg{}{side}{id}",
+                if kind == PeerKind::Boringtun {
+                    "b"
+                } else {
+                    "g"
+                }
+            )
+        };
         let (dev_a, dev_b) = (dev("a"), dev("b"));
-        for (ns, name) in [(self.a.name().to_string(), &dev_a), (self.b.name().to_string(), &dev_b)] {
+        for (ns, name) in [
+            (self.a.name().to_string(), &dev_a),
+            (self.b.name().to_string(), &dev_b),
+        ] {
             let args: Vec<&str> = match kind {
-                PeerKind::Boringtun => vec![name, "--foreground", "--disable-drop-privileges", "--threads", "1"],
+                PeerKind::Boringtun => vec![
+                    name,
+                    "--foreground",
+                    "--disable-drop-privileges",
+                    "--threads",
+                    "1",
+                ],
                 _ => vec!["-f", name],
             };
             self.spawn(&ns, program, &args, &format!("{name}.log"))?;
@@ -253,7 +316,11 @@ impl Bench {
         ] {
             let socket = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
             if !wait_for(Duration::from_secs(5), || socket.exists()) {
-                return Err(format!("{} made no UAPI socket: {}", kind.name(), self.log(&format!("{name}.log")).trim()));
+                return Err(format!(
+                    "{} made no UAPI socket: {}",
+                    kind.name(),
+                    self.log(&format!("{name}.log")).trim()
+                ));
             }
             let set = format!(
                 "set=1\nprivate_key={}\nlisten_port=51820\nreplace_peers=true\npublic_key={}\n\
@@ -302,8 +369,12 @@ fn wireguard_key() -> Result<(String, String), String> {
 /// Sends one UAPI request and checks its `errno=0`.
 fn uapi(socket: &Path, request: &str) -> Result<(), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| fail("UAPI", e))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail("UAPI", e))?;
-    stream.write_all(request.as_bytes()).map_err(|e| fail("UAPI", e))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| fail("UAPI", e))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail("UAPI", e))?;
     let mut reply = String::new();
     let mut buf = [0u8; 256];
     while !reply.contains("\n\n") {
@@ -397,7 +468,11 @@ fn builtin_tcp(bench: &Bench, to: Ipv4Addr, duration: Duration) -> Result<f64, S
 }
 
 /// The tunnel stage.
-pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) -> Result<(), Outcome> {
+pub(super) fn stage(
+    cx: &mut Context,
+    stage: &mut Stage,
+    progress: &Progress,
+) -> Result<(), Outcome> {
     let path_env = std::env::var_os("PATH").unwrap_or_default();
     let peers = find_peers(cx.cpclink.as_deref(), &path_env);
     let mut skipped = Table::new("peers skipped", &["path", "reason"]);
@@ -409,7 +484,9 @@ pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) ->
             skip(p.kind, "needs root (network namespaces, TUN)");
         }
         stage.tables.push(skipped);
-        return Err(Outcome::Skip("needs root: network namespaces and TUN devices".into()));
+        return Err(Outcome::Skip(
+            "needs root: network namespaces and TUN devices".into(),
+        ));
     }
     if let Some(reason) = crate::netns::unavailable() {
         return Err(Outcome::Skip(reason));
@@ -425,7 +502,9 @@ pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) ->
     let mut bench = Bench::start().map_err(Outcome::Fail)?;
     if let Load::Iperf3(iperf3) = &load {
         let ns = bench.b.name().to_string();
-        bench.spawn(&ns, iperf3, &["-s"], "iperf3-server.log").map_err(Outcome::Fail)?;
+        bench
+            .spawn(&ns, iperf3, &["-s"], "iperf3-server.log")
+            .map_err(Outcome::Fail)?;
         std::thread::sleep(Duration::from_millis(300));
     }
     let mut live: Vec<(PeerKind, Ipv4Addr)> = Vec::new();
@@ -444,7 +523,11 @@ pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) ->
     for round in 0..plan.rounds {
         for (i, (kind, addr)) in live.iter().enumerate() {
             if failed[i].is_some() {
-                progress.step(format!("round {}: {} failed before", round + 1, kind.name()));
+                progress.step(format!(
+                    "round {}: {} failed before",
+                    round + 1,
+                    kind.name()
+                ));
                 continue;
             }
             match measure(&bench, &load, *addr, plan.duration) {
@@ -482,7 +565,11 @@ pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) ->
         }
         table.push(vec![
             kind.name().to_string(),
-            rounds[i].iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(" "),
+            rounds[i]
+                .iter()
+                .map(|g| format!("{g:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             format!("{m:.2}"),
             ratio,
         ]);
@@ -494,7 +581,11 @@ pub(super) fn stage(cx: &mut Context, stage: &mut Stage, progress: &Progress) ->
         ));
         series.push(Series {
             name: kind.name().to_string(),
-            points: rounds[i].iter().enumerate().map(|(r, &g)| ((r + 1) as f64, g)).collect(),
+            points: rounds[i]
+                .iter()
+                .enumerate()
+                .map(|(r, &g)| ((r + 1) as f64, g))
+                .collect(),
             reference: *kind != PeerKind::Cpclink,
         });
     }
@@ -540,11 +631,26 @@ mod tests {
     fn a_missing_peer_is_skipped_with_its_reason() {
         let empty = tempfile::tempdir().unwrap();
         let peers = find_peers(None, empty.path().as_os_str());
-        let reason = |kind| peers.iter().find(|p| p.kind == kind).unwrap().program.clone();
+        let reason = |kind| {
+            peers
+                .iter()
+                .find(|p| p.kind == kind)
+                .unwrap()
+                .program
+                .clone()
+        };
         assert_eq!(reason(PeerKind::Veth), Ok(None));
-        assert_eq!(reason(PeerKind::Boringtun), Err("boringtun-cli not found on PATH".into()));
-        assert_eq!(reason(PeerKind::WireguardGo), Err("wireguard-go not found on PATH".into()));
-        assert!(reason(PeerKind::Cpclink).unwrap_err().contains("no cpclink binary"));
+        assert_eq!(
+            reason(PeerKind::Boringtun),
+            Err("boringtun-cli not found on PATH".into())
+        );
+        assert_eq!(
+            reason(PeerKind::WireguardGo),
+            Err("wireguard-go not found on PATH".into())
+        );
+        assert!(reason(PeerKind::Cpclink)
+            .unwrap_err()
+            .contains("no cpclink binary"));
         // Present on PATH: found.
         let bin = empty.path().join("wireguard-go");
         std::fs::write(&bin, "").unwrap();

@@ -7,9 +7,9 @@ use clap::{Args, Subcommand};
 
 use cpclink_bench::compare;
 use cpclink_bench::crypto::{self, CryptoPlan};
-use cpclink_bench::suite::{self, report::StageStatus, SuitePlan};
 use cpclink_bench::dataplane::{self as dataplane_suite, DataplanePlan};
 use cpclink_bench::latency::{self, LatencyPlan};
+use cpclink_bench::suite::{self, report::StageStatus, SuitePlan};
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -143,11 +143,18 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match args.suite {
         BenchSuite::Keymgr(_) => {}
-        BenchSuite::Suite { quick, out: dir, stages } => {
+        BenchSuite::Suite {
+            quick,
+            out: dir,
+            stages,
+        } => {
             if let Some(bad) = stages.iter().find(|s| !suite::STAGES.contains(&s.as_str())) {
                 return Err(Error::BadArgument {
                     arg: "--stage",
-                    reason: format!("{bad:?} is not a stage (expected one of {})", suite::STAGES.join(" ")),
+                    reason: format!(
+                        "{bad:?} is not a stage (expected one of {})",
+                        suite::STAGES.join(" ")
+                    ),
                 });
             }
             let plan = SuitePlan {
@@ -159,16 +166,24 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 progress: std::io::stderr().is_terminal(),
             };
             let report = suite::run(&plan)?;
-            writeln!(out, "# cpclink benchmark suite: {}
-", dir.display())?;
+            writeln!(
+                out,
+                "# cpclink benchmark suite: {}
+",
+                dir.display()
+            )?;
             for line in &report.summary {
                 writeln!(out, "- {line}")?;
             }
             for stage in &report.stages {
                 match &stage.status {
                     StageStatus::Ran => {}
-                    StageStatus::Skipped(why) => writeln!(out, "- stage {} skipped: {why}", stage.name)?,
-                    StageStatus::Failed(why) => writeln!(out, "- stage {} failed: {why}", stage.name)?,
+                    StageStatus::Skipped(why) => {
+                        writeln!(out, "- stage {} skipped: {why}", stage.name)?
+                    }
+                    StageStatus::Failed(why) => {
+                        writeln!(out, "- stage {} failed: {why}", stage.name)?
+                    }
                 }
             }
             writeln!(
@@ -197,7 +212,11 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 .iter()
                 .filter(|c| c.verdict == compare::Verdict::Regression)
                 .count();
-            writeln!(out, "\n{regressions} regression(s) beyond the rounds' spread, {} figure(s) compared", changes.len())?;
+            writeln!(
+                out,
+                "\n{regressions} regression(s) beyond the rounds' spread, {} figure(s) compared",
+                changes.len()
+            )?;
         }
         BenchSuite::Dataplane {
             json,
