@@ -606,8 +606,12 @@ pub(super) fn stage(
     }
     if let Some(c) = cpclink {
         cx.summary.push(format!(
-            "Tunnel TCP: cpclink {c:.2} Gbit/s; cpclink against {} (SPEC: ≥ 50% of veth, ≥ 10× userspace WireGuard).",
-            if versus.is_empty() { "nothing else".to_string() } else { versus.join(", ") }
+            "Tunnel TCP: cpclink {c:.2} Gbit/s, {} (SPEC: ≥ 0.5× veth, ≥ 10× userspace WireGuard).",
+            if versus.is_empty() {
+                "nothing to compare with".to_string()
+            } else {
+                versus.join(", ")
+            }
         ));
     }
     cx.plots.push((
