@@ -1035,11 +1035,13 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 }
 
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
-/// Returns how many it sent.
+/// Returns how many sends it made (a stall's missed packets are skipped, not counted).
 fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
-    let mut sent = 0u64;
+    // `paced` is the pacing cursor (packets due so far, less what a stall skipped);
+    // `sent` counts the sends actually made, which is what was offered.
+    let (mut paced, mut sent) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         let Some(pps) = pps else {
             for _ in 0..64 {
@@ -1051,11 +1053,13 @@ fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &Ato
         // A sender that was descheduled catches up by at most a millisecond's worth, so a
         // stall does not turn into a burst far above the load asked for.
         let burst_limit = (pps / 1000.0).ceil() as u64;
-        if due > sent + burst_limit {
-            sent = due - burst_limit;
+        if due > paced + burst_limit {
+            paced = due - burst_limit;
         }
-        while sent < due {
+        while paced < due {
+            // A send the kernel refused counts as offered and lost.
             let _ = socket.send(&packet);
+            paced += 1;
             sent += 1;
         }
         std::thread::sleep(Duration::from_micros(50));

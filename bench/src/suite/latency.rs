@@ -113,6 +113,11 @@ pub(super) fn latency(
     if let Some(line) = added_at_half(&run.rows) {
         cx.summary.push(line);
     }
+    if run.ndr.ndr.rate_pps <= 0.0 {
+        stage.notes.push(
+            "No trial was loss-free: loads are fractions of the tunnel's maximum instead of its NDR.".into(),
+        );
+    }
     cx.summary.push(format!(
         "Tunnel (TUN to TUN through two engines, {} B): NDR {:.0} packets/s ({:.2} Gbit/s), PDR {:.0} packets/s.",
         plan.size,
