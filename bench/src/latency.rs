@@ -446,10 +446,15 @@ impl Trial for TunnelTrial<'_> {
         });
         std::thread::sleep(TRIAL_DRAIN);
         match (before, delivered()) {
-            (Ok(before), Ok(after)) => Loss {
-                offered: sent,
-                lost: sent.saturating_sub(after.saturating_sub(before)),
-            },
+            // A sender that fell short of the rate offered less than was asked: the
+            // shortfall counts as lost, so a rate that cannot even be sent never passes.
+            (Ok(before), Ok(after)) => {
+                let offered = sent.max((rate_pps * self.window.as_secs_f64()) as u64);
+                Loss {
+                    offered,
+                    lost: offered.saturating_sub(after.saturating_sub(before)),
+                }
+            }
             // Engine B did not answer: a trial that measured nothing (it fails).
             _ => Loss::default(),
         }
