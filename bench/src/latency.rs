@@ -439,7 +439,8 @@ impl Trial for TunnelTrial<'_> {
         let before = delivered();
         let stop = AtomicBool::new(false);
         let sent = std::thread::scope(|s| {
-            let sender = s.spawn(|| send_background(self.tx, self.size, Some(rate_pps), &stop));
+            let sender =
+                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window));
             std::thread::sleep(self.window);
             stop.store(true, Ordering::Relaxed);
             sender.join().unwrap_or_default()
@@ -1042,6 +1043,19 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
 /// Returns how many sends it made (a stall's missed packets are skipped, not counted).
 fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
+    send_paced(socket, size, pps, stop, Duration::from_millis(1))
+}
+
+/// [`send_background`] with the catch-up after a stall limited to `catch_up` worth of
+/// packets: short for background under probes (a stall must not become a burst far above
+/// the load), the whole trial for a no-drop trial (every packet due is offered).
+fn send_paced(
+    socket: &UdpSocket,
+    size: usize,
+    pps: Option<f64>,
+    stop: &AtomicBool,
+    catch_up: Duration,
+) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
     // `paced` is the pacing cursor (packets due so far, less what a stall skipped);
@@ -1055,9 +1069,8 @@ fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &Ato
             continue;
         };
         let due = (start.elapsed().as_secs_f64() * pps) as u64;
-        // A sender that was descheduled catches up by at most a millisecond's worth, so a
-        // stall does not turn into a burst far above the load asked for.
-        let burst_limit = (pps / 1000.0).ceil() as u64;
+        // A sender that was descheduled catches up by at most `catch_up` worth.
+        let burst_limit = (pps * catch_up.as_secs_f64()).ceil() as u64;
         if due > paced + burst_limit {
             paced = due - burst_limit;
         }
