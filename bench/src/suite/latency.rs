@@ -110,7 +110,12 @@ pub(super) fn latency(
         }
     }
     stage.tables.push(table);
-    if let Some(line) = added_at_half(&run.rows) {
+    let reference = if run.ndr.ndr.rate_pps > 0.0 {
+        "its NDR"
+    } else {
+        "its maximum (no trial was loss-free)"
+    };
+    if let Some(line) = added_at_half(&run.rows, reference) {
         cx.summary.push(line);
     }
     if run.ndr.ndr.rate_pps <= 0.0 {
@@ -160,7 +165,7 @@ pub(super) fn latency(
 }
 
 /// What the tunnel adds one way at 50% of its NDR, at p50, p99 and p99.9.
-fn added_at_half(rows: &[LatencyRow]) -> Option<String> {
+fn added_at_half(rows: &[LatencyRow], reference: &str) -> Option<String> {
     let row = |path| {
         rows.iter().find(|r| {
             r.path == path && r.metric == Metric::OneWay && r.load_pct == 50 && r.received > 0
@@ -168,7 +173,7 @@ fn added_at_half(rows: &[LatencyRow]) -> Option<String> {
     };
     let (cpc, base) = (row(Path::Cpclink)?, row(Path::UdpLoopback)?);
     Some(format!(
-        "Latency the tunnel adds one way (both engines) at 50% of its NDR: p50 {:+.1} µs, p99 {:+.1} µs, p99.9 {:+.1} µs \
+        "Latency the tunnel adds one way (both engines) at 50% of {reference}: p50 {:+.1} µs, p99 {:+.1} µs, p99.9 {:+.1} µs \
          (SPEC target p99 ≤ {} µs: {}).",
         cpc.p50_us - base.p50_us,
         cpc.p99_us - base.p99_us,

@@ -487,7 +487,9 @@ pub(super) fn engine_ndr(
     ));
     rates_table(stage, &found, HEADLINE_SIZE, "synthetic engine");
     cx.summary.push(format!(
-        "Synthetic engine ({HEADLINE_SIZE} B, 1 worker): NDR {:.0} packets/s ({:.2} Gbit/s), PDR {:.0} packets/s.",
+        "Synthetic engine ({HEADLINE_SIZE} B, 1 worker): NDR {}{:.0} packets/s ({:.2} Gbit/s), PDR {:.0} packets/s.",
+        // The highest rate offered passed: the NDR is at least that.
+        if found.ndr.failed_pps.is_none() { "≥ " } else { "" },
         found.ndr.rate_pps,
         found.ndr.rate_pps * HEADLINE_SIZE as f64 * 8.0 / 1e9,
         found.pdr.rate_pps
