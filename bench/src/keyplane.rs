@@ -569,7 +569,8 @@ async fn child_main() -> Result<()> {
     Ok(())
 }
 
-async fn run_once(
+/// Measures `n` appliances once (all in this process when `per_process >= n`).
+pub async fn run_once(
     n: usize,
     revocations: usize,
     per_process: usize,

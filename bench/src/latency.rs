@@ -16,11 +16,17 @@
 //!   (the network two hosts would have without the appliance in between).
 //!
 //! Background load is UDP traffic of the probes' size from A to B along the same path,
-//! paced by its sender. The maximum is measured first, in the same run: the background
-//! sender sends as fast as it can through the tunnel and the packets per second engine B
-//! delivered to its TUN device are the maximum. A load of L% sends L% of that rate, on every
-//! path alike. Paths take turns in rounds of half a second, so that whatever else the
-//! machine does meanwhile falls on all of them alike.
+//! paced by its sender. The tunnel's rates are measured first, in the same run: the maximum
+//! (the background sender as fast as it can, counted where engine B delivers to its TUN
+//! device), then the no-drop and partial-drop rates ([`crate::ndr`]) searched below it. A
+//! load of L% sends L% of the no-drop rate, on every path alike. Paths take turns in rounds
+//! of half a second, so that whatever else the machine does meanwhile falls on all of them
+//! alike.
+//!
+//! Latencies go into HdrHistograms corrected for coordinated omission: probes are paced at
+//! [`PROBES_PER_SECOND`], so a probe delayed by a stall stands for the probes the stall kept
+//! from being sent, and each is recorded with that expected interval. Every round is one
+//! interval of the HdrHistogram interval log the suite writes beside its report.
 //!
 //! The TUN devices and namespaces need root (CAP_NET_ADMIN); the engines' UDP sockets are on
 //! the host's loopback.
@@ -30,6 +36,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+
+use crate::ndr::{self, Loss, NdrPdr, SearchPlan, Trial};
 use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
@@ -143,12 +154,14 @@ pub struct LatencyRow {
     pub path: Path,
     /// One way or round trip.
     pub metric: Metric,
-    /// Background load, percent of the measured maximum.
+    /// Background load, percent of the tunnel's no-drop rate.
     pub load_pct: u32,
     /// UDP payload bytes of probes and background packets.
     pub size: usize,
     /// The maximum through the tunnel, background packets per second B received.
     pub max_pps: f64,
+    /// The tunnel's no-drop rate, background packets per second (the loads' reference).
+    pub ndr_pps: f64,
     /// Background packets per second sent (offered) during this point.
     pub background_pps: f64,
     /// Probes sent.
@@ -178,12 +191,16 @@ pub struct LatencyRow {
 pub struct LatencyPlan {
     /// Probing time per point, after the background has settled.
     pub duration: Duration,
-    /// Background loads, percent of the measured maximum (0..=100).
+    /// Background loads, percent of the tunnel's no-drop rate (0..=100).
     pub loads: Vec<u32>,
     /// UDP payload bytes ([`MIN_SIZE`]..=[`MAX_SIZE`]).
     pub size: usize,
     /// The engines' I/O backend.
     pub io: IoKind,
+    /// Offering time of one trial of the no-drop rate search.
+    pub ndr_trial: Duration,
+    /// Trials per threshold of the search at most.
+    pub ndr_trials: usize,
 }
 
 impl Default for LatencyPlan {
@@ -193,9 +210,42 @@ impl Default for LatencyPlan {
             loads: DEFAULT_LOADS.to_vec(),
             size: DEFAULT_SIZE,
             io: IoKind::Auto,
+            ndr_trial: Duration::from_millis(500),
+            ndr_trials: 8,
         }
     }
 }
+
+/// Everything one run of the suite measured.
+#[derive(Debug)]
+pub struct LatencyRun {
+    /// One row per path, load and metric.
+    pub rows: Vec<LatencyRow>,
+    /// The tunnel's maximum, background packets per second delivered.
+    pub max_pps: f64,
+    /// The tunnel's no-drop and partial-drop rates.
+    pub ndr: NdrPdr,
+    /// Latency spectra (percentile against latency) per path, load and metric.
+    pub spectra: Vec<Spectrum>,
+    /// HdrHistogram interval logs, one per load: (load percent, log text).
+    pub interval_logs: Vec<(u32, String)>,
+}
+
+/// Latency against percentile for one path, load and metric.
+#[derive(Debug, Clone)]
+pub struct Spectrum {
+    /// The path.
+    pub path: Path,
+    /// One way or round trip.
+    pub metric: Metric,
+    /// Background load, percent of the no-drop rate.
+    pub load_pct: u32,
+    /// (percentile in 0..=100, microseconds), percentile ascending.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Percentiles a spectrum is drawn at.
+pub const SPECTRUM: [f64; 9] = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99];
 
 /// Why the suite cannot run here (it needs root, `/dev/net/tun` and iproute2), or `None`.
 pub fn unavailable() -> Option<Error> {
@@ -217,8 +267,14 @@ pub fn unavailable() -> Option<Error> {
     None
 }
 
-/// Runs the suite: sets up the tunnel, measures its maximum, then every path at every load.
-pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<LatencyRow>, Error> {
+/// Runs the suite and returns its rows (see [`measure`]).
+pub fn run(plan: &LatencyPlan, progress: impl FnMut(&str)) -> Result<Vec<LatencyRow>, Error> {
+    Ok(measure(plan, progress)?.rows)
+}
+
+/// Runs the suite: sets up the tunnel, measures its maximum, searches its no-drop rate,
+/// then every path at every load.
+pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<LatencyRun, Error> {
     if !(MIN_SIZE..=MAX_SIZE).contains(&plan.size) {
         return Err(Error::BadProbeSize {
             size: plan.size,
@@ -260,15 +316,42 @@ pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Lat
             reason: "no background packet crossed it".into(),
         });
     }
+    let search = SearchPlan {
+        // Offered above what was delivered at full tilt: the search's first trial must fail.
+        max_pps: max.delivered_pps * 1.2,
+        resolution: 0.03,
+        max_trials: plan.ndr_trials.max(1),
+    };
+    let ndr = ndr::ndr_pdr(
+        &mut TunnelTrial {
+            bed: &bench,
+            tx: &paths[2].1.background_tx,
+            size: plan.size,
+            window: plan.ndr_trial,
+        },
+        search,
+    );
+    progress(&format!(
+        "tunnel NDR {:.0} packets/s, PDR (0.1% loss) {:.0} packets/s of {} B",
+        ndr.ndr.rate_pps, ndr.pdr.rate_pps, plan.size
+    ));
+    // A tunnel with no loss-free rate at all is probed at fractions of its maximum instead.
+    let reference = if ndr.ndr.rate_pps > 0.0 {
+        ndr.ndr.rate_pps
+    } else {
+        max.delivered_pps
+    };
 
     let rounds = (plan.duration.as_secs_f64() / ROUND.as_secs_f64())
         .ceil()
         .max(1.0) as u32;
     let round = plan.duration / rounds;
     let mut rows = Vec::new();
+    let mut spectra = Vec::new();
+    let mut interval_logs = Vec::new();
     for &load in &plan.loads {
-        let pps = (load > 0).then(|| max.delivered_pps * f64::from(load) / 100.0);
-        let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+        let pps = (load > 0).then(|| reference * f64::from(load) / 100.0);
+        let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::new()).collect();
         // Paths take turns, a round each, so that whatever else the machine does meanwhile
         // falls on all of them alike.
         for _ in 0..rounds {
@@ -276,8 +359,10 @@ pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Lat
                 samples.merge(endpoints.probe(epoch, round, plan.size, pps));
             }
         }
+        interval_logs.push((load, interval_log(load, &paths, &samples)));
         for ((path, _), samples) in paths.iter().zip(samples) {
-            let point = samples.rows(*path, load, plan.size, max.delivered_pps);
+            spectra.extend(samples.spectra(*path, load));
+            let point = samples.rows(*path, load, plan.size, max.delivered_pps, reference);
             progress(&format!(
                 "{load:>3}% {:<12} one-way p50 {:.1} µs, p99 {:.1} µs, {} of {} probes arrived",
                 path_name(*path),
@@ -292,8 +377,93 @@ pub fn run(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Lat
     add_differences(&mut rows);
     drop(paths);
     bench.finish()?;
-    Ok(rows)
+    Ok(LatencyRun {
+        rows,
+        max_pps: max.delivered_pps,
+        ndr,
+        spectra,
+        interval_logs,
+    })
 }
+
+/// The rounds of every path at one load as an HdrHistogram interval log (V2, deflated),
+/// one interval per round, tagged `PATH-one-way` or `PATH-round-trip`.
+fn interval_log(load: u32, paths: &[(Path, Endpoints)], samples: &[Samples]) -> String {
+    let mut buf = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let mut builder = IntervalLogWriterBuilder::new();
+    builder.add_comment(&format!(
+        "cpclink bench latency: {load}% of the tunnel's no-drop rate; values in nanoseconds,          corrected for coordinated omission at {PROBES_PER_SECOND} probes/s"
+    ));
+    let base = samples
+        .iter()
+        .flat_map(|s| &s.intervals)
+        .map(|i| i.start)
+        .min();
+    if let Some(base) = base {
+        builder.with_base_time(std::time::SystemTime::now() - base.elapsed());
+    }
+    let Ok(mut writer) = builder.begin_log_with(&mut buf, &mut serializer) else {
+        return String::new();
+    };
+    for ((path, _), samples) in paths.iter().zip(samples) {
+        for interval in &samples.intervals {
+            let offset = base.map_or(Duration::ZERO, |b| interval.start.duration_since(b));
+            for (metric, histogram) in [
+                ("one-way", &interval.one_way),
+                ("round-trip", &interval.round_trip),
+            ] {
+                let tag = format!("{}-{metric}", path_name(*path));
+                // A write into memory fails only on a histogram the serializer cannot encode;
+                // the log then lacks that interval, the report's tables do not.
+                let _ = writer.write_histogram(histogram, offset, interval.length, Tag::new(&tag));
+            }
+        }
+    }
+    drop(writer);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// One trial of the tunnel's no-drop search: background at a rate for a window, counted
+/// where engine B delivers to its TUN device once what was in flight has landed.
+struct TunnelTrial<'a> {
+    bed: &'a Testbed,
+    tx: &'a UdpSocket,
+    size: usize,
+    window: Duration,
+}
+
+impl Trial for TunnelTrial<'_> {
+    fn run(&mut self, rate_pps: f64) -> Loss {
+        let delivered = || self.bed.b.snapshot().map(|s| s.total().rx_delivered);
+        let before = delivered();
+        let stop = AtomicBool::new(false);
+        let sent = std::thread::scope(|s| {
+            let sender =
+                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window));
+            std::thread::sleep(self.window);
+            stop.store(true, Ordering::Relaxed);
+            sender.join().unwrap_or_default()
+        });
+        std::thread::sleep(TRIAL_DRAIN);
+        match (before, delivered()) {
+            // A sender that fell short of the rate offered less than was asked: the
+            // shortfall counts as lost, so a rate that cannot even be sent never passes.
+            (Ok(before), Ok(after)) => {
+                let offered = sent.max((rate_pps * self.window.as_secs_f64()) as u64);
+                Loss {
+                    offered,
+                    lost: offered.saturating_sub(after.saturating_sub(before)),
+                }
+            }
+            // Engine B did not answer: a trial that measured nothing (it fails).
+            _ => Loss::default(),
+        }
+    }
+}
+
+/// What a no-drop trial leaves in flight gets this long to land before it is counted lost.
+const TRIAL_DRAIN: Duration = Duration::from_millis(100);
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
@@ -562,13 +732,43 @@ struct Maximum {
 }
 
 /// What the rounds of one path at one load saw.
-#[derive(Default)]
 struct Samples {
     probes: u64,
-    one_way: Vec<u64>,
-    round_trip: Vec<u64>,
+    one_way: Histogram<u64>,
+    round_trip: Histogram<u64>,
+    one_way_received: u64,
+    round_trip_received: u64,
     background_sent: u64,
     background_secs: f64,
+    intervals: Vec<Interval>,
+}
+
+/// One round of probing, as the interval log records it.
+struct Interval {
+    start: Instant,
+    length: Duration,
+    one_way: Histogram<u64>,
+    round_trip: Histogram<u64>,
+}
+
+/// A histogram of nanoseconds from 1 ns to a minute at 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // The bounds are constants that `new_with_bounds` accepts (low ≥ 1, high ≥ 2·low,
+    // sigfig ≤ 5), so this cannot fail.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Samples into a histogram, each recorded with the probes' expected interval so a stall
+/// also counts the probes it held back (coordinated-omission correction).
+fn corrected(samples: &[u64]) -> Histogram<u64> {
+    let interval = 1_000_000_000 / u64::from(PROBES_PER_SECOND);
+    let mut h = histogram();
+    for &ns in samples {
+        // Values above the histogram's range are clamped to it rather than dropped.
+        let _ = h.record_correct(ns.clamp(1, h.high()), interval);
+    }
+    h
 }
 
 impl Endpoints {
@@ -646,31 +846,87 @@ impl Endpoints {
             let server = s.spawn(|| echo(&self.server, epoch, &stop_probes));
             let replies = s.spawn(|| collect_replies(&self.client, epoch, &stop_probes));
             std::thread::sleep(SETTLE);
+            let probing = Instant::now();
             let probes = send_probes(&self.client, epoch, duration, size);
             std::thread::sleep(DRAIN);
             stop_probes.store(true, Ordering::Relaxed);
             stop_background.store(true, Ordering::Relaxed);
+            let one_way = server.join().unwrap_or_default();
+            let round_trip = replies.join().unwrap_or_default();
+            let interval = Interval {
+                start: probing,
+                length: duration,
+                one_way: corrected(&one_way),
+                round_trip: corrected(&round_trip),
+            };
             Samples {
                 probes,
-                one_way: server.join().unwrap_or_default(),
-                round_trip: replies.join().unwrap_or_default(),
+                one_way: interval.one_way.clone(),
+                round_trip: interval.round_trip.clone(),
+                one_way_received: one_way.len() as u64,
+                round_trip_received: round_trip.len() as u64,
                 background_sent: background.map_or(0, |t| t.join().unwrap_or_default()),
                 background_secs: started.elapsed().as_secs_f64(),
+                intervals: vec![interval],
             }
         })
     }
 }
 
 impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.probes += other.probes;
-        self.one_way.extend(other.one_way);
-        self.round_trip.extend(other.round_trip);
-        self.background_sent += other.background_sent;
-        self.background_secs += other.background_secs;
+    fn new() -> Self {
+        Self {
+            probes: 0,
+            one_way: histogram(),
+            round_trip: histogram(),
+            one_way_received: 0,
+            round_trip_received: 0,
+            background_sent: 0,
+            background_secs: 0.0,
+            intervals: Vec::new(),
+        }
     }
 
-    fn rows(mut self, path: Path, load_pct: u32, size: usize, max_pps: f64) -> Vec<LatencyRow> {
+    fn merge(&mut self, other: Samples) {
+        self.probes += other.probes;
+        // Histograms of equal bounds always add.
+        let _ = self.one_way.add(&other.one_way);
+        let _ = self.round_trip.add(&other.round_trip);
+        self.one_way_received += other.one_way_received;
+        self.round_trip_received += other.round_trip_received;
+        self.background_sent += other.background_sent;
+        self.background_secs += other.background_secs;
+        self.intervals.extend(other.intervals);
+    }
+
+    fn spectra(&self, path: Path, load_pct: u32) -> Vec<Spectrum> {
+        [
+            (Metric::OneWay, &self.one_way),
+            (Metric::RoundTrip, &self.round_trip),
+        ]
+        .into_iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(metric, h)| Spectrum {
+            path,
+            metric,
+            load_pct,
+            points: SPECTRUM
+                .iter()
+                .map(|&p| (p, us(h.value_at_quantile(p / 100.0))))
+                .chain([(100.0, us(h.max()))])
+                .collect(),
+        })
+        .collect()
+    }
+
+    fn rows(
+        self,
+        path: Path,
+        load_pct: u32,
+        size: usize,
+        max_pps: f64,
+        ndr_pps: f64,
+    ) -> Vec<LatencyRow> {
         let background_pps = if self.background_secs > 0.0 {
             self.background_sent as f64 / self.background_secs
         } else {
@@ -678,21 +934,28 @@ impl Samples {
         };
         let probes = self.probes;
         [
-            (Metric::OneWay, &mut self.one_way),
-            (Metric::RoundTrip, &mut self.round_trip),
+            (Metric::OneWay, &self.one_way, self.one_way_received),
+            (
+                Metric::RoundTrip,
+                &self.round_trip,
+                self.round_trip_received,
+            ),
         ]
         .into_iter()
-        .map(|(metric, samples)| {
-            let received = samples.len() as u64;
-            let p = Percentiles::of(samples).map_or([f64::NAN; 5], |p| {
-                [us(p.p50), us(p.p90), us(p.p99), us(p.p999), us(p.max)]
-            });
+        .map(|(metric, h, received)| {
+            let p = if h.is_empty() {
+                [f64::NAN; 5]
+            } else {
+                let q = |q: f64| us(h.value_at_quantile(q));
+                [q(0.5), q(0.9), q(0.99), q(0.999), us(h.max())]
+            };
             LatencyRow {
                 path,
                 metric,
                 load_pct,
                 size,
                 max_pps,
+                ndr_pps,
                 background_pps,
                 probes,
                 received,
@@ -778,11 +1041,26 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 }
 
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
-/// Returns how many it sent.
+/// Returns how many sends it made (a stall's missed packets are skipped, not counted).
 fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
+    send_paced(socket, size, pps, stop, Duration::from_millis(1))
+}
+
+/// [`send_background`] with the catch-up after a stall limited to `catch_up` worth of
+/// packets: short for background under probes (a stall must not become a burst far above
+/// the load), the whole trial for a no-drop trial (every packet due is offered).
+fn send_paced(
+    socket: &UdpSocket,
+    size: usize,
+    pps: Option<f64>,
+    stop: &AtomicBool,
+    catch_up: Duration,
+) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
-    let mut sent = 0u64;
+    // `paced` is the pacing cursor (packets due so far, less what a stall skipped);
+    // `sent` counts the sends actually made, which is what was offered.
+    let (mut paced, mut sent) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         let Some(pps) = pps else {
             for _ in 0..64 {
@@ -791,14 +1069,15 @@ fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &Ato
             continue;
         };
         let due = (start.elapsed().as_secs_f64() * pps) as u64;
-        // A sender that was descheduled catches up by at most a millisecond's worth, so a
-        // stall does not turn into a burst far above the load asked for.
-        let burst_limit = (pps / 1000.0).ceil() as u64;
-        if due > sent + burst_limit {
-            sent = due - burst_limit;
+        // A sender that was descheduled catches up by at most `catch_up` worth.
+        let burst_limit = (pps * catch_up.as_secs_f64()).ceil() as u64;
+        if due > paced + burst_limit {
+            paced = due - burst_limit;
         }
-        while sent < due {
+        while paced < due {
+            // A send the kernel refused counts as offered and lost.
             let _ = socket.send(&packet);
+            paced += 1;
             sent += 1;
         }
         std::thread::sleep(Duration::from_micros(50));
@@ -845,6 +1124,7 @@ mod tests {
             load_pct,
             size: 100,
             max_pps: 1.0,
+            ndr_pps: 1.0,
             background_pps: 0.0,
             probes: 10,
             received: 10,

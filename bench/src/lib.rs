@@ -3,14 +3,17 @@
 //! suites share with the tests (network namespaces, synthetic traffic and its pacing) lives
 //! here too, so the product crates carry none.
 
+pub mod compare;
 pub mod crypto;
 pub mod dataplane;
 pub mod keyplane;
 pub mod latency;
+pub mod ndr;
 pub mod netns;
 pub mod pacer;
 pub mod path;
 mod report;
+pub mod suite;
 pub mod traffic;
 
 pub use report::markdown_table;
@@ -84,6 +87,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The suite could not write or read its report.
+    #[error("suite report: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A suite report could not be understood.
+    #[error("suite report {0} (expected the report.json `cpclink bench suite` writes)")]
+    Report(String),
     /// Route reconciliation in the programming benchmark did not do what it must.
     #[error("route programming benchmark: {0}")]
     Reconcile(&'static str),

@@ -19,6 +19,8 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         loads: vec![0, 50],
         size: 256,
         io: IoKind::Auto,
+        ndr_trial: Duration::from_millis(200),
+        ndr_trials: 4,
     };
     let rows = latency::run(&plan, |line| eprintln!("{line}")).unwrap();
     eprintln!("{}", latency::table(&rows));
@@ -55,6 +57,7 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         }
         assert_eq!(r.size, 256);
         assert!(r.max_pps > 0.0, "{name}: the maximum was measured");
+        assert!(r.ndr_pps > 0.0, "{name}: the no-drop rate was searched");
         if r.load_pct == 0 {
             assert_eq!(r.background_pps, 0.0, "{name}");
         } else {

@@ -1,13 +1,15 @@
 //! `cpclink bench`: the benchmark suites, each beside its baseline in the same run.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use cpclink_bench::compare;
 use cpclink_bench::crypto::{self, CryptoPlan};
 use cpclink_bench::dataplane::{self as dataplane_suite, DataplanePlan};
 use cpclink_bench::latency::{self, LatencyPlan};
+use cpclink_bench::suite::{self, report::StageStatus, SuitePlan};
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -21,6 +23,32 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchSuite {
+    /// Every suite in one run (crypto, data plane, engine NDR, latency, tunnel against its
+    /// peers, key plane, path plane) with progress and ETA per stage; writes report.md,
+    /// report.json, CSVs, SVG plots and HdrHistogram interval logs. Stages that need root
+    /// or a missing tool are reported as skipped.
+    Suite {
+        /// The quick run: about a minute, fewer sizes, rounds and shorter points.
+        #[arg(long)]
+        quick: bool,
+        /// Directory for the report and its files (created if missing).
+        #[arg(long, default_value = "bench-report")]
+        out: std::path::PathBuf,
+        /// Run only these stages (crypto dataplane engine-ndr latency tunnel keyplane path).
+        #[arg(long = "stage", num_args = 1..)]
+        stages: Vec<String>,
+    },
+    /// Compares two suite reports figure by figure: the change, and whether it exceeds the
+    /// spread the rounds of either run showed.
+    Compare {
+        /// The earlier run's report.json.
+        old: std::path::PathBuf,
+        /// The later run's report.json.
+        new: std::path::PathBuf,
+        /// Print only the figures that changed beyond their noise.
+        #[arg(long)]
+        changed: bool,
+    },
     /// Synthetic flows between two engines over loopback, encrypted beside the plain
     /// baseline (same framing and GSO/GRO batching, no AEAD), per size, workers and backend.
     Dataplane {
@@ -73,7 +101,7 @@ enum BenchSuite {
         /// Seconds of probing per path and load, in rounds of 0.5 s (each after 0.1 s of background alone).
         #[arg(long, default_value_t = 2.0)]
         duration: f64,
-        /// Background loads in percent of the maximum measured first (default 0 50).
+        /// Background loads in percent of the tunnel's no-drop rate, searched first (default 0 50).
         #[arg(long = "load", num_args = 1..)]
         loads: Vec<u32>,
         /// UDP payload bytes of probes and background packets.
@@ -115,6 +143,81 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match args.suite {
         BenchSuite::Keymgr(_) => {}
+        BenchSuite::Suite {
+            quick,
+            out: dir,
+            stages,
+        } => {
+            if let Some(bad) = stages.iter().find(|s| !suite::STAGES.contains(&s.as_str())) {
+                return Err(Error::BadArgument {
+                    arg: "--stage",
+                    reason: format!(
+                        "{bad:?} is not a stage (expected one of {})",
+                        suite::STAGES.join(" ")
+                    ),
+                });
+            }
+            let plan = SuitePlan {
+                quick,
+                out: dir.clone(),
+                only: stages,
+                // The tunnel stage runs this very binary as `cpclink run` in each namespace.
+                cpclink: std::env::current_exe().ok(),
+                progress: std::io::stderr().is_terminal(),
+            };
+            let report = suite::run(&plan)?;
+            writeln!(
+                out,
+                "# cpclink benchmark suite: {}
+",
+                dir.display()
+            )?;
+            for line in &report.summary {
+                writeln!(out, "- {line}")?;
+            }
+            for stage in &report.stages {
+                match &stage.status {
+                    StageStatus::Ran => {}
+                    StageStatus::Skipped(why) => {
+                        writeln!(out, "- stage {} skipped: {why}", stage.name)?
+                    }
+                    StageStatus::Failed(why) => {
+                        writeln!(out, "- stage {} failed: {why}", stage.name)?
+                    }
+                }
+            }
+            writeln!(
+                out,
+                "\nwritten: report.md, report.json, {} plot(s) ({}), {} other file(s)",
+                report.plots.len(),
+                report.plots.join(" "),
+                report.files.len()
+            )?;
+        }
+        BenchSuite::Compare { old, new, changed } => {
+            let (old, new) = (suite::read_report(&old)?, suite::read_report(&new)?);
+            let mut changes = compare::compare(&old, &new);
+            if changed {
+                changes.retain(|c| c.verdict != compare::Verdict::Noise);
+            }
+            if old.machine.cpu != new.machine.cpu || old.machine.cores != new.machine.cores {
+                writeln!(
+                    out,
+                    "note: the runs were on different machines ({} × {} against {} × {}); changes may be the machine's\n",
+                    old.machine.cores, old.machine.cpu, new.machine.cores, new.machine.cpu
+                )?;
+            }
+            write!(out, "{}", compare::table(&changes).markdown())?;
+            let regressions = changes
+                .iter()
+                .filter(|c| c.verdict == compare::Verdict::Regression)
+                .count();
+            writeln!(
+                out,
+                "\n{regressions} regression(s) beyond the rounds' spread, {} figure(s) compared",
+                changes.len()
+            )?;
+        }
         BenchSuite::Dataplane {
             json,
             duration,
@@ -215,6 +318,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 loads: given_or(loads, latency::DEFAULT_LOADS.to_vec()),
                 size,
                 io,
+                ..LatencyPlan::default()
             };
             if let Some(e) = latency::unavailable() {
                 return Err(e.into());

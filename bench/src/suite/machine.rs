@@ -1,0 +1,152 @@
+//! What the suite ran on: every report carries it, so figures from two machines are never
+//! read as a change of code.
+
+use serde::{Deserialize, Serialize};
+
+use super::report::Table;
+
+/// CPU flags that decide how fast the AEADs and the data plane can go.
+pub const CRYPTO_FLAGS: [&str; 10] = [
+    "aes",
+    "pclmulqdq",
+    "vaes",
+    "vpclmulqdq",
+    "avx",
+    "avx2",
+    "avx512f",
+    "sha_ni",
+    "ssse3",
+    "bmi2",
+];
+
+/// The machine description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu: String,
+    /// Which of [`CRYPTO_FLAGS`] the CPU has.
+    pub crypto_flags: Vec<String>,
+    /// Cores this process may run on.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Where the packets went: every stage runs on loopback or veth, no NIC.
+    pub network: String,
+    /// Load average (1, 5, 15 minutes) when the run started.
+    pub load_before: String,
+    /// Load average when the run ended.
+    pub load_after: String,
+    /// Build profile of this binary.
+    pub profile: String,
+    /// Git commit of the source, or "unknown".
+    pub commit: String,
+}
+
+impl Machine {
+    /// Describes this machine now (the load average after is filled at the end).
+    pub fn describe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let (cpu, crypto_flags) = parse_cpuinfo(&cpuinfo);
+        Self {
+            cpu,
+            crypto_flags,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            network: "loopback and veth in network namespaces (no NIC, no NIC driver or offload profile involved)".into(),
+            load_before: load_average(),
+            load_after: String::new(),
+            profile: if cfg!(debug_assertions) {
+                "debug (figures are not representative; build with --release)".into()
+            } else {
+                "release".into()
+            },
+            commit: git_commit(),
+        }
+    }
+
+    /// Takes the load average again at the end of the run.
+    pub fn finish(&mut self) {
+        self.load_after = load_average();
+    }
+
+    /// The description as a two-column table.
+    pub fn table(&self) -> Table {
+        let mut table = Table::new("machine", &["what", "value"]);
+        for (what, value) in [
+            ("CPU", self.cpu.clone()),
+            ("crypto flags", self.crypto_flags.join(" ")),
+            ("cores", self.cores.to_string()),
+            ("kernel", self.kernel.clone()),
+            ("network", self.network.clone()),
+            ("load average before", self.load_before.clone()),
+            ("load average after", self.load_after.clone()),
+            ("build profile", self.profile.clone()),
+            ("git commit", self.commit.clone()),
+        ] {
+            table.push(vec![what.to_string(), value]);
+        }
+        table
+    }
+}
+
+/// The CPU model and which crypto flags it has, from /proc/cpuinfo's first processor.
+pub fn parse_cpuinfo(cpuinfo: &str) -> (String, Vec<String>) {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let cpu = field("model name").unwrap_or_else(|| "unknown".into());
+    let flags = field("flags").unwrap_or_default();
+    let present: Vec<&str> = flags.split_whitespace().collect();
+    let crypto = CRYPTO_FLAGS
+        .iter()
+        .filter(|f| present.contains(f))
+        .map(|f| f.to_string())
+        .collect();
+    (cpu, crypto)
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn load_average() -> String {
+    let line = read_trimmed("/proc/loadavg");
+    line.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The commit of the source tree this crate was built from, when git and the tree are
+/// still there; "unknown" otherwise.
+fn git_commit() -> String {
+    let tree = env!("CARGO_MANIFEST_DIR");
+    std::process::Command::new("git")
+        .args(["-C", tree, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_and_crypto_flags_come_from_the_first_processor() {
+        let cpuinfo = "processor\t: 0\nmodel name\t: Example CPU @ 3.0GHz\n\
+                       flags\t\t: fpu sse2 aes avx2 pclmulqdq sha_ni\n\nprocessor\t: 1\n";
+        let (cpu, flags) = parse_cpuinfo(cpuinfo);
+        assert_eq!(cpu, "Example CPU @ 3.0GHz");
+        assert_eq!(flags, ["aes", "pclmulqdq", "avx2", "sha_ni"]);
+        assert_eq!(parse_cpuinfo("").0, "unknown");
+    }
+}
