@@ -423,6 +423,21 @@ async fn metrics(
                 )
             }),
         );
+        registry.counter(
+            "cpclink_path_selector_runs",
+            "path selector runs since start",
+            p.decisions_made,
+        );
+        registry.counter(
+            "cpclink_path_decision_microseconds",
+            "time the path selector spent deciding since start, microseconds",
+            p.decision_micros,
+        );
+        registry.counter(
+            "cpclink_path_switches",
+            "changes of a service's placement since start",
+            p.switches,
+        );
         registry.gauges(
             "cpclink_service_buckets",
             "affinity buckets per service and site",

@@ -316,6 +316,16 @@ fn services_follow_compute_and_paths_over_the_lab() {
         metrics.contains("# TYPE cpclink_worker_tx_packets counter\n"),
         "{metrics}"
     );
+    for family in [
+        "cpclink_path_selector_runs",
+        "cpclink_path_switches",
+        "cpclink_sa_age_seconds",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric.starts_with(family)),
+            "{family}: {metrics}"
+        );
+    }
     let tx_status = status_json["counters"]["total"]["tx_packets"]
         .as_u64()
         .unwrap();

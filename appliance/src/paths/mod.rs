@@ -217,6 +217,12 @@ pub struct PathsStatus {
     pub metrics: MetricCounters,
     /// Why the kernel's seg6 routes are not programmed, if they are not.
     pub programming: Option<String>,
+    /// Selector runs since start.
+    pub decisions_made: u64,
+    /// Time spent deciding, microseconds, since start.
+    pub decision_micros: u64,
+    /// Changes of a service's placement since start.
+    pub switches: u64,
 }
 
 struct ServiceState {
@@ -239,6 +245,10 @@ pub struct PathController {
     services: Vec<ServiceState>,
     counters: MetricCounters,
     decisions: VecDeque<DecisionRecord>,
+    /// Selector runs, their time in all (µs) and placement changes, since start.
+    decisions_made: u64,
+    decision_micros: u64,
+    switches: u64,
     /// The local metric file as last read, and when it was last advertised.
     local: Option<(SystemTime, LocalMetricsFile)>,
     last_advertised_ms: u64,
@@ -288,6 +298,9 @@ impl PathController {
             metrics: config.metrics.clone(),
             services: Vec::new(),
             counters: MetricCounters::default(),
+            decisions_made: 0,
+            decision_micros: 0,
+            switches: 0,
             decisions: VecDeque::new(),
             local: None,
             last_advertised_ms: 0,
@@ -634,7 +647,10 @@ impl PathController {
                     }
                 }
             }
+            let started = Instant::now();
             let decision = s.selector.decide(&s.topology, now);
+            self.decisions_made += 1;
+            self.decision_micros += started.elapsed().as_micros() as u64;
             let (choice, record) = match &decision {
                 Ok(d) => (
                     Some((d.site_index, d.path_index)),
@@ -683,6 +699,9 @@ impl PathController {
                     self.decisions.pop_front();
                 }
                 self.decisions.push_back(record);
+                if s.decided {
+                    self.switches += 1;
+                }
                 s.choice = choice;
                 s.decided = true;
             }
@@ -967,6 +986,9 @@ impl PathController {
             decisions: self.decisions.iter().cloned().collect(),
             metrics: self.counters.clone(),
             programming: self.programmer.as_ref().err().cloned(),
+            decisions_made: self.decisions_made,
+            decision_micros: self.decision_micros,
+            switches: self.switches,
         }
     }
 }
