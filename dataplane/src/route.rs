@@ -293,6 +293,21 @@ impl RouteTable {
         }
     }
 
+    /// [`route`](Self::route) through a worker's cache of recent destinations: a hit
+    /// costs one slot read however many prefixes the table holds. The cache must be
+    /// cleared when the table it was filled from is replaced ([`RouteCache::clear`]).
+    #[inline]
+    pub fn route_cached(&self, packet: &InnerPacket<&[u8]>, cache: &mut RouteCache) -> Route {
+        let entry = cache.entry(self, packet.destination());
+        if entry & SERVICE_ENTRY != 0 {
+            return self.service_route(entry, packet);
+        }
+        match entry.checked_sub(1) {
+            Some(peer) => Route::Peer(PeerId(peer)),
+            None => Route::Unrouted,
+        }
+    }
+
     /// The service half of [`route`](Self::route), kept out of line so a peer prefix's
     /// lookup stays as short as it was before services.
     #[inline(never)]
@@ -466,6 +481,72 @@ impl<A: AddressBits> Family<A> {
 
     fn len(&self) -> usize {
         self.prefixes
+    }
+}
+
+/// Slots of a [`RouteCache`]: a power of two, 8 KiB of slots, so it stays in the core's
+/// first-level cache beside the worker's buffers.
+const CACHE_SLOTS: usize = 256;
+
+/// A worker's direct-mapped cache of the search results of recent inner destinations.
+/// With many prefix lengths in use a search makes several hash probes; traffic comes back
+/// to the same destinations, so most packets take one slot read instead. Owned by one
+/// worker: no sharing, no locks.
+#[derive(Clone)]
+pub struct RouteCache {
+    slots: Box<[CacheSlot]>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct CacheSlot {
+    /// The destination, IPv4 addresses in the low 32 bits.
+    key: u128,
+    /// 0: empty; 4 or 6: the family of `key`.
+    family: u8,
+    /// The search's result.
+    entry: u32,
+}
+
+impl std::fmt::Debug for RouteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCache")
+            .field(
+                "filled",
+                &self.slots.iter().filter(|s| s.family != 0).count(),
+            )
+            .finish()
+    }
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self {
+            slots: vec![CacheSlot::default(); CACHE_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl RouteCache {
+    /// Forgets every result: the table they came from was replaced.
+    pub fn clear(&mut self) {
+        self.slots.fill(CacheSlot::default());
+    }
+
+    #[inline]
+    fn entry(&mut self, table: &RouteTable, dst: IpAddr) -> u32 {
+        let (key, family) = match dst {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 4),
+            IpAddr::V6(a) => (u128::from(a), 6),
+        };
+        let mut h = AddressHasher(0);
+        h.mix(key);
+        let slot = &mut self.slots[h.finish() as usize & (CACHE_SLOTS - 1)];
+        if slot.family == family && slot.key == key {
+            return slot.entry;
+        }
+        let entry = table.entry(dst);
+        *slot = CacheSlot { key, family, entry };
+        entry
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
 use crate::io::{DatagramIo, IoKind, TxBatch};
 use crate::psp::PSP_OVERHEAD;
-use crate::route::Route;
+use crate::route::{Route, RouteCache};
 use crate::sa::{SaLimits, Spi, TxSa, TxSaState};
 use crate::wire::{InnerPacket, PspHeader, PspRepr, PSP_BASE_HEADER_LEN};
 use std::os::fd::OwnedFd;
@@ -78,6 +78,8 @@ struct State {
     peers: Vec<Peer>,
     /// Shared read-only with the other workers; replaced whole, never changed in place.
     routes: Arc<RouteTable>,
+    /// This worker's recent destinations' results from `routes`; cleared when it is replaced.
+    route_cache: RouteCache,
     rx_sas: RxSaTable,
     source: Option<Box<dyn Source>>,
     source_active: bool,
@@ -146,6 +148,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             })
             .collect(),
         routes: Arc::new(RouteTable::empty()),
+        route_cache: RouteCache::default(),
         rx_sas: RxSaTable::new(max_rx_sas, crypto, limits),
         source,
         source_active: true,
@@ -268,7 +271,10 @@ impl State {
                 self.peers[index].config = config;
             }
             // The old table is freed here, off the packet path, when its last worker lets go.
-            Control::SetRoutes(table) => self.routes = table,
+            Control::SetRoutes(table) => {
+                self.routes = table;
+                self.route_cache.clear();
+            }
             Control::InstallRxSa { peer, sa } => self.rx_sas.install(peer, *sa),
             Control::SetRxKeySource(source) => self.rx_sas.set_source(source),
             Control::RetireRxSa(spi) => {
@@ -369,7 +375,9 @@ impl State {
             source.fill(&mut slot[inner.clone()]);
             let packet = InnerPacket::new_checked(&slot[inner]);
             let next_header = packet.as_ref().map_or(4, InnerPacket::psp_next_header);
-            let route = packet.map_or(Route::Unrouted, |p| self.routes.route(&p));
+            let route = packet.map_or(Route::Unrouted, |p| {
+                self.routes.route_cached(&p, &mut self.route_cache)
+            });
             let protection = self.protection;
             let routed = route
                 .peer()
@@ -453,7 +461,7 @@ impl State {
                 continue;
             };
             let next_header = inner.psp_next_header();
-            let route = self.routes.route(&inner);
+            let route = self.routes.route_cached(&inner, &mut self.route_cache);
             let service = route.is_service();
             // A route to a peer this worker has not heard of yet routes nowhere; a service's
             // bucket peer unknown here is a site this worker cannot reach.

@@ -14,6 +14,19 @@ fn table(routes: &[(&str, u8, u32)]) -> RouteTable {
 }
 
 #[test]
+fn a_cleared_cache_answers_from_the_new_table() {
+    let old = table(&[("10.0.0.0", 8, 1)]);
+    let new = table(&[("10.1.0.0", 16, 2)]);
+    let mut cache = RouteCache::default();
+    let dst = ip("10.1.2.3");
+    assert_eq!(cache.entry(&old, dst), 2, "peer 1's entry");
+    // Cleared when the worker swaps tables, as it does on SetRoutes.
+    cache.clear();
+    assert_eq!(cache.entry(&new, dst), 3, "peer 2's entry");
+    assert_eq!(cache.entry(&new, ip("10.2.0.1")), 0);
+}
+
+#[test]
 fn an_empty_table_routes_nothing() {
     let t = RouteTable::empty();
     assert!(t.is_empty());
@@ -190,6 +203,7 @@ proptest! {
         let routes: Vec<(Prefix, PeerId)> = unique.into_iter().collect();
         let table = RouteTable::build(routes.iter().map(|(p, peer)| (p.addr(), p.length(), *peer))).unwrap();
         prop_assert_eq!(table.len(), routes.len());
+        let mut seen = Vec::new();
         for (pick, noise, random) in probes {
             let dst = if random {
                 if noise & 1 == 0 {
@@ -201,6 +215,18 @@ proptest! {
                 inside(routes[pick as usize % routes.len()].0, noise)
             };
             prop_assert_eq!(table.lookup(dst), linear_lookup(&routes, dst), "{}", dst);
+            seen.push(dst);
+        }
+        // A worker's cache answers as the table does, on a miss, on a hit and after the
+        // slot was taken by another destination (1,500 destinations share 256 slots).
+        let mut cache = RouteCache::default();
+        for dst in seen.iter().chain(seen.iter().rev()) {
+            prop_assert_eq!(
+                RouteTable::target_of(cache.entry(&table, *dst)),
+                table.target(*dst),
+                "{}",
+                dst
+            );
         }
     }
 }
