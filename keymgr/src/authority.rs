@@ -256,9 +256,7 @@ async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStor
         }
         StoreConfig::Etcd {
             endpoints, prefix, ..
-        } => {
-            AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
-        }
+        } => AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?)),
     })
 }
 

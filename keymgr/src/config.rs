@@ -431,8 +431,12 @@ mod tests {
 
     #[test]
     fn election_options_are_checked_where_they_are_written() {
-        let etcd = format!("{AUTHORITY}[store]\nkind = \"etcd\"\nendpoints = [\"http://e:2379\"]\n");
-        let c = authority(&format!("{etcd}candidate = \"auth-1\"\nelection_ttl_secs = 5\n")).unwrap();
+        let etcd =
+            format!("{AUTHORITY}[store]\nkind = \"etcd\"\nendpoints = [\"http://e:2379\"]\n");
+        let c = authority(&format!(
+            "{etcd}candidate = \"auth-1\"\nelection_ttl_secs = 5\n"
+        ))
+        .unwrap();
         assert!(matches!(
             c.store,
             StoreConfig::Etcd { ref candidate, election_ttl_secs: 5, .. }
@@ -441,15 +445,22 @@ mod tests {
         let c = authority(&etcd).unwrap();
         assert!(matches!(
             c.store,
-            StoreConfig::Etcd { candidate: None, election_ttl_secs: 10, .. }
+            StoreConfig::Etcd {
+                candidate: None,
+                election_ttl_secs: 10,
+                ..
+            }
         ));
         let d = diagnostic(authority(&format!("{etcd}candidate = \"Auth 1\"\n")).unwrap_err());
-        assert_eq!((d.field.as_str(), d.line), ("[store].candidate", Some(7)), "{d}");
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[store].candidate", Some(7)),
+            "{d}"
+        );
         assert!(d.fix.as_deref().unwrap().contains("a-z"), "{d}");
         for ttl in ["1", "601"] {
-            let d = diagnostic(
-                authority(&format!("{etcd}election_ttl_secs = {ttl}\n")).unwrap_err(),
-            );
+            let d =
+                diagnostic(authority(&format!("{etcd}election_ttl_secs = {ttl}\n")).unwrap_err());
             assert_eq!(
                 (d.field.as_str(), d.line),
                 ("[store].election_ttl_secs", Some(7)),
@@ -459,8 +470,10 @@ mod tests {
         }
         // The redb store has no election: the options are refused there.
         let d = diagnostic(
-            authority(&format!("{AUTHORITY}[store]\nkind = \"redb\"\ncandidate = \"a\"\n"))
-                .unwrap_err(),
+            authority(&format!(
+                "{AUTHORITY}[store]\nkind = \"redb\"\ncandidate = \"a\"\n"
+            ))
+            .unwrap_err(),
         );
         assert!(d.reason.contains("unknown field `candidate`"), "{d}");
     }

@@ -87,7 +87,13 @@ fn etcd_installed() -> bool {
 }
 
 /// The command line of member `name` of the cluster `initial` (`name=peer-url,…`).
-fn member_args(dir: &std::path::Path, name: &str, client: u16, peer: u16, initial: &str) -> Vec<String> {
+fn member_args(
+    dir: &std::path::Path,
+    name: &str,
+    client: u16,
+    peer: u16,
+    initial: &str,
+) -> Vec<String> {
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     [
@@ -107,6 +113,9 @@ fn member_args(dir: &std::path::Path, name: &str, client: u16, peer: u16, initia
         initial,
         "--initial-cluster-state",
         "new",
+        // A member resumed after a freeze would otherwise call an election at once and
+        // depose a healthy leader (etcd 3.5 turns this on by default).
+        "--pre-vote",
     ]
     .map(String::from)
     .to_vec()
@@ -192,7 +201,9 @@ impl EtcdCluster {
     /// Every member's client URL, starting with member `first`.
     pub fn urls_from(&self, first: usize) -> Vec<String> {
         let n = self.members.len();
-        (0..n).map(|i| self.members[(first + i) % n].url.clone()).collect()
+        (0..n)
+            .map(|i| self.members[(first + i) % n].url.clone())
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@
 //! rather than watch it: the gateway's watch is a long-lived stream, and this client speaks
 //! one request, one reply. A poll adds at most one interval to a failover.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -170,6 +171,7 @@ impl Election {
         let ttl = Duration::from_secs(reply.ttl.unsigned_abs());
         let (held_tx, held) = watch::channel(true);
         let (fence, fence_rx) = watch::channel(0);
+        let lost = Arc::new(OnceLock::new());
         let keeper = tokio::spawn(keep_alive(KeepAlive {
             election: self.clone(),
             lease: reply.id,
@@ -178,12 +180,14 @@ impl Election {
             deadline: asked + ttl,
             fence: fence_rx,
             held: held_tx,
+            lost: lost.clone(),
         }));
         Ok(Lease {
             id: reply.id,
             ttl,
             held,
             fence,
+            lost,
             keeper,
         })
     }
@@ -200,7 +204,12 @@ impl Election {
             })],
             failure: vec![RequestOp::Range(RangeRequest::key(self.key.clone()))],
         };
-        let reply = self.client().call_within(&txn, ttl).await?;
+        // A member that swallows the attempt costs a failover this long; asking again is
+        // safe, since a key this lease already holds counts as won.
+        let reply = self
+            .client()
+            .call_within(&txn, ttl.min(READ_TIMEOUT))
+            .await?;
         if reply.succeeded {
             return Ok(Some(reply.header.revision));
         }
@@ -227,6 +236,8 @@ struct Lease {
     held: watch::Receiver<bool>,
     /// The fencing revision once the key is won (0 before): the renewals then check the key.
     fence: watch::Sender<i64>,
+    /// Why the lease was lost, once it is.
+    lost: Arc<OnceLock<String>>,
     keeper: JoinHandle<()>,
 }
 
@@ -273,6 +284,12 @@ impl Leadership {
     /// sure: [`Leadership::fenced`] asks it.
     pub fn is_held(&self) -> bool {
         *self.lease.held.borrow()
+    }
+
+    /// Why the leadership was lost (as this process saw it), once [`Leadership::held`] is
+    /// false; for logs.
+    pub fn lost_reason(&self) -> Option<&str> {
+        self.lease.lost.get().map(String::as_str)
     }
 
     /// Applies `batch` (keys under the store's prefix) in one transaction, only while the
@@ -351,6 +368,7 @@ struct KeepAlive {
     deadline: Instant,
     fence: watch::Receiver<i64>,
     held: watch::Sender<bool>,
+    lost: Arc<OnceLock<String>>,
 }
 
 /// What one renewal found.
@@ -365,27 +383,40 @@ enum Renewal {
 async fn keep_alive(mut k: KeepAlive) {
     let interval = k.ttl / 3;
     let mut next = Instant::now() + interval;
+    let mut last_error = String::new();
+    let expired = |last_error: &str| {
+        let mut reason = "no renewal was answered before the lease's TTL ran out".to_owned();
+        if !last_error.is_empty() {
+            reason.push_str(&format!(" (last: {last_error})"));
+        }
+        reason
+    };
     let reason = loop {
         tokio::time::sleep_until(next.min(k.deadline)).await;
         if Instant::now() >= k.deadline {
-            break "no renewal was answered before the lease's TTL ran out".to_owned();
+            break expired(&last_error);
         }
         let sent = Instant::now();
-        match tokio::time::timeout_at(k.deadline, renew(&k, interval)).await {
-            Err(_) => break "no renewal was answered before the lease's TTL ran out".to_owned(),
+        // Each member gets half an interval: a member that forwards to a frozen raft leader
+        // hangs, and the renewal must reach the others (and try again) before the deadline.
+        match tokio::time::timeout_at(k.deadline, renew(&k, interval / 2)).await {
+            Err(_) => break expired(&last_error),
             Ok(Ok(Renewal::Renewed(ttl))) => {
                 k.deadline = sent + ttl;
                 next = sent + interval;
+                last_error.clear();
             }
             Ok(Ok(Renewal::Lost(reason))) => break reason,
             Ok(Err(e)) => {
                 tracing::debug!(election = %k.election.key(), error = %e, "lease renewal failed; retrying");
+                last_error = e.to_string();
                 // Retry soon: the lease still runs until the deadline.
                 next = Instant::now() + (interval / 4).max(POLL_FLOOR);
             }
         }
     };
-    tracing::warn!(election = %k.election.key(), lease = %format!("{:x}", k.lease), %reason, "leadership lost");
+    tracing::warn!(election = %k.election.key(), lease = %format!("{:x}", k.lease), %reason, "lease lost");
+    let _ = k.lost.set(reason);
     k.held.send_replace(false);
     // The key may outlive a lease this process gave up on; revoke so it goes now.
     if *k.fence.borrow_and_update() != 0 {
