@@ -254,9 +254,9 @@ async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStor
         StoreConfig::Redb { path } => {
             AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
         }
-        StoreConfig::Etcd { endpoints, prefix } => {
-            AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?))
-        }
+        StoreConfig::Etcd {
+            endpoints, prefix, ..
+        } => AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?)),
     })
 }
 

@@ -30,7 +30,19 @@ pub enum StoreConfig {
         /// Key prefix for this authority's records.
         #[serde(default = "default_prefix")]
         prefix: String,
+        /// This replica's id as a candidate in the authority's leader election (unique among
+        /// the replicas sharing `prefix`); none: the authority does not stand for election.
+        #[serde(default)]
+        candidate: Option<String>,
+        /// The leader's lease in seconds: how long a leader that stopped renewing it keeps
+        /// the lead, and so about how long a failover takes.
+        #[serde(default = "default_election_ttl")]
+        election_ttl_secs: u64,
     },
+}
+
+fn default_election_ttl() -> u64 {
+    10
 }
 
 fn default_prefix() -> String {
@@ -142,6 +154,9 @@ pub const CERT_DAYS: RangeInclusive<u64> = 1..=3_650;
 pub const TOKEN_TTL_SECS: RangeInclusive<u64> = 1..=30 * 86_400;
 /// SA lifetimes: at most a day, so peers rekey at least daily.
 pub const SA_LIFETIME_SECS: RangeInclusive<u64> = 1..=86_400;
+/// Election leases: etcd's minimum is about 2 s; past ten minutes a dead leader stalls
+/// every write too long to be useful.
+pub const ELECTION_TTL_SECS: RangeInclusive<u64> = 2..=600;
 /// Rotation grace: at most a minute; a rotation holds its keys until the grace ends.
 pub const REKEY_GRACE_MS: RangeInclusive<u64> = 0..=60_000;
 
@@ -178,7 +193,13 @@ impl AuthorityConfig {
             "seconds",
             "3600 = an hour, at most 30 days",
         )?;
-        if let StoreConfig::Etcd { endpoints, .. } = &cfg.store {
+        if let StoreConfig::Etcd {
+            endpoints,
+            candidate,
+            election_ttl_secs,
+            ..
+        } = &cfg.store
+        {
             if endpoints.is_empty() {
                 return Err(text
                     .error_fix(
@@ -188,6 +209,22 @@ impl AuthorityConfig {
                     )
                     .into());
             }
+            if let Some(id) = candidate.as_deref().filter(|id| !valid_id(id)) {
+                return Err(text
+                    .error_fix(
+                        "[store].candidate",
+                        format!("{id:?} is not a candidate id"),
+                        "use 1-63 of a-z, 0-9 and '-', unique among the replicas",
+                    )
+                    .into());
+            }
+            text.check_range(
+                "[store].election_ttl_secs",
+                *election_ttl_secs,
+                ELECTION_TTL_SECS,
+                "seconds",
+                "10 = a failover within about ten seconds",
+            )?;
         }
         Ok(cfg)
     }
@@ -390,5 +427,54 @@ mod tests {
         );
         let a = agent(AGENT).unwrap();
         assert_eq!((a.sa_lifetime_secs, a.rekey_grace_ms), (3_600, 2_000));
+    }
+
+    #[test]
+    fn election_options_are_checked_where_they_are_written() {
+        let etcd =
+            format!("{AUTHORITY}[store]\nkind = \"etcd\"\nendpoints = [\"http://e:2379\"]\n");
+        let c = authority(&format!(
+            "{etcd}candidate = \"auth-1\"\nelection_ttl_secs = 5\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.store,
+            StoreConfig::Etcd { ref candidate, election_ttl_secs: 5, .. }
+                if candidate.as_deref() == Some("auth-1")
+        ));
+        let c = authority(&etcd).unwrap();
+        assert!(matches!(
+            c.store,
+            StoreConfig::Etcd {
+                candidate: None,
+                election_ttl_secs: 10,
+                ..
+            }
+        ));
+        let d = diagnostic(authority(&format!("{etcd}candidate = \"Auth 1\"\n")).unwrap_err());
+        assert_eq!(
+            (d.field.as_str(), d.line),
+            ("[store].candidate", Some(7)),
+            "{d}"
+        );
+        assert!(d.fix.as_deref().unwrap().contains("a-z"), "{d}");
+        for ttl in ["1", "601"] {
+            let d =
+                diagnostic(authority(&format!("{etcd}election_ttl_secs = {ttl}\n")).unwrap_err());
+            assert_eq!(
+                (d.field.as_str(), d.line),
+                ("[store].election_ttl_secs", Some(7)),
+                "{d}"
+            );
+            assert!(d.fix.as_deref().unwrap().contains("from 2 to 600"), "{d}");
+        }
+        // The redb store has no election: the options are refused there.
+        let d = diagnostic(
+            authority(&format!(
+                "{AUTHORITY}[store]\nkind = \"redb\"\ncandidate = \"a\"\n"
+            ))
+            .unwrap_err(),
+        );
+        assert!(d.reason.contains("unknown field `candidate`"), "{d}");
     }
 }

@@ -32,6 +32,18 @@ pub enum Error {
         /// What went wrong and, where it helps, what to check.
         reason: String,
     },
+    /// A write made as leader was refused by etcd because this process no longer holds the
+    /// election's leader key (its lease expired or it resigned, and the key is gone or was
+    /// created again by another candidate); nothing of the write was applied.
+    #[error("no longer the leader of {election}: {now}; nothing of the write was applied (this process held the leader key created at revision {revision})")]
+    Fenced {
+        /// The election's key in etcd.
+        election: String,
+        /// The fencing revision this process held.
+        revision: i64,
+        /// Who holds the leader key now, or that no one does.
+        now: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record {key}: {reason}")]
     CorruptRecord {

@@ -1,9 +1,11 @@
 //! One suite, run against the redb store and against a real etcd server.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use cpclink_keymgr::store::{EtcdStore, MemoryStore, RedbStore, Store, Write};
+use support::etcd::{connect, dead_url, start_etcd};
 
 async fn suite(s: &impl Store) {
     assert_eq!(s.get("a/1").await.unwrap(), None);
@@ -125,80 +127,6 @@ async fn memory_store_passes_the_suite() {
     insert_new_has_one_winner(std::sync::Arc::new(s)).await;
 }
 
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-    /// The command line, to restart the member as it was.
-    args: Vec<String>,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts etcd on loopback ports in a temporary directory, or says why it cannot.
-fn start_etcd() -> Option<Etcd> {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        eprintln!("skipping: no `etcd` binary (install Debian's etcd-server)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let args: Vec<String> = [
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--listen-client-urls",
-        &url,
-        "--advertise-client-urls",
-        &url,
-        "--listen-peer-urls",
-        &format!("http://127.0.0.1:{peer}"),
-        "--initial-advertise-peer-urls",
-        &format!("http://127.0.0.1:{peer}"),
-        "--initial-cluster",
-        &format!("default=http://127.0.0.1:{peer}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    let child = Command::new("etcd")
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Some(Etcd {
-        child,
-        _dir: dir,
-        url,
-        args,
-    })
-}
-
-async fn connect(etcd: &Etcd, prefix: &str) -> EtcdStore {
-    for _ in 0..100 {
-        if let Ok(s) = EtcdStore::connect(std::slice::from_ref(&etcd.url), prefix).await {
-            if s.get("probe").await.is_ok() {
-                return s;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd at {} did not come up", etcd.url);
-}
-
 #[tokio::test]
 async fn etcd_store_passes_the_suite() {
     let Some(etcd) = start_etcd() else { return };
@@ -238,6 +166,8 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
         store: StoreConfig::Etcd {
             endpoints: vec![etcd.url.clone()],
             prefix: "/e2e/".into(),
+            candidate: None,
+            election_ttl_secs: 10,
         },
         rules: Vec::new(),
         api: None,
@@ -299,11 +229,6 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
     .await
     .unwrap_err();
     assert!(reused.to_string().contains("already used"), "{reused}");
-}
-
-/// A client URL where nothing listens.
-fn dead_url() -> String {
-    format!("http://127.0.0.1:{}", free_port())
 }
 
 #[tokio::test]
@@ -375,14 +300,8 @@ async fn etcd_store_fails_over_reconnects_and_reports_refusals() {
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 
     // Restart the member on the same ports and data: the pooled connections are dead.
-    etcd.child.kill().unwrap();
-    etcd.child.wait().unwrap();
-    etcd.child = Command::new("etcd")
-        .args(&etcd.args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    etcd.kill();
+    etcd.restart();
     let mut value = None;
     for _ in 0..100 {
         if let Ok(v) = s.get("k").await {

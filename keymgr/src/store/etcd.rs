@@ -2,14 +2,19 @@
 //!
 //! etcd is spoken to through its JSON gateway over HTTP/1.1 ([`client`]), with the v3
 //! messages in [`messages`]: no gRPC code generation, so building needs no `protoc`.
+//! [`Election`] elects one leader among processes sharing a prefix, on an etcd lease, and
+//! fences the leader's writes with the revision of its leader key.
 
 mod client;
+mod election;
 // The v3 messages are written out whole (every compare target, leases on puts, revisions in
 // replies) so that leases, watches and fencing on revisions add calls, not new types.
 #[allow(dead_code)]
 mod messages;
 
 use std::sync::Arc;
+
+pub use self::election::{Candidate, Election, Leader, Leadership};
 
 use self::client::EtcdClient;
 use self::messages::{

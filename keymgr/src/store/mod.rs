@@ -10,7 +10,7 @@ mod redb_store;
 
 use std::future::Future;
 
-pub use etcd::EtcdStore;
+pub use etcd::{Candidate, Election, EtcdStore, Leader, Leadership};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 

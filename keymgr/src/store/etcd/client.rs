@@ -4,10 +4,13 @@
 //! body. Connections are kept open and reused; each carries one request at a time, so
 //! concurrent requests open more of them, and at most [`MAX_IDLE`] wait for reuse.
 //!
-//! Failover: a request goes to the endpoint that answered last. Only when no connection to
-//! it can be made (nothing was sent, so nothing can have been applied) is the next endpoint
-//! tried. A request that was sent and then failed is never repeated: a repeated transaction
-//! could apply twice or report a guard as taken by itself.
+//! Failover: a request goes to the endpoint that answered last. When no connection to it can
+//! be made (nothing was sent, so nothing can have been applied) the next endpoint is tried. A
+//! request that was sent and got no answer (a member that is stopped still accepts
+//! connections) is repeated elsewhere only when repeating it does no harm
+//! ([`Rpc::RETRY_ELSEWHERE`]: reads, lease renewals); a repeated transaction could apply twice
+//! or report a guard as taken by itself. Either way the next request starts at the next
+//! endpoint, so one silent member does not stall every request after it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -71,8 +74,23 @@ impl EtcdClient {
         })
     }
 
+    /// The client URLs, for messages.
+    pub(crate) fn urls(&self) -> String {
+        let urls: Vec<&str> = self.endpoints.iter().map(|e| e.url.as_str()).collect();
+        urls.join(", ")
+    }
+
     /// Sends `request` and decodes etcd's reply.
     pub(crate) async fn call<R: Rpc>(&self, request: &R) -> Result<R::Reply> {
+        self.call_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// Sends `request`, waiting at most `timeout` for each endpoint's answer.
+    pub(crate) async fn call_within<R: Rpc>(
+        &self,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<R::Reply> {
         let fail = |endpoint: &str, reason: String| Error::Etcd {
             endpoint: endpoint.to_owned(),
             operation: request.describe(),
@@ -86,7 +104,7 @@ impl EtcdClient {
         for i in 0..self.endpoints.len() {
             let index = (start + i) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
-            match endpoint.exchange(R::PATH, body.clone()).await {
+            match endpoint.exchange(R::PATH, body.clone(), timeout).await {
                 Ok(reply) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return serde_json::from_slice(&reply).map_err(|e| {
@@ -97,6 +115,14 @@ impl EtcdClient {
                     });
                 }
                 Err(Failure::Unreachable(reason)) => unreachable.push((endpoint, reason)),
+                Err(Failure::Silent(reason)) => {
+                    let next = (index + 1) % self.endpoints.len();
+                    self.preferred.store(next, Ordering::Relaxed);
+                    if !R::RETRY_ELSEWHERE || i + 1 == self.endpoints.len() {
+                        return Err(fail(&endpoint.url, reason));
+                    }
+                    tracing::debug!(etcd = %endpoint.url, %reason, "trying the next etcd member");
+                }
                 Err(Failure::Failed(reason)) => return Err(fail(&endpoint.url, reason)),
             }
         }
@@ -122,6 +148,8 @@ impl EtcdClient {
 enum Failure {
     /// No connection could be made: nothing was sent, another endpoint may be tried.
     Unreachable(String),
+    /// The request was sent and no reply came: it may or may not have been applied.
+    Silent(String),
     /// The request was sent, or etcd refused it: final.
     Failed(String),
 }
@@ -170,7 +198,12 @@ impl Endpoint {
     }
 
     /// Posts `body` to `path`; the reply body when etcd answered 2xx.
-    async fn exchange(&self, path: &str, body: Bytes) -> std::result::Result<Bytes, Failure> {
+    async fn exchange(
+        &self,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> std::result::Result<Bytes, Failure> {
         let attempt = async {
             let mut request = self.request(path, body)?;
             // An idle connection the server has meanwhile closed hands the request back
@@ -190,12 +223,12 @@ impl Endpoint {
                 Err(e) => Err(lost(&e)),
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or_else(|_| {
-                Err(Failure::Failed(format!(
-                    "no reply within {}s; a write may or may not have been applied",
-                    REQUEST_TIMEOUT.as_secs()
+                Err(Failure::Silent(format!(
+                    "no reply within {:.1}s; a write may or may not have been applied",
+                    timeout.as_secs_f64()
                 )))
             })
     }
@@ -295,7 +328,7 @@ fn connect_error(e: &std::io::Error) -> String {
 
 /// A request that was sent (or may have been) and got no reply.
 fn lost(e: &hyper::Error) -> Failure {
-    Failure::Failed(format!(
+    Failure::Silent(format!(
         "connection lost before the reply ({e}); a write may or may not have been applied"
     ))
 }

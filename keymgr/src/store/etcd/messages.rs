@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub(crate) trait Rpc: Serialize {
     /// The gateway path, e.g. `/v3/kv/range`.
     const PATH: &'static str;
+    /// Whether a request that a member took and never answered may be sent to another: true
+    /// only where applying it twice does no harm (reads, lease renewals).
+    const RETRY_ELSEWHERE: bool = false;
     /// What etcd answers.
     type Reply: DeserializeOwned;
     /// The operation as an error message names it: `range cpclink/x`.
@@ -87,6 +90,7 @@ impl RangeRequest {
 
 impl Rpc for RangeRequest {
     const PATH: &'static str = "/v3/kv/range";
+    const RETRY_ELSEWHERE: bool = true;
     type Reply = RangeResponse;
 
     fn describe(&self) -> String {
@@ -351,6 +355,115 @@ pub(crate) enum ResponseOp {
     DeleteRange(DeleteRangeResponse),
 }
 
+/// Grants a lease: keys attached to it are deleted when it expires or is revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct LeaseGrantRequest {
+    /// The time to live asked for, in seconds; etcd raises it to its minimum (about 2 s).
+    #[serde(rename = "TTL", with = "int64")]
+    pub ttl: i64,
+}
+
+impl Rpc for LeaseGrantRequest {
+    const PATH: &'static str = "/v3/lease/grant";
+    // A grant repeated elsewhere leaves at most an unused lease, which expires on its own.
+    const RETRY_ELSEWHERE: bool = true;
+    type Reply = LeaseGrantResponse;
+
+    fn describe(&self) -> String {
+        format!("lease grant {}s", self.ttl)
+    }
+}
+
+/// The lease granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct LeaseGrantResponse {
+    /// The reply header.
+    pub header: ResponseHeader,
+    /// The lease's id.
+    #[serde(rename = "ID", with = "int64")]
+    pub id: i64,
+    /// The time to live granted, in seconds.
+    #[serde(rename = "TTL", with = "int64")]
+    pub ttl: i64,
+    /// Why no lease was granted, when etcd says so in the body.
+    pub error: String,
+}
+
+/// Renews a lease for its full time to live.
+///
+/// etcd's keep-alive is a stream; the gateway answers a body holding one request with one
+/// reply and then ends the stream, so each renewal is one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct LeaseKeepAliveRequest {
+    /// The lease.
+    #[serde(rename = "ID", with = "int64")]
+    pub id: i64,
+}
+
+impl Rpc for LeaseKeepAliveRequest {
+    const PATH: &'static str = "/v3/lease/keepalive";
+    // Renewing twice renews once more: harmless, so a renewal a member did not answer goes
+    // to the next member.
+    const RETRY_ELSEWHERE: bool = true;
+    type Reply = LeaseKeepAliveReply;
+
+    fn describe(&self) -> String {
+        format!("lease keepalive {:x}", self.id)
+    }
+}
+
+/// One message of the keep-alive stream as the gateway writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct LeaseKeepAliveReply {
+    /// The renewal, when there was one.
+    pub result: LeaseKeepAliveResponse,
+    /// The stream's error, when it failed instead.
+    pub error: Option<serde_json::Value>,
+}
+
+/// A renewal's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct LeaseKeepAliveResponse {
+    /// The reply header.
+    pub header: ResponseHeader,
+    /// The lease.
+    #[serde(rename = "ID", with = "int64")]
+    pub id: i64,
+    /// The time to live from now, in seconds; 0 (left out) when the lease no longer exists.
+    #[serde(rename = "TTL", with = "int64")]
+    pub ttl: i64,
+}
+
+/// Revokes a lease, deleting every key attached to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct LeaseRevokeRequest {
+    /// The lease.
+    #[serde(rename = "ID", with = "int64")]
+    pub id: i64,
+}
+
+impl Rpc for LeaseRevokeRequest {
+    const PATH: &'static str = "/v3/lease/revoke";
+    // Revoking twice leaves the lease as revoked as once (the second says "not found").
+    const RETRY_ELSEWHERE: bool = true;
+    type Reply = LeaseRevokeResponse;
+
+    fn describe(&self) -> String {
+        format!("lease revoke {:x}", self.id)
+    }
+}
+
+/// The answer to a revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct LeaseRevokeResponse {
+    /// The reply header.
+    pub header: ResponseHeader,
+}
+
 /// The body of a gateway error: the gRPC status as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -549,6 +662,34 @@ mod tests {
             new.reason(),
             "etcd says: etcdserver: no leader (gRPC status 9)"
         );
+    }
+
+    #[test]
+    fn lease_messages_use_the_gateway_field_names() {
+        assert_eq!(
+            serde_json::to_value(LeaseGrantRequest { ttl: 5 }).unwrap(),
+            serde_json::json!({"TTL": "5"})
+        );
+        assert_eq!(
+            serde_json::to_value(LeaseKeepAliveRequest { id: 42 }).unwrap(),
+            serde_json::json!({"ID": "42"})
+        );
+        // As etcd 3.4's gateway answers a grant, a renewal, and a renewal of a lease that
+        // no longer exists (no TTL: it reads as 0).
+        let grant: LeaseGrantResponse = serde_json::from_str(
+            r#"{"header":{"revision":"1"},"ID":"4111120361554489349","TTL":"2"}"#,
+        )
+        .unwrap();
+        assert_eq!((grant.id, grant.ttl), (4_111_120_361_554_489_349, 2));
+        let renewed: LeaseKeepAliveReply = serde_json::from_str(
+            "{\"result\":{\"header\":{\"revision\":\"1\"},\"ID\":\"7\",\"TTL\":\"5\"}}\n",
+        )
+        .unwrap();
+        assert_eq!((renewed.result.id, renewed.result.ttl), (7, 5));
+        assert!(renewed.error.is_none());
+        let gone: LeaseKeepAliveReply =
+            serde_json::from_str(r#"{"result":{"header":{"revision":"1"},"ID":"7"}}"#).unwrap();
+        assert_eq!(gone.result.ttl, 0);
     }
 
     #[test]
