@@ -378,9 +378,7 @@ async fn metrics(
         "receive SAs installed",
         keys.rx.len() as u64,
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::paths::now_ms();
     let mut oldest = std::collections::BTreeMap::<(&str, &str), u64>::new();
     for r in keys.sas.values() {
         let age = now_ms.saturating_sub(r.installed_ms) / 1000;

@@ -126,9 +126,7 @@ impl SaRecord {
             peer: peer.to_owned(),
             worker,
             generation: spi.generation(),
-            installed_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            installed_ms: crate::paths::now_ms(),
             lifetime_secs,
         }
     }

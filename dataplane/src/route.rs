@@ -283,14 +283,7 @@ impl RouteTable {
     /// once; a service's hashes the flow, marks its bucket used and takes the bucket's peer.
     #[inline]
     pub fn route(&self, packet: &InnerPacket<&[u8]>) -> Route {
-        let entry = self.entry(packet.destination());
-        if entry & SERVICE_ENTRY != 0 {
-            return self.service_route(entry, packet);
-        }
-        match entry.checked_sub(1) {
-            Some(peer) => Route::Peer(PeerId(peer)),
-            None => Route::Unrouted,
-        }
+        self.route_of(self.entry(packet.destination()), packet)
     }
 
     /// [`route`](Self::route) through a worker's cache of recent destinations: a hit
@@ -298,7 +291,12 @@ impl RouteTable {
     /// cleared when the table it was filled from is replaced ([`RouteCache::clear`]).
     #[inline]
     pub fn route_cached(&self, packet: &InnerPacket<&[u8]>, cache: &mut RouteCache) -> Route {
-        let entry = cache.entry(self, packet.destination());
+        self.route_of(cache.entry(self, packet.destination()), packet)
+    }
+
+    /// Where a search `entry` for `packet`'s destination sends it.
+    #[inline]
+    fn route_of(&self, entry: u32, packet: &InnerPacket<&[u8]>) -> Route {
         if entry & SERVICE_ENTRY != 0 {
             return self.service_route(entry, packet);
         }

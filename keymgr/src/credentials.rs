@@ -138,7 +138,7 @@ impl cpclink_mgmt::Credentials for OperatorCredentials {
         {
             if let x509_parser::extensions::GeneralName::URI(uri) = general {
                 if let Some(r) = uri.strip_prefix(ROLE_URI) {
-                    role = serde_json::from_value(serde_json::Value::String(r.to_owned())).ok();
+                    role = r.parse().ok();
                 } else if let Some(t) = uri.strip_prefix(TENANT_URI) {
                     tenant = Some(t.to_owned());
                 }

@@ -288,6 +288,21 @@ impl Api {
         )))
     }
 
+    /// The audit log's lines, or the 409 naming why it cannot be read.
+    fn audit_records(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Vec<crate::audit::AuditRecord>, Box<Response>> {
+        crate::audit::records(&self.audit).map_err(|e| {
+            Box::new(problem(
+                headers,
+                StatusCode::CONFLICT,
+                "audit log unreadable",
+                &e.to_string(),
+            ))
+        })
+    }
+
     /// The tenant of appliance `id`, if it is listed.
     async fn tenant_of(&self, id: &str) -> Option<String> {
         self.authority
@@ -473,24 +488,20 @@ async fn audit_page(
         );
     };
     let limit = page.limit.unwrap_or(100).min(MAX_AUDIT_PAGE);
-    match crate::audit::records(&api.audit) {
-        Ok(lines) => {
-            let total = lines.len();
-            let shown: Vec<_> = lines.into_iter().skip(page.from).take(limit).collect();
-            let next = (page.from + shown.len() < total).then_some(page.from + shown.len());
-            echo(
-                &headers,
-                Json(serde_json::json!({ "total": total, "from": page.from, "next": next, "lines": shown }))
-                    .into_response(),
-            )
-        }
-        Err(e) => problem(
-            &headers,
-            StatusCode::CONFLICT,
-            "audit log unreadable",
-            &e.to_string(),
-        ),
-    }
+    let lines = match api.audit_records(&headers) {
+        Ok(lines) => lines,
+        Err(r) => return *r,
+    };
+    let total = lines.len();
+    let shown: Vec<_> = lines.into_iter().skip(page.from).take(limit).collect();
+    let next = (page.from + shown.len() < total).then_some(page.from + shown.len());
+    echo(
+        &headers,
+        Json(
+            serde_json::json!({ "total": total, "from": page.from, "next": next, "lines": shown }),
+        )
+        .into_response(),
+    )
 }
 
 async fn rotate(
@@ -596,16 +607,9 @@ async fn list_tokens(
     if let Err(r) = api.unscoped(&headers, &caller, "GET /v1/tokens") {
         return *r;
     }
-    let records = match crate::audit::records(&api.audit) {
+    let records = match api.audit_records(&headers) {
         Ok(r) => r,
-        Err(e) => {
-            return problem(
-                &headers,
-                StatusCode::CONFLICT,
-                "audit log unreadable",
-                &e.to_string(),
-            )
-        }
+        Err(r) => return *r,
     };
     let now = super::now_secs();
     let mut tokens = Vec::new();
