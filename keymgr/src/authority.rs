@@ -35,6 +35,10 @@ pub const CLOSE_REVOKED: u32 = 0x52;
 /// QUIC application close code: the authority does not list the appliance (a store that
 /// lost it, or an agent of another authority); unlike revocation, the agent retries.
 pub const CLOSE_UNKNOWN: u32 = 0x55;
+/// QUIC application close code: this replica is not the cluster's leader; the close reason
+/// carries the leader's control address as text (empty when no leader is known), which the
+/// agent tries next.
+pub const CLOSE_NOT_LEADER: u32 = 0x4c;
 /// QUIC application close code: protocol violation.
 pub const CLOSE_PROTOCOL: u32 = 0x50;
 
