@@ -18,7 +18,7 @@ use crate::config::{AuthorityConfig, StoreConfig, ROTATION_INTERVAL_SECS, TOKEN_
 use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
-use crate::pki::{self, Ca, Identity, KeyedCert};
+use crate::pki::{self, Ca, Identity};
 use crate::prefix::{Assignments, InnerPrefix, Refusal};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
 use crate::seal::{random_bytes, EscrowKey, Kek};
@@ -28,6 +28,7 @@ use crate::{tls, Error, Result};
 
 mod api;
 mod assign;
+mod material;
 mod replace;
 
 /// QUIC application close code: the appliance was revoked.
@@ -98,64 +99,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
 }
 
-/// The CA, the authority's server certificate and the token key, created on first start
-/// and sealed under the KEK.
-struct Material {
-    ca: Ca,
-    server: KeyedCert,
-    token_key: Zeroizing<[u8; 32]>,
-    escrow: EscrowKey,
-}
-
-fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
-    if !paths.ca_cert.exists() {
-        let ca = Ca::generate("cpclink key-plane authority")?;
-        let server = ca.issue_authority()?;
-        let token_key = random_bytes::<32>()?;
-        write_durably(
-            &paths.token_key,
-            &kek.seal("token-key", token_key.as_ref())?,
-        )?;
-        write_durably(&paths.ca_key, &kek.seal("ca-key", &ca.key_der())?)?;
-        write_durably(&paths.server_key, &kek.seal("authority-key", &server.key)?)?;
-        write_durably(&paths.server_cert, pki::cert_pem(&server.cert).as_bytes())?;
-        // The CA certificate last: its presence marks the material complete.
-        write_durably(&paths.ca_cert, pki::cert_pem(&ca.cert_der()).as_bytes())?;
-    }
-    if !paths.escrow_key.exists() {
-        // Apart from the rest: state created before escrow existed gains it on start.
-        let escrow = EscrowKey::generate()?;
-        write_durably(
-            &paths.escrow_key,
-            &kek.seal("escrow-key", escrow.private_bytes())?,
-        )?;
-    }
-    let escrow = EscrowKey::from_bytes(&kek.open("escrow-key", &read_file(&paths.escrow_key)?)?)?;
-    let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.ca_cert)?))?;
-    let ca_key = kek.open("ca-key", &read_file(&paths.ca_key)?)?;
-    let ca = Ca::load(&ca_cert, &ca_key)?;
-    let server = KeyedCert {
-        cert: pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.server_cert)?))?,
-        key: kek.open("authority-key", &read_file(&paths.server_key)?)?,
-    };
-    Ok(Material {
-        ca,
-        server,
-        token_key: load_token_key(paths, kek)?,
-        escrow,
-    })
-}
-
-fn load_token_key(paths: &StatePaths, kek: &Kek) -> Result<Zeroizing<[u8; 32]>> {
-    let raw = kek.open("token-key", &read_file(&paths.token_key)?)?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    if raw.len() != 32 {
-        return Err(Error::KeyWrap("token key has the wrong length"));
-    }
-    key.copy_from_slice(&raw);
-    Ok(key)
-}
-
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -209,10 +152,9 @@ pub async fn create_token(
     let kek = Kek::load(&cfg.kek_file, "kek_file")?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
-    load_or_create_material(&paths, &kek)?;
-    let key = load_token_key(&paths, &kek)?;
-    let mut events = Vec::new();
     let store = open_store(cfg, &paths).await?;
+    let key = material::load(&store, &paths, &kek).await?.token_key;
+    let mut events = Vec::new();
     let listed: Option<ApplianceEntry> =
         store::get_json(&store, &format!("appliance/{appliance}")).await?;
     if listed.is_some_and(|e| e.revoked) {
@@ -283,6 +225,22 @@ async fn load_assignments(store: &AnyStore) -> Result<Assignments> {
     Ok(Assignments::new(by_appliance))
 }
 
+/// Where each appliance's last rotation acknowledgement is stored: `(rotation, epoch)`.
+const ACK_PREFIX: &str = "rotated/";
+
+/// The stored rotation acknowledgements, `(rotation, epoch)` by appliance.
+async fn load_acks(store: &AnyStore) -> Result<HashMap<String, (u64, u64)>> {
+    let mut acks = HashMap::new();
+    for (key, bytes) in store.scan(ACK_PREFIX).await? {
+        let ack = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        acks.insert(key.trim_start_matches(ACK_PREFIX).to_owned(), ack);
+    }
+    Ok(acks)
+}
+
 /// What an agent publishes when it subscribes to its feed.
 #[derive(Debug)]
 struct Published {
@@ -347,6 +305,9 @@ struct Inner {
     audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
     /// Escrow boxes received and not yet stored, newest per appliance.
     escrow_pending: StdMutex<HashMap<String, (u64, Vec<u8>)>>,
+    /// Rotation acknowledgements received and not yet stored, `(rotation, epoch)` by
+    /// appliance: stored so a leader elected later knows who has obeyed which order.
+    acks_pending: StdMutex<HashMap<String, (u64, u64)>>,
     escrow_queued: tokio::sync::Notify,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
@@ -390,8 +351,8 @@ impl Authority {
             .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
         let paths = StatePaths::new(&cfg.state_dir);
         let kek = Kek::load(&cfg.kek_file, "kek_file")?;
-        let material = load_or_create_material(&paths, &kek)?;
         let store = open_store(cfg, &paths).await?;
+        let material = material::load(&store, &paths, &kek).await?;
         let assignments = load_assignments(&store).await?;
         let audit = AuditLog::open(&paths.audit)?;
 
@@ -409,6 +370,7 @@ impl Authority {
             .await?
             .unwrap_or_default();
         let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
+        let acks = load_acks(&store).await?;
         // Clamped as well as checked at load: a config built in code skips the check, and
         // the due time computed from it is persisted.
         let every = Duration::from_secs(cfg.rotation_interval_secs.clamp(
@@ -443,6 +405,7 @@ impl Authority {
                 audit: Arc::new(StdMutex::new(audit)),
                 audit_queue: Arc::default(),
                 escrow_pending: StdMutex::new(HashMap::new()),
+                acks_pending: StdMutex::new(HashMap::new()),
                 escrow_queued: tokio::sync::Notify::new(),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
@@ -462,8 +425,8 @@ impl Authority {
                 next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
                 last_seen: StdMutex::new(HashMap::new()),
-                rotated: watch::channel(HashMap::new()).0,
-                obeyed: StdMutex::new(HashMap::new()),
+                rotated: watch::channel(acks.iter().map(|(id, (_, e))| (id.clone(), *e)).collect()).0,
+                obeyed: StdMutex::new(acks.into_iter().map(|(id, (r, _))| (id, r)).collect()),
                 endpoint,
                 stopped: watch::channel(false).0,
             }),
@@ -588,6 +551,13 @@ impl Authority {
         Ok(())
     }
 
+    fn acks_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.inner
+            .acks_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn escrow_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Vec<u8>)>> {
         self.inner
             .escrow_pending
@@ -595,14 +565,24 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores queued escrow boxes, all that are waiting in one transaction: after a
-    /// rotation every appliance sends one at once, and one commit each would queue them
-    /// all behind the disk.
+    /// Stores queued rotation acknowledgements and escrow boxes, all that are waiting in
+    /// one transaction each: after a rotation every appliance sends both at once, and one
+    /// commit each would queue them all behind the disk.
     async fn escrow_writer(self) {
         loop {
             tokio::select! {
                 () = self.inner.escrow_queued.notified() => {}
                 () = self.stopping() => return,
+            }
+            let acks = std::mem::take(&mut *self.acks_pending());
+            if !acks.is_empty() {
+                let writes = acks
+                    .iter()
+                    .map(|(id, ack)| Write::Put(format!("{ACK_PREFIX}{id}"), store::json(ack)))
+                    .collect();
+                if let Err(e) = self.inner.store.apply(writes).await {
+                    tracing::error!("storing rotation acknowledgements failed: {e}");
+                }
             }
             let batch: Vec<(String, (u64, Vec<u8>))> = std::mem::take(&mut *self.escrow_pending())
                 .into_iter()
@@ -1345,6 +1325,8 @@ impl Authority {
                         self.inner.rotated.send_modify(|m| {
                             m.insert(id.to_owned(), epoch);
                         });
+                        self.acks_pending().insert(id.to_owned(), (rotation, epoch));
+                        self.inner.escrow_queued.notify_one();
                     }
                     Ok(Some(Message::Escrow { epoch, sealed })) => {
                         if let Err(e) = self.take_escrow(id, epoch, sealed) {
