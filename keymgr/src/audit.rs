@@ -177,6 +177,13 @@ pub enum AuditEvent {
         #[serde(default)]
         by: String,
     },
+    /// An authority replica won the election and leads from this line on.
+    LeaderElected {
+        /// The replica's candidate id.
+        replica: String,
+        /// The fencing revision of its leader key.
+        term: i64,
+    },
     /// An appliance's master keys were escrowed to the authority.
     Escrowed {
         /// The appliance.
@@ -206,6 +213,7 @@ impl AuditEvent {
             Self::Replaced { .. } => "replaced",
             Self::EscrowOpened { .. } => "escrow_opened",
             Self::Escrowed { .. } => "escrowed",
+            Self::LeaderElected { .. } => "leader_elected",
         }
     }
 }
@@ -485,6 +493,11 @@ impl AuditLog {
     /// Lines in the chain.
     pub fn lines(&self) -> u64 {
         self.seq
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Lines in the chain by event kind (`revoked`, `api_refused`, …).

@@ -204,6 +204,11 @@ pub(super) async fn load(
 ) -> Result<Material> {
     match store {
         AnyStore::Etcd(_) => from_store(store, paths, kek).await,
+        // Created before any replica leads: unfenced, guarded by the CA's key alone.
+        AnyStore::Replica(r) => {
+            let unfenced = AnyStore::Etcd(Box::new(r.unfenced().clone()));
+            from_store(&unfenced, paths, kek).await
+        }
         _ => from_state_dir(paths, kek),
     }
 }
