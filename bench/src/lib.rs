@@ -11,6 +11,7 @@ pub mod latency;
 pub mod ndr;
 pub mod netns;
 pub mod pacer;
+pub mod replicas;
 pub mod path;
 mod report;
 pub mod suite;
