@@ -19,7 +19,7 @@ use cpclink_keymgr::agent::{generation_at, AgentOptions, AuthorityLink, KeyAgent
 use cpclink_keymgr::authority::admin_request;
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
 use cpclink_keymgr::seal::Kek;
-use cpclink_keymgr::store::{Election, EtcdStore, Store};
+use cpclink_keymgr::store::{AnyStore, Election, EtcdStore, MemoryStore, Store};
 use serde::Serialize;
 
 use crate::Error;
@@ -305,6 +305,9 @@ struct Replica {
 struct Agent {
     agent: KeyAgent,
     state_dir: PathBuf,
+    /// Its store, kept across restarts (a stopped agent's tasks may hold a file store's
+    /// lock a while after it stops).
+    store: MemoryStore,
 }
 
 /// The cluster under test and what was promised so far.
@@ -534,11 +537,19 @@ impl Run {
             other => return Err(fail(format!("token for {id} refused: {other:?}"))),
         };
         let state_dir = self.dir.path().join("agents").join(id);
+        let store = MemoryStore::default();
         let agent = self
-            .start_agent(id, &state_dir, Some(token.clone()))
+            .start_agent(id, &state_dir, &store, Some(token.clone()))
             .await?;
         self.tokens.push((id.to_owned(), token));
-        self.agents.insert(id.to_owned(), Agent { agent, state_dir });
+        self.agents.insert(
+            id.to_owned(),
+            Agent {
+                agent,
+                state_dir,
+                store,
+            },
+        );
         Ok(())
     }
 
@@ -546,6 +557,7 @@ impl Run {
         &mut self,
         id: &str,
         state_dir: &Path,
+        store: &MemoryStore,
         token: Option<String>,
     ) -> Result<KeyAgent> {
         let deadline = Instant::now() + SETTLE;
@@ -565,7 +577,8 @@ impl Run {
                 sa_lifetime: Duration::from_secs(600),
                 rekey_grace: Duration::from_millis(50),
             };
-            let started = tokio::time::timeout(Duration::from_secs(10), KeyAgent::start(opts))
+            let starting = KeyAgent::start_with_store(opts, AnyStore::Memory(store.clone()));
+            let started = tokio::time::timeout(Duration::from_secs(10), starting)
                 .await
                 .unwrap_or_else(|_| Err(cpclink_keymgr::Error::Timeout(format!("starting {id}"))));
             match started {
@@ -606,12 +619,15 @@ impl Run {
             };
             old.agent.shutdown();
             drop(old.agent);
-            let agent = self.start_agent(&id, &old.state_dir, None).await?;
+            let agent = self
+                .start_agent(&id, &old.state_dir, &old.store, None)
+                .await?;
             self.agents.insert(
                 id,
                 Agent {
                     agent,
                     state_dir: old.state_dir,
+                    store: old.store,
                 },
             );
         }

@@ -225,7 +225,7 @@ async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStor
 }
 
 /// This replica as a candidate: its id, its control address and its API's URL.
-fn candidate(cfg: &AuthorityConfig) -> Candidate {
+fn candidate(cfg: &AuthorityConfig, control: SocketAddr) -> Candidate {
     let id = match &cfg.store {
         StoreConfig::Etcd {
             candidate: Some(id),
@@ -235,7 +235,7 @@ fn candidate(cfg: &AuthorityConfig) -> Candidate {
     };
     Candidate {
         id,
-        address: cfg.listen.to_string(),
+        address: control.to_string(),
         api: cfg
             .api
             .as_ref()
@@ -526,12 +526,14 @@ impl Authority {
         let https = tls::https_server(&material.ca.cert_der(), &material.server)?;
         let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        // The address bound, not the one configured: a port 0 is chosen by the system.
+        let bound = endpoint.local_addr().unwrap_or(cfg.listen);
         let authority = Self {
             inner: Arc::new(Inner {
                 replication: match &store {
                     AnyStore::Replica(r) => Some(replica::Replication::new(
                         (**r).clone(),
-                        candidate(cfg),
+                        candidate(cfg, bound),
                         election_ttl(cfg),
                         cfg.policy(),
                     )),
