@@ -770,7 +770,9 @@ impl Run {
             if peer == id {
                 continue;
             }
-            let Some(a) = self.agents.get(id) else { continue };
+            let Some(a) = self.agents.get(id) else {
+                continue;
+            };
             // A peer's address reaches the asker through the new leader's directory.
             let mut granted = None;
             for _ in 0..20 {

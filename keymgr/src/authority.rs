@@ -29,8 +29,8 @@ use crate::{tls, Error, Result};
 mod api;
 mod assign;
 mod material;
-mod replica;
 mod replace;
+mod replica;
 
 /// QUIC application close code: the appliance was revoked.
 pub const CLOSE_REVOKED: u32 = 0x52;
@@ -563,7 +563,8 @@ impl Authority {
                 next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
                 last_seen: StdMutex::new(HashMap::new()),
-                rotated: watch::channel(acks.iter().map(|(id, (_, e))| (id.clone(), *e)).collect()).0,
+                rotated: watch::channel(acks.iter().map(|(id, (_, e))| (id.clone(), *e)).collect())
+                    .0,
                 obeyed: StdMutex::new(acks.into_iter().map(|(id, (r, _))| (id, r)).collect()),
                 endpoint,
                 stopped: watch::channel(false).0,
@@ -773,9 +774,7 @@ impl Authority {
             AuditSink::File(log) => {
                 let path = log
                     .lock()
-                    .map_err(|_| {
-                        Error::io("audit log", std::io::Error::other("lock poisoned"))
-                    })?
+                    .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
                     .path()
                     .to_owned();
                 crate::audit::records(&path)
@@ -794,9 +793,7 @@ impl Authority {
             AuditSink::File(log) => {
                 let path = log
                     .lock()
-                    .map_err(|_| {
-                        Error::io("audit log", std::io::Error::other("lock poisoned"))
-                    })?
+                    .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
                     .path()
                     .to_owned();
                 crate::audit::verify(&path)

@@ -75,7 +75,10 @@ async fn one_leader_writes_followers_send_everyone_to_it_and_a_successor_keeps_i
         .iter()
         .map(|id| std::fs::read_to_string(dir.path().join(id).join("ca.pem")).unwrap())
         .collect();
-    assert!(pems.iter().all(|p| p == &pems[0]), "one CA for every replica");
+    assert!(
+        pems.iter().all(|p| p == &pems[0]),
+        "one CA for every replica"
+    );
 
     let leader = one_leader(&replicas).await;
     let follower = (leader + 1) % 3;
@@ -96,7 +99,9 @@ async fn one_leader_writes_followers_send_everyone_to_it_and_a_successor_keeps_i
         .mint_token("edge-1", "dc1", "t", Duration::from_secs(60))
         .unwrap();
     let at_follower = replicas[follower].as_ref().unwrap().local_addr().unwrap();
-    assert!(enrol_only(at_follower, &ca, "edge-1", &token).await.is_err());
+    assert!(enrol_only(at_follower, &ca, "edge-1", &token)
+        .await
+        .is_err());
     enrol_only(lead.local_addr().unwrap(), &ca, "edge-1", &token)
         .await
         .unwrap();
@@ -113,7 +118,11 @@ async fn one_leader_writes_followers_send_everyone_to_it_and_a_successor_keeps_i
     replicas[leader] = None;
     let next = one_leader(&replicas).await;
     let successor = replicas[next].clone().unwrap();
-    assert!(successor.directory().await.appliances.contains_key("edge-1"));
+    assert!(successor
+        .directory()
+        .await
+        .appliances
+        .contains_key("edge-1"));
     let again = enrol_only(successor.local_addr().unwrap(), &ca, "edge-1", &token).await;
     assert!(again.is_err(), "a spent token was redeemed again");
     match successor.status().await {

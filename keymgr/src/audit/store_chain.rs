@@ -107,7 +107,10 @@ impl StoreChain {
                     hash: hash.clone(),
                 }),
             ));
-            if !store.apply_unless_present(&key(self.seq + 1), writes).await? {
+            if !store
+                .apply_unless_present(&key(self.seq + 1), writes)
+                .await?
+            {
                 return Ok(false);
             }
             self.seq = seq;
@@ -275,7 +278,10 @@ mod tests {
         let mut edited: Stored =
             serde_json::from_slice(&store.get(&key(3)).await.unwrap().unwrap()).unwrap();
         edited.record.event = event(99);
-        store.put(&key(3), &crate::store::json(&edited)).await.unwrap();
+        store
+            .put(&key(3), &crate::store::json(&edited))
+            .await
+            .unwrap();
         let e = reason(verify_store(&store).await.unwrap_err());
         assert!(e.contains("edited"), "{e}");
 
@@ -286,7 +292,10 @@ mod tests {
             record: forked,
             term: 1,
         };
-        store.put(&key(3), &crate::store::json(&stored)).await.unwrap();
+        store
+            .put(&key(3), &crate::store::json(&stored))
+            .await
+            .unwrap();
         let e = reason(verify_store(&store).await.unwrap_err());
         assert!(e.contains("fork"), "{e}");
 

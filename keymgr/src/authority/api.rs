@@ -918,11 +918,11 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use crate::config::{AuthorityConfig, StoreConfig};
     use axum::body::Body;
     use axum::http::Request;
     use cpclink_mgmt::{token_digest, ApiToken};
+    use std::path::PathBuf;
     use tower::ServiceExt as _;
 
     struct Lab {

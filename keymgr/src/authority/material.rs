@@ -179,7 +179,9 @@ async fn from_store(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<M
             None => Sealed::generate(kek)?,
         };
         // Losing this race is fine: the winner's material is loaded below.
-        store.apply_unless_present(CA_CERT, offered.writes()).await?;
+        store
+            .apply_unless_present(CA_CERT, offered.writes())
+            .await?;
     }
     let sealed = Sealed::from_store(store)
         .await?
@@ -197,11 +199,7 @@ async fn from_store(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<M
 
 /// The authority's material: from the store when replicas share it (etcd), else from the
 /// state directory's files.
-pub(super) async fn load(
-    store: &AnyStore,
-    paths: &StatePaths,
-    kek: &Kek,
-) -> Result<Material> {
+pub(super) async fn load(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<Material> {
     match store {
         AnyStore::Etcd(_) => from_store(store, paths, kek).await,
         // Created before any replica leads: unfenced, guarded by the CA's key alone.
@@ -228,7 +226,12 @@ mod tests {
         let paths = StatePaths::new(dir.path());
         let store = AnyStore::Memory(MemoryStore::default());
         let first = load(&store, &paths, &kek()).await.unwrap();
-        for p in [&paths.ca_cert, &paths.ca_key, &paths.token_key, &paths.escrow_key] {
+        for p in [
+            &paths.ca_cert,
+            &paths.ca_key,
+            &paths.token_key,
+            &paths.escrow_key,
+        ] {
             assert!(p.exists(), "{}", p.display());
         }
         assert!(store.scan("material/").await.unwrap().is_empty());
@@ -243,15 +246,18 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (pa, pb) = (StatePaths::new(a.path()), StatePaths::new(b.path()));
         let kek = kek();
-        let (ma, mb) = tokio::join!(
-            from_store(&store, &pa, &kek),
-            from_store(&store, &pb, &kek)
-        );
+        let (ma, mb) = tokio::join!(from_store(&store, &pa, &kek), from_store(&store, &pb, &kek));
         let (ma, mb) = (ma.unwrap(), mb.unwrap());
         assert_eq!(ma.server.cert, mb.server.cert);
         assert_eq!(*ma.token_key, *mb.token_key);
-        assert_eq!(std::fs::read(&pa.ca_cert).unwrap(), std::fs::read(&pb.ca_cert).unwrap());
-        assert!(!pa.ca_key.exists(), "replicas keep sealed keys in the store only");
+        assert_eq!(
+            std::fs::read(&pa.ca_cert).unwrap(),
+            std::fs::read(&pb.ca_cert).unwrap()
+        );
+        assert!(
+            !pa.ca_key.exists(),
+            "replicas keep sealed keys in the store only"
+        );
 
         // A single authority's state directory moved onto etcd keeps its CA.
         let old = tempfile::tempdir().unwrap();

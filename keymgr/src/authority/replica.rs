@@ -238,8 +238,7 @@ impl Authority {
     fn demote(&self, r: &Replication) {
         r.store.lead(None);
         *r.cache() = None;
-        let conns: Vec<quinn::Connection> =
-            self.connections().drain().map(|(_, c)| c).collect();
+        let conns: Vec<quinn::Connection> = self.connections().drain().map(|(_, c)| c).collect();
         for conn in conns {
             // The next leader is not known yet: the agent tries again where it was.
             conn.close(CLOSE_NOT_LEADER.into(), b"");

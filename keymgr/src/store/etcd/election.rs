@@ -315,9 +315,7 @@ impl Leadership {
             result: CompareResult::Equal,
             target: CompareTarget::CreateRevision(self.revision),
         }];
-        compare.extend(
-            guard.map(|g| Compare::absent(self.election.store.key(g).into_bytes())),
-        );
+        compare.extend(guard.map(|g| Compare::absent(self.election.store.key(g).into_bytes())));
         let txn = TxnRequest {
             compare,
             success: self.election.store.ops(batch),
