@@ -12,6 +12,7 @@ pub mod ndr;
 pub mod netns;
 pub mod pacer;
 pub mod path;
+pub mod replicas;
 mod report;
 pub mod suite;
 pub mod traffic;

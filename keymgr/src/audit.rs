@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::prefix::InnerPrefix;
 use crate::{Error, Result};
 
+mod store_chain;
+
+pub use store_chain::{store_records, verify_store, StoreChain};
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -182,6 +186,13 @@ pub enum AuditEvent {
         #[serde(default)]
         by: String,
     },
+    /// An authority replica won the election and leads from this line on.
+    LeaderElected {
+        /// The replica's candidate id.
+        replica: String,
+        /// The fencing revision of its leader key.
+        term: i64,
+    },
     /// An appliance's master keys were escrowed to the authority.
     Escrowed {
         /// The appliance.
@@ -212,6 +223,7 @@ impl AuditEvent {
             Self::Replaced { .. } => "replaced",
             Self::EscrowOpened { .. } => "escrow_opened",
             Self::Escrowed { .. } => "escrowed",
+            Self::LeaderElected { .. } => "leader_elected",
         }
     }
 }
@@ -270,10 +282,32 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Head {
     seq: u64,
     hash: String,
+}
+
+/// Chains `events` after line `seq` whose hash is `prev`: the records as every sink writes
+/// them (the log file here, the store in [`store_chain`]).
+fn chain(mut seq: u64, mut prev: [u8; 32], events: Vec<AuditEvent>) -> Vec<AuditRecord> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let hash = chain_hash(&prev, seq, time, &event);
+        out.push(AuditRecord {
+            seq,
+            time,
+            event,
+            prev: hex::encode(prev),
+            hash: hex::encode(hash),
+        });
+        prev = hash;
+    }
+    out
 }
 
 fn chain_hash(prev: &[u8; 32], seq: u64, time: u64, event: &AuditEvent) -> [u8; 32] {
@@ -503,6 +537,11 @@ impl AuditLog {
         self.seq
     }
 
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Lines in the chain by event kind (`revoked`, `api_refused`, …).
     pub fn kinds(&self) -> &std::collections::BTreeMap<&'static str, u64> {
         &self.kinds
@@ -526,29 +565,20 @@ impl AuditLog {
 
     /// One group of at most `MAX_GROUP` lines: one write, one fsync, then the head.
     fn append_group(&mut self, events: Vec<AuditEvent>) -> Result<()> {
-        let mut seq = self.seq;
-        let mut prev = self.prev;
-        let mut last_hash = String::new();
+        let records = chain(self.seq, self.prev, events);
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let (seq, last_hash) = (last.seq, last.hash.clone());
+        let mut prev = [0u8; 32];
+        // Written by `chain` from a 32-byte hash: always 64 hex digits.
+        let _ = hex::decode_to_slice(&last_hash, &mut prev);
         let mut lines = String::new();
-        let mut kinds = Vec::with_capacity(events.len());
-        for event in events {
-            seq += 1;
-            kinds.push(event.kind());
-            let time = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let hash = chain_hash(&prev, seq, time, &event);
-            let rec = AuditRecord {
-                seq,
-                time,
-                event,
-                prev: hex::encode(prev),
-                hash: hex::encode(hash),
-            };
-            lines.push_str(&serde_json::to_string(&rec).unwrap_or_default());
+        let mut kinds = Vec::with_capacity(records.len());
+        for rec in &records {
+            kinds.push(rec.event.kind());
+            lines.push_str(&serde_json::to_string(rec).unwrap_or_default());
             lines.push('\n');
-            prev = hash;
-            last_hash = rec.hash;
         }
         if lines.is_empty() {
             return Ok(());

@@ -13,23 +13,25 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
-use crate::audit::{ApplianceReport, AuditEvent, AuditLog};
+use crate::audit::{ApplianceReport, AuditEvent, AuditLog, AuditRecord, StoreChain, Verified};
 use crate::config::{AuthorityConfig, StoreConfig, ROTATION_INTERVAL_SECS, TOKEN_TTL_SECS};
 use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
 use crate::metrics::ReceiptLimiter;
-use crate::pki::{self, Ca, Identity, KeyedCert};
+use crate::pki::{self, Ca, Identity};
 use crate::prefix::{Assignments, InnerPrefix, Refusal};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
 use crate::seal::{random_bytes, EscrowKey, Kek};
-use crate::store::{self, AnyStore, EtcdStore, RedbStore, Store, Write};
+use crate::store::{self, AnyStore, Candidate, EtcdStore, RedbStore, ReplicaStore, Store, Write};
 use crate::token::{self, TokenClaims};
 use crate::{tls, Error, Result};
 
 mod api;
 mod assign;
+mod material;
 mod replace;
+mod replica;
 
 /// QUIC application close code: the appliance was revoked.
 pub const CLOSE_REVOKED: u32 = 0x52;
@@ -99,64 +101,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
 }
 
-/// The CA, the authority's server certificate and the token key, created on first start
-/// and sealed under the KEK.
-struct Material {
-    ca: Ca,
-    server: KeyedCert,
-    token_key: Zeroizing<[u8; 32]>,
-    escrow: EscrowKey,
-}
-
-fn load_or_create_material(paths: &StatePaths, kek: &Kek) -> Result<Material> {
-    if !paths.ca_cert.exists() {
-        let ca = Ca::generate("cpclink key-plane authority")?;
-        let server = ca.issue_authority()?;
-        let token_key = random_bytes::<32>()?;
-        write_durably(
-            &paths.token_key,
-            &kek.seal("token-key", token_key.as_ref())?,
-        )?;
-        write_durably(&paths.ca_key, &kek.seal("ca-key", &ca.key_der())?)?;
-        write_durably(&paths.server_key, &kek.seal("authority-key", &server.key)?)?;
-        write_durably(&paths.server_cert, pki::cert_pem(&server.cert).as_bytes())?;
-        // The CA certificate last: its presence marks the material complete.
-        write_durably(&paths.ca_cert, pki::cert_pem(&ca.cert_der()).as_bytes())?;
-    }
-    if !paths.escrow_key.exists() {
-        // Apart from the rest: state created before escrow existed gains it on start.
-        let escrow = EscrowKey::generate()?;
-        write_durably(
-            &paths.escrow_key,
-            &kek.seal("escrow-key", escrow.private_bytes())?,
-        )?;
-    }
-    let escrow = EscrowKey::from_bytes(&kek.open("escrow-key", &read_file(&paths.escrow_key)?)?)?;
-    let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.ca_cert)?))?;
-    let ca_key = kek.open("ca-key", &read_file(&paths.ca_key)?)?;
-    let ca = Ca::load(&ca_cert, &ca_key)?;
-    let server = KeyedCert {
-        cert: pki::cert_from_pem(&String::from_utf8_lossy(&read_file(&paths.server_cert)?))?,
-        key: kek.open("authority-key", &read_file(&paths.server_key)?)?,
-    };
-    Ok(Material {
-        ca,
-        server,
-        token_key: load_token_key(paths, kek)?,
-        escrow,
-    })
-}
-
-fn load_token_key(paths: &StatePaths, kek: &Kek) -> Result<Zeroizing<[u8; 32]>> {
-    let raw = kek.open("token-key", &read_file(&paths.token_key)?)?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    if raw.len() != 32 {
-        return Err(Error::KeyWrap("token key has the wrong length"));
-    }
-    key.copy_from_slice(&raw);
-    Ok(key)
-}
-
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -210,10 +154,9 @@ pub async fn create_token(
     let kek = Kek::load(&cfg.kek_file, "kek_file")?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
-    load_or_create_material(&paths, &kek)?;
-    let key = load_token_key(&paths, &kek)?;
-    let mut events = Vec::new();
     let store = open_store(cfg, &paths).await?;
+    let key = material::load(&store, &paths, &kek).await?.token_key;
+    let mut events = Vec::new();
     let listed: Option<ApplianceEntry> =
         store::get_json(&store, &format!("appliance/{appliance}")).await?;
     if listed.is_some_and(|e| e.revoked) {
@@ -249,7 +192,15 @@ pub async fn create_token(
         tenant: claims.tenant.clone(),
         expires: claims.expires,
     });
-    AuditLog::open(&paths.audit)?.append_all(events)?;
+    match &store {
+        AnyStore::Replica(r) => {
+            // Offline, outside the election: the chain's seq guard still keeps it linear.
+            let unfenced = AnyStore::Etcd(Box::new(r.unfenced().clone()));
+            append_to_store(&unfenced, &mut None, events, 0).await?;
+        }
+        AnyStore::Etcd(_) => append_to_store(&store, &mut None, events, 0).await?,
+        _ => AuditLog::open(&paths.audit)?.append_all(events)?,
+    }
     Ok(token::mint(&key, &claims))
 }
 
@@ -260,9 +211,52 @@ async fn open_store(cfg: &AuthorityConfig, paths: &StatePaths) -> Result<AnyStor
             AnyStore::Redb(RedbStore::open(path.as_deref().unwrap_or(&paths.redb))?)
         }
         StoreConfig::Etcd {
-            endpoints, prefix, ..
-        } => AnyStore::Etcd(Box::new(EtcdStore::connect(endpoints, prefix).await?)),
+            endpoints,
+            prefix,
+            candidate,
+            ..
+        } => {
+            let etcd = EtcdStore::connect(endpoints, prefix).await?;
+            match candidate {
+                Some(_) => AnyStore::Replica(Box::new(ReplicaStore::new(etcd))),
+                None => AnyStore::Etcd(Box::new(etcd)),
+            }
+        }
     })
+}
+
+/// This replica as a candidate: its id, its control address and its API's URL.
+fn candidate(cfg: &AuthorityConfig, control: SocketAddr) -> Candidate {
+    let id = match &cfg.store {
+        StoreConfig::Etcd {
+            candidate: Some(id),
+            ..
+        } => id.clone(),
+        _ => String::new(),
+    };
+    Candidate {
+        id,
+        address: control.to_string(),
+        api: cfg
+            .api
+            .as_ref()
+            .and_then(|raw| {
+                raw.clone()
+                    .check(&cpclink_diagnostics::ConfigText::new("[api]", ""))
+                    .ok()
+            })
+            .map(|a| format!("https://{}", a.listen)),
+    }
+}
+
+/// The leader's lease as configured.
+fn election_ttl(cfg: &AuthorityConfig) -> Duration {
+    match &cfg.store {
+        StoreConfig::Etcd {
+            election_ttl_secs, ..
+        } => Duration::from_secs(*election_ttl_secs),
+        StoreConfig::Redb { .. } => Duration::from_secs(10),
+    }
 }
 
 /// The store key of `appliance`'s prefix assignment.
@@ -282,6 +276,115 @@ async fn load_assignments(store: &AnyStore) -> Result<Assignments> {
         by_appliance.insert(id, held);
     }
     Ok(Assignments::new(by_appliance))
+}
+
+/// Where each appliance's last rotation acknowledgement is stored: `(rotation, epoch)`.
+const ACK_PREFIX: &str = "rotated/";
+
+/// The stored rotation acknowledgements, `(rotation, epoch)` by appliance.
+async fn load_acks(store: &AnyStore) -> Result<HashMap<String, (u64, u64)>> {
+    let mut acks = HashMap::new();
+    for (key, bytes) in store.scan(ACK_PREFIX).await? {
+        let ack = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        acks.insert(key.trim_start_matches(ACK_PREFIX).to_owned(), ack);
+    }
+    Ok(acks)
+}
+
+/// The directory as the store holds it.
+async fn load_directory(store: &AnyStore) -> Result<Directory> {
+    let mut dir = Directory::default();
+    for (key, bytes) in store.scan("appliance/").await? {
+        let e: ApplianceEntry =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
+                key,
+                reason: e.to_string(),
+            })?;
+        dir.appliances.insert(e.id.clone(), e);
+    }
+    dir.version = store::get_json(store, "meta/version").await?.unwrap_or(0);
+    dir.rules = store::get_json(store, "meta/rules")
+        .await?
+        .unwrap_or_default();
+    Ok(dir)
+}
+
+/// When the next rotation is due (unix seconds), as the store's schedule says. The
+/// schedule is kept in the store: a restart (or a new leader) neither postpones a rotation
+/// that was due nor skips one that fell due meanwhile.
+async fn scheduled_rotation(store: &AnyStore, every: Duration) -> Result<u64> {
+    Ok(
+        match store::get_json::<u64>(store, "meta/next_rotation").await? {
+            Some(t) if t <= now_secs().saturating_add(every.as_secs()) => t,
+            stored => {
+                let t = now_secs().saturating_add(every.as_secs());
+                if let Some(absurd) = stored {
+                    // Further away than one interval: written by a bad clock or an
+                    // out-of-range interval. Keeping it would postpone rotation forever.
+                    tracing::warn!(
+                        "stored next rotation {absurd} is more than rotation_interval_secs away; rescheduling it for {t}"
+                    );
+                }
+                store.put("meta/next_rotation", &store::json(&t)).await?;
+                t
+            }
+        },
+    )
+}
+
+/// Where an authority's audit chain is written.
+enum AuditSink {
+    /// The log file in the state directory (one authority).
+    File(Arc<StdMutex<AuditLog>>),
+    /// The store (replicas on etcd); `None` until the chain's tip is read again (at start
+    /// and whenever this replica takes the lead, since others appended meanwhile).
+    Store(Option<StoreChain>),
+}
+
+/// Appends `events` to the store's chain, reading its tip again when another writer
+/// appended first; `term` is recorded with each line.
+async fn append_to_store(
+    store: &AnyStore,
+    tip: &mut Option<StoreChain>,
+    events: Vec<AuditEvent>,
+    term: i64,
+) -> Result<()> {
+    for _ in 0..3 {
+        let chain = match tip {
+            Some(c) => c,
+            None => tip.insert(StoreChain::load(store).await?),
+        };
+        if chain.append(store, events.clone(), term).await? {
+            return Ok(());
+        }
+        *tip = None;
+    }
+    Err(Error::io(
+        "audit chain in the store",
+        std::io::Error::other("another writer kept appending first; retry"),
+    ))
+}
+
+/// Verifies the audit chain of the authority configured by `cfg`: its log file, or the
+/// store's chain when replicas share etcd. Returns where the chain is, for messages.
+pub async fn verify_audit(cfg: &AuthorityConfig) -> Result<(String, Verified)> {
+    match &cfg.store {
+        StoreConfig::Etcd {
+            endpoints, prefix, ..
+        } => {
+            let store = EtcdStore::connect(endpoints, prefix).await?;
+            let verified = crate::audit::verify_store(&store).await?;
+            Ok((format!("etcd {prefix}audit/"), verified))
+        }
+        StoreConfig::Redb { .. } => {
+            let path = StatePaths::new(&cfg.state_dir).audit;
+            let verified = crate::audit::verify(&path)?;
+            Ok((path.display().to_string(), verified))
+        }
+    }
 }
 
 /// What an agent publishes when it subscribes to its feed.
@@ -344,10 +447,16 @@ struct State {
 
 struct Inner {
     store: AnyStore,
-    audit: Arc<StdMutex<AuditLog>>,
+    /// This replica's election, when replicas share etcd (`[store] candidate`).
+    replication: Option<replica::Replication>,
+    /// Where audit lines go; locked while a group is written, so groups keep queue order.
+    audit: Mutex<AuditSink>,
     audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
     /// Escrow boxes received and not yet stored, newest per appliance.
     escrow_pending: StdMutex<HashMap<String, (u64, Vec<u8>)>>,
+    /// Rotation acknowledgements received and not yet stored, `(rotation, epoch)` by
+    /// appliance: stored so a leader elected later knows who has obeyed which order.
+    acks_pending: StdMutex<HashMap<String, (u64, u64)>>,
     escrow_queued: tokio::sync::Notify,
     ca: Ca,
     ca_cert: rustls::pki_types::CertificateDer<'static>,
@@ -395,59 +504,51 @@ impl Authority {
             .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
         let paths = StatePaths::new(&cfg.state_dir);
         let kek = Kek::load(&cfg.kek_file, "kek_file")?;
-        let material = load_or_create_material(&paths, &kek)?;
         let store = open_store(cfg, &paths).await?;
+        let material = material::load(&store, &paths, &kek).await?;
         let assignments = load_assignments(&store).await?;
-        let audit = AuditLog::open(&paths.audit)?;
+        let audit = match &store {
+            AnyStore::Etcd(_) | AnyStore::Replica(_) => AuditSink::Store(None),
+            _ => AuditSink::File(Arc::new(StdMutex::new(AuditLog::open(&paths.audit)?))),
+        };
 
-        let mut dir = Directory::default();
-        for (key, bytes) in store.scan("appliance/").await? {
-            let e: ApplianceEntry =
-                serde_json::from_slice(&bytes).map_err(|e| Error::CorruptRecord {
-                    key,
-                    reason: e.to_string(),
-                })?;
-            dir.appliances.insert(e.id.clone(), e);
-        }
-        dir.version = store::get_json(&store, "meta/version").await?.unwrap_or(0);
-        dir.rules = store::get_json(&store, "meta/rules")
-            .await?
-            .unwrap_or_default();
+        let dir = load_directory(&store).await?;
         let rotation = store::get_json(&store, "meta/rotation").await?.unwrap_or(0);
+        let acks = load_acks(&store).await?;
         // Clamped as well as checked at load: a config built in code skips the check, and
         // the due time computed from it is persisted.
         let every = Duration::from_secs(cfg.rotation_interval_secs.clamp(
             *ROTATION_INTERVAL_SECS.start(),
             *ROTATION_INTERVAL_SECS.end(),
         ));
-        // The schedule is kept in the store: a restart neither postpones a rotation that
-        // was due nor skips one that fell due while the authority was down.
-        let next_rotation = match store::get_json::<u64>(&store, "meta/next_rotation").await? {
-            Some(t) if t <= now_secs().saturating_add(every.as_secs()) => t,
-            stored => {
-                let t = now_secs().saturating_add(every.as_secs());
-                if let Some(absurd) = stored {
-                    // Further away than one interval: written by a bad clock or an
-                    // out-of-range interval. Keeping it would postpone rotation forever.
-                    tracing::warn!(
-                        "stored next rotation {absurd} is more than rotation_interval_secs away; rescheduling it for {t}"
-                    );
-                }
-                store.put("meta/next_rotation", &store::json(&t)).await?;
-                t
-            }
+        // A replica reads the schedule when it takes the lead: only the leader writes.
+        let next_rotation = match &store {
+            AnyStore::Replica(_) => 0,
+            _ => scheduled_rotation(&store, every).await?,
         };
 
         let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
         let https = tls::https_server(&material.ca.cert_der(), &material.server)?;
         let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        // The address bound, not the one configured: a port 0 is chosen by the system.
+        let bound = endpoint.local_addr().unwrap_or(cfg.listen);
         let authority = Self {
             inner: Arc::new(Inner {
+                replication: match &store {
+                    AnyStore::Replica(r) => Some(replica::Replication::new(
+                        (**r).clone(),
+                        candidate(cfg, bound),
+                        election_ttl(cfg),
+                        cfg.policy(),
+                    )),
+                    _ => None,
+                },
                 store,
-                audit: Arc::new(StdMutex::new(audit)),
+                audit: Mutex::new(audit),
                 audit_queue: Arc::default(),
                 escrow_pending: StdMutex::new(HashMap::new()),
+                acks_pending: StdMutex::new(HashMap::new()),
                 escrow_queued: tokio::sync::Notify::new(),
                 ca_cert: material.ca.cert_der(),
                 ca: material.ca,
@@ -467,20 +568,26 @@ impl Authority {
                 next_serial: AtomicU64::new(0),
                 connections: StdMutex::new(HashMap::new()),
                 last_seen: StdMutex::new(HashMap::new()),
-                rotated: watch::channel(HashMap::new()).0,
-                obeyed: StdMutex::new(HashMap::new()),
+                rotated: watch::channel(acks.iter().map(|(id, (_, e))| (id.clone(), *e)).collect())
+                    .0,
+                obeyed: StdMutex::new(acks.into_iter().map(|(id, (r, _))| (id, r)).collect()),
                 endpoint,
                 stopped: watch::channel(false).0,
                 report_limiter: StdMutex::new(ReceiptLimiter::default()),
                 reports_dropped: AtomicU64::new(0),
             }),
         };
-        let policy = cfg.policy();
-        if authority.inner.state.lock().await.master.live().rules != policy {
-            authority.set_rules(policy, "configuration").await?;
+        if authority.inner.replication.is_some() {
+            // The policy and the schedule are the leader's, once one is elected.
+            tokio::spawn(authority.clone().replicate(every));
+        } else {
+            let policy = cfg.policy();
+            if authority.inner.state.lock().await.master.live().rules != policy {
+                authority.set_rules(policy, "configuration").await?;
+            }
+            tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
         }
         tokio::spawn(authority.clone().accept_loop());
-        tokio::spawn(authority.clone().rotation_schedule(next_rotation, every));
         tokio::spawn(authority.clone().escrow_writer());
         tokio::spawn(authority.clone().admin_loop(paths.admin_socket.clone())?);
         if let Some(raw) = &cfg.api {
@@ -492,7 +599,6 @@ impl Authority {
             let router = api::router(
                 authority.clone(),
                 cpclink_mgmt::Access::new(api.tokens.clone()),
-                paths.audit.clone(),
             );
             cpclink_mgmt::serve(api.listen, https, router)
                 .await
@@ -595,6 +701,13 @@ impl Authority {
         Ok(())
     }
 
+    fn acks_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.inner
+            .acks_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn escrow_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Vec<u8>)>> {
         self.inner
             .escrow_pending
@@ -602,14 +715,24 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores queued escrow boxes, all that are waiting in one transaction: after a
-    /// rotation every appliance sends one at once, and one commit each would queue them
-    /// all behind the disk.
+    /// Stores queued rotation acknowledgements and escrow boxes, all that are waiting in
+    /// one transaction each: after a rotation every appliance sends both at once, and one
+    /// commit each would queue them all behind the disk.
     async fn escrow_writer(self) {
         loop {
             tokio::select! {
                 () = self.inner.escrow_queued.notified() => {}
                 () = self.stopping() => return,
+            }
+            let acks = std::mem::take(&mut *self.acks_pending());
+            if !acks.is_empty() {
+                let writes = acks
+                    .iter()
+                    .map(|(id, ack)| Write::Put(format!("{ACK_PREFIX}{id}"), store::json(ack)))
+                    .collect();
+                if let Err(e) = self.inner.store.apply(writes).await {
+                    tracing::error!("storing rotation acknowledgements failed: {e}");
+                }
             }
             let batch: Vec<(String, (u64, Vec<u8>))> = std::mem::take(&mut *self.escrow_pending())
                 .into_iter()
@@ -652,6 +775,59 @@ impl Authority {
         self.audit_all(vec![event]).await
     }
 
+    /// Every line of the audit chain, in order (the log file's, or the store's checked).
+    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        match &*self.inner.audit.lock().await {
+            AuditSink::File(log) => {
+                let path = log
+                    .lock()
+                    .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
+                    .path()
+                    .to_owned();
+                crate::audit::records(&path)
+            }
+            AuditSink::Store(_) => Ok(crate::audit::store_records(&self.inner.store)
+                .await?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect()),
+        }
+    }
+
+    /// Verifies the whole audit chain: lines and head.
+    pub async fn verify_audit(&self) -> Result<Verified> {
+        match &*self.inner.audit.lock().await {
+            AuditSink::File(log) => {
+                let path = log
+                    .lock()
+                    .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
+                    .path()
+                    .to_owned();
+                crate::audit::verify(&path)
+            }
+            AuditSink::Store(_) => crate::audit::verify_store(&self.inner.store).await,
+        }
+    }
+
+    /// Lines in the audit chain, and lines by event kind (for the store's chain: those
+    /// this replica appended).
+    pub(crate) async fn audit_counts(&self) -> (u64, Vec<(&'static str, u64)>) {
+        match &*self.inner.audit.lock().await {
+            AuditSink::File(log) => match log.lock() {
+                Ok(log) => (
+                    log.lines(),
+                    log.kinds().iter().map(|(k, n)| (*k, *n)).collect(),
+                ),
+                Err(_) => (0, Vec::new()),
+            },
+            AuditSink::Store(Some(tip)) => (
+                tip.lines(),
+                tip.kinds().iter().map(|(k, n)| (*k, *n)).collect(),
+            ),
+            AuditSink::Store(None) => (0, Vec::new()),
+        }
+    }
+
     /// [`Self::audit`] for several events, in order.
     async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<()> {
         let mut outcomes = Vec::with_capacity(events.len());
@@ -667,23 +843,44 @@ impl Authority {
                 outcomes.push(outcome);
             }
         }
-        let log = self.inner.audit.clone();
-        let queue = self.inner.audit_queue.clone();
-        tokio::task::spawn_blocking(move || {
-            let Ok(mut log) = log.lock() else { return };
-            // Taken under the log's lock, so batches reach the file in queue order. An
-            // empty queue means an earlier flush already wrote (and answered) ours.
+        {
+            let mut sink = self.inner.audit.lock().await;
+            // Taken under the sink's lock, so groups are written in queue order. An empty
+            // queue means an earlier group already wrote (and answered) ours.
             let batch = std::mem::take(
-                &mut *queue
+                &mut *self
+                    .inner
+                    .audit_queue
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
-            let (events, waiting): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
-            let result = log.append_all(events).map_err(|e| e.to_string());
-            for w in waiting {
-                let _ = w.send(result.clone());
+            if !batch.is_empty() {
+                let (events, waiting): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+                let result = match &mut *sink {
+                    AuditSink::File(log) => {
+                        let log = log.clone();
+                        tokio::task::spawn_blocking(move || match log.lock() {
+                            Ok(mut log) => log.append_all(events).map_err(|e| e.to_string()),
+                            Err(_) => Err("the audit log's lock is poisoned".to_owned()),
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the audit writer failed: {e}")))
+                    }
+                    AuditSink::Store(tip) => {
+                        let term = match &self.inner.store {
+                            AnyStore::Replica(r) => r.term(),
+                            _ => 0,
+                        };
+                        append_to_store(&self.inner.store, tip, events, term)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                for w in waiting {
+                    let _ = w.send(result.clone());
+                }
             }
-        });
+        }
         for outcome in outcomes {
             match outcome.await {
                 Ok(Ok(())) => {}
@@ -1003,6 +1200,12 @@ impl Authority {
 
     async fn serve(self, incoming: quinn::Incoming) -> Result<()> {
         let conn = incoming.await?;
+        if !self.is_leader() {
+            self.redirect(&conn).await;
+            return Err(Error::NotLeader {
+                leader: "agent sent on".into(),
+            });
+        }
         let Some(identity) = tls::peer_identity(&conn) else {
             return self.serve_enrolment(conn).await;
         };
@@ -1354,6 +1557,8 @@ impl Authority {
                         self.inner.rotated.send_modify(|m| {
                             m.insert(id.to_owned(), epoch);
                         });
+                        self.acks_pending().insert(id.to_owned(), (rotation, epoch));
+                        self.inner.escrow_queued.notify_one();
                     }
                     Ok(Some(Message::Escrow { epoch, sealed })) => {
                         if let Err(e) = self.take_escrow(id, epoch, sealed) {
@@ -1431,6 +1636,12 @@ impl Authority {
     }
 
     async fn admin(&self, req: AdminRequest, by: &str) -> AdminReply {
+        let read = matches!(req, AdminRequest::Status | AdminRequest::ListPrefixes);
+        if !read {
+            if let Some(refusal) = self.not_leading().await {
+                return AdminReply::Error(refusal);
+            }
+        }
         let result = match req {
             AdminRequest::Revoke { appliance } => self.revoke(&appliance, by).await,
             AdminRequest::Rotate => self.rotate_all(by).await,

@@ -44,6 +44,13 @@ pub enum Error {
         /// Who holds the leader key now, or that no one does.
         now: String,
     },
+    /// This authority replica is not the elected leader, so it refuses the write; nothing
+    /// was written.
+    #[error("not the leader: {leader}")]
+    NotLeader {
+        /// Who leads, as far as this replica knows, and where to send the write.
+        leader: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record {key}: {reason}")]
     CorruptRecord {

@@ -29,6 +29,7 @@ fn stand(id: &str, urls: Vec<String>, won: mpsc::UnboundedSender<Leadership>) {
     let candidate = Candidate {
         id: id.to_owned(),
         address: format!("{id}.test:4433"),
+        api: None,
     };
     tokio::spawn(async move {
         let store = connect_urls(&urls, PREFIX).await;

@@ -113,7 +113,19 @@ enum BenchSuite {
     },
     /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
     /// rate, directory change, rotation and revocation reaching all of them).
-    Keymgr(cpclink_bench::keyplane::BenchArgs),
+    Keymgr {
+        /// The single-authority benchmark's options.
+        #[command(flatten)]
+        args: cpclink_bench::keyplane::BenchArgs,
+        /// Instead: this many authority replicas on a three-member etcd cluster started on
+        /// loopback (needs the `etcd` binary, not root), the leader killed `--kills` times;
+        /// reports failover times and any invariant broken.
+        #[arg(long)]
+        replicas: Option<usize>,
+        /// Leader kills with `--replicas`.
+        #[arg(long, default_value_t = 20, requires = "replicas")]
+        kills: usize,
+    },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
         /// Print one JSON array instead of a table.
@@ -131,18 +143,66 @@ enum BenchSuite {
     },
 }
 
+/// `cpclink bench keymgr --replicas N --kills K`: failover of authority replicas, with
+/// every invariant checked after each kill.
+fn replica_bench(
+    runtime: &tokio::runtime::Runtime,
+    replicas: usize,
+    kills: usize,
+    json: bool,
+) -> Result<(), Error> {
+    let plan = cpclink_bench::replicas::ReplicaPlan {
+        binary: std::env::current_exe()?,
+        replicas: replicas.max(2),
+        kills,
+        chaos: false,
+        seed: cpclink_bench::replicas::seed_from_env(),
+        agents: 4,
+    };
+    let report = runtime.block_on(cpclink_bench::replicas::run(&plan))?;
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{} replicas, {} leader kills: failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} agents, {} grants, {} rotations across failovers; violations: {}",
+            report.replicas,
+            report.kills,
+            report.failover_ms.p50,
+            report.failover_ms.p99,
+            report.failover_ms.max,
+            report.enrolled,
+            report.grants,
+            report.rotations_across_failover,
+            if report.violations.is_empty() {
+                "none".to_owned()
+            } else {
+                report.violations.join("; ")
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Runs `cpclink bench`.
 pub fn run(args: BenchArgs) -> Result<(), Error> {
-    if let BenchSuite::Keymgr(args) = &args.suite {
+    if let BenchSuite::Keymgr {
+        args,
+        replicas,
+        kills,
+    } = &args.suite
+    {
         // Its own runtime: the key plane is async; the other suites drive threads.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        return Ok(runtime.block_on(cpclink_bench::keyplane::run(args))?);
+        let Some(replicas) = *replicas else {
+            return Ok(runtime.block_on(cpclink_bench::keyplane::run(args))?);
+        };
+        return replica_bench(&runtime, replicas, *kills, args.json);
     }
     let mut out = std::io::stdout().lock();
     match args.suite {
-        BenchSuite::Keymgr(_) => {}
+        BenchSuite::Keymgr { .. } => {}
         BenchSuite::Suite {
             quick,
             out: dir,

@@ -207,22 +207,19 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
         KeymgrCommand::Audit {
             command: AuditCommand::Verify { log },
         } => {
-            let path = match log {
-                Some(p) => p.clone(),
+            let checked = match log {
+                Some(p) => audit::verify(p).map(|v| (p.display().to_string(), v)),
                 None => {
+                    // The configured chain: the state directory's log, or the store's
+                    // when replicas share etcd.
                     let cfg =
                         AuthorityConfig::load(config_path(&args)?).map_err(|e| e.to_string())?;
-                    authority::StatePaths::new(&cfg.state_dir).audit
+                    runtime()?.block_on(authority::verify_audit(&cfg))
                 }
             };
-            match audit::verify(&path) {
-                Ok(v) => {
-                    println!(
-                        "{}: {} lines, chain intact, head {}",
-                        path.display(),
-                        v.lines,
-                        v.head
-                    );
+            match checked {
+                Ok((place, v)) => {
+                    println!("{place}: {} lines, chain intact, head {}", v.lines, v.head);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Ok(fail(e)),

@@ -26,8 +26,6 @@
 //! | `POST /v1/appliances/{id}/escrow` | admin | open the appliance's escrowed master keys |
 //! | `POST /v1/rotate` | operator | order every appliance to rotate now |
 
-use std::path::PathBuf;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -50,15 +48,49 @@ use crate::proto::{AdminReply, AdminRequest};
 struct Api {
     authority: Authority,
     access: Access,
-    audit: PathBuf,
 }
 
 /// The longest page `GET /v1/audit` answers.
 const MAX_AUDIT_PAGE: usize = 1000;
 
-/// The authority's routes over `authority`, its audit log at `audit`, callers checked by
-/// `access` (to which the authority's credentials and the audit of refusals are added).
-pub(super) fn router(authority: Authority, access: Access, audit: PathBuf) -> Router {
+/// The authority's routes over `authority`, callers checked by `access` (to which the
+/// authority's credentials and the audit of refusals are added). On a replica that does not
+/// lead, every write is answered 503 naming the leader's API.
+pub(super) fn router(authority: Authority, access: Access) -> Router {
+    let follower = axum::middleware::from_fn_with_state(authority.clone(), follower_writes);
+    routes(authority, access).layer(follower)
+}
+
+/// Lets reads through on any replica, and writes only on the leader: elsewhere a 503
+/// problem naming the leader's API URL (not a redirect: the operator's client then sees
+/// why, and a credential may be meant for one replica's address).
+async fn follower_writes(
+    State(authority): State<Authority>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method();
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return next.run(request).await;
+    }
+    let Some(refusal) = authority.not_leading().await else {
+        return next.run(request).await;
+    };
+    let mut response = problem(
+        request.headers(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not the leader",
+        &refusal,
+    );
+    if let Some(url) = authority.leader_api().await {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&url) {
+            response.headers_mut().insert("cpclink-leader", value);
+        }
+    }
+    response
+}
+
+fn routes(authority: Authority, access: Access) -> Router {
     let access = authority.api_access(access);
     let route = RouteSpec::new;
     let viewer = Some(Role::Viewer);
@@ -162,25 +194,10 @@ pub(super) fn router(authority: Authority, access: Access, audit: PathBuf) -> Ro
             ),
         ],
     )
-    .with_state(Api {
-        authority,
-        access,
-        audit,
-    })
+    .with_state(Api { authority, access })
 }
 
 impl Authority {
-    /// Lines in the audit log, in all and by event kind.
-    fn audit_counts(&self) -> (u64, Vec<(&'static str, u64)>) {
-        match self.inner.audit.lock() {
-            Ok(log) => (
-                log.lines(),
-                log.kinds().iter().map(|(k, n)| (*k, *n)).collect(),
-            ),
-            Err(_) => (0, Vec::new()),
-        }
-    }
-
     /// `access` with this authority's operator credentials accepted and every refusal
     /// audited.
     fn api_access(&self, access: Access) -> Access {
@@ -289,11 +306,11 @@ impl Api {
     }
 
     /// The audit log's lines, or the 409 naming why it cannot be read.
-    fn audit_records(
+    async fn audit_records(
         &self,
         headers: &HeaderMap,
     ) -> Result<Vec<crate::audit::AuditRecord>, Box<Response>> {
-        crate::audit::records(&self.audit).map_err(|e| {
+        self.authority.audit_records().await.map_err(|e| {
             Box::new(problem(
                 headers,
                 StatusCode::CONFLICT,
@@ -326,7 +343,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     else {
         return problem(&headers, StatusCode::SERVICE_UNAVAILABLE, "no status", "-");
     };
-    let (audit_lines, kinds) = api.authority.audit_counts();
+    let (audit_lines, kinds) = api.authority.audit_counts().await;
     let mut registry = cpclink_mgmt::metrics::Registry::new();
     registry.gauge(
         "cpclink_directory_version",
@@ -488,7 +505,7 @@ async fn audit_page(
         );
     };
     let limit = page.limit.unwrap_or(100).min(MAX_AUDIT_PAGE);
-    let lines = match api.audit_records(&headers) {
+    let lines = match api.audit_records(&headers).await {
         Ok(lines) => lines,
         Err(r) => return *r,
     };
@@ -584,7 +601,7 @@ async fn escrow(
 }
 
 async fn verify_audit(State(api): State<Api>, headers: HeaderMap) -> Response {
-    match crate::audit::verify(&api.audit) {
+    match api.authority.verify_audit().await {
         Ok(v) => echo(
             &headers,
             Json(serde_json::json!({ "intact": true, "lines": v.lines, "head": v.head }))
@@ -607,7 +624,7 @@ async fn list_tokens(
     if let Err(r) = api.unscoped(&headers, &caller, "GET /v1/tokens") {
         return *r;
     }
-    let records = match api.audit_records(&headers) {
+    let records = match api.audit_records(&headers).await {
         Ok(r) => r,
         Err(r) => return *r,
     };
@@ -905,6 +922,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use cpclink_mgmt::{token_digest, ApiToken};
+    use std::path::PathBuf;
     use tower::ServiceExt as _;
 
     struct Lab {
@@ -958,11 +976,7 @@ mod tests {
         });
         let audit = dir.join("authority/audit.jsonl");
         Lab {
-            router: router(
-                authority.clone(),
-                Access::new(tokens.to_vec()),
-                audit.clone(),
-            ),
+            router: router(authority.clone(), Access::new(tokens.to_vec())),
             authority,
             audit,
         }

@@ -7,12 +7,14 @@
 mod etcd;
 mod memory;
 mod redb_store;
+mod replica;
 
 use std::future::Future;
 
 pub use etcd::{Candidate, Election, EtcdStore, Leader, Leadership};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use replica::ReplicaStore;
 
 use crate::Result;
 
@@ -55,6 +57,8 @@ pub enum AnyStore {
     Etcd(Box<EtcdStore>),
     /// Memory only (simulated appliances, tests): not durable.
     Memory(MemoryStore),
+    /// An etcd cluster shared by replicas, written only by the elected leader (fenced).
+    Replica(Box<ReplicaStore>),
 }
 
 impl Store for AnyStore {
@@ -63,6 +67,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.get(key).await,
             Self::Etcd(s) => s.get(key).await,
             Self::Memory(s) => s.get(key).await,
+            Self::Replica(s) => s.get(key).await,
         }
     }
 
@@ -71,6 +76,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.put(key, value).await,
             Self::Etcd(s) => s.put(key, value).await,
             Self::Memory(s) => s.put(key, value).await,
+            Self::Replica(s) => s.put(key, value).await,
         }
     }
 
@@ -79,6 +85,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.insert_new(key, value).await,
             Self::Etcd(s) => s.insert_new(key, value).await,
             Self::Memory(s) => s.insert_new(key, value).await,
+            Self::Replica(s) => s.insert_new(key, value).await,
         }
     }
 
@@ -87,6 +94,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.scan(prefix).await,
             Self::Etcd(s) => s.scan(prefix).await,
             Self::Memory(s) => s.scan(prefix).await,
+            Self::Replica(s) => s.scan(prefix).await,
         }
     }
 
@@ -95,6 +103,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.apply(batch).await,
             Self::Etcd(s) => s.apply(batch).await,
             Self::Memory(s) => s.apply(batch).await,
+            Self::Replica(s) => s.apply(batch).await,
         }
     }
 
@@ -103,6 +112,7 @@ impl Store for AnyStore {
             Self::Redb(s) => s.apply_unless_present(guard, batch).await,
             Self::Etcd(s) => s.apply_unless_present(guard, batch).await,
             Self::Memory(s) => s.apply_unless_present(guard, batch).await,
+            Self::Replica(s) => s.apply_unless_present(guard, batch).await,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Candidate {
     pub id: String,
     /// Where the candidate serves (e.g. its control address), so followers can redirect.
     pub address: String,
+    /// The candidate's management API URL, if it serves one, so followers can name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// The candidate holding an election's leader key now.
@@ -296,13 +299,25 @@ impl Leadership {
     /// leader key is still the one this process created. [`Error::Fenced`] when it is not:
     /// then nothing was written.
     pub async fn fenced(&self, batch: Vec<Write>) -> Result<()> {
+        self.fenced_txn(None, batch).await.map(drop)
+    }
+
+    /// [`Leadership::fenced`], applied only while `guard` (a key under the store's prefix)
+    /// is absent as well: `Ok(false)` when it is present (nothing was written).
+    pub async fn fenced_unless_present(&self, guard: &str, batch: Vec<Write>) -> Result<bool> {
+        self.fenced_txn(Some(guard), batch).await
+    }
+
+    async fn fenced_txn(&self, guard: Option<&str>, batch: Vec<Write>) -> Result<bool> {
         let key = self.election.key.clone();
+        let mut compare = vec![Compare {
+            key: key.clone(),
+            result: CompareResult::Equal,
+            target: CompareTarget::CreateRevision(self.revision),
+        }];
+        compare.extend(guard.map(|g| Compare::absent(self.election.store.key(g).into_bytes())));
         let txn = TxnRequest {
-            compare: vec![Compare {
-                key: key.clone(),
-                result: CompareResult::Equal,
-                target: CompareTarget::CreateRevision(self.revision),
-            }],
+            compare,
             success: self.election.store.ops(batch),
             failure: vec![RequestOp::Range(RangeRequest::key(key))],
         };
@@ -313,9 +328,14 @@ impl Leadership {
             .call_within(&txn, self.lease.ttl.max(Duration::from_secs(2)))
             .await?;
         if reply.succeeded {
-            return Ok(());
+            return Ok(true);
         }
-        let now = match holder(&reply.responses) {
+        let holder = holder(&reply.responses);
+        if guard.is_some() && holder.is_some_and(|kv| kv.create_revision == self.revision) {
+            // Still the leader: the guard is what failed.
+            return Ok(false);
+        }
+        let now = match holder {
             None => "no one holds the leader key (the lease expired or was revoked)".to_owned(),
             Some(kv) => match self.election.decode(kv) {
                 Ok(l) => format!(
