@@ -255,7 +255,7 @@ impl Sim {
         for a in setup.appliances {
             let opts = AgentOptions {
                 appliance: format!("sim-{}", a.index),
-                authority: setup.authority,
+                authorities: vec![setup.authority],
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir: setup.state_dir.join(format!("agent-{}", a.index)),
                 kek: Kek::load(&setup.kek_file, "kek_file")?,
