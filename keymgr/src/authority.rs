@@ -842,8 +842,8 @@ impl Authority {
             .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))
     }
 
-    /// Revokes `id` as `by` asked: recorded, pushed to every appliance, its connection
-    /// closed.
+    /// Revokes `id` as `by` asked: recorded, pushed to `id` and the appliances that may
+    /// talk to it (the others' copies do not list it), its connection closed.
     pub async fn revoke(&self, id: &str, by: &str) -> Result<u64> {
         self.enrolled(id).await?;
         let version = self
