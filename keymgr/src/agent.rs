@@ -317,10 +317,18 @@ impl KeyAgent {
     /// Opens the agent's store, enrols if it has no certificate yet, and starts serving
     /// peers and following the authority. Returns the agent and its event stream.
     pub async fn start(opts: AgentOptions) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
-        std::fs::create_dir_all(&opts.state_dir)
-            .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
-        let store = AnyStore::Redb(RedbStore::open(&opts.state_dir.join("agent.redb"))?);
-        Self::start_with_store(opts, store).await
+        // Creating the file and its first commit fsync: on the blocking pool, so that many
+        // agents starting in one process (or one agent on a slow disk) do not stall the
+        // tasks that keep QUIC connections and handshakes alive.
+        let dir = opts.state_dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            RedbStore::open(&dir.join("agent.redb"))
+        })
+        .await
+        .map_err(|e| Error::Redb(format!("opening the agent's store: {e}")))??;
+        Self::start_with_store(opts, AnyStore::Redb(store)).await
     }
 
     /// [`KeyAgent::start`] on a store of the caller's choosing (`state_dir` is then not
