@@ -37,6 +37,7 @@ use crate::{tls, Error, Result};
 
 mod advertise;
 pub mod failover;
+mod renew;
 
 use failover::AuthorityRoute;
 
@@ -258,7 +259,16 @@ struct Inner {
     /// When the authority was lost (logged once), until it is reached again.
     lost_at: StdMutex<Option<Instant>>,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// TLS towards peers and the authority, with this appliance's current certificate.
+    client: StdMutex<quinn::ClientConfig>,
+    /// This appliance's current certificate and key; replaced by a renewal.
+    identity: StdMutex<KeyedCert>,
+    /// The CA the authority's and peers' certificates chain to.
+    ca_cert: CertificateDer<'static>,
+    /// The connection of the live feed, over which a renewal is asked.
+    feed: StdMutex<Option<quinn::Connection>>,
+    /// When the current certificate is to be renewed.
+    renew_at: StdMutex<Instant>,
     outbound: Mutex<HashMap<String, quinn::Connection>>,
     inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
     tx_expiry: StdMutex<HashMap<String, Instant>>,
@@ -360,14 +370,20 @@ impl KeyAgent {
             .map_err(|e| Error::io("reading the bound control address", e))?;
 
         let mut enrolled_at = first;
-        let identity = match load_identity(&store, &opts.kek, &opts.appliance).await? {
-            Some(id) => id,
-            None => {
+        let stored = load_identity(&store, &opts.kek, &opts.appliance).await?;
+        let lapsed = stored.as_ref().is_some_and(|id| renew::expired(&id.cert));
+        let identity = match stored {
+            Some(id) if !lapsed => id,
+            _ => {
                 let token = opts.token.as_ref().ok_or_else(|| {
                     Diagnostic::new(
                         opts.state_dir.display().to_string(),
                         "token_file",
-                        "not enrolled yet and no enrolment token",
+                        if lapsed {
+                            "this appliance's certificate expired (it was not renewed in time) and there is no enrolment token"
+                        } else {
+                            "not enrolled yet and no enrolment token"
+                        },
                     )
                     .with_fix(
                         "create one with `cpclink keymgr token create` and point token_file at it",
@@ -406,7 +422,11 @@ impl KeyAgent {
                 link: watch::channel(AuthorityLink::Connecting).0,
                 lost_at: StdMutex::new(None),
                 endpoint,
-                client,
+                client: StdMutex::new(client),
+                renew_at: StdMutex::new(renew::due(&identity.cert)),
+                identity: StdMutex::new(identity),
+                ca_cert: opts.ca_cert,
+                feed: StdMutex::new(None),
                 outbound: Mutex::new(HashMap::new()),
                 inbound: StdMutex::new(HashMap::new()),
                 tx_expiry: StdMutex::new(HashMap::new()),
@@ -426,6 +446,7 @@ impl KeyAgent {
         tokio::spawn(agent.clone().accept_loop());
         tokio::spawn(agent.clone().feed_loop());
         tokio::spawn(agent.clone().refresh_loop());
+        tokio::spawn(agent.clone().renewal_loop());
         Ok((agent, events_rx))
     }
 
@@ -675,7 +696,7 @@ impl KeyAgent {
         let conn = self
             .inner
             .endpoint
-            .connect_with(self.inner.client.clone(), addr, peer)?
+            .connect_with(self.client(), addr, peer)?
             .await?;
         let mut out = self.inner.outbound.lock().await;
         if !self.holds_listed_certificate(&conn, peer) {
@@ -1107,17 +1128,19 @@ impl KeyAgent {
     /// certificate after a replacement) is [`Error::Revoked`]; one a follower closed as
     /// not the leader is [`FeedEnd::NotLeader`].
     async fn follow_authority(&self, addr: SocketAddr, limit: Option<Duration>) -> Result<FeedEnd> {
-        let connecting =
-            self.inner
-                .endpoint
-                .connect_with(self.inner.client.clone(), addr, AUTHORITY_NAME)?;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.client(), addr, AUTHORITY_NAME)?;
         let conn = match limit {
             Some(limit) => tokio::time::timeout(limit, connecting)
                 .await
                 .map_err(|_| Error::Timeout(format!("handshake with the authority at {addr}")))??,
             None => connecting.await?,
         };
+        *self.feed() = Some(conn.clone());
         let outcome = self.follow_feed(&conn).await;
+        self.feed().take();
         let close = conn.close_reason();
         if let Some(leader) = failover::leader_named(close.as_ref()) {
             return Ok(FeedEnd::NotLeader(leader));

@@ -28,6 +28,7 @@ use crate::{tls, Error, Result};
 
 mod api;
 mod assign;
+mod renew;
 mod replace;
 
 /// QUIC application close code: the appliance was revoked.
@@ -353,7 +354,7 @@ struct Inner {
     token_key: Zeroizing<[u8; 32]>,
     escrow: EscrowKey,
     escrow_public: Vec<u8>,
-    cert_days: u64,
+    cert_lifetime: renew::CertLifetime,
     token_ttl: Duration,
     state: Mutex<State>,
     subscribers: StdMutex<HashMap<String, Subscriber>>,
@@ -449,7 +450,7 @@ impl Authority {
                 token_key: material.token_key,
                 escrow_public: material.escrow.public()?,
                 escrow: material.escrow,
-                cert_days: cfg.cert_days,
+                cert_lifetime: renew::CertLifetime::days(cfg.cert_days),
                 token_ttl: Duration::from_secs(cfg.token_ttl_secs),
                 state: Mutex::new(State {
                     master: Master::new(dir),
@@ -1058,7 +1059,18 @@ impl Authority {
                             }
                         });
                     }
-                    Ok(_) => refuse(&mut send, "expected Subscribe").await,
+                    Ok(Some(Message::Renew { csr })) => {
+                        let (this, id, presented) =
+                            (self.clone(), identity.appliance.clone(), presented.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) =
+                                this.answer_renewal(&id, &presented, &csr, &mut send).await
+                            {
+                                tracing::debug!("renewal of {id} not answered: {e}");
+                            }
+                        });
+                    }
+                    Ok(_) => refuse(&mut send, "expected Subscribe or Renew").await,
                     Err(e) => refuse(&mut send, &e.to_string()).await,
                 }
             }
@@ -1148,10 +1160,10 @@ impl Authority {
             centre: claims.centre.clone(),
         };
         // Signing is the slow part: outside the lock.
-        let (cert, serial) = self
-            .inner
-            .ca
-            .sign_csr(csr, &identity, self.inner.cert_days)?;
+        let (cert, serial) =
+            self.inner
+                .ca
+                .sign_csr_for(csr, &identity, self.inner.cert_lifetime.get())?;
         let mut st = self.inner.state.lock().await;
         let listed = st.master.live().appliances.get(&claims.appliance);
         // A revoked id enrols again only as the replacement an operator ordered.
