@@ -763,8 +763,8 @@ async fn measure(
             {
                 let m = acks.borrow_and_update();
                 pending.retain(|id| {
-                    !m.get(*id)
-                        .is_some_and(|e| *e > before.get(*id).copied().unwrap_or(0))
+                    m.get(*id)
+                        .is_none_or(|e| *e <= before.get(*id).copied().unwrap_or(0))
                 });
             }
             if pending.is_empty() || acks.changed().await.is_err() {
