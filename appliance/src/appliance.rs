@@ -686,7 +686,12 @@ async fn start_key_plane(
     tracing::info!(
         "key agent {}: authority {}, state in {}{}",
         options.appliance,
-        options.authority,
+        options
+            .authorities
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         options.state_dir.display(),
         if options.token.is_some() {
             " (enrolment token at hand)"
@@ -694,13 +699,13 @@ async fn start_key_plane(
             ""
         }
     );
-    let authority = options.authority;
+    let authorities = options.authorities.clone();
     let (agent, events) = KeyAgent::start(options).await.map_err(|e| match e {
         // Not an unreachable authority: say what it is, and the way out it names.
         e @ (cpclink_keymgr::Error::Revoked { .. }
         | cpclink_keymgr::Error::WrongAppliance { .. }) => Error::KeyPlane(e),
         e => Error::Authority {
-            authority,
+            authorities,
             reason: e.to_string(),
         },
     })?;

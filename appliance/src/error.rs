@@ -22,10 +22,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The authority could not be reached or refused this appliance at start.
-    #[error("key plane: the authority at {authority} ([keymgr].authority): {reason}; check that `cpclink keymgr run` serves there, that UDP port {} is reachable from this host, and that [keymgr].ca_cert is that authority's ca.pem", authority.port())]
+    #[error("key plane: the authority at {} ([keymgr].authority): {reason}; check that `cpclink keymgr run` serves there, that its UDP port is reachable from this host, and that [keymgr].ca_cert is that authority's ca.pem", authorities.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or "))]
     Authority {
-        /// The address tried.
-        authority: std::net::SocketAddr,
+        /// The addresses tried (one per authority replica).
+        authorities: Vec<std::net::SocketAddr>,
         /// What went wrong.
         reason: String,
     },

@@ -127,7 +127,7 @@ impl Plane {
             .unwrap();
         let (agent, events) = KeyAgent::start(AgentOptions {
             appliance: id.into(),
-            authority: self.authority.local_addr().unwrap(),
+            authorities: vec![self.authority.local_addr().unwrap()],
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
             state_dir: self.dir.path().join(id),
             kek: Kek::load(&self.dir.path().join("kek"), "kek_file").unwrap(),

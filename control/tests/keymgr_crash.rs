@@ -231,7 +231,7 @@ async fn kill_9_during_rotations_and_grants_loses_nothing() {
     let ca = cert_from_pem(&std::fs::read_to_string(auth_state.join("ca.pem")).unwrap()).unwrap();
     let (a, _a_events) = KeyAgent::start(AgentOptions {
         appliance: "a".into(),
-        authority: auth_addr,
+        authorities: vec![auth_addr],
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: root.join("a"),
         kek: Kek::load(&kek, "kek_file").unwrap(),

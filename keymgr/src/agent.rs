@@ -37,8 +37,12 @@ use crate::{tls, Error, Result};
 
 mod advertise;
 mod report;
+pub mod failover;
+mod renew;
 
 pub use report::REPORT_QUEUE;
+
+use failover::AuthorityRoute;
 
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;
@@ -139,8 +143,9 @@ pub enum SaEvent {
 pub struct AgentOptions {
     /// This appliance's id.
     pub appliance: String,
-    /// The authority's control address.
-    pub authority: SocketAddr,
+    /// The authority's control addresses (one per replica), tried in this order: the agent
+    /// follows the first that answers and fails over to the others.
+    pub authorities: Vec<SocketAddr>,
     /// Where to accept peers' SA requests.
     pub listen: SocketAddr,
     /// Where the agent's store lives.
@@ -196,7 +201,7 @@ impl AgentOptions {
         };
         Ok(Self {
             appliance: cfg.appliance.clone(),
-            authority: cfg.authority,
+            authorities: cfg.authority.clone(),
             listen: cfg.listen,
             state_dir: cfg.state_dir.clone(),
             kek: Kek::load(&cfg.kek_file, "kek_file")?,
@@ -257,11 +262,23 @@ struct Inner {
     /// When the authority was lost (logged once), until it is reached again.
     lost_at: StdMutex<Option<Instant>>,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// TLS towards peers and the authority, with this appliance's current certificate.
+    client: StdMutex<quinn::ClientConfig>,
+    /// This appliance's current certificate and key; replaced by a renewal.
+    identity: StdMutex<KeyedCert>,
+    /// The CA the authority's and peers' certificates chain to.
+    ca_cert: CertificateDer<'static>,
+    /// The connection of the live feed, over which a renewal is asked.
+    feed: StdMutex<Option<quinn::Connection>>,
+    /// When the current certificate is to be renewed.
+    renew_at: StdMutex<Instant>,
     outbound: Mutex<HashMap<String, quinn::Connection>>,
     inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
     tx_expiry: StdMutex<HashMap<String, Instant>>,
-    authority: SocketAddr,
+    /// The authority replicas, and which to try next.
+    route: StdMutex<AuthorityRoute>,
+    /// The replica the feed follows now (or last tried).
+    authority: StdMutex<SocketAddr>,
     publish: Publish,
     /// The announced prefixes the authority refused, as it last said.
     refused: StdMutex<Vec<Refusal>>,
@@ -296,6 +313,14 @@ impl std::fmt::Debug for KeyAgent {
     }
 }
 
+/// How a feed from one authority replica ended without an error.
+enum FeedEnd {
+    /// The authority ended it.
+    Ended,
+    /// The replica is a follower; it named the leader, if it knows it.
+    NotLeader(Option<SocketAddr>),
+}
+
 /// The agent-store key that records that the authority revoked this appliance.
 const REVOKED_KEY: &str = "revoked";
 
@@ -307,10 +332,18 @@ impl KeyAgent {
     /// Opens the agent's store, enrols if it has no certificate yet, and starts serving
     /// peers and following the authority. Returns the agent and its event stream.
     pub async fn start(opts: AgentOptions) -> Result<(Self, mpsc::UnboundedReceiver<SaEvent>)> {
-        std::fs::create_dir_all(&opts.state_dir)
-            .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
-        let store = AnyStore::Redb(RedbStore::open(&opts.state_dir.join("agent.redb"))?);
-        Self::start_with_store(opts, store).await
+        // Creating the file and its first commit fsync: on the blocking pool, so that many
+        // agents starting in one process (or one agent on a slow disk) do not stall the
+        // tasks that keep QUIC connections and handshakes alive.
+        let dir = opts.state_dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            RedbStore::open(&dir.join("agent.redb"))
+        })
+        .await
+        .map_err(|e| Error::Redb(format!("opening the agent's store: {e}")))??;
+        Self::start_with_store(opts, AnyStore::Redb(store)).await
     }
 
     /// [`KeyAgent::start`] on a store of the caller's choosing (`state_dir` is then not
@@ -326,28 +359,49 @@ impl KeyAgent {
                 appliance: opts.appliance,
             });
         }
+        let Some(&first) = opts.authorities.first() else {
+            return Err(Diagnostic::new(
+                opts.state_dir.display().to_string(),
+                "authority",
+                "no authority address",
+            )
+            .with_fix("name the authority's control address (or one per replica)")
+            .into());
+        };
         let endpoint = quinn::Endpoint::client(opts.listen)
             .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
         let control = endpoint
             .local_addr()
             .map_err(|e| Error::io("reading the bound control address", e))?;
 
-        let identity = match load_identity(&store, &opts.kek, &opts.appliance).await? {
-            Some(id) => id,
-            None => {
+        let mut enrolled_at = first;
+        let stored = load_identity(&store, &opts.kek, &opts.appliance).await?;
+        let lapsed = stored.as_ref().is_some_and(|id| renew::expired(&id.cert));
+        let identity = match stored {
+            Some(id) if !lapsed => id,
+            _ => {
                 let token = opts.token.as_ref().ok_or_else(|| {
                     Diagnostic::new(
                         opts.state_dir.display().to_string(),
                         "token_file",
-                        "not enrolled yet and no enrolment token",
+                        if lapsed {
+                            "this appliance's certificate expired (it was not renewed in time) and there is no enrolment token"
+                        } else {
+                            "not enrolled yet and no enrolment token"
+                        },
                     )
                     .with_fix(
                         "create one with `cpclink keymgr token create` and point token_file at it",
                     )
                 })?;
-                enrol(&endpoint, &opts, token, control, &store).await?
+                let (identity, at) = enrol(&endpoint, &opts, token, control, &store).await?;
+                enrolled_at = at;
+                identity
             }
         };
+        let mut route = AuthorityRoute::new(opts.authorities.clone());
+        // The replica that enrolled this agent answered a moment ago: follow it first.
+        route.begin_with(enrolled_at);
         endpoint.set_server_config(Some(tls::server_config(&opts.ca_cert, &identity, true)?));
         let client = tls::client_config(&opts.ca_cert, Some(&identity))?;
         let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
@@ -373,11 +427,16 @@ impl KeyAgent {
                 link: watch::channel(AuthorityLink::Connecting).0,
                 lost_at: StdMutex::new(None),
                 endpoint,
-                client,
+                client: StdMutex::new(client),
+                renew_at: StdMutex::new(renew::due(&identity.cert)),
+                identity: StdMutex::new(identity),
+                ca_cert: opts.ca_cert,
+                feed: StdMutex::new(None),
                 outbound: Mutex::new(HashMap::new()),
                 inbound: StdMutex::new(HashMap::new()),
                 tx_expiry: StdMutex::new(HashMap::new()),
-                authority: opts.authority,
+                authority: StdMutex::new(enrolled_at),
+                route: StdMutex::new(route),
                 publish: Publish {
                     endpoints: opts.endpoints,
                     capabilities: opts.capabilities,
@@ -393,6 +452,7 @@ impl KeyAgent {
         tokio::spawn(agent.clone().accept_loop());
         tokio::spawn(agent.clone().feed_loop());
         tokio::spawn(agent.clone().refresh_loop());
+        tokio::spawn(agent.clone().renewal_loop());
         Ok((agent, events_rx))
     }
 
@@ -518,7 +578,7 @@ impl KeyAgent {
         if let (AuthorityLink::Lost, Some(since)) = (was, since) {
             tracing::info!(
                 "authority at {} reachable again after {:.1} s",
-                self.inner.authority,
+                self.current_authority(),
                 since.elapsed().as_secs_f64()
             );
         }
@@ -527,7 +587,7 @@ impl KeyAgent {
     /// The feed failed: logs the loss once (not on every retry).
     fn authority_unreachable(&self, reason: &str) {
         let was = self.inner.link.send_replace(AuthorityLink::Lost);
-        let addr = self.inner.authority;
+        let addr = self.current_authority();
         match was {
             AuthorityLink::Connected => tracing::warn!(
                 "lost the authority at {addr} ({reason}); keeping the SAs this appliance has, retrying"
@@ -541,6 +601,22 @@ impl KeyAgent {
             }
         }
         *self.lost_at() = Some(Instant::now());
+    }
+
+    /// The authority replica the feed follows now, or tried last.
+    pub fn current_authority(&self) -> SocketAddr {
+        *self
+            .inner
+            .authority
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn route(&self) -> std::sync::MutexGuard<'_, AuthorityRoute> {
+        self.inner
+            .route
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The authority revoked this appliance: says so, remembers it across restarts (a
@@ -626,7 +702,7 @@ impl KeyAgent {
         let conn = self
             .inner
             .endpoint
-            .connect_with(self.inner.client.clone(), addr, peer)?
+            .connect_with(self.client(), addr, peer)?
             .await?;
         let mut out = self.inner.outbound.lock().await;
         if !self.holds_listed_certificate(&conn, peer) {
@@ -993,45 +1069,90 @@ impl KeyAgent {
         }
     }
 
+    /// Follows one authority replica after another: the next address comes from the
+    /// route (a named leader first after a follower's redirect, else the replicas in turn),
+    /// each attempt after a jittered wait that grows while none answers.
     async fn feed_loop(self) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
+        let mut last = None;
         loop {
-            let reason = match self.follow_authority().await {
+            let (addr, limit) = {
+                let mut route = self.route();
+                let addr = route.next(last);
+                (addr, route.handshake_limit())
+            };
+            let Some(addr) = addr else { return };
+            last = Some(addr);
+            *self
+                .inner
+                .authority
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
+            let mut redirected = false;
+            let reason = match self.follow_authority(addr, limit).await {
                 Err(Error::Quic(e)) if e.contains("endpoint stopping") => return,
                 Err(Error::Revoked { .. }) => {
                     self.stop_revoked().await;
                     return;
                 }
-                Ok(()) => "the authority ended the feed".to_owned(),
-                Err(e) => e.to_string(),
+                Ok(FeedEnd::Ended) => "the authority ended the feed".to_owned(),
+                Ok(FeedEnd::NotLeader(leader)) => {
+                    self.route().lost(addr, leader);
+                    redirected = true;
+                    match leader {
+                        Some(l) => format!("{addr} is not the leader; {l} is"),
+                        None => format!("{addr} is not the leader and knows none"),
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, Error::Timeout(_)) {
+                        self.route().timed_out();
+                    }
+                    e.to_string()
+                }
             };
             if self.inner.endpoint.local_addr().is_err() {
                 return;
             }
             if self.authority_connected() {
-                // It worked until now: the next attempt comes soon.
+                // It worked until now: the next attempt comes soon, at the next replica
+                // unless this one was a follower that named another.
                 backoff.reset();
+                let mut route = self.route();
+                route.connected();
+                if !redirected {
+                    route.lost(addr, None);
+                }
             }
             self.authority_unreachable(&reason);
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
-    /// Follows the authority's feed until it ends. A connection the authority closed as
-    /// revoked (this id, or this certificate after a replacement) is [`Error::Revoked`].
-    async fn follow_authority(&self) -> Result<()> {
-        let conn = self
+    /// Follows the feed of the authority at `addr` until it ends, the handshake limited to
+    /// `limit` if given. A connection the authority closed as revoked (this id, or this
+    /// certificate after a replacement) is [`Error::Revoked`]; one a follower closed as
+    /// not the leader is [`FeedEnd::NotLeader`].
+    async fn follow_authority(&self, addr: SocketAddr, limit: Option<Duration>) -> Result<FeedEnd> {
+        let connecting = self
             .inner
             .endpoint
-            .connect_with(
-                self.inner.client.clone(),
-                self.inner.authority,
-                AUTHORITY_NAME,
-            )?
-            .await?;
+            .connect_with(self.client(), addr, AUTHORITY_NAME)?;
+        let conn = match limit {
+            Some(limit) => tokio::time::timeout(limit, connecting)
+                .await
+                .map_err(|_| Error::Timeout(format!("handshake with the authority at {addr}")))??,
+            None => connecting.await?,
+        };
+        *self.feed() = Some(conn.clone());
         let outcome = self.follow_feed(&conn).await;
+        self.feed().take();
+        let close = conn.close_reason();
+        if let Some(leader) = failover::leader_named(close.as_ref()) {
+            return Ok(FeedEnd::NotLeader(leader));
+        }
         let revoked = matches!(
-            conn.close_reason(),
+            close,
             Some(quinn::ConnectionError::ApplicationClosed(c))
                 if c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED)
         );
@@ -1040,7 +1161,7 @@ impl KeyAgent {
                 appliance: self.inner.id.clone(),
             });
         }
-        outcome
+        outcome.map(|()| FeedEnd::Ended)
     }
 
     async fn follow_feed(&self, conn: &quinn::Connection) -> Result<()> {
@@ -1310,7 +1431,7 @@ async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<K
 
 /// What an enrolment request publishes besides the CSR.
 struct EnrolRequest<'a> {
-    authority: SocketAddr,
+    authorities: &'a [SocketAddr],
     ca: &'a CertificateDer<'static>,
     appliance: &'a str,
     token: &'a str,
@@ -1319,30 +1440,105 @@ struct EnrolRequest<'a> {
     capabilities: Vec<String>,
 }
 
-/// Generates a key pair, presents the token and a CSR over `endpoint`, and returns the
-/// certificate the authority issued with its key.
+/// Generates a key pair, presents the token and a CSR over `endpoint` to the first
+/// authority replica that answers (a follower that names its leader sends the request
+/// there), and returns the certificate the authority issued with its key and the address
+/// of the replica that issued it. An authority that answers and refuses is not asked again
+/// elsewhere: the replicas share one state, so another would refuse as well.
 async fn request_certificate(
     endpoint: &quinn::Endpoint,
     req: EnrolRequest<'_>,
-) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>, SocketAddr)> {
     let (key, csr) = pki::appliance_csr(req.appliance)?;
-    let conn = endpoint
-        .connect_with(
-            tls::client_config(req.ca, None)?,
-            req.authority,
-            AUTHORITY_NAME,
-        )?
-        .await?;
+    let mut route = AuthorityRoute::new(req.authorities.to_vec());
+    // Every listed replica once, and as many redirects again: a cluster in the middle of
+    // an election may bounce a request between followers, but not forever.
+    let mut attempts = 2 * req.authorities.len();
+    let mut last = None;
+    let mut unanswered = 0;
+    let mut failure = Error::Quic("no authority address".into());
+    while attempts > 0 {
+        attempts -= 1;
+        let Some(addr) = route.next(last) else { break };
+        last = Some(addr);
+        match enrol_at(endpoint, &req, &csr, addr, route.handshake_limit()).await {
+            Ok(Enrolment::Issued(cert)) => return Ok((cert, key, addr)),
+            Ok(Enrolment::NotLeader(leader)) => {
+                tracing::info!(
+                    "authority at {addr} is not the leader; enrolling at {}",
+                    leader.map_or_else(|| "the next replica".to_owned(), |l| l.to_string())
+                );
+                route.lost(addr, leader);
+                failure = Error::Refused(format!("{addr} is not the leader"));
+            }
+            Err(e @ (Error::Quic(_) | Error::Timeout(_))) => {
+                if matches!(e, Error::Timeout(_)) {
+                    route.timed_out();
+                }
+                if req.authorities.len() > 1 {
+                    tracing::warn!(
+                        "cannot enrol at the authority at {addr} ({e}); trying the next"
+                    );
+                }
+                failure = e;
+                unanswered += 1;
+                if unanswered >= req.authorities.len() {
+                    break;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(failure)
+}
+
+/// What one enrolment attempt came to.
+enum Enrolment {
+    /// The certificate issued.
+    Issued(Vec<u8>),
+    /// The replica is a follower; it named the leader, if it knows it.
+    NotLeader(Option<SocketAddr>),
+}
+
+/// One enrolment attempt at `addr`, the handshake limited to `limit` if given.
+async fn enrol_at(
+    endpoint: &quinn::Endpoint,
+    req: &EnrolRequest<'_>,
+    csr: &[u8],
+    addr: SocketAddr,
+    limit: Option<Duration>,
+) -> Result<Enrolment> {
+    let connecting =
+        endpoint.connect_with(tls::client_config(req.ca, None)?, addr, AUTHORITY_NAME)?;
+    let conn = match limit {
+        Some(limit) => tokio::time::timeout(limit, connecting)
+            .await
+            .map_err(|_| Error::Timeout(format!("handshake with the authority at {addr}")))??,
+        None => connecting.await?,
+    };
+    let exchanged = enrol_over(&conn, req, csr).await;
+    if let Some(leader) = failover::leader_named(conn.close_reason().as_ref()) {
+        return Ok(Enrolment::NotLeader(leader));
+    }
+    exchanged.map(Enrolment::Issued)
+}
+
+/// Sends the enrolment request over `conn` and reads the certificate.
+async fn enrol_over(
+    conn: &quinn::Connection,
+    req: &EnrolRequest<'_>,
+    csr: &[u8],
+) -> Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await?;
     proto::write_frame(
         &mut send,
         &Message::Enrol {
             token: req.token.to_owned(),
             appliance: req.appliance.to_owned(),
-            csr,
-            control: req.control,
-            endpoints: req.endpoints,
-            capabilities: req.capabilities,
+            csr: csr.to_vec(),
+            control: req.control.clone(),
+            endpoints: req.endpoints.clone(),
+            capabilities: req.capabilities.clone(),
         },
     )
     .await?;
@@ -1350,7 +1546,7 @@ async fn request_certificate(
     let reply: Option<Message> = proto::read_frame(&mut recv).await?;
     conn.close(0u32.into(), b"enrolled");
     match reply {
-        Some(Message::Enrolled { cert }) => Ok((cert, key)),
+        Some(Message::Enrolled { cert }) => Ok(cert),
         Some(Message::Error { reason }) => Err(Error::Refused(reason)),
         other => Err(Error::Frame(format!(
             "unexpected enrolment reply {other:?}"
@@ -1364,11 +1560,11 @@ async fn enrol(
     token: &str,
     control: SocketAddr,
     store: &AnyStore,
-) -> Result<KeyedCert> {
-    let (cert, key) = request_certificate(
+) -> Result<(KeyedCert, SocketAddr)> {
+    let (cert, key, at) = request_certificate(
         endpoint,
         EnrolRequest {
-            authority: opts.authority,
+            authorities: &opts.authorities,
             ca: &opts.ca_cert,
             appliance: &opts.appliance,
             token,
@@ -1395,10 +1591,13 @@ async fn enrol(
             ),
         ])
         .await?;
-    Ok(KeyedCert {
-        cert: CertificateDer::from(cert),
-        key,
-    })
+    Ok((
+        KeyedCert {
+            cert: CertificateDer::from(cert),
+            key,
+        },
+        at,
+    ))
 }
 
 /// Enrols with `token` over a fresh connection, without starting an agent; returns the
@@ -1414,7 +1613,7 @@ pub async fn enrol_only(
     let issued = request_certificate(
         &endpoint,
         EnrolRequest {
-            authority,
+            authorities: &[authority],
             ca,
             appliance,
             token,
@@ -1425,7 +1624,7 @@ pub async fn enrol_only(
     )
     .await;
     endpoint.wait_idle().await;
-    let (cert, key) = issued?;
+    let (cert, key, _) = issued?;
     Ok(KeyedCert {
         cert: CertificateDer::from(cert),
         key,

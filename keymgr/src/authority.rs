@@ -30,6 +30,7 @@ use crate::{tls, Error, Result};
 mod api;
 mod assign;
 mod material;
+mod renew;
 mod replace;
 mod replica;
 
@@ -463,7 +464,7 @@ struct Inner {
     token_key: Zeroizing<[u8; 32]>,
     escrow: EscrowKey,
     escrow_public: Vec<u8>,
-    cert_days: u64,
+    cert_lifetime: renew::CertLifetime,
     token_ttl: Duration,
     state: Mutex<State>,
     subscribers: StdMutex<HashMap<String, Subscriber>>,
@@ -555,7 +556,7 @@ impl Authority {
                 token_key: material.token_key,
                 escrow_public: material.escrow.public()?,
                 escrow: material.escrow,
-                cert_days: cfg.cert_days,
+                cert_lifetime: renew::CertLifetime::days(cfg.cert_days),
                 token_ttl: Duration::from_secs(cfg.token_ttl_secs),
                 state: Mutex::new(State {
                     master: Master::new(dir),
@@ -1046,8 +1047,8 @@ impl Authority {
             .ok_or_else(|| Error::NotAuthorised(format!("{id} is not enrolled")))
     }
 
-    /// Revokes `id` as `by` asked: recorded, pushed to every appliance, its connection
-    /// closed.
+    /// Revokes `id` as `by` asked: recorded, pushed to `id` and the appliances that may
+    /// talk to it (the others' copies do not list it), its connection closed.
     pub async fn revoke(&self, id: &str, by: &str) -> Result<u64> {
         self.enrolled(id).await?;
         let version = self
@@ -1268,7 +1269,18 @@ impl Authority {
                             }
                         });
                     }
-                    Ok(_) => refuse(&mut send, "expected Subscribe").await,
+                    Ok(Some(Message::Renew { csr })) => {
+                        let (this, id, presented) =
+                            (self.clone(), identity.appliance.clone(), presented.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) =
+                                this.answer_renewal(&id, &presented, &csr, &mut send).await
+                            {
+                                tracing::debug!("renewal of {id} not answered: {e}");
+                            }
+                        });
+                    }
+                    Ok(_) => refuse(&mut send, "expected Subscribe or Renew").await,
                     Err(e) => refuse(&mut send, &e.to_string()).await,
                 }
             }
@@ -1358,10 +1370,10 @@ impl Authority {
             centre: claims.centre.clone(),
         };
         // Signing is the slow part: outside the lock.
-        let (cert, serial) = self
-            .inner
-            .ca
-            .sign_csr(csr, &identity, self.inner.cert_days)?;
+        let (cert, serial) =
+            self.inner
+                .ca
+                .sign_csr_for(csr, &identity, self.inner.cert_lifetime.get())?;
         let mut st = self.inner.state.lock().await;
         let listed = st.master.live().appliances.get(&claims.appliance);
         // A revoked id enrols again only as the replacement an operator ordered.

@@ -101,8 +101,9 @@ fn default_token_ttl() -> u64 {
 pub struct AgentConfig {
     /// This appliance's id (as its enrolment token names it).
     pub appliance: String,
-    /// The authority's control address.
-    pub authority: SocketAddr,
+    /// The authority's control address, or one per replica (`"host:port"` or a list).
+    #[serde(deserialize_with = "crate::agent::failover::one_or_many")]
+    pub authority: Vec<SocketAddr>,
     /// Where this agent accepts SA requests from peers (QUIC), `host:port`.
     pub listen: SocketAddr,
     /// Directory for the agent's store (wrapped master keys, SPI counters, certificate).
@@ -254,6 +255,15 @@ impl AgentConfig {
                     "appliance",
                     format!("{:?} is not an appliance id", cfg.appliance),
                     "use 1-63 of a-z, 0-9 and '-'",
+                )
+                .into());
+        }
+        if cfg.authority.is_empty() {
+            return Err(text
+                .error_fix(
+                    "authority",
+                    "an empty list",
+                    "name the authority's control address, or one per replica",
                 )
                 .into());
         }
@@ -427,6 +437,35 @@ mod tests {
         );
         let a = agent(AGENT).unwrap();
         assert_eq!((a.sa_lifetime_secs, a.rekey_grace_ms), (3_600, 2_000));
+    }
+
+    #[test]
+    fn an_agent_names_one_authority_or_a_list_of_replicas() {
+        assert_eq!(
+            agent(AGENT).unwrap().authority,
+            ["127.0.0.1:1".parse().unwrap()]
+        );
+        let listed = AGENT.replace(
+            "authority = \"127.0.0.1:1\"",
+            "authority = [\"127.0.0.1:1\", \"[::1]:7000\"]",
+        );
+        let a = agent(&listed).unwrap();
+        assert_eq!(
+            a.authority,
+            [
+                "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+                "[::1]:7000".parse().unwrap()
+            ]
+        );
+        let empty = AGENT.replace("authority = \"127.0.0.1:1\"", "authority = []");
+        let d = diagnostic(agent(&empty).unwrap_err());
+        assert_eq!(d.field, "authority", "{d}");
+        let bad = AGENT.replace(
+            "authority = \"127.0.0.1:1\"",
+            "authority = [\"127.0.0.1:1\", \"nope\"]",
+        );
+        let d = diagnostic(agent(&bad).unwrap_err());
+        assert!(d.to_string().contains("list of them"), "{d}");
     }
 
     #[test]

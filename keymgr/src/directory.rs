@@ -249,11 +249,21 @@ impl Directory {
     }
 
     /// Whether `change` (already applied to this master copy) concerns `id`'s view.
-    /// Revocations and policy go to everyone.
+    /// Policy goes to everyone; a revocation to the revoked appliance and those whose rules
+    /// let them talk to it.
     pub fn relevant_to(&self, id: &str, change: &Change) -> bool {
         match change {
             Change::Upsert(e) => e.id == id || self.allows(id, &e.id),
-            Change::Revoke(_) | Change::Rules(_) | Change::Policy { .. } => true,
+            Change::Revoke(r) => {
+                r == id
+                    || match (self.appliances.get(id), self.appliances.get(r)) {
+                        (Some(me), Some(e)) => {
+                            !me.revoked && self.rules.iter().any(|rule| rule.allows(me, e))
+                        }
+                        _ => false,
+                    }
+            }
+            Change::Rules(_) | Change::Policy { .. } => true,
         }
     }
 }
@@ -453,13 +463,20 @@ impl Master {
                 }
             }
             Change::Revoke(id) => {
+                // Only the appliance itself and those that may talk to it hold its entry:
+                // they must hear at once. Anyone else's copy does not list it, and a later
+                // delta's version covers this one.
+                let audience = match self.live.appliances.get(&id) {
+                    Some(e) => self.peers_of(e),
+                    None => vec![id.clone()],
+                };
                 let delta = Arc::new(Delta {
                     version,
                     change: Change::Revoke(id),
                 });
                 self.live.apply(&delta);
                 self.logged(delta.clone());
-                Fanout::Everyone(delta)
+                Fanout::Only(delta, audience)
             }
             Change::Upsert(e) => {
                 let old = self.live.appliances.get(&e.id).cloned();
@@ -817,6 +834,30 @@ mod tests {
         assert_eq!(v.appliances.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert!(d.relevant_to("a", &Change::Upsert(entry("b", "x", "acme"))));
         assert!(!d.relevant_to("a", &Change::Upsert(entry("c", "x", "other"))));
-        assert!(d.relevant_to("a", &Change::Revoke("c".into())));
+        assert!(!d.relevant_to("a", &Change::Revoke("c".into())));
+        assert!(d.relevant_to("a", &Change::Revoke("b".into())));
+    }
+
+    #[test]
+    fn a_revocation_goes_to_the_revoked_appliance_and_its_peers_only() {
+        // a and b share a tenant; c is of another and may talk to neither.
+        let mut m = Master::new(dir(vec![Rule::same_tenant()]));
+        let Fanout::Only(delta, mut who) = m.apply(4, Change::Revoke("a".into())) else {
+            panic!("a revocation goes to an audience")
+        };
+        who.sort();
+        assert_eq!(who, ["a", "b"]);
+        assert_eq!(delta.change, Change::Revoke("a".into()));
+        assert!(m.live().appliances["a"].revoked);
+        // c, skipped, learns nothing it needed: its view never listed a, and the next delta
+        // it gets (version 5) covers version 4.
+        let mut c_copy = m.live().view_for("c");
+        assert!(!c_copy.appliances.contains_key("a"));
+        let Fanout::Only(next, who) = m.apply(5, Change::Upsert(entry("d", "dc3", "other"))) else {
+            panic!("an upsert goes to an audience")
+        };
+        assert!(who.contains(&"c".to_owned()));
+        assert!(c_copy.apply_as("c", &next));
+        assert_eq!(c_copy, m.live().view_for("c"));
     }
 }

@@ -67,14 +67,18 @@ fn serial() -> Result<SerialNumber> {
 }
 
 fn window(days: u64) -> (time::OffsetDateTime, time::OffsetDateTime) {
-    let now = time::OffsetDateTime::from(SystemTime::now());
     // Clamped as well as checked at load (a caller may skip the config), so the end date
     // is always one X.509 can hold.
     let days = days.clamp(*CERT_DAYS.start(), *CERT_DAYS.end());
-    let end = now
-        .checked_add(time::Duration::days(
-            i64::try_from(days).unwrap_or(i64::MAX),
-        ))
+    window_for(Duration::from_secs(days.saturating_mul(86_400)))
+}
+
+/// Valid from an hour ago (clock slack) until `lifetime` from now.
+fn window_for(lifetime: Duration) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::from(SystemTime::now());
+    let end = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|l| now.checked_add(l))
         .unwrap_or(now);
     // An hour of slack for clocks that disagree a little.
     (now - Duration::from_secs(3600), end)
@@ -184,6 +188,17 @@ impl Ca {
         identity: &Identity,
         days: u64,
     ) -> Result<(CertificateDer<'static>, String)> {
+        let days = days.clamp(*CERT_DAYS.start(), *CERT_DAYS.end());
+        self.sign_csr_for(csr_der, identity, Duration::from_secs(days * 86_400))
+    }
+
+    /// [`Ca::sign_csr`] for a certificate valid `lifetime` from now (at least a second).
+    pub fn sign_csr_for(
+        &self,
+        csr_der: &[u8],
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<(CertificateDer<'static>, String)> {
         let mut csr = CertificateSigningRequestParams::from_der(
             &CertificateSigningRequestDer::from(csr_der),
         )?;
@@ -198,7 +213,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
             ExtendedKeyUsagePurpose::ServerAuth,
         ];
-        (csr.params.not_before, csr.params.not_after) = window(days);
+        (csr.params.not_before, csr.params.not_after) =
+            window_for(lifetime.max(Duration::from_secs(1)));
         let serial = serial()?;
         let serial_hex = hex::encode(serial.as_ref());
         csr.params.serial_number = Some(serial);
@@ -216,6 +232,32 @@ pub fn appliance_csr(appliance: &str) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
         .push(DnType::CommonName, appliance);
     let csr = params.serialize_request(&key)?;
     Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
+}
+
+/// A CSR naming `appliance` for the key pair it already holds (PKCS#8 DER): what an
+/// enrolled appliance renews its certificate with.
+pub fn renewal_csr(appliance: &str, key_der: &[u8]) -> Result<Vec<u8>> {
+    let key = KeyPair::try_from(key_der)?;
+    let mut params = CertificateParams::new(vec![appliance.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, appliance);
+    Ok(params.serialize_request(&key)?.der().to_vec())
+}
+
+/// When a certificate stops being valid.
+pub fn not_after(cert: &[u8]) -> Result<SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+    let secs = parsed.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
+/// The public key a certificate or CSR's key pair carries (DER SubjectPublicKeyInfo).
+pub fn public_key_of(cert: &[u8]) -> Result<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+    Ok(parsed.public_key().raw.to_vec())
 }
 
 /// Reads the identity a certificate names.

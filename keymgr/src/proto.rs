@@ -149,6 +149,19 @@ pub enum Message {
         /// [`crate::metrics::signed_text`].
         signature: Vec<u8>,
     },
+    /// Appliance → authority, on a stream of its own over the connection its certificate
+    /// authenticated: a CSR for a renewed certificate of the same identity, sent before the
+    /// current one expires. No token: the connection is the proof.
+    Renew {
+        /// The certificate signing request (DER), for the key the appliance holds.
+        csr: Vec<u8>,
+    },
+    /// Authority → appliance: the renewed certificate (DER); the directory lists its serial
+    /// from now on.
+    Renewed {
+        /// The certificate.
+        cert: Vec<u8>,
+    },
     /// Appliance → authority: an operator action at the appliance, for the authority's
     /// audit log (the appliance is the one the connection authenticated); no reply.
     Report(ApplianceReport),

@@ -51,7 +51,7 @@ fn options(
 ) -> AgentOptions {
     AgentOptions {
         appliance: id.into(),
-        authority,
+        authorities: vec![authority],
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: cfg.state_dir.with_file_name(id),
         kek: Kek::load(&cfg.kek_file, "kek_file").unwrap(),

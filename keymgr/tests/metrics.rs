@@ -57,7 +57,7 @@ impl Plane {
     fn options(&self, id: &str, tenant: &str) -> AgentOptions {
         AgentOptions {
             appliance: id.into(),
-            authority: self.authority.local_addr().unwrap(),
+            authorities: vec![self.authority.local_addr().unwrap()],
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
             state_dir: self.dir.path().join(id),
             kek: Kek::load(&self.kek_file, "kek_file").unwrap(),

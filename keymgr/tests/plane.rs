@@ -66,7 +66,7 @@ impl Plane {
     async fn agent(&self, id: &str, tenant: &str) -> (KeyAgent, UnboundedReceiver<SaEvent>) {
         let opts = AgentOptions {
             appliance: id.into(),
-            authority: self.addr(),
+            authorities: vec![self.addr()],
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
             state_dir: self.dir.path().join(id),
             kek: Kek::load(&self.cfg.kek_file, "kek_file").unwrap(),
@@ -693,7 +693,7 @@ fn a_restarted_agent_catches_up_on_missed_rotations_once() {
         .unwrap();
     let options = |token: Option<String>| AgentOptions {
         appliance: "b".into(),
-        authority: authority.local_addr().unwrap(),
+        authorities: vec![authority.local_addr().unwrap()],
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: dir.path().join("b"),
         kek: Kek::load(&cfg.kek_file, "kek_file").unwrap(),

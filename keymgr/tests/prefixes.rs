@@ -52,7 +52,7 @@ async fn agent(
         .unwrap();
     let opts = AgentOptions {
         appliance: id.into(),
-        authority: authority.local_addr().unwrap(),
+        authorities: vec![authority.local_addr().unwrap()],
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: dir.join(id),
         kek: Kek::load(&dir.join("kek"), "kek_file").unwrap(),

@@ -182,7 +182,7 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
         tokens.push(token.clone());
         let opts = AgentOptions {
             appliance: id.into(),
-            authority: authority.local_addr().unwrap(),
+            authorities: vec![authority.local_addr().unwrap()],
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
             state_dir: dir.path().join(id),
             kek: Kek::load(&kek_file, "kek_file").unwrap(),

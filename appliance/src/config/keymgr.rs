@@ -17,7 +17,7 @@ use crate::Error;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKeymgr {
     appliance: String,
-    authority: String,
+    authority: RawAuthority,
     listen: String,
     state_dir: PathBuf,
     kek_file: PathBuf,
@@ -36,6 +36,14 @@ pub(super) struct RawKeymgr {
     prefixes: Vec<String>,
     #[serde(default)]
     peer: Vec<RawKeymgrPeer>,
+}
+
+/// `[keymgr].authority`: one control address, or one per authority replica.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAuthority {
+    One(String),
+    Replicas(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,7 +127,7 @@ impl KeymgrConfig {
         let b = &other.agent;
         (
             &a.appliance,
-            a.authority,
+            &a.authority,
             a.listen,
             &a.state_dir,
             &a.kek_file,
@@ -129,7 +137,7 @@ impl KeymgrConfig {
             self.endpoint,
         ) == (
             &b.appliance,
-            b.authority,
+            &b.authority,
             b.listen,
             &b.state_dir,
             &b.kek_file,
@@ -155,7 +163,32 @@ impl Ctx<'_> {
                 "use 1-63 of a-z, 0-9 and '-', as the enrolment token names it",
             ));
         }
-        let authority = self.endpoint("[keymgr].authority", &k.authority)?;
+        let authority = match &k.authority {
+            RawAuthority::One(a) => vec![self.endpoint("[keymgr].authority", a)?],
+            RawAuthority::Replicas(list) => {
+                if list.is_empty() {
+                    return Err(self.err_fix(
+                        "[keymgr].authority",
+                        "an empty list",
+                        "name the authority's control address, or one per replica: [\"192.0.2.10:7000\", \"192.0.2.11:7000\"]",
+                    ));
+                }
+                let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+                for (i, a) in list.iter().enumerate() {
+                    let field = format!("[keymgr].authority[{i}]");
+                    let addr = self.endpoint(&field, a)?;
+                    if out.contains(&addr) {
+                        return Err(self.err_fix(
+                            field,
+                            format!("{a:?} is listed twice"),
+                            "list each replica once",
+                        ));
+                    }
+                    out.push(addr);
+                }
+                out
+            }
+        };
         let agent_listen = self.endpoint("[keymgr].listen", &k.listen)?;
         let endpoint = match &k.endpoint {
             Some(e) => {

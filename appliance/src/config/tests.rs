@@ -114,7 +114,7 @@ fn a_keymgr_section_keys_the_appliance_instead_of_lab_keys() {
         panic!("keyed by the key plane")
     };
     assert_eq!(k.agent.appliance, "dc1-edge");
-    assert_eq!(k.agent.authority, "192.0.2.10:7000".parse().unwrap());
+    assert_eq!(k.agent.authority, ["192.0.2.10:7000".parse().unwrap()]);
     // Relative paths are taken from the configuration's directory.
     assert_eq!(k.agent.state_dir, Path::new("/etc/cpclink/agent"));
     assert_eq!(k.agent.ca_cert, Path::new("/etc/cpclink/ca.pem"));
@@ -215,6 +215,48 @@ fn keymgr_errors_name_the_file_the_field_and_the_fix() {
     ));
     assert!(
         e.contains("[keymgr].authority: \"192.0.2.10\" has no port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_authority_may_be_a_list_of_replicas() {
+    let err = |text: &str| {
+        ApplianceConfig::parse("a.toml", text)
+            .unwrap_err()
+            .to_string()
+    };
+    let replicas = |list: &str| {
+        keyed("").replace(
+            "authority = \"192.0.2.10:7000\"",
+            &format!("authority = {list}"),
+        )
+    };
+    let c = ApplianceConfig::parse(
+        "/etc/cpclink/a.toml",
+        &replicas("[\"192.0.2.10:7000\", \"[2001:db8::11]:7000\"]"),
+    )
+    .unwrap();
+    let Keying::KeyPlane(k) = c.keying else {
+        panic!("keyed by the key plane")
+    };
+    assert_eq!(
+        k.agent.authority,
+        [
+            "192.0.2.10:7000".parse::<std::net::SocketAddr>().unwrap(),
+            "[2001:db8::11]:7000".parse().unwrap()
+        ]
+    );
+    let e = err(&replicas("[\"192.0.2.10:7000\", \"192.0.2.11\"]"));
+    assert!(
+        e.contains("[keymgr].authority[1]: \"192.0.2.11\" has no port"),
+        "{e}"
+    );
+    let e = err(&replicas("[]"));
+    assert!(e.contains("[keymgr].authority: an empty list"), "{e}");
+    let e = err(&replicas("[\"192.0.2.10:7000\", \"192.0.2.10:7000\"]"));
+    assert!(
+        e.contains("[keymgr].authority[1]") && e.contains("twice"),
         "{e}"
     );
 }

@@ -1,0 +1,165 @@
+//! Renewing this appliance's certificate before it expires, over the authority connection
+//! the current certificate authenticated: no token is needed while it is valid.
+//!
+//! A renewal is due two thirds of the way from when the certificate was received (or the
+//! agent started) to its expiry, so a failed attempt leaves a third of the lifetime for
+//! retries. The renewed certificate is committed to the agent's store before anything
+//! uses it, so a crash in between restarts on either the old (still valid) certificate or
+//! the new one, never on none. The key pair is kept: peers verify metric signatures against
+//! the certificate of the connection, and the key never leaves the appliance either way.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::CertificateDer;
+
+use super::KeyAgent;
+use crate::backoff::{Backoff, RETRY_CAP, RETRY_FIRST};
+use crate::pki::{self, KeyedCert};
+use crate::proto::{self, Message};
+use crate::store::{Store, Write};
+use crate::{tls, Error, Result};
+
+/// How long a renewal request may take.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When `cert` should be renewed: two thirds of the way from now to its expiry (now, if it
+/// cannot be read or has expired).
+pub(super) fn due(cert: &[u8]) -> Instant {
+    let left = pki::not_after(cert)
+        .ok()
+        .and_then(|end| end.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    super::later(left * 2 / 3)
+}
+
+/// Whether `cert` has expired (or cannot be read).
+pub(super) fn expired(cert: &[u8]) -> bool {
+    pki::not_after(cert).map_or(true, |end| end <= SystemTime::now())
+}
+
+impl KeyAgent {
+    /// The TLS client configuration with this appliance's current certificate.
+    pub(super) fn client(&self) -> quinn::ClientConfig {
+        self.inner
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn feed(&self) -> std::sync::MutexGuard<'_, Option<quinn::Connection>> {
+        self.inner
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn identity(&self) -> KeyedCert {
+        self.inner
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn renew_at(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.inner
+            .renew_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The serial of the certificate this agent presents now (hex).
+    pub fn certificate_serial(&self) -> String {
+        pki::serial_of(&self.identity().cert).unwrap_or_default()
+    }
+
+    /// Renews the certificate when it is due, retrying with jittered backoff while the
+    /// authority cannot be asked; ends when the agent stops.
+    pub(super) async fn renewal_loop(self) {
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
+        loop {
+            let due = *self.renew_at();
+            // Woken at least once a minute to notice that the agent stopped.
+            let wait = due
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(60));
+            tokio::time::sleep(wait).await;
+            if self.inner.endpoint.local_addr().is_err() || self.is_revoked() {
+                return;
+            }
+            if Instant::now() < due {
+                continue;
+            }
+            match self.renew().await {
+                Ok(serial) => {
+                    backoff.reset();
+                    tracing::info!("certificate renewed: now {serial}");
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(
+                        "renewing the certificate failed ({e}); trying again in {:.1} s",
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Asks the authority for a renewed certificate over the live feed's connection,
+    /// stores it durably, then presents it from now on. Returns its serial.
+    pub async fn renew(&self) -> Result<String> {
+        let conn = self
+            .feed()
+            .clone()
+            .ok_or_else(|| Error::Timeout("no live connection to the authority".into()))?;
+        let current = self.identity();
+        let csr = pki::renewal_csr(&self.inner.id, &current.key)?;
+        let cert = tokio::time::timeout(RENEW_TIMEOUT, async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            proto::write_frame(&mut send, &Message::Renew { csr }).await?;
+            send.finish()?;
+            match proto::read_frame::<_, Message>(&mut recv).await? {
+                Some(Message::Renewed { cert }) => Ok(cert),
+                Some(Message::Error { reason }) => Err(Error::Refused(reason)),
+                other => Err(Error::Frame(format!("unexpected renewal reply {other:?}"))),
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout("certificate renewal".into()))??;
+        if pki::identity_of(&cert)?.appliance != self.inner.id
+            || pki::public_key_of(&cert)? != pki::public_key_of(&current.cert)?
+        {
+            return Err(Error::Certificate(
+                "the renewed certificate names another appliance or key".into(),
+            ));
+        }
+        // Durable before it is used: the old certificate stays in the store until then.
+        self.inner
+            .store
+            .apply(vec![Write::Put("identity/cert".into(), cert.clone())])
+            .await?;
+        let renewed = KeyedCert {
+            cert: CertificateDer::from(cert),
+            key: current.key.clone(),
+        };
+        let server = tls::server_config(&self.inner.ca_cert, &renewed, true)?;
+        let client = tls::client_config(&self.inner.ca_cert, Some(&renewed))?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self
+            .inner
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        *self.renew_at() = due(&renewed.cert);
+        let serial = pki::serial_of(&renewed.cert)?;
+        *self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
+        Ok(serial)
+    }
+}
