@@ -110,6 +110,10 @@ enum BenchSuite {
         /// The engines' I/O backend.
         #[arg(long, default_value_t = IoKind::Auto)]
         io: IoKind,
+        /// While probing, time one packet in this many per stage inside the engines
+        /// (0: no stage table).
+        #[arg(long, default_value_t = latency::DEFAULT_STAGE_SAMPLE_EVERY)]
+        stage_sample: u32,
     },
     /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
     /// rate, directory change, rotation and revocation reaching all of them).
@@ -311,6 +315,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             loads,
             size,
             io,
+            stage_sample,
         } => {
             check_duration(duration)?;
             let plan = LatencyPlan {
@@ -318,6 +323,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 loads: given_or(loads, latency::DEFAULT_LOADS.to_vec()),
                 size,
                 io,
+                stage_sample_every: stage_sample,
                 ..LatencyPlan::default()
             };
             if let Some(e) = latency::unavailable() {
@@ -332,15 +338,25 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                     latency::PROBES_PER_SECOND,
                 )?;
             }
-            let rows = latency::run(&plan, |line| {
+            let run = latency::measure(&plan, |line| {
                 if !json {
                     eprintln!("  {line}");
                 }
             })?;
+            let rows = run.rows;
             if json {
                 write_json(&mut out, &rows)?;
             } else {
                 write!(out, "\n{}", latency::table(&rows))?;
+                if !run.stages.is_empty() {
+                    write!(
+                        out,
+                        "\ntime per stage inside each engine, one packet in {stage_sample} timed while probing \
+                         (tx: tun_read, segment, seal, batch_wait, send; rx: receive, open, coalesce, tun_write; \
+                         tx_turn/rx_turn: per loop turn)\n{}",
+                        latency::stage_table(&run.stages)
+                    )?;
+                }
                 if let Some(row) = rows.first() {
                     writeln!(
                         out,

@@ -6,7 +6,9 @@
 
 pub mod lab;
 mod rx_sas;
+pub mod batching;
 pub mod segment;
+pub mod stages;
 pub mod stats;
 pub mod traffic;
 mod worker;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
+pub use stages::{Stage, StageSampler, StageSummary, StageTimes};
 pub use stats::{EngineStats, WorkerStats};
 pub use traffic::{Sink, SinkFactory, Source, SourceFactory};
 
@@ -102,6 +105,9 @@ pub struct EngineConfig {
     pub source: Option<SourceFactory>,
     /// Where received packets go.
     pub egress: Egress,
+    /// Time one packet in this many at every stage of its way through a worker (per
+    /// direction; 0, the default: none, and nothing is timed).
+    pub stage_sample_every: u32,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -140,6 +146,7 @@ impl EngineConfig {
             io_sizing: IoSizing::default(),
             source: None,
             egress: Egress::Discard,
+            stage_sample_every: 0,
         }
     }
 }
@@ -202,8 +209,11 @@ pub enum Control {
     RevokePeer(PeerId),
     /// Start or pause the source.
     SetSourceActive(bool),
-    /// Reply with a copy of the counters.
-    Snapshot(Sender<WorkerStats>),
+    /// Reply with a copy of the counters, and of the stage times when sampling is on.
+    Snapshot(Sender<(WorkerStats, Option<Box<StageTimes>>)>),
+    /// Time one packet in this many per stage from now on (0: stop timing); the samples
+    /// taken so far are forgotten.
+    SetStageSampling(u32),
     /// Stop; the thread returns its final counters.
     Shutdown,
 }
@@ -234,7 +244,7 @@ pub struct Engine {
     local: SocketAddr,
     io: IoKind,
     controls: Vec<Sender<Control>>,
-    threads: Vec<JoinHandle<Result<WorkerStats>>>,
+    threads: Vec<JoinHandle<Result<(WorkerStats, StageTimes)>>>,
     events: Receiver<Event>,
 }
 
@@ -329,6 +339,7 @@ impl Engine {
                 batch_sends: config.batch_sends,
                 gso_segments: config.gso_segments,
                 io_sizing,
+                stage_sample_every: config.stage_sample_every,
                 source: config
                     .source
                     .as_ref()
@@ -486,7 +497,13 @@ impl Engine {
         self.broadcast(|| Control::SetSourceActive(active))
     }
 
-    /// A copy of every worker's counters.
+    /// Times one packet in `every` per stage on every worker from now on (0: stop); the
+    /// samples taken so far are forgotten.
+    pub fn set_stage_sampling(&self, every: u32) -> Result<()> {
+        self.broadcast(|| Control::SetStageSampling(every))
+    }
+
+    /// A copy of every worker's counters (and stage times, where sampling is on).
     pub fn snapshot(&self) -> Result<EngineStats> {
         let mut replies = Vec::with_capacity(self.controls.len());
         for worker in 0..self.controls.len() {
@@ -494,15 +511,15 @@ impl Engine {
             self.send(worker, Control::Snapshot(tx))?;
             replies.push(rx);
         }
-        let mut workers = Vec::with_capacity(replies.len());
+        let mut stats = EngineStats::default();
         for (worker, reply) in replies.into_iter().enumerate() {
-            workers.push(
-                reply
-                    .recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| Error::WorkerGone(worker))?,
-            );
+            let (counters, stages) = reply
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| Error::WorkerGone(worker))?;
+            stats.workers.push(counters);
+            stats.stages.push(stages.map(|s| *s).unwrap_or_default());
         }
-        Ok(EngineStats { workers })
+        Ok(stats)
     }
 
     /// Stops every worker and returns their final counters.
@@ -510,11 +527,13 @@ impl Engine {
         for control in &self.controls {
             let _ = control.send(Control::Shutdown);
         }
-        let mut workers = Vec::with_capacity(self.threads.len());
+        let mut stats = EngineStats::default();
         for (index, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            workers.push(thread.join().map_err(|_| Error::WorkerGone(index))??);
+            let (counters, stages) = thread.join().map_err(|_| Error::WorkerGone(index))??;
+            stats.workers.push(counters);
+            stats.stages.push(stages);
         }
-        Ok(EngineStats { workers })
+        Ok(stats)
     }
 }
 

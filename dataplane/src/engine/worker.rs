@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
+use super::stages::{Stage, StageSampler, StageTimes};
 use super::traffic::{Sink, Source};
 use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, WorkerStats};
 use crate::crypto::Backend;
@@ -60,6 +61,7 @@ pub(super) struct WorkerSetup {
     pub batch_sends: usize,
     pub gso_segments: usize,
     pub io_sizing: crate::io::IoSizing,
+    pub stage_sample_every: u32,
     pub source: Option<Box<dyn Source>>,
     pub egress: WorkerEgress,
 }
@@ -91,11 +93,31 @@ struct State {
     coalescer: Option<Coalescer>,
     events: Sender<Event>,
     stats: WorkerStats,
+    /// Picks the transmitted packets (TUN reads or source packets) that are timed.
+    tx_sampler: StageSampler,
+    /// Picks the received packets that are timed.
+    rx_sampler: StageSampler,
+    stages: StageTimes,
+    /// When each timed packet in the transmit batch was sealed; sized for a full batch
+    /// at start, so timing never allocates.
+    tx_sealed: Vec<Instant>,
+    /// When each timed packet the coalescer holds was opened.
+    rx_opened: Vec<Instant>,
+    /// When the current receive call handed over its first datagram (timing on only).
+    rx_call_first: Option<Instant>,
 }
+
+/// Timed packets one transmit batch or one coalesced write can carry: beyond this their
+/// later stages go untimed (a batch holds at most `TUN_READS_PER_BATCH` reads, a write 64
+/// segments, so only a source's unusually large batch reaches it).
+const TIMED_PER_BATCH: usize = 512;
 
 /// Runs a worker until it is told to shut down; returns its final counters.
 /// `ready` learns whether the I/O backend could be set up before any packet moves.
-pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<WorkerStats> {
+pub(super) fn run(
+    setup: WorkerSetup,
+    ready: Sender<Result<()>>,
+) -> Result<(WorkerStats, StageTimes)> {
     // Pinning is best effort: an unavailable core leaves the thread to the scheduler, but
     // says so (counted in `pin_failed` and reported once) rather than running unpinned
     // unnoticed while the operator believes otherwise.
@@ -122,6 +144,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         batch_sends,
         gso_segments,
         io_sizing,
+        stage_sample_every,
         source,
         egress,
         ..
@@ -168,6 +191,12 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             pin_failed: u64::from(pin_failed),
             ..WorkerStats::default()
         },
+        tx_sampler: StageSampler::new(stage_sample_every),
+        rx_sampler: StageSampler::new(stage_sample_every),
+        stages: StageTimes::default(),
+        tx_sealed: Vec::with_capacity(TIMED_PER_BATCH),
+        rx_opened: Vec::with_capacity(TIMED_PER_BATCH),
+        rx_call_first: None,
     };
     if let WorkerEgress::Tun(queue) = &state.egress {
         io.watch(queue.raw_fd())?;
@@ -178,7 +207,8 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    return Ok(state.final_stats(io.as_ref()));
+                    let stats = state.final_stats(io.as_ref());
+                    return Ok((stats, state.stages));
                 }
                 Ok(message) => state.handle(message, io.as_ref()),
                 Err(TryRecvError::Empty) => break,
@@ -195,6 +225,10 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         let sent = Instant::now();
         state.stats.ns_tx_build += (built - started).as_nanos() as u64;
         state.stats.ns_tx_send += (sent - built).as_nanos() as u64;
+        if state.tx_sampler.is_on() {
+            state.batch_sent(built, sent);
+            state.stages.record(Stage::TxTurn, sent - started);
+        }
 
         // With nothing to send, block in the kernel until a datagram arrives, the TUN queue
         // becomes readable (the backend watches it) or the control channel is due a look.
@@ -203,6 +237,7 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         let mut datagrams = 0u32;
         let rounds = if sending { 1 } else { RECV_ROUNDS };
         for _ in 0..rounds {
+            state.rx_call_first = None;
             let n = io.recv(wait, &mut |buf, segment, src| {
                 // Two clock reads per datagram would cost as much as a tenth of its
                 // processing; timing one datagram in RX_TIMING_SAMPLE estimates the split.
@@ -224,6 +259,9 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         let received = Instant::now();
         state.stats.ns_rx_process += process_ns;
         state.stats.ns_rx_io += ((received - sent).as_nanos() as u64).saturating_sub(process_ns);
+        if state.rx_sampler.is_on() {
+            state.stages.record(Stage::RxTurn, received - sent);
+        }
 
         if received >= next_tick {
             next_tick = received + TICK;
@@ -288,7 +326,20 @@ impl State {
             }
             Control::SetSourceActive(active) => self.source_active = active,
             Control::Snapshot(reply) => {
-                let _ = reply.send(self.final_stats(io));
+                // The histograms are copied only when they are kept: a snapshot of a worker
+                // that is not timing costs it no more than its counters.
+                let stages = self
+                    .tx_sampler
+                    .is_on()
+                    .then(|| Box::new(self.stages.clone()));
+                let _ = reply.send((self.final_stats(io), stages));
+            }
+            Control::SetStageSampling(every) => {
+                self.tx_sampler = StageSampler::new(every);
+                self.rx_sampler = StageSampler::new(every);
+                self.stages.clear();
+                self.tx_sealed.clear();
+                self.rx_opened.clear();
             }
             Control::Shutdown => {}
         }
@@ -405,6 +456,7 @@ impl State {
                 break;
             };
             self.source_endpoint = peer.config.endpoint;
+            let timed = self.tx_sampler.start();
             let sealed = match (self.protection, peer.tx.as_mut()) {
                 (Protection::Encrypted, Some(sa)) => sa.seal(next_header, 0, slot).is_ok(),
                 (Protection::Encrypted, None) => false,
@@ -421,6 +473,13 @@ impl State {
                 });
                 break;
             }
+            if let Some(start) = timed {
+                let now = Instant::now();
+                self.stages.record(Stage::Seal, now - start);
+                if self.tx_sealed.len() < TIMED_PER_BATCH {
+                    self.tx_sealed.push(now);
+                }
+            }
             budget -= 1;
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += inner_len as u64;
@@ -436,10 +495,18 @@ impl State {
         let mut reads = 0;
         // A 64 KiB super-packet needs at most three sends (two full, one shorter tail).
         while batch.free_sends() >= 3 && reads < TUN_READS_PER_BATCH {
+            let timed = self.tx_sampler.start();
             let len = match queue.read(&mut self.tun_buf) {
                 Ok(Some(len)) => len,
                 Ok(None) | Err(_) => break,
             };
+            // With timing on: when the read returned, and the segment and seal times of
+            // its segments so far.
+            let mut timing = timed.map(|start| {
+                let now = Instant::now();
+                self.stages.record(Stage::TunRead, now - start);
+                (now, Duration::ZERO, Duration::ZERO)
+            });
             reads += 1;
             self.stats.tun_reads += 1;
             let (header, packet) = if vnet {
@@ -493,7 +560,15 @@ impl State {
                     i,
                     &mut slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len],
                 );
-                if sa.seal(next_header, 0, slot).is_ok() {
+                let written = timing.map(|_| Instant::now());
+                let sealed = sa.seal(next_header, 0, slot).is_ok();
+                if let (Some((last, segment, seal)), Some(written)) = (timing.as_mut(), written) {
+                    let now = Instant::now();
+                    *segment += written - *last;
+                    *seal += now - written;
+                    *last = now;
+                }
+                if sealed {
                     self.stats.tx_packets += 1;
                     self.stats.tx_bytes += inner_len as u64;
                 } else {
@@ -501,11 +576,32 @@ impl State {
                     self.stats.tx_seal_failed += 1;
                 }
             }
+            if let Some((sealed_at, segment, seal)) = timing {
+                self.stages.record(Stage::Segment, segment);
+                self.stages.record(Stage::Seal, seal);
+                if self.tx_sealed.len() < TIMED_PER_BATCH {
+                    self.tx_sealed.push(sealed_at);
+                }
+            }
         }
+    }
+
+    /// Times the batch wait and the send of every timed packet in the batch just sent
+    /// (`built`: when the send began; `sent`: when it returned).
+    fn batch_sent(&mut self, built: Instant, sent: Instant) {
+        for &sealed in &self.tx_sealed {
+            self.stages
+                .record(Stage::BatchWait, built.saturating_duration_since(sealed));
+            self.stages.record(Stage::Send, sent - built);
+        }
+        self.tx_sealed.clear();
     }
 
     #[inline]
     fn on_datagram(&mut self, buf: &mut [u8], segment: usize, src: SocketAddr) {
+        if self.rx_call_first.is_none() && self.rx_sampler.is_on() {
+            self.rx_call_first = Some(Instant::now());
+        }
         for packet in buf.chunks_mut(segment) {
             self.on_packet(packet, src);
         }
@@ -517,12 +613,24 @@ impl State {
     fn flush_tun(&mut self) {
         if let (WorkerEgress::Tun(queue), Some(coalescer)) = (&mut self.egress, &mut self.coalescer)
         {
-            flush(queue, coalescer, &mut self.stats);
+            flush(
+                queue,
+                coalescer,
+                &mut self.stats,
+                &mut self.stages,
+                &mut self.rx_opened,
+            );
         }
     }
 
     #[inline]
     fn on_packet(&mut self, packet: &mut [u8], src: SocketAddr) {
+        let timed = self.rx_sampler.start();
+        if let Some(start) = timed {
+            let first = self.rx_call_first.unwrap_or(start);
+            self.stages
+                .record(Stage::Receive, start.saturating_duration_since(first));
+        }
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += packet.len() as u64;
         let range = match self.protection {
@@ -557,6 +665,11 @@ impl State {
                 }
             }
         };
+        let opened = timed.map(|start| {
+            let now = Instant::now();
+            self.stages.record(Stage::Open, now - start);
+            now
+        });
         self.stats.rx_delivered += 1;
         self.stats.rx_delivered_bytes += range.len() as u64;
         match &mut self.egress {
@@ -564,18 +677,25 @@ impl State {
             WorkerEgress::Sink(sink) => sink.deliver(&packet[range]),
             WorkerEgress::Tun(queue) => {
                 let stats = &mut self.stats;
+                let (stages, held) = (&mut self.stages, &mut self.rx_opened);
+                let hold = |held: &mut Vec<Instant>| {
+                    if let Some(at) = opened.filter(|_| held.len() < TIMED_PER_BATCH) {
+                        held.push(at);
+                    }
+                };
                 if let Some(coalescer) = self.coalescer.as_mut() {
                     match coalescer.push(&packet[range.clone()]) {
-                        Push::Merged => return,
+                        Push::Merged => return hold(held),
                         Push::TakeFirst => {
-                            flush(queue, coalescer, stats);
+                            flush(queue, coalescer, stats, stages, held);
                             if coalescer.push(&packet[range.clone()]) == Push::Merged {
-                                return;
+                                return hold(held);
                             }
                         }
-                        Push::Alone => flush(queue, coalescer, stats),
+                        Push::Alone => flush(queue, coalescer, stats, stages, held),
                     }
                 }
+                let start = opened.map(|_| Instant::now());
                 let written = if queue.has_vnet_header() {
                     // The PSP header in front of the inner packet is spent: its last bytes
                     // become the virtio-net header (no offload; checksums are complete).
@@ -586,6 +706,10 @@ impl State {
                     queue.write(&packet[range])
                 };
                 count_write(written.is_ok(), stats);
+                if let (Some(at), Some(start)) = (opened, start) {
+                    stages.record(Stage::Coalesce, start - at);
+                    stages.record(Stage::TunWrite, start.elapsed());
+                }
             }
         }
     }
@@ -608,10 +732,26 @@ impl State {
     }
 }
 
-/// Writes what the coalescer holds to the TUN queue.
-fn flush(queue: &mut TunQueue, coalescer: &mut Coalescer, stats: &mut WorkerStats) {
+/// Writes what the coalescer holds to the TUN queue, timing the hold and the write of
+/// every timed packet in it (`held`: when each was opened).
+fn flush(
+    queue: &mut TunQueue,
+    coalescer: &mut Coalescer,
+    stats: &mut WorkerStats,
+    stages: &mut StageTimes,
+    held: &mut Vec<Instant>,
+) {
     if let Some(bytes) = coalescer.take() {
+        let start = (!held.is_empty()).then(Instant::now);
         count_write(queue.write(bytes).is_ok(), stats);
+        if let Some(start) = start {
+            let took = start.elapsed();
+            for &at in held.iter() {
+                stages.record(Stage::Coalesce, start.saturating_duration_since(at));
+                stages.record(Stage::TunWrite, took);
+            }
+            held.clear();
+        }
     }
 }
 
