@@ -44,8 +44,8 @@ use crate::ndr::{self, Loss, NdrPdr, SearchPlan, Trial};
 use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile, Stage,
-    StageTimes,
+    lab, BatchingMode, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile,
+    Stage, StageTimes,
 };
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
@@ -205,6 +205,8 @@ pub struct LatencyPlan {
     /// While probing, the engines time one packet in this many at every stage (per
     /// direction; 0: no stage times).
     pub stage_sample_every: u32,
+    /// How both engines batch and poll.
+    pub batching: BatchingMode,
 }
 
 impl Default for LatencyPlan {
@@ -217,6 +219,7 @@ impl Default for LatencyPlan {
             ndr_trial: Duration::from_millis(500),
             ndr_trials: 8,
             stage_sample_every: DEFAULT_STAGE_SAMPLE_EVERY,
+            batching: BatchingMode::THROUGHPUT,
         }
     }
 }
@@ -293,7 +296,14 @@ pub fn stage_table(rows: &[StageRow]) -> String {
         .collect();
     crate::markdown_table(
         &[
-            "load", "engine", "stage", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs",
+            "load",
+            "engine",
+            "stage",
+            "samples",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
         ],
         &body,
     )
@@ -375,7 +385,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         return Err(e);
     }
     let epoch = Instant::now();
-    let bench = Testbed::start(plan.io)?;
+    let bench = Testbed::start(plan.io, plan.batching)?;
     let paths = [
         (Path::UdpLoopback, Endpoints::loopback()?),
         (
@@ -450,8 +460,16 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
             }
         }
         if plan.stage_sample_every > 0 {
-            stages.extend(stage_rows(load, Side::A, &bench.a.snapshot()?.stage_times()));
-            stages.extend(stage_rows(load, Side::B, &bench.b.snapshot()?.stage_times()));
+            stages.extend(stage_rows(
+                load,
+                Side::A,
+                &bench.a.snapshot()?.stage_times(),
+            ));
+            stages.extend(stage_rows(
+                load,
+                Side::B,
+                &bench.b.snapshot()?.stage_times(),
+            ));
         }
         interval_logs.push((load, interval_log(load, &paths, &samples)));
         for ((path, _), samples) in paths.iter().zip(samples) {
@@ -682,7 +700,7 @@ struct Testbed {
 }
 
 impl Testbed {
-    fn start(io: IoKind) -> Result<Self, Error> {
+    fn start(io: IoKind, batching: BatchingMode) -> Result<Self, Error> {
         let id = std::process::id();
         let netns = |side: char| {
             Netns::create(&format!("cpclat-{id}-{side}"))
@@ -733,6 +751,7 @@ impl Testbed {
             let mut config = EngineConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
             config.egress = Egress::Tun(queues);
             config.io = io;
+            config.batching = batching;
             Ok(Engine::start(config)?)
         };
         let a = side(0, &ns_a)?;

@@ -150,7 +150,10 @@ fn sampled_packets_are_timed_at_every_stage_they_pass() {
     }
     assert!(times.count(Stage::RxTurn) > 0);
     // A seal of 200 bytes takes well under a millisecond, even on a loaded machine.
-    let seal = sent.stage_times().histogram(Stage::Seal).value_at_quantile(0.5);
+    let seal = sent
+        .stage_times()
+        .histogram(Stage::Seal)
+        .value_at_quantile(0.5);
     assert!(seal > 0 && seal < 1_000_000, "median seal {seal} ns");
 }
 

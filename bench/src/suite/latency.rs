@@ -43,6 +43,7 @@ pub(super) fn latency(
         ndr_trial: ms(cx, 250, 500),
         ndr_trials: pick(cx, 6, 10),
         stage_sample_every: latency::DEFAULT_STAGE_SAMPLE_EVERY,
+        ..LatencyPlan::default()
     };
     // Setup and maximum, the two searches, then each load.
     progress.steps(2 + plan.loads.len());
@@ -114,7 +115,9 @@ pub(super) fn latency(
     if !run.stages.is_empty() {
         let mut table = Table::new(
             "time per stage inside each engine (µs), one packet in 8 timed while probing",
-            &["load", "engine", "stage", "samples", "p50", "p99", "p99.9", "max"],
+            &[
+                "load", "engine", "stage", "samples", "p50", "p99", "p99.9", "max",
+            ],
         );
         for r in &run.stages {
             table.push(vec![

@@ -36,6 +36,71 @@ impl Default for BatchPolicy {
     }
 }
 
+/// How a worker trades latency against batching: its transmit batches' policy, and how
+/// long it keeps polling after its last packet before it blocks in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchingMode {
+    /// When a transmit batch goes out.
+    pub policy: BatchPolicy,
+    /// After the last packet sent or received, the worker polls its socket and TUN queue
+    /// this long without blocking (zero: it blocks at once), so that the next packet is
+    /// not delayed by a wake-up; it spends the CPU for it.
+    pub busy_poll: Duration,
+}
+
+impl BatchingMode {
+    /// Throughput first (the default): the largest batches, no busy polling.
+    pub const THROUGHPUT: BatchingMode = BatchingMode {
+        policy: BatchPolicy::GATHER,
+        busy_poll: Duration::ZERO,
+    };
+
+    /// Latency first: a batch's first packet waits at most 20 µs for the rest, batches of
+    /// at most 32 reads, and 100 µs of polling after the last packet.
+    pub const LATENCY_FIRST: BatchingMode = BatchingMode {
+        policy: BatchPolicy {
+            max_hold: Some(Duration::from_micros(20)),
+            max_packets: 32,
+        },
+        busy_poll: Duration::from_micros(100),
+    };
+
+    /// The largest batch (in reads) a mode may ask for.
+    pub const MAX_PACKETS: usize = 1024;
+    /// The longest busy poll a mode may ask for: past it a worker is simply spinning.
+    pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
+    /// `self` if a worker can run it, or what is wrong with it.
+    pub fn checked(self) -> crate::Result<Self> {
+        if !(1..=Self::MAX_PACKETS).contains(&self.policy.max_packets) {
+            return Err(crate::Error::EngineConfig(format!(
+                "a transmit batch of {} reads is out of range (expected 1..={})",
+                self.policy.max_packets,
+                Self::MAX_PACKETS
+            )));
+        }
+        if self.policy.max_hold.is_some_and(|h| h.is_zero()) {
+            return Err(crate::Error::EngineConfig(
+                "a batch hold of 0 µs sends every packet alone: give at least 1 µs, or none for no bound".into(),
+            ));
+        }
+        if self.busy_poll > Self::MAX_BUSY_POLL {
+            return Err(crate::Error::EngineConfig(format!(
+                "a busy poll of {:?} is over the limit of {:?}",
+                self.busy_poll,
+                Self::MAX_BUSY_POLL
+            )));
+        }
+        Ok(self)
+    }
+}
+
+impl Default for BatchingMode {
+    fn default() -> Self {
+        Self::THROUGHPUT
+    }
+}
+
 /// Whether the batch being gathered must go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchDecision {
@@ -213,7 +278,26 @@ mod tests {
             max_packets: 4,
         };
         let waits = simulate(capped, &stream, READ, SEND);
-        assert!(waits.iter().all(|w| *w <= READ * 3), "{:?}", waits.iter().max());
+        assert!(
+            waits.iter().all(|w| *w <= READ * 3),
+            "{:?}",
+            waits.iter().max()
+        );
+    }
+
+    #[test]
+    fn modes_a_worker_cannot_run_are_refused() {
+        assert!(BatchingMode::THROUGHPUT.checked().is_ok());
+        assert!(BatchingMode::LATENCY_FIRST.checked().is_ok());
+        let mut m = BatchingMode::LATENCY_FIRST;
+        m.policy.max_packets = 0;
+        assert!(m.checked().unwrap_err().to_string().contains("0 reads"));
+        let mut m = BatchingMode::LATENCY_FIRST;
+        m.policy.max_hold = Some(Duration::ZERO);
+        assert!(m.checked().is_err());
+        let mut m = BatchingMode::LATENCY_FIRST;
+        m.busy_poll = Duration::from_secs(1);
+        assert!(m.checked().unwrap_err().to_string().contains("busy poll"));
     }
 
     #[test]

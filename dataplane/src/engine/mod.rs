@@ -4,9 +4,9 @@
 //! The control interface speaks in SA events (install, retire, revoke), so a key plane can
 //! drive it; static lab keys are just one source of those events (see [`lab`]).
 
+pub mod batching;
 pub mod lab;
 mod rx_sas;
-pub mod batching;
 pub mod segment;
 pub mod stages;
 pub mod stats;
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use batching::{BatchDeadline, BatchDecision, BatchPolicy, BatchingMode};
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
 pub use stages::{Stage, StageSampler, StageSummary, StageTimes};
 pub use stats::{EngineStats, WorkerStats};
@@ -108,6 +109,8 @@ pub struct EngineConfig {
     /// Time one packet in this many at every stage of its way through a worker (per
     /// direction; 0, the default: none, and nothing is timed).
     pub stage_sample_every: u32,
+    /// Latency against batching: transmit batch policy and busy polling.
+    pub batching: BatchingMode,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -147,6 +150,7 @@ impl EngineConfig {
             source: None,
             egress: Egress::Discard,
             stage_sample_every: 0,
+            batching: BatchingMode::THROUGHPUT,
         }
     }
 }
@@ -214,6 +218,8 @@ pub enum Control {
     /// Time one packet in this many per stage from now on (0: stop timing); the samples
     /// taken so far are forgotten.
     SetStageSampling(u32),
+    /// Batch and poll this way from now on.
+    SetBatching(BatchingMode),
     /// Stop; the thread returns its final counters.
     Shutdown,
 }
@@ -264,6 +270,7 @@ impl Engine {
         if config.batch_sends == 0 {
             return Err(Error::EngineConfig("batch_sends must be at least 1".into()));
         }
+        let batching = config.batching.checked()?;
         let io_sizing = config.io_sizing.checked()?;
         let (io_kind, fallback) = config.io.resolve()?;
         // io_uring has one send slot per submission entry but the receive's; sends beyond
@@ -340,6 +347,7 @@ impl Engine {
                 gso_segments: config.gso_segments,
                 io_sizing,
                 stage_sample_every: config.stage_sample_every,
+                batching,
                 source: config
                     .source
                     .as_ref()
@@ -501,6 +509,12 @@ impl Engine {
     /// samples taken so far are forgotten.
     pub fn set_stage_sampling(&self, every: u32) -> Result<()> {
         self.broadcast(|| Control::SetStageSampling(every))
+    }
+
+    /// Batches and polls this way on every worker from now on.
+    pub fn set_batching(&self, mode: BatchingMode) -> Result<()> {
+        let mode = mode.checked()?;
+        self.broadcast(|| Control::SetBatching(mode))
     }
 
     /// A copy of every worker's counters (and stage times, where sampling is on).

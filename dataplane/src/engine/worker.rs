@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::batching::{BatchDeadline, BatchDecision, BatchingMode};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::stages::{Stage, StageSampler, StageTimes};
@@ -33,8 +34,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 const RECV_ROUNDS: usize = 8;
 /// The largest inner packet read from TUN.
 const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
-/// TUN reads per transmit batch at most.
-const TUN_READS_PER_BATCH: usize = 256;
 /// Source packets dropped for want of a site per transmit batch at most, so a source whose
 /// every flow has none still lets the worker turn to its receive side.
 const NO_SITE_DROPS_PER_BATCH: u64 = 256;
@@ -62,6 +61,7 @@ pub(super) struct WorkerSetup {
     pub gso_segments: usize,
     pub io_sizing: crate::io::IoSizing,
     pub stage_sample_every: u32,
+    pub batching: BatchingMode,
     pub source: Option<Box<dyn Source>>,
     pub egress: WorkerEgress,
 }
@@ -105,11 +105,15 @@ struct State {
     rx_opened: Vec<Instant>,
     /// When the current receive call handed over its first datagram (timing on only).
     rx_call_first: Option<Instant>,
+    /// Whether the transmit batch being gathered from TUN must go.
+    deadline: BatchDeadline,
+    /// How long to poll without blocking after the last packet.
+    busy_poll: Duration,
 }
 
 /// Timed packets one transmit batch or one coalesced write can carry: beyond this their
-/// later stages go untimed (a batch holds at most `TUN_READS_PER_BATCH` reads, a write 64
-/// segments, so only a source's unusually large batch reaches it).
+/// later stages go untimed (a write carries 64 segments at most, so only a large batch
+/// sampled densely reaches it).
 const TIMED_PER_BATCH: usize = 512;
 
 /// Runs a worker until it is told to shut down; returns its final counters.
@@ -145,6 +149,7 @@ pub(super) fn run(
         gso_segments,
         io_sizing,
         stage_sample_every,
+        batching,
         source,
         egress,
         ..
@@ -197,12 +202,16 @@ pub(super) fn run(
         tx_sealed: Vec::with_capacity(TIMED_PER_BATCH),
         rx_opened: Vec::with_capacity(TIMED_PER_BATCH),
         rx_call_first: None,
+        deadline: BatchDeadline::new(batching.policy),
+        busy_poll: batching.busy_poll,
     };
     if let WorkerEgress::Tun(queue) = &state.egress {
         io.watch(queue.raw_fd())?;
     }
     let mut batch = TxBatch::new(batch_sends, gso_segments);
     let mut next_tick = Instant::now() + TICK;
+    // When a packet was last sent or received: busy polling lasts `busy_poll` from it.
+    let mut last_active = Instant::now();
     loop {
         loop {
             match control.try_recv() {
@@ -231,11 +240,16 @@ pub(super) fn run(
         }
 
         // With nothing to send, block in the kernel until a datagram arrives, the TUN queue
-        // becomes readable (the backend watches it) or the control channel is due a look.
-        let mut wait = (!sending).then(|| state.idle_wait(built));
+        // becomes readable (the backend watches it) or the control channel is due a look;
+        // within the busy-poll budget after the last packet, look without blocking.
+        if sending {
+            last_active = sent;
+        }
+        let polling = !sending && built.saturating_duration_since(last_active) < state.busy_poll;
+        let mut wait = (!sending && !polling).then(|| state.idle_wait(built));
         let mut process_ns = 0u64;
         let mut datagrams = 0u32;
-        let rounds = if sending { 1 } else { RECV_ROUNDS };
+        let rounds = if sending || polling { 1 } else { RECV_ROUNDS };
         for _ in 0..rounds {
             state.rx_call_first = None;
             let n = io.recv(wait, &mut |buf, segment, src| {
@@ -257,6 +271,9 @@ pub(super) fn run(
             }
         }
         let received = Instant::now();
+        if datagrams > 0 {
+            last_active = received;
+        }
         state.stats.ns_rx_process += process_ns;
         state.stats.ns_rx_io += ((received - sent).as_nanos() as u64).saturating_sub(process_ns);
         if state.rx_sampler.is_on() {
@@ -334,6 +351,10 @@ impl State {
                     .then(|| Box::new(self.stages.clone()));
                 let _ = reply.send((self.final_stats(io), stages));
             }
+            Control::SetBatching(mode) => {
+                self.deadline = BatchDeadline::new(mode.policy);
+                self.busy_poll = mode.busy_poll;
+            }
             Control::SetStageSampling(every) => {
                 self.tx_sampler = StageSampler::new(every);
                 self.rx_sampler = StageSampler::new(every);
@@ -392,7 +413,7 @@ impl State {
         if self.source.is_some() {
             self.build_from_source(batch, now);
         } else if matches!(self.egress, WorkerEgress::Tun(_)) {
-            self.build_from_tun(batch);
+            self.build_from_tun(batch, now);
         }
     }
 
@@ -487,19 +508,35 @@ impl State {
         source.spend(allowance - budget);
     }
 
-    fn build_from_tun(&mut self, batch: &mut TxBatch) {
+    /// Fills the batch from TUN until the queue is empty, the batch is full or its
+    /// deadline says it must go (`started`: when this batch began).
+    fn build_from_tun(&mut self, batch: &mut TxBatch, started: Instant) {
         let WorkerEgress::Tun(queue) = &mut self.egress else {
             return;
         };
         let vnet = queue.has_vnet_header();
-        let mut reads = 0;
+        self.deadline.flushed();
         // A 64 KiB super-packet needs at most three sends (two full, one shorter tail).
-        while batch.free_sends() >= 3 && reads < TUN_READS_PER_BATCH {
+        while batch.free_sends() >= 3 {
+            // The clock is read only while a bounded batch holds a packet; the first read
+            // of a batch counts from the batch's start.
+            let now = if self.deadline.needs_clock() {
+                Instant::now()
+            } else {
+                started
+            };
+            if self.deadline.decide(now, false) == BatchDecision::Flush {
+                break;
+            }
             let timed = self.tx_sampler.start();
             let len = match queue.read(&mut self.tun_buf) {
                 Ok(Some(len)) => len,
+                // Nothing more waiting: the batch goes now, however small.
                 Ok(None) | Err(_) => break,
             };
+            // Counted as held from before its read (a packet the read then drops only
+            // makes the batch go a little sooner).
+            self.deadline.read(Some(now));
             // With timing on: when the read returned, and the segment and seal times of
             // its segments so far.
             let mut timing = timed.map(|start| {
@@ -507,7 +544,6 @@ impl State {
                 self.stages.record(Stage::TunRead, now - start);
                 (now, Duration::ZERO, Duration::ZERO)
             });
-            reads += 1;
             self.stats.tun_reads += 1;
             let (header, packet) = if vnet {
                 match VnetHeader::parse(&self.tun_buf[..len]) {
