@@ -270,7 +270,8 @@ mod tests {
             [Stage::Seal, Stage::Open]
         );
         let seal = summary[0];
-        assert!((49_000..=51_000).contains(&seal.p50_ns), "{seal:?}");
+        // Two significant digits: within 1% of 50 µs.
+        assert!((49_000..=52_000).contains(&seal.p50_ns), "{seal:?}");
         // Longer than the histogram's range: kept, as the range's end.
         assert!(seal.max_ns >= HIGHEST_NS, "{seal:?}");
         assert_ne!(a, b);
