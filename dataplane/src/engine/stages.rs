@@ -3,7 +3,7 @@
 //! One packet in `every` (per direction, per worker) is timed at each step of its way
 //! through the worker; the durations go into one HdrHistogram per [`Stage`]. Off (`every`
 //! = 0) by default, when the only cost on the packet path is the branch on
-//! [`StageSampler::next`]. The histograms belong to the worker that records them; the
+//! [`StageSampler::pick`]. The histograms belong to the worker that records them; the
 //! control thread gets copies and merges them ([`StageTimes::merge`]).
 
 use std::time::{Duration, Instant};
@@ -214,7 +214,7 @@ impl StageSampler {
 
     /// Whether the next packet is timed. Off, one branch; on, a countdown.
     #[inline]
-    pub fn next(&mut self) -> bool {
+    pub fn pick(&mut self) -> bool {
         if self.every == 0 {
             return false;
         }
@@ -230,7 +230,7 @@ impl StageSampler {
     /// The clock now when the next packet is timed, `None` when it is not.
     #[inline]
     pub fn start(&mut self) -> Option<Instant> {
-        self.next().then(Instant::now)
+        self.pick().then(Instant::now)
     }
 }
 
@@ -241,15 +241,15 @@ mod tests {
     #[test]
     fn a_sampler_picks_one_in_every_and_none_when_off() {
         let mut off = StageSampler::new(0);
-        assert!(!(0..1000).any(|_| off.next()));
+        assert!(!(0..1000).any(|_| off.pick()));
         let mut s = StageSampler::new(4);
-        let picked: Vec<bool> = (0..8).map(|_| s.next()).collect();
+        let picked: Vec<bool> = (0..8).map(|_| s.pick()).collect();
         assert_eq!(
             picked,
             [false, false, false, true, false, false, false, true]
         );
         let mut every = StageSampler::new(1);
-        assert!((0..10).all(|_| every.next()));
+        assert!((0..10).all(|_| every.pick()));
     }
 
     #[test]
