@@ -267,7 +267,13 @@ async fn status(
     };
     let body = serde_json::json!({
         "appliance": status,
-        "counters": { "total": counters.total(), "workers": counters.workers },
+        // Stage times (p50/p99/p99.9 per stage, all workers merged) are there only while
+        // the engine samples them; otherwise the list is empty.
+        "counters": {
+            "total": counters.total(),
+            "workers": counters.workers,
+            "stages": counters.stage_times(),
+        },
     });
     echo(&headers, Json(body).into_response())
 }

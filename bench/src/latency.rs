@@ -44,7 +44,8 @@ use crate::ndr::{self, Loss, NdrPdr, SearchPlan, Trial};
 use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile,
+    lab, BatchingMode, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile,
+    Stage, StageTimes,
 };
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
@@ -201,6 +202,11 @@ pub struct LatencyPlan {
     pub ndr_trial: Duration,
     /// Trials per threshold of the search at most.
     pub ndr_trials: usize,
+    /// While probing, the engines time one packet in this many at every stage (per
+    /// direction; 0: no stage times).
+    pub stage_sample_every: u32,
+    /// How both engines batch and poll.
+    pub batching: BatchingMode,
 }
 
 impl Default for LatencyPlan {
@@ -212,8 +218,95 @@ impl Default for LatencyPlan {
             io: IoKind::Auto,
             ndr_trial: Duration::from_millis(500),
             ndr_trials: 8,
+            stage_sample_every: DEFAULT_STAGE_SAMPLE_EVERY,
+            batching: BatchingMode::THROUGHPUT,
         }
     }
+}
+
+/// One packet in this many is timed per stage inside the engines while probing: at 0%
+/// load a probe in eight, enough for p99; at higher loads the cost (a few clock reads
+/// per timed packet) stays below a percent of a packet's time.
+pub const DEFAULT_STAGE_SAMPLE_EVERY: u32 = 8;
+
+/// Which of the two engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Side {
+    /// Engine A: the probes' (and the background's) sender, the replies' receiver.
+    A,
+    /// Engine B: the probes' receiver, the replies' sender.
+    B,
+}
+
+/// One stage inside one engine at one load: where a packet's time went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageRow {
+    /// Background load, percent of the tunnel's no-drop rate.
+    pub load_pct: u32,
+    /// The engine.
+    pub side: Side,
+    /// The stage.
+    pub stage: Stage,
+    /// Samples (timed packets, or loop turns for the turn stages).
+    pub samples: u64,
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: f64,
+    /// Longest, microseconds.
+    pub max_us: f64,
+}
+
+/// The rows of one engine's stage times at one load.
+pub fn stage_rows(load_pct: u32, side: Side, times: &StageTimes) -> Vec<StageRow> {
+    times
+        .summary()
+        .into_iter()
+        .map(|s| StageRow {
+            load_pct,
+            side,
+            stage: s.stage,
+            samples: s.samples,
+            p50_us: us(s.p50_ns),
+            p99_us: us(s.p99_ns),
+            p999_us: us(s.p999_ns),
+            max_us: us(s.max_ns),
+        })
+        .collect()
+}
+
+/// Renders stage rows as a table.
+pub fn stage_table(rows: &[StageRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}%", r.load_pct),
+                format!("{:?}", r.side),
+                r.stage.name().to_string(),
+                r.samples.to_string(),
+                format!("{:.1}", r.p50_us),
+                format!("{:.1}", r.p99_us),
+                format!("{:.1}", r.p999_us),
+                format!("{:.1}", r.max_us),
+            ]
+        })
+        .collect();
+    crate::markdown_table(
+        &[
+            "load",
+            "engine",
+            "stage",
+            "samples",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+        ],
+        &body,
+    )
 }
 
 /// Everything one run of the suite measured.
@@ -221,6 +314,9 @@ impl Default for LatencyPlan {
 pub struct LatencyRun {
     /// One row per path, load and metric.
     pub rows: Vec<LatencyRow>,
+    /// Per load and engine, where a packet's time went inside it (empty when the plan
+    /// timed no stages).
+    pub stages: Vec<StageRow>,
     /// The tunnel's maximum, background packets per second delivered.
     pub max_pps: f64,
     /// The tunnel's no-drop and partial-drop rates.
@@ -289,7 +385,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         return Err(e);
     }
     let epoch = Instant::now();
-    let bench = Testbed::start(plan.io)?;
+    let bench = Testbed::start(plan.io, plan.batching)?;
     let paths = [
         (Path::UdpLoopback, Endpoints::loopback()?),
         (
@@ -347,10 +443,14 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         .max(1.0) as u32;
     let round = plan.duration / rounds;
     let mut rows = Vec::new();
+    let mut stages = Vec::new();
     let mut spectra = Vec::new();
     let mut interval_logs = Vec::new();
     for &load in &plan.loads {
         let pps = (load > 0).then(|| reference * f64::from(load) / 100.0);
+        // Setting the sampling forgets earlier samples: each load's stage times are its own.
+        bench.a.set_stage_sampling(plan.stage_sample_every)?;
+        bench.b.set_stage_sampling(plan.stage_sample_every)?;
         let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::new()).collect();
         // Paths take turns, a round each, so that whatever else the machine does meanwhile
         // falls on all of them alike.
@@ -358,6 +458,18 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
             for ((_, endpoints), samples) in paths.iter().zip(&mut samples) {
                 samples.merge(endpoints.probe(epoch, round, plan.size, pps));
             }
+        }
+        if plan.stage_sample_every > 0 {
+            stages.extend(stage_rows(
+                load,
+                Side::A,
+                &bench.a.snapshot()?.stage_times(),
+            ));
+            stages.extend(stage_rows(
+                load,
+                Side::B,
+                &bench.b.snapshot()?.stage_times(),
+            ));
         }
         interval_logs.push((load, interval_log(load, &paths, &samples)));
         for ((path, _), samples) in paths.iter().zip(samples) {
@@ -379,6 +491,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
     bench.finish()?;
     Ok(LatencyRun {
         rows,
+        stages,
         max_pps: max.delivered_pps,
         ndr,
         spectra,
@@ -587,7 +700,7 @@ struct Testbed {
 }
 
 impl Testbed {
-    fn start(io: IoKind) -> Result<Self, Error> {
+    fn start(io: IoKind, batching: BatchingMode) -> Result<Self, Error> {
         let id = std::process::id();
         let netns = |side: char| {
             Netns::create(&format!("cpclat-{id}-{side}"))
@@ -638,6 +751,7 @@ impl Testbed {
             let mut config = EngineConfig::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
             config.egress = Egress::Tun(queues);
             config.io = io;
+            config.batching = batching;
             Ok(Engine::start(config)?)
         };
         let a = side(0, &ns_a)?;

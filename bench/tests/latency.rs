@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use cpclink_bench::latency::{self, LatencyPlan, Metric, Path};
+use cpclink_bench::latency::{self, LatencyPlan, Metric, Path, Side};
 use cpclink_bench::Error;
+use cpclink_dataplane::engine::Stage;
 use cpclink_dataplane::io::IoKind;
 
 #[test]
@@ -21,9 +22,35 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         io: IoKind::Auto,
         ndr_trial: Duration::from_millis(200),
         ndr_trials: 4,
+        stage_sample_every: 4,
+        ..LatencyPlan::default()
     };
-    let rows = latency::run(&plan, |line| eprintln!("{line}")).unwrap();
+    let run = latency::measure(&plan, |line| eprintln!("{line}")).unwrap();
+    let rows = run.rows;
     eprintln!("{}", latency::table(&rows));
+    eprintln!("{}", latency::stage_table(&run.stages));
+    // Every load has its own stage times: engine A's probes (and background) read from
+    // TUN and sealed, engine B's opened and written to TUN.
+    for load in [0, 50] {
+        for (side, stage) in [
+            (Side::A, Stage::TunRead),
+            (Side::A, Stage::Seal),
+            (Side::A, Stage::BatchWait),
+            (Side::A, Stage::Send),
+            (Side::B, Stage::Receive),
+            (Side::B, Stage::Open),
+            (Side::B, Stage::TunWrite),
+        ] {
+            let row = run
+                .stages
+                .iter()
+                .find(|r| r.load_pct == load && r.side == side && r.stage == stage);
+            assert!(
+                row.is_some_and(|r| r.samples > 0 && r.p50_us > 0.0 && r.p50_us <= r.p99_us),
+                "{load}% {side:?} {stage:?}: {row:?}"
+            );
+        }
+    }
     assert_eq!(rows.len(), 2 * 3 * 2, "loads × paths × metrics: {rows:#?}");
     for load in [0, 50] {
         for path in [Path::UdpLoopback, Path::Veth, Path::Cpclink] {

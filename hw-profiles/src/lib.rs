@@ -16,7 +16,7 @@ pub mod tune;
 pub mod udp_runner;
 
 pub use error::{HwError, Result};
-pub use profile::{DataplaneTuning, Profile, ProfileSet};
+pub use profile::{DataplaneMode, DataplaneTuning, LatencyFirst, Profile, ProfileSet};
 
 use std::path::Path;
 

@@ -232,6 +232,54 @@ pub struct Dataplane {
     pub gso_segments: u16,
     /// AEAD backend: one of [`CRYPTO_BACKENDS`].
     pub crypto_backend: String,
+    /// `"throughput"` (the default: the largest batches) or `"latency"` (a packet waits
+    /// for its batch at most `max_hold_us`, and workers poll `busy_poll_us` before they
+    /// sleep), for operators who prefer the latency the tunnel adds to its peak rate.
+    #[serde(default)]
+    pub mode: DataplaneMode,
+    /// Latency mode: the longest a transmit batch's first packet waits for the rest,
+    /// microseconds (1..=1000; default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hold_us: Option<u32>,
+    /// Latency mode: how long a worker polls without sleeping after its last packet,
+    /// microseconds (0..=10000; default 100). Each busy worker's core then stays busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_poll_us: Option<u32>,
+}
+
+/// What a profile's data plane favours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataplaneMode {
+    /// The largest batches, no busy polling.
+    #[default]
+    Throughput,
+    /// Bounded batch waits and busy polling.
+    Latency,
+}
+
+/// The latency mode's settings, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencyFirst {
+    /// The longest a transmit batch's first packet waits for the rest, microseconds.
+    pub max_hold_us: u32,
+    /// Polling after the last packet before sleeping, microseconds.
+    pub busy_poll_us: u32,
+    /// TUN reads per transmit batch at most.
+    pub max_reads: u32,
+}
+
+impl LatencyFirst {
+    /// The default hold bound, microseconds (the engine's latency-first mode).
+    pub const DEFAULT_MAX_HOLD_US: u32 = 20;
+    /// The default busy poll, microseconds.
+    pub const DEFAULT_BUSY_POLL_US: u32 = 100;
+    /// Reads per batch in latency mode.
+    pub const MAX_READS: u32 = 32;
+    /// The largest hold bound a profile may give, microseconds.
+    pub const MAX_HOLD_US_LIMIT: u32 = 1_000;
+    /// The longest busy poll a profile may give, microseconds.
+    pub const BUSY_POLL_US_LIMIT: u32 = 10_000;
 }
 
 /// What the data plane engine takes from a profile, resolved for this host.
@@ -251,6 +299,8 @@ pub struct DataplaneTuning {
     pub provided_buffers: u32,
     /// `"aws-lc-rs"`, `"ring"` or `"rustcrypto"`.
     pub crypto_backend: String,
+    /// The latency mode's settings when the profile asks for it; `None`: throughput first.
+    pub latency_first: Option<LatencyFirst>,
 }
 
 /// UDP's largest GSO segment count (`UDP_MAX_SEGMENTS` in include/linux/udp.h).
@@ -459,6 +509,35 @@ impl Profile {
                 format!("write a value in 1..={UDP_MAX_SEGMENTS} (the kernel's UDP_MAX_SEGMENTS)"),
             );
         }
+        let latency = dp.mode == DataplaneMode::Latency;
+        for (field, value, range) in [
+            (
+                "max_hold_us",
+                dp.max_hold_us,
+                1..=LatencyFirst::MAX_HOLD_US_LIMIT,
+            ),
+            (
+                "busy_poll_us",
+                dp.busy_poll_us,
+                0..=LatencyFirst::BUSY_POLL_US_LIMIT,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            let field = format!("[dataplane].{field}");
+            if !latency {
+                issue(
+                    &field,
+                    "applies only in latency mode".into(),
+                    "add mode = \"latency\" to [dataplane], or remove this line".into(),
+                );
+            } else if !range.contains(&value) {
+                issue(
+                    &field,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                    format!("write a value in {}..={}", range.start(), range.end()),
+                );
+            }
+        }
         if !CRYPTO_BACKENDS.contains(&dp.crypto_backend.as_str()) {
             issue(
                 "[dataplane].crypto_backend",
@@ -529,6 +608,17 @@ impl Profile {
             io_uring_entries: self.io_uring.entries,
             provided_buffers: self.io_uring.provided_buffers,
             crypto_backend: self.dataplane.crypto_backend.clone(),
+            latency_first: (self.dataplane.mode == DataplaneMode::Latency).then(|| LatencyFirst {
+                max_hold_us: self
+                    .dataplane
+                    .max_hold_us
+                    .unwrap_or(LatencyFirst::DEFAULT_MAX_HOLD_US),
+                busy_poll_us: self
+                    .dataplane
+                    .busy_poll_us
+                    .unwrap_or(LatencyFirst::DEFAULT_BUSY_POLL_US),
+                max_reads: LatencyFirst::MAX_READS,
+            }),
         }
     }
 }
@@ -813,6 +903,49 @@ mod tests {
         assert_eq!(t.workers, 4);
         assert_eq!(t.batch, p.dataplane.batch as usize);
         assert_eq!(t.crypto_backend, "aws-lc-rs");
+    }
+
+    #[test]
+    fn latency_mode_is_off_unless_asked_and_its_values_are_checked() {
+        let p = Profile::parse("profiles/e810.toml", &e810()).unwrap();
+        let online = CpuList::parse("0-3").unwrap();
+        assert_eq!(p.dataplane.mode, DataplaneMode::Throughput);
+        assert_eq!(p.dataplane_tuning(&online, &[], None).latency_first, None);
+
+        let latency = e810().replace(
+            "[dataplane]\n",
+            "[dataplane]\nmode = \"latency\"\nbusy_poll_us = 50\n",
+        );
+        let p = Profile::parse("profiles/e810.toml", &latency).unwrap();
+        assert_eq!(
+            p.dataplane_tuning(&online, &[], None).latency_first,
+            Some(LatencyFirst {
+                max_hold_us: LatencyFirst::DEFAULT_MAX_HOLD_US,
+                busy_poll_us: 50,
+                max_reads: LatencyFirst::MAX_READS,
+            })
+        );
+
+        let out_of_range = latency.replace("busy_poll_us = 50", "max_hold_us = 0");
+        let err = Profile::parse("profiles/e810.toml", &out_of_range)
+            .unwrap_err()
+            .to_string();
+        let line = line_of(&out_of_range, "max_hold_us = ");
+        assert!(
+            err.contains(&format!(
+                "profiles/e810.toml:{line}: [dataplane].max_hold_us: 0 is outside 1..=1000"
+            )),
+            "{err}"
+        );
+
+        let without_mode = e810().replace("[dataplane]\n", "[dataplane]\nbusy_poll_us = 50\n");
+        let err = Profile::parse("profiles/e810.toml", &without_mode)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("applies only in latency mode"), "{err}");
+
+        let unknown = e810().replace("[dataplane]\n", "[dataplane]\nmode = \"fast\"\n");
+        assert!(Profile::parse("profiles/e810.toml", &unknown).is_err());
     }
 
     #[test]

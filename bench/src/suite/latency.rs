@@ -42,6 +42,8 @@ pub(super) fn latency(
         io: IoKind::Auto,
         ndr_trial: ms(cx, 250, 500),
         ndr_trials: pick(cx, 6, 10),
+        stage_sample_every: latency::DEFAULT_STAGE_SAMPLE_EVERY,
+        ..LatencyPlan::default()
     };
     // Setup and maximum, the two searches, then each load.
     progress.steps(2 + plan.loads.len());
@@ -110,6 +112,27 @@ pub(super) fn latency(
         }
     }
     stage.tables.push(table);
+    if !run.stages.is_empty() {
+        let mut table = Table::new(
+            "time per stage inside each engine (µs), one packet in 8 timed while probing",
+            &[
+                "load", "engine", "stage", "samples", "p50", "p99", "p99.9", "max",
+            ],
+        );
+        for r in &run.stages {
+            table.push(vec![
+                format!("{}%", r.load_pct),
+                format!("{:?}", r.side),
+                r.stage.name().into(),
+                r.samples.to_string(),
+                format!("{:.1}", r.p50_us),
+                format!("{:.1}", r.p99_us),
+                format!("{:.1}", r.p999_us),
+                format!("{:.1}", r.max_us),
+            ]);
+        }
+        stage.tables.push(table);
+    }
     let reference = if run.ndr.ndr.rate_pps > 0.0 {
         "its NDR"
     } else {

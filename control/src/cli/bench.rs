@@ -10,6 +10,7 @@ use cpclink_bench::crypto::{self, CryptoPlan};
 use cpclink_bench::dataplane::{self as dataplane_suite, DataplanePlan};
 use cpclink_bench::latency::{self, LatencyPlan};
 use cpclink_bench::suite::{self, report::StageStatus, SuitePlan};
+use cpclink_dataplane::engine::BatchingMode;
 use cpclink_dataplane::io::IoKind;
 
 use crate::error::Error;
@@ -110,6 +111,20 @@ enum BenchSuite {
         /// The engines' I/O backend.
         #[arg(long, default_value_t = IoKind::Auto)]
         io: IoKind,
+        /// While probing, time one packet in this many per stage inside the engines
+        /// (0: no stage table).
+        #[arg(long, default_value_t = latency::DEFAULT_STAGE_SAMPLE_EVERY)]
+        stage_sample: u32,
+        /// The engines' latency-first mode (bounded batch waits, busy polling) instead of
+        /// throughput first.
+        #[arg(long)]
+        latency_first: bool,
+        /// Latency-first: the longest a transmit batch's first packet waits, µs.
+        #[arg(long, requires = "latency_first")]
+        max_hold_us: Option<u64>,
+        /// Latency-first: polling after the last packet before sleeping, µs.
+        #[arg(long, requires = "latency_first")]
+        busy_poll_us: Option<u64>,
     },
     /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
     /// rate, directory change, rotation and revocation reaching all of them).
@@ -371,13 +386,30 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             loads,
             size,
             io,
+            stage_sample,
+            latency_first,
+            max_hold_us,
+            busy_poll_us,
         } => {
             check_duration(duration)?;
+            let mut batching = if latency_first {
+                BatchingMode::LATENCY_FIRST
+            } else {
+                BatchingMode::THROUGHPUT
+            };
+            if let Some(us) = max_hold_us {
+                batching.policy.max_hold = Some(Duration::from_micros(us));
+            }
+            if let Some(us) = busy_poll_us {
+                batching.busy_poll = Duration::from_micros(us);
+            }
             let plan = LatencyPlan {
                 duration: Duration::from_secs_f64(duration),
                 loads: given_or(loads, latency::DEFAULT_LOADS.to_vec()),
                 size,
                 io,
+                stage_sample_every: stage_sample,
+                batching,
                 ..LatencyPlan::default()
             };
             if let Some(e) = latency::unavailable() {
@@ -392,15 +424,25 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                     latency::PROBES_PER_SECOND,
                 )?;
             }
-            let rows = latency::run(&plan, |line| {
+            let run = latency::measure(&plan, |line| {
                 if !json {
                     eprintln!("  {line}");
                 }
             })?;
+            let rows = run.rows;
             if json {
                 write_json(&mut out, &rows)?;
             } else {
                 write!(out, "\n{}", latency::table(&rows))?;
+                if !run.stages.is_empty() {
+                    write!(
+                        out,
+                        "\ntime per stage inside each engine, one packet in {stage_sample} timed while probing \
+                         (tx: tun_read, segment, seal, batch_wait, send; rx: receive, open, coalesce, tun_write; \
+                         tx_turn/rx_turn: per loop turn)\n{}",
+                        latency::stage_table(&run.stages)
+                    )?;
+                }
                 if let Some(row) = rows.first() {
                     writeln!(
                         out,

@@ -4,9 +4,11 @@
 //! The control interface speaks in SA events (install, retire, revoke), so a key plane can
 //! drive it; static lab keys are just one source of those events (see [`lab`]).
 
+pub mod batching;
 pub mod lab;
 mod rx_sas;
 pub mod segment;
+pub mod stages;
 pub mod stats;
 pub mod traffic;
 mod worker;
@@ -18,7 +20,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use batching::{BatchDeadline, BatchDecision, BatchPolicy, BatchingMode};
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
+pub use stages::{Stage, StageSampler, StageSummary, StageTimes};
 pub use stats::{EngineStats, SaCounters, WorkerStats};
 pub use traffic::{Sink, SinkFactory, Source, SourceFactory};
 
@@ -102,6 +106,11 @@ pub struct EngineConfig {
     pub source: Option<SourceFactory>,
     /// Where received packets go.
     pub egress: Egress,
+    /// Time one packet in this many at every stage of its way through a worker (per
+    /// direction; 0, the default: none, and nothing is timed).
+    pub stage_sample_every: u32,
+    /// Latency against batching: transmit batch policy and busy polling.
+    pub batching: BatchingMode,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -140,6 +149,8 @@ impl EngineConfig {
             io_sizing: IoSizing::default(),
             source: None,
             egress: Egress::Discard,
+            stage_sample_every: 0,
+            batching: BatchingMode::THROUGHPUT,
         }
     }
 }
@@ -202,10 +213,15 @@ pub enum Control {
     RevokePeer(PeerId),
     /// Start or pause the source.
     SetSourceActive(bool),
-    /// Reply with a copy of the counters.
-    Snapshot(Sender<WorkerStats>),
+    /// Reply with a copy of the counters, and of the stage times when sampling is on.
+    Snapshot(Sender<(WorkerStats, Option<Box<StageTimes>>)>),
     /// Reply with every SA's packet counts.
     SaCounters(Sender<Vec<SaCounters>>),
+    /// Time one packet in this many per stage from now on (0: stop timing); the samples
+    /// taken so far are forgotten.
+    SetStageSampling(u32),
+    /// Batch and poll this way from now on.
+    SetBatching(BatchingMode),
     /// Stop; the thread returns its final counters.
     Shutdown,
 }
@@ -236,7 +252,7 @@ pub struct Engine {
     local: SocketAddr,
     io: IoKind,
     controls: Vec<Sender<Control>>,
-    threads: Vec<JoinHandle<Result<WorkerStats>>>,
+    threads: Vec<JoinHandle<Result<(WorkerStats, StageTimes)>>>,
     events: Receiver<Event>,
 }
 
@@ -256,6 +272,7 @@ impl Engine {
         if config.batch_sends == 0 {
             return Err(Error::EngineConfig("batch_sends must be at least 1".into()));
         }
+        let batching = config.batching.checked()?;
         let io_sizing = config.io_sizing.checked()?;
         let (io_kind, fallback) = config.io.resolve()?;
         // io_uring has one send slot per submission entry but the receive's; sends beyond
@@ -331,6 +348,8 @@ impl Engine {
                 batch_sends: config.batch_sends,
                 gso_segments: config.gso_segments,
                 io_sizing,
+                stage_sample_every: config.stage_sample_every,
+                batching,
                 source: config
                     .source
                     .as_ref()
@@ -488,11 +507,26 @@ impl Engine {
         self.broadcast(|| Control::SetSourceActive(active))
     }
 
-    /// A copy of every worker's counters.
+    /// Times one packet in `every` per stage on every worker from now on (0: stop); the
+    /// samples taken so far are forgotten.
+    pub fn set_stage_sampling(&self, every: u32) -> Result<()> {
+        self.broadcast(|| Control::SetStageSampling(every))
+    }
+
+    /// Batches and polls this way on every worker from now on.
+    pub fn set_batching(&self, mode: BatchingMode) -> Result<()> {
+        let mode = mode.checked()?;
+        self.broadcast(|| Control::SetBatching(mode))
+    }
+
+    /// A copy of every worker's counters (and stage times, where sampling is on).
     pub fn snapshot(&self) -> Result<EngineStats> {
-        Ok(EngineStats {
-            workers: self.ask_workers(Control::Snapshot)?,
-        })
+        let mut stats = EngineStats::default();
+        for (counters, stages) in self.ask_workers(Control::Snapshot)? {
+            stats.workers.push(counters);
+            stats.stages.push(stages.map(|s| *s).unwrap_or_default());
+        }
+        Ok(stats)
     }
 
     /// Every SA's packet counts, worker by worker.
@@ -529,11 +563,13 @@ impl Engine {
         for control in &self.controls {
             let _ = control.send(Control::Shutdown);
         }
-        let mut workers = Vec::with_capacity(self.threads.len());
+        let mut stats = EngineStats::default();
         for (index, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            workers.push(thread.join().map_err(|_| Error::WorkerGone(index))??);
+            let (counters, stages) = thread.join().map_err(|_| Error::WorkerGone(index))??;
+            stats.workers.push(counters);
+            stats.stages.push(stages);
         }
-        Ok(EngineStats { workers })
+        Ok(stats)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::ops::AddAssign;
 
+use super::stages::StageTimes;
 use crate::io::IoStats;
 
 /// One worker's counters. Plain integers: only the worker writes them, and the control
@@ -139,6 +140,8 @@ impl AddAssign for WorkerStats {
 pub struct EngineStats {
     /// Each worker's counters, in worker order.
     pub workers: Vec<WorkerStats>,
+    /// Each worker's stage times, in worker order (empty where sampling is off).
+    pub stages: Vec<StageTimes>,
 }
 
 impl EngineStats {
@@ -149,6 +152,15 @@ impl EngineStats {
             total += *w;
         }
         total
+    }
+
+    /// All workers' stage times merged.
+    pub fn stage_times(&self) -> StageTimes {
+        let mut merged = StageTimes::default();
+        for s in &self.stages {
+            merged.merge(s);
+        }
+        merged
     }
 }
 

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::batching::{BatchDeadline, BatchDecision, BatchingMode};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
+use super::stages::{Stage, StageSampler, StageTimes};
 use super::traffic::{Sink, Source};
 use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, SaCounters, WorkerStats};
 use crate::crypto::Backend;
@@ -32,8 +34,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 const RECV_ROUNDS: usize = 8;
 /// The largest inner packet read from TUN.
 const TUN_MTU_MAX: usize = VNET_HDR_LEN + 65_535;
-/// TUN reads per transmit batch at most.
-const TUN_READS_PER_BATCH: usize = 256;
 /// Source packets dropped for want of a site per transmit batch at most, so a source whose
 /// every flow has none still lets the worker turn to its receive side.
 const NO_SITE_DROPS_PER_BATCH: u64 = 256;
@@ -60,6 +60,8 @@ pub(super) struct WorkerSetup {
     pub batch_sends: usize,
     pub gso_segments: usize,
     pub io_sizing: crate::io::IoSizing,
+    pub stage_sample_every: u32,
+    pub batching: BatchingMode,
     pub source: Option<Box<dyn Source>>,
     pub egress: WorkerEgress,
 }
@@ -91,11 +93,35 @@ struct State {
     coalescer: Option<Coalescer>,
     events: Sender<Event>,
     stats: WorkerStats,
+    /// Picks the transmitted packets (TUN reads or source packets) that are timed.
+    tx_sampler: StageSampler,
+    /// Picks the received packets that are timed.
+    rx_sampler: StageSampler,
+    stages: StageTimes,
+    /// When each timed packet in the transmit batch was sealed; sized for a full batch
+    /// at start, so timing never allocates.
+    tx_sealed: Vec<Instant>,
+    /// When each timed packet the coalescer holds was opened.
+    rx_opened: Vec<Instant>,
+    /// When the current receive call handed over its first datagram (timing on only).
+    rx_call_first: Option<Instant>,
+    /// Whether the transmit batch being gathered from TUN must go.
+    deadline: BatchDeadline,
+    /// How long to poll without blocking after the last packet.
+    busy_poll: Duration,
 }
+
+/// Timed packets one transmit batch or one coalesced write can carry: beyond this their
+/// later stages go untimed (a write carries 64 segments at most, so only a large batch
+/// sampled densely reaches it).
+const TIMED_PER_BATCH: usize = 512;
 
 /// Runs a worker until it is told to shut down; returns its final counters.
 /// `ready` learns whether the I/O backend could be set up before any packet moves.
-pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<WorkerStats> {
+pub(super) fn run(
+    setup: WorkerSetup,
+    ready: Sender<Result<()>>,
+) -> Result<(WorkerStats, StageTimes)> {
     // Pinning is best effort: an unavailable core leaves the thread to the scheduler, but
     // says so (counted in `pin_failed` and reported once) rather than running unpinned
     // unnoticed while the operator believes otherwise.
@@ -122,6 +148,8 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         batch_sends,
         gso_segments,
         io_sizing,
+        stage_sample_every,
+        batching,
         source,
         egress,
         ..
@@ -168,17 +196,28 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             pin_failed: u64::from(pin_failed),
             ..WorkerStats::default()
         },
+        tx_sampler: StageSampler::new(stage_sample_every),
+        rx_sampler: StageSampler::new(stage_sample_every),
+        stages: StageTimes::default(),
+        tx_sealed: Vec::with_capacity(TIMED_PER_BATCH),
+        rx_opened: Vec::with_capacity(TIMED_PER_BATCH),
+        rx_call_first: None,
+        deadline: BatchDeadline::new(batching.policy),
+        busy_poll: batching.busy_poll,
     };
     if let WorkerEgress::Tun(queue) = &state.egress {
         io.watch(queue.raw_fd())?;
     }
     let mut batch = TxBatch::new(batch_sends, gso_segments);
     let mut next_tick = Instant::now() + TICK;
+    // When a packet was last sent or received: busy polling lasts `busy_poll` from it.
+    let mut last_active = Instant::now();
     loop {
         loop {
             match control.try_recv() {
                 Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    return Ok(state.final_stats(io.as_ref()));
+                    let stats = state.final_stats(io.as_ref());
+                    return Ok((stats, state.stages));
                 }
                 Ok(message) => state.handle(message, io.as_ref()),
                 Err(TryRecvError::Empty) => break,
@@ -195,14 +234,24 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
         let sent = Instant::now();
         state.stats.ns_tx_build += (built - started).as_nanos() as u64;
         state.stats.ns_tx_send += (sent - built).as_nanos() as u64;
+        if state.tx_sampler.is_on() {
+            state.batch_sent(built, sent);
+            state.stages.record(Stage::TxTurn, sent - started);
+        }
 
         // With nothing to send, block in the kernel until a datagram arrives, the TUN queue
-        // becomes readable (the backend watches it) or the control channel is due a look.
-        let mut wait = (!sending).then(|| state.idle_wait(built));
+        // becomes readable (the backend watches it) or the control channel is due a look;
+        // within the busy-poll budget after the last packet, look without blocking.
+        if sending {
+            last_active = sent;
+        }
+        let polling = !sending && built.saturating_duration_since(last_active) < state.busy_poll;
+        let mut wait = (!sending && !polling).then(|| state.idle_wait(built));
         let mut process_ns = 0u64;
         let mut datagrams = 0u32;
-        let rounds = if sending { 1 } else { RECV_ROUNDS };
+        let rounds = if sending || polling { 1 } else { RECV_ROUNDS };
         for _ in 0..rounds {
+            state.rx_call_first = None;
             let n = io.recv(wait, &mut |buf, segment, src| {
                 // Two clock reads per datagram would cost as much as a tenth of its
                 // processing; timing one datagram in RX_TIMING_SAMPLE estimates the split.
@@ -222,8 +271,14 @@ pub(super) fn run(setup: WorkerSetup, ready: Sender<Result<()>>) -> Result<Worke
             }
         }
         let received = Instant::now();
+        if datagrams > 0 {
+            last_active = received;
+        }
         state.stats.ns_rx_process += process_ns;
         state.stats.ns_rx_io += ((received - sent).as_nanos() as u64).saturating_sub(process_ns);
+        if state.rx_sampler.is_on() {
+            state.stages.record(Stage::RxTurn, received - sent);
+        }
 
         if received >= next_tick {
             next_tick = received + TICK;
@@ -315,7 +370,24 @@ impl State {
             }
             Control::SetSourceActive(active) => self.source_active = active,
             Control::Snapshot(reply) => {
-                let _ = reply.send(self.final_stats(io));
+                // The histograms are copied only when they are kept: a snapshot of a worker
+                // that is not timing costs it no more than its counters.
+                let stages = self
+                    .tx_sampler
+                    .is_on()
+                    .then(|| Box::new(self.stages.clone()));
+                let _ = reply.send((self.final_stats(io), stages));
+            }
+            Control::SetBatching(mode) => {
+                self.deadline = BatchDeadline::new(mode.policy);
+                self.busy_poll = mode.busy_poll;
+            }
+            Control::SetStageSampling(every) => {
+                self.tx_sampler = StageSampler::new(every);
+                self.rx_sampler = StageSampler::new(every);
+                self.stages.clear();
+                self.tx_sealed.clear();
+                self.rx_opened.clear();
             }
             Control::SaCounters(reply) => {
                 let _ = reply.send(self.sa_counters());
@@ -371,7 +443,7 @@ impl State {
         if self.source.is_some() {
             self.build_from_source(batch, now);
         } else if matches!(self.egress, WorkerEgress::Tun(_)) {
-            self.build_from_tun(batch);
+            self.build_from_tun(batch, now);
         }
     }
 
@@ -435,6 +507,7 @@ impl State {
                 break;
             };
             self.source_endpoint = peer.config.endpoint;
+            let timed = self.tx_sampler.start();
             let sealed = match (self.protection, peer.tx.as_mut()) {
                 (Protection::Encrypted, Some(sa)) => sa.seal(next_header, 0, slot).is_ok(),
                 (Protection::Encrypted, None) => false,
@@ -451,6 +524,13 @@ impl State {
                 });
                 break;
             }
+            if let Some(start) = timed {
+                let now = Instant::now();
+                self.stages.record(Stage::Seal, now - start);
+                if self.tx_sealed.len() < TIMED_PER_BATCH {
+                    self.tx_sealed.push(now);
+                }
+            }
             budget -= 1;
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += inner_len as u64;
@@ -458,19 +538,42 @@ impl State {
         source.spend(allowance - budget);
     }
 
-    fn build_from_tun(&mut self, batch: &mut TxBatch) {
+    /// Fills the batch from TUN until the queue is empty, the batch is full or its
+    /// deadline says it must go (`started`: when this batch began).
+    fn build_from_tun(&mut self, batch: &mut TxBatch, started: Instant) {
         let WorkerEgress::Tun(queue) = &mut self.egress else {
             return;
         };
         let vnet = queue.has_vnet_header();
-        let mut reads = 0;
+        self.deadline.flushed();
         // A 64 KiB super-packet needs at most three sends (two full, one shorter tail).
-        while batch.free_sends() >= 3 && reads < TUN_READS_PER_BATCH {
+        while batch.free_sends() >= 3 {
+            // The clock is read only while a bounded batch holds a packet; the first read
+            // of a batch counts from the batch's start.
+            let now = if self.deadline.needs_clock() {
+                Instant::now()
+            } else {
+                started
+            };
+            if self.deadline.decide(now, false) == BatchDecision::Flush {
+                break;
+            }
+            let timed = self.tx_sampler.start();
             let len = match queue.read(&mut self.tun_buf) {
                 Ok(Some(len)) => len,
+                // Nothing more waiting: the batch goes now, however small.
                 Ok(None) | Err(_) => break,
             };
-            reads += 1;
+            // Counted as held from before its read (a packet the read then drops only
+            // makes the batch go a little sooner).
+            self.deadline.read(Some(now));
+            // With timing on: when the read returned, and the segment and seal times of
+            // its segments so far.
+            let mut timing = timed.map(|start| {
+                let now = Instant::now();
+                self.stages.record(Stage::TunRead, now - start);
+                (now, Duration::ZERO, Duration::ZERO)
+            });
             self.stats.tun_reads += 1;
             let (header, packet) = if vnet {
                 match VnetHeader::parse(&self.tun_buf[..len]) {
@@ -523,7 +626,15 @@ impl State {
                     i,
                     &mut slot[PSP_BASE_HEADER_LEN..PSP_BASE_HEADER_LEN + inner_len],
                 );
-                if sa.seal(next_header, 0, slot).is_ok() {
+                let written = timing.map(|_| Instant::now());
+                let sealed = sa.seal(next_header, 0, slot).is_ok();
+                if let (Some((last, segment, seal)), Some(written)) = (timing.as_mut(), written) {
+                    let now = Instant::now();
+                    *segment += written - *last;
+                    *seal += now - written;
+                    *last = now;
+                }
+                if sealed {
                     self.stats.tx_packets += 1;
                     self.stats.tx_bytes += inner_len as u64;
                 } else {
@@ -531,11 +642,32 @@ impl State {
                     self.stats.tx_seal_failed += 1;
                 }
             }
+            if let Some((sealed_at, segment, seal)) = timing {
+                self.stages.record(Stage::Segment, segment);
+                self.stages.record(Stage::Seal, seal);
+                if self.tx_sealed.len() < TIMED_PER_BATCH {
+                    self.tx_sealed.push(sealed_at);
+                }
+            }
         }
+    }
+
+    /// Times the batch wait and the send of every timed packet in the batch just sent
+    /// (`built`: when the send began; `sent`: when it returned).
+    fn batch_sent(&mut self, built: Instant, sent: Instant) {
+        for &sealed in &self.tx_sealed {
+            self.stages
+                .record(Stage::BatchWait, built.saturating_duration_since(sealed));
+            self.stages.record(Stage::Send, sent - built);
+        }
+        self.tx_sealed.clear();
     }
 
     #[inline]
     fn on_datagram(&mut self, buf: &mut [u8], segment: usize, src: SocketAddr) {
+        if self.rx_call_first.is_none() && self.rx_sampler.is_on() {
+            self.rx_call_first = Some(Instant::now());
+        }
         for packet in buf.chunks_mut(segment) {
             self.on_packet(packet, src);
         }
@@ -547,12 +679,24 @@ impl State {
     fn flush_tun(&mut self) {
         if let (WorkerEgress::Tun(queue), Some(coalescer)) = (&mut self.egress, &mut self.coalescer)
         {
-            flush(queue, coalescer, &mut self.stats);
+            flush(
+                queue,
+                coalescer,
+                &mut self.stats,
+                &mut self.stages,
+                &mut self.rx_opened,
+            );
         }
     }
 
     #[inline]
     fn on_packet(&mut self, packet: &mut [u8], src: SocketAddr) {
+        let timed = self.rx_sampler.start();
+        if let Some(start) = timed {
+            let first = self.rx_call_first.unwrap_or(start);
+            self.stages
+                .record(Stage::Receive, start.saturating_duration_since(first));
+        }
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += packet.len() as u64;
         let range = match self.protection {
@@ -587,6 +731,11 @@ impl State {
                 }
             }
         };
+        let opened = timed.map(|start| {
+            let now = Instant::now();
+            self.stages.record(Stage::Open, now - start);
+            now
+        });
         self.stats.rx_delivered += 1;
         self.stats.rx_delivered_bytes += range.len() as u64;
         match &mut self.egress {
@@ -594,18 +743,25 @@ impl State {
             WorkerEgress::Sink(sink) => sink.deliver(&packet[range]),
             WorkerEgress::Tun(queue) => {
                 let stats = &mut self.stats;
+                let (stages, held) = (&mut self.stages, &mut self.rx_opened);
+                let hold = |held: &mut Vec<Instant>| {
+                    if let Some(at) = opened.filter(|_| held.len() < TIMED_PER_BATCH) {
+                        held.push(at);
+                    }
+                };
                 if let Some(coalescer) = self.coalescer.as_mut() {
                     match coalescer.push(&packet[range.clone()]) {
-                        Push::Merged => return,
+                        Push::Merged => return hold(held),
                         Push::TakeFirst => {
-                            flush(queue, coalescer, stats);
+                            flush(queue, coalescer, stats, stages, held);
                             if coalescer.push(&packet[range.clone()]) == Push::Merged {
-                                return;
+                                return hold(held);
                             }
                         }
-                        Push::Alone => flush(queue, coalescer, stats),
+                        Push::Alone => flush(queue, coalescer, stats, stages, held),
                     }
                 }
+                let start = opened.map(|_| Instant::now());
                 let written = if queue.has_vnet_header() {
                     // The PSP header in front of the inner packet is spent: its last bytes
                     // become the virtio-net header (no offload; checksums are complete).
@@ -616,6 +772,10 @@ impl State {
                     queue.write(&packet[range])
                 };
                 count_write(written.is_ok(), stats);
+                if let (Some(at), Some(start)) = (opened, start) {
+                    stages.record(Stage::Coalesce, start - at);
+                    stages.record(Stage::TunWrite, start.elapsed());
+                }
             }
         }
     }
@@ -638,10 +798,26 @@ impl State {
     }
 }
 
-/// Writes what the coalescer holds to the TUN queue.
-fn flush(queue: &mut TunQueue, coalescer: &mut Coalescer, stats: &mut WorkerStats) {
+/// Writes what the coalescer holds to the TUN queue, timing the hold and the write of
+/// every timed packet in it (`held`: when each was opened).
+fn flush(
+    queue: &mut TunQueue,
+    coalescer: &mut Coalescer,
+    stats: &mut WorkerStats,
+    stages: &mut StageTimes,
+    held: &mut Vec<Instant>,
+) {
     if let Some(bytes) = coalescer.take() {
+        let start = (!held.is_empty()).then(Instant::now);
         count_write(queue.write(bytes).is_ok(), stats);
+        if let Some(start) = start {
+            let took = start.elapsed();
+            for &at in held.iter() {
+                stages.record(Stage::Coalesce, start.saturating_duration_since(at));
+                stages.record(Stage::TunWrite, took);
+            }
+            held.clear();
+        }
     }
 }
 
