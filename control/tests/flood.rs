@@ -539,7 +539,7 @@ fn flood_keeps_valid_loss_under_one_percent_and_derivations_apart() {
         println!("skipped: {reason}");
         return;
     }
-    let valid_pps = env_u64("CPCLINK_FLOOD_VALID_PPS", 12_500);
+    let valid_pps = env_u64("CPCLINK_FLOOD_VALID_PPS", 25_000);
     let flood_pps = env_u64("CPCLINK_FLOOD_PPS", 100_000);
     let quic_pps = env_u64("CPCLINK_FLOOD_QUIC_PPS", 20_000);
     let handshakes = env_u64("CPCLINK_FLOOD_HANDSHAKES", 50);
