@@ -21,6 +21,7 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         io: IoKind::Auto,
         ndr_trial: Duration::from_millis(200),
         ndr_trials: 4,
+        ndr_rounds: 1,
     };
     let rows = latency::run(&plan, |line| eprintln!("{line}")).unwrap();
     eprintln!("{}", latency::table(&rows));

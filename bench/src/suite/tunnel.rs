@@ -119,6 +119,8 @@ pub fn find_peers(cpclink: Option<&Path>, path: &OsStr) -> Vec<Peer> {
 /// Two namespaces joined by a veth, the peers' processes running in them.
 struct Bench {
     children: Vec<Child>,
+    /// A's end of the veth between the namespaces.
+    veth_a: String,
     dir: tempfile::TempDir,
     // Dropped last: deleting a namespace ends what still runs inside only once killed.
     a: Netns,
@@ -166,6 +168,7 @@ impl Bench {
         let dir = tempfile::tempdir().map_err(|e| fail("temporary directory", e))?;
         Ok(Self {
             children: Vec::new(),
+            veth_a: va,
             dir,
             a,
             b,
@@ -500,6 +503,11 @@ pub(super) fn stage(
         None => Load::BuiltIn,
     };
     let mut bench = Bench::start().map_err(Outcome::Fail)?;
+    cx.nics.push(super::machine::nic(
+        Some(bench.a.name()),
+        &bench.veth_a,
+        "tunnel stage: the link every path crosses",
+    ));
     if let Load::Iperf3(iperf3) = &load {
         let ns = bench.b.name().to_string();
         bench
