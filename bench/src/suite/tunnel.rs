@@ -313,6 +313,12 @@ impl Bench {
             self.spawn(&ns, program, &args, &format!("{name}.log"))?;
         }
         let (key_a, key_b) = (wireguard_key()?, wireguard_key()?);
+        // Every WireGuard runs in the same two namespaces at once: a UDP port each (the
+        // second one on 51820 was refused with EADDRINUSE, errno -98).
+        let port = match kind {
+            PeerKind::Boringtun => 51820,
+            _ => 51821,
+        };
         for (ns, name, own, peer, endpoint, allowed, addr) in [
             (&self.a, &dev_a, &key_a, &key_b, veth_b, inner_b, inner_a),
             (&self.b, &dev_b, &key_b, &key_a, veth_a, inner_a, inner_b),
@@ -326,8 +332,8 @@ impl Bench {
                 ));
             }
             let set = format!(
-                "set=1\nprivate_key={}\nlisten_port=51820\nreplace_peers=true\npublic_key={}\n\
-                 endpoint={endpoint}:51820\nreplace_allowed_ips=true\nallowed_ip={allowed}/32\n\n",
+                "set=1\nprivate_key={}\nlisten_port={port}\nreplace_peers=true\npublic_key={}\n\
+                 endpoint={endpoint}:{port}\nreplace_allowed_ips=true\nallowed_ip={allowed}/32\n\n",
                 own.0, peer.1
             );
             uapi(&socket, &set)?;
