@@ -455,11 +455,19 @@ impl Trial for TunnelTrial<'_> {
     fn run(&mut self, rate_pps: f64) -> Loss {
         let delivered = || self.bed.b.snapshot().map(|s| s.total().rx_delivered);
         let before = delivered();
+        // The sender offers the trial's packets itself, paced from when it starts: a
+        // sender thread that started late on a busy machine must not have its late start
+        // counted as loss (which made every trial of a loaded run fail, down to a tenth of
+        // the maximum). It gets twice the window; what it has not sent by then is lost.
+        let due = (rate_pps * self.window.as_secs_f64()) as u64;
         let stop = AtomicBool::new(false);
         let sent = std::thread::scope(|s| {
             let sender =
-                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window));
-            std::thread::sleep(self.window);
+                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window, due));
+            let deadline = Instant::now() + self.window * 2;
+            while !sender.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             stop.store(true, Ordering::Relaxed);
             sender.join().unwrap_or_default()
         });
@@ -468,7 +476,7 @@ impl Trial for TunnelTrial<'_> {
             // A sender that fell short of the rate offered less than was asked: the
             // shortfall counts as lost, so a rate that cannot even be sent never passes.
             (Ok(before), Ok(after)) => {
-                let offered = sent.max((rate_pps * self.window.as_secs_f64()) as u64);
+                let offered = sent.max(due);
                 Loss {
                     offered,
                     lost: offered.saturating_sub(after.saturating_sub(before)),
@@ -1075,25 +1083,27 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
 /// Returns how many sends it made (a stall's missed packets are skipped, not counted).
 fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
-    send_paced(socket, size, pps, stop, Duration::from_millis(1))
+    send_paced(socket, size, pps, stop, Duration::from_millis(1), u64::MAX)
 }
 
 /// [`send_background`] with the catch-up after a stall limited to `catch_up` worth of
 /// packets: short for background under probes (a stall must not become a burst far above
-/// the load), the whole trial for a no-drop trial (every packet due is offered).
+/// the load), the whole trial for a no-drop trial (every packet due is offered). Stops
+/// after `limit` sends.
 fn send_paced(
     socket: &UdpSocket,
     size: usize,
     pps: Option<f64>,
     stop: &AtomicBool,
     catch_up: Duration,
+    limit: u64,
 ) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
     // `paced` is the pacing cursor (packets due so far, less what a stall skipped);
     // `sent` counts the sends actually made, which is what was offered.
     let (mut paced, mut sent) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && sent < limit {
         let Some(pps) = pps else {
             for _ in 0..64 {
                 sent += u64::from(socket.send(&packet).is_ok());
@@ -1106,7 +1116,7 @@ fn send_paced(
         if due > paced + burst_limit {
             paced = due - burst_limit;
         }
-        while paced < due {
+        while paced < due && sent < limit {
             // A send the kernel refused counts as offered and lost.
             let _ = socket.send(&packet);
             paced += 1;

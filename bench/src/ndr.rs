@@ -131,6 +131,11 @@ pub fn search(trial: &mut dyn Trial, plan: SearchPlan, threshold: f64, passing: 
         }
         false
     };
+    // A rate already known to pass at the maximum (the NDR, for the PDR) needs no trial.
+    if passing >= plan.max_pps {
+        found.rate_pps = plan.max_pps;
+        return found;
+    }
     // Rates offered so far (each with its retries).
     let mut steps = 1;
     if offer(plan.max_pps, &mut found) {
@@ -342,6 +347,18 @@ mod tests {
         let found = search(&mut model, plan, NDR_THRESHOLD, 0.0);
         assert_eq!(found.trials[2].rate_pps, 100_000.0);
         assert!(found.rate_pps >= 300_000.0 * 0.97 && found.rate_pps <= 300_000.0);
+    }
+
+    #[test]
+    fn a_pdr_above_a_maximum_ndr_needs_no_trial() {
+        let mut model = Capacity {
+            capacity: 2e6,
+            trials: 0,
+        };
+        let found = ndr_pdr(&mut model, SearchPlan::default());
+        assert_eq!(found.ndr.rate_pps, 1e6);
+        assert_eq!((found.pdr.rate_pps, found.pdr.failed_pps), (1e6, None));
+        assert_eq!(model.trials, 1, "only the NDR's trial at the maximum");
     }
 
     #[test]

@@ -459,7 +459,8 @@ pub(super) fn engine_ndr(
 ) -> Result<(), Outcome> {
     let trials = pick(cx, 6, 10);
     let max_pps = cx.engine_mpps.map_or(2e6, |m| m * 1e6 * 1.5);
-    let rounds = pick(cx, 1, 2);
+    // An odd number of rounds, so the median round is a round (with two, the lower one).
+    let rounds = pick(cx, 1, 3);
     let plan = SearchPlan {
         max_pps,
         resolution: pick(cx, 0.05, 0.02),
