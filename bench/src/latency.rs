@@ -325,8 +325,10 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         });
     }
     let search = SearchPlan {
-        // Offered above what was delivered at full tilt: the search's first trial must fail.
-        max_pps: max.delivered_pps * 1.2,
+        // Well above what an unpaced sender got delivered: paced, the tunnel carries more
+        // than at full tilt (no queue overflows at the start), and the search's first
+        // trial must fail for the NDR to be bracketed.
+        max_pps: max.delivered_pps * 2.0,
         resolution: 0.03,
         max_trials: plan.ndr_trials.max(1),
         // A tenth of what crossed at full tilt must cross loss-free before the search
@@ -458,20 +460,30 @@ impl Trial for TunnelTrial<'_> {
         // The sender offers the trial's packets itself, paced from when it starts: a
         // sender thread that started late on a busy machine must not have its late start
         // counted as loss (which made every trial of a loaded run fail, down to a tenth of
-        // the maximum). It gets twice the window; what it has not sent by then is lost.
+        // the maximum). A sender that needs more than the window and 5% to send them did
+        // not offer the rate: the trial fails whole.
         let due = (rate_pps * self.window.as_secs_f64()) as u64;
         let stop = AtomicBool::new(false);
-        let sent = std::thread::scope(|s| {
-            let sender =
-                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window, due));
+        let (sent, took) = std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                let start = Instant::now();
+                let sent = send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window, due);
+                (sent, start.elapsed())
+            });
             let deadline = Instant::now() + self.window * 2;
             while !sender.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
             stop.store(true, Ordering::Relaxed);
-            sender.join().unwrap_or_default()
+            sender.join().unwrap_or((0, Duration::MAX))
         });
         std::thread::sleep(TRIAL_DRAIN);
+        if took > self.window.mul_f64(1.05) {
+            return Loss {
+                offered: due,
+                lost: due,
+            };
+        }
         match (before, delivered()) {
             // A sender that fell short of the rate offered less than was asked: the
             // shortfall counts as lost, so a rate that cannot even be sent never passes.
