@@ -181,6 +181,9 @@ pub struct LatencyRow {
     pub p999_us: f64,
     /// Largest, microseconds.
     pub max_us: f64,
+    /// p50, p99 and p99.9 of each round on its own, microseconds (rounds with no sample
+    /// left out): the spread a comparison of two runs weighs a change against.
+    pub rounds_us: Vec<[f64; 3]>,
     /// cpclink rows: p50 less the `udp_loopback` p50 at the same load and metric.
     pub added_p50_us: Option<f64>,
     /// cpclink rows: p99 less the `udp_loopback` p99 at the same load and metric.
@@ -207,6 +210,8 @@ pub struct LatencyPlan {
     pub stage_sample_every: u32,
     /// How both engines batch and poll.
     pub batching: BatchingMode,
+    /// Times the search is repeated (its spread goes into the report).
+    pub ndr_rounds: usize,
 }
 
 impl Default for LatencyPlan {
@@ -216,10 +221,11 @@ impl Default for LatencyPlan {
             loads: DEFAULT_LOADS.to_vec(),
             size: DEFAULT_SIZE,
             io: IoKind::Auto,
-            ndr_trial: Duration::from_millis(500),
+            ndr_trial: Duration::from_millis(1000),
             ndr_trials: 8,
             stage_sample_every: DEFAULT_STAGE_SAMPLE_EVERY,
             batching: BatchingMode::THROUGHPUT,
+            ndr_rounds: 1,
         }
     }
 }
@@ -319,8 +325,10 @@ pub struct LatencyRun {
     pub stages: Vec<StageRow>,
     /// The tunnel's maximum, background packets per second delivered.
     pub max_pps: f64,
-    /// The tunnel's no-drop and partial-drop rates.
+    /// The tunnel's no-drop and partial-drop rates: the round with the median NDR.
     pub ndr: NdrPdr,
+    /// Every round of the search.
+    pub ndr_rounds: Vec<NdrPdr>,
     /// Latency spectra (percentile against latency) per path, load and metric.
     pub spectra: Vec<Spectrum>,
     /// HdrHistogram interval logs, one per load: (load percent, log text).
@@ -413,12 +421,19 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         });
     }
     let search = SearchPlan {
-        // Offered above what was delivered at full tilt: the search's first trial must fail.
-        max_pps: max.delivered_pps * 1.2,
+        // Well above what an unpaced sender got delivered: paced, the tunnel carries more
+        // than at full tilt (no queue overflows at the start), and the search's first
+        // trial must fail for the NDR to be bracketed.
+        max_pps: max.delivered_pps * 2.0,
         resolution: 0.03,
         max_trials: plan.ndr_trials.max(1),
+        // A tenth of what crossed at full tilt must cross loss-free before the search
+        // bisects above it; a failing trial is offered twice more (a loaded machine's
+        // hiccup, not the tunnel's limit, is the likelier cause of a single loss).
+        min_pps: max.delivered_pps * 0.1,
+        retries: 2,
     };
-    let ndr = ndr::ndr_pdr(
+    let ndr_rounds = ndr::ndr_pdr_rounds(
         &mut TunnelTrial {
             bed: &bench,
             tx: &paths[2].1.background_tx,
@@ -426,7 +441,11 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
             window: plan.ndr_trial,
         },
         search,
+        plan.ndr_rounds,
     );
+    let ndr = ndr::median_round(&ndr_rounds)
+        .cloned()
+        .unwrap_or_else(|| ndr_rounds[0].clone());
     progress(&format!(
         "tunnel NDR {:.0} packets/s, PDR (0.1% loss) {:.0} packets/s of {} B",
         ndr.ndr.rate_pps, ndr.pdr.rate_pps, plan.size
@@ -494,6 +513,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         stages,
         max_pps: max.delivered_pps,
         ndr,
+        ndr_rounds,
         spectra,
         interval_logs,
     })
@@ -550,20 +570,38 @@ impl Trial for TunnelTrial<'_> {
     fn run(&mut self, rate_pps: f64) -> Loss {
         let delivered = || self.bed.b.snapshot().map(|s| s.total().rx_delivered);
         let before = delivered();
+        // The sender offers the trial's packets itself, paced from when it starts: a
+        // sender thread that started late on a busy machine must not have its late start
+        // counted as loss (which made every trial of a loaded run fail, down to a tenth of
+        // the maximum). A sender that needs more than the window and 5% to send them did
+        // not offer the rate: the trial fails whole.
+        let due = (rate_pps * self.window.as_secs_f64()) as u64;
         let stop = AtomicBool::new(false);
-        let sent = std::thread::scope(|s| {
-            let sender =
-                s.spawn(|| send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window));
-            std::thread::sleep(self.window);
+        let (sent, took) = std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                let start = Instant::now();
+                let sent = send_paced(self.tx, self.size, Some(rate_pps), &stop, self.window, due);
+                (sent, start.elapsed())
+            });
+            let deadline = Instant::now() + self.window * 2;
+            while !sender.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             stop.store(true, Ordering::Relaxed);
-            sender.join().unwrap_or_default()
+            sender.join().unwrap_or((0, Duration::MAX))
         });
         std::thread::sleep(TRIAL_DRAIN);
+        if took > self.window.mul_f64(1.05) {
+            return Loss {
+                offered: due,
+                lost: due,
+            };
+        }
         match (before, delivered()) {
             // A sender that fell short of the rate offered less than was asked: the
             // shortfall counts as lost, so a rate that cannot even be sent never passes.
             (Ok(before), Ok(after)) => {
-                let offered = sent.max((rate_pps * self.window.as_secs_f64()) as u64);
+                let offered = sent.max(due);
                 Loss {
                     offered,
                     lost: offered.saturating_sub(after.saturating_sub(before)),
@@ -1057,6 +1095,19 @@ impl Samples {
         ]
         .into_iter()
         .map(|(metric, h, received)| {
+            let rounds_us = self
+                .intervals
+                .iter()
+                .map(|i| match metric {
+                    Metric::OneWay => &i.one_way,
+                    Metric::RoundTrip => &i.round_trip,
+                })
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    let q = |q: f64| us(h.value_at_quantile(q));
+                    [q(0.5), q(0.99), q(0.999)]
+                })
+                .collect();
             let p = if h.is_empty() {
                 [f64::NAN; 5]
             } else {
@@ -1079,6 +1130,7 @@ impl Samples {
                 p99_us: p[2],
                 p999_us: p[3],
                 max_us: p[4],
+                rounds_us,
                 added_p50_us: None,
                 added_p99_us: None,
             }
@@ -1157,25 +1209,27 @@ fn collect_replies(client: &UdpSocket, epoch: Instant, stop: &AtomicBool) -> Vec
 /// Sends background packets at `pps` (or as fast as the kernel takes them) until `stop`.
 /// Returns how many sends it made (a stall's missed packets are skipped, not counted).
 fn send_background(socket: &UdpSocket, size: usize, pps: Option<f64>, stop: &AtomicBool) -> u64 {
-    send_paced(socket, size, pps, stop, Duration::from_millis(1))
+    send_paced(socket, size, pps, stop, Duration::from_millis(1), u64::MAX)
 }
 
 /// [`send_background`] with the catch-up after a stall limited to `catch_up` worth of
 /// packets: short for background under probes (a stall must not become a burst far above
-/// the load), the whole trial for a no-drop trial (every packet due is offered).
+/// the load), the whole trial for a no-drop trial (every packet due is offered). Stops
+/// after `limit` sends.
 fn send_paced(
     socket: &UdpSocket,
     size: usize,
     pps: Option<f64>,
     stop: &AtomicBool,
     catch_up: Duration,
+    limit: u64,
 ) -> u64 {
     let packet = vec![0x42u8; size];
     let start = Instant::now();
     // `paced` is the pacing cursor (packets due so far, less what a stall skipped);
     // `sent` counts the sends actually made, which is what was offered.
     let (mut paced, mut sent) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && sent < limit {
         let Some(pps) = pps else {
             for _ in 0..64 {
                 sent += u64::from(socket.send(&packet).is_ok());
@@ -1188,7 +1242,7 @@ fn send_paced(
         if due > paced + burst_limit {
             paced = due - burst_limit;
         }
-        while paced < due {
+        while paced < due && sent < limit {
             // A send the kernel refused counts as offered and lost.
             let _ = socket.send(&packet);
             paced += 1;
@@ -1248,6 +1302,7 @@ mod tests {
             p99_us: p99,
             p999_us: p99,
             max_us: p99,
+            rounds_us: vec![[p50, p99, p99]],
             added_p50_us: None,
             added_p99_us: None,
         }

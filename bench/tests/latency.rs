@@ -23,6 +23,7 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
         ndr_trial: Duration::from_millis(200),
         ndr_trials: 4,
         stage_sample_every: 4,
+        ndr_rounds: 1,
         ..LatencyPlan::default()
     };
     let run = latency::measure(&plan, |line| eprintln!("{line}")).unwrap();

@@ -80,6 +80,8 @@ struct Context {
     /// One worker's encrypted packets per second at 1400 B, for the engine's NDR search.
     engine_mpps: Option<f64>,
     summary: Vec<String>,
+    /// Interfaces the stages sent through, for the machine description.
+    nics: Vec<machine::Nic>,
     plots: Vec<(String, Plot)>,
     files: Vec<String>,
 }
@@ -163,6 +165,7 @@ pub fn run(plan: &SuitePlan) -> Result<Report, Error> {
         });
         stages.push(stage);
     }
+    machine.nics.append(&mut cx.nics);
     machine.finish();
     let mut report = Report {
         quick: plan.quick,

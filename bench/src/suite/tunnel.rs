@@ -119,6 +119,8 @@ pub fn find_peers(cpclink: Option<&Path>, path: &OsStr) -> Vec<Peer> {
 /// Two namespaces joined by a veth, the peers' processes running in them.
 struct Bench {
     children: Vec<Child>,
+    /// A's end of the veth between the namespaces.
+    veth_a: String,
     dir: tempfile::TempDir,
     // Dropped last: deleting a namespace ends what still runs inside only once killed.
     a: Netns,
@@ -166,6 +168,7 @@ impl Bench {
         let dir = tempfile::tempdir().map_err(|e| fail("temporary directory", e))?;
         Ok(Self {
             children: Vec::new(),
+            veth_a: va,
             dir,
             a,
             b,
@@ -310,6 +313,12 @@ impl Bench {
             self.spawn(&ns, program, &args, &format!("{name}.log"))?;
         }
         let (key_a, key_b) = (wireguard_key()?, wireguard_key()?);
+        // Every WireGuard runs in the same two namespaces at once: a UDP port each (the
+        // second one on 51820 was refused with EADDRINUSE, errno -98).
+        let port = match kind {
+            PeerKind::Boringtun => 51820,
+            _ => 51821,
+        };
         for (ns, name, own, peer, endpoint, allowed, addr) in [
             (&self.a, &dev_a, &key_a, &key_b, veth_b, inner_b, inner_a),
             (&self.b, &dev_b, &key_b, &key_a, veth_a, inner_a, inner_b),
@@ -323,8 +332,8 @@ impl Bench {
                 ));
             }
             let set = format!(
-                "set=1\nprivate_key={}\nlisten_port=51820\nreplace_peers=true\npublic_key={}\n\
-                 endpoint={endpoint}:51820\nreplace_allowed_ips=true\nallowed_ip={allowed}/32\n\n",
+                "set=1\nprivate_key={}\nlisten_port={port}\nreplace_peers=true\npublic_key={}\n\
+                 endpoint={endpoint}:{port}\nreplace_allowed_ips=true\nallowed_ip={allowed}/32\n\n",
                 own.0, peer.1
             );
             uapi(&socket, &set)?;
@@ -500,6 +509,11 @@ pub(super) fn stage(
         None => Load::BuiltIn,
     };
     let mut bench = Bench::start().map_err(Outcome::Fail)?;
+    cx.nics.push(super::machine::nic(
+        Some(bench.a.name()),
+        &bench.veth_a,
+        "tunnel stage: the link every path crosses",
+    ));
     if let Load::Iperf3(iperf3) = &load {
         let ns = bench.b.name().to_string();
         bench
