@@ -564,7 +564,7 @@ impl Run {
         loop {
             let opts = AgentOptions {
                 appliance: id.to_owned(),
-                authority: self.leader_addr().await?,
+                authorities: vec![self.leader_addr().await?],
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir: state_dir.to_owned(),
                 kek: Kek::from_bytes(KEK),
