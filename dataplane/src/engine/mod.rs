@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 pub use batching::{BatchDeadline, BatchDecision, BatchPolicy, BatchingMode};
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
 pub use stages::{Stage, StageSampler, StageSummary, StageTimes};
-pub use stats::{EngineStats, WorkerStats};
+pub use stats::{EngineStats, SaCounters, WorkerStats};
 pub use traffic::{Sink, SinkFactory, Source, SourceFactory};
 
 use crate::crypto::{Backend, SaKey, Suite};
@@ -215,6 +215,8 @@ pub enum Control {
     SetSourceActive(bool),
     /// Reply with a copy of the counters, and of the stage times when sampling is on.
     Snapshot(Sender<(WorkerStats, Option<Box<StageTimes>>)>),
+    /// Reply with every SA's packet counts.
+    SaCounters(Sender<Vec<SaCounters>>),
     /// Time one packet in this many per stage from now on (0: stop timing); the samples
     /// taken so far are forgotten.
     SetStageSampling(u32),
@@ -519,21 +521,41 @@ impl Engine {
 
     /// A copy of every worker's counters (and stage times, where sampling is on).
     pub fn snapshot(&self) -> Result<EngineStats> {
-        let mut replies = Vec::with_capacity(self.controls.len());
-        for worker in 0..self.controls.len() {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            self.send(worker, Control::Snapshot(tx))?;
-            replies.push(rx);
-        }
         let mut stats = EngineStats::default();
-        for (worker, reply) in replies.into_iter().enumerate() {
-            let (counters, stages) = reply
-                .recv_timeout(Duration::from_secs(5))
-                .map_err(|_| Error::WorkerGone(worker))?;
+        for (counters, stages) in self.ask_workers(Control::Snapshot)? {
             stats.workers.push(counters);
             stats.stages.push(stages.map(|s| *s).unwrap_or_default());
         }
         Ok(stats)
+    }
+
+    /// Every SA's packet counts, worker by worker.
+    pub fn sa_counters(&self) -> Result<Vec<SaCounters>> {
+        Ok(self
+            .ask_workers(Control::SaCounters)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Sends every worker the request `ask` makes around a reply channel and collects
+    /// the replies in worker order.
+    fn ask_workers<T>(&self, ask: impl Fn(Sender<T>) -> Control) -> Result<Vec<T>> {
+        let mut replies = Vec::with_capacity(self.controls.len());
+        for worker in 0..self.controls.len() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            self.send(worker, ask(tx))?;
+            replies.push(rx);
+        }
+        let mut answers = Vec::with_capacity(replies.len());
+        for (worker, reply) in replies.into_iter().enumerate() {
+            answers.push(
+                reply
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| Error::WorkerGone(worker))?,
+            );
+        }
+        Ok(answers)
     }
 
     /// Stops every worker and returns their final counters.
