@@ -36,6 +36,9 @@ use crate::store::{AnyStore, RedbStore, Store, Write};
 use crate::{tls, Error, Result};
 
 mod advertise;
+mod report;
+
+pub use report::REPORT_QUEUE;
 
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;
@@ -268,6 +271,8 @@ struct Inner {
     metric_tally: MetricTally,
     /// Per-peer receipt rate of metric advertisements.
     metric_limiter: StdMutex<ReceiptLimiter>,
+    /// Operator actions here, waiting to reach the authority's audit log.
+    reports: report::Reports,
 }
 
 /// What the agent publishes in the directory each time it subscribes.
@@ -382,6 +387,7 @@ impl KeyAgent {
                 signer,
                 metric_tally: MetricTally::default(),
                 metric_limiter: StdMutex::new(ReceiptLimiter::default()),
+                reports: report::Reports::default(),
             }),
         };
         tokio::spawn(agent.clone().accept_loop());
@@ -1038,7 +1044,9 @@ impl KeyAgent {
     }
 
     async fn follow_feed(&self, conn: &quinn::Connection) -> Result<()> {
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        // Read through a cancel-safe reader: the loop below selects.
+        let mut frames = proto::FrameReader::new(recv);
         let control = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         proto::write_frame(
             &mut send,
@@ -1064,7 +1072,8 @@ impl KeyAgent {
                         }
                     }
                 }
-                msg = proto::read_frame::<_, Message>(&mut recv) => match msg? {
+                () = self.inner.reports.ready() => self.inner.reports.flush(&mut send).await?,
+                msg = frames.next::<Message>() => match msg? {
                     None => return Ok(()),
                     Some(Message::Snapshot { version, rotation, appliances, rules, last }) => {
                         for e in appliances {
