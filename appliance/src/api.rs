@@ -14,6 +14,8 @@
 //! | `GET /readyz` | none | 200 once every peer routed to has a transmit SA on every worker |
 //! | `GET /metrics` | viewer | Prometheus text: counters per worker, peers, SAs, decisions, metrics |
 //! | `GET /v1/status` | viewer | the appliance's status (peers, SAs by SPI, routes, services) and counters |
+//! | `GET /v1/peers` | viewer | peers: endpoint, state, prefixes, transmit SA per worker, path |
+//! | `GET /v1/sas` | viewer | every SA the data plane holds: SPI, generation, age, packets, limits (never keys) |
 //! | `GET /v1/services` | viewer | services, their placement, the last decisions, metric counters |
 //! | `GET /v1/services/{name}` | viewer | one service and the explanation of its last decision |
 //! | `POST /v1/reload` | operator | re-read the configuration file (as SIGHUP) |
@@ -97,6 +99,24 @@ fn router(api: Api) -> Router {
                     "peers, SAs by SPI, routes, services and counters",
                 ),
                 get(status),
+            ),
+            (
+                route(
+                    "/v1/peers",
+                    "get",
+                    Some(Role::Viewer),
+                    "peers: endpoint, state, prefixes, transmit SA per worker, path",
+                ),
+                get(peers),
+            ),
+            (
+                route(
+                    "/v1/sas",
+                    "get",
+                    Some(Role::Viewer),
+                    "every SA the data plane holds: SPI, generation, age, packets, limits",
+                ),
+                get(sas),
             ),
             (
                 route(
@@ -185,6 +205,20 @@ impl Api {
         })?;
         Ok((status, counters))
     }
+
+    /// Every SA the data plane holds, with its counts.
+    async fn with_sas(&self, headers: &HeaderMap) -> Result<Vec<SaView>, Box<Response>> {
+        let status = self.appliance(headers).await?;
+        let counters = self.engine.sa_counters().map_err(|e| {
+            Box::new(problem(
+                headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "data plane",
+                &e.to_string(),
+            ))
+        })?;
+        Ok(sa_views(&status.keys, &counters, crate::paths::now_ms()))
+    }
 }
 
 async fn ready(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -236,6 +270,114 @@ async fn status(
         "counters": { "total": counters.total(), "workers": counters.workers },
     });
     echo(&headers, Json(body).into_response())
+}
+
+async fn peers(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /v1/peers") {
+        return *r;
+    }
+    let status = match api.appliance(&headers).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let peer_paths = status.paths.as_ref().map(|p| &p.peer_paths);
+    let peers: Vec<serde_json::Value> = status
+        .keys
+        .peers
+        .iter()
+        .map(|(name, p)| {
+            serde_json::json!({
+                "name": name,
+                "index": p.peer,
+                "endpoint": p.endpoint,
+                "active": p.active,
+                "revoked": p.revoked,
+                "prefixes": p.prefixes,
+                "tx": p.tx,
+                "path": peer_paths.and_then(|paths| paths.get(name)),
+            })
+        })
+        .collect();
+    echo(&headers, Json(peers).into_response())
+}
+
+/// One SA as `GET /v1/sas` shows it: the data plane's counts, with what the key source
+/// recorded when it installed the SA (an SA the data plane derived on demand has no such
+/// record). Never key material.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SaView {
+    /// The SPI, hex.
+    pub spi: String,
+    /// `tx` or `rx`.
+    pub direction: &'static str,
+    /// The peer at the other end.
+    pub peer: String,
+    /// The worker holding it.
+    pub worker: usize,
+    /// Its key generation (the SPI's top bit).
+    pub generation: u8,
+    /// Seconds since it was installed, when recorded.
+    pub age_secs: Option<u64>,
+    /// Its lifetime in seconds from installation, when it has one.
+    pub lifetime_secs: Option<u64>,
+    /// Packets sealed (tx) or delivered (rx).
+    pub packets: u64,
+    /// Receive only: packets refused (replayed, too old, failed ICV, IV out of range).
+    pub refused: u64,
+    /// The packet count at which it ends.
+    pub hard_packets: u64,
+}
+
+/// The SA views of what the engine reports, joined with the key source's records.
+pub fn sa_views(
+    keys: &crate::keys::KeyingStatus,
+    counters: &[cpclink_dataplane::engine::SaCounters],
+    now_ms: u64,
+) -> Vec<SaView> {
+    let names: std::collections::HashMap<_, _> =
+        keys.peers.iter().map(|(name, p)| (p.peer, name)).collect();
+    counters
+        .iter()
+        .map(|c| {
+            let direction = if c.transmit { "tx" } else { "rx" };
+            let record = keys
+                .sas
+                .get(&c.spi)
+                .filter(|r| r.direction == direction && r.worker == c.worker);
+            SaView {
+                spi: format!("0x{:08x}", c.spi.0),
+                direction,
+                peer: names
+                    .get(&c.peer)
+                    .map_or_else(|| format!("#{}", c.peer.0), |n| (*n).clone()),
+                worker: c.worker,
+                generation: (c.spi.0 >> 31) as u8,
+                age_secs: record.map(|r| now_ms.saturating_sub(r.installed_ms) / 1000),
+                lifetime_secs: record.and_then(|r| r.lifetime_secs),
+                packets: c.packets,
+                refused: c.refused,
+                hard_packets: c.hard_packets,
+            }
+        })
+        .collect()
+}
+
+async fn sas(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.in_scope(&headers, &caller, "GET /v1/sas") {
+        return *r;
+    }
+    match api.with_sas(&headers).await {
+        Ok(views) => echo(&headers, Json(views).into_response()),
+        Err(r) => *r,
+    }
 }
 
 async fn services(
@@ -302,7 +444,7 @@ async fn reload(
         Err(r) => return *r,
     };
     tracing::info!("reload of {} asked by {who}", file.display());
-    match api.handle.reload_file(&file).await {
+    match api.handle.reload_file(&file, &format!("api:{who}")).await {
         Ok(r) => echo(
             &headers,
             Json(serde_json::json!({
@@ -395,6 +537,23 @@ async fn metrics(
             )
         }),
     );
+    if let Ok(views) = api.with_sas(&headers).await {
+        registry.counters(
+            "cpclink_sa_packets",
+            "packets sealed (tx) or delivered (rx) per SA",
+            views.iter().map(|v| {
+                (
+                    vec![
+                        label("spi", &v.spi),
+                        label("direction", v.direction),
+                        label("peer", &v.peer),
+                        label("worker", v.worker),
+                    ],
+                    v.packets,
+                )
+            }),
+        );
+    }
     registry.gauge(
         "cpclink_rx_sas_retired",
         "receive SAs retired by rotations",

@@ -23,6 +23,7 @@ use cpclink_dataplane::io::tun;
 use cpclink_dataplane::route::RouteTable;
 use cpclink_diagnostics::ConfigText;
 use cpclink_keymgr::agent::KeyAgent;
+use cpclink_keymgr::audit::ApplianceReport;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -76,12 +77,33 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
 }
 
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.changed {
+            "peers or routes changed"
+        } else {
+            "nothing to change"
+        })?;
+        if !self.needs_restart.is_empty() {
+            write!(
+                f,
+                "; waiting for a restart: {}",
+                self.needs_restart.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 enum Command {
     Status(oneshot::Sender<ApplianceStatus>),
     Reload(
         Box<ApplianceConfig>,
+        String,
         oneshot::Sender<Result<Reloaded, String>>,
     ),
+    /// An operator action to report to the authority's audit log.
+    Report(ApplianceReport),
     Stop,
 }
 
@@ -96,6 +118,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Status(_) => "Status",
             Command::Reload(..) => "Reload",
+            Command::Report(_) => "Report",
             Command::Stop => "Stop",
         })
     }
@@ -112,17 +135,29 @@ impl ApplianceHandle {
     }
 
     /// Re-reads the configuration file the appliance was started with and applies it; a
-    /// file that does not validate changes nothing and its error is returned.
-    pub async fn reload_file(&self, path: &std::path::Path) -> Result<Reloaded, Error> {
-        let config = ApplianceConfig::load(path)?;
-        self.reload(config).await
+    /// file that does not validate changes nothing and its error is returned. `by` names
+    /// who asked (`api:NAME`, `signal:SIGHUP`): the outcome either way goes to the
+    /// authority's audit log when the appliance is keyed by the key plane.
+    pub async fn reload_file(&self, path: &std::path::Path, by: &str) -> Result<Reloaded, Error> {
+        match ApplianceConfig::load(path) {
+            Ok(config) => self.reload(config, by).await,
+            Err(e) => {
+                let _ = self
+                    .commands
+                    .send(Command::Report(ApplianceReport::ReloadRefused {
+                        by: by.to_owned(),
+                        reason: e.to_string(),
+                    }));
+                Err(e.into())
+            }
+        }
     }
 
-    /// Applies a validated configuration.
-    pub async fn reload(&self, config: ApplianceConfig) -> Result<Reloaded, Error> {
+    /// Applies a validated configuration, asked for by `by`.
+    pub async fn reload(&self, config: ApplianceConfig, by: &str) -> Result<Reloaded, Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Reload(Box::new(config), tx))
+            .send(Command::Reload(Box::new(config), by.to_owned(), tx))
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?.map_err(Error::Reload)
     }
@@ -261,9 +296,15 @@ impl<K: KeySource> Owner<K> {
                     Some(Command::Status(reply)) => {
                         let _ = reply.send(self.status());
                     }
-                    Some(Command::Reload(config, reply)) => {
-                        let _ = reply.send(self.reload(*config));
+                    Some(Command::Reload(config, by, reply)) => {
+                        let outcome = self.reload(*config);
+                        self.keys.report(match &outcome {
+                            Ok(r) => ApplianceReport::Reloaded { by, applied: r.to_string() },
+                            Err(reason) => ApplianceReport::ReloadRefused { by, reason: reason.clone() },
+                        });
+                        let _ = reply.send(outcome);
                     }
+                    Some(Command::Report(report)) => self.keys.report(report),
                     Some(Command::Stop) | None => break,
                 },
                 Some(event) = events.recv() => self.keys.on_engine_event(event),

@@ -159,9 +159,19 @@ impl KeyPlane {
 
     /// Who may call the management API: the configured tokens, and the operator
     /// credentials the authority issued (checked offline against its CA).
+    /// Every refusal is reported to the authority's audit log.
     pub fn api_access(&self, tokens: Vec<cpclink_mgmt::ApiToken>) -> cpclink_mgmt::Access {
+        let agent = self.agent.clone();
         cpclink_mgmt::Access::new(tokens)
             .with_credentials(std::sync::Arc::new(self.agent.operator_credentials()))
+            .with_refusals(move |r| {
+                agent.report(cpclink_keymgr::audit::ApplianceReport::ApiRefused {
+                    by: r.by,
+                    what: r.what,
+                    status: r.status,
+                    reason: r.reason,
+                });
+            })
     }
 
     /// The tenant this appliance serves, as the directory lists it.
@@ -313,6 +323,12 @@ impl KeySource for KeyPlane {
 
     fn peer_id(&self, name: &str) -> Option<PeerId> {
         self.slots.get(name).filter(|s| s.active).map(|s| s.peer)
+    }
+
+    fn report(&self, report: cpclink_keymgr::audit::ApplianceReport) {
+        tracing::info!("reporting to the authority: {report:?}");
+        // A full queue is counted and logged by the agent.
+        self.agent.report(report);
     }
 
     fn publish_metrics(&self, payload: Vec<u8>) {

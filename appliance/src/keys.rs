@@ -59,6 +59,9 @@ pub trait KeySource: Send + 'static {
     fn take_metrics(&mut self) -> Vec<(String, Vec<u8>)>;
     /// This appliance's id as peers know it, if the source has one.
     fn own_id(&self) -> Option<String>;
+    /// Sends an operator action at this appliance to the authority's audit log; sources
+    /// without an authority only log it.
+    fn report(&self, report: cpclink_keymgr::audit::ApplianceReport);
     /// Stops the source (the engine keeps the SAs it has).
     fn shutdown(self) -> impl Future<Output = ()> + Send;
 }

@@ -204,6 +204,11 @@ impl KeySource for LabKeys {
         self.peers.get(name).filter(|p| p.active).map(|p| p.id)
     }
 
+    fn report(&self, report: cpclink_keymgr::audit::ApplianceReport) {
+        // Lab keys have no authority: the log is the only record.
+        tracing::info!("operator action (no authority to report to): {report:?}");
+    }
+
     fn publish_metrics(&self, _payload: Vec<u8>) {
         // Lab keys have no identity to sign with and no channel to peers.
     }

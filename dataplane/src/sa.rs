@@ -127,6 +127,11 @@ impl TxSa {
         self.next_iv - 1
     }
 
+    /// The limits it was installed with.
+    pub fn limits(&self) -> SaLimits {
+        self.limits
+    }
+
     /// Whether the SA should be replaced, looking at packets and, given `now`, at its age.
     /// Engines call this from their timer, not per packet.
     pub fn state(&mut self, now: Instant) -> TxSaState {
@@ -310,6 +315,11 @@ impl RxSa {
     /// The SA's SPI.
     pub fn spi(&self) -> Spi {
         self.spi
+    }
+
+    /// The IV at and above which packets are refused.
+    pub fn hard_limit(&self) -> u64 {
+        self.hard_limit
     }
 
     /// The SA's counters.

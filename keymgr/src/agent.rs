@@ -38,8 +38,10 @@ use crate::{tls, Error, Result};
 mod advertise;
 pub mod failover;
 mod renew;
+mod report;
 
 use failover::AuthorityRoute;
+pub use report::REPORT_QUEUE;
 
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;
@@ -285,6 +287,8 @@ struct Inner {
     metric_tally: MetricTally,
     /// Per-peer receipt rate of metric advertisements.
     metric_limiter: StdMutex<ReceiptLimiter>,
+    /// Operator actions here, waiting to reach the authority's audit log.
+    reports: report::Reports,
 }
 
 /// What the agent publishes in the directory each time it subscribes.
@@ -441,6 +445,7 @@ impl KeyAgent {
                 signer,
                 metric_tally: MetricTally::default(),
                 metric_limiter: StdMutex::new(ReceiptLimiter::default()),
+                reports: report::Reports::default(),
             }),
         };
         tokio::spawn(agent.clone().accept_loop());
@@ -1159,7 +1164,9 @@ impl KeyAgent {
     }
 
     async fn follow_feed(&self, conn: &quinn::Connection) -> Result<()> {
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        // Read through a cancel-safe reader: the loop below selects.
+        let mut frames = proto::FrameReader::new(recv);
         let control = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         proto::write_frame(
             &mut send,
@@ -1185,7 +1192,8 @@ impl KeyAgent {
                         }
                     }
                 }
-                msg = proto::read_frame::<_, Message>(&mut recv) => match msg? {
+                () = self.inner.reports.ready() => self.inner.reports.flush(&mut send).await?,
+                msg = frames.next::<Message>() => match msg? {
                     None => return Ok(()),
                     Some(Message::Snapshot { version, rotation, appliances, rules, last }) => {
                         for e in appliances {

@@ -111,6 +111,15 @@ pub enum AuditEvent {
         /// Who revoked it.
         by: String,
     },
+    /// An appliance reported an operator action on its own management API (or signal):
+    /// a reload applied or refused, or a request its API refused. The appliance is the
+    /// one whose certificate carried the report.
+    ApplianceReported {
+        /// The reporting appliance.
+        appliance: String,
+        /// What happened there.
+        report: ApplianceReport,
+    },
     /// A management API refused a request (no valid credential, too small a role, or a
     /// tenant scope that does not cover it).
     ApiRefused {
@@ -197,6 +206,7 @@ impl AuditEvent {
             Self::Rotated { .. } => "rotated",
             Self::Revoked { .. } => "revoked",
             Self::ApiRefused { .. } => "api_refused",
+            Self::ApplianceReported { .. } => "appliance_reported",
             Self::CredentialIssued { .. } => "credential_issued",
             Self::ReplacementOrdered { .. } => "replacement_ordered",
             Self::Replaced { .. } => "replaced",
@@ -204,6 +214,38 @@ impl AuditEvent {
             Self::Escrowed { .. } => "escrowed",
         }
     }
+}
+
+/// An operator action at an appliance, which its agent reports to the authority's audit
+/// log so every write and every refusal anywhere is in one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplianceReport {
+    /// A configuration reload was applied.
+    Reloaded {
+        /// Who asked (`api:NAME`, `signal:SIGHUP`).
+        by: String,
+        /// What changed, in words.
+        applied: String,
+    },
+    /// A configuration reload was refused; the running configuration stayed.
+    ReloadRefused {
+        /// Who asked.
+        by: String,
+        /// Why, naming the file and field.
+        reason: String,
+    },
+    /// The appliance's management API refused a request.
+    ApiRefused {
+        /// Who asked, if a credential named them.
+        by: Option<String>,
+        /// The request (`POST /v1/reload`).
+        what: String,
+        /// The HTTP status answered (401 or 403).
+        status: u16,
+        /// Why.
+        reason: String,
+    },
 }
 
 #[derive(Serialize)]

@@ -13,11 +13,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Mutex};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{ApplianceReport, AuditEvent, AuditLog};
 use crate::config::{AuthorityConfig, StoreConfig, ROTATION_INTERVAL_SECS, TOKEN_TTL_SECS};
 use crate::directory::{
     ApplianceEntry, Change, Delta, Directory, Fanout, Master, Rule, SnapshotSource,
 };
+use crate::metrics::ReceiptLimiter;
 use crate::pki::{self, Ca, Identity, KeyedCert};
 use crate::prefix::{Assignments, InnerPrefix, Refusal};
 use crate::proto::{self, AdminReply, AdminRequest, Message, SNAPSHOT_CHUNK};
@@ -368,6 +369,10 @@ struct Inner {
     endpoint: quinn::Endpoint,
     /// Set by [`Authority::shutdown`]: the schedule and the admin socket stop with it.
     stopped: watch::Sender<bool>,
+    /// Appliances' audit reports admitted per second, per appliance.
+    report_limiter: StdMutex<ReceiptLimiter>,
+    /// Reports dropped over that rate.
+    reports_dropped: AtomicU64,
 }
 
 /// A running authority. Dropping it does not stop it; call [`Authority::shutdown`].
@@ -467,6 +472,8 @@ impl Authority {
                 obeyed: StdMutex::new(HashMap::new()),
                 endpoint,
                 stopped: watch::channel(false).0,
+                report_limiter: StdMutex::new(ReceiptLimiter::default()),
+                reports_dropped: AtomicU64::new(0),
             }),
         };
         let policy = cfg.policy();
@@ -1321,6 +1328,8 @@ impl Authority {
         let public = self.inner.escrow_public.clone();
         proto::write_frame(send, &Message::EscrowKey { public, held }).await?;
         proto::write_frame(send, &Message::PrefixesRefused { refused }).await?;
+        // Read through a cancel-safe reader: the loop selects.
+        let mut frames = proto::FrameReader::new(recv);
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -1345,7 +1354,7 @@ impl Authority {
                         }
                     }
                 },
-                msg = proto::read_frame::<_, Message>(recv) => match msg {
+                msg = frames.next::<Message>() => match msg {
                     Ok(Some(Message::Applied { .. })) => {}
                     Ok(Some(Message::Rotated { rotation, epoch })) => {
                         self.obeyed().insert(id.to_owned(), rotation);
@@ -1363,6 +1372,7 @@ impl Authority {
                             tracing::warn!("escrow from {id} refused: {e}");
                         }
                     }
+                    Ok(Some(Message::Report(report))) => self.take_report(id, report).await?,
                     Ok(None) => return Ok(()),
                     Ok(Some(_)) => {
                         refuse(send, "unexpected message on the feed").await;
@@ -1375,6 +1385,29 @@ impl Authority {
                 },
             }
         }
+    }
+
+    /// Audits what an appliance reported, within the per-appliance receipt rate so a
+    /// flood of refusals at one appliance cannot fill the log.
+    async fn take_report(&self, id: &str, report: ApplianceReport) -> Result<()> {
+        let admitted = self
+            .inner
+            .report_limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(id, std::time::Instant::now());
+        if !admitted {
+            let dropped = self.inner.reports_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!("reports from {id} over the receipt rate: {dropped} dropped so far");
+            }
+            return Ok(());
+        }
+        self.audit(AuditEvent::ApplianceReported {
+            appliance: id.to_owned(),
+            report,
+        })
+        .await
     }
 
     fn admin_loop(self, path: PathBuf) -> Result<impl std::future::Future<Output = ()>> {

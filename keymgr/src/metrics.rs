@@ -134,7 +134,8 @@ impl MetricTally {
     }
 }
 
-/// One token bucket per peer: [`RECEIPT_BURST`] frames at once, refilled at
+/// One token bucket per peer (a peer's metric advertisements at an agent, an appliance's
+/// audit reports at the authority): [`RECEIPT_BURST`] frames at once, refilled at
 /// [`RECEIPT_RATE`] per second. Peers are those the directory allows, so the table is as
 /// large as the appliance's view at most.
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::audit::ApplianceReport;
 use crate::directory::{ApplianceEntry, Delta, Rule};
 use crate::prefix::{InnerPrefix, Refusal};
 use crate::{Error, Result};
@@ -148,6 +149,9 @@ pub enum Message {
         /// [`crate::metrics::signed_text`].
         signature: Vec<u8>,
     },
+    /// Appliance → authority: an operator action at the appliance, for the authority's
+    /// audit log (the appliance is the one the connection authenticated); no reply.
+    Report(ApplianceReport),
     /// Appliance → authority, on a stream of its own over the connection its certificate
     /// authenticated: a CSR for a renewed certificate of the same identity, sent before the
     /// current one expires. No token: the connection is the proof.
@@ -310,7 +314,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T
     Ok(())
 }
 
-/// Reads one frame; `None` at a clean end of stream (between frames).
+/// Reads one frame; `None` at a clean end of stream (between frames). Not cancel-safe: a
+/// read dropped part-way (by `select!`) loses the bytes read; loops that select use
+/// [`FrameReader`].
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>> {
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -327,25 +333,89 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) ->
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len) as usize;
+    let len = frame_len(len)?;
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; len]);
+    r.read_exact(&mut buf)
+        .await
+        .map_err(|e| Error::io("reading frame body", e))?;
+    decode_frame(&buf).map(Some)
+}
+
+/// The body length a frame's 4-byte header announces, refused outside `1..=MAX_FRAME`.
+fn frame_len(header: [u8; 4]) -> Result<usize> {
+    let len = u32::from_be_bytes(header) as usize;
     if len == 0 || len > MAX_FRAME {
         return Err(Error::Frame(format!(
             "frame of {len} bytes (allowed 1..={MAX_FRAME})"
         )));
     }
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; len]);
-    r.read_exact(&mut buf)
-        .await
-        .map_err(|e| Error::io("reading frame body", e))?;
-    if buf[0] != VERSION {
+    Ok(len)
+}
+
+/// Decodes a frame body: the version byte, then the postcard message.
+fn decode_frame<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body[0] != VERSION {
         return Err(Error::Frame(format!(
             "frame version {} (this build speaks {VERSION})",
-            buf[0]
+            body[0]
         )));
     }
-    postcard::from_bytes(&buf[1..])
-        .map(Some)
-        .map_err(|e| Error::Frame(format!("undecodable message: {e}")))
+    postcard::from_bytes(&body[1..]).map_err(|e| Error::Frame(format!("undecodable message: {e}")))
+}
+
+/// Reads frames from a stream, keeping a partly read frame between calls, so that a
+/// [`FrameReader::next`] dropped by `select!` loses nothing and the next call resumes.
+/// The buffer is wiped when dropped (frames carry SA keys).
+pub struct FrameReader<R> {
+    stream: R,
+    buf: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl<R> std::fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `stream`.
+    pub fn new(stream: R) -> Self {
+        Self {
+            stream,
+            buf: zeroize::Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// The next frame; `None` at a clean end of stream (between frames). Cancel-safe.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        loop {
+            if let Some(header) = self.buf.first_chunk::<4>() {
+                let len = frame_len(*header)?;
+                if self.buf.len() >= 4 + len {
+                    let msg = decode_frame(&self.buf[4..4 + len]);
+                    self.buf.drain(..4 + len);
+                    return msg.map(Some);
+                }
+            }
+            let mut chunk = zeroize::Zeroizing::new([0u8; 4096]);
+            // Cancel-safe: nothing is consumed unless this read completes, and what it
+            // read is kept before the next await.
+            let n = self
+                .stream
+                .read(chunk.as_mut())
+                .await
+                .map_err(|e| Error::io("reading frame", e))?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(Error::Frame("stream ended inside a frame".into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +425,59 @@ mod tests {
     async fn decode(bytes: &[u8]) -> Result<Option<Message>> {
         let mut r = bytes;
         read_frame(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn frame_reader_survives_reads_dropped_part_way() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut frames = FrameReader::new(server);
+        let msg = Message::Report(crate::audit::ApplianceReport::ReloadRefused {
+            by: "api:ops".into(),
+            reason: "x".repeat(300),
+        });
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &msg).await.unwrap();
+        write_frame(&mut bytes, &Message::RekeyNotice { epoch: 3 })
+            .await
+            .unwrap();
+        // The first frame arrives in pieces; a read in progress is dropped after each.
+        let mut written = 0;
+        for piece in bytes.chunks(50) {
+            client.write_all(piece).await.unwrap();
+            written += piece.len();
+            let dropped = tokio::time::timeout(
+                std::time::Duration::from_millis(5),
+                frames.next::<Message>(),
+            )
+            .await;
+            if let Ok(got) = dropped {
+                assert_eq!(got.unwrap(), Some(msg.clone()));
+                break;
+            }
+        }
+        assert!(written < bytes.len(), "the first frame took every piece");
+        let rest = bytes[written..].to_vec();
+        tokio::spawn(async move {
+            client.write_all(&rest).await.unwrap();
+        });
+        assert_eq!(
+            frames.next::<Message>().await.unwrap(),
+            Some(Message::RekeyNotice { epoch: 3 })
+        );
+        assert_eq!(frames.next::<Message>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn frame_reader_refuses_a_stream_cut_inside_a_frame() {
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &Message::RekeyNotice { epoch: 3 })
+            .await
+            .unwrap();
+        let mut frames = FrameReader::new(&bytes[..bytes.len() - 1]);
+        assert!(matches!(
+            frames.next::<Message>().await,
+            Err(Error::Frame(_))
+        ));
     }
 
     #[tokio::test]

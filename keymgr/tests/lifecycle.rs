@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cpclink_keymgr::agent::{generation_at, AgentOptions, AuthorityLink, KeyAgent, SaEvent};
+use cpclink_keymgr::audit::ApplianceReport;
 use cpclink_keymgr::authority::Authority;
 use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
 use cpclink_keymgr::pki::{self, KeyedCert};
@@ -119,8 +120,24 @@ fn an_authority_outage_is_reported_and_peers_keep_keying_each_other() {
         )
         .await;
         c.request_sa("b").await.unwrap();
+        // An operator action at b while the authority is up reaches its audit log.
+        assert!(b.report(ApplianceReport::Reloaded {
+            by: "api:ops".into(),
+            applied: "peers or routes changed".into(),
+        }));
         (b, c, (eb, ec))
     });
+    agents_rt.block_on(eventually(
+        "b's reload in the authority's audit log",
+        Duration::from_secs(10),
+        || {
+            audit_events(&cfg).iter().any(|e| {
+                e["kind"] == "appliance_reported"
+                    && e["appliance"] == "b"
+                    && e["report"]["reloaded"]["by"] == "api:ops"
+            })
+        },
+    ));
 
     // The authority stops (its runtime with it: socket and store released).
     authority.shutdown();
@@ -150,9 +167,17 @@ fn an_authority_outage_is_reported_and_peers_keep_keying_each_other() {
                 .await
                 .expect("SA from c while the authority is down");
         }
+        // A refusal at b during the outage waits in b's queue.
+        assert!(b.report(ApplianceReport::ApiRefused {
+            by: Some("intruder".into()),
+            what: "POST /v1/reload".into(),
+            status: 403,
+            reason: "viewer role".into(),
+        }));
         // Let the agents' retries back off for a while.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!b.authority_connected());
+        assert_eq!(b.reports_pending(), (1, 0));
     });
 
     // Back on the same state and address.
@@ -164,6 +189,29 @@ fn an_authority_outage_is_reported_and_peers_keep_keying_each_other() {
             "the agents finding the authority again",
             Duration::from_secs(15),
             || b.authority_connected() && c.authority_connected(),
+        )
+        .await;
+        // What b queued during the outage is audited once the feed is back, once.
+        eventually(
+            "b's queue drained to the authority",
+            Duration::from_secs(10),
+            || b.reports_pending().0 == 0,
+        )
+        .await;
+        eventually(
+            "b's queued refusal in the audit log",
+            Duration::from_secs(10),
+            || {
+                audit_events(&cfg)
+                    .iter()
+                    .filter(|e| {
+                        e["kind"] == "appliance_reported"
+                            && e["appliance"] == "b"
+                            && e["report"]["api_refused"]["by"] == "intruder"
+                    })
+                    .count()
+                    == 1
+            },
         )
         .await;
         // The feed is live again: a change at the authority reaches both.

@@ -46,6 +46,10 @@ pub struct CtlArgs {
 enum CtlCommand {
     /// Peers, their endpoints and SAs, routes, counters and services, like `wg show`.
     Status,
+    /// Peers: endpoint, state, prefixes, transmit SA per worker, outer path.
+    Peers,
+    /// Every SA the data plane holds: SPI, generation, age, packets, limits (never keys).
+    Sas,
     /// Services, where each goes, the last decisions and the metric counters.
     Services,
     /// One service and the selector's explanation of its last decision.
@@ -266,6 +270,8 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
     let mut body = None;
     let (method, path) = match &args.command {
         CtlCommand::Status => (Method::GET, "/v1/status".to_owned()),
+        CtlCommand::Peers => (Method::GET, "/v1/peers".to_owned()),
+        CtlCommand::Sas => (Method::GET, "/v1/sas".to_owned()),
         CtlCommand::Services => (Method::GET, "/v1/services".to_owned()),
         CtlCommand::Explain { service } => (Method::GET, format!("/v1/services/{service}")),
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned()),
@@ -376,6 +382,8 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
             serde_json::to_string_pretty(&value).map_err(std::io::Error::from)?
         }
         CtlCommand::Status => status_text(&client.name, &value),
+        CtlCommand::Peers => peers_text(&value),
+        CtlCommand::Sas => sas_text(&value),
         CtlCommand::Services => services_text(&value),
         CtlCommand::Explain { .. } => explain_text(&value),
         CtlCommand::Reload => format!(
@@ -608,6 +616,64 @@ fn status_text(name: &str, v: &Value) -> String {
     let services = services_text(&a["paths"]);
     if !services.is_empty() {
         out += &format!("\n{services}");
+    }
+    out.trim_end().to_owned()
+}
+
+fn peers_text(peers: &Value) -> String {
+    let mut out = String::new();
+    for p in peers.as_array().into_iter().flatten() {
+        let state = match (p["revoked"].as_bool(), p["active"].as_bool()) {
+            (Some(true), _) => "revoked",
+            (_, Some(true)) => "active",
+            _ => "inactive",
+        };
+        let prefixes: Vec<&str> = p["prefixes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let keyed = p["tx"]
+            .as_array()
+            .map_or(0, |tx| tx.iter().filter(|s| !s.is_null()).count());
+        let workers = p["tx"].as_array().map_or(0, Vec::len);
+        out += &format!(
+            "peer: {} ({state})\n  endpoint: {}\n  allowed prefixes: {}\n  transmit SAs: {keyed} of {workers} workers\n",
+            p["name"].as_str().unwrap_or("?"),
+            p["endpoint"].as_str().unwrap_or("(none yet)"),
+            prefixes.join(", "),
+        );
+        if let Some(path) = p["path"].as_str() {
+            out += &format!("  path: {path}\n");
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+fn sas_text(sas: &Value) -> String {
+    let mut out = format!(
+        "{:<10} {:<3} {:<16} {:>6} {:>3} {:>8} {:>10} {:>12} {:>8} {:>12}\n",
+        "SPI", "dir", "peer", "worker", "gen", "age", "lifetime", "packets", "refused", "limit"
+    );
+    let secs = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
+    };
+    for sa in sas.as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<10} {:<3} {:<16} {:>6} {:>3} {:>8} {:>10} {:>12} {:>8} {:>12}\n",
+            sa["spi"].as_str().unwrap_or("?"),
+            sa["direction"].as_str().unwrap_or("?"),
+            sa["peer"].as_str().unwrap_or("?"),
+            sa["worker"].as_u64().unwrap_or(0),
+            sa["generation"].as_u64().unwrap_or(0),
+            secs(&sa["age_secs"]),
+            secs(&sa["lifetime_secs"]),
+            sa["packets"].as_u64().unwrap_or(0),
+            sa["refused"].as_u64().unwrap_or(0),
+            sa["hard_packets"].as_u64().unwrap_or(0),
+        );
     }
     out.trim_end().to_owned()
 }

@@ -48,7 +48,7 @@ fn serve_signals(handle: ApplianceHandle, path: PathBuf) -> Result<(), cpclink_a
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading {}", path.display());
-                    match handle.reload_file(&path).await {
+                    match handle.reload_file(&path, "signal:SIGHUP").await {
                         Ok(r) if r.needs_restart.is_empty() => {}
                         Ok(r) => tracing::warn!(
                             "reloaded; these changes wait for a restart: {}",

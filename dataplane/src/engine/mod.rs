@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use rx_sas::{RxKeySource, RxRefusal, RxSaTable};
-pub use stats::{EngineStats, WorkerStats};
+pub use stats::{EngineStats, SaCounters, WorkerStats};
 pub use traffic::{Sink, SinkFactory, Source, SourceFactory};
 
 use crate::crypto::{Backend, SaKey, Suite};
@@ -204,6 +204,8 @@ pub enum Control {
     SetSourceActive(bool),
     /// Reply with a copy of the counters.
     Snapshot(Sender<WorkerStats>),
+    /// Reply with every SA's packet counts.
+    SaCounters(Sender<Vec<SaCounters>>),
     /// Stop; the thread returns its final counters.
     Shutdown,
 }
@@ -488,21 +490,38 @@ impl Engine {
 
     /// A copy of every worker's counters.
     pub fn snapshot(&self) -> Result<EngineStats> {
+        Ok(EngineStats {
+            workers: self.ask_workers(Control::Snapshot)?,
+        })
+    }
+
+    /// Every SA's packet counts, worker by worker.
+    pub fn sa_counters(&self) -> Result<Vec<SaCounters>> {
+        Ok(self
+            .ask_workers(Control::SaCounters)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Sends every worker the request `ask` makes around a reply channel and collects
+    /// the replies in worker order.
+    fn ask_workers<T>(&self, ask: impl Fn(Sender<T>) -> Control) -> Result<Vec<T>> {
         let mut replies = Vec::with_capacity(self.controls.len());
         for worker in 0..self.controls.len() {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            self.send(worker, Control::Snapshot(tx))?;
+            self.send(worker, ask(tx))?;
             replies.push(rx);
         }
-        let mut workers = Vec::with_capacity(replies.len());
+        let mut answers = Vec::with_capacity(replies.len());
         for (worker, reply) in replies.into_iter().enumerate() {
-            workers.push(
+            answers.push(
                 reply
                     .recv_timeout(Duration::from_secs(5))
                     .map_err(|_| Error::WorkerGone(worker))?,
             );
         }
-        Ok(EngineStats { workers })
+        Ok(answers)
     }
 
     /// Stops every worker and returns their final counters.

@@ -147,6 +147,11 @@ impl RxSaTable {
         self.entries.is_empty()
     }
 
+    /// Each SA held, with its peer and counters.
+    pub fn counters(&self) -> impl Iterator<Item = (&RxSa, PeerId)> + '_ {
+        self.entries.values().map(|e| (&e.sa, e.peer))
+    }
+
     /// Installs an SA the control plane granted.
     pub fn install(&mut self, peer: PeerId, sa: RxSa) {
         self.revoked.retain(|p| *p != peer);

@@ -151,3 +151,23 @@ impl EngineStats {
         total
     }
 }
+
+/// One SA's packet counts on the worker that holds it; never key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SaCounters {
+    /// The SA's SPI.
+    pub spi: crate::wire::Spi,
+    /// Whether this worker seals with it (else it opens with it).
+    pub transmit: bool,
+    /// The peer at the other end.
+    pub peer: crate::route::PeerId,
+    /// The worker.
+    pub worker: usize,
+    /// Packets sealed (transmit) or verified and delivered (receive).
+    pub packets: u64,
+    /// Receive only: packets refused (replayed, too old, failed ICV, IV out of range,
+    /// malformed).
+    pub refused: u64,
+    /// The packet count at which the SA ends (its hard limit).
+    pub hard_packets: u64,
+}

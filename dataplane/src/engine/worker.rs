@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::rx_sas::{RxRefusal, RxSaTable};
 use super::segment::{Coalescer, Push, Segmenter, VnetHeader, VNET_HDR_LEN};
 use super::traffic::{Sink, Source};
-use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, WorkerStats};
+use super::{Control, Event, PeerConfig, PeerId, Protection, RouteTable, SaCounters, WorkerStats};
 use crate::crypto::Backend;
 use crate::error::{Error, Result};
 use crate::io::tun::TunQueue;
@@ -241,6 +241,33 @@ fn pin_to(core: usize) -> bool {
 }
 
 impl State {
+    fn sa_counters(&self) -> Vec<SaCounters> {
+        let transmit = self.peers.iter().enumerate().filter_map(|(i, p)| {
+            p.tx.as_ref().map(|sa| SaCounters {
+                spi: sa.spi(),
+                transmit: true,
+                peer: PeerId(i as u32),
+                worker: self.index,
+                packets: sa.sealed(),
+                refused: 0,
+                hard_packets: sa.limits().hard_packets,
+            })
+        });
+        let receive = self.rx_sas.counters().map(|(sa, peer)| {
+            let s = sa.stats();
+            SaCounters {
+                spi: sa.spi(),
+                transmit: false,
+                peer,
+                worker: self.index,
+                packets: s.accepted,
+                refused: s.replayed + s.too_old + s.auth_failed + s.iv_out_of_range + s.malformed,
+                hard_packets: sa.hard_limit(),
+            }
+        });
+        transmit.chain(receive).collect()
+    }
+
     fn final_stats(&self, io: &dyn DatagramIo) -> WorkerStats {
         let mut stats = self.stats;
         stats.io = io.stats();
@@ -289,6 +316,9 @@ impl State {
             Control::SetSourceActive(active) => self.source_active = active,
             Control::Snapshot(reply) => {
                 let _ = reply.send(self.final_stats(io));
+            }
+            Control::SaCounters(reply) => {
+                let _ = reply.send(self.sa_counters());
             }
             Control::Shutdown => {}
         }
