@@ -36,13 +36,12 @@ use crate::store::{AnyStore, RedbStore, Store, Write};
 use crate::{tls, Error, Result};
 
 mod advertise;
-mod report;
 pub mod failover;
 mod renew;
-
-pub use report::REPORT_QUEUE;
+mod report;
 
 use failover::AuthorityRoute;
+pub use report::REPORT_QUEUE;
 
 /// SPIs reserved per store write: a crash skips at most this many.
 const SPI_BLOCK: u32 = 64;

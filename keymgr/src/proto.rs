@@ -149,6 +149,9 @@ pub enum Message {
         /// [`crate::metrics::signed_text`].
         signature: Vec<u8>,
     },
+    /// Appliance → authority: an operator action at the appliance, for the authority's
+    /// audit log (the appliance is the one the connection authenticated); no reply.
+    Report(ApplianceReport),
     /// Appliance → authority, on a stream of its own over the connection its certificate
     /// authenticated: a CSR for a renewed certificate of the same identity, sent before the
     /// current one expires. No token: the connection is the proof.
@@ -162,9 +165,6 @@ pub enum Message {
         /// The certificate.
         cert: Vec<u8>,
     },
-    /// Appliance → authority: an operator action at the appliance, for the authority's
-    /// audit log (the appliance is the one the connection authenticated); no reply.
-    Report(ApplianceReport),
 }
 
 impl Message {
