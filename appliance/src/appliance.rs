@@ -148,7 +148,7 @@ impl ApplianceHandle {
                         by: by.to_owned(),
                         reason: e.to_string(),
                     }));
-                Err(e.into())
+                Err(e)
             }
         }
     }
