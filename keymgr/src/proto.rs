@@ -435,35 +435,34 @@ mod tests {
             by: "api:ops".into(),
             reason: "x".repeat(300),
         });
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, &msg).await.unwrap();
-        write_frame(&mut bytes, &Message::RekeyNotice { epoch: 3 })
-            .await
-            .unwrap();
-        // The first frame arrives in pieces; a read in progress is dropped after each.
-        let mut written = 0;
-        for piece in bytes.chunks(50) {
+        let mut first = Vec::new();
+        write_frame(&mut first, &msg).await.unwrap();
+        // The frame arrives in pieces; a read in progress is dropped after each, and the
+        // frame comes out whole only after its last piece.
+        let pieces: Vec<&[u8]> = first.chunks(50).collect();
+        for (i, piece) in pieces.iter().enumerate() {
             client.write_all(piece).await.unwrap();
-            written += piece.len();
-            let dropped = tokio::time::timeout(
-                std::time::Duration::from_millis(5),
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(20),
                 frames.next::<Message>(),
             )
             .await;
-            if let Ok(got) = dropped {
-                assert_eq!(got.unwrap(), Some(msg.clone()));
-                break;
+            if i + 1 < pieces.len() {
+                assert!(read.is_err(), "a frame came out after piece {i}");
+            } else {
+                assert_eq!(read.unwrap().unwrap(), Some(msg.clone()));
             }
         }
-        assert!(written < bytes.len(), "the first frame took every piece");
-        let rest = bytes[written..].to_vec();
-        tokio::spawn(async move {
-            client.write_all(&rest).await.unwrap();
-        });
+        let mut second = Vec::new();
+        write_frame(&mut second, &Message::RekeyNotice { epoch: 3 })
+            .await
+            .unwrap();
+        client.write_all(&second).await.unwrap();
         assert_eq!(
             frames.next::<Message>().await.unwrap(),
             Some(Message::RekeyNotice { epoch: 3 })
         );
+        drop(client);
         assert_eq!(frames.next::<Message>().await.unwrap(), None);
     }
 
