@@ -94,17 +94,20 @@ async fn one_leader_writes_followers_send_everyone_to_it_and_a_successor_keeps_i
         other => panic!("a follower ordered a rotation: {other:?}"),
     }
 
-    // An agent enrolling at a follower is turned away; at the leader it enrols.
+    // An agent enrolling at a follower is turned away with the leader's address, follows
+    // it and enrols there, once: the token is spent for the leader too.
     let token = lead
         .mint_token("edge-1", "dc1", "t", Duration::from_secs(60))
         .unwrap();
     let at_follower = replicas[follower].as_ref().unwrap().local_addr().unwrap();
-    assert!(enrol_only(at_follower, &ca, "edge-1", &token)
-        .await
-        .is_err());
-    enrol_only(lead.local_addr().unwrap(), &ca, "edge-1", &token)
+    enrol_only(at_follower, &ca, "edge-1", &token)
         .await
         .unwrap();
+    assert!(
+        enrol_only(lead.local_addr().unwrap(), &ca, "edge-1", &token)
+            .await
+            .is_err()
+    );
     let rotation = match admin_request(&cfgs[leader].state_dir, &AdminRequest::Rotate)
         .await
         .unwrap()
