@@ -350,16 +350,19 @@ pub fn sa_views(
         .iter()
         .map(|c| {
             let direction = if c.transmit { "tx" } else { "rx" };
+            let peer = names
+                .get(&c.peer)
+                .map_or_else(|| format!("#{}", c.peer.0), |n| (*n).clone());
+            // The key source's records are keyed by SPI alone, and SPIs two peers allocated
+            // may be equal: a record counts only if it is this SA's in every respect.
             let record = keys
                 .sas
                 .get(&c.spi)
-                .filter(|r| r.direction == direction && r.worker == c.worker);
+                .filter(|r| r.direction == direction && r.worker == c.worker && r.peer == peer);
             SaView {
                 spi: format!("0x{:08x}", c.spi.0),
                 direction,
-                peer: names
-                    .get(&c.peer)
-                    .map_or_else(|| format!("#{}", c.peer.0), |n| (*n).clone()),
+                peer,
                 worker: c.worker,
                 generation: (c.spi.0 >> 31) as u8,
                 age_secs: record.map(|r| now_ms.saturating_sub(r.installed_ms) / 1000),
