@@ -776,18 +776,24 @@ impl Authority {
         self.audit_all(vec![event]).await
     }
 
-    /// Every line of the audit chain, in order (the log file's, or the store's checked).
-    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+    /// The audit log file's path, or `None` when the chain lives in the store.
+    async fn audit_file(&self) -> Result<Option<PathBuf>> {
         match &*self.inner.audit.lock().await {
-            AuditSink::File(log) => {
-                let path = log
-                    .lock()
+            AuditSink::File(log) => Ok(Some(
+                log.lock()
                     .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
                     .path()
-                    .to_owned();
-                crate::audit::records(&path)
-            }
-            AuditSink::Store(_) => Ok(crate::audit::store_records(&self.inner.store)
+                    .to_owned(),
+            )),
+            AuditSink::Store(_) => Ok(None),
+        }
+    }
+
+    /// Every line of the audit chain, in order (the log file's, or the store's checked).
+    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        match self.audit_file().await? {
+            Some(path) => crate::audit::records(&path),
+            None => Ok(crate::audit::store_records(&self.inner.store)
                 .await?
                 .into_iter()
                 .map(|(r, _)| r)
@@ -797,16 +803,9 @@ impl Authority {
 
     /// Verifies the whole audit chain: lines and head.
     pub async fn verify_audit(&self) -> Result<Verified> {
-        match &*self.inner.audit.lock().await {
-            AuditSink::File(log) => {
-                let path = log
-                    .lock()
-                    .map_err(|_| Error::io("audit log", std::io::Error::other("lock poisoned")))?
-                    .path()
-                    .to_owned();
-                crate::audit::verify(&path)
-            }
-            AuditSink::Store(_) => crate::audit::verify_store(&self.inner.store).await,
+        match self.audit_file().await? {
+            Some(path) => crate::audit::verify(&path),
+            None => crate::audit::verify_store(&self.inner.store).await,
         }
     }
 

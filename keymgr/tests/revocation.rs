@@ -3,31 +3,16 @@
 //! delta carries it past the revocation's version.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent};
 use cpclink_keymgr::authority::Authority;
-use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::seal::Kek;
 use cpclink_keymgr::store::{AnyStore, MemoryStore};
 
-fn authority_config(dir: &Path) -> AuthorityConfig {
-    let kek_file = dir.join("kek");
-    std::fs::write(&kek_file, "44".repeat(32)).unwrap();
-    AuthorityConfig {
-        listen: (Ipv4Addr::LOCALHOST, 0).into(),
-        state_dir: dir.join("authority"),
-        kek_file,
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        // No rules: the default policy, appliances of one tenant talk.
-        rules: Vec::new(),
-        api: None,
-    }
-}
+mod support;
+use support::authority::authority_config;
 
 async fn agent(cfg: &AuthorityConfig, authority: &Authority, id: &str, tenant: &str) -> KeyAgent {
     let token = authority
