@@ -59,6 +59,13 @@ enum CtlCommand {
     },
     /// Re-read the appliance's configuration file (needs the operator role).
     Reload,
+    /// Time per stage inside each worker (count, p50, p99, p99.9, max in µs), or with
+    /// `--sample-every N` turn the sampling on (one packet in N) or off (0; admin role).
+    Stages {
+        /// Time one packet in N per stage from now on; 0 turns sampling off.
+        #[arg(long)]
+        sample_every: Option<u32>,
+    },
     /// The Prometheus exposition, as a scraper reads it.
     Metrics,
     /// The API's OpenAPI 3.1 document (appliance or authority).
@@ -275,6 +282,13 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Services => (Method::GET, "/v1/services".to_owned()),
         CtlCommand::Explain { service } => (Method::GET, format!("/v1/services/{service}")),
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned()),
+        CtlCommand::Stages { sample_every } => match sample_every {
+            Some(n) => {
+                body = Some(serde_json::json!({ "sample_every": n }));
+                (Method::POST, "/v1/stages".to_owned())
+            }
+            None => (Method::GET, "/v1/stages".to_owned()),
+        },
         CtlCommand::Metrics => (Method::GET, "/metrics".to_owned()),
         CtlCommand::Openapi => (Method::GET, "/openapi.json".to_owned()),
         CtlCommand::Appliances => (Method::GET, "/v1/appliances".to_owned()),
@@ -384,6 +398,14 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Status => status_text(&client.name, &value),
         CtlCommand::Peers => peers_text(&value),
         CtlCommand::Sas => sas_text(&value),
+        CtlCommand::Stages {
+            sample_every: Some(_),
+        } => match value["sample_every"].as_u64() {
+            Some(0) => "stage sampling off".to_owned(),
+            Some(n) => format!("stage sampling on: one packet in {n} per stage"),
+            None => format!("unexpected reply: {value}"),
+        },
+        CtlCommand::Stages { sample_every: None } => stages_text(&value),
         CtlCommand::Services => services_text(&value),
         CtlCommand::Explain { .. } => explain_text(&value),
         CtlCommand::Reload => format!(
@@ -675,6 +697,40 @@ fn sas_text(sas: &Value) -> String {
             sa["hard_packets"].as_u64().unwrap_or(0),
         );
     }
+    out.trim_end().to_owned()
+}
+
+/// `GET /v1/stages` as a table: each worker's stages, then all workers merged.
+fn stages_text(v: &Value) -> String {
+    let every = v["sample_every"].as_u64().unwrap_or(0);
+    if every == 0 {
+        return "stage sampling is off; turn it on with `cpclink ctl stages --sample-every 64` (admin)"
+            .to_owned();
+    }
+    let mut out = format!("one packet in {every} timed per stage; µs\n");
+    out += &format!(
+        "{:<7} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "worker", "stage", "count", "p50", "p99", "p99.9", "max"
+    );
+    let mut rows = |worker: &str, stages: &Value| {
+        for s in stages.as_array().into_iter().flatten() {
+            let us = |k: &str| format!("{:.1}", s[k].as_f64().unwrap_or(0.0));
+            out += &format!(
+                "{:<7} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+                worker,
+                s["stage"].as_str().unwrap_or("?"),
+                s["count"].as_u64().unwrap_or(0),
+                us("p50_us"),
+                us("p99_us"),
+                us("p999_us"),
+                us("max_us"),
+            );
+        }
+    };
+    for w in v["workers"].as_array().into_iter().flatten() {
+        rows(&w["worker"].as_u64().unwrap_or(0).to_string(), &w["stages"]);
+    }
+    rows("all", &v["all"]);
     out.trim_end().to_owned()
 }
 
