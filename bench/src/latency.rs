@@ -1459,6 +1459,46 @@ mod tests {
     }
 
     #[test]
+    fn each_mode_gets_its_own_difference_and_verdict_against_the_one_baseline() {
+        let mut latency = row(Path::Cpclink, Metric::OneWay, 50, 30.0, 55.0);
+        latency.mode = Some(Mode::LatencyFirst);
+        latency.p999_us = 70.0;
+        let mut rows = vec![
+            row(Path::UdpLoopback, Metric::OneWay, 50, 15.0, 20.0),
+            row(Path::Cpclink, Metric::OneWay, 50, 40.0, 95.0),
+            latency,
+        ];
+        add_differences(&mut rows);
+        assert_eq!(rows[0].mode, None, "a baseline has no mode");
+        assert_eq!(
+            (rows[1].added_p99_us, rows[1].added_p999_us),
+            (Some(75.0), Some(75.0))
+        );
+        assert_eq!(
+            (rows[2].added_p99_us, rows[2].added_p999_us),
+            (Some(35.0), Some(50.0))
+        );
+        let verdict = verdict(&rows).unwrap();
+        let lines: Vec<_> = verdict.lines().collect();
+        assert_eq!(lines.len(), 2, "{verdict}");
+        assert!(
+            lines[0].contains("throughput): not met (+75.0 µs)"),
+            "{verdict}"
+        );
+        assert!(
+            lines[1].contains("latency-first): met (+35.0 µs)"),
+            "{verdict}"
+        );
+        let table = table(&rows);
+        assert!(
+            table.contains("latency-first") && table.contains("+50.0"),
+            "{table}"
+        );
+        assert_eq!(Mode::of(BatchingMode::THROUGHPUT), Mode::Throughput);
+        assert_eq!(Mode::of(BatchingMode::LATENCY_FIRST), Mode::LatencyFirst);
+    }
+
+    #[test]
     fn probes_carry_their_sequence_and_send_time() {
         let mut packet = vec![0u8; 64];
         packet[..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
