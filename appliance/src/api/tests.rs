@@ -54,9 +54,7 @@ impl KeySource for Reports {
     fn report(&self, report: ApplianceReport) {
         self.0.lock().unwrap().push(report);
     }
-    fn shutdown(self) -> impl std::future::Future<Output = ()> + Send {
-        async {}
-    }
+    async fn shutdown(self) {}
 }
 
 struct Bench {

@@ -781,3 +781,41 @@ fn explain_text(v: &Value) -> String {
         d["explanation"].as_str().unwrap_or("")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_table_has_a_row_per_worker_stage_and_the_merged_rows() {
+        let view = |stage: &str, count: u64, p50: f64| {
+            serde_json::json!({
+                "stage": stage, "count": count, "p50_us": p50, "p99_us": 2.0 * p50,
+                "p999_us": 3.0 * p50, "max_us": 4.0 * p50,
+            })
+        };
+        let report = serde_json::json!({
+            "sample_every": 64,
+            "workers": [
+                { "worker": 0, "stages": [view("seal", 10, 0.5), view("send", 10, 12.3)] },
+                { "worker": 1, "stages": [view("seal", 5, 0.75)] },
+            ],
+            "all": [view("seal", 15, 0.6)],
+        });
+        let text = stages_text(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 + 3 + 1, "{text}");
+        assert!(lines[0].contains("one packet in 64"), "{text}");
+        let send: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(send, ["0", "send", "10", "12.3", "24.6", "36.9", "49.2"]);
+        assert!(
+            lines[5].starts_with("all") && lines[5].contains("seal"),
+            "{text}"
+        );
+        let off = stages_text(&serde_json::json!({ "sample_every": 0, "workers": [], "all": [] }));
+        assert!(
+            off.contains("off") && off.contains("--sample-every"),
+            "{off}"
+        );
+    }
+}
