@@ -10,7 +10,8 @@ use cpclink_bench::pacer::SourceRate;
 use cpclink_bench::traffic::{TrafficCounters, TrafficSpec};
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
-    lab, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId, RouteTable, SaProfile,
+    lab, BatchingMode, Egress, Engine, EngineConfig, Event, PeerConfig, PeerId, RouteTable,
+    SaProfile,
 };
 use cpclink_dataplane::sa::MasterKeys;
 use cpclink_keymgr::audit::ApplianceReport;
@@ -240,4 +241,46 @@ async fn stage_sampling_is_off_until_an_admin_turns_it_on_and_every_change_is_au
         doc["paths"]["/v1/stages"]["post"]["x-cpclink-role"],
         "admin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_switches_the_running_workers_between_throughput_and_latency_first() {
+    const KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+    let file = |extra: &str| {
+        format!(
+            "[appliance]\nlisten = \"127.0.0.1:0\"\nmaster_keys = [\"{KEY}\", \"{KEY}\"]\n{extra}\n\
+             [tun]\nname = \"cpc0\"\npath_mtu = 1500\n\
+             [[peers]]\nname = \"b\"\nendpoint = \"127.0.0.1:9\"\nprefixes = [\"10.2.0.0/16\"]\n\
+             master_keys = [\"{KEY}\", \"{KEY}\"]\n"
+        )
+    };
+    let parse =
+        |extra: &str| crate::config::ApplianceConfig::parse("a.toml", &file(extra)).unwrap();
+    let engine = Arc::new(
+        Engine::start(EngineConfig::new((std::net::Ipv4Addr::LOCALHOST, 0).into())).unwrap(),
+    );
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let running = crate::appliance::spawn(engine.clone(), Reports(reports), Some(parse("")));
+    let handle = running.handle();
+    assert_eq!(engine.batching(), BatchingMode::THROUGHPUT);
+
+    handle
+        .reload(
+            parse("mode = \"latency\"\nmax_hold_us = 5\nbusy_poll_us = 0"),
+            "test",
+        )
+        .await
+        .unwrap();
+    let mode = engine.batching();
+    assert_eq!(mode.policy.max_hold, Some(Duration::from_micros(5)));
+    assert_eq!(mode.busy_poll, Duration::ZERO);
+    assert_eq!(
+        mode.policy.max_packets,
+        BatchingMode::LATENCY_FIRST.policy.max_packets
+    );
+
+    // Dropping the setting from the file goes back to throughput first, without a restart.
+    handle.reload(parse(""), "test").await.unwrap();
+    assert_eq!(engine.batching(), BatchingMode::THROUGHPUT);
+    handle.stop();
 }

@@ -257,6 +257,8 @@ pub struct Engine {
     events: Receiver<Event>,
     /// The stage sampling the workers were last told, for operators who ask.
     stage_sample_every: AtomicU32,
+    /// The batching mode the workers were last told, for operators who ask.
+    batching: std::sync::Mutex<BatchingMode>,
 }
 
 impl Engine {
@@ -387,6 +389,7 @@ impl Engine {
             threads,
             events,
             stage_sample_every: AtomicU32::new(config.stage_sample_every),
+            batching: std::sync::Mutex::new(batching),
         })
     }
 
@@ -526,7 +529,15 @@ impl Engine {
     /// Batches and polls this way on every worker from now on.
     pub fn set_batching(&self, mode: BatchingMode) -> Result<()> {
         let mode = mode.checked()?;
-        self.broadcast(|| Control::SetBatching(mode))
+        self.broadcast(|| Control::SetBatching(mode))?;
+        // A poisoned lock only means a reader panicked: the mode it guards is a plain copy.
+        *self.batching.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        Ok(())
+    }
+
+    /// The batching mode the workers run, as last set.
+    pub fn batching(&self) -> BatchingMode {
+        *self.batching.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A copy of every worker's counters (and stage times, where sampling is on).
