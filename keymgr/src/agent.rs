@@ -703,8 +703,11 @@ impl KeyAgent {
             .endpoint
             .connect_with(self.client(), addr, peer)?
             .await?;
+        // Waited for outside the cache's lock: a peer that just renewed may be listed a
+        // moment later.
+        let listed = self.holds_listed_certificate_soon(&conn, peer).await;
         let mut out = self.inner.outbound.lock().await;
-        if !self.holds_listed_certificate(&conn, peer) {
+        if !listed {
             conn.close(CLOSE_UNAUTHORISED.into(), b"certificate not listed");
             return Err(Error::NotAuthorised(format!(
                 "{peer} presented a certificate the directory does not list (replaced or revoked)"
@@ -971,7 +974,8 @@ impl KeyAgent {
         let peer = tls::peer_identity(&conn)
             .ok_or_else(|| Error::NotAuthorised("peer without a certificate".into()))?
             .appliance;
-        if !self.dir().allows(&self.inner.id, &peer) || !self.holds_listed_certificate(&conn, &peer)
+        if !self.dir().allows(&self.inner.id, &peer)
+            || !self.holds_listed_certificate_soon(&conn, &peer).await
         {
             conn.close(CLOSE_UNAUTHORISED.into(), b"not authorised");
             return Err(Error::NotAuthorised(peer));
@@ -1422,10 +1426,11 @@ async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<K
     ) else {
         return Ok(None);
     };
-    Ok(Some(KeyedCert {
-        cert: CertificateDer::from(cert),
-        key: kek.open(&format!("identity/{id}"), &key)?,
-    }))
+    // Stored as the authority sent it: the certificate, then its chain.
+    Ok(Some(KeyedCert::from_chain(
+        &cert,
+        kek.open(&format!("identity/{id}"), &key)?,
+    )?))
 }
 
 /// What an enrolment request publishes besides the CSR.
@@ -1590,13 +1595,7 @@ async fn enrol(
             ),
         ])
         .await?;
-    Ok((
-        KeyedCert {
-            cert: CertificateDer::from(cert),
-            key,
-        },
-        at,
-    ))
+    Ok((KeyedCert::from_chain(&cert, key)?, at))
 }
 
 /// Enrols with `token` over a fresh connection, without starting an agent; returns the
@@ -1624,8 +1623,5 @@ pub async fn enrol_only(
     .await;
     endpoint.wait_idle().await;
     let (cert, key, _) = issued?;
-    Ok(KeyedCert {
-        cert: CertificateDer::from(cert),
-        key,
-    })
+    KeyedCert::from_chain(&cert, key)
 }

@@ -83,6 +83,24 @@ pub struct AuthorityConfig {
     /// The management API (`[api]`), if it is served; checked by [`AuthorityConfig::parse`].
     #[serde(default)]
     pub api: Option<cpclink_mgmt::RawApi>,
+    /// The operator's intermediate CA to issue under (`[ca]`); without it the authority
+    /// generates its own self-signed CA on first start.
+    #[serde(default)]
+    pub ca: Option<CaFiles>,
+}
+
+/// An operator's intermediate CA (`[ca]`), read and checked on the authority's first start,
+/// its key then sealed under the KEK with the rest of the authority's material.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CaFiles {
+    /// The intermediate CA's certificate (PEM, one certificate).
+    pub certificate: PathBuf,
+    /// Its private key (unencrypted PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The certificates above it, its issuer first, up to and including the operator's
+    /// self-signed root (PEM).
+    pub chain: PathBuf,
 }
 
 fn default_rotation() -> u64 {
