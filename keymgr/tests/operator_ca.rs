@@ -256,9 +256,11 @@ fn agents_trusting_only_the_operators_root_enrol_rotate_and_talk() {
             a2.authority_connected()
         })
         .await;
+        // A new appliance enrols under the restarted authority.
+        let d_store = MemoryStore::default();
         let (d, _events) = KeyAgent::start_with_store(
             options(&cfg, &again, root.der(), "d", Some(token(&again, "d"))),
-            AnyStore::Memory(stores[1].clone()),
+            AnyStore::Memory(d_store.clone()),
         )
         .await
         .unwrap();
@@ -266,7 +268,7 @@ fn agents_trusting_only_the_operators_root_enrol_rotate_and_talk() {
             d.authority_connected()
         })
         .await;
-        chains_to(&stores[1], &root, &intermediate).await;
+        chains_to(&d_store, &root, &intermediate).await;
         a2.shutdown();
         d.shutdown();
         again.shutdown();
