@@ -271,6 +271,10 @@ struct Inner {
     feed: StdMutex<Option<quinn::Connection>>,
     /// When the current certificate is to be renewed.
     renew_at: StdMutex<Instant>,
+    /// Held (written) while a renewal is asked: the authority lists the new serial before
+    /// its reply arrives, so a connection to a peer begun meanwhile would present a
+    /// certificate peers no longer accept. Connections to peers wait for it (read).
+    renewing: tokio::sync::RwLock<()>,
     outbound: Mutex<HashMap<String, quinn::Connection>>,
     inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
     tx_expiry: StdMutex<HashMap<String, Instant>>,
@@ -428,6 +432,7 @@ impl KeyAgent {
                 endpoint,
                 client: StdMutex::new(client),
                 renew_at: StdMutex::new(renew::due(&identity.cert)),
+                renewing: tokio::sync::RwLock::new(()),
                 identity: StdMutex::new(identity),
                 ca_cert: opts.ca_cert,
                 feed: StdMutex::new(None),
@@ -698,11 +703,13 @@ impl KeyAgent {
             .and_then(|e| e.control.parse().ok())
             .ok_or_else(|| Error::NotAuthorised(format!("{peer} has no control address")))?;
         // The server name is the peer's id: TLS checks its certificate names it.
+        let presenting = self.inner.renewing.read().await;
         let conn = self
             .inner
             .endpoint
             .connect_with(self.client(), addr, peer)?
             .await?;
+        drop(presenting);
         // Waited for outside the cache's lock: a peer that just renewed may be listed a
         // moment later.
         let listed = self.holds_listed_certificate_soon(&conn, peer).await;

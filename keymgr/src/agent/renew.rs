@@ -180,6 +180,8 @@ impl KeyAgent {
             .feed()
             .clone()
             .ok_or_else(|| Error::Timeout("no live connection to the authority".into()))?;
+        // Until the renewed certificate is presented, no connection to a peer begins.
+        let _renewing = self.inner.renewing.write().await;
         let current = self.identity();
         let csr = pki::renewal_csr(&self.inner.id, &current.key)?;
         let cert = tokio::time::timeout(RENEW_TIMEOUT, async {
