@@ -19,6 +19,8 @@
 //! | `GET /v1/services` | viewer | services, their placement, the last decisions, metric counters |
 //! | `GET /v1/services/{name}` | viewer | one service and the explanation of its last decision |
 //! | `POST /v1/reload` | operator | re-read the configuration file (as SIGHUP) |
+//! | `GET /v1/stages` | viewer | time per stage inside each worker: count, p50, p99, p99.9, max (µs) |
+//! | `POST /v1/stages` | admin | `{"sample_every": N}`: time one packet in N per stage (0: off, the default) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,9 @@ use cpclink_dataplane::engine::Engine;
 use cpclink_dataplane::engine::EngineStats;
 
 use crate::appliance::{ApplianceHandle, ApplianceStatus};
+
+mod stages;
+pub use stages::{StageView, StagesReport, WorkerStages};
 
 use cpclink_mgmt::metrics::{label, Registry};
 use cpclink_mgmt::{echo, problem, Access, Caller, RouteSpec};
@@ -144,6 +149,24 @@ fn router(api: Api) -> Router {
                     "re-read the configuration file",
                 ),
                 post(reload),
+            ),
+            (
+                route(
+                    "/v1/stages",
+                    "get",
+                    Some(Role::Viewer),
+                    "time per stage inside each worker (count, p50, p99, p99.9, max in µs)",
+                ),
+                get(stages::show),
+            ),
+            (
+                route(
+                    "/v1/stages",
+                    "post",
+                    Some(Role::Admin),
+                    "turn per-stage sampling on ({\"sample_every\": N}) or off (0)",
+                ),
+                post(stages::set),
             ),
         ],
     )
@@ -630,3 +653,6 @@ async fn metrics(
     }
     echo(&headers, registry.into_response())
 }
+
+#[cfg(test)]
+mod tests;

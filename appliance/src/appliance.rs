@@ -104,6 +104,12 @@ enum Command {
     ),
     /// An operator action to report to the authority's audit log.
     Report(ApplianceReport),
+    /// Time one packet in this many per stage (0: stop), asked for by the named caller.
+    StageSampling(
+        u32,
+        String,
+        oneshot::Sender<Result<(), cpclink_dataplane::Error>>,
+    ),
     Stop,
 }
 
@@ -119,6 +125,7 @@ impl std::fmt::Debug for Command {
             Command::Status(_) => "Status",
             Command::Reload(..) => "Reload",
             Command::Report(_) => "Report",
+            Command::StageSampling(..) => "StageSampling",
             Command::Stop => "Stop",
         })
     }
@@ -160,6 +167,17 @@ impl ApplianceHandle {
             .send(Command::Reload(Box::new(config), by.to_owned(), tx))
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?.map_err(Error::Reload)
+    }
+
+    /// Times one packet in `every` per stage on every worker from now on (0: stop; the
+    /// samples so far are forgotten), asked for by `by`; reported to the audit log like a
+    /// reload.
+    pub async fn set_stage_sampling(&self, every: u32, by: &str) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::StageSampling(every, by.to_owned(), tx))
+            .map_err(|_| Error::Stopped)?;
+        Ok(rx.await.map_err(|_| Error::Stopped)??)
     }
 
     /// Asks the owner task to stop; [`RunningAppliance::wait`] then returns.
@@ -305,6 +323,18 @@ impl<K: KeySource> Owner<K> {
                         let _ = reply.send(outcome);
                     }
                     Some(Command::Report(report)) => self.keys.report(report),
+                    Some(Command::StageSampling(every, by, reply)) => {
+                        let outcome = self.engine.set_stage_sampling(every);
+                        if outcome.is_ok() {
+                            tracing::info!("stage sampling set to one packet in {every} by {by}");
+                            self.keys.report(ApplianceReport::SettingChanged {
+                                by,
+                                setting: "stage_sample_every".into(),
+                                value: every.to_string(),
+                            });
+                        }
+                        let _ = reply.send(outcome);
+                    }
                     Some(Command::Stop) | None => break,
                 },
                 Some(event) = events.recv() => self.keys.on_engine_event(event),
@@ -432,6 +462,13 @@ impl<K: KeySource> Owner<K> {
             );
         }
         let update = self.keys.reload(&config).map_err(|e| e.to_string())?;
+        // The workers take a new mode between packets: no restart for it.
+        if config.batching != running.batching {
+            self.engine
+                .set_batching(config.batching)
+                .map_err(|e| format!("the data plane's mode: {e}"))?;
+            tracing::info!("reload: data plane batching now {:?}", config.batching);
+        }
         let overrides_changed = overrides(Some(&config)) != overrides(self.config.as_ref());
         let paths_changed = match (&mut self.paths, config.paths.is_some()) {
             (Some(p), true) => p.reload(&config),

@@ -148,11 +148,42 @@ pub enum Path {
     Cpclink,
 }
 
+/// How the engines batched while the cpclink path was probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Throughput first: the largest batches, no busy polling (the default).
+    Throughput,
+    /// Latency first: bounded batch waits, busy polling.
+    LatencyFirst,
+}
+
+impl Mode {
+    /// The name in tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Throughput => "throughput",
+            Mode::LatencyFirst => "latency-first",
+        }
+    }
+
+    /// The name of the mode a batching is: throughput only when it is the default.
+    pub fn of(batching: BatchingMode) -> Self {
+        if batching == BatchingMode::THROUGHPUT {
+            Mode::Throughput
+        } else {
+            Mode::LatencyFirst
+        }
+    }
+}
+
 /// One path at one load in one direction, as `--json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LatencyRow {
     /// The path.
     pub path: Path,
+    /// cpclink rows: the engines' mode while probed; `None` on the baselines' rows.
+    pub mode: Option<Mode>,
     /// One way or round trip.
     pub metric: Metric,
     /// Background load, percent of the tunnel's no-drop rate.
@@ -188,6 +219,8 @@ pub struct LatencyRow {
     pub added_p50_us: Option<f64>,
     /// cpclink rows: p99 less the `udp_loopback` p99 at the same load and metric.
     pub added_p99_us: Option<f64>,
+    /// cpclink rows: p99.9 less the `udp_loopback` p99.9 at the same load and metric.
+    pub added_p999_us: Option<f64>,
 }
 
 /// What to measure.
@@ -210,6 +243,11 @@ pub struct LatencyPlan {
     pub stage_sample_every: u32,
     /// How both engines batch and poll.
     pub batching: BatchingMode,
+    /// Probe the cpclink path twice per round, throughput first and then `batching` (or
+    /// the default latency-first mode when `batching` is throughput first), the engines
+    /// switched between them at run time; the loads' reference is then the throughput
+    /// mode's no-drop rate, so both modes carry the same background.
+    pub compare_modes: bool,
     /// Times the search is repeated (its spread goes into the report).
     pub ndr_rounds: usize,
 }
@@ -225,6 +263,7 @@ impl Default for LatencyPlan {
             ndr_trials: 8,
             stage_sample_every: DEFAULT_STAGE_SAMPLE_EVERY,
             batching: BatchingMode::THROUGHPUT,
+            compare_modes: false,
             ndr_rounds: 1,
         }
     }
@@ -251,6 +290,8 @@ pub struct StageRow {
     pub load_pct: u32,
     /// The engine.
     pub side: Side,
+    /// The engines' mode.
+    pub mode: Mode,
     /// The stage.
     pub stage: Stage,
     /// Samples (timed packets, or loop turns for the turn stages).
@@ -266,13 +307,14 @@ pub struct StageRow {
 }
 
 /// The rows of one engine's stage times at one load.
-pub fn stage_rows(load_pct: u32, side: Side, times: &StageTimes) -> Vec<StageRow> {
+pub fn stage_rows(load_pct: u32, side: Side, mode: Mode, times: &StageTimes) -> Vec<StageRow> {
     times
         .summary()
         .into_iter()
         .map(|s| StageRow {
             load_pct,
             side,
+            mode,
             stage: s.stage,
             samples: s.samples,
             p50_us: us(s.p50_ns),
@@ -290,6 +332,7 @@ pub fn stage_table(rows: &[StageRow]) -> String {
         .map(|r| {
             vec![
                 format!("{}%", r.load_pct),
+                r.mode.name().to_string(),
                 format!("{:?}", r.side),
                 r.stage.name().to_string(),
                 r.samples.to_string(),
@@ -303,6 +346,7 @@ pub fn stage_table(rows: &[StageRow]) -> String {
     crate::markdown_table(
         &[
             "load",
+            "mode",
             "engine",
             "stage",
             "samples",
@@ -393,7 +437,21 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         return Err(e);
     }
     let epoch = Instant::now();
-    let bench = Testbed::start(plan.io, plan.batching)?;
+    // The modes the cpclink path is probed in; the engines start in the first.
+    let modes: Vec<(Mode, BatchingMode)> = if plan.compare_modes {
+        let latency = if plan.batching == BatchingMode::THROUGHPUT {
+            BatchingMode::LATENCY_FIRST
+        } else {
+            plan.batching
+        };
+        vec![
+            (Mode::Throughput, BatchingMode::THROUGHPUT),
+            (Mode::LatencyFirst, latency),
+        ]
+    } else {
+        vec![(Mode::of(plan.batching), plan.batching)]
+    };
+    let bench = Testbed::start(plan.io, modes[0].1)?;
     let paths = [
         (Path::UdpLoopback, Endpoints::loopback()?),
         (
@@ -465,38 +523,64 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
     let mut stages = Vec::new();
     let mut spectra = Vec::new();
     let mut interval_logs = Vec::new();
+    // What is probed, in turn: the baselines, then the tunnel once per mode.
+    let targets: Vec<(Path, Option<Mode>, &Endpoints)> = paths[..2]
+        .iter()
+        .map(|(path, endpoints)| (*path, None, endpoints))
+        .chain(
+            modes
+                .iter()
+                .map(|(mode, _)| (Path::Cpclink, Some(*mode), &paths[2].1)),
+        )
+        .collect();
     for &load in &plan.loads {
         let pps = (load > 0).then(|| reference * f64::from(load) / 100.0);
-        // Setting the sampling forgets earlier samples: each load's stage times are its own.
-        bench.a.set_stage_sampling(plan.stage_sample_every)?;
-        bench.b.set_stage_sampling(plan.stage_sample_every)?;
-        let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::new()).collect();
-        // Paths take turns, a round each, so that whatever else the machine does meanwhile
-        // falls on all of them alike.
+        let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::new()).collect();
+        // Each mode's stage times over all of its rounds, engine A then B.
+        let mut times: Vec<[StageTimes; 2]> = modes.iter().map(|_| Default::default()).collect();
+        // Paths (and modes) take turns, a round each, so that whatever else the machine
+        // does meanwhile falls on all of them alike.
         for _ in 0..rounds {
-            for ((_, endpoints), samples) in paths.iter().zip(&mut samples) {
+            for ((_, mode, endpoints), samples) in targets.iter().zip(&mut samples) {
+                let Some(mode) = mode else {
+                    samples.merge(endpoints.probe(epoch, round, plan.size, pps));
+                    continue;
+                };
+                let m = modes.iter().position(|(n, _)| n == mode).unwrap_or(0);
+                if modes.len() > 1 {
+                    bench.a.set_batching(modes[m].1)?;
+                    bench.b.set_batching(modes[m].1)?;
+                }
+                // Setting the sampling forgets earlier samples (and, after a snapshot
+                // round trip, the mode is the workers'): each round's are its own.
+                bench.a.set_stage_sampling(plan.stage_sample_every)?;
+                bench.b.set_stage_sampling(plan.stage_sample_every)?;
+                bench.a.snapshot()?;
+                bench.b.snapshot()?;
                 samples.merge(endpoints.probe(epoch, round, plan.size, pps));
+                if plan.stage_sample_every > 0 {
+                    times[m][0].merge(&bench.a.snapshot()?.stage_times());
+                    times[m][1].merge(&bench.b.snapshot()?.stage_times());
+                }
             }
         }
         if plan.stage_sample_every > 0 {
-            stages.extend(stage_rows(
-                load,
-                Side::A,
-                &bench.a.snapshot()?.stage_times(),
-            ));
-            stages.extend(stage_rows(
-                load,
-                Side::B,
-                &bench.b.snapshot()?.stage_times(),
-            ));
+            for ((mode, _), [a, b]) in modes.iter().zip(&times) {
+                stages.extend(stage_rows(load, Side::A, *mode, a));
+                stages.extend(stage_rows(load, Side::B, *mode, b));
+            }
         }
-        interval_logs.push((load, interval_log(load, &paths, &samples)));
-        for ((path, _), samples) in paths.iter().zip(samples) {
+        interval_logs.push((load, interval_log(load, &targets, &samples)));
+        for ((path, mode, _), samples) in targets.iter().zip(samples) {
             spectra.extend(samples.spectra(*path, load));
-            let point = samples.rows(*path, load, plan.size, max.delivered_pps, reference);
+            let mut point = samples.rows(*path, load, plan.size, max.delivered_pps, reference);
+            for row in &mut point {
+                row.mode = *mode;
+            }
             progress(&format!(
-                "{load:>3}% {:<12} one-way p50 {:.1} µs, p99 {:.1} µs, {} of {} probes arrived",
+                "{load:>3}% {:<12} {:<13} one-way p50 {:.1} µs, p99 {:.1} µs, {} of {} probes arrived",
                 path_name(*path),
+                mode.map_or("", Mode::name),
                 point[0].p50_us,
                 point[0].p99_us,
                 point[0].received,
@@ -505,7 +589,13 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
             rows.extend(point);
         }
     }
+    if modes.len() > 1 {
+        // Left as the appliance would run: as started.
+        bench.a.set_batching(modes[0].1)?;
+        bench.b.set_batching(modes[0].1)?;
+    }
     add_differences(&mut rows);
+    drop(targets);
     drop(paths);
     bench.finish()?;
     Ok(LatencyRun {
@@ -521,7 +611,11 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
 
 /// The rounds of every path at one load as an HdrHistogram interval log (V2, deflated),
 /// one interval per round, tagged `PATH-one-way` or `PATH-round-trip`.
-fn interval_log(load: u32, paths: &[(Path, Endpoints)], samples: &[Samples]) -> String {
+fn interval_log(
+    load: u32,
+    targets: &[(Path, Option<Mode>, &Endpoints)],
+    samples: &[Samples],
+) -> String {
     let mut buf = Vec::new();
     let mut serializer = V2DeflateSerializer::new();
     let mut builder = IntervalLogWriterBuilder::new();
@@ -539,14 +633,20 @@ fn interval_log(load: u32, paths: &[(Path, Endpoints)], samples: &[Samples]) -> 
     let Ok(mut writer) = builder.begin_log_with(&mut buf, &mut serializer) else {
         return String::new();
     };
-    for ((path, _), samples) in paths.iter().zip(samples) {
+    for ((path, mode, _), samples) in targets.iter().zip(samples) {
+        let name = match mode {
+            Some(m) if targets.iter().filter(|t| t.1.is_some()).count() > 1 => {
+                format!("{}-{}", path_name(*path), m.name())
+            }
+            _ => path_name(*path).to_owned(),
+        };
         for interval in &samples.intervals {
             let offset = base.map_or(Duration::ZERO, |b| interval.start.duration_since(b));
             for (metric, histogram) in [
                 ("one-way", &interval.one_way),
                 ("round-trip", &interval.round_trip),
             ] {
-                let tag = format!("{}-{metric}", path_name(*path));
+                let tag = format!("{name}-{metric}");
                 // A write into memory fails only on a histogram the serializer cannot encode;
                 // the log then lacks that interval, the report's tables do not.
                 let _ = writer.write_histogram(histogram, offset, interval.length, Tag::new(&tag));
@@ -637,13 +737,13 @@ fn metric_name(metric: Metric) -> &'static str {
 
 /// Fills each cpclink row's `added_*` from the `udp_loopback` row of the same load and metric.
 pub fn add_differences(rows: &mut [LatencyRow]) {
-    let baselines: Vec<(u32, Metric, f64, f64)> = rows
+    let baselines: Vec<(u32, Metric, f64, f64, f64)> = rows
         .iter()
         .filter(|r| r.path == Path::UdpLoopback && r.received > 0)
-        .map(|r| (r.load_pct, r.metric, r.p50_us, r.p99_us))
+        .map(|r| (r.load_pct, r.metric, r.p50_us, r.p99_us, r.p999_us))
         .collect();
     for row in rows.iter_mut().filter(|r| r.path == Path::Cpclink) {
-        let Some(&(_, _, p50, p99)) = baselines
+        let Some(&(_, _, p50, p99, p999)) = baselines
             .iter()
             .find(|(load, metric, ..)| *load == row.load_pct && *metric == row.metric)
         else {
@@ -652,6 +752,7 @@ pub fn add_differences(rows: &mut [LatencyRow]) {
         if row.received > 0 {
             row.added_p50_us = Some(row.p50_us - p50);
             row.added_p99_us = Some(row.p99_us - p99);
+            row.added_p999_us = Some(row.p999_us - p999);
         }
     }
 }
@@ -662,19 +763,29 @@ pub const TARGET_ADDED_P99_US: f64 = 50.0;
 /// Whether the SPEC's latency target was met, taken one way through both appliances (the
 /// stricter reading: a packet between two centres crosses two), if 50% load was measured.
 pub fn verdict(rows: &[LatencyRow]) -> Option<String> {
-    let row = rows
+    let lines: Vec<String> = rows
         .iter()
-        .find(|r| r.path == Path::Cpclink && r.metric == Metric::OneWay && r.load_pct == 50)?;
-    let added = row.added_p99_us?;
-    let met = if added <= TARGET_ADDED_P99_US {
-        "met"
-    } else {
-        "not met"
-    };
-    Some(format!(
-        "SPEC target, p99 added under 50% load <= {TARGET_ADDED_P99_US} µs (one way, through both engines): \
-         {met} ({added:+.1} µs)"
-    ))
+        .filter(|r| r.path == Path::Cpclink && r.metric == Metric::OneWay && r.load_pct == 50)
+        .filter_map(|row| {
+            let added = row.added_p99_us?;
+            let met = if added <= TARGET_ADDED_P99_US {
+                "met"
+            } else {
+                "not met"
+            };
+            let mode = match row.mode {
+                Some(m) if rows.iter().any(|r| r.mode.is_some_and(|o| o != m)) => {
+                    format!(", {}", m.name())
+                }
+                _ => String::new(),
+            };
+            Some(format!(
+                "SPEC target, p99 added under 50% load <= {TARGET_ADDED_P99_US} µs (one way, through both engines{mode}): \
+                 {met} ({added:+.1} µs)"
+            ))
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// Renders rows as a table.
@@ -688,6 +799,7 @@ pub fn table(rows: &[LatencyRow]) -> String {
                 format!("{}%", r.load_pct),
                 format!("{:.0}", r.background_pps),
                 path_name(r.path).to_string(),
+                r.mode.map_or("", Mode::name).to_string(),
                 metric_name(r.metric).to_string(),
                 r.probes.to_string(),
                 r.lost.to_string(),
@@ -698,6 +810,7 @@ pub fn table(rows: &[LatencyRow]) -> String {
                 f(r.max_us),
                 added(r.added_p50_us),
                 added(r.added_p99_us),
+                added(r.added_p999_us),
             ]
         })
         .collect();
@@ -706,6 +819,7 @@ pub fn table(rows: &[LatencyRow]) -> String {
             "load",
             "bg pkt/s",
             "path",
+            "mode",
             "metric",
             "probes",
             "lost",
@@ -716,6 +830,7 @@ pub fn table(rows: &[LatencyRow]) -> String {
             "max µs",
             "added p50",
             "added p99",
+            "added p99.9",
         ],
         &body,
     )
@@ -1116,6 +1231,7 @@ impl Samples {
             };
             LatencyRow {
                 path,
+                mode: None,
                 metric,
                 load_pct,
                 size,
@@ -1133,6 +1249,7 @@ impl Samples {
                 rounds_us,
                 added_p50_us: None,
                 added_p99_us: None,
+                added_p999_us: None,
             }
         })
         .collect()
@@ -1288,6 +1405,7 @@ mod tests {
     fn row(path: Path, metric: Metric, load_pct: u32, p50: f64, p99: f64) -> LatencyRow {
         LatencyRow {
             path,
+            mode: (path == Path::Cpclink).then_some(Mode::Throughput),
             metric,
             load_pct,
             size: 100,
@@ -1305,6 +1423,7 @@ mod tests {
             rounds_us: vec![[p50, p99, p99]],
             added_p50_us: None,
             added_p99_us: None,
+            added_p999_us: None,
         }
     }
 
@@ -1337,6 +1456,46 @@ mod tests {
         let table = table(&rows);
         assert_eq!(table.lines().count(), 2 + rows.len());
         assert!(table.lines().nth(6).unwrap().contains("+20.0"), "{table}");
+    }
+
+    #[test]
+    fn each_mode_gets_its_own_difference_and_verdict_against_the_one_baseline() {
+        let mut latency = row(Path::Cpclink, Metric::OneWay, 50, 30.0, 55.0);
+        latency.mode = Some(Mode::LatencyFirst);
+        latency.p999_us = 70.0;
+        let mut rows = vec![
+            row(Path::UdpLoopback, Metric::OneWay, 50, 15.0, 20.0),
+            row(Path::Cpclink, Metric::OneWay, 50, 40.0, 95.0),
+            latency,
+        ];
+        add_differences(&mut rows);
+        assert_eq!(rows[0].mode, None, "a baseline has no mode");
+        assert_eq!(
+            (rows[1].added_p99_us, rows[1].added_p999_us),
+            (Some(75.0), Some(75.0))
+        );
+        assert_eq!(
+            (rows[2].added_p99_us, rows[2].added_p999_us),
+            (Some(35.0), Some(50.0))
+        );
+        let verdict = verdict(&rows).unwrap();
+        let lines: Vec<_> = verdict.lines().collect();
+        assert_eq!(lines.len(), 2, "{verdict}");
+        assert!(
+            lines[0].contains("throughput): not met (+75.0 µs)"),
+            "{verdict}"
+        );
+        assert!(
+            lines[1].contains("latency-first): met (+35.0 µs)"),
+            "{verdict}"
+        );
+        let table = table(&rows);
+        assert!(
+            table.contains("latency-first") && table.contains("+50.0"),
+            "{table}"
+        );
+        assert_eq!(Mode::of(BatchingMode::THROUGHPUT), Mode::Throughput);
+        assert_eq!(Mode::of(BatchingMode::LATENCY_FIRST), Mode::LatencyFirst);
     }
 
     #[test]

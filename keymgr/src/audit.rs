@@ -258,6 +258,16 @@ pub enum ApplianceReport {
         /// Why.
         reason: String,
     },
+    /// A setting of the running appliance was changed through its management API
+    /// (not in its configuration file: it lasts until the next start).
+    SettingChanged {
+        /// Who asked (`api:NAME`).
+        by: String,
+        /// The setting (`stage_sample_every`).
+        setting: String,
+        /// Its new value.
+        value: String,
+    },
 }
 
 #[derive(Serialize)]

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cpclink_dataplane::crypto::Backend;
-use cpclink_dataplane::engine::EngineConfig;
+use cpclink_dataplane::engine::{BatchPolicy, BatchingMode, EngineConfig};
 use cpclink_dataplane::io::{udp::MAX_GSO_SEGMENTS, IoSizing};
+use cpclink_hw::{DataplaneMode, LatencyFirst};
 use serde::Deserialize;
 
 use super::Ctx;
@@ -31,6 +33,9 @@ pub(super) struct RawAppliance {
     #[serde(default)]
     pub(super) current_generation: u8,
     pub(super) source_port_base: Option<u16>,
+    pub(super) mode: Option<String>,
+    pub(super) max_hold_us: Option<u32>,
+    pub(super) busy_poll_us: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +116,7 @@ pub(super) struct Sizing {
     pub(super) batch_sends: usize,
     pub(super) gso_segments: usize,
     pub(super) io_sizing: IoSizing,
+    pub(super) batching: BatchingMode,
     pub(super) hardware: Option<HardwareSource>,
 }
 
@@ -233,6 +239,7 @@ impl Ctx<'_> {
                 format!("{batch_sends} GSO sends per batch do not fit an io_uring of {ring_entries} entries (one is the receive's): lower batch or raise io_uring_entries"),
             ));
         }
+        let batching = self.batching(a, t.and_then(|t| t.latency_first), &mut origin)?;
         let hardware = hardware.map(|h| HardwareSource {
             profile: h.profile.clone(),
             device: h.device.clone(),
@@ -246,8 +253,100 @@ impl Ctx<'_> {
             batch_sends,
             gso_segments,
             io_sizing,
+            batching,
             hardware,
         })
+    }
+
+    /// Throughput or latency first: `[appliance].mode` and its two bounds, then the
+    /// profile's `[dataplane]` mode, then throughput first. The bounds apply only in
+    /// latency mode; an explicit mode of `"throughput"` leaves a latency profile's unused.
+    fn batching(
+        &self,
+        a: &RawAppliance,
+        profile: Option<LatencyFirst>,
+        origin: &mut Origin,
+    ) -> Result<BatchingMode, Error> {
+        let explicit = match a.mode.as_deref() {
+            None => None,
+            Some("throughput") => Some(DataplaneMode::Throughput),
+            Some("latency") => Some(DataplaneMode::Latency),
+            Some(other) => {
+                return Err(self.err_fix(
+                    "[appliance].mode",
+                    format!("{other:?} is not a data plane mode"),
+                    "give \"throughput\" (the largest batches, the default) or \"latency\" (bounded batch waits, busy polling)",
+                ))
+            }
+        };
+        // A profile in throughput mode says nothing the default does not.
+        let from_profile = profile.map(|_| DataplaneMode::Latency);
+        let mode = origin
+            .choose("mode", explicit, from_profile)
+            .unwrap_or_default();
+        if mode == DataplaneMode::Throughput {
+            for (field, set) in [
+                ("[appliance].max_hold_us", a.max_hold_us.is_some()),
+                ("[appliance].busy_poll_us", a.busy_poll_us.is_some()),
+            ] {
+                if set {
+                    return Err(self.err_fix(
+                        field,
+                        "applies only in latency mode",
+                        "add mode = \"latency\" to [appliance], or remove this line",
+                    ));
+                }
+            }
+            return Ok(BatchingMode::THROUGHPUT);
+        }
+        let max_hold_us = origin
+            .choose("max_hold_us", a.max_hold_us, profile.map(|l| l.max_hold_us))
+            .unwrap_or(LatencyFirst::DEFAULT_MAX_HOLD_US);
+        if !(1..=LatencyFirst::MAX_HOLD_US_LIMIT).contains(&max_hold_us) {
+            return Err(self.err_fix(
+                origin.field("max_hold_us"),
+                format!(
+                    "{max_hold_us} µs is out of range (expected 1..={})",
+                    LatencyFirst::MAX_HOLD_US_LIMIT
+                ),
+                format!(
+                    "give the longest a batch's first packet may wait for the rest, e.g. {} (0 would send every packet alone; leave it out for the default)",
+                    LatencyFirst::DEFAULT_MAX_HOLD_US
+                ),
+            ));
+        }
+        let busy_poll_us = origin
+            .choose(
+                "busy_poll_us",
+                a.busy_poll_us,
+                profile.map(|l| l.busy_poll_us),
+            )
+            .unwrap_or(LatencyFirst::DEFAULT_BUSY_POLL_US);
+        if busy_poll_us > LatencyFirst::BUSY_POLL_US_LIMIT {
+            return Err(self.err_fix(
+                origin.field("busy_poll_us"),
+                format!(
+                    "{busy_poll_us} µs is out of range (expected 0..={})",
+                    LatencyFirst::BUSY_POLL_US_LIMIT
+                ),
+                format!(
+                    "give how long a worker polls before it sleeps, e.g. {} (0: it sleeps at once); past the limit a worker only spins",
+                    LatencyFirst::DEFAULT_BUSY_POLL_US
+                ),
+            ));
+        }
+        let max_packets = profile.map_or(BatchingMode::LATENCY_FIRST.policy.max_packets, |l| {
+            l.max_reads as usize
+        });
+        BatchingMode {
+            policy: BatchPolicy {
+                max_hold: Some(Duration::from_micros(u64::from(max_hold_us))),
+                max_packets,
+            },
+            busy_poll: Duration::from_micros(u64::from(busy_poll_us)),
+        }
+        .checked()
+        .map_err(|e| self.err(origin.field("max_hold_us"), e.to_string()))
     }
 
     /// What the named profile gives the data plane on this host.

@@ -19,7 +19,11 @@
 //! profile_dir = "profiles"            # optional; relative to this file
 //!
 //! # Explicit [appliance] settings win over the profile's: workers, cores, crypto and
-//! # batch (GSO sends per transmit batch), gso_segments, io_uring_entries, provided_buffers.
+//! # batch (GSO sends per transmit batch), gso_segments, io_uring_entries, provided_buffers,
+//! # and the data plane's mode:
+//! # mode = "latency"                  # throughput (default) | latency: bounded batch waits
+//! # max_hold_us = 20                  # latency mode: longest a batch's first packet waits
+//! # busy_poll_us = 100                # latency mode: polling before a worker sleeps
 //!
 //! [tun]
 //! name = "cpc0"
@@ -68,7 +72,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use cpclink_dataplane::crypto::{Backend, Suite};
-use cpclink_dataplane::engine::EngineConfig;
+use cpclink_dataplane::engine::{BatchingMode, EngineConfig};
 use cpclink_dataplane::io::{IoKind, IoSizing};
 use cpclink_dataplane::sa::MasterKeys;
 use cpclink_diagnostics::ConfigText;
@@ -133,6 +137,8 @@ pub struct ApplianceConfig {
     pub gso_segments: usize,
     /// io_uring submission queue and provided-buffer ring sizes.
     pub io_sizing: IoSizing,
+    /// Throughput or latency first: transmit batch bounds and busy polling.
+    pub batching: BatchingMode,
     /// The hardware profile the data plane was sized from, if one was named.
     pub hardware: Option<HardwareSource>,
     /// Where the SA keys come from.
@@ -382,6 +388,7 @@ impl ApplianceConfig {
             batch_sends: sizing.batch_sends,
             gso_segments: sizing.gso_segments,
             io_sizing: sizing.io_sizing,
+            batching: sizing.batching,
             hardware: sizing.hardware,
             keying,
             tun,
@@ -405,6 +412,7 @@ impl ApplianceConfig {
         engine.batch_sends = self.batch_sends;
         engine.gso_segments = self.gso_segments;
         engine.io_sizing = self.io_sizing;
+        engine.batching = self.batching;
         engine.tx_port_base = self.source_port_base;
         // Stated, not left to a default: an appliance always seals.
         engine.protection = cpclink_dataplane::engine::Protection::Encrypted;

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 
@@ -421,6 +422,139 @@ fn a_profile_in_the_profile_dir_is_found_relative_to_the_config() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(c.unwrap().engine_config().gso_segments, 12);
+}
+
+/// A profile in `profile_dir` named `name`: the shipped veth profile with `dataplane`
+/// added to its `[dataplane]` section. Returns the directory holding `a.toml`'s path.
+fn latency_profile(name: &str, dataplane: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cpclink-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("profiles")).unwrap();
+    let shipped = include_str!("../../../hw-profiles/profiles/veth.toml");
+    let text = shipped
+        .replace("name = \"veth\"", &format!("name = \"{name}\""))
+        .replace("[dataplane]\n", &format!("[dataplane]\n{dataplane}\n"));
+    assert_ne!(text, shipped);
+    std::fs::write(dir.join(format!("profiles/{name}.toml")), text).unwrap();
+    dir
+}
+
+#[test]
+fn a_latency_profile_reaches_the_engines_batching() {
+    let dir = latency_profile("lat-veth", "mode = \"latency\"\nbusy_poll_us = 50");
+    let file = dir.join("a.toml").display().to_string();
+    let hw = "profile = \"lat-veth\"\nprofile_dir = \"profiles\"";
+    let from_profile = ApplianceConfig::parse(&file, &hardware("", hw));
+    // The file's own settings win over the profile's, one by one.
+    let explicit = ApplianceConfig::parse(&file, &hardware("max_hold_us = 7", hw));
+    let throughput = ApplianceConfig::parse(&file, &hardware("mode = \"throughput\"", hw));
+    let refused = ApplianceConfig::parse(
+        &file,
+        &hardware("mode = \"throughput\"\nbusy_poll_us = 10", hw),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let c = from_profile.unwrap();
+    let b = c.engine_config().batching;
+    assert_eq!(
+        b.policy.max_hold,
+        Some(Duration::from_micros(20)),
+        "the default hold"
+    );
+    assert_eq!(b.busy_poll, Duration::from_micros(50), "the profile's poll");
+    assert_eq!(b.policy.max_packets, 32);
+    assert_ne!(b, BatchingMode::THROUGHPUT);
+    let hw = c.hardware.unwrap();
+    assert!(
+        hw.from_profile
+            .iter()
+            .any(|(n, v)| *n == "mode" && v == "Latency"),
+        "{:?}",
+        hw.from_profile
+    );
+    assert!(hw
+        .from_profile
+        .iter()
+        .any(|(n, v)| *n == "busy_poll_us" && v == "50"));
+
+    let c = explicit.unwrap();
+    let b = c.engine_config().batching;
+    assert_eq!(b.policy.max_hold, Some(Duration::from_micros(7)));
+    assert_eq!(
+        b.busy_poll,
+        Duration::from_micros(50),
+        "not overridden: the profile's"
+    );
+    assert_eq!(c.hardware.unwrap().overridden, ["max_hold_us"]);
+
+    let c = throughput.unwrap();
+    assert_eq!(c.engine_config().batching, BatchingMode::THROUGHPUT);
+    assert!(c.hardware.unwrap().overridden.contains(&"mode"));
+
+    let e = refused.unwrap_err().to_string();
+    assert!(
+        e.contains(": [appliance].busy_poll_us: applies only in latency mode")
+            && e.contains("add mode = \"latency\" to [appliance]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn latency_mode_can_be_set_without_a_profile_and_bad_values_name_the_fix() {
+    let c = ApplianceConfig::parse("a.toml", &config("", "192.0.2.2:1000")).unwrap();
+    assert_eq!(
+        c.engine_config().batching,
+        BatchingMode::THROUGHPUT,
+        "the default"
+    );
+    let c =
+        ApplianceConfig::parse("a.toml", &config("mode = \"latency\"", "192.0.2.2:1000")).unwrap();
+    assert_eq!(c.engine_config().batching, BatchingMode::LATENCY_FIRST);
+    let c = ApplianceConfig::parse(
+        "a.toml",
+        &config(
+            "mode = \"latency\"\nmax_hold_us = 5\nbusy_poll_us = 0",
+            "192.0.2.2:1000",
+        ),
+    )
+    .unwrap();
+    let b = c.engine_config().batching;
+    assert_eq!(b.policy.max_hold, Some(Duration::from_micros(5)));
+    assert_eq!(b.busy_poll, Duration::ZERO);
+    for (extra, field, expect) in [
+        (
+            "mode = \"latency\"\nmax_hold_us = 0",
+            "[appliance].max_hold_us",
+            "0 µs is out of range (expected 1..=1000)",
+        ),
+        (
+            "mode = \"latency\"\nbusy_poll_us = 20000",
+            "[appliance].busy_poll_us",
+            "20000 µs is out of range (expected 0..=10000)",
+        ),
+        (
+            "mode = \"fast\"",
+            "[appliance].mode",
+            "\"fast\" is not a data plane mode",
+        ),
+        (
+            "max_hold_us = 20",
+            "[appliance].max_hold_us",
+            "applies only in latency mode",
+        ),
+    ] {
+        let e = ApplianceConfig::parse("a.toml", &config(extra, "192.0.2.2:1000"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:") && e.contains(&format!(": {field}: {expect}")),
+            "{extra}: {e}"
+        );
+        // Every refusal says what to write instead.
+        assert!(
+            e.contains("give ") || e.contains("add mode"),
+            "{extra}: {e}"
+        );
+    }
 }
 
 /// Two appliances sized by the loopback profile exchange encrypted synthetic traffic;

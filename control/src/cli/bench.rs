@@ -117,13 +117,18 @@ enum BenchSuite {
         stage_sample: u32,
         /// The engines' latency-first mode (bounded batch waits, busy polling) instead of
         /// throughput first.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compare_modes")]
         latency_first: bool,
+        /// Both modes in one run: the tunnel probed throughput first and latency first in
+        /// turn, at the same background (the throughput mode's no-drop rate), each with its
+        /// own stage table, beside the same baselines.
+        #[arg(long)]
+        compare_modes: bool,
         /// Latency-first: the longest a transmit batch's first packet waits, µs.
-        #[arg(long, requires = "latency_first")]
+        #[arg(long)]
         max_hold_us: Option<u64>,
         /// Latency-first: polling after the last packet before sleeping, µs.
-        #[arg(long, requires = "latency_first")]
+        #[arg(long)]
         busy_poll_us: Option<u64>,
     },
     /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
@@ -388,11 +393,23 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             io,
             stage_sample,
             latency_first,
+            compare_modes,
             max_hold_us,
             busy_poll_us,
         } => {
             check_duration(duration)?;
-            let mut batching = if latency_first {
+            if !(latency_first || compare_modes) {
+                if let Some(arg) = max_hold_us
+                    .map(|_| "--max-hold-us")
+                    .or(busy_poll_us.map(|_| "--busy-poll-us"))
+                {
+                    return Err(Error::BadArgument {
+                        arg,
+                        reason: "applies to the latency-first mode only: add --latency-first or --compare-modes".into(),
+                    });
+                }
+            }
+            let mut batching = if latency_first || compare_modes {
                 BatchingMode::LATENCY_FIRST
             } else {
                 BatchingMode::THROUGHPUT
@@ -410,6 +427,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 io,
                 stage_sample_every: stage_sample,
                 batching,
+                compare_modes,
                 ..LatencyPlan::default()
             };
             if let Some(e) = latency::unavailable() {
@@ -457,6 +475,20 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                      namespaces joined directly; cpclink = TUN → engine A → AES-GCM-256 PSP over UDP on \
                      loopback → engine B → TUN. added = cpclink − udp_loopback at the same load and metric"
                 )?;
+                if latency_first || compare_modes {
+                    writeln!(
+                        out,
+                        "latency-first: a batch's first packet waits at most {} µs, batches of at most {} reads, {} µs of busy polling after the last packet{}",
+                        batching.policy.max_hold.map_or(0, |d| d.as_micros()),
+                        batching.policy.max_packets,
+                        batching.busy_poll.as_micros(),
+                        if compare_modes {
+                            "; the loads are the throughput mode's, the engines switched between modes at run time"
+                        } else {
+                            ""
+                        }
+                    )?;
+                }
                 if let Some(verdict) = latency::verdict(&rows) {
                     writeln!(out, "{verdict}")?;
                 }

@@ -59,6 +59,13 @@ enum CtlCommand {
     },
     /// Re-read the appliance's configuration file (needs the operator role).
     Reload,
+    /// Time per stage inside each worker (count, p50, p99, p99.9, max in µs), or with
+    /// `--sample-every N` turn the sampling on (one packet in N) or off (0; admin role).
+    Stages {
+        /// Time one packet in N per stage from now on; 0 turns sampling off.
+        #[arg(long)]
+        sample_every: Option<u32>,
+    },
     /// The Prometheus exposition, as a scraper reads it.
     Metrics,
     /// The API's OpenAPI 3.1 document (appliance or authority).
@@ -275,6 +282,13 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Services => (Method::GET, "/v1/services".to_owned()),
         CtlCommand::Explain { service } => (Method::GET, format!("/v1/services/{service}")),
         CtlCommand::Reload => (Method::POST, "/v1/reload".to_owned()),
+        CtlCommand::Stages { sample_every } => match sample_every {
+            Some(n) => {
+                body = Some(serde_json::json!({ "sample_every": n }));
+                (Method::POST, "/v1/stages".to_owned())
+            }
+            None => (Method::GET, "/v1/stages".to_owned()),
+        },
         CtlCommand::Metrics => (Method::GET, "/metrics".to_owned()),
         CtlCommand::Openapi => (Method::GET, "/openapi.json".to_owned()),
         CtlCommand::Appliances => (Method::GET, "/v1/appliances".to_owned()),
@@ -384,6 +398,14 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Status => status_text(&client.name, &value),
         CtlCommand::Peers => peers_text(&value),
         CtlCommand::Sas => sas_text(&value),
+        CtlCommand::Stages {
+            sample_every: Some(_),
+        } => match value["sample_every"].as_u64() {
+            Some(0) => "stage sampling off".to_owned(),
+            Some(n) => format!("stage sampling on: one packet in {n} per stage"),
+            None => format!("unexpected reply: {value}"),
+        },
+        CtlCommand::Stages { sample_every: None } => stages_text(&value),
         CtlCommand::Services => services_text(&value),
         CtlCommand::Explain { .. } => explain_text(&value),
         CtlCommand::Reload => format!(
@@ -678,6 +700,40 @@ fn sas_text(sas: &Value) -> String {
     out.trim_end().to_owned()
 }
 
+/// `GET /v1/stages` as a table: each worker's stages, then all workers merged.
+fn stages_text(v: &Value) -> String {
+    let every = v["sample_every"].as_u64().unwrap_or(0);
+    if every == 0 {
+        return "stage sampling is off; turn it on with `cpclink ctl stages --sample-every 64` (admin)"
+            .to_owned();
+    }
+    let mut out = format!("one packet in {every} timed per stage; µs\n");
+    out += &format!(
+        "{:<7} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "worker", "stage", "count", "p50", "p99", "p99.9", "max"
+    );
+    let mut rows = |worker: &str, stages: &Value| {
+        for s in stages.as_array().into_iter().flatten() {
+            let us = |k: &str| format!("{:.1}", s[k].as_f64().unwrap_or(0.0));
+            out += &format!(
+                "{:<7} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+                worker,
+                s["stage"].as_str().unwrap_or("?"),
+                s["count"].as_u64().unwrap_or(0),
+                us("p50_us"),
+                us("p99_us"),
+                us("p999_us"),
+                us("max_us"),
+            );
+        }
+    };
+    for w in v["workers"].as_array().into_iter().flatten() {
+        rows(&w["worker"].as_u64().unwrap_or(0).to_string(), &w["stages"]);
+    }
+    rows("all", &v["all"]);
+    out.trim_end().to_owned()
+}
+
 fn services_text(p: &Value) -> String {
     let mut out = String::new();
     for s in p["services"].as_array().into_iter().flatten() {
@@ -724,4 +780,42 @@ fn explain_text(v: &Value) -> String {
         d["reason"].as_str().unwrap_or("?"),
         d["explanation"].as_str().unwrap_or("")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_table_has_a_row_per_worker_stage_and_the_merged_rows() {
+        let view = |stage: &str, count: u64, p50: f64| {
+            serde_json::json!({
+                "stage": stage, "count": count, "p50_us": p50, "p99_us": 2.0 * p50,
+                "p999_us": 3.0 * p50, "max_us": 4.0 * p50,
+            })
+        };
+        let report = serde_json::json!({
+            "sample_every": 64,
+            "workers": [
+                { "worker": 0, "stages": [view("seal", 10, 0.5), view("send", 10, 12.3)] },
+                { "worker": 1, "stages": [view("seal", 5, 0.75)] },
+            ],
+            "all": [view("seal", 15, 0.6)],
+        });
+        let text = stages_text(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 + 3 + 1, "{text}");
+        assert!(lines[0].contains("one packet in 64"), "{text}");
+        let send: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(send, ["0", "send", "10", "12.3", "24.6", "36.9", "49.2"]);
+        assert!(
+            lines[5].starts_with("all") && lines[5].contains("seal"),
+            "{text}"
+        );
+        let off = stages_text(&serde_json::json!({ "sample_every": 0, "workers": [], "all": [] }));
+        assert!(
+            off.contains("off") && off.contains("--sample-every"),
+            "{off}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ pub mod traffic;
 mod worker;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -254,6 +255,8 @@ pub struct Engine {
     controls: Vec<Sender<Control>>,
     threads: Vec<JoinHandle<Result<(WorkerStats, StageTimes)>>>,
     events: Receiver<Event>,
+    /// The stage sampling the workers were last told, for operators who ask.
+    stage_sample_every: AtomicU32,
 }
 
 impl Engine {
@@ -383,6 +386,7 @@ impl Engine {
             controls,
             threads,
             events,
+            stage_sample_every: AtomicU32::new(config.stage_sample_every),
         })
     }
 
@@ -510,7 +514,13 @@ impl Engine {
     /// Times one packet in `every` per stage on every worker from now on (0: stop); the
     /// samples taken so far are forgotten.
     pub fn set_stage_sampling(&self, every: u32) -> Result<()> {
+        self.stage_sample_every.store(every, Ordering::Relaxed);
         self.broadcast(|| Control::SetStageSampling(every))
+    }
+
+    /// One packet in how many the workers time per stage (0: none), as last set.
+    pub fn stage_sample_every(&self) -> u32 {
+        self.stage_sample_every.load(Ordering::Relaxed)
     }
 
     /// Batches and polls this way on every worker from now on.
