@@ -337,6 +337,24 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_ca_is_named_by_three_files_and_nothing_else() {
+        let files = "[ca]\ncertificate = \"/c.pem\"\nkey = \"/c.key\"\nchain = \"/chain.pem\"\n";
+        let cfg = authority(&format!("{AUTHORITY}{files}")).unwrap();
+        assert_eq!(
+            cfg.ca,
+            Some(CaFiles {
+                certificate: "/c.pem".into(),
+                key: "/c.key".into(),
+                chain: "/chain.pem".into(),
+            })
+        );
+        assert_eq!(authority(AUTHORITY).unwrap().ca, None);
+        let d =
+            diagnostic(authority(&format!("{AUTHORITY}{files}root = \"/r.pem\"\n")).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("[ca].root", Some(8)));
+    }
+
+    #[test]
     fn errors_name_file_field_line_and_fix() {
         let d = diagnostic(authority(&AUTHORITY.replace("127.0.0.1:1", "nope")).unwrap_err());
         assert_eq!(
