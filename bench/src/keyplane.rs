@@ -591,6 +591,7 @@ pub async fn run_once(
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     };
     let authority = Authority::start(&cfg).await?;
     let addr: SocketAddr = authority

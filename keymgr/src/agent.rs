@@ -271,6 +271,10 @@ struct Inner {
     feed: StdMutex<Option<quinn::Connection>>,
     /// When the current certificate is to be renewed.
     renew_at: StdMutex<Instant>,
+    /// Held (written) while a renewal is asked: the authority lists the new serial before
+    /// its reply arrives, so a connection to a peer begun meanwhile would present a
+    /// certificate peers no longer accept. Connections to peers wait for it (read).
+    renewing: tokio::sync::RwLock<()>,
     outbound: Mutex<HashMap<String, quinn::Connection>>,
     inbound: StdMutex<HashMap<String, Vec<quinn::Connection>>>,
     tx_expiry: StdMutex<HashMap<String, Instant>>,
@@ -428,6 +432,7 @@ impl KeyAgent {
                 endpoint,
                 client: StdMutex::new(client),
                 renew_at: StdMutex::new(renew::due(&identity.cert)),
+                renewing: tokio::sync::RwLock::new(()),
                 identity: StdMutex::new(identity),
                 ca_cert: opts.ca_cert,
                 feed: StdMutex::new(None),
@@ -698,13 +703,18 @@ impl KeyAgent {
             .and_then(|e| e.control.parse().ok())
             .ok_or_else(|| Error::NotAuthorised(format!("{peer} has no control address")))?;
         // The server name is the peer's id: TLS checks its certificate names it.
+        let presenting = self.inner.renewing.read().await;
         let conn = self
             .inner
             .endpoint
             .connect_with(self.client(), addr, peer)?
             .await?;
+        drop(presenting);
+        // Waited for outside the cache's lock: a peer that just renewed may be listed a
+        // moment later.
+        let listed = self.holds_listed_certificate_soon(&conn, peer).await;
         let mut out = self.inner.outbound.lock().await;
-        if !self.holds_listed_certificate(&conn, peer) {
+        if !listed {
             conn.close(CLOSE_UNAUTHORISED.into(), b"certificate not listed");
             return Err(Error::NotAuthorised(format!(
                 "{peer} presented a certificate the directory does not list (replaced or revoked)"
@@ -971,7 +981,8 @@ impl KeyAgent {
         let peer = tls::peer_identity(&conn)
             .ok_or_else(|| Error::NotAuthorised("peer without a certificate".into()))?
             .appliance;
-        if !self.dir().allows(&self.inner.id, &peer) || !self.holds_listed_certificate(&conn, &peer)
+        if !self.dir().allows(&self.inner.id, &peer)
+            || !self.holds_listed_certificate_soon(&conn, &peer).await
         {
             conn.close(CLOSE_UNAUTHORISED.into(), b"not authorised");
             return Err(Error::NotAuthorised(peer));
@@ -1422,10 +1433,11 @@ async fn load_identity(store: &AnyStore, kek: &Kek, id: &str) -> Result<Option<K
     ) else {
         return Ok(None);
     };
-    Ok(Some(KeyedCert {
-        cert: CertificateDer::from(cert),
-        key: kek.open(&format!("identity/{id}"), &key)?,
-    }))
+    // Stored as the authority sent it: the certificate, then its chain.
+    Ok(Some(KeyedCert::from_chain(
+        &cert,
+        kek.open(&format!("identity/{id}"), &key)?,
+    )?))
 }
 
 /// What an enrolment request publishes besides the CSR.
@@ -1590,13 +1602,7 @@ async fn enrol(
             ),
         ])
         .await?;
-    Ok((
-        KeyedCert {
-            cert: CertificateDer::from(cert),
-            key,
-        },
-        at,
-    ))
+    Ok((KeyedCert::from_chain(&cert, key)?, at))
 }
 
 /// Enrols with `token` over a fresh connection, without starting an agent; returns the
@@ -1624,8 +1630,5 @@ pub async fn enrol_only(
     .await;
     endpoint.wait_idle().await;
     let (cert, key, _) = issued?;
-    Ok(KeyedCert {
-        cert: CertificateDer::from(cert),
-        key,
-    })
+    KeyedCert::from_chain(&cert, key)
 }

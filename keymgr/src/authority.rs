@@ -156,7 +156,9 @@ pub async fn create_token(
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| Error::io(format!("creating {}", cfg.state_dir.display()), e))?;
     let store = open_store(cfg, &paths).await?;
-    let key = material::load(&store, &paths, &kek).await?.token_key;
+    let key = material::load(&store, &paths, &kek, cfg.ca.as_ref())
+        .await?
+        .token_key;
     let mut events = Vec::new();
     let listed: Option<ApplianceEntry> =
         store::get_json(&store, &format!("appliance/{appliance}")).await?;
@@ -506,7 +508,7 @@ impl Authority {
         let paths = StatePaths::new(&cfg.state_dir);
         let kek = Kek::load(&cfg.kek_file, "kek_file")?;
         let store = open_store(cfg, &paths).await?;
-        let material = material::load(&store, &paths, &kek).await?;
+        let material = material::load(&store, &paths, &kek, cfg.ca.as_ref()).await?;
         let assignments = load_assignments(&store).await?;
         let audit = match &store {
             AnyStore::Etcd(_) | AnyStore::Replica(_) => AuditSink::Store(None),
@@ -615,9 +617,10 @@ impl Authority {
         self.inner.endpoint.local_addr().ok()
     }
 
-    /// The CA certificate appliances trust.
+    /// The CA certificate appliances trust: the operator's root when the authority issues
+    /// under the operator's intermediate, else its own CA's.
     pub fn ca_cert(&self) -> rustls::pki_types::CertificateDer<'static> {
-        self.inner.ca_cert.clone()
+        self.inner.ca.trust_anchor()
     }
 
     /// Mints an enrolment token valid for `ttl`, without auditing it (simulated appliances
@@ -1220,14 +1223,21 @@ impl Authority {
             .get(&identity.appliance)
             .map(|e| (e.revoked, e.cert_serial.clone()));
         let presented = tls::peer_serial(&conn).unwrap_or_default();
+        let current = match (&listed, tls::peer_certificate(&conn)) {
+            (Some((false, serial)), Some(cert)) => {
+                self.holds_listed_key(&identity.appliance, serial, &cert)
+                    .await
+            }
+            _ => false,
+        };
         match listed {
             None => {
                 conn.close(CLOSE_UNKNOWN.into(), b"unknown appliance");
                 return Err(Error::NotAuthorised(identity.appliance));
             }
             // Revoked, or a certificate that a replacement superseded: the same id, but
-            // only the listed serial is this appliance now.
-            Some((revoked, serial)) if revoked || !pki::same_serial(&serial, &presented) => {
+            // only the listed certificate's key pair is this appliance now.
+            Some(_) if !current => {
                 conn.close(CLOSE_REVOKED.into(), b"revoked");
                 return Err(Error::NotAuthorised(format!(
                     "{} (certificate {presented})",
@@ -1346,7 +1356,8 @@ impl Authority {
 
     /// Redeems a token for the agent configured as `appliance`: checks it, records it used
     /// (once, atomically), signs the CSR and lists the appliance. A token for another
-    /// appliance is refused naming both, and spends and records nothing.
+    /// appliance is refused naming both, and spends and records nothing. Returns the
+    /// certificate followed by its chain ([`pki::split_chain`]).
     pub async fn enrol(
         &self,
         token: &str,
@@ -1444,7 +1455,7 @@ impl Authority {
             });
         }
         self.audit_all(events).await?;
-        Ok(cert.to_vec())
+        Ok(self.inner.ca.with_chain(&cert))
     }
 
     /// What a fresh snapshot is built from, and the newest rotation.

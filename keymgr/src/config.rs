@@ -83,6 +83,24 @@ pub struct AuthorityConfig {
     /// The management API (`[api]`), if it is served; checked by [`AuthorityConfig::parse`].
     #[serde(default)]
     pub api: Option<cpclink_mgmt::RawApi>,
+    /// The operator's intermediate CA to issue under (`[ca]`); without it the authority
+    /// generates its own self-signed CA on first start.
+    #[serde(default)]
+    pub ca: Option<CaFiles>,
+}
+
+/// An operator's intermediate CA (`[ca]`), read and checked on the authority's first start,
+/// its key then sealed under the KEK with the rest of the authority's material.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CaFiles {
+    /// The intermediate CA's certificate (PEM, one certificate).
+    pub certificate: PathBuf,
+    /// Its private key (unencrypted PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The certificates above it, its issuer first, up to and including the operator's
+    /// self-signed root (PEM).
+    pub chain: PathBuf,
 }
 
 fn default_rotation() -> u64 {
@@ -316,6 +334,24 @@ mod tests {
             Error::Config(d) => d,
             other => panic!("expected a config diagnostic, got {other}"),
         }
+    }
+
+    #[test]
+    fn an_operator_ca_is_named_by_three_files_and_nothing_else() {
+        let files = "[ca]\ncertificate = \"/c.pem\"\nkey = \"/c.key\"\nchain = \"/chain.pem\"\n";
+        let cfg = authority(&format!("{AUTHORITY}{files}")).unwrap();
+        assert_eq!(
+            cfg.ca,
+            Some(CaFiles {
+                certificate: "/c.pem".into(),
+                key: "/c.key".into(),
+                chain: "/chain.pem".into(),
+            })
+        );
+        assert_eq!(authority(AUTHORITY).unwrap().ca, None);
+        let d =
+            diagnostic(authority(&format!("{AUTHORITY}{files}root = \"/r.pem\"\n")).unwrap_err());
+        assert_eq!((d.field.as_str(), d.line), ("[ca].root", Some(8)));
     }
 
     #[test]

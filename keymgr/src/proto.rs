@@ -42,7 +42,8 @@ pub enum Message {
     },
     /// Authority → appliance: the signed certificate, DER.
     Enrolled {
-        /// The certificate.
+        /// The certificate, followed (DER back to back) by the CA certificates that chain it
+        /// to the operator's root when the authority issues under the operator's intermediate.
         cert: Vec<u8>,
     },
     /// Appliance → authority: start the directory feed and report where the agent listens,
@@ -162,7 +163,7 @@ pub enum Message {
     /// Authority → appliance: the renewed certificate (DER); the directory lists its serial
     /// from now on.
     Renewed {
-        /// The certificate.
+        /// The certificate, followed by its chain as in [`Message::Enrolled`].
         cert: Vec<u8>,
     },
 }

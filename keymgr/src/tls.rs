@@ -73,7 +73,7 @@ fn rustls_server(
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![own.cert.clone()], own.private_key())?;
+        .with_single_cert(own.presented(), own.private_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     Ok(tls)
 }
@@ -127,11 +127,28 @@ fn rustls_client(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?);
     let mut tls = match own {
-        Some(own) => builder.with_client_auth_cert(vec![own.cert.clone()], own.private_key())?,
+        Some(own) => builder.with_client_auth_cert(own.presented(), own.private_key())?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     Ok(tls)
+}
+
+/// Checks that `leaf` (a client certificate) chains through `intermediates` to `anchor`
+/// exactly as a peer's handshake would check it: signatures, validity, CA constraints and
+/// names along the path.
+pub fn verify_chain(
+    anchor: &CertificateDer<'static>,
+    leaf: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+) -> Result<()> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(anchor)?, provider())
+        .build()
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    Ok(())
 }
 
 /// The end-entity certificate the peer presented and TLS verified, if any.

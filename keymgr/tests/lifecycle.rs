@@ -39,6 +39,7 @@ fn authority_config(dir: &Path, port: u16) -> AuthorityConfig {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     }
 }
 
@@ -229,10 +230,7 @@ fn an_authority_outage_is_reported_and_peers_keep_keying_each_other() {
 async fn stored_identity(store: &MemoryStore, kek: &Kek, id: &str) -> KeyedCert {
     let cert = store.get("identity/cert").await.unwrap().unwrap();
     let key = store.get("identity/key").await.unwrap().unwrap();
-    KeyedCert {
-        cert: CertificateDer::from(cert),
-        key: kek.open(&format!("identity/{id}"), &key).unwrap(),
-    }
+    KeyedCert::from_chain(&cert, kek.open(&format!("identity/{id}"), &key).unwrap()).unwrap()
 }
 
 /// Asks `to` for an SA as the holder of `cert`; the reply, or None if refused outright.

@@ -91,6 +91,7 @@ fn absurd_intervals_and_persisted_due_times_neither_abort_nor_stick() {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     };
     assert_eq!(run_once(&cfg), 0);
     let next = stored_next_rotation(&redb);

@@ -34,6 +34,7 @@ async fn plane() -> Plane {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     };
     let authority = Authority::start(&cfg).await.unwrap();
     Plane {

@@ -48,6 +48,7 @@ fn plane_config() -> (tempfile::TempDir, AuthorityConfig) {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     };
     (dir, cfg)
 }

@@ -33,6 +33,7 @@ fn config(dir: &Path) -> AuthorityConfig {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     }
 }
 

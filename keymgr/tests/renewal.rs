@@ -193,3 +193,68 @@ async fn an_expired_certificate_needs_a_token_again() {
     c.shutdown();
     authority.shutdown();
 }
+
+/// A renewal the authority recorded but whose certificate the agent never stored (the
+/// reply was lost, or the agent stopped first) leaves the agent with its previous
+/// certificate of the same key: the authority still accepts that one, and the agent,
+/// seeing another serial listed for itself, renews at once instead of being locked out
+/// as if revoked.
+#[tokio::test]
+async fn a_renewal_whose_reply_was_lost_is_repaired_by_renewing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = authority_config(dir.path());
+    let authority = Authority::start(&cfg).await.unwrap();
+    let token = |id: &str| {
+        authority
+            .mint_token(id, "dc1", "acme", Duration::from_secs(600))
+            .unwrap()
+    };
+    let store = MemoryStore::default();
+    let (a, _ea) = KeyAgent::start_with_store(
+        options(&cfg, &authority, "a", Some(token("a"))),
+        AnyStore::Memory(store.clone()),
+    )
+    .await
+    .unwrap();
+    let (b, _eb) = KeyAgent::start_with_store(
+        options(&cfg, &authority, "b", Some(token("b"))),
+        AnyStore::Memory(MemoryStore::default()),
+    )
+    .await
+    .unwrap();
+    until("a connected", Duration::from_secs(10), || {
+        a.authority_connected()
+    })
+    .await;
+    let before = store.get("identity/cert").await.unwrap().unwrap();
+    let lost = a.renew().await.unwrap();
+    a.shutdown();
+    // As if the agent had stopped before storing the renewed certificate.
+    store.put("identity/cert", &before).await.unwrap();
+
+    let (a2, _ea2) = KeyAgent::start_with_store(
+        options(&cfg, &authority, "a", None),
+        AnyStore::Memory(store.clone()),
+    )
+    .await
+    .unwrap();
+    until("a renewed again", Duration::from_secs(10), || {
+        let now = a2.certificate_serial();
+        !pki::same_serial(&now, &pki::serial_of(&before).unwrap()) && !pki::same_serial(&now, &lost)
+    })
+    .await;
+    assert!(!a2.is_revoked());
+    let renewed = a2.certificate_serial();
+    until("b sees a's new serial", Duration::from_secs(5), || {
+        b.directory()
+            .appliances
+            .get("a")
+            .is_some_and(|e| pki::same_serial(&e.cert_serial, &renewed))
+    })
+    .await;
+    b.request_sa("a").await.unwrap();
+    a2.request_sa("b").await.unwrap();
+    a2.shutdown();
+    b.shutdown();
+    authority.shutdown();
+}

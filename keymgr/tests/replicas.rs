@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path, id: &str, urls: &[String]) -> AuthorityConfig {
         },
         rules: Vec::new(),
         api: None,
+        ca: None,
     }
 }
 

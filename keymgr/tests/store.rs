@@ -171,6 +171,7 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
         },
         rules: Vec::new(),
         api: None,
+        ca: None,
     };
     let authority = Authority::start(&cfg).await.unwrap();
     let mut agents = Vec::new();

@@ -945,6 +945,7 @@ mod tests {
             store: StoreConfig::Redb { path: None },
             rules: Vec::new(),
             api: None,
+            ca: None,
         };
         let authority = Authority::start(&cfg).await.unwrap();
         for (id, tenant) in [("acme-1", "acme"), ("globex-1", "globex")] {

@@ -7,10 +7,15 @@
 //! certificate's key, and every replica (the first included) then loads what the store
 //! holds. Two replicas starting together each generate material, one transaction wins, and
 //! both load the winner's.
+//!
+//! The CA is generated on first start, or is the operator's intermediate (`[ca]`), checked
+//! and then sealed exactly as a generated one: its certificate is stored with the chain up
+//! to the operator's root after it, in one PEM, so that a restart restores both.
 
 use zeroize::Zeroizing;
 
 use super::{read_file, write_durably, StatePaths};
+use crate::config::CaFiles;
 use crate::pki::{self, Ca, KeyedCert};
 use crate::seal::{random_bytes, EscrowKey, Kek};
 use crate::store::{AnyStore, Store, Write};
@@ -44,14 +49,27 @@ const SERVER_KEY: &str = "material/authority.key.sealed";
 const ESCROW_KEY: &str = "material/escrow.key.sealed";
 
 impl Sealed {
-    /// New material, sealed under `kek`.
-    fn generate(kek: &Kek) -> Result<Self> {
-        let ca = Ca::generate("cpclink key-plane authority")?;
+    /// New material under the operator's CA if `brought` names one, else under a CA
+    /// generated now; sealed under `kek`.
+    fn offer(kek: &Kek, brought: Option<&CaFiles>) -> Result<Self> {
+        let ca = match brought {
+            Some(files) => Ca::bring(files)?,
+            None => Ca::generate("cpclink key-plane authority")?,
+        };
+        Self::seal(kek, &ca)
+    }
+
+    /// New material around `ca`, sealed under `kek`.
+    fn seal(kek: &Kek, ca: &Ca) -> Result<Self> {
         let server = ca.issue_authority()?;
         let token_key = random_bytes::<32>()?;
         let escrow = EscrowKey::generate()?;
+        let mut ca_cert = pki::cert_pem(&ca.cert_der());
+        for above in ca.chain() {
+            ca_cert.push_str(&pki::cert_pem(above));
+        }
         Ok(Self {
-            ca_cert: pki::cert_pem(&ca.cert_der()).into_bytes(),
+            ca_cert: ca_cert.into_bytes(),
             ca_key: kek.seal("ca-key", &ca.key_der())?,
             token_key: kek.seal("token-key", token_key.as_ref())?,
             server_cert: pki::cert_pem(&server.cert).into_bytes(),
@@ -128,11 +146,19 @@ impl Sealed {
 
     /// Opens every sealed key under `kek`.
     fn open(&self, kek: &Kek) -> Result<Material> {
-        let ca_cert = pki::cert_from_pem(&String::from_utf8_lossy(&self.ca_cert))?;
-        let ca = Ca::load(&ca_cert, &kek.open("ca-key", &self.ca_key)?)?;
+        let mut certs = pki::certs_from_pem(&String::from_utf8_lossy(&self.ca_cert))?.into_iter();
+        let ca_cert = certs
+            .next()
+            .ok_or_else(|| Error::Certificate("the sealed CA certificate file is empty".into()))?;
+        let ca = Ca::load_chained(
+            &ca_cert,
+            &kek.open("ca-key", &self.ca_key)?,
+            certs.collect(),
+        )?;
         let server = KeyedCert {
             cert: pki::cert_from_pem(&String::from_utf8_lossy(&self.server_cert))?,
             key: kek.open("authority-key", &self.server_key)?,
+            chain: ca.leaf_chain(),
         };
         let raw = kek.open("token-key", &self.token_key)?;
         if raw.len() != 32 {
@@ -151,7 +177,7 @@ impl Sealed {
 }
 
 /// The material in `state_dir`'s files, created there on first start.
-fn from_state_dir(paths: &StatePaths, kek: &Kek) -> Result<Material> {
+fn from_state_dir(paths: &StatePaths, kek: &Kek, brought: Option<&CaFiles>) -> Result<Material> {
     let sealed = match Sealed::from_files(paths, kek)? {
         Some(s) => {
             if !paths.escrow_key.exists() {
@@ -160,7 +186,7 @@ fn from_state_dir(paths: &StatePaths, kek: &Kek) -> Result<Material> {
             s
         }
         None => {
-            let s = Sealed::generate(kek)?;
+            let s = Sealed::offer(kek, brought)?;
             s.to_files(paths)?;
             s
         }
@@ -172,11 +198,16 @@ fn from_state_dir(paths: &StatePaths, kek: &Kek) -> Result<Material> {
 /// state directory that already holds material (an authority that ran before replicas)
 /// offers its own, so its appliances' certificates stay valid. The CA certificate is
 /// written to the state directory too, for operators to hand to appliances.
-async fn from_store(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<Material> {
+async fn from_store(
+    store: &AnyStore,
+    paths: &StatePaths,
+    kek: &Kek,
+    brought: Option<&CaFiles>,
+) -> Result<Material> {
     if Sealed::from_store(store).await?.is_none() {
         let offered = match Sealed::from_files(paths, kek)? {
             Some(s) => s,
-            None => Sealed::generate(kek)?,
+            None => Sealed::offer(kek, brought)?,
         };
         // Losing this race is fine: the winner's material is loaded below.
         store
@@ -198,17 +229,48 @@ async fn from_store(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<M
 }
 
 /// The authority's material: from the store when replicas share it (etcd), else from the
-/// state directory's files.
-pub(super) async fn load(store: &AnyStore, paths: &StatePaths, kek: &Kek) -> Result<Material> {
-    match store {
-        AnyStore::Etcd(_) => from_store(store, paths, kek).await,
+/// state directory's files. `brought` is the operator's CA from the configuration, used
+/// when the material is first created and checked against it afterwards.
+pub(super) async fn load(
+    store: &AnyStore,
+    paths: &StatePaths,
+    kek: &Kek,
+    brought: Option<&CaFiles>,
+) -> Result<Material> {
+    let material = match store {
+        AnyStore::Etcd(_) => from_store(store, paths, kek, brought).await?,
         // Created before any replica leads: unfenced, guarded by the CA's key alone.
         AnyStore::Replica(r) => {
             let unfenced = AnyStore::Etcd(Box::new(r.unfenced().clone()));
-            from_store(&unfenced, paths, kek).await
+            from_store(&unfenced, paths, kek, brought).await?
         }
-        _ => from_state_dir(paths, kek),
+        _ => from_state_dir(paths, kek, brought)?,
+    };
+    if let Some(files) = brought {
+        still_brought(&material.ca, files)?;
     }
+    Ok(material)
+}
+
+/// Refuses a `[ca]` that names another certificate than the CA sealed at first start:
+/// appliances hold certificates of that one, and replacing it is not supported.
+fn still_brought(sealed: &Ca, files: &CaFiles) -> Result<()> {
+    let named = std::fs::read_to_string(&files.certificate)
+        .ok()
+        .and_then(|pem| pki::cert_from_pem(&pem).ok());
+    if named.as_ref() == Some(&sealed.cert_der()) {
+        return Ok(());
+    }
+    let subject = pki::identity_of(&sealed.cert_der())
+        .map(|i| i.appliance)
+        .unwrap_or_default();
+    Err(cpclink_diagnostics::Diagnostic::new(
+        files.certificate.display().to_string(),
+        "[ca].certificate",
+        format!("is not the CA this authority sealed at its first start (CN {subject:?}, kept in its state)"),
+    )
+    .with_fix("name the intermediate the authority first started with; replacing the CA under enrolled appliances is not supported (start a new state and enrol them again)")
+    .into())
 }
 
 #[cfg(test)]
@@ -225,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = StatePaths::new(dir.path());
         let store = AnyStore::Memory(MemoryStore::default());
-        let first = load(&store, &paths, &kek()).await.unwrap();
+        let first = load(&store, &paths, &kek(), None).await.unwrap();
         for p in [
             &paths.ca_cert,
             &paths.ca_key,
@@ -235,7 +297,7 @@ mod tests {
             assert!(p.exists(), "{}", p.display());
         }
         assert!(store.scan("material/").await.unwrap().is_empty());
-        let again = load(&store, &paths, &kek()).await.unwrap();
+        let again = load(&store, &paths, &kek(), None).await.unwrap();
         assert_eq!(first.server.cert, again.server.cert);
         assert_eq!(*first.token_key, *again.token_key);
     }
@@ -246,7 +308,10 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (pa, pb) = (StatePaths::new(a.path()), StatePaths::new(b.path()));
         let kek = kek();
-        let (ma, mb) = tokio::join!(from_store(&store, &pa, &kek), from_store(&store, &pb, &kek));
+        let (ma, mb) = tokio::join!(
+            from_store(&store, &pa, &kek, None),
+            from_store(&store, &pb, &kek, None)
+        );
         let (ma, mb) = (ma.unwrap(), mb.unwrap());
         assert_eq!(ma.server.cert, mb.server.cert);
         assert_eq!(*ma.token_key, *mb.token_key);
@@ -262,9 +327,9 @@ mod tests {
         // A single authority's state directory moved onto etcd keeps its CA.
         let old = tempfile::tempdir().unwrap();
         let po = StatePaths::new(old.path());
-        let solo = from_state_dir(&po, &kek).unwrap();
+        let solo = from_state_dir(&po, &kek, None).unwrap();
         let fresh = AnyStore::Memory(MemoryStore::default());
-        let moved = from_store(&fresh, &po, &kek).await.unwrap();
+        let moved = from_store(&fresh, &po, &kek, None).await.unwrap();
         assert_eq!(solo.server.cert, moved.server.cert);
         assert_eq!(fresh.scan("material/").await.unwrap().len(), 6);
     }

@@ -6,17 +6,26 @@
 //! The renewed certificate names the identity the directory lists (not what the CSR asks
 //! for), and its serial replaces the old one in the directory in the same store
 //! transaction that records the certificate: peers learn of it as an upsert, and from then
-//! on only the renewed certificate is accepted on new connections.
+//! on peers accept only the renewed certificate on new connections.
+//!
+//! The renewal is recorded before its reply reaches the agent, so an agent that lost the
+//! reply (or stopped before storing the certificate) holds only the previous certificate.
+//! The authority therefore accepts a certificate of the listed certificate's key pair on
+//! its own channel, and renews for it: the agent, seeing another serial listed for itself,
+//! renews again at once. Renewal keeps the key pair and a replacement is enrolled with a
+//! new one, so this never lets replaced hardware back in; revocation is checked first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
 
 use super::Authority;
 use crate::config::CERT_DAYS;
 use crate::directory::Change;
 use crate::pki::{self, Identity};
 use crate::proto::{self, Message};
-use crate::store::Write;
+use crate::store::{Store, Write};
 use crate::{Error, Result};
 
 /// How long the certificates this authority issues are valid, in seconds.
@@ -47,17 +56,53 @@ impl Authority {
             .store(lifetime.as_secs().max(1), Ordering::Relaxed);
     }
 
+    /// The key bits of `id`'s listed certificate, if it has one stored.
+    async fn listed_key(&self, id: &str) -> Option<Vec<u8>> {
+        let cert = self.inner.store.get(&format!("cert/{id}")).await.ok()??;
+        pki::key_bits_of(&cert).ok()
+    }
+
+    /// Whether `presented`, the certificate a connection authenticated with as `id`, is the
+    /// certificate the directory lists (serial `listed`) or one of the same key pair whose
+    /// renewal the agent did not receive (see the module comment).
+    pub(super) async fn holds_listed_key(
+        &self,
+        id: &str,
+        listed: &str,
+        presented: &CertificateDer<'_>,
+    ) -> bool {
+        match pki::serial_of(presented) {
+            Ok(serial) if pki::same_serial(listed, &serial) => true,
+            Ok(_) => {
+                let presented = pki::key_bits_of(presented).ok();
+                presented.is_some() && self.listed_key(id).await == presented
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `csr` asks for a certificate of the key pair of `id`'s listed certificate.
+    async fn csr_for_listed_key(&self, id: &str, csr: &[u8]) -> bool {
+        match (pki::csr_key_bits(csr), self.listed_key(id).await) {
+            (Ok(asked), Some(listed)) => asked == listed,
+            _ => false,
+        }
+    }
+
     /// Renews `id`'s certificate for `csr`; `presented` is the serial of the certificate
-    /// its connection authenticated with, which must still be the one listed (a replaced or
-    /// already renewed certificate does not renew). Returns the new certificate.
+    /// its connection authenticated with, which must still be the one listed, or the CSR
+    /// must be for the listed certificate's key pair (a renewal whose reply was lost). A
+    /// replaced or revoked appliance does not renew. Returns the new certificate followed
+    /// by its chain.
     pub(super) async fn renew(&self, id: &str, presented: &str, csr: &[u8]) -> Result<Vec<u8>> {
+        let same_key = self.csr_for_listed_key(id, csr).await;
+        let may_renew = |e: &crate::directory::ApplianceEntry| {
+            !e.revoked && (same_key || pki::same_serial(&e.cert_serial, presented))
+        };
         let centre = {
             let st = self.inner.state.lock().await;
-            let entry = st.master.live().appliances.get(id);
-            match entry {
-                Some(e) if !e.revoked && pki::same_serial(&e.cert_serial, presented) => {
-                    e.centre.clone()
-                }
+            match st.master.live().appliances.get(id) {
+                Some(e) if may_renew(e) => e.centre.clone(),
                 _ => {
                     return Err(Error::NotAuthorised(format!(
                         "{id} (certificate {presented}) may not renew: not the listed certificate"
@@ -75,9 +120,13 @@ impl Authority {
                 .ca
                 .sign_csr_for(csr, &identity, self.inner.cert_lifetime.get())?;
         let mut st = self.inner.state.lock().await;
-        // Checked again: a revocation or a replacement may have come meanwhile.
+        // Checked again: a revocation or a replacement may have come meanwhile (a
+        // replacement's new key pair is listed in the same transaction as its serial).
+        let same_key = self.csr_for_listed_key(id, csr).await;
         let mut entry = match st.master.live().appliances.get(id) {
-            Some(e) if !e.revoked && pki::same_serial(&e.cert_serial, presented) => e.clone(),
+            Some(e) if !e.revoked && (same_key || pki::same_serial(&e.cert_serial, presented)) => {
+                e.clone()
+            }
             _ => {
                 return Err(Error::NotAuthorised(format!(
                     "{id} was revoked or replaced while renewing"
@@ -95,7 +144,7 @@ impl Authority {
         .await?;
         drop(st);
         tracing::info!("{id} renewed its certificate: {presented} -> {serial}");
-        Ok(cert.to_vec())
+        Ok(self.inner.ca.with_chain(&cert))
     }
 
     /// Answers a renewal request on its stream.

@@ -21,5 +21,6 @@ pub fn authority_config(dir: &Path) -> AuthorityConfig {
         store: StoreConfig::Redb { path: None },
         rules: Vec::new(),
         api: None,
+        ca: None,
     }
 }
