@@ -311,7 +311,7 @@ impl Run {
             let id = format!("r{i}");
             let state_dir = dir.path().join(&id);
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()?));
-            let endpoints: Vec<String> = etcd.urls.iter().map(|u| format!("{u:?}")).collect();
+            let endpoints: Vec<String> = etcd.urls().iter().map(|u| format!("{u:?}")).collect();
             let config = format!(
                 "listen = \"{listen}\"\nstate_dir = {:?}\nkek_file = {:?}\n\
                  rotation_interval_secs = 86400\n\n[store]\nkind = \"etcd\"\n\
