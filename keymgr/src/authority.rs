@@ -729,6 +729,24 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Applies `writes` in as few transactions as the store takes: one for redb, groups
+    /// within etcd's limit on operations per transaction (128 by default) for etcd, which
+    /// refuses a larger one whole.
+    async fn apply_in_groups(&self, mut writes: Vec<Write>) -> Result<()> {
+        let limit = match &self.inner.store {
+            AnyStore::Etcd(_) | AnyStore::Replica(_) => crate::audit::MAX_STORE_GROUP,
+            _ => usize::MAX,
+        };
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(limit));
+            self.inner
+                .store
+                .apply(std::mem::replace(&mut writes, rest))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stores queued rotation acknowledgements and escrow boxes, all that are waiting in
     /// one transaction each: after a rotation every appliance sends both at once, and one
     /// commit each would queue them all behind the disk.
@@ -744,7 +762,7 @@ impl Authority {
                     .iter()
                     .map(|(id, ack)| Write::Put(format!("{ACK_PREFIX}{id}"), store::json(ack)))
                     .collect();
-                if let Err(e) = self.inner.store.apply(writes).await {
+                if let Err(e) = self.apply_in_groups(writes).await {
                     tracing::error!("storing rotation acknowledgements failed: {e}");
                 }
             }
@@ -763,7 +781,7 @@ impl Authority {
                     )
                 })
                 .collect();
-            if let Err(e) = self.inner.store.apply(writes).await {
+            if let Err(e) = self.apply_in_groups(writes).await {
                 tracing::error!("storing escrowed keys failed: {e}");
                 continue;
             }
