@@ -9,6 +9,12 @@
 //! over its standard input and output, so no process needs more file descriptors than one
 //! group of appliances takes. The authority, with its durable redb store and audit log,
 //! always runs in the parent. Times across processes are taken from the system clock.
+//!
+//! With `--replicas N` (and no `--kills`), the authority is instead N replicas, in the
+//! parent too, each an [`Authority`] standing for election on a three-member etcd cluster
+//! started on loopback (etcd is the store replicas share); every appliance is given all N
+//! addresses, each list starting at another replica, and finds the leader by itself (a
+//! follower names it). The benchmark drives the leader's API, as an operator would.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write as _};
@@ -26,6 +32,7 @@ use cpclink_keymgr::authority::Authority;
 use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
 use cpclink_keymgr::directory::{Rule, Selector};
 use cpclink_keymgr::seal::{random_bytes, Kek};
+use cpclink_keymgr::store::loopback::EtcdCluster;
 use cpclink_keymgr::store::{AnyStore, MemoryStore};
 
 use crate::Error;
@@ -85,6 +92,11 @@ pub enum AgentStore {
 pub struct BenchReport {
     /// Appliances enrolled, connected and followed through every phase.
     pub appliances: usize,
+    /// Authority replicas (1: a single authority).
+    pub replicas: usize,
+    /// The authority's store: `redb` for one authority, `etcd` (three members on
+    /// loopback) for replicas.
+    pub authority_store: String,
     /// Processes the simulated appliances ran in (the authority runs in the first).
     pub processes: usize,
     /// Where the simulated appliances kept their state.
@@ -105,8 +117,9 @@ pub struct BenchReport {
     pub revocation_samples: usize,
 }
 
-/// Runs the benchmark and prints the results (or, with `--child`, serves as a child).
-pub async fn run(args: &BenchArgs) -> Result<()> {
+/// Runs the benchmark with one authority, or `replicas` on etcd, and prints the results
+/// (or, with `--child`, serves as a child).
+pub async fn run(args: &BenchArgs, replicas: Option<usize>) -> Result<()> {
     if args.child {
         return child_main().await;
     }
@@ -126,6 +139,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             args.revocations,
             args.per_process.max(1),
             args.agent_store,
+            replicas,
         )
         .await
         {
@@ -154,8 +168,16 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 
 fn print_report(r: &BenchReport) {
     println!(
-        "keymgr bench: {} appliances in {} process(es), real QUIC (TLS 1.3, X25519MLKEM768) on loopback, authority on redb, appliances on {:?} stores",
-        r.appliances, r.processes, r.agent_store
+        "keymgr bench: {} appliances in {} process(es), real QUIC (TLS 1.3, X25519MLKEM768) on loopback, {} on {}, appliances on {:?} stores",
+        r.appliances,
+        r.processes,
+        if r.replicas > 1 {
+            format!("{} authority replicas", r.replicas)
+        } else {
+            "one authority".to_owned()
+        },
+        r.authority_store,
+        r.agent_store
     );
     println!("  enrolment            {:>10.1} /s", r.enrolments_per_sec);
     println!("  all connected        {:>10.3} s", r.all_connected_secs);
@@ -204,7 +226,8 @@ struct Appliance {
 /// What a group of simulated appliances needs to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GroupSetup {
-    authority: SocketAddr,
+    /// Every authority replica's control address (one for a single authority).
+    authorities: Vec<SocketAddr>,
     ca_cert: String,
     kek_file: PathBuf,
     state_dir: PathBuf,
@@ -256,7 +279,10 @@ impl Sim {
         for a in setup.appliances {
             let opts = AgentOptions {
                 appliance: format!("sim-{}", a.index),
-                authorities: vec![setup.authority],
+                // Each appliance starts at another replica: followers send it to the leader.
+                authorities: (0..setup.authorities.len())
+                    .map(|i| setup.authorities[(a.index + i) % setup.authorities.len()])
+                    .collect(),
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir: setup.state_dir.join(format!("agent-{}", a.index)),
                 kek: Kek::load(&setup.kek_file, "kek_file")?,
@@ -568,12 +594,106 @@ async fn child_main() -> Result<()> {
     Ok(())
 }
 
-/// Measures `n` appliances once (all in this process when `per_process >= n`).
+/// The authority under test: one on redb, or replicas on a three-member etcd cluster.
+struct Authorities {
+    all: Vec<Authority>,
+    /// The cluster replicas share; stopped when dropped.
+    _etcd: Option<EtcdCluster>,
+    store: &'static str,
+}
+
+impl Authorities {
+    /// Starts one authority on redb (`replicas` none or 1) or `replicas` on etcd, with their
+    /// state under `dir`; returns once one leads.
+    async fn start(
+        dir: &std::path::Path,
+        kek_file: PathBuf,
+        replicas: Option<usize>,
+    ) -> Result<Self> {
+        let base = AuthorityConfig {
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            state_dir: dir.join("authority"),
+            kek_file,
+            rotation_interval_secs: 86_400,
+            cert_days: 1,
+            token_ttl_secs: 600,
+            store: StoreConfig::Redb { path: None },
+            rules: Vec::new(),
+            api: None,
+            ca: None,
+        };
+        let n = replicas.unwrap_or(1);
+        if n <= 1 {
+            return Ok(Self {
+                all: vec![Authority::start(&base).await?],
+                _etcd: None,
+                store: "redb",
+            });
+        }
+        let etcd = EtcdCluster::start_in(dir, 3)?;
+        etcd.connect("/probe/").await?;
+        let mut all = Vec::with_capacity(n);
+        for i in 0..n {
+            let cfg = AuthorityConfig {
+                state_dir: dir.join(format!("replica-{i}")),
+                store: StoreConfig::Etcd {
+                    endpoints: etcd.urls_from(i),
+                    prefix: "/cpclink/keymgr/".into(),
+                    candidate: Some(format!("r{i}")),
+                    election_ttl_secs: 10,
+                },
+                ..base.clone()
+            };
+            // One at a time: the first creates the CA in etcd, the others read it.
+            all.push(Authority::start(&cfg).await?);
+        }
+        let authorities = Self {
+            all,
+            _etcd: Some(etcd),
+            store: "etcd",
+        };
+        within("electing a leader", async {
+            while authorities.all.iter().all(|a| !a.is_leader()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+        Ok(authorities)
+    }
+
+    /// The one that leads now (the single authority always does).
+    fn leader(&self) -> Result<&Authority> {
+        self.all
+            .iter()
+            .find(|a| a.is_leader())
+            .ok_or_else(|| Error::KeyPlane("no authority replica leads".into()))
+    }
+
+    fn addrs(&self) -> Result<Vec<SocketAddr>> {
+        self.all
+            .iter()
+            .map(|a| {
+                a.local_addr()
+                    .ok_or_else(|| Error::KeyPlane("authority has no address".into()))
+            })
+            .collect()
+    }
+
+    fn shutdown(&self) {
+        for a in &self.all {
+            a.shutdown();
+        }
+    }
+}
+
+/// Measures `n` appliances once (all in this process when `per_process >= n`), with one
+/// authority on redb or `replicas` on etcd.
 pub async fn run_once(
     n: usize,
     revocations: usize,
     per_process: usize,
     agent_store: AgentStore,
+    replicas: Option<usize>,
 ) -> Result<BenchReport> {
     let dir = tempfile::tempdir()
         .map_err(|e| Error::key_plane_io("creating a temporary directory", e))?;
@@ -581,28 +701,15 @@ pub async fn run_once(
     let kek_file = dir.path().join("kek");
     std::fs::write(&kek_file, &kek_hex)
         .map_err(|e| Error::key_plane_io("writing the bench KEK", e))?;
-    let cfg = AuthorityConfig {
-        listen: (Ipv4Addr::LOCALHOST, 0).into(),
-        state_dir: dir.path().join("authority"),
-        kek_file: kek_file.clone(),
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        rules: Vec::new(),
-        api: None,
-        ca: None,
-    };
-    let authority = Authority::start(&cfg).await?;
-    let addr: SocketAddr = authority
-        .local_addr()
-        .ok_or_else(|| Error::KeyPlane("authority has no address".into()))?;
+    let authorities = Authorities::start(dir.path(), kek_file.clone(), replicas).await?;
+    let authority = authorities.leader()?.clone();
+    let addrs = authorities.addrs()?;
     let ca = hex::encode(authority.ca_cert().as_ref());
 
     let processes = n.div_ceil(per_process);
     let mut setups: Vec<GroupSetup> = (0..processes)
         .map(|_| GroupSetup {
-            authority: addr,
+            authorities: addrs.clone(),
             ca_cert: ca.clone(),
             kek_file: kek_file.clone(),
             state_dir: dir.path().to_owned(),
@@ -642,7 +749,7 @@ pub async fn run_once(
         for g in groups {
             g.shutdown();
         }
-        authority.shutdown();
+        authorities.shutdown();
         return Err(e);
     }
     let enrol_secs = started.elapsed().as_secs_f64();
@@ -651,10 +758,12 @@ pub async fn run_once(
     for g in groups {
         g.shutdown();
     }
-    authority.shutdown();
+    authorities.shutdown();
     let m = result?;
     Ok(BenchReport {
         appliances: n,
+        replicas: authorities.all.len(),
+        authority_store: authorities.store.to_owned(),
         processes,
         agent_store,
         enrolments_per_sec: n as f64 / enrol_secs,

@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 mod store_chain;
 
+pub(crate) use store_chain::MAX_GROUP as MAX_STORE_GROUP;
 pub use store_chain::{store_records, verify_store, StoreChain};
 
 /// What happened.
@@ -472,8 +473,10 @@ fn read_chain(path: &Path) -> Result<(Vec<AuditRecord>, bool)> {
 }
 
 /// Lines written with one fsync at most; the head file follows each group, so after a crash
-/// the log may run ahead of its head by up to this many lines.
-pub const MAX_GROUP: usize = 64;
+/// the log may run ahead of its head by up to this many lines. Large enough that the
+/// acknowledgements of a rotation reaching thousands of appliances at once go to disk in a
+/// few writes, not one per line.
+pub const MAX_GROUP: usize = 1024;
 
 /// An append-only, hash-chained audit log.
 #[derive(Debug)]
@@ -484,6 +487,8 @@ pub struct AuditLog {
     prev: [u8; 32],
     /// Lines by event kind, over the whole chain.
     kinds: std::collections::BTreeMap<&'static str, u64>,
+    /// Groups written (one write and one fsync each) since it was opened.
+    writes: u64,
 }
 
 impl AuditLog {
@@ -539,6 +544,7 @@ impl AuditLog {
             seq,
             prev,
             kinds,
+            writes: 0,
         })
     }
 
@@ -550,6 +556,11 @@ impl AuditLog {
     /// The log file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Groups of lines written since the log was opened: one write and one fsync each.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Lines in the chain by event kind (`revoked`, `api_refused`, …).
@@ -600,6 +611,7 @@ impl AuditLog {
             .map_err(|e| Error::io(ctx(), e))?;
         self.seq = seq;
         self.prev = prev;
+        self.writes += 1;
         for kind in kinds {
             *self.kinds.entry(kind).or_insert(0) += 1;
         }

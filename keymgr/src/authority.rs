@@ -29,6 +29,7 @@ use crate::{tls, Error, Result};
 
 mod api;
 mod assign;
+mod audit_writer;
 mod material;
 mod renew;
 mod replace;
@@ -201,7 +202,9 @@ pub async fn create_token(
             let unfenced = AnyStore::Etcd(Box::new(r.unfenced().clone()));
             append_to_store(&unfenced, &mut None, events, 0).await?;
         }
-        AnyStore::Etcd(_) => append_to_store(&store, &mut None, events, 0).await?,
+        AnyStore::Etcd(_) => {
+            append_to_store(&store, &mut None, events, 0).await?;
+        }
         _ => AuditLog::open(&paths.audit)?.append_all(events)?,
     }
     Ok(token::mint(&key, &claims))
@@ -348,20 +351,21 @@ enum AuditSink {
 }
 
 /// Appends `events` to the store's chain, reading its tip again when another writer
-/// appended first; `term` is recorded with each line.
+/// appended first; `term` is recorded with each line. Returns the transactions applied.
 async fn append_to_store(
     store: &AnyStore,
     tip: &mut Option<StoreChain>,
     events: Vec<AuditEvent>,
     term: i64,
-) -> Result<()> {
+) -> Result<u64> {
     for _ in 0..3 {
         let chain = match tip {
             Some(c) => c,
             None => tip.insert(StoreChain::load(store).await?),
         };
+        let before = chain.writes();
         if chain.append(store, events.clone(), term).await? {
-            return Ok(());
+            return Ok(chain.writes() - before);
         }
         *tip = None;
     }
@@ -431,10 +435,11 @@ impl Subscriber {
     }
 }
 
-/// An audit event waiting for the next group commit, and who waits for it.
+/// Audit events waiting for the next group commit, in order, and who waits for them: told
+/// the sequence number of the last of them once it is durable.
 type QueuedAudit = (
-    AuditEvent,
-    tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+    Vec<AuditEvent>,
+    tokio::sync::oneshot::Sender<std::result::Result<u64, String>>,
 );
 
 struct State {
@@ -452,9 +457,13 @@ struct Inner {
     store: AnyStore,
     /// This replica's election, when replicas share etcd (`[store] candidate`).
     replication: Option<replica::Replication>,
-    /// Where audit lines go; locked while a group is written, so groups keep queue order.
+    /// Where audit lines go; written only by the audit writer, which holds it while a group
+    /// is written (readers of the chain's counts and path lock it briefly).
     audit: Mutex<AuditSink>,
-    audit_queue: Arc<StdMutex<Vec<QueuedAudit>>>,
+    /// To the audit writer, which appends all that waits here as one group.
+    audit_queue: mpsc::UnboundedSender<QueuedAudit>,
+    /// Durable writes (fsyncs of the log, or store transactions) the audit writer made.
+    audit_writes: AtomicU64,
     /// Escrow boxes received and not yet stored, newest per appliance.
     escrow_pending: StdMutex<HashMap<String, (u64, Vec<u8>)>>,
     /// Rotation acknowledgements received and not yet stored, `(rotation, epoch)` by
@@ -536,6 +545,7 @@ impl Authority {
             .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
         // The address bound, not the one configured: a port 0 is chosen by the system.
         let bound = endpoint.local_addr().unwrap_or(cfg.listen);
+        let (audit_queue, audit_queued) = mpsc::unbounded_channel();
         let authority = Self {
             inner: Arc::new(Inner {
                 replication: match &store {
@@ -549,7 +559,8 @@ impl Authority {
                 },
                 store,
                 audit: Mutex::new(audit),
-                audit_queue: Arc::default(),
+                audit_queue,
+                audit_writes: AtomicU64::new(0),
                 escrow_pending: StdMutex::new(HashMap::new()),
                 acks_pending: StdMutex::new(HashMap::new()),
                 escrow_queued: tokio::sync::Notify::new(),
@@ -580,6 +591,8 @@ impl Authority {
                 reports_dropped: AtomicU64::new(0),
             }),
         };
+        // First: everything below may audit.
+        tokio::spawn(authority.clone().audit_writer(audit_queued));
         if authority.inner.replication.is_some() {
             // The policy and the schedule are the leader's, once one is elected.
             tokio::spawn(authority.clone().replicate(every));
@@ -719,6 +732,24 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Applies `writes` in as few transactions as the store takes: one for redb, groups
+    /// within etcd's limit on operations per transaction (128 by default) for etcd, which
+    /// refuses a larger one whole.
+    async fn apply_in_groups(&self, mut writes: Vec<Write>) -> Result<()> {
+        let limit = match &self.inner.store {
+            AnyStore::Etcd(_) | AnyStore::Replica(_) => crate::audit::MAX_STORE_GROUP,
+            _ => usize::MAX,
+        };
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(limit));
+            self.inner
+                .store
+                .apply(std::mem::replace(&mut writes, rest))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stores queued rotation acknowledgements and escrow boxes, all that are waiting in
     /// one transaction each: after a rotation every appliance sends both at once, and one
     /// commit each would queue them all behind the disk.
@@ -734,7 +765,7 @@ impl Authority {
                     .iter()
                     .map(|(id, ack)| Write::Put(format!("{ACK_PREFIX}{id}"), store::json(ack)))
                     .collect();
-                if let Err(e) = self.inner.store.apply(writes).await {
+                if let Err(e) = self.apply_in_groups(writes).await {
                     tracing::error!("storing rotation acknowledgements failed: {e}");
                 }
             }
@@ -753,7 +784,7 @@ impl Authority {
                     )
                 })
                 .collect();
-            if let Err(e) = self.inner.store.apply(writes).await {
+            if let Err(e) = self.apply_in_groups(writes).await {
                 tracing::error!("storing escrowed keys failed: {e}");
                 continue;
             }
@@ -772,11 +803,10 @@ impl Authority {
         self.inner.rotated.subscribe()
     }
 
-    /// Appends to the audit log on the blocking pool and returns once the line is
-    /// durable. Events queued meanwhile by other tasks go to disk together, with one fsync
-    /// (group commit), in the order they were queued.
+    /// Appends to the audit chain and returns once the line is durable. Lines queued
+    /// meanwhile by other tasks are written with it as one group (the audit writer).
     pub(crate) async fn audit(&self, event: AuditEvent) -> Result<()> {
-        self.audit_all(vec![event]).await
+        self.audit_all(vec![event]).await.map(drop)
     }
 
     /// The audit log file's path, or `None` when the chain lives in the store.
@@ -831,72 +861,25 @@ impl Authority {
         }
     }
 
-    /// [`Self::audit`] for several events, in order.
-    async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<()> {
-        let mut outcomes = Vec::with_capacity(events.len());
-        {
-            let mut queue = self
-                .inner
-                .audit_queue
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for event in events {
-                let (done, outcome) = tokio::sync::oneshot::channel();
-                queue.push((event, done));
-                outcomes.push(outcome);
-            }
+    /// [`Self::audit`] for several events, in order, kept together in the chain. Returns
+    /// the sequence number of the last (0 for none).
+    async fn audit_all(&self, events: Vec<AuditEvent>) -> Result<u64> {
+        let stopped = || {
+            Error::io(
+                "audit log",
+                std::io::Error::other("the audit writer stopped (the authority is shutting down)"),
+            )
+        };
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.inner
+            .audit_queue
+            .send((events, done))
+            .map_err(|_| stopped())?;
+        match outcome.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(Error::io("audit log", std::io::Error::other(e))),
+            Err(_) => Err(stopped()),
         }
-        {
-            let mut sink = self.inner.audit.lock().await;
-            // Taken under the sink's lock, so groups are written in queue order. An empty
-            // queue means an earlier group already wrote (and answered) ours.
-            let batch = std::mem::take(
-                &mut *self
-                    .inner
-                    .audit_queue
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-            if !batch.is_empty() {
-                let (events, waiting): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
-                let result = match &mut *sink {
-                    AuditSink::File(log) => {
-                        let log = log.clone();
-                        tokio::task::spawn_blocking(move || match log.lock() {
-                            Ok(mut log) => log.append_all(events).map_err(|e| e.to_string()),
-                            Err(_) => Err("the audit log's lock is poisoned".to_owned()),
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the audit writer failed: {e}")))
-                    }
-                    AuditSink::Store(tip) => {
-                        let term = match &self.inner.store {
-                            AnyStore::Replica(r) => r.term(),
-                            _ => 0,
-                        };
-                        append_to_store(&self.inner.store, tip, events, term)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                };
-                for w in waiting {
-                    let _ = w.send(result.clone());
-                }
-            }
-        }
-        for outcome in outcomes {
-            match outcome.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::io("audit log", std::io::Error::other(e))),
-                Err(_) => {
-                    return Err(Error::io(
-                        "audit log",
-                        std::io::Error::other("the audit writer stopped (lock poisoned)"),
-                    ))
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Applies a directory change: store first, then the master copy, then the feeds.

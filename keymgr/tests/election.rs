@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cpclink_keymgr::store::{Candidate, EtcdStore, Leadership, Store, Write};
 use cpclink_keymgr::Error;
-use support::etcd::{connect_urls, EtcdCluster};
+use support::etcd::{cluster, connect_urls};
 use support::seed::Seed;
 use tokio::sync::mpsc;
 
@@ -105,7 +105,7 @@ async fn value(store: &EtcdStore, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_fails_over_fences_its_predecessor_and_survives_a_frozen_member() {
-    let Some(cluster) = EtcdCluster::start(3) else {
+    let Some(cluster) = cluster(3) else {
         return;
     };
     let mut seed = Seed::from_env("election");

@@ -12,7 +12,7 @@ use cpclink_keymgr::audit::verify_store;
 use cpclink_keymgr::authority::{admin_request, Authority};
 use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
-use support::etcd::{connect_urls, EtcdCluster};
+use support::etcd::{cluster, connect_urls};
 
 const PREFIX: &str = "/replicas/";
 
@@ -56,7 +56,7 @@ async fn one_leader(replicas: &[Option<Authority>]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_leader_writes_followers_send_everyone_to_it_and_a_successor_keeps_its_promises() {
-    let Some(cluster) = EtcdCluster::start(3) else {
+    let Some(cluster) = cluster(3) else {
         return;
     };
     let urls = cluster.urls_from(0);

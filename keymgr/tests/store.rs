@@ -164,7 +164,7 @@ async fn authority_on_etcd_enrols_agents_that_grant_each_other_sas() {
         cert_days: 1,
         token_ttl_secs: 600,
         store: StoreConfig::Etcd {
-            endpoints: vec![etcd.url.clone()],
+            endpoints: vec![etcd.members[0].url.clone()],
             prefix: "/e2e/".into(),
             candidate: None,
             election_ttl_secs: 10,
@@ -294,15 +294,15 @@ async fn gateway_errors_carry_what_etcd_said() {
 async fn etcd_store_fails_over_reconnects_and_reports_refusals() {
     let Some(mut etcd) = start_etcd() else { return };
     let _ = connect(&etcd, "/probe/").await;
-    let s = EtcdStore::connect(&[dead_url(), etcd.url.clone()], "/fo/")
+    let s = EtcdStore::connect(&[dead_url(), etcd.members[0].url.clone()], "/fo/")
         .await
         .unwrap();
     s.put("k", b"v").await.unwrap();
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 
     // Restart the member on the same ports and data: the pooled connections are dead.
-    etcd.kill();
-    etcd.restart();
+    etcd.members[0].kill();
+    etcd.members[0].restart().unwrap();
     let mut value = None;
     for _ in 0..100 {
         if let Ok(v) = s.get("k").await {

@@ -41,7 +41,13 @@ pub(super) fn keyplane(
     ];
     for &n in &sizes {
         // Every appliance in this process: no child processes of the suite's binary.
-        let r = runtime.block_on(keyplane::run_once(n, revocations, n, AgentStore::Memory))?;
+        let r = runtime.block_on(keyplane::run_once(
+            n,
+            revocations,
+            n,
+            AgentStore::Memory,
+            None,
+        ))?;
         table.push(vec![
             n.to_string(),
             format!("{:.1}", r.enrolments_per_sec),

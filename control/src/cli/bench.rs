@@ -131,20 +131,22 @@ enum BenchSuite {
         #[arg(long)]
         busy_poll_us: Option<u64>,
     },
-    /// The key plane: one authority and N simulated appliances over real QUIC (enrolment
-    /// rate, directory change, rotation and revocation reaching all of them).
+    /// The key plane: one authority (or replicas) and N simulated appliances over real QUIC
+    /// (enrolment rate, directory change, rotation and revocation reaching all of them).
     Keymgr {
-        /// The single-authority benchmark's options.
+        /// The scale benchmark's options.
         #[command(flatten)]
         args: cpclink_bench::keyplane::BenchArgs,
-        /// Instead: this many authority replicas on a three-member etcd cluster started on
-        /// loopback (needs the `etcd` binary, not root), the leader killed `--kills` times;
-        /// reports failover times and any invariant broken.
+        /// This many authority replicas on a three-member etcd cluster started on loopback
+        /// (needs the `etcd` binary, not root). Without `--kills`: the scale benchmark with
+        /// the replicas as the authority, every appliance given all their addresses. With
+        /// `--kills`: the failover run instead.
         #[arg(long)]
         replicas: Option<usize>,
-        /// Leader kills with `--replicas`.
-        #[arg(long, default_value_t = 20, requires = "replicas")]
-        kills: usize,
+        /// With `--replicas`: the failover run instead of the scale benchmark, killing the
+        /// leader this many times; reports failover times and any invariant broken.
+        #[arg(long, requires = "replicas")]
+        kills: Option<usize>,
     },
     /// Seal and open through cpclink's AEAD trait against each library's bare call.
     Crypto {
@@ -215,10 +217,10 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let Some(replicas) = *replicas else {
-            return Ok(runtime.block_on(cpclink_bench::keyplane::run(args))?);
-        };
-        return replica_bench(&runtime, replicas, *kills, args.json);
+        if let (Some(replicas), Some(kills)) = (*replicas, *kills) {
+            return replica_bench(&runtime, replicas, kills, args.json);
+        }
+        return Ok(runtime.block_on(cpclink_bench::keyplane::run(args, *replicas))?);
     }
     let mut out = std::io::stdout().lock();
     match args.suite {

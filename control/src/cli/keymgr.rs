@@ -200,7 +200,7 @@ fn run_inner(args: KeymgrArgs) -> Result<ExitCode, String> {
     match command {
         KeymgrCommand::Bench(b) => {
             runtime()?
-                .block_on(bench::run(b))
+                .block_on(bench::run(b, None))
                 .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{chain, chain_hash, AuditEvent, AuditRecord, Head, Verified, MAX_GROUP};
+use super::{chain, chain_hash, AuditEvent, AuditRecord, Head, Verified};
 use crate::store::{Store, Write};
 use crate::{Error, Result};
 
@@ -20,6 +20,9 @@ use crate::{Error, Result};
 pub const PREFIX: &str = "audit/";
 /// The chain's head in the store.
 const HEAD: &str = "meta/audit_head";
+/// Lines in one transaction at most: with the head and the guard, well inside etcd's
+/// default limit of 128 operations per transaction (`--max-txn-ops`).
+pub(crate) const MAX_GROUP: usize = 64;
 
 /// The store key of line `seq`.
 fn key(seq: u64) -> String {
@@ -42,6 +45,8 @@ pub struct StoreChain {
     seq: u64,
     prev: [u8; 32],
     kinds: BTreeMap<&'static str, u64>,
+    /// Transactions applied through this writer.
+    writes: u64,
 }
 
 impl StoreChain {
@@ -65,12 +70,19 @@ impl StoreChain {
             seq: head.seq,
             prev,
             kinds: BTreeMap::new(),
+            writes: 0,
         })
     }
 
     /// Lines in the chain.
     pub fn lines(&self) -> u64 {
         self.seq
+    }
+
+    /// Transactions applied through this writer (one per group of at most [`MAX_GROUP`]
+    /// lines).
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Lines appended through this writer, by event kind.
@@ -114,6 +126,7 @@ impl StoreChain {
                 return Ok(false);
             }
             self.seq = seq;
+            self.writes += 1;
             // Written by `chain` from a 32-byte hash: always 64 hex digits.
             let _ = hex::decode_to_slice(&hash, &mut self.prev);
             for kind in kinds {

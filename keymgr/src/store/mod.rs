@@ -5,6 +5,7 @@
 //! insert-if-absent, and every state change that must not be half-applied is one batch.
 
 mod etcd;
+pub mod loopback;
 mod memory;
 mod redb_store;
 mod replica;
