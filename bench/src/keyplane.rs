@@ -610,18 +610,7 @@ impl Authorities {
         kek_file: PathBuf,
         replicas: Option<usize>,
     ) -> Result<Self> {
-        let base = AuthorityConfig {
-            listen: (Ipv4Addr::LOCALHOST, 0).into(),
-            state_dir: dir.join("authority"),
-            kek_file,
-            rotation_interval_secs: 86_400,
-            cert_days: 1,
-            token_ttl_secs: 600,
-            store: StoreConfig::Redb { path: None },
-            rules: Vec::new(),
-            api: None,
-            ca: None,
-        };
+        let base = AuthorityConfig::on_loopback(dir.join("authority"), kek_file);
         let n = replicas.unwrap_or(1);
         if n <= 1 {
             return Ok(Self {

@@ -180,6 +180,25 @@ pub const ELECTION_TTL_SECS: RangeInclusive<u64> = 2..=600;
 pub const REKEY_GRACE_MS: RangeInclusive<u64> = 0..=60_000;
 
 impl AuthorityConfig {
+    /// An authority on an ephemeral loopback port with its state under `state_dir` and its
+    /// material sealed under the KEK in `kek_file`: a redb store, daily certificates, no
+    /// rotation for a day, tokens valid ten minutes, the default policy, no API and a
+    /// generated CA. What benchmarks and tests on one machine start from.
+    pub fn on_loopback(state_dir: PathBuf, kek_file: PathBuf) -> Self {
+        Self {
+            listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            state_dir,
+            kek_file,
+            rotation_interval_secs: 86_400,
+            cert_days: 1,
+            token_ttl_secs: 600,
+            store: StoreConfig::Redb { path: None },
+            rules: Vec::new(),
+            api: None,
+            ca: None,
+        }
+    }
+
     /// Reads and checks the file.
     pub fn load(path: &Path) -> Result<Self> {
         Self::parse(&ConfigText::read(path)?)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cpclink_keymgr::agent::{generation_at, AgentOptions, AuthorityLink, KeyAgent, SaEvent};
 use cpclink_keymgr::audit::ApplianceReport;
 use cpclink_keymgr::authority::Authority;
-use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::pki::{self, KeyedCert};
 use cpclink_keymgr::proto::{self, Message};
 use cpclink_keymgr::seal::Kek;
@@ -31,15 +31,7 @@ fn authority_config(dir: &Path, port: u16) -> AuthorityConfig {
     std::fs::write(&kek_file, "22".repeat(32)).unwrap();
     AuthorityConfig {
         listen: (Ipv4Addr::LOCALHOST, port).into(),
-        state_dir: dir.join("authority"),
-        kek_file,
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        rules: Vec::new(),
-        api: None,
-        ca: None,
+        ..AuthorityConfig::on_loopback(dir.join("authority"), kek_file)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cpclink_keymgr::agent::{enrol_only, AgentOptions, KeyAgent, SaEvent};
 use cpclink_keymgr::authority::Authority;
-use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::metrics::{MetricSigner, MAX_ADVERTISEMENT, RECEIPT_BURST, RECEIPT_RATE};
 use cpclink_keymgr::pki::KeyedCert;
 use cpclink_keymgr::proto::{self, Message};
@@ -24,18 +24,7 @@ async fn plane() -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let kek_file = dir.path().join("kek");
     std::fs::write(&kek_file, "22".repeat(32)).unwrap();
-    let cfg = AuthorityConfig {
-        listen: (Ipv4Addr::LOCALHOST, 0).into(),
-        state_dir: dir.path().join("authority"),
-        kek_file: kek_file.clone(),
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        rules: Vec::new(),
-        api: None,
-        ca: None,
-    };
+    let cfg = AuthorityConfig::on_loopback(dir.path().join("authority"), kek_file.clone());
     let authority = Authority::start(&cfg).await.unwrap();
     Plane {
         dir,

@@ -456,7 +456,7 @@ async fn on_etcd_the_operators_ca_is_sealed_in_the_store_and_survives_a_restart(
     let intermediate = root.issue_ca("cpclink issuing ca");
     let mut cfg = authority_config(dir.path());
     cfg.store = StoreConfig::Etcd {
-        endpoints: vec![etcd.url.clone()],
+        endpoints: etcd.urls(),
         prefix: "/byo/".into(),
         candidate: None,
         election_ttl_secs: 10,

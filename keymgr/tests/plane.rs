@@ -10,7 +10,7 @@ use cpclink_dataplane::psp;
 use cpclink_dataplane::sa::{RxSa, SaLimits, Spi, TxSa};
 use cpclink_keymgr::agent::{enrol_only, AgentOptions, KeyAgent, SaEvent, TxSaGrant};
 use cpclink_keymgr::authority::Authority;
-use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::directory::{Rule, Selector};
 use cpclink_keymgr::pki::identity_of;
 use cpclink_keymgr::proto::{self, Message, MAX_FRAME};
@@ -38,18 +38,7 @@ fn plane_config() -> (tempfile::TempDir, AuthorityConfig) {
     let dir = tempfile::tempdir().unwrap();
     let kek_file = dir.path().join("kek");
     std::fs::write(&kek_file, "11".repeat(32)).unwrap();
-    let cfg = AuthorityConfig {
-        listen: (Ipv4Addr::LOCALHOST, 0).into(),
-        state_dir: dir.path().join("authority"),
-        kek_file,
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        rules: Vec::new(),
-        api: None,
-        ca: None,
-    };
+    let cfg = AuthorityConfig::on_loopback(dir.path().join("authority"), kek_file);
     (dir, cfg)
 }
 

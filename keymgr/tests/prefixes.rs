@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cpclink_keymgr::agent::{AgentOptions, KeyAgent, SaEvent};
 use cpclink_keymgr::audit::{AuditEvent, AuditRecord};
 use cpclink_keymgr::authority::Authority;
-use cpclink_keymgr::config::{AuthorityConfig, StoreConfig};
+use cpclink_keymgr::config::AuthorityConfig;
 use cpclink_keymgr::prefix::InnerPrefix;
 use cpclink_keymgr::seal::Kek;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -23,18 +23,7 @@ fn p(s: &str) -> InnerPrefix {
 fn config(dir: &Path) -> AuthorityConfig {
     let kek_file = dir.join("kek");
     std::fs::write(&kek_file, "22".repeat(32)).unwrap();
-    AuthorityConfig {
-        listen: (Ipv4Addr::LOCALHOST, 0).into(),
-        state_dir: dir.join("authority"),
-        kek_file,
-        rotation_interval_secs: 86_400,
-        cert_days: 1,
-        token_ttl_secs: 600,
-        store: StoreConfig::Redb { path: None },
-        rules: Vec::new(),
-        api: None,
-        ca: None,
-    }
+    AuthorityConfig::on_loopback(dir.join("authority"), kek_file)
 }
 
 /// Starts `id`'s agent in `tenant`, announcing `prefixes`, with a token that assigns

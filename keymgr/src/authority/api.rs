@@ -918,7 +918,7 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthorityConfig, StoreConfig};
+    use crate::config::AuthorityConfig;
     use axum::body::Body;
     use axum::http::Request;
     use cpclink_mgmt::{token_digest, ApiToken};
@@ -935,18 +935,7 @@ mod tests {
     /// appliances of two tenants, and its API router with a token per role.
     async fn lab(dir: &std::path::Path) -> Lab {
         std::fs::write(dir.join("kek"), "22".repeat(32)).unwrap();
-        let cfg = AuthorityConfig {
-            listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
-            state_dir: dir.join("authority"),
-            kek_file: dir.join("kek"),
-            rotation_interval_secs: 86_400,
-            cert_days: 1,
-            token_ttl_secs: 600,
-            store: StoreConfig::Redb { path: None },
-            rules: Vec::new(),
-            api: None,
-            ca: None,
-        };
+        let cfg = AuthorityConfig::on_loopback(dir.join("authority"), dir.join("kek"));
         let authority = Authority::start(&cfg).await.unwrap();
         for (id, tenant) in [("acme-1", "acme"), ("globex-1", "globex")] {
             let token = authority

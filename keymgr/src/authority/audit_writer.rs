@@ -134,29 +134,17 @@ impl Authority {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use crate::audit::AuditEvent;
     use crate::authority::Authority;
-    use crate::config::{AuthorityConfig, StoreConfig};
+    use crate::config::AuthorityConfig;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_lines_form_one_chain_in_fewer_writes() {
         let dir = tempfile::tempdir().unwrap();
         let kek_file = dir.path().join("kek");
         std::fs::write(&kek_file, hex::encode([7u8; 32])).unwrap();
-        let cfg = AuthorityConfig {
-            listen: (Ipv4Addr::LOCALHOST, 0).into(),
-            state_dir: dir.path().join("authority"),
-            kek_file,
-            rotation_interval_secs: 86_400,
-            cert_days: 1,
-            token_ttl_secs: 600,
-            store: StoreConfig::Redb { path: None },
-            rules: Vec::new(),
-            api: None,
-            ca: None,
-        };
+        let cfg = AuthorityConfig::on_loopback(dir.path().join("authority"), kek_file);
         let authority = Authority::start(&cfg).await.unwrap();
         let lines_before = authority.verify_audit().await.unwrap().lines;
         let writes_before = authority.audit_writes();
