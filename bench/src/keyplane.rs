@@ -196,9 +196,25 @@ fn print_report(r: &BenchReport) {
 }
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(PHASE_LIMIT, fut)
+    within_limit(PHASE_LIMIT, what, fut).await
+}
+
+async fn within_limit<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(limit, fut)
         .await
-        .map_err(|_| Error::KeyPlane(format!("{what} took over {PHASE_LIMIT:?}")))
+        .map_err(|_| Error::KeyPlane(format!("{what} took over {limit:?}")))
+}
+
+/// How long a phase that does work for each appliance in turn (enrolling, connecting) may
+/// take for `n` of them: a phase's limit plus 60 ms an appliance (10,000: 15 minutes), so a
+/// large run on a small machine is measured rather than abandoned, while a hung one still
+/// ends.
+fn per_appliance_limit(n: usize) -> Duration {
+    PHASE_LIMIT + Duration::from_millis(60).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -729,7 +745,10 @@ pub async fn run_once(
     let mut groups = Vec::with_capacity(processes);
     let mut failed = None;
     for s in starting {
-        match within("enrolment", s).await.and_then(joined) {
+        match within_limit(per_appliance_limit(n), "enrolment", s)
+            .await
+            .and_then(joined)
+        {
             Ok(Ok(g)) => groups.push(g),
             Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
         }
@@ -800,7 +819,7 @@ async fn measure(
     revocations: usize,
     started: Instant,
 ) -> Result<Measured> {
-    within("connecting", async {
+    within_limit(per_appliance_limit(n), "connecting", async {
         loop {
             if let cpclink_keymgr::proto::AdminReply::Status { connected, .. } =
                 authority.status().await
