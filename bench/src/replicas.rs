@@ -2,8 +2,6 @@
 //! keymgr` replica processes on it, and key agents (in this process, over real QUIC)
 //! enrolling, rotating and granting SAs to each other while the leader is killed (-9) and
 //! restarted, frozen (SIGSTOP) past its lease and resumed, and etcd members are frozen.
-//! Each agent is given every replica's address, as an operator would configure it, and
-//! finds the leader (and the next one, after a failover) by itself.
 //!
 //! After every step the invariants are checked ([`Run::check`]); each one broken is named
 //! in [`ReplicaReport::violations`]. `cpclink bench keymgr --replicas 3 --kills 20` runs
@@ -21,7 +19,6 @@ use cpclink_keymgr::agent::{generation_at, AgentOptions, AuthorityLink, KeyAgent
 use cpclink_keymgr::authority::admin_request;
 use cpclink_keymgr::proto::{AdminReply, AdminRequest};
 use cpclink_keymgr::seal::Kek;
-use cpclink_keymgr::store::loopback::EtcdCluster;
 use cpclink_keymgr::store::{AnyStore, Election, EtcdStore, MemoryStore, Store};
 use serde::Serialize;
 
@@ -98,7 +95,10 @@ pub struct ReplicaReport {
     pub seconds: f64,
 }
 
-pub use cpclink_keymgr::store::loopback::etcd_installed;
+/// Whether the `etcd` binary is here.
+pub fn etcd_installed() -> bool {
+    Command::new("etcd").arg("--version").output().is_ok()
+}
 
 /// A small deterministic generator (splitmix64): the steps replay from the seed.
 struct Draw(u64);
@@ -123,6 +123,13 @@ fn fail(what: impl std::fmt::Display) -> Error {
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::KeyPlaneIo { context, source }
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(io("finding a free TCP port"))?
+        .port())
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -209,13 +216,98 @@ impl Drop for Proc {
     }
 }
 
+/// A three-member (or any size) etcd cluster on loopback.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Proc>,
+    /// The members' client URLs.
+    pub urls: Vec<String>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members with their data under `dir`.
+    pub fn start(dir: &Path, size: usize) -> Result<Self> {
+        if !etcd_installed() {
+            return Err(fail(
+                "no `etcd` binary: install Debian's etcd-server (or etcd from etcd.io)",
+            ));
+        }
+        let ports = (0..size)
+            .map(|_| Ok((free_tcp_port()?, free_tcp_port()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        let mut urls = Vec::new();
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = dir.join(format!("etcd-m{i}"));
+            let args = [
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                &data.to_string_lossy(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+                // A member resumed after a freeze would otherwise call an election at once
+                // and depose a healthy raft leader.
+                "--pre-vote",
+            ]
+            .map(String::from)
+            .to_vec();
+            let log = dir.join(format!("etcd-m{i}.log"));
+            members.push(Proc::start(PathBuf::from("etcd"), args, log)?);
+            urls.push(url);
+        }
+        Ok(Self { members, urls })
+    }
+
+    /// A store on the cluster once it answers reads.
+    pub async fn connect(&self) -> Result<EtcdStore> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if let Ok(s) = EtcdStore::connect(&self.urls, PREFIX).await {
+                if s.get("probe").await.is_ok() {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("etcd at {:?} did not come up", self.urls)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// One authority replica process.
 struct Replica {
     id: String,
-    /// Its control address (kept across restarts: the config names it).
-    listen: SocketAddr,
     state_dir: PathBuf,
     proc: Proc,
+}
+
+/// An agent this run enrolled, with how to start it again.
+struct Agent {
+    agent: KeyAgent,
+    state_dir: PathBuf,
+    /// Its store, kept across restarts (a stopped agent's tasks may hold a file store's
+    /// lock a while after it stops).
+    store: MemoryStore,
 }
 
 /// The cluster under test and what was promised so far.
@@ -226,7 +318,7 @@ struct Run {
     election: Election,
     replicas: Vec<Replica>,
     ca: rustls::pki_types::CertificateDer<'static>,
-    agents: HashMap<String, KeyAgent>,
+    agents: HashMap<String, Agent>,
     /// Spent tokens, by appliance: each must be refused if redeemed again.
     tokens: Vec<(String, String)>,
     /// Every (granting appliance, generation, SPI) seen.
@@ -302,8 +394,8 @@ pub async fn run(plan: &ReplicaPlan) -> Result<ReplicaReport> {
 impl Run {
     async fn start(plan: &ReplicaPlan) -> Result<Self> {
         let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
-        let etcd = EtcdCluster::start_in(dir.path(), 3)?;
-        let store = etcd.connect(PREFIX).await?;
+        let etcd = EtcdCluster::start(dir.path(), 3)?;
+        let store = etcd.connect().await?;
         let kek_file = dir.path().join("kek");
         std::fs::write(&kek_file, hex::encode(KEK)).map_err(io("writing the KEK"))?;
         let mut replicas = Vec::new();
@@ -311,7 +403,7 @@ impl Run {
             let id = format!("r{i}");
             let state_dir = dir.path().join(&id);
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()?));
-            let endpoints: Vec<String> = etcd.urls().iter().map(|u| format!("{u:?}")).collect();
+            let endpoints: Vec<String> = etcd.urls.iter().map(|u| format!("{u:?}")).collect();
             let config = format!(
                 "listen = \"{listen}\"\nstate_dir = {:?}\nkek_file = {:?}\n\
                  rotation_interval_secs = 86400\n\n[store]\nkind = \"etcd\"\n\
@@ -328,7 +420,6 @@ impl Run {
             let log = dir.path().join(format!("{id}.log"));
             replicas.push(Replica {
                 id,
-                listen,
                 state_dir,
                 proc: Proc::start(plan.binary.clone(), args, log)?,
             });
@@ -446,31 +537,39 @@ impl Run {
             other => return Err(fail(format!("token for {id} refused: {other:?}"))),
         };
         let state_dir = self.dir.path().join("agents").join(id);
-        let agent = self.start_agent(id, &state_dir, token.clone()).await?;
+        let store = MemoryStore::default();
+        let agent = self
+            .start_agent(id, &state_dir, &store, Some(token.clone()))
+            .await?;
         self.tokens.push((id.to_owned(), token));
-        self.agents.insert(id.to_owned(), agent);
+        self.agents.insert(
+            id.to_owned(),
+            Agent {
+                agent,
+                state_dir,
+                store,
+            },
+        );
         Ok(())
     }
 
-    /// Starts agent `id` with every replica's address, beginning at a different replica
-    /// for each agent: it finds the leader, and follows it through failovers, by itself.
-    async fn start_agent(&mut self, id: &str, state_dir: &Path, token: String) -> Result<KeyAgent> {
+    async fn start_agent(
+        &mut self,
+        id: &str,
+        state_dir: &Path,
+        store: &MemoryStore,
+        token: Option<String>,
+    ) -> Result<KeyAgent> {
         let deadline = Instant::now() + SETTLE;
-        let first = self.agents.len();
-        let n = self.replicas.len();
-        let authorities: Vec<SocketAddr> = (0..n)
-            .map(|i| self.replicas[(first + i) % n].listen)
-            .collect();
-        let store = MemoryStore::default();
         loop {
             let opts = AgentOptions {
                 appliance: id.to_owned(),
-                authorities: authorities.clone(),
+                authorities: vec![self.leader_addr().await?],
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir: state_dir.to_owned(),
                 kek: Kek::from_bytes(KEK),
                 ca_cert: self.ca.clone(),
-                token: Some(zeroize::Zeroizing::new(token.clone())),
+                token: token.clone().map(zeroize::Zeroizing::new),
                 endpoints: Vec::new(),
                 capabilities: Vec::new(),
                 prefixes: Vec::new(),
@@ -497,7 +596,7 @@ impl Run {
                     }
                     agent.shutdown();
                 }
-                // Every replica may be between leaders for a moment.
+                // The leader may have changed between the lookup and the connection.
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!("starting {id} failed, retrying: {e}");
                 }
@@ -508,6 +607,31 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Points every agent at the current leader again (until agents follow a list of
+    /// authority addresses themselves, a restarted agent is how they fail over).
+    async fn reconnect_agents(&mut self) -> Result<()> {
+        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        for id in ids {
+            let Some(old) = self.agents.remove(&id) else {
+                continue;
+            };
+            old.agent.shutdown();
+            drop(old.agent);
+            let agent = self
+                .start_agent(&id, &old.state_dir, &old.store, None)
+                .await?;
+            self.agents.insert(
+                id,
+                Agent {
+                    agent,
+                    state_dir: old.state_dir,
+                    store: old.store,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Orders a rotation, kills the leader (-9), times the first write another replica
@@ -526,8 +650,7 @@ impl Run {
             self.replicas[old].id,
             self.replicas[new].id
         );
-        // The agents find the new leader themselves (a follower names it, or the next
-        // address on their list answers).
+        self.reconnect_agents().await?;
         self.rotation_completes(ordered).await;
         Ok(failover)
     }
@@ -546,17 +669,21 @@ impl Run {
             // finds a line by a former leader after its successor's.
             self.stale_accepted += 1;
         }
+        self.reconnect_agents().await?;
         self.rotation_completes(ordered).await;
         Ok(())
     }
 
     /// Freezes etcd member `member` for a while, writing through the leader meanwhile.
     async fn freeze_etcd(&mut self, member: usize) -> Result<()> {
-        self.etcd.members[member].pause();
+        self.etcd.members[member].freeze();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let wrote = self.leader(None).await;
         self.etcd.members[member].resume();
         wrote?;
+        if !self.agents.values().all(|a| a.agent.authority_connected()) {
+            self.reconnect_agents().await?;
+        }
         Ok(())
     }
 
@@ -649,7 +776,7 @@ impl Run {
             // A peer's address reaches the asker through the new leader's directory.
             let mut granted = None;
             for _ in 0..20 {
-                match a.request_sa(peer).await {
+                match a.agent.request_sa(peer).await {
                     Ok(g) => {
                         granted = Some(g);
                         break;
