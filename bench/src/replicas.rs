@@ -95,10 +95,8 @@ pub struct ReplicaReport {
     pub seconds: f64,
 }
 
-/// Whether the `etcd` binary is here.
-pub fn etcd_installed() -> bool {
-    Command::new("etcd").arg("--version").output().is_ok()
-}
+pub use cpclink_keymgr::store::loopback::etcd_installed;
+use cpclink_keymgr::store::loopback::EtcdCluster;
 
 /// A small deterministic generator (splitmix64): the steps replay from the seed.
 struct Draw(u64);
@@ -123,13 +121,6 @@ fn fail(what: impl std::fmt::Display) -> Error {
 
 fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::KeyPlaneIo { context, source }
-}
-
-fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(io("finding a free TCP port"))?
-        .port())
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -213,84 +204,6 @@ impl Drop for Proc {
         // A frozen process must run again to die and free its ports.
         self.resume();
         self.kill();
-    }
-}
-
-/// A three-member (or any size) etcd cluster on loopback.
-#[derive(Debug)]
-pub struct EtcdCluster {
-    members: Vec<Proc>,
-    /// The members' client URLs.
-    pub urls: Vec<String>,
-}
-
-impl EtcdCluster {
-    /// Starts `size` members with their data under `dir`.
-    pub fn start(dir: &Path, size: usize) -> Result<Self> {
-        if !etcd_installed() {
-            return Err(fail(
-                "no `etcd` binary: install Debian's etcd-server (or etcd from etcd.io)",
-            ));
-        }
-        let ports = (0..size)
-            .map(|_| Ok((free_tcp_port()?, free_tcp_port()?)))
-            .collect::<Result<Vec<_>>>()?;
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect();
-        let initial = initial.join(",");
-        let mut members = Vec::new();
-        let mut urls = Vec::new();
-        for (i, (client, peer)) in ports.into_iter().enumerate() {
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let data = dir.join(format!("etcd-m{i}"));
-            let args = [
-                "--name",
-                &format!("m{i}"),
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-state",
-                "new",
-                // A member resumed after a freeze would otherwise call an election at once
-                // and depose a healthy raft leader.
-                "--pre-vote",
-            ]
-            .map(String::from)
-            .to_vec();
-            let log = dir.join(format!("etcd-m{i}.log"));
-            members.push(Proc::start(PathBuf::from("etcd"), args, log)?);
-            urls.push(url);
-        }
-        Ok(Self { members, urls })
-    }
-
-    /// A store on the cluster once it answers reads.
-    pub async fn connect(&self) -> Result<EtcdStore> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            if let Ok(s) = EtcdStore::connect(&self.urls, PREFIX).await {
-                if s.get("probe").await.is_ok() {
-                    return Ok(s);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(fail(format!("etcd at {:?} did not come up", self.urls)));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
@@ -394,8 +307,8 @@ pub async fn run(plan: &ReplicaPlan) -> Result<ReplicaReport> {
 impl Run {
     async fn start(plan: &ReplicaPlan) -> Result<Self> {
         let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
-        let etcd = EtcdCluster::start(dir.path(), 3)?;
-        let store = etcd.connect().await?;
+        let etcd = EtcdCluster::start_in(dir.path(), 3)?;
+        let store = etcd.connect(PREFIX).await?;
         let kek_file = dir.path().join("kek");
         std::fs::write(&kek_file, hex::encode(KEK)).map_err(io("writing the KEK"))?;
         let mut replicas = Vec::new();
@@ -403,7 +316,7 @@ impl Run {
             let id = format!("r{i}");
             let state_dir = dir.path().join(&id);
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()?));
-            let endpoints: Vec<String> = etcd.urls.iter().map(|u| format!("{u:?}")).collect();
+            let endpoints: Vec<String> = etcd.urls().iter().map(|u| format!("{u:?}")).collect();
             let config = format!(
                 "listen = \"{listen}\"\nstate_dir = {:?}\nkek_file = {:?}\n\
                  rotation_interval_secs = 86400\n\n[store]\nkind = \"etcd\"\n\
@@ -676,7 +589,7 @@ impl Run {
 
     /// Freezes etcd member `member` for a while, writing through the leader meanwhile.
     async fn freeze_etcd(&mut self, member: usize) -> Result<()> {
-        self.etcd.members[member].freeze();
+        self.etcd.members[member].pause();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let wrote = self.leader(None).await;
         self.etcd.members[member].resume();
