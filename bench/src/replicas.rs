@@ -65,6 +65,26 @@ pub struct FailoverMs {
     pub samples: usize,
 }
 
+impl FailoverMs {
+    /// The percentiles of `samples`.
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let pick = |p: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+            samples[i.min(samples.len() - 1)]
+        };
+        Self {
+            p50: pick(0.5),
+            p99: pick(0.99),
+            max: samples.last().copied().unwrap_or(0.0),
+            samples: samples.len(),
+        }
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplicaReport {
@@ -80,6 +100,9 @@ pub struct ReplicaReport {
     pub seed: u64,
     /// From killing the leader to the first write the new leader accepted.
     pub failover_ms: FailoverMs,
+    /// From killing (or freezing) the leader to every agent following the new leader,
+    /// each agent finding it by itself through its list of replica addresses.
+    pub agents_back_ms: FailoverMs,
     /// Agents enrolled (each acknowledged enrolment is checked after every step).
     pub enrolled: usize,
     /// Distinct SA grants checked for reuse of (appliance, generation, SPI).
@@ -210,17 +233,10 @@ impl Drop for Proc {
 /// One authority replica process.
 struct Replica {
     id: String,
+    /// Its control address, as every agent lists it.
+    addr: SocketAddr,
     state_dir: PathBuf,
     proc: Proc,
-}
-
-/// An agent this run enrolled, with how to start it again.
-struct Agent {
-    agent: KeyAgent,
-    state_dir: PathBuf,
-    /// Its store, kept across restarts (a stopped agent's tasks may hold a file store's
-    /// lock a while after it stops).
-    store: MemoryStore,
 }
 
 /// The cluster under test and what was promised so far.
@@ -231,7 +247,7 @@ struct Run {
     election: Election,
     replicas: Vec<Replica>,
     ca: rustls::pki_types::CertificateDer<'static>,
-    agents: HashMap<String, Agent>,
+    agents: HashMap<String, KeyAgent>,
     /// Spent tokens, by appliance: each must be refused if redeemed again.
     tokens: Vec<(String, String)>,
     /// Every (granting appliance, generation, SPI) seen.
@@ -249,12 +265,13 @@ pub async fn run(plan: &ReplicaPlan) -> Result<ReplicaReport> {
     let mut draw = Draw(plan.seed);
     let (mut kills, mut pauses, mut etcd_stops) = (0, 0, 0);
     let mut failovers = Vec::new();
+    let mut agents_back = Vec::new();
     while kills < plan.kills {
         // With chaos, one step in eight freezes the leader and one freezes an etcd member.
         let step = if plan.chaos { draw.below(8) } else { 0 };
         match step {
             6 => {
-                run.pause_leader().await?;
+                agents_back.extend(run.pause_leader().await?);
                 pauses += 1;
             }
             7 => {
@@ -263,7 +280,9 @@ pub async fn run(plan: &ReplicaPlan) -> Result<ReplicaReport> {
                 etcd_stops += 1;
             }
             _ => {
-                failovers.push(run.kill_leader().await?);
+                let (failover, back) = run.kill_leader().await?;
+                failovers.push(failover);
+                agents_back.extend(back);
                 kills += 1;
                 if run.agents.len() < plan.agents {
                     run.enrol(&format!("agent-{}", run.agents.len())).await?;
@@ -275,26 +294,14 @@ pub async fn run(plan: &ReplicaPlan) -> Result<ReplicaReport> {
             break;
         }
     }
-    failovers.sort_by(f64::total_cmp);
-    let pick = |p: f64| {
-        if failovers.is_empty() {
-            return 0.0;
-        }
-        let i = ((failovers.len() as f64 - 1.0) * p).round() as usize;
-        failovers[i.min(failovers.len() - 1)]
-    };
     Ok(ReplicaReport {
         replicas: plan.replicas,
         kills,
         pauses,
         etcd_stops,
         seed: plan.seed,
-        failover_ms: FailoverMs {
-            p50: pick(0.5),
-            p99: pick(0.99),
-            max: failovers.last().copied().unwrap_or(0.0),
-            samples: failovers.len(),
-        },
+        failover_ms: FailoverMs::of(failovers),
+        agents_back_ms: FailoverMs::of(agents_back),
         enrolled: run.agents.len(),
         grants: run.grants.len(),
         rotations_across_failover: run.rotations_checked,
@@ -333,6 +340,7 @@ impl Run {
             let log = dir.path().join(format!("{id}.log"));
             replicas.push(Replica {
                 id,
+                addr: listen,
                 state_dir,
                 proc: Proc::start(plan.binary.clone(), args, log)?,
             });
@@ -450,39 +458,37 @@ impl Run {
             other => return Err(fail(format!("token for {id} refused: {other:?}"))),
         };
         let state_dir = self.dir.path().join("agents").join(id);
-        let store = MemoryStore::default();
         let agent = self
-            .start_agent(id, &state_dir, &store, Some(token.clone()))
+            .start_agent(id, &state_dir, leader, token.clone())
             .await?;
         self.tokens.push((id.to_owned(), token));
-        self.agents.insert(
-            id.to_owned(),
-            Agent {
-                agent,
-                state_dir,
-                store,
-            },
-        );
+        self.agents.insert(id.to_owned(), agent);
         Ok(())
     }
 
+    /// Starts an agent that lists every replica, `leader` first, and waits for its feed.
     async fn start_agent(
         &mut self,
         id: &str,
         state_dir: &Path,
-        store: &MemoryStore,
-        token: Option<String>,
+        leader: usize,
+        token: String,
     ) -> Result<KeyAgent> {
         let deadline = Instant::now() + SETTLE;
+        let store = MemoryStore::default();
+        let n = self.replicas.len();
+        let authorities: Vec<SocketAddr> = (0..n)
+            .map(|i| self.replicas[(leader + i) % n].addr)
+            .collect();
         loop {
             let opts = AgentOptions {
                 appliance: id.to_owned(),
-                authorities: vec![self.leader_addr().await?],
+                authorities: authorities.clone(),
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir: state_dir.to_owned(),
                 kek: Kek::from_bytes(KEK),
                 ca_cert: self.ca.clone(),
-                token: token.clone().map(zeroize::Zeroizing::new),
+                token: Some(zeroize::Zeroizing::new(token.clone())),
                 endpoints: Vec::new(),
                 capabilities: Vec::new(),
                 prefixes: Vec::new(),
@@ -522,35 +528,34 @@ impl Run {
         }
     }
 
-    /// Points every agent at the current leader again (until agents follow a list of
-    /// authority addresses themselves, a restarted agent is how they fail over).
-    async fn reconnect_agents(&mut self) -> Result<()> {
-        let ids: Vec<String> = self.agents.keys().cloned().collect();
-        for id in ids {
-            let Some(old) = self.agents.remove(&id) else {
-                continue;
-            };
-            old.agent.shutdown();
-            drop(old.agent);
-            let agent = self
-                .start_agent(&id, &old.state_dir, &old.store, None)
-                .await?;
-            self.agents.insert(
-                id,
-                Agent {
-                    agent,
-                    state_dir: old.state_dir,
-                    store: old.store,
-                },
-            );
+    /// Waits until every agent follows the replica that leads now, by itself: the time
+    /// each took from `since`, in milliseconds. One that does not within the settle time
+    /// is a violation (agents fail over through their lists of replica addresses).
+    async fn agents_follow(&mut self, since: Instant) -> Result<Vec<f64>> {
+        let leader = self.leader_addr().await?;
+        let mut back = Vec::new();
+        for (id, agent) in &self.agents {
+            let followed = wait_for(SETTLE, || {
+                (agent.authority_connected() && agent.current_authority() == leader).then_some(())
+            })
+            .await;
+            match followed {
+                Some(()) => back.push(since.elapsed().as_secs_f64() * 1e3),
+                None => self.violations.push(format!(
+                    "{id} did not follow the new leader {leader} within {}s (it follows {})",
+                    SETTLE.as_secs(),
+                    agent.current_authority()
+                )),
+            }
         }
-        Ok(())
+        Ok(back)
     }
 
     /// Orders a rotation, kills the leader (-9), times the first write another replica
     /// accepts, restarts the killed one, and checks the rotation completes under the new
-    /// leader. Returns the failover time in milliseconds.
-    async fn kill_leader(&mut self) -> Result<f64> {
+    /// leader. Returns the failover time and each agent's time to follow the new leader,
+    /// in milliseconds.
+    async fn kill_leader(&mut self) -> Result<(f64, Vec<f64>)> {
         let old = self.leader(None).await?;
         let ordered = self.rotate(old).await?;
         let killed = Instant::now();
@@ -563,16 +568,18 @@ impl Run {
             self.replicas[old].id,
             self.replicas[new].id
         );
-        self.reconnect_agents().await?;
+        let back = self.agents_follow(killed).await?;
         self.rotation_completes(ordered).await;
-        Ok(failover)
+        Ok((failover, back))
     }
 
     /// Freezes the leader past its lease, waits for another to lead, resumes it and asks
     /// it for a write at once (it may still believe it leads): that write must not land.
-    async fn pause_leader(&mut self) -> Result<()> {
+    /// Returns each agent's time from the freeze to following the new leader, milliseconds.
+    async fn pause_leader(&mut self) -> Result<Vec<f64>> {
         let old = self.leader(None).await?;
         let ordered = self.rotate(old).await?;
+        let frozen = Instant::now();
         self.replicas[old].proc.freeze();
         let new = self.leader(Some(old)).await;
         self.replicas[old].proc.resume();
@@ -582,9 +589,9 @@ impl Run {
             // finds a line by a former leader after its successor's.
             self.stale_accepted += 1;
         }
-        self.reconnect_agents().await?;
+        let back = self.agents_follow(frozen).await?;
         self.rotation_completes(ordered).await;
-        Ok(())
+        Ok(back)
     }
 
     /// Freezes etcd member `member` for a while, writing through the leader meanwhile.
@@ -594,9 +601,7 @@ impl Run {
         let wrote = self.leader(None).await;
         self.etcd.members[member].resume();
         wrote?;
-        if !self.agents.values().all(|a| a.agent.authority_connected()) {
-            self.reconnect_agents().await?;
-        }
+        self.agents_follow(Instant::now()).await?;
         Ok(())
     }
 
@@ -689,7 +694,7 @@ impl Run {
             // A peer's address reaches the asker through the new leader's directory.
             let mut granted = None;
             for _ in 0..20 {
-                match a.agent.request_sa(peer).await {
+                match a.request_sa(peer).await {
                     Ok(g) => {
                         granted = Some(g);
                         break;

@@ -4,8 +4,9 @@
 //! resumes it, and freezes etcd members. After every step: no token redeemed twice, no
 //! (appliance, generation, SPI) granted twice, every acknowledged enrolment still listed,
 //! the audit chain verifies with no fork, gap or edit, a rotation ordered before a failover
-//! is acknowledged after it, and no line of a resumed former leader lands after its
-//! successor's.
+//! is acknowledged after it, no line of a resumed former leader lands after its
+//! successor's, and every agent follows the new leader by itself, through its list of
+//! replica addresses.
 //!
 //! `CPCLINK_CHAOS_SEED` replays a run (the seed is printed); `CPCLINK_CHAOS_KILLS` sets the
 //! number of leader kills (default 50, the CI figure). The invariant checks are
@@ -46,4 +47,6 @@ fn replicas_keep_every_promise_through_leader_kills_pauses_and_etcd_freezes() {
     assert_eq!(report.kills, kills);
     assert!(report.rotations_across_failover >= kills);
     assert!(report.grants > 0, "no SA was granted: nothing was checked");
+    // At least the two first agents followed each new leader by themselves.
+    assert!(report.agents_back_ms.samples >= 2 * kills);
 }

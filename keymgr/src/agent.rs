@@ -371,8 +371,7 @@ impl KeyAgent {
             .with_fix("name the authority's control address (or one per replica)")
             .into());
         };
-        let endpoint = quinn::Endpoint::client(opts.listen)
-            .map_err(|e| Error::io(format!("binding {}", opts.listen), e))?;
+        let endpoint = tls::endpoint(opts.listen, None, &opts.kek)?;
         let control = endpoint
             .local_addr()
             .map_err(|e| Error::io("reading the bound control address", e))?;
@@ -1084,12 +1083,13 @@ impl KeyAgent {
     /// each attempt after a jittered wait that grows while none answers.
     async fn feed_loop(self) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
+        let mut after_redirect = Backoff::new(RETRY_FIRST, failover::REDIRECT_RETRY_CAP);
         let mut last = None;
         loop {
             let (addr, limit) = {
                 let mut route = self.route();
                 let addr = route.next(last);
-                (addr, route.handshake_limit())
+                (addr, addr.and_then(|a| route.handshake_limit(a)))
             };
             let Some(addr) = addr else { return };
             last = Some(addr);
@@ -1107,7 +1107,7 @@ impl KeyAgent {
                 }
                 Ok(FeedEnd::Ended) => "the authority ended the feed".to_owned(),
                 Ok(FeedEnd::NotLeader(leader)) => {
-                    self.route().lost(addr, leader);
+                    self.route().redirected(addr, leader);
                     redirected = true;
                     match leader {
                         Some(l) => format!("{addr} is not the leader; {l} is"),
@@ -1115,8 +1115,11 @@ impl KeyAgent {
                     }
                 }
                 Err(e) => {
+                    let mut route = self.route();
                     if matches!(e, Error::Timeout(_)) {
-                        self.route().timed_out();
+                        route.timed_out(addr);
+                    } else {
+                        route.failed(addr);
                     }
                     e.to_string()
                 }
@@ -1128,14 +1131,22 @@ impl KeyAgent {
                 // It worked until now: the next attempt comes soon, at the next replica
                 // unless this one was a follower that named another.
                 backoff.reset();
+                after_redirect.reset();
                 let mut route = self.route();
                 route.connected();
                 if !redirected {
-                    route.lost(addr, None);
+                    route.feed_lost(addr);
                 }
             }
             self.authority_unreachable(&reason);
-            tokio::time::sleep(backoff.next_delay()).await;
+            // A follower answered: the cluster is up and a leader an election away, so the
+            // wait stays short; otherwise it grows while nothing answers.
+            let wait = if redirected {
+                after_redirect.next_delay()
+            } else {
+                backoff.next_delay()
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -1472,19 +1483,21 @@ async fn request_certificate(
         attempts -= 1;
         let Some(addr) = route.next(last) else { break };
         last = Some(addr);
-        match enrol_at(endpoint, &req, &csr, addr, route.handshake_limit()).await {
+        match enrol_at(endpoint, &req, &csr, addr, route.handshake_limit(addr)).await {
             Ok(Enrolment::Issued(cert)) => return Ok((cert, key, addr)),
             Ok(Enrolment::NotLeader(leader)) => {
                 tracing::info!(
                     "authority at {addr} is not the leader; enrolling at {}",
                     leader.map_or_else(|| "the next replica".to_owned(), |l| l.to_string())
                 );
-                route.lost(addr, leader);
+                route.redirected(addr, leader);
                 failure = Error::Refused(format!("{addr} is not the leader"));
             }
             Err(e @ (Error::Quic(_) | Error::Timeout(_))) => {
                 if matches!(e, Error::Timeout(_)) {
-                    route.timed_out();
+                    route.timed_out(addr);
+                } else {
+                    route.failed(addr);
                 }
                 if req.authorities.len() > 1 {
                     tracing::warn!(

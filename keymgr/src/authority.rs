@@ -541,8 +541,7 @@ impl Authority {
 
         let server_cfg = tls::server_config(&material.ca.cert_der(), &material.server, false)?;
         let https = tls::https_server(&material.ca.cert_der(), &material.server)?;
-        let endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
-            .map_err(|e| Error::io(format!("binding {}", cfg.listen), e))?;
+        let endpoint = tls::endpoint(cfg.listen, Some(server_cfg), &kek)?;
         // The address bound, not the one configured: a port 0 is chosen by the system.
         let bound = endpoint.local_addr().unwrap_or(cfg.listen);
         let (audit_queue, audit_queued) = mpsc::unbounded_channel();

@@ -55,6 +55,16 @@ impl Kek {
         Ok(Self(key))
     }
 
+    /// A 256-bit secret for `label` derived from the KEK (HMAC-SHA256): the same on every
+    /// start and on every holder of the KEK, and telling nothing of the KEK itself.
+    pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.as_ref());
+        let tag = aws_lc_rs::hmac::sign(&key, label.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     fn key(&self) -> Result<LessSafeKey> {
         let unbound = UnboundKey::new(&AES_256_GCM, self.0.as_ref())
             .map_err(|_| Error::KeyWrap("bad key-encryption key"))?;

@@ -186,12 +186,14 @@ fn replica_bench(
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         println!(
-            "{} replicas, {} leader kills: failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} agents, {} grants, {} rotations across failovers; violations: {}",
+            "{} replicas, {} leader kills: failover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; agents following the new leader p50 {:.0} ms, p99 {:.0} ms; {} agents, {} grants, {} rotations across failovers; violations: {}",
             report.replicas,
             report.kills,
             report.failover_ms.p50,
             report.failover_ms.p99,
             report.failover_ms.max,
+            report.agents_back_ms.p50,
+            report.agents_back_ms.p99,
             report.enrolled,
             report.grants,
             report.rotations_across_failover,

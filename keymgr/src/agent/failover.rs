@@ -7,8 +7,14 @@
 //! lost, wrapping round, with the lost one last (it may come back). Waits between attempts
 //! come from [`crate::backoff::Backoff`], so the thousands of agents one replica's death
 //! cuts off spread their reconnections instead of arriving in the same instant.
+//!
+//! Until its lease runs out, a dead leader is still the leader its followers name. An
+//! address that failed since the agent last had a feed is therefore not believed at once:
+//! a follower naming it sends the agent on through the rest of the round, that address
+//! last, instead of back to it. Each address has its own handshake limit, so a dead one's
+//! growing limit does not slow the handshakes with the live ones.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +27,9 @@ use crate::authority::CLOSE_NOT_LEADER;
 pub const HANDSHAKE_FIRST: Duration = Duration::from_secs(2);
 /// The longest a handshake is given: the transport's idle timeout ends it anyway.
 pub const HANDSHAKE_CAP: Duration = Duration::from_secs(10);
+/// The longest wait after a follower's redirect: a live replica answered, so the cluster
+/// is up and a leader is at most an election away.
+pub const REDIRECT_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// The leader a follower named when it closed a connection with [`CLOSE_NOT_LEADER`], if
 /// the connection was closed so and the reason parses as an address.
@@ -45,8 +54,11 @@ pub struct AuthorityRoute {
     listed: Vec<SocketAddr>,
     /// What is left to try in this round.
     pending: VecDeque<SocketAddr>,
-    /// Handshakes that timed out in a row (each doubles the next one's limit).
-    timeouts: u32,
+    /// Handshakes that timed out in a row, by address (each doubles that address's next
+    /// limit).
+    timeouts: HashMap<SocketAddr, u32>,
+    /// Addresses that failed (or whose feed was lost) since the agent last had a feed.
+    failed: HashSet<SocketAddr>,
 }
 
 impl AuthorityRoute {
@@ -56,7 +68,8 @@ impl AuthorityRoute {
         Self {
             listed,
             pending,
-            timeouts: 0,
+            timeouts: HashMap::new(),
+            failed: HashSet::new(),
         }
     }
 
@@ -84,6 +97,33 @@ impl AuthorityRoute {
         self.pending = self.order_after(Some(lost), leader).into();
     }
 
+    /// The feed from `lost` ended after it had worked: a new round after it, and `lost` is
+    /// not believed when a follower names it until it has answered again.
+    pub fn feed_lost(&mut self, lost: SocketAddr) {
+        self.lost(lost, None);
+        self.failed.insert(lost);
+    }
+
+    /// The follower at `from` answered and named `leader`. A leader this agent has not
+    /// failed to reach is tried next; one it has (most likely a dead leader whose lease has
+    /// not run out) goes to the end of the round, after the replicas not asked yet.
+    pub fn redirected(&mut self, from: SocketAddr, leader: Option<SocketAddr>) {
+        self.failed.remove(&from);
+        self.timeouts.remove(&from);
+        match leader {
+            Some(l) if self.failed.contains(&l) => {
+                self.pending.retain(|a| *a != l && *a != from);
+                self.pending.push_back(l);
+            }
+            _ => self.lost(from, leader),
+        }
+    }
+
+    /// An attempt at `addr` failed without an answer.
+    pub fn failed(&mut self, addr: SocketAddr) {
+        self.failed.insert(addr);
+    }
+
     /// The order of a round that follows `lost`, `leader` first; no address twice.
     pub fn order_after(
         &self,
@@ -107,25 +147,30 @@ impl AuthorityRoute {
         order
     }
 
-    /// How long the next handshake may take before the next address is tried; `None`
-    /// when there is no other address, so the transport's own timeout applies.
-    pub fn handshake_limit(&self) -> Option<Duration> {
+    /// How long the next handshake with `addr` may take before the next address is
+    /// tried; `None` when there is no other address, so the transport's own timeout applies.
+    pub fn handshake_limit(&self, addr: SocketAddr) -> Option<Duration> {
         if self.listed.len() < 2 && self.pending.is_empty() {
             return None;
         }
-        let doubled = HANDSHAKE_FIRST.saturating_mul(1 << self.timeouts.min(8));
+        let timeouts = self.timeouts.get(&addr).copied().unwrap_or(0);
+        let doubled = HANDSHAKE_FIRST.saturating_mul(1 << timeouts.min(8));
         Some(doubled.min(HANDSHAKE_CAP))
     }
 
-    /// A handshake timed out: the next one is given longer (a loaded authority answers
-    /// slowly rather than not at all).
-    pub fn timed_out(&mut self) {
-        self.timeouts = self.timeouts.saturating_add(1);
+    /// A handshake with `addr` timed out: the next one with it is given longer (a loaded
+    /// authority answers slowly rather than not at all).
+    pub fn timed_out(&mut self, addr: SocketAddr) {
+        let t = self.timeouts.entry(addr).or_insert(0);
+        *t = t.saturating_add(1);
+        self.failed.insert(addr);
     }
 
-    /// A connection worked: limits start again from the first.
+    /// A connection worked: limits start again from the first, and every address is
+    /// believed again.
     pub fn connected(&mut self) {
-        self.timeouts = 0;
+        self.timeouts.clear();
+        self.failed.clear();
     }
 }
 
@@ -191,17 +236,46 @@ mod tests {
     fn a_single_authority_keeps_the_transport_timeout_and_several_grow_theirs() {
         let mut one = AuthorityRoute::new(vec![addr(1)]);
         one.next(None);
-        assert_eq!(one.handshake_limit(), None);
+        assert_eq!(one.handshake_limit(addr(1)), None);
         let mut r = AuthorityRoute::new(vec![addr(1), addr(2)]);
-        assert_eq!(r.handshake_limit(), Some(HANDSHAKE_FIRST));
-        r.timed_out();
-        assert_eq!(r.handshake_limit(), Some(HANDSHAKE_FIRST * 2));
+        assert_eq!(r.handshake_limit(addr(1)), Some(HANDSHAKE_FIRST));
+        r.timed_out(addr(1));
+        assert_eq!(r.handshake_limit(addr(1)), Some(HANDSHAKE_FIRST * 2));
+        // Only the address that timed out: a live replica's handshakes keep the first limit.
+        assert_eq!(r.handshake_limit(addr(2)), Some(HANDSHAKE_FIRST));
         for _ in 0..20 {
-            r.timed_out();
+            r.timed_out(addr(1));
         }
-        assert_eq!(r.handshake_limit(), Some(HANDSHAKE_CAP));
+        assert_eq!(r.handshake_limit(addr(1)), Some(HANDSHAKE_CAP));
         r.connected();
-        assert_eq!(r.handshake_limit(), Some(HANDSHAKE_FIRST));
+        assert_eq!(r.handshake_limit(addr(1)), Some(HANDSHAKE_FIRST));
+    }
+
+    #[test]
+    fn a_follower_naming_a_leader_that_just_failed_sends_the_agent_round_the_others_first() {
+        // Replica 1 led and was killed; until its lease runs out, 2 and 3 still name it.
+        let mut r = AuthorityRoute::new(vec![addr(1), addr(2), addr(3)]);
+        r.feed_lost(addr(1));
+        assert_eq!(r.next(None), Some(addr(2)));
+        r.redirected(addr(2), Some(addr(1)));
+        // Not back to 1: the replica not asked yet first, the failed leader last.
+        assert_eq!(r.next(None), Some(addr(3)));
+        r.redirected(addr(3), Some(addr(1)));
+        assert_eq!(r.next(None), Some(addr(1)));
+        r.timed_out(addr(1));
+        // A new round, and this time 3 names the leader elected meanwhile: it comes next.
+        assert_eq!(r.next(Some(addr(1))), Some(addr(2)));
+        r.redirected(addr(2), Some(addr(3)));
+        assert_eq!(r.next(None), Some(addr(3)));
+        // A leader not failed is believed at once, as before.
+        let mut fresh = AuthorityRoute::new(vec![addr(1), addr(2), addr(3)]);
+        assert_eq!(fresh.next(None), Some(addr(1)));
+        fresh.redirected(addr(1), Some(addr(3)));
+        assert_eq!(fresh.next(None), Some(addr(3)));
+        // An answer clears the failure: 1 restarted as a follower and is believed again.
+        r.failed(addr(1));
+        r.redirected(addr(1), Some(addr(2)));
+        assert_eq!(r.next(None), Some(addr(2)));
     }
 
     #[test]
