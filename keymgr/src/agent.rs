@@ -1466,18 +1466,22 @@ struct EnrolRequest<'a> {
 /// authority replica that answers (a follower that names its leader sends the request
 /// there), and returns the certificate the authority issued with its key and the address
 /// of the replica that issued it. An authority that answers and refuses is not asked again
-/// elsewhere: the replicas share one state, so another would refuse as well.
+/// elsewhere: the replicas share one state, so another would refuse as well. One that does
+/// not answer, or whose reply is lost with its connection, is asked again (each listed
+/// address up to [`ENROL_ROUNDS`] times, after a jittered wait): the key pair stays the
+/// same, so a request whose certificate was issued gets that certificate again.
 async fn request_certificate(
     endpoint: &quinn::Endpoint,
     req: EnrolRequest<'_>,
 ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>, SocketAddr)> {
     let (key, csr) = pki::appliance_csr(req.appliance)?;
     let mut route = AuthorityRoute::new(req.authorities.to_vec());
-    // Every listed replica once, and as many redirects again: a cluster in the middle of
-    // an election may bounce a request between followers, but not forever.
-    let mut attempts = 2 * req.authorities.len();
+    // Every listed replica a few times, and as many redirects again: a cluster in the
+    // middle of an election may bounce a request between followers, but not forever.
+    let mut attempts = (ENROL_ROUNDS + 1) * req.authorities.len();
     let mut last = None;
     let mut unanswered = 0;
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
     let mut failure = Error::Quic("no authority address".into());
     while attempts > 0 {
         attempts -= 1;
@@ -1493,7 +1497,9 @@ async fn request_certificate(
                 route.redirected(addr, leader);
                 failure = Error::Refused(format!("{addr} is not the leader"));
             }
-            Err(e @ (Error::Quic(_) | Error::Timeout(_))) => {
+            // A connection lost before the reply (`Io`) is asked again: a repeated request
+            // with the same key pair gets the certificate already issued.
+            Err(e @ (Error::Quic(_) | Error::Timeout(_) | Error::Io { .. })) => {
                 if matches!(e, Error::Timeout(_)) {
                     route.timed_out(addr);
                 } else {
@@ -1506,15 +1512,20 @@ async fn request_certificate(
                 }
                 failure = e;
                 unanswered += 1;
-                if unanswered >= req.authorities.len() {
+                if unanswered >= ENROL_ROUNDS * req.authorities.len() {
                     break;
                 }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => return Err(e),
         }
     }
     Err(failure)
 }
+
+/// How many times each listed authority address is asked for a certificate before
+/// enrolment gives up on it.
+const ENROL_ROUNDS: usize = 3;
 
 /// What one enrolment attempt came to.
 enum Enrolment {

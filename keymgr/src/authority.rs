@@ -1385,7 +1385,29 @@ impl Authority {
             // between the two writes. The redemption never completed, so it may complete
             // now, once: the appliance's record is then the guard.
             Some(_) if listed.is_none() => format!("appliance/{}", claims.appliance),
-            Some(_) => return Err(Error::Token(crate::TokenError::Reused)),
+            Some(_) => {
+                // The same appliance again, asking for the key pair it enrolled with: the
+                // reply to its enrolment was lost (a connection cut under load, a
+                // failover). The CSR proves it holds that key, so it gets the certificate
+                // it was issued; nothing is spent or written again.
+                let live = listed.is_some_and(|e| !e.revoked);
+                if live && self.csr_for_listed_key(&claims.appliance, csr).await {
+                    let issued = self
+                        .inner
+                        .store
+                        .get(&format!("cert/{}", claims.appliance))
+                        .await?;
+                    if let Some(issued) = issued {
+                        drop(st);
+                        tracing::info!(
+                            "{} asked again with the key pair it enrolled with: its reply was lost; sending its certificate again",
+                            claims.appliance
+                        );
+                        return Ok(self.inner.ca.with_chain(&issued));
+                    }
+                }
+                return Err(Error::Token(crate::TokenError::Reused));
+            }
         };
         let used = store::json(&(&claims.appliance, now_secs()));
         let entry = ApplianceEntry {

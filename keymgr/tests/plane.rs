@@ -91,6 +91,44 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// An agent whose enrolment reply was lost (its connection cut under load, a failover)
+/// asks again with the same token and key pair: it gets the certificate it was issued and
+/// nothing is written again. The same token with another key pair, or for an appliance
+/// revoked since, is still refused as spent.
+#[tokio::test]
+async fn a_lost_enrolment_reply_is_sent_again_for_the_same_key_pair_only() {
+    let p = plane().await;
+    let token = p.token("edge-1", "acme");
+    let (_key, csr) = cpclink_keymgr::pki::appliance_csr("edge-1").unwrap();
+    let enrol = |csr: Vec<u8>| {
+        let (authority, token) = (p.authority.clone(), token.clone());
+        async move {
+            authority
+                .enrol(&token, "edge-1", &csr, String::new(), vec![], vec![])
+                .await
+        }
+    };
+    let first = enrol(csr.clone()).await.unwrap();
+    let version = p.authority.directory().await.version;
+    let again = enrol(csr.clone()).await.unwrap();
+    assert_eq!(again, first, "not the certificate first issued");
+    assert_eq!(
+        p.authority.directory().await.version,
+        version,
+        "written again"
+    );
+
+    let (_other, other_csr) = cpclink_keymgr::pki::appliance_csr("edge-1").unwrap();
+    let e = enrol(other_csr).await.unwrap_err();
+    assert!(e.to_string().contains("already used"), "{e}");
+
+    p.authority.revoke("edge-1", "test").await.unwrap();
+    // Revoked: the old key pair gets nothing, lost reply or not.
+    let e = enrol(csr).await.unwrap_err();
+    assert!(!e.to_string().contains("BEGIN CERTIFICATE"), "{e}");
+    assert!(!p.authority.directory().await.is_active("edge-1"));
+}
+
 #[tokio::test]
 async fn enrolment_accepts_a_token_once_and_refuses_reused_expired_and_forged() {
     let p = plane().await;

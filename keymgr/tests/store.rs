@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use cpclink_keymgr::audit::{verify_store, AuditEvent, StoreChain};
 use cpclink_keymgr::store::{EtcdStore, MemoryStore, RedbStore, Store, Write};
 use support::etcd::{connect, dead_url, start_etcd};
 
@@ -324,4 +325,26 @@ async fn etcd_store_fails_over_reconnects_and_reports_refusals() {
         .to_string();
     assert!(e.contains("txn [/fo/dup, /fo/dup]"), "{e}");
     assert!(e.contains("duplicate key"), "{e}");
+}
+
+/// A long run of audit lines (a rotation at scale writes one per appliance) goes into a
+/// real etcd in transactions as large as etcd's default limit of 128 operations takes: a
+/// group one line too large would be refused whole.
+#[tokio::test]
+async fn a_long_audit_run_goes_into_etcd_in_full_transactions_and_verifies() {
+    let Some(etcd) = start_etcd() else { return };
+    let s = connect(&etcd, "/audit-groups/").await;
+    let events: Vec<AuditEvent> = (0..300)
+        .map(|i| AuditEvent::Rotated {
+            appliance: format!("sim-{i}"),
+            epoch: 1,
+        })
+        .collect();
+    let mut chain = StoreChain::default();
+    assert!(chain.append(&s, events, 0).await.unwrap());
+    // 126 lines and the head in each: 126 + 126 + 48.
+    assert_eq!(chain.writes(), 3);
+    assert_eq!(chain.lines(), 300);
+    let verified = verify_store(&s).await.unwrap();
+    assert_eq!(verified.lines, 300);
 }
