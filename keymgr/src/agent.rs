@@ -409,7 +409,8 @@ impl KeyAgent {
         let keys = load_or_create_keys(&store, &opts.kek, &opts.appliance).await?;
         let signer = MetricSigner::new(&opts.appliance, &identity)?;
         let https = tls::https_server(&opts.ca_cert, &identity)?;
-        let operators = crate::credentials::OperatorCredentials::new(&opts.ca_cert)?;
+        let operators =
+            crate::credentials::OperatorCredentials::for_appliance(&opts.ca_cert, &identity)?;
 
         let (events, events_rx) = mpsc::unbounded_channel();
         let agent = Self {

@@ -65,15 +65,34 @@ pub fn operator_uris(role: Role, tenant: Option<&str>) -> Vec<String> {
 /// Checks operator credentials against the CA certificate.
 #[derive(Debug, Clone)]
 pub struct OperatorCredentials {
-    ca: Verifier,
+    /// The CAs whose signature on a token is accepted: the one given, and for an appliance
+    /// under an operator's root, the intermediate its own certificate was issued by.
+    cas: Vec<Verifier>,
 }
 
 impl OperatorCredentials {
     /// Credentials the CA whose certificate (DER) is `ca` issued.
     pub fn new(ca: &[u8]) -> Result<Self> {
         Ok(Self {
-            ca: Verifier::from_certificate(ca)?,
+            cas: vec![Verifier::from_certificate(ca)?],
         })
+    }
+
+    /// Credentials for an appliance that trusts `anchor` and holds `identity`: the
+    /// authority signs tokens with its own CA's key, which under an operator's root is the
+    /// intermediate that issued `identity`. That intermediate is accepted too, once the
+    /// identity's chain is checked to lead to `anchor`.
+    pub fn for_appliance(
+        anchor: &rustls::pki_types::CertificateDer<'static>,
+        identity: &crate::pki::KeyedCert,
+    ) -> Result<Self> {
+        let mut credentials = Self::new(anchor)?;
+        if let Some(issuer) = identity.chain.first() {
+            if crate::tls::chains_to(anchor, &identity.cert, &identity.chain) {
+                credentials.cas.push(Verifier::from_certificate(issuer)?);
+            }
+        }
+        Ok(credentials)
     }
 
     /// The claims of a token this CA signed and that has not expired at `now_secs`.
@@ -91,9 +110,12 @@ impl OperatorCredentials {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| "the operator token's signature is not base64url".to_owned())?;
-        self.ca
-            .verify(DOMAIN, SIGNER, body.as_bytes(), &signature)
-            .map_err(|_| "the operator token is not signed by this authority's CA".to_owned())?;
+        if !self.cas.iter().any(|ca| {
+            ca.verify(DOMAIN, SIGNER, body.as_bytes(), &signature)
+                .is_ok()
+        }) {
+            return Err("the operator token is not signed by this authority's CA".to_owned());
+        }
         let claims: OperatorClaims = URL_SAFE_NO_PAD
             .decode(body)
             .ok()

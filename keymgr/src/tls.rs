@@ -23,6 +23,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
+/// Whether `leaf`, with the CA certificates `intermediates` above it, chains to `anchor`
+/// as a certificate an appliance presents (client authentication, valid now).
+pub fn chains_to(
+    anchor: &CertificateDer<'static>,
+    leaf: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+) -> bool {
+    let Ok(roots) = roots(anchor) else {
+        return false;
+    };
+    let Ok(verifier) = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+        .is_ok()
+}
+
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone())?;

@@ -202,6 +202,30 @@ fn agents_trusting_only_the_operators_root_enrol_rotate_and_talk() {
         a.request_sa("b").await.unwrap();
         b.request_sa("a").await.unwrap();
 
+        // An operator token the authority signs (with its CA key: the intermediate's) is
+        // accepted by an appliance's management API that trusts only the root; one signed
+        // by another CA is not.
+        let claims = cpclink_keymgr::credentials::OperatorClaims {
+            id: "t1".into(),
+            name: "noc".into(),
+            role: cpclink_mgmt::Role::Viewer,
+            tenant: None,
+            expires: u64::MAX,
+        };
+        let signed = |key: &KeyPair| {
+            cpclink_keymgr::credentials::issue_token(&key.serialize_der(), &claims).unwrap()
+        };
+        let checked = a
+            .operator_credentials()
+            .check_token(&signed(&intermediate.key), 0)
+            .unwrap();
+        assert_eq!(checked.name, "noc");
+        let stranger_ca = OperatorCa::root("not this operator");
+        assert!(a
+            .operator_credentials()
+            .check_token(&signed(&stranger_ca.key), 0)
+            .is_err());
+
         // A rotation reaches both over the authority's connections.
         let epoch = b.epoch().await;
         authority.rotate_all("test").await.unwrap();
