@@ -403,18 +403,10 @@ impl Run {
         }
     }
 
-    /// The leader's control address.
+    /// The leader's control address (of the replica that leads and accepted a write).
     async fn leader_addr(&mut self) -> Result<SocketAddr> {
-        self.leader(None).await?;
-        let l = self
-            .election
-            .leader()
-            .await?
-            .ok_or_else(|| fail("the leader went away"))?;
-        l.candidate
-            .address
-            .parse()
-            .map_err(|e| fail(format!("leader address {}: {e}", l.candidate.address)))
+        let i = self.leader(None).await?;
+        Ok(self.replicas[i].addr)
     }
 
     /// Asks replica `i` for a write (an audited token): whether it accepted it.
@@ -529,26 +521,51 @@ impl Run {
     }
 
     /// Waits until every agent follows the replica that leads now, by itself: the time
-    /// each took from `since`, in milliseconds. One that does not within the settle time
-    /// is a violation (agents fail over through their lists of replica addresses).
+    /// each took from `since`, in milliseconds. The leader is read again on every look (an
+    /// etcd member's freeze may move it meanwhile). One that does not follow within the
+    /// settle time is a violation (agents fail over through their lists of replica
+    /// addresses).
     async fn agents_follow(&mut self, since: Instant) -> Result<Vec<f64>> {
-        let leader = self.leader_addr().await?;
-        let mut back = Vec::new();
-        for (id, agent) in &self.agents {
-            let followed = wait_for(SETTLE, || {
-                (agent.authority_connected() && agent.current_authority() == leader).then_some(())
-            })
-            .await;
-            match followed {
-                Some(()) => back.push(since.elapsed().as_secs_f64() * 1e3),
-                None => self.violations.push(format!(
-                    "{id} did not follow the new leader {leader} within {}s (it follows {})",
-                    SETTLE.as_secs(),
-                    agent.current_authority()
-                )),
+        // A leader that accepts writes first, so the wait below measures the agents.
+        self.leader(None).await?;
+        let deadline = Instant::now() + SETTLE;
+        let mut back: HashMap<String, f64> = HashMap::new();
+        loop {
+            let leading = match self.election.leader().await {
+                Ok(Some(l)) => self
+                    .replicas
+                    .iter()
+                    .find(|r| r.id == l.candidate.id)
+                    .map(|r| r.addr),
+                _ => None,
+            };
+            if let Some(leader) = leading {
+                for (id, agent) in &self.agents {
+                    if !back.contains_key(id)
+                        && agent.authority_connected()
+                        && agent.current_authority() == leader
+                    {
+                        back.insert(id.clone(), since.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
             }
+            if back.len() == self.agents.len() {
+                return Ok(back.into_values().collect());
+            }
+            if Instant::now() > deadline {
+                for (id, agent) in &self.agents {
+                    if !back.contains_key(id) {
+                        self.violations.push(format!(
+                            "{id} did not follow the new leader within {}s (it follows {})",
+                            SETTLE.as_secs(),
+                            agent.current_authority()
+                        ));
+                    }
+                }
+                return Ok(back.into_values().collect());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(back)
     }
 
     /// Orders a rotation, kills the leader (-9), times the first write another replica
