@@ -217,7 +217,8 @@ fn per_appliance_limit(n: usize) -> Duration {
     PHASE_LIMIT + Duration::from_millis(60).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The nearest-rank `p` quantile of `sorted` (0 when empty).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

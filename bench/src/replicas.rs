@@ -2,6 +2,8 @@
 //! keymgr` replica processes on it, and key agents (in this process, over real QUIC)
 //! enrolling, rotating and granting SAs to each other while the leader is killed (-9) and
 //! restarted, frozen (SIGSTOP) past its lease and resumed, and etcd members are frozen.
+//! Each agent is given every replica's address, as an operator would configure it, and
+//! finds the leader (and the next one, after a failover) by itself.
 //!
 //! After every step the invariants are checked ([`Run::check`]); each one broken is named
 //! in [`ReplicaReport::violations`]. `cpclink bench keymgr --replicas 3 --kills 20` runs
@@ -69,16 +71,9 @@ impl FailoverMs {
     /// The percentiles of `samples`.
     fn of(mut samples: Vec<f64>) -> Self {
         samples.sort_by(f64::total_cmp);
-        let pick = |p: f64| {
-            if samples.is_empty() {
-                return 0.0;
-            }
-            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-            samples[i.min(samples.len() - 1)]
-        };
         Self {
-            p50: pick(0.5),
-            p99: pick(0.99),
+            p50: crate::keyplane::percentile(&samples, 0.5),
+            p99: crate::keyplane::percentile(&samples, 0.99),
             max: samples.last().copied().unwrap_or(0.0),
             samples: samples.len(),
         }
@@ -450,27 +445,21 @@ impl Run {
             other => return Err(fail(format!("token for {id} refused: {other:?}"))),
         };
         let state_dir = self.dir.path().join("agents").join(id);
-        let agent = self
-            .start_agent(id, &state_dir, leader, token.clone())
-            .await?;
+        let agent = self.start_agent(id, &state_dir, token.clone()).await?;
         self.tokens.push((id.to_owned(), token));
         self.agents.insert(id.to_owned(), agent);
         Ok(())
     }
 
-    /// Starts an agent that lists every replica, `leader` first, and waits for its feed.
-    async fn start_agent(
-        &mut self,
-        id: &str,
-        state_dir: &Path,
-        leader: usize,
-        token: String,
-    ) -> Result<KeyAgent> {
+    /// Starts agent `id` with every replica's address, beginning at a different replica
+    /// for each agent (most enrol through a follower's redirect), and waits for its feed.
+    async fn start_agent(&mut self, id: &str, state_dir: &Path, token: String) -> Result<KeyAgent> {
         let deadline = Instant::now() + SETTLE;
         let store = MemoryStore::default();
+        let first = self.agents.len();
         let n = self.replicas.len();
         let authorities: Vec<SocketAddr> = (0..n)
-            .map(|i| self.replicas[(leader + i) % n].addr)
+            .map(|i| self.replicas[(first + i) % n].addr)
             .collect();
         loop {
             let opts = AgentOptions {
@@ -507,7 +496,7 @@ impl Run {
                     }
                     agent.shutdown();
                 }
-                // The leader may have changed between the lookup and the connection.
+                // Every replica may be between leaders for a moment.
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!("starting {id} failed, retrying: {e}");
                 }

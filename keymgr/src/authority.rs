@@ -1390,21 +1390,23 @@ impl Authority {
                 // reply to its enrolment was lost (a connection cut under load, a
                 // failover). The CSR proves it holds that key, so it gets the certificate
                 // it was issued; nothing is spent or written again.
-                let live = listed.is_some_and(|e| !e.revoked);
-                if live && self.csr_for_listed_key(&claims.appliance, csr).await {
-                    let issued = self
-                        .inner
-                        .store
-                        .get(&format!("cert/{}", claims.appliance))
-                        .await?;
-                    if let Some(issued) = issued {
-                        drop(st);
-                        tracing::info!(
-                            "{} asked again with the key pair it enrolled with: its reply was lost; sending its certificate again",
-                            claims.appliance
-                        );
-                        return Ok(self.inner.ca.with_chain(&issued));
+                let issued = match listed {
+                    Some(e) if !e.revoked => {
+                        let key = format!("cert/{}", claims.appliance);
+                        self.inner.store.get(&key).await?
                     }
+                    _ => None,
+                };
+                let asked = pki::csr_key_bits(csr).ok();
+                if let Some(issued) =
+                    issued.filter(|c| asked.is_some() && pki::key_bits_of(c).ok() == asked)
+                {
+                    drop(st);
+                    tracing::info!(
+                        "{} asked again with the key pair it enrolled with: its reply was lost; sending its certificate again",
+                        claims.appliance
+                    );
+                    return Ok(self.inner.ca.with_chain(&issued));
                 }
                 return Err(Error::Token(crate::TokenError::Reused));
             }

@@ -82,7 +82,7 @@ impl Authority {
     }
 
     /// Whether `csr` asks for a certificate of the key pair of `id`'s listed certificate.
-    pub(super) async fn csr_for_listed_key(&self, id: &str, csr: &[u8]) -> bool {
+    async fn csr_for_listed_key(&self, id: &str, csr: &[u8]) -> bool {
         match (pki::csr_key_bits(csr), self.listed_key(id).await) {
             (Ok(asked), Some(listed)) => asked == listed,
             _ => false,
