@@ -298,3 +298,81 @@ mod tests {
         assert_eq!(negotiated(provider(), classic), NamedGroup::X25519);
     }
 }
+
+#[cfg(test)]
+mod restart_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::{Ca, AUTHORITY_NAME};
+    use crate::seal::Kek;
+
+    /// A server endpoint that dies without a word (its runtime dropped, as a kill -9 drops
+    /// a process) and comes back on the same address: with the keys derived from the same
+    /// KEK, the client's next keep-alive is answered with a reset it accepts; with another
+    /// KEK, nothing it recognises comes back and only the idle timeout would end it.
+    fn reset_after_restart(same_kek: bool) -> Option<quinn::ConnectionError> {
+        let ca = Ca::generate("test ca").unwrap();
+        let server_cert = ca.issue_authority().unwrap();
+        let server_cfg = || server_config(&ca.cert_der(), &server_cert, false).unwrap();
+        let kek = Kek::from_bytes([5; 32]);
+        let first = tokio::runtime::Runtime::new().unwrap();
+        let server = first.block_on(async {
+            endpoint(
+                (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+                Some(server_cfg()),
+                &kek,
+            )
+        });
+        let server = server.unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepting = server.clone();
+        first.spawn(async move {
+            let conn = accepting.accept().await?.await.ok()?;
+            conn.closed().await;
+            Some(())
+        });
+        let client_rt = tokio::runtime::Runtime::new().unwrap();
+        let conn = client_rt.block_on(async {
+            let client =
+                quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+            client
+                .connect_with(
+                    client_config(&ca.cert_der(), None).unwrap(),
+                    addr,
+                    AUTHORITY_NAME,
+                )
+                .unwrap()
+                .await
+                .unwrap()
+        });
+        drop(server);
+        drop(first);
+        let other = Kek::from_bytes([6; 32]);
+        let again = tokio::runtime::Runtime::new().unwrap();
+        let _restarted = again
+            .block_on(async {
+                endpoint(
+                    addr,
+                    Some(server_cfg()),
+                    if same_kek { &kek } else { &other },
+                )
+            })
+            .unwrap();
+        // Keep-alives go every 2 s; the idle timeout is 10 s.
+        client_rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .ok()
+        })
+    }
+
+    #[test]
+    fn a_restarted_endpoint_resets_its_predecessors_connections() {
+        assert!(matches!(
+            reset_after_restart(true),
+            Some(quinn::ConnectionError::Reset)
+        ));
+        assert!(reset_after_restart(false).is_none());
+    }
+}
