@@ -4,6 +4,7 @@
 //! here too, so the product crates carry none.
 
 pub mod compare;
+pub mod cpu;
 pub mod crypto;
 pub mod dataplane;
 pub mod keyplane;

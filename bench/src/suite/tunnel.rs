@@ -17,7 +17,54 @@ use std::time::{Duration, Instant};
 use super::plot::{Plot, Series};
 use super::report::{median, Figure, Stage, Table};
 use super::{pick, Context, Outcome, Progress};
+use crate::cpu::{CpuReading, CpuUse};
 use crate::netns::Netns;
+
+/// The CPU a path's measurements took, summed over its rounds.
+#[derive(Debug, Clone, Default)]
+struct CpuCost {
+    /// Wall seconds measured.
+    seconds: f64,
+    /// The machine's busy core-seconds in them.
+    busy: f64,
+    /// Each of the path's own processes' core-seconds in them (side A's first).
+    processes: Vec<f64>,
+    /// Gbit carried in them.
+    gbit: f64,
+}
+
+impl CpuCost {
+    fn add(&mut self, used: CpuUse, wall: Duration, gbit: f64) {
+        let secs = wall.as_secs_f64();
+        self.seconds += secs;
+        self.busy += used.busy_cores * secs;
+        self.processes
+            .resize(used.process_cores.len().max(self.processes.len()), 0.0);
+        for (sum, cores) in self.processes.iter_mut().zip(&used.process_cores) {
+            *sum += cores * secs;
+        }
+        self.gbit += gbit;
+    }
+
+    fn busy_cores(&self) -> Option<f64> {
+        (self.seconds > 0.0).then(|| self.busy / self.seconds)
+    }
+
+    /// Each process's average cores, side A's first: "0.62 + 0.71".
+    fn process_cores(&self) -> Option<String> {
+        (self.seconds > 0.0 && !self.processes.is_empty()).then(|| {
+            self.processes
+                .iter()
+                .map(|c| format!("{:.2}", c / self.seconds))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+    }
+
+    fn gbit_per_core_second(&self) -> Option<f64> {
+        (self.busy > 0.0).then(|| self.gbit / self.busy)
+    }
+}
 
 /// A path TCP is measured through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,21 +568,29 @@ pub(super) fn stage(
             .map_err(Outcome::Fail)?;
         std::thread::sleep(Duration::from_millis(300));
     }
-    let mut live: Vec<(PeerKind, Ipv4Addr)> = Vec::new();
+    // Each live path, the address TCP goes to, and the processes that carry it.
+    let mut live: Vec<(PeerKind, Ipv4Addr, Vec<u32>)> = Vec::new();
     for peer in &peers {
         match &peer.program {
             Err(reason) => skip(peer.kind, reason),
-            Ok(program) => match bench.bring_up(peer.kind, program.as_deref()) {
-                Ok(addr) => live.push((peer.kind, addr)),
-                Err(reason) => skip(peer.kind, &reason),
-            },
+            Ok(program) => {
+                let first = bench.children.len();
+                match bench.bring_up(peer.kind, program.as_deref()) {
+                    Ok(addr) => {
+                        let pids = bench.children[first..].iter().map(Child::id).collect();
+                        live.push((peer.kind, addr, pids));
+                    }
+                    Err(reason) => skip(peer.kind, &reason),
+                }
+            }
         }
     }
     progress.steps(plan.rounds * live.len());
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); live.len()];
+    let mut cpu: Vec<CpuCost> = vec![CpuCost::default(); live.len()];
     let mut failed: Vec<Option<String>> = vec![None; live.len()];
     for round in 0..plan.rounds {
-        for (i, (kind, addr)) in live.iter().enumerate() {
+        for (i, (kind, addr, pids)) in live.iter().enumerate() {
             if failed[i].is_some() {
                 progress.step(format!(
                     "round {}: {} failed before",
@@ -544,8 +599,18 @@ pub(super) fn stage(
                 ));
                 continue;
             }
+            let before = (CpuReading::now(pids), Instant::now());
             match measure(&bench, &load, *addr, plan.duration) {
-                Ok(gbps) => rounds[i].push(gbps),
+                Ok(gbps) => {
+                    rounds[i].push(gbps);
+                    if let (Some(then), Some(now)) = (before.0, CpuReading::now(pids)) {
+                        cpu[i].add(
+                            now.since(&then),
+                            before.1.elapsed(),
+                            gbps * plan.duration.as_secs_f64(),
+                        );
+                    }
+                }
                 Err(e) => failed[i] = Some(e),
             }
             progress.step(format!("round {} {}", round + 1, kind.name()));
@@ -553,28 +618,52 @@ pub(super) fn stage(
     }
     drop(bench);
     let mut table = Table::new(
-        "TCP from namespace A to B, Gbit/s per round and the median",
-        &["path", "rounds", "median Gbit/s", "cpclink / this"],
+        "TCP from namespace A to B, Gbit/s per round and the median; what it cost in CPU",
+        &[
+            "path",
+            "rounds",
+            "median Gbit/s",
+            "cpclink / this",
+            "cores busy",
+            "tunnel processes' cores (A + B)",
+            "Gbit per busy core-second",
+            "cpclink / this, per core",
+        ],
     );
     let median_of = |kind: PeerKind| {
         live.iter()
-            .position(|(k, _)| *k == kind)
+            .position(|(k, ..)| *k == kind)
             .filter(|&i| !rounds[i].is_empty())
             .map(|i| median(&rounds[i]))
     };
     let cpclink = median_of(PeerKind::Cpclink);
+    let per_core_of = |kind: PeerKind| {
+        live.iter()
+            .position(|(k, ..)| *k == kind)
+            .and_then(|i| cpu[i].gbit_per_core_second())
+    };
+    let cpclink_per_core = per_core_of(PeerKind::Cpclink);
     let mut series = Vec::new();
     let mut versus = Vec::new();
-    for (i, (kind, _)) in live.iter().enumerate() {
+    let mut versus_per_core = Vec::new();
+    for (i, (kind, ..)) in live.iter().enumerate() {
         if let Some(e) = &failed[i] {
             skip(*kind, &format!("measurement failed: {e}"));
             continue;
         }
         let m = median(&rounds[i]);
         let ratio = cpclink.map_or_else(String::new, |c| format!("{:.2}", c / m));
+        let per_core = cpu[i].gbit_per_core_second();
+        let ratio_per_core = match (cpclink_per_core, per_core) {
+            (Some(c), Some(p)) => format!("{:.2}", c / p),
+            _ => String::new(),
+        };
         if *kind != PeerKind::Cpclink {
             if let Some(c) = cpclink {
                 versus.push(format!("{:.2}× {}", c / m, kind.name()));
+            }
+            if let (Some(c), Some(p)) = (cpclink_per_core, per_core) {
+                versus_per_core.push(format!("{:.2}× {}", c / p, kind.name()));
             }
         }
         table.push(vec![
@@ -586,6 +675,12 @@ pub(super) fn stage(
                 .join(" "),
             format!("{m:.2}"),
             ratio,
+            cpu[i]
+                .busy_cores()
+                .map_or_else(String::new, |c| format!("{c:.2}")),
+            cpu[i].process_cores().unwrap_or_else(|| "none".to_string()),
+            per_core.map_or_else(String::new, |g| format!("{g:.2}")),
+            ratio_per_core,
         ]);
         stage.figures.push(Figure::from_rounds(
             format!("TCP {}", kind.name()),
@@ -606,7 +701,10 @@ pub(super) fn stage(
     stage.notes.push(format!(
         "One TCP stream ({}) for {} ms per path, {} rounds taking the paths in turn. cpclink: `cpclink run` \
          in each namespace, 1 worker, AES-GCM-256 PSP over UDP on the veth. WireGuard peers: 1 thread where \
-         they take the option, keyed over their UAPI sockets.",
+         they take the option, keyed over their UAPI sockets. CPU: the machine's busy cores (user, system, \
+         irq, softirq; /proc/stat) over each measurement, and the tunnel's own processes' share of them; \
+         Gbit per busy core-second is the data carried over the CPU the whole machine spent, both TCP \
+         ends included, so paths compare per core even when none had the cores to itself.",
         match &load {
             Load::Iperf3(_) => "iperf3",
             Load::BuiltIn => "built-in sender, iperf3 not found",
@@ -620,11 +718,18 @@ pub(super) fn stage(
     }
     if let Some(c) = cpclink {
         cx.summary.push(format!(
-            "Tunnel TCP: cpclink {c:.2} Gbit/s, {} (SPEC: ≥ 0.5× veth, ≥ 10× userspace WireGuard).",
+            "Tunnel TCP: cpclink {c:.2} Gbit/s, {} (SPEC: ≥ 0.5× veth, ≥ 10× userspace WireGuard){}.",
             if versus.is_empty() {
                 "nothing to compare with".to_string()
             } else {
                 versus.join(", ")
+            },
+            match cpclink_per_core {
+                Some(g) if !versus_per_core.is_empty() => format!(
+                    "; per busy core-second {g:.2} Gbit, {}",
+                    versus_per_core.join(", ")
+                ),
+                _ => String::new(),
             }
         ));
     }
