@@ -46,7 +46,7 @@ use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
 use cpclink_dataplane::engine::{
     lab, BatchingMode, Egress, Engine, EngineConfig, PeerConfig, PeerId, RouteTable, SaProfile,
-    Stage, StageTimes,
+    Stage, StageTimes, WorkerStats,
 };
 use cpclink_dataplane::io::{tun, IoKind};
 use cpclink_dataplane::psp::PSP_OVERHEAD;
@@ -310,6 +310,81 @@ pub struct StageRow {
     pub max_us: f64,
 }
 
+/// What one engine's worker spent in CPU for each packet it carried, at one load and in one
+/// mode, over its probing rounds: the cost of the wake-ups and system calls around each
+/// packet as well as the packet's own work, which the stage times leave out.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct EngineCpuRow {
+    /// Background load, percent of the tunnel's no-drop rate.
+    pub load_pct: u32,
+    /// The engine.
+    pub side: Side,
+    /// The engines' mode.
+    pub mode: Mode,
+    /// Packets the worker carried: sealed for sending plus received.
+    pub packets: u64,
+    /// Its worker thread's CPU time per packet, microseconds.
+    pub cpu_us_per_packet: f64,
+    /// Its worker's cores on average over the rounds (1.0: one core always busy).
+    pub cores: f64,
+}
+
+/// An engine's worker CPU and packets over the rounds of one mode at one load.
+#[derive(Debug, Clone, Copy, Default)]
+struct EngineCpu {
+    cpu_ns: u64,
+    packets: u64,
+    seconds: f64,
+}
+
+impl EngineCpu {
+    fn add(&mut self, before: &WorkerStats, after: &WorkerStats, seconds: f64) {
+        self.cpu_ns += after.ns_cpu.saturating_sub(before.ns_cpu);
+        self.packets += (after.tx_packets + after.rx_packets)
+            .saturating_sub(before.tx_packets + before.rx_packets);
+        self.seconds += seconds;
+    }
+
+    fn row(&self, load_pct: u32, side: Side, mode: Mode) -> EngineCpuRow {
+        EngineCpuRow {
+            load_pct,
+            side,
+            mode,
+            packets: self.packets,
+            cpu_us_per_packet: self.cpu_ns as f64 / 1e3 / self.packets.max(1) as f64,
+            cores: self.cpu_ns as f64 / 1e9 / self.seconds.max(1e-9),
+        }
+    }
+}
+
+/// Renders engine CPU rows as a table.
+pub fn engine_cpu_table(rows: &[EngineCpuRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}%", r.load_pct),
+                r.mode.name().to_string(),
+                format!("{:?}", r.side),
+                r.packets.to_string(),
+                format!("{:.2}", r.cpu_us_per_packet),
+                format!("{:.2}", r.cores),
+            ]
+        })
+        .collect();
+    crate::markdown_table(
+        &[
+            "load",
+            "mode",
+            "engine",
+            "packets",
+            "CPU µs per packet",
+            "cores",
+        ],
+        &body,
+    )
+}
+
 /// The rows of one engine's stage times at one load.
 pub fn stage_rows(load_pct: u32, side: Side, mode: Mode, times: &StageTimes) -> Vec<StageRow> {
     times
@@ -371,6 +446,8 @@ pub struct LatencyRun {
     /// Per load and engine, where a packet's time went inside it (empty when the plan
     /// timed no stages).
     pub stages: Vec<StageRow>,
+    /// Per load, mode and engine, the worker's CPU per packet carried.
+    pub engine_cpu: Vec<EngineCpuRow>,
     /// The tunnel's maximum, background packets per second delivered.
     pub max_pps: f64,
     /// The tunnel's no-drop and partial-drop rates: the round with the median NDR.
@@ -546,6 +623,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
     let round = plan.duration / rounds;
     let mut rows = Vec::new();
     let mut stages = Vec::new();
+    let mut engine_cpu = Vec::new();
     let mut spectra = Vec::new();
     let mut interval_logs = Vec::new();
     // What is probed, in turn: the baselines, then the tunnel once per mode.
@@ -563,6 +641,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
         let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::new()).collect();
         // Each mode's stage times over all of its rounds, engine A then B.
         let mut times: Vec<[StageTimes; 2]> = modes.iter().map(|_| Default::default()).collect();
+        let mut cpu: Vec<[EngineCpu; 2]> = modes.iter().map(|_| Default::default()).collect();
         // Paths (and modes) take turns, a round each, so that whatever else the machine
         // does meanwhile falls on all of them alike.
         for _ in 0..rounds {
@@ -580,12 +659,16 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
                 // round trip, the mode is the workers'): each round's are its own.
                 bench.a.set_stage_sampling(plan.stage_sample_every)?;
                 bench.b.set_stage_sampling(plan.stage_sample_every)?;
-                bench.a.snapshot()?;
-                bench.b.snapshot()?;
+                let before = [bench.a.snapshot()?.total(), bench.b.snapshot()?.total()];
+                let started = Instant::now();
                 samples.merge(endpoints.probe(epoch, round, plan.size, pps));
-                if plan.stage_sample_every > 0 {
-                    times[m][0].merge(&bench.a.snapshot()?.stage_times());
-                    times[m][1].merge(&bench.b.snapshot()?.stage_times());
+                let after = [bench.a.snapshot()?, bench.b.snapshot()?];
+                let seconds = started.elapsed().as_secs_f64();
+                for side in 0..2 {
+                    cpu[m][side].add(&before[side], &after[side].total(), seconds);
+                    if plan.stage_sample_every > 0 {
+                        times[m][side].merge(&after[side].stage_times());
+                    }
                 }
             }
         }
@@ -594,6 +677,10 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
                 stages.extend(stage_rows(load, Side::A, *mode, a));
                 stages.extend(stage_rows(load, Side::B, *mode, b));
             }
+        }
+        for ((mode, _), [a, b]) in modes.iter().zip(&cpu) {
+            engine_cpu.push(a.row(load, Side::A, *mode));
+            engine_cpu.push(b.row(load, Side::B, *mode));
         }
         interval_logs.push((load, interval_log(load, &targets, &samples)));
         for ((path, mode, _), samples) in targets.iter().zip(samples) {
@@ -629,6 +716,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
     Ok(LatencyRun {
         rows,
         stages,
+        engine_cpu,
         max_pps: max.delivered_pps,
         ndr,
         ndr_rounds,
@@ -1462,6 +1550,24 @@ mod tests {
         let p = Percentiles::of(&mut [42]).unwrap();
         assert_eq!((p.p50, p.p999, p.max), (42, 42, 42));
         assert_eq!(Percentiles::of(&mut []), None);
+    }
+
+    #[test]
+    fn engine_cpu_is_the_workers_cpu_over_the_packets_it_carried_in_every_round() {
+        let mut cpu = EngineCpu::default();
+        let at = |ns_cpu, tx_packets, rx_packets| WorkerStats {
+            ns_cpu,
+            tx_packets,
+            rx_packets,
+            ..WorkerStats::default()
+        };
+        // Two rounds of half a second: 3 ms of CPU for 1000 packets, then 1 ms for 1000.
+        cpu.add(&at(10_000_000, 50, 50), &at(13_000_000, 850, 250), 0.5);
+        cpu.add(&at(20_000_000, 0, 0), &at(21_000_000, 0, 1000), 0.5);
+        let row = cpu.row(50, Side::B, Mode::Throughput);
+        assert_eq!(row.packets, 2000);
+        assert!((row.cpu_us_per_packet - 2.0).abs() < 1e-9, "{row:?}");
+        assert!((row.cores - 0.004).abs() < 1e-9, "{row:?}");
     }
 
     #[test]

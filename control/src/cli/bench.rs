@@ -477,6 +477,14 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                         latency::stage_table(&run.stages)
                     )?;
                 }
+                if !run.engine_cpu.is_empty() {
+                    write!(
+                        out,
+                        "\neach engine's worker CPU per packet it carried (sealed plus received) while probing, \
+                         wake-ups and system calls included\n{}",
+                        latency::engine_cpu_table(&run.engine_cpu)
+                    )?;
+                }
                 if let Some(row) = rows.first() {
                     writeln!(
                         out,
