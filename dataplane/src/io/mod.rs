@@ -471,4 +471,40 @@ mod tests {
         .to_string();
         assert!(e.contains("provided buffers 48"), "{e}");
     }
+
+    /// A worker that never waits in the kernel (it always has something to send) still sees
+    /// every datagram that arrives: looking without blocking must not skip what the kernel
+    /// holds back until the ring is entered.
+    #[test]
+    fn a_worker_that_only_looks_without_waiting_still_receives() {
+        let kinds: Vec<IoKind> = match IoKind::Auto.resolve() {
+            Ok((IoKind::IoUring, _)) => vec![IoKind::IoUring, IoKind::Epoll],
+            _ => vec![IoKind::Epoll],
+        };
+        for kind in kinds {
+            let socket = udp::bind_group(dst(0), 1).unwrap().remove(0);
+            let to = udp::local_addr(std::os::fd::AsRawFd::as_raw_fd(&socket)).unwrap();
+            let sender = udp::bind_sender(dst(0)).unwrap();
+            let mut io = open(kind, socket, sender, IoSizing::default()).unwrap();
+            let peer = std::net::UdpSocket::bind(dst(0)).unwrap();
+            let mut seen = 0usize;
+            // Arms the receive before anything is sent, as a running worker has.
+            io.recv(None, &mut |_, _, _| seen += 1).unwrap();
+            for i in 0..20u8 {
+                peer.send_to(&[i; 100], to).unwrap();
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while seen < 20 && std::time::Instant::now() < deadline {
+                io.recv(None, &mut |buf, segment, _| {
+                    seen += buf.len() / segment.max(1)
+                })
+                .unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            assert_eq!(
+                seen, 20,
+                "{kind:?}: datagrams seen by looking without waiting"
+            );
+        }
+    }
 }

@@ -320,6 +320,13 @@ impl UringIo {
         }
     }
 
+    /// Whether entering the ring without waiting could do anything: submit a queued entry,
+    /// run task work the kernel flagged as pending, or flush completions it overflowed.
+    fn needs_enter(&mut self) -> bool {
+        let queue = self.ring.submission();
+        !queue.is_empty() || queue.taskrun() || queue.cq_overflow()
+    }
+
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<()> {
         let result = match timeout {
             Some(t) if want > 0 => {
@@ -469,7 +476,12 @@ impl DatagramIo for UringIo {
         if self.completions.is_empty() {
             match wait {
                 Some(t) => self.enter(1, Some(t))?,
-                None => self.enter(0, None)?,
+                // Not waiting: enter only with something to submit or with completions the
+                // kernel holds back until the ring is entered (`IORING_SQ_TASKRUN` under
+                // cooperative task running); otherwise the ring already shows all there is
+                // and the system call would only cost its own time, once per loop turn.
+                None if self.needs_enter() => self.enter(0, None)?,
+                None => {}
             }
             self.reap();
         }
