@@ -359,30 +359,43 @@ impl EngineCpu {
 
 /// Renders engine CPU rows as a table.
 pub fn engine_cpu_table(rows: &[EngineCpuRow]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
+    per_engine_table(
+        rows,
+        |r| (r.load_pct, r.mode, r.side),
+        &["packets", "CPU µs per packet", "cores"],
+        |r| {
             vec![
-                format!("{}%", r.load_pct),
-                r.mode.name().to_string(),
-                format!("{:?}", r.side),
                 r.packets.to_string(),
                 format!("{:.2}", r.cpu_us_per_packet),
                 format!("{:.2}", r.cores),
             ]
+        },
+    )
+}
+
+/// A table of rows about one engine each: load, mode and engine first, then `columns`.
+fn per_engine_table<R>(
+    rows: &[R],
+    key: impl Fn(&R) -> (u32, Mode, Side),
+    columns: &[&str],
+    cells: impl Fn(&R) -> Vec<String>,
+) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let (load_pct, mode, side) = key(r);
+            let mut row = vec![
+                format!("{load_pct}%"),
+                mode.name().to_string(),
+                format!("{side:?}"),
+            ];
+            row.extend(cells(r));
+            row
         })
         .collect();
-    crate::markdown_table(
-        &[
-            "load",
-            "mode",
-            "engine",
-            "packets",
-            "CPU µs per packet",
-            "cores",
-        ],
-        &body,
-    )
+    let mut header = vec!["load", "mode", "engine"];
+    header.extend_from_slice(columns);
+    crate::markdown_table(&header, &body)
 }
 
 /// The rows of one engine's stage times at one load.
@@ -406,13 +419,12 @@ pub fn stage_rows(load_pct: u32, side: Side, mode: Mode, times: &StageTimes) -> 
 
 /// Renders stage rows as a table.
 pub fn stage_table(rows: &[StageRow]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
+    per_engine_table(
+        rows,
+        |r| (r.load_pct, r.mode, r.side),
+        &["stage", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
+        |r| {
             vec![
-                format!("{}%", r.load_pct),
-                r.mode.name().to_string(),
-                format!("{:?}", r.side),
                 r.stage.name().to_string(),
                 r.samples.to_string(),
                 format!("{:.1}", r.p50_us),
@@ -420,21 +432,7 @@ pub fn stage_table(rows: &[StageRow]) -> String {
                 format!("{:.1}", r.p999_us),
                 format!("{:.1}", r.max_us),
             ]
-        })
-        .collect();
-    crate::markdown_table(
-        &[
-            "load",
-            "mode",
-            "engine",
-            "stage",
-            "samples",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "max µs",
-        ],
-        &body,
+        },
     )
 }
 

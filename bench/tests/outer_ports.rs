@@ -59,7 +59,11 @@ fn capture(engine: Engine) -> Capture {
     let mut buf = [0u8; 2048];
     let start = Instant::now();
     let mut seen = 0;
-    while seen < DATAGRAMS && start.elapsed() < Duration::from_secs(20) {
+    // Enough datagrams, and one from every flow: on a loaded machine one worker can start
+    // after the others have sent thousands.
+    while (seen < DATAGRAMS || ports.len() < FLOWS as usize)
+        && start.elapsed() < Duration::from_secs(20)
+    {
         let Ok((len, from)) = peer.recv_from(&mut buf) else {
             continue;
         };
@@ -73,7 +77,7 @@ fn capture(engine: Engine) -> Capture {
     }
     let listen_port = engine.local_addr().port();
     engine.shutdown().unwrap();
-    assert_eq!(seen, DATAGRAMS, "the capture saw enough datagrams");
+    assert!(seen >= DATAGRAMS, "the capture saw {seen} datagrams");
     Capture { listen_port, ports }
 }
 
