@@ -481,7 +481,9 @@ async fn reload(
             &headers,
             Json(serde_json::json!({
                 "changed": r.changed,
+                "mode": r.mode.map(|m| m.to_string()),
                 "needs_restart": r.needs_restart,
+                "applied": r.to_string(),
             }))
             .into_response(),
         ),

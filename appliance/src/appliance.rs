@@ -18,7 +18,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cpclink_dataplane::engine::{Egress, Engine, EngineStats, Event, PeerId};
+use cpclink_dataplane::engine::{BatchingMode, Egress, Engine, EngineStats, Event, PeerId};
 use cpclink_dataplane::io::tun;
 use cpclink_dataplane::route::RouteTable;
 use cpclink_diagnostics::ConfigText;
@@ -73,17 +73,20 @@ pub struct Route {
 pub struct Reloaded {
     /// Whether routes or peers changed.
     pub changed: bool,
+    /// The data plane's new batching mode, when the reload changed it.
+    pub mode: Option<BatchingMode>,
     /// Fields that differ but take effect only at the next start.
     pub needs_restart: Vec<&'static str>,
 }
 
 impl std::fmt::Display for Reloaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.changed {
-            "peers or routes changed"
-        } else {
-            "nothing to change"
-        })?;
+        match (self.changed, &self.mode) {
+            (true, Some(mode)) => write!(f, "peers or routes changed; data plane mode now {mode}")?,
+            (true, None) => f.write_str("peers or routes changed")?,
+            (false, Some(mode)) => write!(f, "data plane mode now {mode}")?,
+            (false, None) => f.write_str("nothing to change")?,
+        }
         if !self.needs_restart.is_empty() {
             write!(
                 f,
@@ -463,11 +466,11 @@ impl<K: KeySource> Owner<K> {
         }
         let update = self.keys.reload(&config).map_err(|e| e.to_string())?;
         // The workers take a new mode between packets: no restart for it.
-        if config.batching != running.batching {
+        let mode = (config.batching != running.batching).then_some(config.batching);
+        if let Some(mode) = mode {
             self.engine
-                .set_batching(config.batching)
+                .set_batching(mode)
                 .map_err(|e| format!("the data plane's mode: {e}"))?;
-            tracing::info!("reload: data plane batching now {:?}", config.batching);
         }
         let overrides_changed = overrides(Some(&config)) != overrides(self.config.as_ref());
         let paths_changed = match (&mut self.paths, config.paths.is_some()) {
@@ -487,19 +490,13 @@ impl<K: KeySource> Owner<K> {
         if changed {
             self.apply_routes();
         }
-        tracing::info!(
-            "reload {} applied: {}",
-            self.reloads,
-            if changed {
-                "peers or routes changed"
-            } else {
-                "nothing to change"
-            }
-        );
-        Ok(Reloaded {
+        let reloaded = Reloaded {
             changed,
+            mode,
             needs_restart,
-        })
+        };
+        tracing::info!("reload {} applied: {reloaded}", self.reloads);
+        Ok(reloaded)
     }
 
     /// Rebuilds the route table from the key source's peers and the overrides, and hands

@@ -264,13 +264,19 @@ async fn a_reload_switches_the_running_workers_between_throughput_and_latency_fi
     let handle = running.handle();
     assert_eq!(engine.batching(), BatchingMode::THROUGHPUT);
 
-    handle
+    let reloaded = handle
         .reload(
             parse("mode = \"latency\"\nmax_hold_us = 5\nbusy_poll_us = 0"),
             "test",
         )
         .await
         .unwrap();
+    // What the operator reads back says what changed, not "nothing to change".
+    assert_eq!(
+        reloaded.to_string(),
+        "data plane mode now latency (a batch's first packet waits at most 5 µs, batches of \
+         at most 32 reads, no busy polling)"
+    );
     let mode = engine.batching();
     assert_eq!(mode.policy.max_hold, Some(Duration::from_micros(5)));
     assert_eq!(mode.busy_poll, Duration::ZERO);
@@ -280,7 +286,15 @@ async fn a_reload_switches_the_running_workers_between_throughput_and_latency_fi
     );
 
     // Dropping the setting from the file goes back to throughput first, without a restart.
-    handle.reload(parse(""), "test").await.unwrap();
+    let reloaded = handle.reload(parse(""), "test").await.unwrap();
     assert_eq!(engine.batching(), BatchingMode::THROUGHPUT);
+    assert!(
+        reloaded
+            .to_string()
+            .starts_with("data plane mode now throughput"),
+        "{reloaded}"
+    );
+    let reloaded = handle.reload(parse(""), "test").await.unwrap();
+    assert_eq!(reloaded.to_string(), "nothing to change");
     handle.stop();
 }

@@ -409,17 +409,10 @@ pub fn run(args: CtlArgs) -> Result<(), Error> {
         CtlCommand::Services => services_text(&value),
         CtlCommand::Explain { .. } => explain_text(&value),
         CtlCommand::Reload => format!(
-            "reloaded: {}{}",
-            if value["changed"].as_bool() == Some(true) {
-                "changes applied"
-            } else {
-                "nothing to change"
-            },
-            value["needs_restart"]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .map(|a| format!("; waiting for a restart: {a:?}"))
-                .unwrap_or_default()
+            "reloaded: {}",
+            value["applied"]
+                .as_str()
+                .unwrap_or("(the reply says nothing of what it did)")
         ),
     };
     println!("{text}");

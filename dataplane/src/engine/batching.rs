@@ -107,6 +107,39 @@ impl Default for BatchingMode {
     }
 }
 
+impl BatchingMode {
+    /// The mode's name as the configuration spells it: `throughput` without a hold bound or
+    /// busy polling, `latency` with either.
+    pub fn name(&self) -> &'static str {
+        if self.policy.max_hold.is_none() && self.busy_poll.is_zero() {
+            "throughput"
+        } else {
+            "latency"
+        }
+    }
+}
+
+/// For operators' logs and replies: `latency (a batch's first packet waits at most 30 µs,
+/// batches of at most 32 reads, no busy polling)`.
+impl std::fmt::Display for BatchingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (", self.name())?;
+        if let Some(hold) = self.policy.max_hold {
+            write!(
+                f,
+                "a batch's first packet waits at most {} µs, ",
+                hold.as_micros()
+            )?;
+        }
+        write!(f, "batches of at most {} reads, ", self.policy.max_packets)?;
+        if self.busy_poll.is_zero() {
+            f.write_str("no busy polling)")
+        } else {
+            write!(f, "{} µs of busy polling)", self.busy_poll.as_micros())
+        }
+    }
+}
+
 /// Whether the batch being gathered must go now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchDecision {
@@ -304,6 +337,23 @@ mod tests {
             "{:?}",
             waits.iter().max()
         );
+    }
+
+    #[test]
+    fn modes_read_as_the_configuration_names_them() {
+        assert_eq!(
+            BatchingMode::THROUGHPUT.to_string(),
+            "throughput (batches of at most 64 reads, no busy polling)"
+        );
+        assert_eq!(
+            BatchingMode::LATENCY_FIRST.to_string(),
+            "latency (a batch's first packet waits at most 20 µs, batches of at most 32 reads, \
+             100 µs of busy polling)"
+        );
+        let mut hold_only = BatchingMode::LATENCY_FIRST;
+        hold_only.busy_poll = Duration::ZERO;
+        assert_eq!(hold_only.name(), "latency");
+        assert!(hold_only.to_string().ends_with("no busy polling)"));
     }
 
     #[test]
