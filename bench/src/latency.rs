@@ -881,38 +881,7 @@ pub fn verdict(rows: &[LatencyRow]) -> Option<String> {
         .iter()
         .filter(|r| r.path == Path::Cpclink && r.metric == Metric::OneWay && r.load_pct == 50)
         .filter_map(|row| {
-            let added = row.added_p99_us?;
-            let baseline = rows.iter().find(|r| {
-                r.path == Path::UdpLoopback && r.metric == row.metric && r.load_pct == row.load_pct
-            })?;
-            // A negative difference is the baseline's tail, not the tunnel's speed: stalls of
-            // the machine fell on the baseline's rounds. It judges nothing either way.
-            let met = if added < 0.0 {
-                format!(
-                    "not judged: the baseline's own p99 ({:.1} µs) is above the tunnel's, so this \
-                     machine's stalls, not the paths, set the tail",
-                    baseline.p99_us
-                )
-            } else if added <= TARGET_ADDED_P99_US {
-                "met".to_string()
-            } else {
-                "not met".to_string()
-            };
-            let per_round: Vec<f64> = row
-                .rounds_us
-                .iter()
-                .zip(&baseline.rounds_us)
-                .map(|(t, b)| t[1] - b[1])
-                .collect();
-            let per_round = if per_round.len() >= 2 {
-                format!(
-                    "; the median of the {} rounds' own differences {:+.1} µs",
-                    per_round.len(),
-                    crate::suite::report::median(&per_round)
-                )
-            } else {
-                String::new()
-            };
+            let judged = judge_p99(row, rows)?;
             let mode = match row.mode {
                 Some(m) if rows.iter().any(|r| r.mode.is_some_and(|o| o != m)) => {
                     format!(", {}", m.name())
@@ -921,11 +890,50 @@ pub fn verdict(rows: &[LatencyRow]) -> Option<String> {
             };
             Some(format!(
                 "SPEC target, p99 added under 50% load <= {TARGET_ADDED_P99_US} µs (one way, through both engines{mode}): \
-                 {met} ({added:+.1} µs{per_round})"
+                 {judged}"
             ))
         })
         .collect();
     (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// The SPEC target's verdict on one cpclink row's added p99: "met", "not met" or "not
+/// judged" with why, then the difference and the median of the rounds' own differences.
+/// `None` where the row has no baseline to be judged against.
+pub fn judge_p99(row: &LatencyRow, rows: &[LatencyRow]) -> Option<String> {
+    let added = row.added_p99_us?;
+    let baseline = rows.iter().find(|r| {
+        r.path == Path::UdpLoopback && r.metric == row.metric && r.load_pct == row.load_pct
+    })?;
+    // A negative difference is the baseline's tail, not the tunnel's speed: stalls of the
+    // machine fell on the baseline's rounds. It judges nothing either way.
+    let met = if added < 0.0 {
+        format!(
+            "not judged: the baseline's own p99 ({:.1} µs) is above the tunnel's, so this \
+             machine's stalls, not the paths, set the tail",
+            baseline.p99_us
+        )
+    } else if added <= TARGET_ADDED_P99_US {
+        "met".to_string()
+    } else {
+        "not met".to_string()
+    };
+    let per_round: Vec<f64> = row
+        .rounds_us
+        .iter()
+        .zip(&baseline.rounds_us)
+        .map(|(t, b)| t[1] - b[1])
+        .collect();
+    let per_round = if per_round.len() >= 2 {
+        format!(
+            "; the median of the {} rounds' own differences {:+.1} µs",
+            per_round.len(),
+            crate::suite::report::median(&per_round)
+        )
+    } else {
+        String::new()
+    };
+    Some(format!("{met} ({added:+.1} µs{per_round})"))
 }
 
 /// Renders rows as a table.
@@ -1674,6 +1682,31 @@ mod tests {
         );
         assert_eq!(Mode::of(BatchingMode::THROUGHPUT), Mode::Throughput);
         assert_eq!(Mode::of(BatchingMode::LATENCY_FIRST), Mode::LatencyFirst);
+    }
+
+    #[test]
+    fn a_baseline_tail_above_the_tunnels_judges_nothing_and_rounds_are_compared_in_pairs() {
+        let mut base = row(Path::UdpLoopback, Metric::OneWay, 50, 20.0, 900.0);
+        let mut tunnel = row(Path::Cpclink, Metric::OneWay, 50, 120.0, 400.0);
+        // Three rounds each; the second fell on a stall of the baseline's.
+        base.rounds_us = vec![[20.0, 90.0, 0.0], [20.0, 2500.0, 0.0], [20.0, 100.0, 0.0]];
+        tunnel.rounds_us = vec![
+            [120.0, 300.0, 0.0],
+            [120.0, 450.0, 0.0],
+            [120.0, 420.0, 0.0],
+        ];
+        let mut rows = vec![base, tunnel];
+        add_differences(&mut rows);
+        let judged = judge_p99(&rows[1], &rows).unwrap();
+        assert!(judged.starts_with("not judged"), "{judged}");
+        assert!(judged.contains("(-500.0 µs"), "{judged}");
+        // Round differences +210, -2050, +320: their median, not the pooled figure.
+        assert!(
+            judged.contains("3 rounds' own differences +210.0 µs"),
+            "{judged}"
+        );
+        assert!(verdict(&rows).unwrap().contains("not judged"));
+        assert_eq!(judge_p99(&rows[0], &rows), None, "a baseline is not judged");
     }
 
     #[test]

@@ -239,6 +239,6 @@ fn added_at_half(rows: &[LatencyRow], reference: &str) -> Option<String> {
         cpc.p99_us - base.p99_us,
         cpc.p999_us - base.p999_us,
         latency::TARGET_ADDED_P99_US,
-        if cpc.p99_us - base.p99_us <= latency::TARGET_ADDED_P99_US { "met" } else { "not met" }
+        latency::judge_p99(cpc, rows).unwrap_or_else(|| "no baseline to judge against".into())
     ))
 }
