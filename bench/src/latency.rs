@@ -40,7 +40,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use crate::cpu::CpuReading;
+use crate::cpu::{CpuReading, CpuUse};
 use crate::ndr::{self, Loss, NdrPdr, SearchPlan, Trial};
 use crate::netns::Netns;
 use cpclink_dataplane::crypto::Suite;
@@ -329,6 +329,22 @@ pub struct EngineCpuRow {
     pub cores: f64,
 }
 
+impl EngineCpuRow {
+    /// What the engine-CPU tables say of each row: their title and columns, and the cells.
+    pub const TITLE: &'static str = "each engine's worker CPU per packet it carried (sealed plus \
+         received) while probing, wake-ups and system calls included";
+    pub const COLUMNS: [&'static str; 3] = ["packets", "CPU µs per packet", "cores"];
+
+    /// The cells under [`Self::COLUMNS`].
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.packets.to_string(),
+            format!("{:.2}", self.cpu_us_per_packet),
+            format!("{:.2}", self.cores),
+        ]
+    }
+}
+
 /// An engine's worker CPU and packets over the rounds of one mode at one load.
 #[derive(Debug, Clone, Copy, Default)]
 struct EngineCpu {
@@ -362,14 +378,8 @@ pub fn engine_cpu_table(rows: &[EngineCpuRow]) -> String {
     per_engine_table(
         rows,
         |r| (r.load_pct, r.mode, r.side),
-        &["packets", "CPU µs per packet", "cores"],
-        |r| {
-            vec![
-                r.packets.to_string(),
-                format!("{:.2}", r.cpu_us_per_packet),
-                format!("{:.2}", r.cores),
-            ]
-        },
+        &EngineCpuRow::COLUMNS,
+        EngineCpuRow::cells,
     )
 }
 
@@ -1157,9 +1167,8 @@ struct Samples {
     round_trip_received: u64,
     background_sent: u64,
     background_secs: f64,
-    /// The machine's busy core-seconds while probing, and the seconds they were read over.
-    busy_core_secs: f64,
-    cpu_secs: f64,
+    /// The machine's CPU while probing.
+    cpu: CpuUse,
     intervals: Vec<Interval>,
 }
 
@@ -1257,7 +1266,6 @@ impl Endpoints {
         let stop_probes = AtomicBool::new(false);
         std::thread::scope(|s| {
             let started = Instant::now();
-            let mut cpu = None;
             let stop_background = &stop_background;
             let background = pps.map(|pps| {
                 s.spawn(move || {
@@ -1270,10 +1278,10 @@ impl Endpoints {
             let probing = Instant::now();
             let cpu_before = CpuReading::now(&[]);
             let probes = send_probes(&self.client, epoch, duration, size);
-            if let (Some(then), Some(now)) = (cpu_before, CpuReading::now(&[])) {
-                let secs = probing.elapsed().as_secs_f64();
-                cpu = Some((now.since(&then).busy_cores * secs, secs));
-            }
+            let cpu = match (cpu_before, CpuReading::now(&[])) {
+                (Some(then), Some(now)) => now.since(&then),
+                _ => CpuUse::default(),
+            };
             std::thread::sleep(DRAIN);
             stop_probes.store(true, Ordering::Relaxed);
             stop_background.store(true, Ordering::Relaxed);
@@ -1293,8 +1301,7 @@ impl Endpoints {
                 round_trip_received: round_trip.len() as u64,
                 background_sent: background.map_or(0, |t| t.join().unwrap_or_default()),
                 background_secs: started.elapsed().as_secs_f64(),
-                busy_core_secs: cpu.map_or(0.0, |c| c.0),
-                cpu_secs: cpu.map_or(0.0, |c| c.1),
+                cpu,
                 intervals: vec![interval],
             }
         })
@@ -1311,8 +1318,7 @@ impl Samples {
             round_trip_received: 0,
             background_sent: 0,
             background_secs: 0.0,
-            busy_core_secs: 0.0,
-            cpu_secs: 0.0,
+            cpu: CpuUse::default(),
             intervals: Vec::new(),
         }
     }
@@ -1326,8 +1332,7 @@ impl Samples {
         self.round_trip_received += other.round_trip_received;
         self.background_sent += other.background_sent;
         self.background_secs += other.background_secs;
-        self.busy_core_secs += other.busy_core_secs;
-        self.cpu_secs += other.cpu_secs;
+        self.cpu.add(&other.cpu);
         self.intervals.extend(other.intervals);
     }
 
@@ -1365,7 +1370,7 @@ impl Samples {
             0.0
         };
         let probes = self.probes;
-        let busy_cores = (self.cpu_secs > 0.0).then(|| self.busy_core_secs / self.cpu_secs);
+        let busy_cores = self.cpu.busy_cores();
         [
             (Metric::OneWay, &self.one_way, self.one_way_received),
             (

@@ -152,19 +152,13 @@ pub(super) fn latency(
         stage.tables.push(table);
     }
     if !run.engine_cpu.is_empty() {
-        let mut table = Table::new(
-            "each engine's worker CPU per packet it carried (sealed plus received) while probing, \
-             wake-ups and system calls included",
-            &["load", "engine", "packets", "CPU µs per packet", "cores"],
-        );
+        let mut columns = vec!["load", "engine"];
+        columns.extend(latency::EngineCpuRow::COLUMNS);
+        let mut table = Table::new(latency::EngineCpuRow::TITLE, &columns);
         for r in &run.engine_cpu {
-            table.push(vec![
-                format!("{}%", r.load_pct),
-                format!("{:?}", r.side),
-                r.packets.to_string(),
-                format!("{:.2}", r.cpu_us_per_packet),
-                format!("{:.2}", r.cores),
-            ]);
+            let mut row = vec![format!("{}%", r.load_pct), format!("{:?}", r.side)];
+            row.extend(r.cells());
+            table.push(row);
         }
         stage.tables.push(table);
     }

@@ -20,49 +20,28 @@ use super::{pick, Context, Outcome, Progress};
 use crate::cpu::{CpuReading, CpuUse};
 use crate::netns::Netns;
 
-/// The CPU a path's measurements took, summed over its rounds.
+/// The CPU a path's measurements took and the data they carried, summed over its rounds.
 #[derive(Debug, Clone, Default)]
 struct CpuCost {
-    /// Wall seconds measured.
-    seconds: f64,
-    /// The machine's busy core-seconds in them.
-    busy: f64,
-    /// Each of the path's own processes' core-seconds in them (side A's first).
-    processes: Vec<f64>,
-    /// Gbit carried in them.
+    used: CpuUse,
     gbit: f64,
 }
 
 impl CpuCost {
-    fn add(&mut self, used: CpuUse, wall: Duration, gbit: f64) {
-        let secs = wall.as_secs_f64();
-        self.seconds += secs;
-        self.busy += used.busy_cores * secs;
-        self.processes
-            .resize(used.process_cores.len().max(self.processes.len()), 0.0);
-        for (sum, cores) in self.processes.iter_mut().zip(&used.process_cores) {
-            *sum += cores * secs;
-        }
-        self.gbit += gbit;
-    }
-
-    fn busy_cores(&self) -> Option<f64> {
-        (self.seconds > 0.0).then(|| self.busy / self.seconds)
-    }
-
-    /// Each process's average cores, side A's first: "0.62 + 0.71".
+    /// Each of the path's own processes' average cores, side A's first: "0.62 + 0.71".
     fn process_cores(&self) -> Option<String> {
-        (self.seconds > 0.0 && !self.processes.is_empty()).then(|| {
-            self.processes
+        let cores = self.used.process_cores();
+        (!cores.is_empty()).then(|| {
+            cores
                 .iter()
-                .map(|c| format!("{:.2}", c / self.seconds))
+                .map(|c| format!("{c:.2}"))
                 .collect::<Vec<_>>()
                 .join(" + ")
         })
     }
 
     fn gbit_per_core_second(&self) -> Option<f64> {
-        (self.busy > 0.0).then(|| self.gbit / self.busy)
+        (self.used.busy_core_secs > 0.0).then(|| self.gbit / self.used.busy_core_secs)
     }
 }
 
@@ -599,16 +578,13 @@ pub(super) fn stage(
                 ));
                 continue;
             }
-            let before = (CpuReading::now(pids), Instant::now());
+            let before = CpuReading::now(pids);
             match measure(&bench, &load, *addr, plan.duration) {
                 Ok(gbps) => {
                     rounds[i].push(gbps);
-                    if let (Some(then), Some(now)) = (before.0, CpuReading::now(pids)) {
-                        cpu[i].add(
-                            now.since(&then),
-                            before.1.elapsed(),
-                            gbps * plan.duration.as_secs_f64(),
-                        );
+                    if let (Some(then), Some(now)) = (before, CpuReading::now(pids)) {
+                        cpu[i].used.add(&now.since(&then));
+                        cpu[i].gbit += gbps * plan.duration.as_secs_f64();
                     }
                 }
                 Err(e) => failed[i] = Some(e),
@@ -637,12 +613,10 @@ pub(super) fn stage(
             .map(|i| median(&rounds[i]))
     };
     let cpclink = median_of(PeerKind::Cpclink);
-    let per_core_of = |kind: PeerKind| {
-        live.iter()
-            .position(|(k, ..)| *k == kind)
-            .and_then(|i| cpu[i].gbit_per_core_second())
-    };
-    let cpclink_per_core = per_core_of(PeerKind::Cpclink);
+    let cpclink_per_core = live
+        .iter()
+        .position(|(k, ..)| *k == PeerKind::Cpclink)
+        .and_then(|i| cpu[i].gbit_per_core_second());
     let mut series = Vec::new();
     let mut versus = Vec::new();
     let mut versus_per_core = Vec::new();
@@ -676,6 +650,7 @@ pub(super) fn stage(
             format!("{m:.2}"),
             ratio,
             cpu[i]
+                .used
                 .busy_cores()
                 .map_or_else(String::new, |c| format!("{c:.2}")),
             cpu[i].process_cores().unwrap_or_else(|| "none".to_string()),

@@ -480,8 +480,8 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 if !run.engine_cpu.is_empty() {
                     write!(
                         out,
-                        "\neach engine's worker CPU per packet it carried (sealed plus received) while probing, \
-                         wake-ups and system calls included\n{}",
+                        "\n{}\n{}",
+                        latency::EngineCpuRow::TITLE,
                         latency::engine_cpu_table(&run.engine_cpu)
                     )?;
                 }
