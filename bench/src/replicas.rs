@@ -379,12 +379,9 @@ impl Run {
     async fn leader(&mut self, not: Option<usize>) -> Result<usize> {
         let deadline = Instant::now() + SETTLE;
         loop {
-            if let Ok(Some(l)) = self.election.leader().await {
-                let at = self.replicas.iter().position(|r| r.id == l.candidate.id);
-                if let Some(i) = at.filter(|i| Some(*i) != not) {
-                    if self.probe(i).await {
-                        return Ok(i);
-                    }
+            if let Some(i) = self.elected().await.filter(|i| Some(*i) != not) {
+                if self.probe(i).await {
+                    return Ok(i);
                 }
             }
             if Instant::now() > deadline {
@@ -396,6 +393,12 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The replica the election names as leader now, if any (it may not accept writes yet).
+    async fn elected(&self) -> Option<usize> {
+        let l = self.election.leader().await.ok()??;
+        self.replicas.iter().position(|r| r.id == l.candidate.id)
     }
 
     /// The leader's control address (of the replica that leads and accepted a write).
@@ -520,15 +523,7 @@ impl Run {
         let deadline = Instant::now() + SETTLE;
         let mut back: HashMap<String, f64> = HashMap::new();
         loop {
-            let leading = match self.election.leader().await {
-                Ok(Some(l)) => self
-                    .replicas
-                    .iter()
-                    .find(|r| r.id == l.candidate.id)
-                    .map(|r| r.addr),
-                _ => None,
-            };
-            if let Some(leader) = leading {
+            if let Some(leader) = self.elected().await.map(|i| self.replicas[i].addr) {
                 for (id, agent) in &self.agents {
                     if !back.contains_key(id)
                         && agent.authority_connected()

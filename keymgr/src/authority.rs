@@ -1397,10 +1397,7 @@ impl Authority {
                     }
                     _ => None,
                 };
-                let asked = pki::csr_key_bits(csr).ok();
-                if let Some(issued) =
-                    issued.filter(|c| asked.is_some() && pki::key_bits_of(c).ok() == asked)
-                {
+                if let Some(issued) = issued.filter(|c| pki::csr_is_for_key_of(csr, c)) {
                     drop(st);
                     tracing::info!(
                         "{} asked again with the key pair it enrolled with: its reply was lost; sending its certificate again",

@@ -384,6 +384,15 @@ pub fn csr_key_bits(csr: &[u8]) -> Result<Vec<u8>> {
         .to_vec())
 }
 
+/// Whether `csr` asks for a certificate of the key pair `cert` carries (false when either
+/// does not parse).
+pub fn csr_is_for_key_of(csr: &[u8], cert: &[u8]) -> bool {
+    match (csr_key_bits(csr), key_bits_of(cert)) {
+        (Ok(asked), Ok(held)) => asked == held,
+        _ => false,
+    }
+}
+
 /// Reads the identity a certificate names.
 pub fn identity_of(cert: &[u8]) -> Result<Identity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)

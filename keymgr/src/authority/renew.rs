@@ -57,9 +57,8 @@ impl Authority {
     }
 
     /// The key bits of `id`'s listed certificate, if it has one stored.
-    async fn listed_key(&self, id: &str) -> Option<Vec<u8>> {
-        let cert = self.inner.store.get(&format!("cert/{id}")).await.ok()??;
-        pki::key_bits_of(&cert).ok()
+    async fn listed_cert(&self, id: &str) -> Option<Vec<u8>> {
+        self.inner.store.get(&format!("cert/{id}")).await.ok()?
     }
 
     /// Whether `presented`, the certificate a connection authenticated with as `id`, is the
@@ -75,7 +74,8 @@ impl Authority {
             Ok(serial) if pki::same_serial(listed, &serial) => true,
             Ok(_) => {
                 let presented = pki::key_bits_of(presented).ok();
-                presented.is_some() && self.listed_key(id).await == presented
+                let listed = self.listed_cert(id).await;
+                presented.is_some() && listed.and_then(|c| pki::key_bits_of(&c).ok()) == presented
             }
             Err(_) => false,
         }
@@ -83,10 +83,9 @@ impl Authority {
 
     /// Whether `csr` asks for a certificate of the key pair of `id`'s listed certificate.
     async fn csr_for_listed_key(&self, id: &str, csr: &[u8]) -> bool {
-        match (pki::csr_key_bits(csr), self.listed_key(id).await) {
-            (Ok(asked), Some(listed)) => asked == listed,
-            _ => false,
-        }
+        self.listed_cert(id)
+            .await
+            .is_some_and(|listed| pki::csr_is_for_key_of(csr, &listed))
     }
 
     /// Renews `id`'s certificate for `csr`; `presented` is the serial of the certificate
