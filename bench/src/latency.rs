@@ -137,6 +137,16 @@ pub enum Metric {
     RoundTrip,
 }
 
+impl Metric {
+    /// The name in tables and interval-log tags.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::OneWay => "one-way",
+            Metric::RoundTrip => "round-trip",
+        }
+    }
+}
+
 /// The path probes took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,6 +157,17 @@ pub enum Path {
     Veth,
     /// Through both engines: TUN, PSP over UDP on loopback, TUN.
     Cpclink,
+}
+
+impl Path {
+    /// The name in tables, spectra and interval-log tags.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Path::UdpLoopback => "udp_loopback",
+            Path::Veth => "veth",
+            Path::Cpclink => "cpclink",
+        }
+    }
 }
 
 /// How the engines batched while the cpclink path was probed.
@@ -330,19 +351,91 @@ pub struct EngineCpuRow {
 }
 
 impl EngineCpuRow {
-    /// What the engine-CPU tables say of each row: their title and columns, and the cells.
+    /// The title of the engine-CPU tables (the CLI's and the suite's).
     pub const TITLE: &'static str = "each engine's worker CPU per packet it carried (sealed plus \
          received) while probing, wake-ups and system calls included";
-    pub const COLUMNS: [&'static str; 3] = ["packets", "CPU µs per packet", "cores"];
+}
 
+/// A row about one engine at one load and mode, as every per-engine table shows it: load,
+/// mode and engine first, then the row's own columns.
+pub trait PerEngineRow {
+    /// The row's own columns, after load, mode and engine.
+    const COLUMNS: &'static [&'static str];
+    /// Load, mode and engine.
+    fn engine(&self) -> (u32, Mode, Side);
     /// The cells under [`Self::COLUMNS`].
-    pub fn cells(&self) -> Vec<String> {
+    fn cells(&self) -> Vec<String>;
+}
+
+impl PerEngineRow for EngineCpuRow {
+    const COLUMNS: &'static [&'static str] = &["packets", "CPU µs per packet", "cores"];
+
+    fn engine(&self) -> (u32, Mode, Side) {
+        (self.load_pct, self.mode, self.side)
+    }
+
+    fn cells(&self) -> Vec<String> {
         vec![
             self.packets.to_string(),
             format!("{:.2}", self.cpu_us_per_packet),
             format!("{:.2}", self.cores),
         ]
     }
+}
+
+impl PerEngineRow for StageRow {
+    const COLUMNS: &'static [&'static str] =
+        &["stage", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs"];
+
+    fn engine(&self) -> (u32, Mode, Side) {
+        (self.load_pct, self.mode, self.side)
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.stage.name().to_string(),
+            self.samples.to_string(),
+            format!("{:.1}", self.p50_us),
+            format!("{:.1}", self.p99_us),
+            format!("{:.1}", self.p999_us),
+            format!("{:.1}", self.max_us),
+        ]
+    }
+}
+
+/// The title of the stage tables (the CLI's and the suite's), with the stages in order.
+pub fn stages_title(sample_every: u32) -> String {
+    format!(
+        "time per stage inside each engine, one packet in {sample_every} timed while probing \
+         (tx: tun_read, segment, seal, batch_wait, send; rx: receive, open, coalesce, tun_write; \
+         tx_turn/rx_turn: per loop turn)"
+    )
+}
+
+/// The columns and cells of a per-engine table.
+pub fn per_engine_cells<R: PerEngineRow>(rows: &[R]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let mut header = vec!["load", "mode", "engine"];
+    header.extend_from_slice(R::COLUMNS);
+    let body = rows
+        .iter()
+        .map(|r| {
+            let (load_pct, mode, side) = r.engine();
+            let mut row = vec![
+                format!("{load_pct}%"),
+                mode.name().to_string(),
+                format!("{side:?}"),
+            ];
+            row.extend(r.cells());
+            row
+        })
+        .collect();
+    (header, body)
+}
+
+/// Renders per-engine rows (stage times, engine CPU) as a Markdown table.
+pub fn per_engine_table<R: PerEngineRow>(rows: &[R]) -> String {
+    let (header, body) = per_engine_cells(rows);
+    crate::markdown_table(&header, &body)
 }
 
 /// An engine's worker CPU and packets over the rounds of one mode at one load.
@@ -373,41 +466,6 @@ impl EngineCpu {
     }
 }
 
-/// Renders engine CPU rows as a table.
-pub fn engine_cpu_table(rows: &[EngineCpuRow]) -> String {
-    per_engine_table(
-        rows,
-        |r| (r.load_pct, r.mode, r.side),
-        &EngineCpuRow::COLUMNS,
-        EngineCpuRow::cells,
-    )
-}
-
-/// A table of rows about one engine each: load, mode and engine first, then `columns`.
-fn per_engine_table<R>(
-    rows: &[R],
-    key: impl Fn(&R) -> (u32, Mode, Side),
-    columns: &[&str],
-    cells: impl Fn(&R) -> Vec<String>,
-) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let (load_pct, mode, side) = key(r);
-            let mut row = vec![
-                format!("{load_pct}%"),
-                mode.name().to_string(),
-                format!("{side:?}"),
-            ];
-            row.extend(cells(r));
-            row
-        })
-        .collect();
-    let mut header = vec!["load", "mode", "engine"];
-    header.extend_from_slice(columns);
-    crate::markdown_table(&header, &body)
-}
-
 /// The rows of one engine's stage times at one load.
 pub fn stage_rows(load_pct: u32, side: Side, mode: Mode, times: &StageTimes) -> Vec<StageRow> {
     times
@@ -425,25 +483,6 @@ pub fn stage_rows(load_pct: u32, side: Side, mode: Mode, times: &StageTimes) -> 
             max_us: us(s.max_ns),
         })
         .collect()
-}
-
-/// Renders stage rows as a table.
-pub fn stage_table(rows: &[StageRow]) -> String {
-    per_engine_table(
-        rows,
-        |r| (r.load_pct, r.mode, r.side),
-        &["stage", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
-        |r| {
-            vec![
-                r.stage.name().to_string(),
-                r.samples.to_string(),
-                format!("{:.1}", r.p50_us),
-                format!("{:.1}", r.p99_us),
-                format!("{:.1}", r.p999_us),
-                format!("{:.1}", r.max_us),
-            ]
-        },
-    )
 }
 
 /// Everything one run of the suite measured.
@@ -702,7 +741,7 @@ pub fn measure(plan: &LatencyPlan, mut progress: impl FnMut(&str)) -> Result<Lat
             }
             progress(&format!(
                 "{load:>3}% {:<12} {:<13} one-way p50 {:.1} µs, p99 {:.1} µs, {} of {} probes arrived",
-                path_name(*path),
+                path.name(),
                 mode.map_or("", Mode::name),
                 point[0].p50_us,
                 point[0].p99_us,
@@ -760,15 +799,15 @@ fn interval_log(
     for ((path, mode, _), samples) in targets.iter().zip(samples) {
         let name = match mode {
             Some(m) if targets.iter().filter(|t| t.1.is_some()).count() > 1 => {
-                format!("{}-{}", path_name(*path), m.name())
+                format!("{}-{}", path.name(), m.name())
             }
-            _ => path_name(*path).to_owned(),
+            _ => path.name().to_owned(),
         };
         for interval in &samples.intervals {
             let offset = base.map_or(Duration::ZERO, |b| interval.start.duration_since(b));
             for (metric, histogram) in [
-                ("one-way", &interval.one_way),
-                ("round-trip", &interval.round_trip),
+                (Metric::OneWay.name(), &interval.one_way),
+                (Metric::RoundTrip.name(), &interval.round_trip),
             ] {
                 let tag = format!("{name}-{metric}");
                 // A write into memory fails only on a histogram the serializer cannot encode;
@@ -842,21 +881,6 @@ const TRIAL_DRAIN: Duration = Duration::from_millis(100);
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
-}
-
-fn path_name(path: Path) -> &'static str {
-    match path {
-        Path::UdpLoopback => "udp_loopback",
-        Path::Veth => "veth",
-        Path::Cpclink => "cpclink",
-    }
-}
-
-fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::OneWay => "one-way",
-        Metric::RoundTrip => "round trip",
-    }
 }
 
 /// Fills each cpclink row's `added_*` from the `udp_loopback` row of the same load and metric.
@@ -957,9 +981,9 @@ pub fn table(rows: &[LatencyRow]) -> String {
                 format!("{}%", r.load_pct),
                 format!("{:.0}", r.background_pps),
                 r.busy_cores.map_or_else(String::new, |c| format!("{c:.2}")),
-                path_name(r.path).to_string(),
+                r.path.name().to_string(),
                 r.mode.map_or("", Mode::name).to_string(),
-                metric_name(r.metric).to_string(),
+                r.metric.name().to_string(),
                 r.probes.to_string(),
                 r.lost.to_string(),
                 f(r.p50_us),
@@ -1579,6 +1603,67 @@ mod tests {
         assert_eq!(row.packets, 2000);
         assert!((row.cpu_us_per_packet - 2.0).abs() < 1e-9, "{row:?}");
         assert!((row.cores - 0.004).abs() < 1e-9, "{row:?}");
+    }
+
+    #[test]
+    fn per_engine_tables_lead_with_load_mode_and_engine_then_the_rows_own_cells() {
+        let cpu = EngineCpu {
+            cpu_ns: 4_000_000,
+            packets: 1000,
+            seconds: 1.0,
+        }
+        .row(50, Side::B, Mode::LatencyFirst);
+        let (header, body) = per_engine_cells(&[cpu]);
+        assert_eq!(
+            header,
+            [
+                "load",
+                "mode",
+                "engine",
+                "packets",
+                "CPU µs per packet",
+                "cores"
+            ]
+        );
+        assert_eq!(
+            body,
+            [["50%", "latency-first", "B", "1000", "4.00", "0.00"]]
+        );
+        let stage = StageRow {
+            load_pct: 0,
+            side: Side::A,
+            mode: Mode::Throughput,
+            stage: Stage::Seal,
+            samples: 7,
+            p50_us: 0.25,
+            p99_us: 1.0,
+            p999_us: 2.0,
+            max_us: 3.0,
+        };
+        let table = per_engine_table(&[stage]);
+        let last: Vec<&str> = table
+            .lines()
+            .last()
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            last,
+            [
+                "0%",
+                "throughput",
+                "A",
+                "seal",
+                "7",
+                "0.2",
+                "1.0",
+                "2.0",
+                "3.0"
+            ],
+            "{table}"
+        );
     }
 
     #[test]

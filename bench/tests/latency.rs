@@ -29,7 +29,7 @@ fn the_suite_measures_every_path_at_every_load_against_its_baseline() {
     let run = latency::measure(&plan, |line| eprintln!("{line}")).unwrap();
     let rows = run.rows;
     eprintln!("{}", latency::table(&rows));
-    eprintln!("{}", latency::stage_table(&run.stages));
+    eprintln!("{}", latency::per_engine_table(&run.stages));
     // Every load has its own stage times: engine A's probes (and background) read from
     // TUN and sealed, engine B's opened and written to TUN.
     for load in [0, 50] {

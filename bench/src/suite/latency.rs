@@ -11,19 +11,14 @@ use super::throughput::rates_table;
 use super::{ms, pick, Context, Outcome, Progress};
 use crate::latency::{self, LatencyPlan, LatencyRow, Metric, Path};
 
-fn path_name(path: Path) -> &'static str {
-    match path {
-        Path::UdpLoopback => "udp_loopback",
-        Path::Veth => "veth",
-        Path::Cpclink => "cpclink",
+/// A report table of rows about one engine each, in the shape `bench latency` prints them.
+fn engine_table<R: latency::PerEngineRow>(title: &str, rows: &[R]) -> Table {
+    let (columns, cells) = latency::per_engine_cells(rows);
+    let mut table = Table::new(title, &columns);
+    for row in cells {
+        table.push(row);
     }
-}
-
-fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::OneWay => "one-way",
-        Metric::RoundTrip => "round-trip",
-    }
+    table
 }
 
 /// Probes through the tunnel beside plain UDP on loopback and a bare veth (root).
@@ -94,8 +89,8 @@ pub(super) fn latency(
         table.push(vec![
             format!("{}%", r.load_pct),
             format!("{:.0}", r.background_pps),
-            path_name(r.path).into(),
-            metric_name(r.metric).into(),
+            r.path.name().into(),
+            r.metric.name().into(),
             r.probes.to_string(),
             r.lost.to_string(),
             format!("{:.1}", r.p50_us),
@@ -120,7 +115,7 @@ pub(super) fn latency(
                 stage.figures.push(Figure {
                     value: v,
                     ..Figure::from_rounds(
-                        format!("{q} one-way {} at {}% NDR", path_name(r.path), r.load_pct),
+                        format!("{q} one-way {} at {}% NDR", r.path.name(), r.load_pct),
                         "µs",
                         false,
                         rounds,
@@ -131,36 +126,15 @@ pub(super) fn latency(
     }
     stage.tables.push(table);
     if !run.stages.is_empty() {
-        let mut table = Table::new(
-            "time per stage inside each engine (µs), one packet in 8 timed while probing",
-            &[
-                "load", "engine", "stage", "samples", "p50", "p99", "p99.9", "max",
-            ],
-        );
-        for r in &run.stages {
-            table.push(vec![
-                format!("{}%", r.load_pct),
-                format!("{:?}", r.side),
-                r.stage.name().into(),
-                r.samples.to_string(),
-                format!("{:.1}", r.p50_us),
-                format!("{:.1}", r.p99_us),
-                format!("{:.1}", r.p999_us),
-                format!("{:.1}", r.max_us),
-            ]);
-        }
-        stage.tables.push(table);
+        stage.tables.push(engine_table(
+            &latency::stages_title(plan.stage_sample_every),
+            &run.stages,
+        ));
     }
     if !run.engine_cpu.is_empty() {
-        let mut columns = vec!["load", "engine"];
-        columns.extend(latency::EngineCpuRow::COLUMNS);
-        let mut table = Table::new(latency::EngineCpuRow::TITLE, &columns);
-        for r in &run.engine_cpu {
-            let mut row = vec![format!("{}%", r.load_pct), format!("{:?}", r.side)];
-            row.extend(r.cells());
-            table.push(row);
-        }
-        stage.tables.push(table);
+        stage
+            .tables
+            .push(engine_table(latency::EngineCpuRow::TITLE, &run.engine_cpu));
     }
     let reference = if run.ndr.ndr.rate_pps > 0.0 {
         "its NDR"
@@ -196,7 +170,7 @@ pub(super) fn latency(
             .filter(|(p, _)| *p < 100.0)
             .map(|&(p, us)| (-(1.0 - p / 100.0).log10(), us))
             .collect();
-        spectra.insert(format!("{} {}%", path_name(s.path), s.load_pct), points);
+        spectra.insert(format!("{} {}%", s.path.name(), s.load_pct), points);
     }
     cx.plots.push((
         "latency-spectrum.svg".into(),

@@ -626,20 +626,15 @@ pub(super) fn stage(
             continue;
         }
         let m = median(&rounds[i]);
-        let ratio = cpclink.map_or_else(String::new, |c| format!("{:.2}", c / m));
         let per_core = cpu[i].gbit_per_core_second();
-        let ratio_per_core = match (cpclink_per_core, per_core) {
-            (Some(c), Some(p)) => format!("{:.2}", c / p),
-            _ => String::new(),
-        };
+        // cpclink over this path, in throughput and per busy core-second.
+        let ratio = cpclink.map(|c| c / m);
+        let ratio_per_core = cpclink_per_core.zip(per_core).map(|(c, p)| c / p);
         if *kind != PeerKind::Cpclink {
-            if let Some(c) = cpclink {
-                versus.push(format!("{:.2}× {}", c / m, kind.name()));
-            }
-            if let (Some(c), Some(p)) = (cpclink_per_core, per_core) {
-                versus_per_core.push(format!("{:.2}× {}", c / p, kind.name()));
-            }
+            versus.extend(ratio.map(|r| format!("{r:.2}× {}", kind.name())));
+            versus_per_core.extend(ratio_per_core.map(|r| format!("{r:.2}× {}", kind.name())));
         }
+        let two_places = |x: Option<f64>| x.map_or_else(String::new, |x| format!("{x:.2}"));
         table.push(vec![
             kind.name().to_string(),
             rounds[i]
@@ -648,14 +643,11 @@ pub(super) fn stage(
                 .collect::<Vec<_>>()
                 .join(" "),
             format!("{m:.2}"),
-            ratio,
-            cpu[i]
-                .used
-                .busy_cores()
-                .map_or_else(String::new, |c| format!("{c:.2}")),
+            two_places(ratio),
+            two_places(cpu[i].used.busy_cores()),
             cpu[i].process_cores().unwrap_or_else(|| "none".to_string()),
-            per_core.map_or_else(String::new, |g| format!("{g:.2}")),
-            ratio_per_core,
+            two_places(per_core),
+            two_places(ratio_per_core),
         ]);
         stage.figures.push(Figure::from_rounds(
             format!("TCP {}", kind.name()),

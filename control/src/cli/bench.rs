@@ -471,10 +471,9 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 if !run.stages.is_empty() {
                     write!(
                         out,
-                        "\ntime per stage inside each engine, one packet in {stage_sample} timed while probing \
-                         (tx: tun_read, segment, seal, batch_wait, send; rx: receive, open, coalesce, tun_write; \
-                         tx_turn/rx_turn: per loop turn)\n{}",
-                        latency::stage_table(&run.stages)
+                        "\n{}\n{}",
+                        latency::stages_title(stage_sample),
+                        latency::per_engine_table(&run.stages)
                     )?;
                 }
                 if !run.engine_cpu.is_empty() {
@@ -482,7 +481,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                         out,
                         "\n{}\n{}",
                         latency::EngineCpuRow::TITLE,
-                        latency::engine_cpu_table(&run.engine_cpu)
+                        latency::per_engine_table(&run.engine_cpu)
                     )?;
                 }
                 if let Some(row) = rows.first() {
