@@ -374,11 +374,8 @@ mod restart_tests {
             "same KEK: {same:?}"
         );
         // Another KEK's endpoint sends nothing the client takes for a reset: the connection
-        // lives on until its idle timeout, never ended by a reset.
+        // lives on, and 5 s is well inside its 10 s idle timeout.
         let other = reset_after_restart(false, Duration::from_secs(5));
-        assert!(
-            !matches!(other, Some(quinn::ConnectionError::Reset)),
-            "another KEK: {other:?}"
-        );
+        assert!(other.is_none(), "another KEK: {other:?}");
     }
 }
