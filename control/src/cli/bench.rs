@@ -514,10 +514,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 if latency_first || compare_modes {
                     writeln!(
                         out,
-                        "latency-first: a batch's first packet waits at most {} µs, batches of at most {} reads, {} µs of busy polling after the last packet{}",
-                        batching.policy.max_hold.map_or(0, |d| d.as_micros()),
-                        batching.policy.max_packets,
-                        batching.busy_poll.as_micros(),
+                        "latency-first in this run: {batching}{}",
                         if compare_modes {
                             "; the loads are the throughput mode's, the engines switched between modes at run time"
                         } else {
